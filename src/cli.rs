@@ -1,0 +1,81 @@
+//! The command line.
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::DeviceChoice;
+
+#[derive(Debug, Parser)]
+#[command(name = "asymre", version, about = "Asymmetric REINFORCE trainer on libtorch")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train from a config file into a new run directory.
+    Train {
+        /// The TOML config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Override a config key, e.g. --set loss.baseline.delta_v=-0.2 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Override the config's device.
+        #[arg(long, value_enum)]
+        device: Option<DeviceArg>,
+        /// Run actors and learner on one thread, bit-reproducibly.
+        #[arg(long)]
+        serial: bool,
+        /// Run directory (default: runs/<config name>-<UTC time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Continue a run from its last checkpoint.
+    Resume {
+        /// The run directory.
+        run_dir: PathBuf,
+    },
+    /// Print the configuration.
+    Config {
+        /// Print the default configuration as TOML.
+        #[arg(long)]
+        print_default: bool,
+        /// Print this config file resolved (defaults filled in, overrides applied, validated).
+        #[arg(long, conflicts_with = "print_default")]
+        config: Option<PathBuf>,
+        /// Override a config key (with --config).
+        #[arg(long = "set", value_name = "KEY=VALUE", requires = "config")]
+        overrides: Vec<String>,
+    },
+    /// Plot one run's curves, or several runs overlaid, to a PNG.
+    Plot {
+        /// Run directories.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Output PNG (default: <run>/curves.png for one run, curves.png otherwise).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Plot title.
+        #[arg(long)]
+        title: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+    Auto,
+}
+
+impl From<DeviceArg> for DeviceChoice {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Cpu => DeviceChoice::Cpu,
+            DeviceArg::Cuda => DeviceChoice::Cuda,
+            DeviceArg::Auto => DeviceChoice::Auto,
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The K-armed bandit of the AsymRE paper's controlled setting (SPEC §3.1): arm rewards drawn
+//! once per seed from U[0, 1], optionally observed through Bernoulli noise.
+use rand::Rng;
+use rand_distr::{Distribution, Normal};
+
+use crate::config::{BehaviourInit, EnvConfig, RewardNoise};
+use crate::rng::{self, Role};
+
+/// A bandit instance: the arms' expected rewards r(y) and how a pull is observed.
+#[derive(Debug, Clone)]
+pub struct Bandit {
+    arm_rewards: Vec<f64>,
+    noise: RewardNoise,
+}
+
+impl Bandit {
+    /// The instance of `seed`: the same seed gives the same arms whatever else is configured.
+    pub fn new(cfg: &EnvConfig, seed: u64) -> Self {
+        let mut rng = rng::stream(seed, Role::Env, 0);
+        let arm_rewards = (0..cfg.arms).map(|_| rng.gen::<f64>()).collect();
+        Bandit { arm_rewards, noise: cfg.reward_noise }
+    }
+
+    /// r(y) for every arm.
+    pub fn arm_rewards(&self) -> &[f64] {
+        &self.arm_rewards
+    }
+
+    pub fn arms(&self) -> usize {
+        self.arm_rewards.len()
+    }
+
+    /// One observed reward for pulling `arm`.
+    pub fn pull(&self, arm: usize, rng: &mut impl Rng) -> f64 {
+        let r = self.arm_rewards[arm];
+        match self.noise {
+            RewardNoise::None => r,
+            RewardNoise::Bernoulli => {
+                if rng.gen::<f64>() < r {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+
+    /// Σ_y p(y) r(y): the value of a policy with probabilities `probs`.
+    pub fn value(&self, probs: &[f64]) -> f64 {
+        probs.iter().zip(&self.arm_rewards).map(|(p, r)| p * r).sum()
+    }
+}
+
+/// The initial logits of the policy (and so of the first behaviour policy).
+pub fn initial_logits(cfg: &EnvConfig, seed: u64) -> Vec<f64> {
+    match cfg.behaviour_init {
+        BehaviourInit::Uniform => vec![0.0; cfg.arms],
+        BehaviourInit::Linear => (0..cfg.arms).map(|i| i as f64 / 10.0).collect(),
+        BehaviourInit::Gaussian => {
+            let mut rng = rng::stream(seed, Role::Init, 0);
+            let normal = Normal::new(0.0, cfg.init_scale).expect("init_scale is validated >= 0");
+            (0..cfg.arms).map(|_| normal.sample(&mut rng)).collect()
+        }
+    }
+}
+
+/// Numerically stable softmax.
+pub fn softmax(logits: &[f64]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let exps: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+    let total: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / total).collect()
+}
+
+/// Shannon entropy in nats.
+pub fn entropy(probs: &[f64]) -> f64 {
+    -probs.iter().filter(|&&p| p > 0.0).map(|p| p * p.ln()).sum::<f64>()
+}
+
+/// Probability above which an arm counts as in the policy's support.
+pub const SUPPORT_THRESHOLD: f64 = 1e-3;
+
+/// Number of arms with probability above [`SUPPORT_THRESHOLD`].
+pub fn support_size(probs: &[f64]) -> usize {
+    probs.iter().filter(|&&p| p > SUPPORT_THRESHOLD).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arms_are_fixed_per_seed_and_in_unit_interval() {
+        let cfg = EnvConfig::default();
+        let a = Bandit::new(&cfg, 7);
+        let b = Bandit::new(&cfg, 7);
+        let c = Bandit::new(&cfg, 8);
+        assert_eq!(a.arm_rewards(), b.arm_rewards());
+        assert_ne!(a.arm_rewards(), c.arm_rewards());
+        assert!(a.arm_rewards().iter().all(|r| (0.0..1.0).contains(r)));
+        assert_eq!(a.arms(), 100);
+    }
+
+    #[test]
+    fn bernoulli_noise_is_unbiased() {
+        let cfg = EnvConfig { reward_noise: RewardNoise::Bernoulli, arms: 3, ..EnvConfig::default() };
+        let b = Bandit::new(&cfg, 1);
+        let mut rng = rng::stream(1, Role::Actor, 0);
+        let n = 40_000;
+        let mean = (0..n).map(|_| b.pull(2, &mut rng)).sum::<f64>() / n as f64;
+        assert!((mean - b.arm_rewards()[2]).abs() < 0.01, "{mean} vs {}", b.arm_rewards()[2]);
+    }
+
+    #[test]
+    fn stats_on_hand_computed_cases() {
+        let p = softmax(&[0.0, 0.0, (2.0f64).ln()]);
+        assert!((p[2] - 0.5).abs() < 1e-12 && (p[0] - 0.25).abs() < 1e-12);
+        assert!((entropy(&[0.5, 0.5]) - 2f64.ln()).abs() < 1e-12);
+        assert_eq!(entropy(&[1.0, 0.0]), 0.0);
+        assert_eq!(support_size(&[0.9985, 0.0005, 0.001]), 1);
+        let b = Bandit { arm_rewards: vec![0.0, 1.0], noise: RewardNoise::None };
+        assert!((b.value(&[0.25, 0.75]) - 0.75).abs() < 1e-12);
+    }
+
+    #[test]
+    fn linear_init_is_index_over_ten() {
+        let cfg = EnvConfig { behaviour_init: BehaviourInit::Linear, arms: 4, ..EnvConfig::default() };
+        assert_eq!(initial_logits(&cfg, 0), vec![0.0, 0.1, 0.2, 0.3]);
+    }
+}

@@ -1,0 +1,130 @@
+//! The learner: owns the replay buffer, the trained policy π and its optimiser; each step samples a
+//! batch, computes the loss against the configured baseline V, and steps the optimiser on the
+//! configured device. Every `sync_interval` steps it takes a weight snapshot for the actors.
+use rand_chacha::ChaCha8Rng;
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
+
+use crate::config::{Config, LossConfig};
+use crate::error::{Error, Result};
+use crate::loss;
+use crate::optim::Optimizer;
+use crate::policy::{sorted_vars, TabularPolicy, WeightSnapshot};
+use crate::replay::Replay;
+use crate::rng::{self, Role};
+use crate::trajectory::{ActorBatch, Trajectory};
+
+/// What one learner step measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepStats {
+    pub loss: f64,
+    pub grad_norm: f64,
+    /// Mean reward of the batch.
+    pub batch_reward: f64,
+    /// Mean baseline V_i of the batch.
+    pub baseline: f64,
+    /// Mean and max of (learner step − policy_version) over the batch.
+    pub lag_mean: f64,
+    pub lag_max: u64,
+}
+
+pub struct Learner {
+    pub vs: VarStore,
+    policy: TabularPolicy,
+    vars: Vec<(String, Tensor)>,
+    optimizer: Optimizer,
+    pub replay: Replay,
+    pub rng: ChaCha8Rng,
+    loss_cfg: LossConfig,
+    max_policy_lag: u64,
+    device: Device,
+    /// Learner steps taken so far.
+    pub step: u64,
+}
+
+impl Learner {
+    /// A learner for a tabular policy initialised to `init_logits`.
+    pub fn new(cfg: &Config, device: Device, init_logits: &[f64]) -> Self {
+        let (vs, policy) = TabularPolicy::build(device, init_logits);
+        let vars = sorted_vars(&vs);
+        let optimizer = Optimizer::new(&cfg.learner, &vars);
+        Learner {
+            vs,
+            policy,
+            vars,
+            optimizer,
+            replay: Replay::new(&cfg.replay, cfg.learner.batch_size),
+            rng: rng::stream(cfg.seed, Role::Learner, 0),
+            loss_cfg: cfg.loss.clone(),
+            max_policy_lag: cfg.replay.max_policy_lag,
+            device,
+            step: 0,
+        }
+    }
+
+    /// Moves an actor message into the replay buffer.
+    pub fn ingest(&mut self, batch: ActorBatch) {
+        for t in batch.trajectories {
+            self.replay.push(t);
+        }
+    }
+
+    /// Whether the next step has the data it needs (drops stale samples first).
+    pub fn ready(&mut self) -> bool {
+        self.replay.evict_stale(self.step, self.max_policy_lag);
+        self.replay.ready(self.step)
+    }
+
+    /// One optimisation step. Call only when [`Learner::ready`].
+    pub fn train_step(&mut self) -> Result<StepStats> {
+        let positions = self.replay.sample(self.step, &mut self.rng);
+        let batch: Vec<&Trajectory> = positions.iter().map(|&p| self.replay.get(p)).collect();
+        let baseline = loss::baseline_values(&self.loss_cfg, &batch);
+        let reward: Vec<f32> = batch.iter().map(|t| t.reward).collect();
+        let arms: Vec<i64> = batch.iter().map(|t| t.actions[0] as i64).collect();
+        let (lag_sum, lag_max) = batch.iter().fold((0u64, 0u64), |(s, m), t| {
+            let lag = self.step.saturating_sub(t.policy_version);
+            (s + lag, m.max(lag))
+        });
+        let n = batch.len() as f64;
+        let stats_base = StepStats {
+            batch_reward: reward.iter().map(|&r| r as f64).sum::<f64>() / n,
+            baseline: baseline.iter().map(|&v| v as f64).sum::<f64>() / n,
+            lag_mean: lag_sum as f64 / n,
+            lag_max,
+            ..StepStats::default()
+        };
+
+        let arms = Tensor::from_slice(&arms).to_device(self.device);
+        let reward = Tensor::from_slice(&reward).to_device(self.device);
+        let baseline = Tensor::from_slice(&baseline).to_device(self.device);
+        let target_logp = self.policy.target_logp(&arms)?;
+        let loss = loss::compute(&self.loss_cfg, &target_logp, &reward, &baseline)?;
+        let loss_value = loss.f_double_value(&[])?;
+        if !loss_value.is_finite() {
+            return Err(Error::NonFinite { quantity: "loss", step: self.step });
+        }
+        loss.f_backward()?;
+        let info = self.optimizer.step(&self.vars, self.step)?;
+        self.step += 1;
+        Ok(StepStats { loss: loss_value, grad_norm: info.grad_norm, ..stats_base })
+    }
+
+    /// The current weights as a snapshot versioned by the current step.
+    pub fn snapshot(&self) -> Result<WeightSnapshot> {
+        WeightSnapshot::take(&self.vs, self.step)
+    }
+
+    /// π's logits on the host.
+    pub fn logits(&self) -> Result<Vec<f64>> {
+        self.policy.logits()
+    }
+
+    pub fn optimizer_state(&self) -> Result<(u64, Vec<crate::policy::NamedTensor>)> {
+        self.optimizer.state(&self.vars)
+    }
+
+    pub fn load_optimizer_state(&mut self, t: u64, saved: &[crate::policy::NamedTensor]) -> Result<()> {
+        self.optimizer.load_state(&self.vars, t, saved)
+    }
+}

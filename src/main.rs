@@ -1,0 +1,159 @@
+//! The `asymre` binary: parse the command line, call the library, map errors to exit codes
+//! (2 for bad input, 1 for failures, 130/143 for SIGINT/SIGTERM after a checkpoint).
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+
+use asymre::cli::{Cli, Command};
+use asymre::train::{self, Outcome, RunOptions, Summary};
+use asymre::{checkpoint, config, plot, Error, Result};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+/// SIGINT/SIGTERM set the code the run should exit with; a second SIGINT exits at once.
+fn install_signal_handlers() -> Result<Arc<AtomicUsize>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::flag;
+    let code = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(AtomicBool::new(false));
+    let io = |e| Error::io("signal handler", e);
+    flag::register_conditional_shutdown(SIGINT, 130, seen.clone()).map_err(io)?;
+    flag::register(SIGINT, seen).map_err(io)?;
+    flag::register_usize(SIGINT, code.clone(), 130).map_err(io)?;
+    flag::register_usize(SIGTERM, code.clone(), 143).map_err(io)?;
+    Ok(code)
+}
+
+fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Train { config: path, overrides, device, serial, out } => {
+            let mut cfg = config::load(&path, &overrides)?;
+            if let Some(d) = device {
+                cfg.device = d.into();
+            }
+            train::resolve_device(cfg.device)?;
+            let dir = out.unwrap_or_else(|| default_run_dir(&path));
+            train::create_run_dir(&dir, &cfg, serial)?;
+            eprintln!("run: {}", dir.display());
+            let interrupt = install_signal_handlers()?;
+            let outcome = train::train(&cfg, &dir, RunOptions { serial, interrupt: &interrupt }, None)?;
+            Ok(report(&dir, outcome))
+        }
+        Command::Resume { run_dir } => {
+            let (cfg, serial) = train::open_run_dir(&run_dir)?;
+            let ckpt = checkpoint::load_latest(&run_dir)?;
+            let total = cfg.env.total_steps();
+            if ckpt.as_ref().is_some_and(|c| c.step >= total) && run_dir.join("summary.json").exists() {
+                println!("{}: already finished ({total} steps)", run_dir.display());
+                return Ok(0);
+            }
+            match &ckpt {
+                Some(c) => eprintln!("resuming {} from step {}", run_dir.display(), c.step),
+                None => eprintln!("resuming {}: no checkpoint yet, starting from step 0", run_dir.display()),
+            }
+            let interrupt = install_signal_handlers()?;
+            let outcome = train::train(&cfg, &run_dir, RunOptions { serial, interrupt: &interrupt }, ckpt)?;
+            Ok(report(&run_dir, outcome))
+        }
+        Command::Config { print_default, config: path, overrides } => {
+            let cfg = match path {
+                Some(p) => config::load(&p, &overrides)?,
+                None if print_default => config::Config::default(),
+                None => return Err(Error::input("config: give --print-default or --config FILE")),
+            };
+            print!("{}", cfg.to_toml());
+            Ok(0)
+        }
+        Command::Plot { runs, out, title } => {
+            let series = plot::load_runs(&runs)?;
+            let out = out.unwrap_or_else(|| match runs.as_slice() {
+                [one] => one.join("curves.png"),
+                _ => PathBuf::from("curves.png"),
+            });
+            let title = title.unwrap_or_else(|| match runs.as_slice() {
+                [one] => one.display().to_string(),
+                _ => "AsymRE on the bandit".into(),
+            });
+            plot::plot_curves(&series, plot::BANDIT_PANELS, &title, &out)?;
+            println!("{}", out.display());
+            Ok(0)
+        }
+    }
+}
+
+fn report(dir: &Path, outcome: Outcome) -> u8 {
+    match outcome {
+        Outcome::Finished(s) => {
+            print_summary(dir, &s);
+            0
+        }
+        Outcome::Interrupted { step, code } => {
+            eprintln!(
+                "interrupted: checkpoint written at step {step}; continue with `asymre resume {}`",
+                dir.display()
+            );
+            code as u8
+        }
+    }
+}
+
+fn print_summary(dir: &Path, s: &Summary) {
+    println!("run: {}", dir.display());
+    println!(
+        "finished {} steps ({} mode, {}) in {:.1} s",
+        s.steps, s.mode, s.device, s.wall_time
+    );
+    println!(
+        "E_π[r] = {:.4} (initial V^μ = {:.4}, best arm {:.4}); entropy {:.3} nats; support {} of {} arms",
+        s.final_expected_reward,
+        s.initial_v_mu,
+        s.best_arm_reward,
+        s.final_entropy,
+        s.final_support_size,
+        s.arm_rewards.len()
+    );
+    println!("last round: V^μ = {:.4}, V = {:.4}", s.v_mu, s.v);
+}
+
+/// `runs/<config stem>-<UTC yyyymmdd-hhmmss>`.
+fn default_run_dir(config: &Path) -> PathBuf {
+    let stem = config.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    let base = format!("runs/{stem}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60);
+    let mut dir = PathBuf::from(&base);
+    let mut n = 1;
+    while dir.exists() {
+        n += 1;
+        dir = PathBuf::from(format!("{base}-{n}"));
+    }
+    dir
+}
+
+/// Days since 1970-01-01 to a (year, month, day) date (proleptic Gregorian).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}

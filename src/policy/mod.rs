@@ -1,0 +1,88 @@
+//! Policies and the plain-data weight snapshots that carry them from the learner to the actors.
+//!
+//! A `tch::Tensor` never crosses a thread: the learner copies its variables into a
+//! [`WeightSnapshot`] (host `f32` data, variables in sorted-name order) and each actor loads it
+//! into its own `VarStore`.
+pub mod tabular;
+
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+pub use tabular::TabularPolicy;
+
+/// One named tensor as plain host data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl NamedTensor {
+    /// Copies a tensor (any device) to host `f32`.
+    pub fn from_tensor(name: &str, t: &Tensor) -> Result<Self> {
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        let flat = t.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?.f_contiguous()?.f_view([-1])?;
+        let data = Vec::<f32>::try_from(&flat)?;
+        Ok(NamedTensor { name: name.to_string(), shape, data })
+    }
+
+    /// A tensor on `device` holding the same values.
+    pub fn to_tensor(&self, device: Device) -> Result<Tensor> {
+        let shape: Vec<i64> = self.shape.iter().map(|&d| d as i64).collect();
+        Ok(Tensor::f_from_slice(&self.data)?.f_view(shape.as_slice())?.f_to_device(device)?)
+    }
+}
+
+/// The variables of a `VarStore` in sorted-name order; the tensors share storage with the store.
+pub fn sorted_vars(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// A versioned copy of the learner's weights. `version` is the learner step it was taken at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightSnapshot {
+    pub version: u64,
+    pub tensors: Vec<NamedTensor>,
+}
+
+impl WeightSnapshot {
+    /// Copies every variable of `vs` to host memory.
+    pub fn take(vs: &VarStore, version: u64) -> Result<Self> {
+        let tensors = sorted_vars(vs)
+            .iter()
+            .map(|(name, t)| NamedTensor::from_tensor(name, t))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(WeightSnapshot { version, tensors })
+    }
+
+    /// Overwrites the variables of `vs` with this snapshot; names and shapes must match exactly.
+    pub fn load_into(&self, vs: &VarStore) -> Result<()> {
+        let vars = sorted_vars(vs);
+        if vars.len() != self.tensors.len() {
+            return Err(Error::Corrupt(format!(
+                "weight snapshot has {} tensors, the policy has {}",
+                self.tensors.len(),
+                vars.len()
+            )));
+        }
+        tch::no_grad(|| {
+            for ((name, var), saved) in vars.iter().zip(&self.tensors) {
+                let shape: Vec<usize> = var.size().iter().map(|&d| d as usize).collect();
+                if *name != saved.name || shape != saved.shape {
+                    return Err(Error::Corrupt(format!(
+                        "weight snapshot tensor {} {:?} does not match policy variable {name} {shape:?}",
+                        saved.name, saved.shape
+                    )));
+                }
+                let mut var = var.shallow_clone();
+                var.f_copy_(&saved.to_tensor(var.device())?)?;
+            }
+            Ok(())
+        })
+    }
+}

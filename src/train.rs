@@ -1,0 +1,685 @@
+//! Runs a training job; the only place that spawns threads.
+//!
+//! `run_serial` steps the actors and the learner in a fixed order on one thread (bit-identical for
+//! a seed on CPU, and across a checkpoint/resume); `run_parallel` runs the same components with N
+//! actor threads and a learner thread joined by a bounded channel. `run_exact` is the bandit's
+//! expected-gradient flow.
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use crate::actor::{actor_loop, ActorShared, ActorState, BanditActor, SnapshotBoard};
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::{BanditMode, Config, DeviceChoice};
+use crate::env::bandit::{self, entropy, softmax, support_size, Bandit};
+use crate::error::{Error, IoContext, Result};
+use crate::exact::{self, ExactFlow};
+use crate::learner::{Learner, StepStats};
+use crate::metrics::{tags, JsonlSink, Metrics, ProgressSink, Row, TensorboardSink};
+use crate::policy::tabular::sampling_probs;
+use crate::policy::WeightSnapshot;
+use crate::replay::Replay;
+use crate::trajectory::ActorBatch;
+
+/// How a run is driven, beside its config.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions<'a> {
+    /// One thread, deterministic.
+    pub serial: bool,
+    /// Set to a signal's exit code (130, 143) to stop after the current step with a checkpoint.
+    pub interrupt: &'a AtomicUsize,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Finished(Summary),
+    /// Stopped by a signal after checkpointing `step`; the code is the process exit code.
+    Interrupted { step: u64, code: i32 },
+}
+
+/// `summary.json`: final figures and, for the bandit, what is needed to check the theory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub mode: String,
+    pub device: String,
+    pub steps: u64,
+    pub wall_time: f64,
+    /// The last metrics row.
+    pub last: serde_json::Map<String, serde_json::Value>,
+    /// r(y) of every arm.
+    pub arm_rewards: Vec<f64>,
+    /// V^μ of the initial behaviour policy.
+    pub initial_v_mu: f64,
+    /// μ of the last round.
+    pub behaviour_probs: Vec<f64>,
+    /// π at the end.
+    pub final_probs: Vec<f64>,
+    /// V^μ of `behaviour_probs`.
+    pub v_mu: f64,
+    /// The baseline V used in the last round (sampled: the last batch's mean).
+    pub v: f64,
+    pub final_expected_reward: f64,
+    pub final_entropy: f64,
+    pub final_support_size: usize,
+    pub best_arm_reward: f64,
+}
+
+/// Resolves `device` against what this machine has.
+pub fn resolve_device(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        DeviceChoice::Cuda => Err(Error::input(
+            "device: cuda was requested but libtorch sees no CUDA device (use cpu or auto)",
+        )),
+        DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+    }
+}
+
+fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Metric sinks, timing, and checkpoint cadence shared by every mode.
+struct Recorder {
+    run_dir: PathBuf,
+    metrics: Metrics,
+    progress: ProgressSink,
+    started: Instant,
+    /// Wall time of earlier sessions of this run.
+    wall_offset: f64,
+    last_log: (Instant, u64),
+    log_every: u64,
+    checkpoint_every: u64,
+    keep: usize,
+    total: u64,
+    last_row: Option<Row>,
+}
+
+impl Recorder {
+    fn new(cfg: &Config, run_dir: &Path, total: u64, start_step: u64, wall_offset: f64) -> Result<Self> {
+        let mut metrics = Metrics::default();
+        metrics.add(Box::new(JsonlSink::append(&run_dir.join("metrics.jsonl"))?));
+        if cfg.logging.tensorboard {
+            metrics.add(Box::new(TensorboardSink::new(&run_dir.join("tb"))?));
+        }
+        let now = Instant::now();
+        Ok(Recorder {
+            run_dir: run_dir.to_path_buf(),
+            metrics,
+            progress: ProgressSink::new(total, start_step, cfg.logging.progress),
+            started: now,
+            wall_offset,
+            last_log: (now, start_step),
+            log_every: cfg.logging.every,
+            checkpoint_every: cfg.checkpoint.every,
+            keep: cfg.checkpoint.keep,
+            total,
+            last_row: None,
+        })
+    }
+
+    fn wall_time(&self) -> f64 {
+        self.wall_offset + self.started.elapsed().as_secs_f64()
+    }
+
+    fn should_log(&self, step: u64) -> bool {
+        step % self.log_every == 0 || step == self.total
+    }
+
+    fn should_checkpoint(&self, step: u64) -> bool {
+        (self.checkpoint_every > 0 && step % self.checkpoint_every == 0) || step == self.total
+    }
+
+    /// Adds the timing columns and writes the row everywhere.
+    fn log(&mut self, mut row: Row, samples_per_step: u64) -> Result<()> {
+        let now = Instant::now();
+        let (t0, s0) = self.last_log;
+        let dt = now.duration_since(t0).as_secs_f64();
+        let rate = if dt > 0.0 { (row.step - s0) as f64 * samples_per_step as f64 / dt } else { 0.0 };
+        row.push(tags::SAMPLES_PER_SEC, rate).push(tags::WALL_TIME, self.wall_time());
+        self.last_log = (now, row.step);
+        self.metrics.write(&row)?;
+        use crate::metrics::MetricsSink;
+        self.progress.write(&row)?;
+        self.last_row = Some(row);
+        Ok(())
+    }
+
+    /// Makes the logs durable, then writes the checkpoint.
+    fn checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        self.metrics.flush()?;
+        checkpoint::save(&self.run_dir, ckpt, self.keep)?;
+        Ok(())
+    }
+
+    fn last_row_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.last_row
+            .as_ref()
+            .and_then(|r| serde_json::from_str(&r.to_json()).ok())
+            .unwrap_or_default()
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.progress.finish();
+        self.metrics.flush()
+    }
+}
+
+fn interrupted(opts: &RunOptions) -> Option<i32> {
+    match opts.interrupt.load(Ordering::Relaxed) {
+        0 => None,
+        code => Some(code as i32),
+    }
+}
+
+/// Trains `cfg` in `run_dir`, from `resume` when given.
+pub fn train(cfg: &Config, run_dir: &Path, opts: RunOptions, resume: Option<Checkpoint>) -> Result<Outcome> {
+    tch::set_num_threads(cfg.learner.intra_op_threads as i32);
+    let device = resolve_device(cfg.device)?;
+    if let Some(ckpt) = &resume {
+        crate::metrics::truncate_jsonl(&run_dir.join("metrics.jsonl"), ckpt.step)?;
+    } else {
+        // A fresh start (or a resume with no checkpoint yet) logs from step 0 again.
+        let path = run_dir.join("metrics.jsonl");
+        if path.exists() {
+            std::fs::remove_file(&path).at(&path)?;
+        }
+    }
+    let outcome = match cfg.env.mode {
+        BanditMode::Exact => run_exact(cfg, run_dir, &opts, resume)?,
+        BanditMode::Sampled => run_sampled(cfg, run_dir, device, &opts, resume)?,
+    };
+    if let Outcome::Finished(summary) = &outcome {
+        let path = run_dir.join("summary.json");
+        let text = serde_json::to_string_pretty(summary).expect("a Summary serialises");
+        checkpoint::write_atomic(&path, text.as_bytes())?;
+    }
+    Ok(outcome)
+}
+
+fn bandit_row(step: u64, steps_per_round: u64, bandit: &Bandit, pi: &[f64], v_mu: f64, v: f64) -> Row {
+    let mut row = Row::new(step);
+    row.push(tags::ROUND, (step / steps_per_round) as f64)
+        .push(tags::EXPECTED_REWARD, bandit.value(pi))
+        .push(tags::ENTROPY, entropy(pi))
+        .push(tags::SUPPORT_SIZE, support_size(pi) as f64)
+        .push(tags::V_MU, v_mu)
+        .push(tags::V, v);
+    row
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bandit_summary(
+    cfg: &Config,
+    device: Device,
+    steps: u64,
+    rec: &Recorder,
+    bandit: &Bandit,
+    initial: &[f64],
+    behaviour: Vec<f64>,
+    final_probs: Vec<f64>,
+    v: f64,
+) -> Summary {
+    Summary {
+        mode: format!("{:?}", cfg.env.mode).to_lowercase(),
+        device: device_name(device),
+        steps,
+        wall_time: rec.wall_time(),
+        last: rec.last_row_json(),
+        arm_rewards: bandit.arm_rewards().to_vec(),
+        initial_v_mu: bandit.value(&sampling_probs(initial, cfg.policy.temperature)),
+        v_mu: bandit.value(&behaviour),
+        final_expected_reward: bandit.value(&final_probs),
+        final_entropy: entropy(&final_probs),
+        final_support_size: support_size(&final_probs),
+        best_arm_reward: bandit.arm_rewards().iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        behaviour_probs: behaviour,
+        final_probs,
+        v,
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ExactState {
+    flow: ExactFlow,
+    wall_time: f64,
+}
+
+fn run_exact(cfg: &Config, run_dir: &Path, opts: &RunOptions, resume: Option<Checkpoint>) -> Result<Outcome> {
+    let bandit = Bandit::new(&cfg.env, cfg.seed);
+    let initial = bandit::initial_logits(&cfg.env, cfg.seed);
+    let total = cfg.env.total_steps();
+    let per_round = cfg.env.steps_per_round;
+    let (mut flow, mut step, wall) = match resume {
+        Some(ckpt) => {
+            let s: ExactState = serde_json::from_value(ckpt.state)
+                .map_err(|e| Error::Corrupt(format!("checkpoint state: {e}")))?;
+            (s.flow, ckpt.step, s.wall_time)
+        }
+        None => (ExactFlow::new(initial.clone()), 0, 0.0),
+    };
+    let mut rec = Recorder::new(cfg, run_dir, total, step, wall)?;
+    let mut v = exact::baseline(&cfg.loss, bandit.value(&flow.behaviour));
+    if step == 0 {
+        let row = bandit_row(0, per_round, &bandit, &softmax(&flow.logits), bandit.value(&flow.behaviour), v);
+        rec.log(row, 0)?;
+    }
+    let save = |rec: &mut Recorder, flow: &ExactFlow, step: u64| -> Result<()> {
+        let state = ExactState { flow: flow.clone(), wall_time: rec.wall_time() };
+        let state = serde_json::to_value(state).expect("exact state serialises");
+        rec.checkpoint(&Checkpoint { step, state, tensors: vec![] })
+    };
+    while step < total {
+        if let Some(code) = interrupted(opts) {
+            save(&mut rec, &flow, step)?;
+            rec.finish()?;
+            return Ok(Outcome::Interrupted { step, code });
+        }
+        if step > 0 && step % per_round == 0 {
+            flow.new_round();
+        }
+        let v_mu = bandit.value(&flow.behaviour);
+        v = exact::baseline(&cfg.loss, v_mu);
+        let stats = flow.step(&bandit, v, cfg.env.eta);
+        step += 1;
+        if !stats.loss.is_finite() || flow.logits.iter().any(|l| !l.is_finite()) {
+            return Err(Error::NonFinite { quantity: "logits", step });
+        }
+        if rec.should_log(step) {
+            let mut row = bandit_row(step, per_round, &bandit, &softmax(&flow.logits), v_mu, v);
+            row.push(tags::LOSS, stats.loss).push(tags::GRAD_NORM, stats.grad_norm);
+            rec.log(row, 0)?;
+        }
+        if rec.should_checkpoint(step) {
+            save(&mut rec, &flow, step)?;
+        }
+    }
+    rec.finish()?;
+    let final_probs = softmax(&flow.logits);
+    let behaviour = flow.behaviour.clone();
+    Ok(Outcome::Finished(bandit_summary(cfg, Device::Cpu, step, &rec, &bandit, &initial, behaviour, final_probs, v)))
+}
+
+/// Checkpointed state of a sampled run beyond its tensors.
+#[derive(Serialize, Deserialize)]
+struct SampledState {
+    learner_rng: ChaCha8Rng,
+    replay: Replay,
+    optimizer_t: u64,
+    /// Serial runs only: the actors' RNG streams and counters, for an exact resume.
+    actors: Vec<ActorState>,
+    next_actor: usize,
+    last_baseline: f64,
+    wall_time: f64,
+}
+
+/// The learner side of a sampled run: the learner plus what logging needs.
+struct SampledRun<'a> {
+    cfg: &'a Config,
+    bandit: Bandit,
+    learner: Learner,
+    /// The weights the actors currently sample from.
+    behaviour: WeightSnapshot,
+    behaviour_probs: Vec<f64>,
+    last_baseline: f64,
+    rec: Recorder,
+}
+
+impl SampledRun<'_> {
+    fn publish(&mut self) -> Result<WeightSnapshot> {
+        let snap = self.learner.snapshot()?;
+        self.set_behaviour(snap.clone());
+        Ok(snap)
+    }
+
+    fn set_behaviour(&mut self, snap: WeightSnapshot) {
+        let logits: Vec<f64> = snap.tensors[0].data.iter().map(|&x| x as f64).collect();
+        self.behaviour_probs = sampling_probs(&logits, self.cfg.policy.temperature);
+        self.behaviour = snap;
+    }
+
+    fn row(&self) -> Result<Row> {
+        let pi = softmax(&self.learner.logits()?);
+        let v_mu = self.bandit.value(&self.behaviour_probs);
+        Ok(bandit_row(self.learner.step, self.cfg.env.steps_per_round, &self.bandit, &pi, v_mu, self.last_baseline))
+    }
+
+    fn after_step(&mut self, stats: &StepStats) -> Result<()> {
+        self.last_baseline = stats.baseline;
+        let step = self.learner.step;
+        if self.rec.should_log(step) {
+            let mut row = self.row()?;
+            row.push(tags::BATCH_REWARD, stats.batch_reward)
+                .push(tags::LOSS, stats.loss)
+                .push(tags::GRAD_NORM, stats.grad_norm)
+                .push(tags::POLICY_LAG_MEAN, stats.lag_mean)
+                .push(tags::POLICY_LAG_MAX, stats.lag_max as f64)
+                .push(tags::REPLAY_SIZE, self.learner.replay.len() as f64)
+                .push(tags::STALE_DROPPED, self.learner.replay.stale_dropped() as f64);
+            self.rec.log(row, self.cfg.learner.batch_size as u64)?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, actors: Vec<ActorState>, next_actor: usize) -> Result<()> {
+        let (optimizer_t, optimizer) = self.learner.optimizer_state()?;
+        let state = SampledState {
+            learner_rng: self.learner.rng.clone(),
+            replay: self.learner.replay.clone(),
+            optimizer_t,
+            actors,
+            next_actor,
+            last_baseline: self.last_baseline,
+            wall_time: self.rec.wall_time(),
+        };
+        let ckpt = Checkpoint {
+            step: self.learner.step,
+            state: serde_json::to_value(state).expect("sampled state serialises"),
+            tensors: vec![
+                ("weights".into(), self.learner.snapshot()?.tensors),
+                ("behaviour".into(), self.behaviour.tensors.clone()),
+                ("optimizer".into(), optimizer),
+            ],
+        };
+        self.rec.checkpoint(&ckpt)
+    }
+
+    fn summary(&mut self, device: Device, initial: &[f64]) -> Result<Summary> {
+        self.rec.finish()?;
+        let final_probs = softmax(&self.learner.logits()?);
+        Ok(bandit_summary(
+            self.cfg,
+            device,
+            self.learner.step,
+            &self.rec,
+            &self.bandit,
+            initial,
+            self.behaviour_probs.clone(),
+            final_probs,
+            self.last_baseline,
+        ))
+    }
+}
+
+fn run_sampled(
+    cfg: &Config,
+    run_dir: &Path,
+    device: Device,
+    opts: &RunOptions,
+    resume: Option<Checkpoint>,
+) -> Result<Outcome> {
+    let bandit = Bandit::new(&cfg.env, cfg.seed);
+    let initial = bandit::initial_logits(&cfg.env, cfg.seed);
+    let total = cfg.env.total_steps();
+    let mut learner = Learner::new(cfg, device, &initial);
+    let mut actor_states = Vec::new();
+    let mut next_actor = 0;
+    let mut last_baseline = 0.0;
+    let mut wall = 0.0;
+    let mut behaviour = None;
+    if let Some(ckpt) = &resume {
+        let s: SampledState = serde_json::from_value(ckpt.state.clone())
+            .map_err(|e| Error::Corrupt(format!("checkpoint state: {e}")))?;
+        WeightSnapshot { version: ckpt.step, tensors: ckpt.tensors("weights")?.to_vec() }.load_into(&learner.vs)?;
+        learner.load_optimizer_state(s.optimizer_t, ckpt.tensors("optimizer")?)?;
+        learner.rng = s.learner_rng;
+        learner.replay = s.replay;
+        learner.step = ckpt.step;
+        let version = ckpt.step - ckpt.step % cfg.learner.sync_interval;
+        behaviour = Some(WeightSnapshot { version, tensors: ckpt.tensors("behaviour")?.to_vec() });
+        actor_states = s.actors;
+        next_actor = s.next_actor;
+        last_baseline = s.last_baseline;
+        wall = s.wall_time;
+    }
+    let behaviour = match behaviour {
+        Some(b) => b,
+        None => learner.snapshot()?,
+    };
+    let rec = Recorder::new(cfg, run_dir, total, learner.step, wall)?;
+    let mut run = SampledRun {
+        cfg,
+        bandit: bandit.clone(),
+        learner,
+        behaviour: behaviour.clone(),
+        behaviour_probs: Vec::new(),
+        last_baseline,
+        rec,
+    };
+    run.set_behaviour(behaviour.clone());
+    if run.learner.step == 0 {
+        let row = run.row()?;
+        run.rec.log(row, 0)?;
+    }
+    let mut actors = (0..cfg.actor.threads)
+        .map(|id| BanditActor::new(cfg, id, bandit.clone(), &behaviour))
+        .collect::<Result<Vec<_>>>()?;
+    if !opts.serial && run.learner.step > 0 {
+        // A resumed parallel run must not replay the random draws of its first session.
+        for actor in &mut actors {
+            let index = (run.learner.step << 16) | actor.id as u64;
+            actor.set_state(ActorState { rng: crate::rng::stream(cfg.seed, crate::rng::Role::Actor, index), next_prompt: 0 });
+        }
+    }
+    let interrupted_at = if opts.serial {
+        serial_loop(&mut run, actors, actor_states, next_actor, opts)?
+    } else {
+        parallel_loop(&mut run, actors, opts)?
+    };
+    if let Some(code) = interrupted_at {
+        run.rec.finish()?;
+        return Ok(Outcome::Interrupted { step: run.learner.step, code });
+    }
+    Ok(Outcome::Finished(run.summary(device, &initial)?))
+}
+
+/// Actors and learner interleaved on one thread in a fixed order. Returns the signal code when
+/// interrupted (after checkpointing).
+fn serial_loop(
+    run: &mut SampledRun,
+    mut actors: Vec<BanditActor>,
+    saved: Vec<ActorState>,
+    mut next_actor: usize,
+    opts: &RunOptions,
+) -> Result<Option<i32>> {
+    if !saved.is_empty() {
+        if saved.len() != actors.len() {
+            return Err(Error::Corrupt(format!(
+                "checkpoint has {} actors, config has {}",
+                saved.len(),
+                actors.len()
+            )));
+        }
+        for (actor, state) in actors.iter_mut().zip(saved) {
+            actor.set_state(state);
+        }
+    }
+    let total = run.cfg.env.total_steps();
+    let states = |actors: &[BanditActor]| actors.iter().map(|a| a.state().clone()).collect::<Vec<_>>();
+    while run.learner.step < total {
+        if let Some(code) = interrupted(opts) {
+            run.checkpoint(states(&actors), next_actor)?;
+            return Ok(Some(code));
+        }
+        while !run.learner.ready() {
+            let batch = actors[next_actor].act();
+            next_actor = (next_actor + 1) % actors.len();
+            run.learner.ingest(batch);
+        }
+        let stats = run.learner.train_step()?;
+        if run.learner.step % run.cfg.learner.sync_interval == 0 {
+            let snap = run.publish()?;
+            for actor in &mut actors {
+                actor.load(&snap)?;
+            }
+        }
+        run.after_step(&stats)?;
+        if run.rec.should_checkpoint(run.learner.step) {
+            run.checkpoint(states(&actors), next_actor)?;
+        }
+    }
+    Ok(None)
+}
+
+/// Why the actors stopped, if one failed.
+#[derive(Default)]
+struct ActorFailure(Mutex<Option<Error>>);
+
+impl ActorFailure {
+    fn set(&self, err: Error) {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(err);
+    }
+
+    fn take(&self) -> Option<Error> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// N actor threads feeding the learner thread through a bounded channel.
+fn parallel_loop(run: &mut SampledRun, actors: Vec<BanditActor>, opts: &RunOptions) -> Result<Option<i32>> {
+    let board = SnapshotBoard::new(run.behaviour.clone());
+    let stop = AtomicBool::new(false);
+    let learner_step = AtomicU64::new(run.learner.step);
+    let failure = ActorFailure::default();
+    let (tx, rx) = bounded::<ActorBatch>(run.cfg.actor.channel_capacity);
+    std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        for actor in actors {
+            let id = actor.id;
+            let tx = tx.clone();
+            let shared = ActorShared {
+                board: &board,
+                stop: &stop,
+                learner_step: &learner_step,
+                max_policy_lag: run.cfg.replay.max_policy_lag,
+            };
+            let (stop, failure) = (&stop, &failure);
+            let handle = std::thread::Builder::new()
+                .name(format!("actor-{id}"))
+                .spawn_scoped(scope, move || {
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| actor_loop(actor, tx, shared)));
+                    let err = match result {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(e),
+                        Err(payload) => Some(Error::ActorPanic { id, message: panic_message(payload.as_ref()) }),
+                    };
+                    if let Some(e) = err {
+                        failure.set(e);
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                })
+                .map_err(|e| Error::io("actor thread", e))?;
+            handles.push(handle);
+        }
+        drop(tx);
+        let shared = LearnerShared { board: &board, learner_step: &learner_step, failure: &failure };
+        let result = std::thread::Builder::new()
+            .name("learner".into())
+            .spawn_scoped(scope, || learner_loop(run, rx, shared, opts))
+            .map_err(|e| Error::io("learner thread", e))?
+            .join()
+            .unwrap_or_else(|payload| Err(Error::Corrupt(format!("learner panicked: {}", panic_message(payload.as_ref())))));
+        stop.store(true, Ordering::Relaxed);
+        for h in handles {
+            let _ = h.join();
+        }
+        result
+    })
+}
+
+struct LearnerShared<'a> {
+    board: &'a SnapshotBoard,
+    learner_step: &'a AtomicU64,
+    failure: &'a ActorFailure,
+}
+
+/// The body of the learner thread: drain the channel into the replay buffer, step when the buffer
+/// allows, publish snapshots, log and checkpoint. Returns the signal code when interrupted.
+fn learner_loop(run: &mut SampledRun, rx: Receiver<ActorBatch>, shared: LearnerShared, opts: &RunOptions) -> Result<Option<i32>> {
+    let total = run.cfg.env.total_steps();
+    while run.learner.step < total {
+        if let Some(err) = shared.failure.take() {
+            return Err(err);
+        }
+        if let Some(code) = interrupted(opts) {
+            run.checkpoint(Vec::new(), 0)?;
+            return Ok(Some(code));
+        }
+        while let Ok(batch) = rx.try_recv() {
+            run.learner.ingest(batch);
+        }
+        if !run.learner.ready() {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(batch) => run.learner.ingest(batch),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(shared.failure.take().unwrap_or_else(|| Error::Corrupt("every actor stopped".into())));
+                }
+            }
+            continue;
+        }
+        let stats = run.learner.train_step()?;
+        shared.learner_step.store(run.learner.step, Ordering::Relaxed);
+        if run.learner.step % run.cfg.learner.sync_interval == 0 {
+            let snap = run.publish()?;
+            shared.board.publish(snap);
+        }
+        run.after_step(&stats)?;
+        if run.rec.should_checkpoint(run.learner.step) {
+            run.checkpoint(Vec::new(), 0)?;
+        }
+    }
+    Ok(None)
+}
+
+/// Writes a run's `config.toml` and `run.json` in a new directory.
+pub fn create_run_dir(dir: &Path, cfg: &Config, serial: bool) -> Result<()> {
+    if dir.exists() && std::fs::read_dir(dir).at(dir)?.next().is_some() {
+        return Err(Error::input(format!(
+            "--out {}: the directory exists and is not empty (resume it with `asymre resume {}` or choose another)",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).at(dir)?;
+    checkpoint::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    let meta = serde_json::json!({ "serial": serial, "version": env!("CARGO_PKG_VERSION") });
+    checkpoint::write_atomic(&dir.join("run.json"), meta.to_string().as_bytes())
+}
+
+/// Reads what [`create_run_dir`] wrote: the config and whether the run is serial.
+pub fn open_run_dir(dir: &Path) -> Result<(Config, bool)> {
+    let cfg_path = dir.join("config.toml");
+    if !cfg_path.exists() {
+        return Err(Error::input(format!("{}: not a run directory (no config.toml)", dir.display())));
+    }
+    let cfg = crate::config::load_resolved(&cfg_path)?;
+    let meta_path = dir.join("run.json");
+    let meta: serde_json::Value = std::fs::read_to_string(&meta_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .ok_or_else(|| Error::Corrupt(format!("{}: missing or unreadable", meta_path.display())))?;
+    Ok((cfg, meta.get("serial").and_then(|s| s.as_bool()).unwrap_or(false)))
+}

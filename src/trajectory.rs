@@ -1,0 +1,28 @@
+//! The plain data an actor sends to the learner.
+use serde::{Deserialize, Serialize};
+
+/// One sampled trajectory y for a prompt x, with what the losses need about its behaviour policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trajectory {
+    /// Identifies the prompt x; the G samples of one prompt share it.
+    pub prompt: u64,
+    /// The policy's actions (the bandit: one arm).
+    pub actions: Vec<u32>,
+    /// The verifiable reward r(y).
+    pub reward: f32,
+    /// log μ(y): the behaviour policy's log-probability of the actions, summed.
+    pub behaviour_logp: f32,
+    /// V̂(x): the mean reward of the G samples drawn for this prompt, this one included.
+    pub group_mean: f32,
+    /// V^μ(x) = E_{y~μ}[r(y)] when the environment can compute it exactly (the bandit).
+    pub behaviour_value: Option<f32>,
+    /// The learner step of the weights that produced it.
+    pub policy_version: u64,
+}
+
+/// One actor message: a batch of trajectories, so the channel carries few, large messages.
+#[derive(Debug, Clone)]
+pub struct ActorBatch {
+    pub actor: usize,
+    pub trajectories: Vec<Trajectory>,
+}
