@@ -59,7 +59,10 @@ impl BanditActor {
             temperature: cfg.policy.temperature,
             batch_size: cfg.actor.batch_size,
             group_size: cfg.actor.group_size,
-            state: ActorState { rng: rng::stream(cfg.seed, Role::Actor, id as u64), next_prompt: 0 },
+            state: ActorState {
+                rng: rng::stream(cfg.seed, Role::Actor, id as u64),
+                next_prompt: 0,
+            },
             version: 0,
             cdf: Vec::new(),
             log_probs: Vec::new(),
@@ -101,7 +104,9 @@ impl BanditActor {
 
     fn sample_arm(&mut self) -> usize {
         let u: f64 = self.state.rng.gen::<f64>() * self.cdf.last().copied().unwrap_or(1.0);
-        self.cdf.partition_point(|&c| c <= u).min(self.cdf.len() - 1)
+        self.cdf
+            .partition_point(|&c| c <= u)
+            .min(self.cdf.len() - 1)
     }
 
     /// Samples one message: `batch_size / group_size` prompts × G arms each.
@@ -130,7 +135,10 @@ impl BanditActor {
                 t.group_mean = mean as f32;
             }
         }
-        ActorBatch { actor: self.id, trajectories }
+        ActorBatch {
+            actor: self.id,
+            trajectories,
+        }
     }
 }
 
@@ -144,7 +152,10 @@ pub struct SnapshotBoard {
 impl SnapshotBoard {
     pub fn new(first: WeightSnapshot) -> Self {
         let version = first.version;
-        SnapshotBoard { latest: Mutex::new(Arc::new(first)), version: AtomicU64::new(version) }
+        SnapshotBoard {
+            latest: Mutex::new(Arc::new(first)),
+            version: AtomicU64::new(version),
+        }
     }
 
     pub fn publish(&self, snapshot: WeightSnapshot) {
@@ -159,7 +170,10 @@ impl SnapshotBoard {
     }
 
     pub fn latest(&self) -> Arc<WeightSnapshot> {
-        self.latest.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -174,12 +188,19 @@ pub struct ActorShared<'a> {
 
 /// The body of an actor thread: refresh weights, respect the lag limit, sample, send; until the
 /// run stops or the learner hangs up.
-pub fn actor_loop(mut actor: BanditActor, tx: Sender<ActorBatch>, shared: ActorShared<'_>) -> Result<()> {
+pub fn actor_loop(
+    mut actor: BanditActor,
+    tx: Sender<ActorBatch>,
+    shared: ActorShared<'_>,
+) -> Result<()> {
     while !shared.stop.load(Ordering::Relaxed) {
         if shared.board.version() != actor.version() {
             actor.load(&shared.board.latest())?;
         }
-        let lag = shared.learner_step.load(Ordering::Relaxed).saturating_sub(actor.version());
+        let lag = shared
+            .learner_step
+            .load(Ordering::Relaxed)
+            .saturating_sub(actor.version());
         if shared.max_policy_lag > 0 && lag > shared.max_policy_lag {
             // Pace rather than produce samples the learner would drop.
             std::thread::sleep(Duration::from_micros(200));

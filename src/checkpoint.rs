@@ -29,7 +29,12 @@ impl Checkpoint {
             .iter()
             .find(|(s, _)| s == stem)
             .map(|(_, t)| t.as_slice())
-            .ok_or_else(|| Error::Corrupt(format!("checkpoint at step {} has no {stem}.safetensors", self.step)))
+            .ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "checkpoint at step {} has no {stem}.safetensors",
+                    self.step
+                ))
+            })
     }
 }
 
@@ -65,7 +70,10 @@ fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// safetensors bytes of `tensors` (f32, little-endian), keeping their order in the metadata.
 pub fn safetensors_bytes(tensors: &[NamedTensor]) -> Result<Vec<u8>> {
-    let raw: Vec<Vec<u8>> = tensors.iter().map(|t| t.data.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let raw: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| t.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
     let views = tensors
         .iter()
         .zip(&raw)
@@ -75,9 +83,14 @@ pub fn safetensors_bytes(tensors: &[NamedTensor]) -> Result<Vec<u8>> {
                 .map_err(|e| Error::Corrupt(format!("tensor {}: {e}", t.name)))
         })
         .collect::<Result<Vec<_>>>()?;
-    let order = tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join("\n");
+    let order = tensors
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
     let meta = Some(HashMap::from([(ORDER_KEY.to_string(), order)]));
-    safetensors::tensor::serialize(views, &meta).map_err(|e| Error::Corrupt(format!("safetensors: {e}")))
+    safetensors::tensor::serialize(views, &meta)
+        .map_err(|e| Error::Corrupt(format!("safetensors: {e}")))
 }
 
 /// Parses what [`safetensors_bytes`] wrote, in the original order.
@@ -89,7 +102,12 @@ pub fn parse_safetensors(bytes: &[u8], origin: &Path) -> Result<Vec<NamedTensor>
         .metadata()
         .as_ref()
         .and_then(|m| m.get(ORDER_KEY))
-        .map(|o| o.split('\n').filter(|s| !s.is_empty()).map(String::from).collect())
+        .map(|o| {
+            o.split('\n')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_else(|| {
             let mut names: Vec<String> = st.names().into_iter().cloned().collect();
             names.sort();
@@ -100,10 +118,21 @@ pub fn parse_safetensors(bytes: &[u8], origin: &Path) -> Result<Vec<NamedTensor>
         .map(|name| {
             let view = st.tensor(&name).map_err(|e| bad(e.to_string()))?;
             if view.dtype() != Dtype::F32 {
-                return Err(bad(format!("tensor {name} is {:?}, expected F32", view.dtype())));
+                return Err(bad(format!(
+                    "tensor {name} is {:?}, expected F32",
+                    view.dtype()
+                )));
             }
-            let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            Ok(NamedTensor { name, shape: view.shape().to_vec(), data })
+            let data = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            Ok(NamedTensor {
+                name,
+                shape: view.shape().to_vec(),
+                data,
+            })
         })
         .collect()
 }
@@ -121,7 +150,10 @@ pub fn save(run_dir: &Path, ckpt: &Checkpoint, keep: usize) -> Result<PathBuf> {
     let state = serde_json::json!({ "step": ckpt.step, "state": ckpt.state });
     write_file_synced(&tmp.join(STATE), state.to_string().as_bytes())?;
     for (stem, tensors) in &ckpt.tensors {
-        write_file_synced(&tmp.join(format!("{stem}.safetensors")), &safetensors_bytes(tensors)?)?;
+        write_file_synced(
+            &tmp.join(format!("{stem}.safetensors")),
+            &safetensors_bytes(tensors)?,
+        )?;
     }
     sync_dir(&tmp)?;
     let dest = root.join(&name);
@@ -145,7 +177,10 @@ fn checkpoint_dirs(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
     for entry in fs::read_dir(root).at(root)? {
         let entry = entry.at(root)?;
         let name = entry.file_name().to_string_lossy().to_string();
-        if let Some(step) = name.strip_prefix("step_").and_then(|s| s.parse::<u64>().ok()) {
+        if let Some(step) = name
+            .strip_prefix("step_")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
             dirs.push((step, entry.path()));
         }
     }
@@ -167,13 +202,16 @@ fn prune(root: &Path, keep: usize, current: &str) -> Result<()> {
 fn load_dir(dir: &Path) -> Result<Checkpoint> {
     let state_path = dir.join(STATE);
     let text = fs::read_to_string(&state_path).at(&state_path)?;
-    let mut value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("{}: {e}", state_path.display())))?;
+    let mut value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Corrupt(format!("{}: {e}", state_path.display())))?;
     let step = value
         .get("step")
         .and_then(|s| s.as_u64())
         .ok_or_else(|| Error::Corrupt(format!("{}: no step", state_path.display())))?;
-    let state = value.get_mut("state").map(serde_json::Value::take).unwrap_or_default();
+    let state = value
+        .get_mut("state")
+        .map(serde_json::Value::take)
+        .unwrap_or_default();
     let mut tensors = Vec::new();
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .at(dir)?
@@ -183,10 +221,17 @@ fn load_dir(dir: &Path) -> Result<Checkpoint> {
     files.sort();
     for path in files {
         let bytes = fs::read(&path).at(&path)?;
-        let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
         tensors.push((stem, parse_safetensors(&bytes, &path)?));
     }
-    Ok(Checkpoint { step, state, tensors })
+    Ok(Checkpoint {
+        step,
+        state,
+        tensors,
+    })
 }
 
 /// The newest loadable checkpoint of a run: the one `latest` names, or else the newest complete
@@ -220,8 +265,16 @@ mod tests {
             tensors: vec![(
                 "weights".into(),
                 vec![
-                    NamedTensor { name: "z".into(), shape: vec![2], data: vec![1.5, -2.0] },
-                    NamedTensor { name: "a".into(), shape: vec![1, 3], data: vec![0.1, f32::MIN_POSITIVE, 3.0] },
+                    NamedTensor {
+                        name: "z".into(),
+                        shape: vec![2],
+                        data: vec![1.5, -2.0],
+                    },
+                    NamedTensor {
+                        name: "a".into(),
+                        shape: vec![1, 3],
+                        data: vec![0.1, f32::MIN_POSITIVE, 3.0],
+                    },
                 ],
             )],
         }
@@ -242,7 +295,14 @@ mod tests {
             save(dir.path(), &ckpt(s), 2).unwrap();
         }
         let root = dir.path().join("checkpoints");
-        assert_eq!(checkpoint_dirs(&root).unwrap().iter().map(|d| d.0).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            checkpoint_dirs(&root)
+                .unwrap()
+                .iter()
+                .map(|d| d.0)
+                .collect::<Vec<_>>(),
+            vec![2, 3]
+        );
         // A half-written newer checkpoint and a garbage `latest` fall back to the newest good one.
         fs::create_dir(root.join("step_000000009")).unwrap();
         fs::write(root.join("step_000000009/state.json"), "{\"st").unwrap();
@@ -255,7 +315,11 @@ mod tests {
 
     #[test]
     fn corrupt_tensor_file_is_an_error_not_a_panic() {
-        let err = parse_safetensors(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}", Path::new("x")).unwrap_err();
+        let err = parse_safetensors(
+            b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}",
+            Path::new("x"),
+        )
+        .unwrap_err();
         assert!(err.to_string().starts_with("x: "), "{err}");
     }
 }

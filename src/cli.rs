@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use crate::config::DeviceChoice;
 
 #[derive(Debug, Parser)]
-#[command(name = "asymre", version, about = "Asymmetric REINFORCE trainer on libtorch")]
+#[command(
+    name = "asymre",
+    version,
+    about = "Asymmetric REINFORCE trainer on libtorch"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -152,7 +152,10 @@ pub struct PolicyConfig {
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        PolicyConfig { kind: PolicyKind::Tabular, temperature: 1.0 }
+        PolicyConfig {
+            kind: PolicyKind::Tabular,
+            temperature: 1.0,
+        }
     }
 }
 
@@ -171,7 +174,12 @@ pub struct ActorConfig {
 
 impl Default for ActorConfig {
     fn default() -> Self {
-        ActorConfig { threads: 2, batch_size: 256, group_size: 8, channel_capacity: 4 }
+        ActorConfig {
+            threads: 2,
+            batch_size: 256,
+            group_size: 8,
+            channel_capacity: 4,
+        }
     }
 }
 
@@ -200,7 +208,12 @@ pub struct ReplayConfig {
 
 impl Default for ReplayConfig {
     fn default() -> Self {
-        ReplayConfig { capacity: 16384, sampling: Sampling::Fifo, reuse: 1.0, max_policy_lag: 0 }
+        ReplayConfig {
+            capacity: 16384,
+            sampling: Sampling::Fifo,
+            reuse: 1.0,
+            max_policy_lag: 0,
+        }
     }
 }
 
@@ -292,7 +305,12 @@ pub struct BaselineConfig {
 
 impl Default for BaselineConfig {
     fn default() -> Self {
-        BaselineConfig { kind: BaselineKind::Relative, v: 0.0, delta_v: -0.1, estimate: Estimate::Group }
+        BaselineConfig {
+            kind: BaselineKind::Relative,
+            v: 0.0,
+            delta_v: -0.1,
+            estimate: Estimate::Group,
+        }
     }
 }
 
@@ -306,7 +324,10 @@ pub struct LossConfig {
 
 impl Default for LossConfig {
     fn default() -> Self {
-        LossConfig { kind: LossKind::Asymre, baseline: BaselineConfig::default() }
+        LossConfig {
+            kind: LossKind::Asymre,
+            baseline: BaselineConfig::default(),
+        }
     }
 }
 
@@ -323,7 +344,11 @@ pub struct LoggingConfig {
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        LoggingConfig { every: 50, tensorboard: true, progress: true }
+        LoggingConfig {
+            every: 50,
+            tensorboard: true,
+            progress: true,
+        }
     }
 }
 
@@ -338,7 +363,10 @@ pub struct CheckpointConfig {
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        CheckpointConfig { every: 2000, keep: 2 }
+        CheckpointConfig {
+            every: 2000,
+            keep: 2,
+        }
     }
 }
 
@@ -370,7 +398,9 @@ fn toml_syntax_error(text: &str, e: &toml::de::Error) -> Error {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
             let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            Error::input(format!("TOML syntax error at line {line}, column {col}: {msg}"))
+            Error::input(format!(
+                "TOML syntax error at line {line}, column {col}: {msg}"
+            ))
         }
         None => Error::input(format!("TOML syntax error: {msg}")),
     }
@@ -398,7 +428,9 @@ pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
     let key = key.trim();
     let raw = raw.trim();
     if key.is_empty() || key.split('.').any(str::is_empty) {
-        return Err(Error::input(format!("--set {spec}: the key must be like section.key")));
+        return Err(Error::input(format!(
+            "--set {spec}: the key must be like section.key"
+        )));
     }
     let value = parse_value(raw);
     let parts: Vec<&str> = key.split('.').collect();
@@ -412,7 +444,9 @@ pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
             toml::Value::Table(t) => t,
             _ => {
                 let prefix = parts[..=i].join(".");
-                return Err(Error::input(format!("--set {spec}: {prefix} is a value, not a section")));
+                return Err(Error::input(format!(
+                    "--set {spec}: {prefix} is a value, not a section"
+                )));
             }
         };
     }
@@ -447,18 +481,53 @@ impl Config {
     /// Checks every value against its allowed range; the first violation is returned.
     pub fn validate(&self) -> Result<()> {
         let e = &self.env;
-        check((2..=1_000_000).contains(&e.arms), "env.arms", "between 2 and 1000000", e.arms)?;
-        check(e.init_scale.is_finite() && e.init_scale >= 0.0, "env.init_scale", "finite and >= 0", e.init_scale)?;
+        check(
+            (2..=1_000_000).contains(&e.arms),
+            "env.arms",
+            "between 2 and 1000000",
+            e.arms,
+        )?;
+        check(
+            e.init_scale.is_finite() && e.init_scale >= 0.0,
+            "env.init_scale",
+            "finite and >= 0",
+            e.init_scale,
+        )?;
         check(e.rounds >= 1, "env.rounds", ">= 1", e.rounds)?;
-        check(e.steps_per_round >= 1, "env.steps_per_round", ">= 1", e.steps_per_round)?;
-        check(e.total_steps() <= 1_000_000_000, "env.rounds", "such that rounds * steps_per_round <= 1e9", e.rounds)?;
-        check(e.eta.is_finite() && e.eta > 0.0, "env.eta", "finite and > 0", e.eta)?;
+        check(
+            e.steps_per_round >= 1,
+            "env.steps_per_round",
+            ">= 1",
+            e.steps_per_round,
+        )?;
+        check(
+            e.total_steps() <= 1_000_000_000,
+            "env.rounds",
+            "such that rounds * steps_per_round <= 1e9",
+            e.rounds,
+        )?;
+        check(
+            e.eta.is_finite() && e.eta > 0.0,
+            "env.eta",
+            "finite and > 0",
+            e.eta,
+        )?;
 
         let p = &self.policy;
-        check(p.temperature.is_finite() && p.temperature > 0.0, "policy.temperature", "finite and > 0", p.temperature)?;
+        check(
+            p.temperature.is_finite() && p.temperature > 0.0,
+            "policy.temperature",
+            "finite and > 0",
+            p.temperature,
+        )?;
 
         let a = &self.actor;
-        check((1..=256).contains(&a.threads), "actor.threads", "between 1 and 256", a.threads)?;
+        check(
+            (1..=256).contains(&a.threads),
+            "actor.threads",
+            "between 1 and 256",
+            a.threads,
+        )?;
         check(a.batch_size >= 1, "actor.batch_size", ">= 1", a.batch_size)?;
         check(a.group_size >= 1, "actor.group_size", ">= 1", a.group_size)?;
         check(
@@ -467,43 +536,106 @@ impl Config {
             &format!("a multiple of actor.group_size ({})", a.group_size),
             a.batch_size,
         )?;
-        check(a.channel_capacity >= 1, "actor.channel_capacity", ">= 1", a.channel_capacity)?;
+        check(
+            a.channel_capacity >= 1,
+            "actor.channel_capacity",
+            ">= 1",
+            a.channel_capacity,
+        )?;
 
         let r = &self.replay;
         check(r.capacity >= 1, "replay.capacity", ">= 1", r.capacity)?;
-        check(r.reuse.is_finite() && r.reuse > 0.0 && r.reuse <= 1000.0, "replay.reuse", "in (0, 1000]", r.reuse)?;
+        check(
+            r.reuse.is_finite() && r.reuse > 0.0 && r.reuse <= 1000.0,
+            "replay.reuse",
+            "in (0, 1000]",
+            r.reuse,
+        )?;
 
         let l = &self.learner;
-        check(l.lr.is_finite() && l.lr > 0.0, "learner.lr", "finite and > 0", l.lr)?;
-        check((0.0..1.0).contains(&l.beta1), "learner.beta1", "in [0, 1)", l.beta1)?;
-        check((0.0..1.0).contains(&l.beta2), "learner.beta2", "in [0, 1)", l.beta2)?;
-        check(l.eps.is_finite() && l.eps > 0.0, "learner.eps", "finite and > 0", l.eps)?;
-        check(l.batch_size >= 1, "learner.batch_size", ">= 1", l.batch_size)?;
+        check(
+            l.lr.is_finite() && l.lr > 0.0,
+            "learner.lr",
+            "finite and > 0",
+            l.lr,
+        )?;
+        check(
+            (0.0..1.0).contains(&l.beta1),
+            "learner.beta1",
+            "in [0, 1)",
+            l.beta1,
+        )?;
+        check(
+            (0.0..1.0).contains(&l.beta2),
+            "learner.beta2",
+            "in [0, 1)",
+            l.beta2,
+        )?;
+        check(
+            l.eps.is_finite() && l.eps > 0.0,
+            "learner.eps",
+            "finite and > 0",
+            l.eps,
+        )?;
+        check(
+            l.batch_size >= 1,
+            "learner.batch_size",
+            ">= 1",
+            l.batch_size,
+        )?;
         check(
             l.batch_size <= r.capacity,
             "learner.batch_size",
             &format!("<= replay.capacity ({})", r.capacity),
             l.batch_size,
         )?;
-        check(l.sync_interval >= 1, "learner.sync_interval", ">= 1", l.sync_interval)?;
-        check(l.max_grad_norm.is_finite() && l.max_grad_norm >= 0.0, "learner.max_grad_norm", "finite and >= 0", l.max_grad_norm)?;
-        check((1..=256).contains(&l.intra_op_threads), "learner.intra_op_threads", "between 1 and 256", l.intra_op_threads)?;
+        check(
+            l.sync_interval >= 1,
+            "learner.sync_interval",
+            ">= 1",
+            l.sync_interval,
+        )?;
+        check(
+            l.max_grad_norm.is_finite() && l.max_grad_norm >= 0.0,
+            "learner.max_grad_norm",
+            "finite and >= 0",
+            l.max_grad_norm,
+        )?;
+        check(
+            (1..=256).contains(&l.intra_op_threads),
+            "learner.intra_op_threads",
+            "between 1 and 256",
+            l.intra_op_threads,
+        )?;
         if r.max_policy_lag != 0 {
             check(
                 r.max_policy_lag >= l.sync_interval,
                 "replay.max_policy_lag",
-                &format!("0 (no limit) or >= learner.sync_interval ({})", l.sync_interval),
+                &format!(
+                    "0 (no limit) or >= learner.sync_interval ({})",
+                    l.sync_interval
+                ),
                 r.max_policy_lag,
             )?;
         }
 
         let b = &self.loss.baseline;
         check(b.v.is_finite(), "loss.baseline.v", "finite", b.v)?;
-        check(b.delta_v.is_finite(), "loss.baseline.delta_v", "finite", b.delta_v)?;
+        check(
+            b.delta_v.is_finite(),
+            "loss.baseline.delta_v",
+            "finite",
+            b.delta_v,
+        )?;
 
         let g = &self.logging;
         check(g.every >= 1, "logging.every", ">= 1", g.every)?;
-        check(self.checkpoint.keep >= 1, "checkpoint.keep", ">= 1", self.checkpoint.keep)?;
+        check(
+            self.checkpoint.keep >= 1,
+            "checkpoint.keep",
+            ">= 1",
+            self.checkpoint.keep,
+        )?;
         Ok(())
     }
 
@@ -557,23 +689,38 @@ mod tests {
 
     #[test]
     fn out_of_range_values_name_key_and_range() {
-        assert_eq!(err("", &["learner.sync_interval=0"]), "learner.sync_interval: must be >= 1, got 0");
+        assert_eq!(
+            err("", &["learner.sync_interval=0"]),
+            "learner.sync_interval: must be >= 1, got 0"
+        );
         assert!(err("", &["learner.lr=-1"]).starts_with("learner.lr: must be finite and > 0"));
         let m = err("[replay]\ncapacity = 100\n", &["learner.batch_size=200"]);
-        assert_eq!(m, "learner.batch_size: must be <= replay.capacity (100), got 200");
+        assert_eq!(
+            m,
+            "learner.batch_size: must be <= replay.capacity (100), got 200"
+        );
     }
 
     #[test]
     fn overrides_are_typed() {
-        let c = from_toml_str("", &["loss.baseline.delta_v=0.25".into(), "replay.sampling=uniform".into()]).unwrap();
+        let c = from_toml_str(
+            "",
+            &[
+                "loss.baseline.delta_v=0.25".into(),
+                "replay.sampling=uniform".into(),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.loss.baseline.delta_v, 0.25);
         assert_eq!(c.replay.sampling, Sampling::Uniform);
         let msg = err("", &["env.arms=1.5"]);
         assert!(msg.starts_with("env.arms:"), "{msg}");
         let msg = err("", &["device=gpu"]);
         assert!(msg.starts_with("device:") && msg.contains("cuda"), "{msg}");
-        let msg = err("", &["seed.x=1"]);
+        let msg = err("seed = 1\n", &["seed.x=1"]);
         assert!(msg.contains("seed is a value"), "{msg}");
+        let msg = err("", &["seed.x=1"]);
+        assert!(msg.starts_with("seed: invalid type"), "{msg}");
         let msg = err("", &["nokey"]);
         assert!(msg.contains("key=value"), "{msg}");
     }

@@ -54,16 +54,28 @@ impl ExactFlow {
     pub fn step(&mut self, bandit: &Bandit, v: f64, eta: f64) -> FlowStats {
         let pi = softmax(&self.logits);
         let r = bandit.arm_rewards();
-        let weighted: Vec<f64> = self.behaviour.iter().zip(r).map(|(m, r)| m * (r - v)).collect();
+        let weighted: Vec<f64> = self
+            .behaviour
+            .iter()
+            .zip(r)
+            .map(|(m, r)| m * (r - v))
+            .collect();
         let total: f64 = weighted.iter().sum();
-        let loss = -weighted.iter().zip(&pi).map(|(w, p)| w * p.ln()).sum::<f64>();
+        let loss = -weighted
+            .iter()
+            .zip(&pi)
+            .map(|(w, p)| w * p.ln())
+            .sum::<f64>();
         let mut norm2 = 0.0;
         for ((l, w), p) in self.logits.iter_mut().zip(&weighted).zip(&pi) {
             let ascent = w - total * p;
             norm2 += ascent * ascent;
             *l += eta * ascent;
         }
-        FlowStats { loss, grad_norm: norm2.sqrt() }
+        FlowStats {
+            loss,
+            grad_norm: norm2.sqrt(),
+        }
     }
 }
 
@@ -102,7 +114,13 @@ mod tests {
     use tch::{Kind, Tensor};
 
     fn bandit(arms: usize, seed: u64) -> Bandit {
-        Bandit::new(&EnvConfig { arms, ..EnvConfig::default() }, seed)
+        Bandit::new(
+            &EnvConfig {
+                arms,
+                ..EnvConfig::default()
+            },
+            seed,
+        )
     }
 
     /// The flow's update is exactly the negative autograd gradient of the AsymRE loss with the
@@ -116,7 +134,12 @@ mod tests {
         let before = flow.logits.clone();
         let l = Tensor::from_slice(&before).set_requires_grad(true);
         let logp = l.log_softmax(0, Kind::Double);
-        let w: Vec<f64> = flow.behaviour.iter().zip(b.arm_rewards()).map(|(m, r)| m * (r - v)).collect();
+        let w: Vec<f64> = flow
+            .behaviour
+            .iter()
+            .zip(b.arm_rewards())
+            .map(|(m, r)| m * (r - v))
+            .collect();
         let loss = -(Tensor::from_slice(&w) * logp).sum(Kind::Double);
         loss.backward();
         let grad = Vec::<f64>::try_from(l.grad()).unwrap();
@@ -138,7 +161,11 @@ mod tests {
         }
         let pi = softmax(&flow.logits);
         let want = limit_policy(&flow.behaviour, b.arm_rewards(), v).unwrap();
-        let max_err = pi.iter().zip(&want).map(|(p, w)| (p - w).abs()).fold(0.0, f64::max);
+        let max_err = pi
+            .iter()
+            .zip(&want)
+            .map(|(p, w)| (p - w).abs())
+            .fold(0.0, f64::max);
         assert!(max_err < 2e-3, "max |π − π*| = {max_err}");
         assert!(support_size(&pi) >= 10, "support {}", support_size(&pi));
         assert!(b.value(&pi) > v_mu, "improves on μ");

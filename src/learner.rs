@@ -102,12 +102,19 @@ impl Learner {
         let loss = loss::compute(&self.loss_cfg, &target_logp, &reward, &baseline)?;
         let loss_value = loss.f_double_value(&[])?;
         if !loss_value.is_finite() {
-            return Err(Error::NonFinite { quantity: "loss", step: self.step });
+            return Err(Error::NonFinite {
+                quantity: "loss",
+                step: self.step,
+            });
         }
         loss.f_backward()?;
         let info = self.optimizer.step(&self.vars, self.step)?;
         self.step += 1;
-        Ok(StepStats { loss: loss_value, grad_norm: info.grad_norm, ..stats_base })
+        Ok(StepStats {
+            loss: loss_value,
+            grad_norm: info.grad_norm,
+            ..stats_base
+        })
     }
 
     /// The current weights as a snapshot versioned by the current step.
@@ -124,7 +131,11 @@ impl Learner {
         self.optimizer.state(&self.vars)
     }
 
-    pub fn load_optimizer_state(&mut self, t: u64, saved: &[crate::policy::NamedTensor]) -> Result<()> {
+    pub fn load_optimizer_state(
+        &mut self,
+        t: u64,
+        saved: &[crate::policy::NamedTensor],
+    ) -> Result<()> {
         self.optimizer.load_state(&self.vars, t, saved)
     }
 }

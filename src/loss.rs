@@ -43,7 +43,12 @@ fn baseline_value(cfg: &LossConfig, t: &Trajectory) -> f32 {
 }
 
 /// Applies the configured loss.
-pub fn compute(cfg: &LossConfig, target_logp: &Tensor, reward: &Tensor, baseline: &Tensor) -> Result<Tensor> {
+pub fn compute(
+    cfg: &LossConfig,
+    target_logp: &Tensor,
+    reward: &Tensor,
+    baseline: &Tensor,
+) -> Result<Tensor> {
     match cfg.kind {
         LossKind::Asymre => asymre(target_logp, reward, baseline),
         LossKind::Reinforce => reinforce(target_logp, reward),
@@ -55,13 +60,23 @@ pub mod naive {
     /// −(1/B) Σ (r_i − V_i) logp_i.
     pub fn asymre(target_logp: &[f64], reward: &[f64], baseline: &[f64]) -> f64 {
         let n = target_logp.len() as f64;
-        -target_logp.iter().zip(reward).zip(baseline).map(|((l, r), v)| (r - v) * l).sum::<f64>() / n
+        -target_logp
+            .iter()
+            .zip(reward)
+            .zip(baseline)
+            .map(|((l, r), v)| (r - v) * l)
+            .sum::<f64>()
+            / n
     }
 
     /// ∂loss/∂logp_i = −(r_i − V_i)/B.
     pub fn asymre_grad(reward: &[f64], baseline: &[f64]) -> Vec<f64> {
         let n = reward.len() as f64;
-        reward.iter().zip(baseline).map(|(r, v)| -(r - v) / n).collect()
+        reward
+            .iter()
+            .zip(baseline)
+            .map(|(r, v)| -(r - v) / n)
+            .collect()
     }
 }
 
@@ -118,7 +133,9 @@ mod tests {
             let logp = policy.target_logp(&arms).unwrap();
             let loss = asymre(&logp, &t(&[reward]), &t(&[v])).unwrap();
             loss.backward();
-            let grad = Vec::<f64>::try_from(_vs.trainable_variables()[0].grad().to_kind(Kind::Double)).unwrap();
+            let grad =
+                Vec::<f64>::try_from(_vs.trainable_variables()[0].grad().to_kind(Kind::Double))
+                    .unwrap();
             // d loss / d logit_a = −(r − V)(1 − π_a): descent moves the logit by +(r − V)(1 − π_a).
             let descent = -grad[2];
             if reward > v {
@@ -146,12 +163,47 @@ mod tests {
         };
         let cfg = |kind, estimate, loss| LossConfig {
             kind: loss,
-            baseline: BaselineConfig { kind, v: 0.3, delta_v: -0.1, estimate },
+            baseline: BaselineConfig {
+                kind,
+                v: 0.3,
+                delta_v: -0.1,
+                estimate,
+            },
         };
         let v = |c: LossConfig| baseline_values(&c, &[&traj])[0];
-        assert_eq!(v(cfg(BaselineKind::Absolute, Estimate::Group, LossKind::Asymre)), 0.3);
-        assert!((v(cfg(BaselineKind::Relative, Estimate::Group, LossKind::Asymre)) - 0.4).abs() < 1e-7);
-        assert!((v(cfg(BaselineKind::Relative, Estimate::Exact, LossKind::Asymre)) - 0.3).abs() < 1e-7);
-        assert_eq!(v(cfg(BaselineKind::Relative, Estimate::Exact, LossKind::Reinforce)), 0.0);
+        assert_eq!(
+            v(cfg(
+                BaselineKind::Absolute,
+                Estimate::Group,
+                LossKind::Asymre
+            )),
+            0.3
+        );
+        assert!(
+            (v(cfg(
+                BaselineKind::Relative,
+                Estimate::Group,
+                LossKind::Asymre
+            )) - 0.4)
+                .abs()
+                < 1e-7
+        );
+        assert!(
+            (v(cfg(
+                BaselineKind::Relative,
+                Estimate::Exact,
+                LossKind::Asymre
+            )) - 0.3)
+                .abs()
+                < 1e-7
+        );
+        assert_eq!(
+            v(cfg(
+                BaselineKind::Relative,
+                Estimate::Exact,
+                LossKind::Reinforce
+            )),
+            0.0
+        );
     }
 }

@@ -37,7 +37,13 @@ fn install_signal_handlers() -> Result<Arc<AtomicUsize>> {
 
 fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Train { config: path, overrides, device, serial, out } => {
+        Command::Train {
+            config: path,
+            overrides,
+            device,
+            serial,
+            out,
+        } => {
             let mut cfg = config::load(&path, &overrides)?;
             if let Some(d) = device {
                 cfg.device = d.into();
@@ -47,30 +53,59 @@ fn run(cli: Cli) -> Result<u8> {
             train::create_run_dir(&dir, &cfg, serial)?;
             eprintln!("run: {}", dir.display());
             let interrupt = install_signal_handlers()?;
-            let outcome = train::train(&cfg, &dir, RunOptions { serial, interrupt: &interrupt }, None)?;
+            let outcome = train::train(
+                &cfg,
+                &dir,
+                RunOptions {
+                    serial,
+                    interrupt: &interrupt,
+                },
+                None,
+            )?;
             Ok(report(&dir, outcome))
         }
         Command::Resume { run_dir } => {
             let (cfg, serial) = train::open_run_dir(&run_dir)?;
             let ckpt = checkpoint::load_latest(&run_dir)?;
             let total = cfg.env.total_steps();
-            if ckpt.as_ref().is_some_and(|c| c.step >= total) && run_dir.join("summary.json").exists() {
+            if ckpt.as_ref().is_some_and(|c| c.step >= total)
+                && run_dir.join("summary.json").exists()
+            {
                 println!("{}: already finished ({total} steps)", run_dir.display());
                 return Ok(0);
             }
             match &ckpt {
                 Some(c) => eprintln!("resuming {} from step {}", run_dir.display(), c.step),
-                None => eprintln!("resuming {}: no checkpoint yet, starting from step 0", run_dir.display()),
+                None => eprintln!(
+                    "resuming {}: no checkpoint yet, starting from step 0",
+                    run_dir.display()
+                ),
             }
             let interrupt = install_signal_handlers()?;
-            let outcome = train::train(&cfg, &run_dir, RunOptions { serial, interrupt: &interrupt }, ckpt)?;
+            let outcome = train::train(
+                &cfg,
+                &run_dir,
+                RunOptions {
+                    serial,
+                    interrupt: &interrupt,
+                },
+                ckpt,
+            )?;
             Ok(report(&run_dir, outcome))
         }
-        Command::Config { print_default, config: path, overrides } => {
+        Command::Config {
+            print_default,
+            config: path,
+            overrides,
+        } => {
             let cfg = match path {
                 Some(p) => config::load(&p, &overrides)?,
                 None if print_default => config::Config::default(),
-                None => return Err(Error::input("config: give --print-default or --config FILE")),
+                None => {
+                    return Err(Error::input(
+                        "config: give --print-default or --config FILE",
+                    ))
+                }
             };
             print!("{}", cfg.to_toml());
             Ok(0)
@@ -128,14 +163,22 @@ fn print_summary(dir: &Path, s: &Summary) {
 
 /// `runs/<config stem>-<UTC yyyymmdd-hhmmss>`.
 fn default_run_dir(config: &Path) -> PathBuf {
-    let stem = config.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
+    let stem = config
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "run".into());
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    let base = format!("runs/{stem}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60);
+    let base = format!(
+        "runs/{stem}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    );
     let mut dir = PathBuf::from(&base);
     let mut n = 1;
     while dir.exists() {

@@ -44,7 +44,8 @@ pub mod tags {
     pub fn group(key: &str) -> &'static str {
         match key {
             LOSS | GRAD_NORM | V | V_MU => "losses",
-            POLICY_LAG_MEAN | POLICY_LAG_MAX | REPLAY_SIZE | STALE_DROPPED | SAMPLES_PER_SEC | WALL_TIME => "perf",
+            POLICY_LAG_MEAN | POLICY_LAG_MAX | REPLAY_SIZE | STALE_DROPPED | SAMPLES_PER_SEC
+            | WALL_TIME => "perf",
             _ => "charts",
         }
     }
@@ -59,7 +60,10 @@ pub struct Row {
 
 impl Row {
     pub fn new(step: u64) -> Self {
-        Row { step, values: Vec::new() }
+        Row {
+            step,
+            values: Vec::new(),
+        }
     }
 
     pub fn push(&mut self, key: &'static str, value: f64) -> &mut Self {
@@ -98,8 +102,15 @@ pub struct JsonlSink {
 
 impl JsonlSink {
     pub fn append(path: &Path) -> Result<Self> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).at(path)?;
-        Ok(JsonlSink { path: path.to_path_buf(), out: BufWriter::new(file) })
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .at(path)?;
+        Ok(JsonlSink {
+            path: path.to_path_buf(),
+            out: BufWriter::new(file),
+        })
     }
 }
 
@@ -122,7 +133,9 @@ pub struct TensorboardSink {
 impl TensorboardSink {
     pub fn new(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).at(dir)?;
-        Ok(TensorboardSink { writer: tensorboard_rs::summary_writer::SummaryWriter::new(dir) })
+        Ok(TensorboardSink {
+            writer: tensorboard_rs::summary_writer::SummaryWriter::new(dir),
+        })
     }
 }
 
@@ -150,12 +163,18 @@ pub struct ProgressSink {
 
 impl ProgressSink {
     pub fn new(total: u64, start: u64, enabled: bool) -> Self {
-        let target = if enabled { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        let target = if enabled {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
         let bar = ProgressBar::with_draw_target(Some(total), target);
         bar.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
-                .expect("the template is valid")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+            )
+            .expect("the template is valid")
+            .progress_chars("=> "),
         );
         bar.set_position(start);
         bar.enable_steady_tick(Duration::from_millis(500));
@@ -171,7 +190,10 @@ impl MetricsSink for ProgressSink {
     fn write(&mut self, row: &Row) -> Result<()> {
         self.bar.set_position(row.step);
         let mut msg = String::new();
-        if let Some(r) = row.get(tags::EXPECTED_REWARD).or(row.get(tags::BATCH_REWARD)) {
+        if let Some(r) = row
+            .get(tags::EXPECTED_REWARD)
+            .or(row.get(tags::BATCH_REWARD))
+        {
             msg.push_str(&format!("reward {r:.3}"));
         }
         if let Some(h) = row.get(tags::ENTROPY) {
@@ -261,9 +283,16 @@ mod tests {
     fn truncation_drops_later_and_torn_rows() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.jsonl");
-        std::fs::write(&p, "{\"step\":1}\n{\"step\":2}\n{\"step\":3}\n{\"step\":4,\"lo").unwrap();
+        std::fs::write(
+            &p,
+            "{\"step\":1}\n{\"step\":2}\n{\"step\":3}\n{\"step\":4,\"lo",
+        )
+        .unwrap();
         truncate_jsonl(&p, 2).unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"step\":1}\n{\"step\":2}\n");
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "{\"step\":1}\n{\"step\":2}\n"
+        );
         std::fs::write(&p, "{\"step\":1}\n{\"step\":2,\"x\":").unwrap();
         truncate_jsonl(&p, 10).unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"step\":1}\n");

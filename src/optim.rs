@@ -29,7 +29,11 @@ pub struct StepInfo {
 
 impl Optimizer {
     pub fn new(cfg: &LearnerConfig, vars: &[(String, Tensor)]) -> Self {
-        let zeros = || vars.iter().map(|(_, p)| p.zeros_like().detach()).collect::<Vec<_>>();
+        let zeros = || {
+            vars.iter()
+                .map(|(_, p)| p.zeros_like().detach())
+                .collect::<Vec<_>>()
+        };
         Optimizer {
             kind: cfg.optimizer,
             lr: cfg.lr,
@@ -49,7 +53,10 @@ impl Optimizer {
         for (_, p) in vars {
             let g = p.grad();
             if g.defined() {
-                total += g.f_pow_tensor_scalar(2)?.f_sum(Kind::Double)?.double_value(&[]);
+                total += g
+                    .f_pow_tensor_scalar(2)?
+                    .f_sum(Kind::Double)?
+                    .double_value(&[]);
             }
         }
         Ok(total.sqrt())
@@ -60,7 +67,10 @@ impl Optimizer {
     pub fn step(&mut self, vars: &[(String, Tensor)], step: u64) -> Result<StepInfo> {
         let grad_norm = Self::grad_norm(vars)?;
         if !grad_norm.is_finite() {
-            return Err(Error::NonFinite { quantity: "gradient norm", step });
+            return Err(Error::NonFinite {
+                quantity: "gradient norm",
+                step,
+            });
         }
         let scale = if self.max_grad_norm > 0.0 && grad_norm > self.max_grad_norm {
             self.max_grad_norm / (grad_norm + 1e-12)
@@ -75,7 +85,11 @@ impl Optimizer {
                 if !g.defined() {
                     continue;
                 }
-                let g = if scale != 1.0 { g.f_mul_scalar(scale)? } else { g.shallow_clone() };
+                let g = if scale != 1.0 {
+                    g.f_mul_scalar(scale)?
+                } else {
+                    g.shallow_clone()
+                };
                 let mut p = p.shallow_clone();
                 match self.kind {
                     OptimizerKind::Sgd => {
@@ -117,7 +131,12 @@ impl Optimizer {
     }
 
     /// Restores what [`Optimizer::state`] returned.
-    pub fn load_state(&mut self, vars: &[(String, Tensor)], t: u64, saved: &[NamedTensor]) -> Result<()> {
+    pub fn load_state(
+        &mut self,
+        vars: &[(String, Tensor)],
+        t: u64,
+        saved: &[NamedTensor],
+    ) -> Result<()> {
         if saved.len() != 2 * vars.len() {
             return Err(Error::Corrupt(format!(
                 "optimiser state has {} tensors, expected {}",
@@ -128,7 +147,9 @@ impl Optimizer {
         for (i, (name, p)) in vars.iter().enumerate() {
             let (m, v) = (&saved[2 * i], &saved[2 * i + 1]);
             if m.name != format!("m.{name}") || v.name != format!("v.{name}") {
-                return Err(Error::Corrupt(format!("optimiser state does not match variable {name}")));
+                return Err(Error::Corrupt(format!(
+                    "optimiser state does not match variable {name}"
+                )));
             }
             self.m[i] = m.to_tensor(p.device())?;
             self.v[i] = v.to_tensor(p.device())?;

@@ -42,9 +42,15 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<Vec<Series>> {
             let (cfg, _) = crate::train::open_run_dir(dir)?;
             let rows = read_jsonl(&dir.join("metrics.jsonl"))?;
             if rows.is_empty() {
-                return Err(Error::input(format!("{}: metrics.jsonl has no rows", dir.display())));
+                return Err(Error::input(format!(
+                    "{}: metrics.jsonl has no rows",
+                    dir.display()
+                )));
             }
-            Ok(Series { label: run_label(&cfg), rows })
+            Ok(Series {
+                label: run_label(&cfg),
+                rows,
+            })
         })
         .collect()
 }
@@ -58,8 +64,13 @@ fn ensure_font() -> Result<()> {
             "/usr/share/fonts/dejavu/DejaVuSans.ttf",
             "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
         ];
-        let path = candidates.iter().map(PathBuf::from).find(|p| p.exists()).or_else(|| find_ttf(Path::new("/usr/share/fonts")));
-        let path = path.ok_or("no TrueType font under /usr/share/fonts (install fonts-dejavu-core)")?;
+        let path = candidates
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .or_else(|| find_ttf(Path::new("/usr/share/fonts")));
+        let path =
+            path.ok_or("no TrueType font under /usr/share/fonts (install fonts-dejavu-core)")?;
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
         plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
@@ -91,17 +102,28 @@ pub const BANDIT_PANELS: &[(&str, &str)] = &[
 ];
 
 /// Draws one panel per metric, one line per series, into a PNG.
-pub fn plot_curves(series: &[Series], panels: &[(&str, &str)], title: &str, out: &Path) -> Result<()> {
+pub fn plot_curves(
+    series: &[Series],
+    panels: &[(&str, &str)],
+    title: &str,
+    out: &Path,
+) -> Result<()> {
     ensure_font()?;
     let err = |e: String| Error::input(format!("plot {}: {e}", out.display()));
     let width = 520 * panels.len() as u32;
     let root = BitMapBackend::new(out, (width, 440)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    let root = root.titled(title, ("sans-serif", 22)).map_err(|e| err(e.to_string()))?;
+    let root = root
+        .titled(title, ("sans-serif", 22))
+        .map_err(|e| err(e.to_string()))?;
     let areas = root.split_evenly((1, panels.len()));
     for (area, (key, label)) in areas.iter().zip(panels) {
-        let lines: Vec<(usize, Vec<(f64, f64)>)> =
-            series.iter().enumerate().map(|(i, s)| (i, s.points(key))).filter(|(_, p)| !p.is_empty()).collect();
+        let lines: Vec<(usize, Vec<(f64, f64)>)> = series
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.points(key)))
+            .filter(|(_, p)| !p.is_empty())
+            .collect();
         let all = lines.iter().flat_map(|(_, p)| p.iter());
         let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
         for &(x, y) in all {
@@ -137,7 +159,9 @@ pub fn plot_curves(series: &[Series], panels: &[(&str, &str)], title: &str, out:
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
                 .map_err(|e| err(e.to_string()))?
                 .label(series[i].label.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()

@@ -95,7 +95,8 @@ impl Replay {
             Sampling::Fifo => self.inserted >= self.fifo_start(step) + self.batch_size as u64,
             Sampling::Uniform => {
                 self.buf.len() >= self.batch_size
-                    && self.inserted as f64 * self.reuse >= ((step + 1) * self.batch_size as u64) as f64
+                    && self.inserted as f64 * self.reuse
+                        >= ((step + 1) * self.batch_size as u64) as f64
             }
         }
     }
@@ -107,7 +108,9 @@ impl Replay {
                 let first = (self.fifo_start(step) - self.front_index) as usize;
                 (first..first + self.batch_size).collect()
             }
-            Sampling::Uniform => (0..self.batch_size).map(|_| rng.gen_range(0..self.buf.len())).collect(),
+            Sampling::Uniform => (0..self.batch_size)
+                .map(|_| rng.gen_range(0..self.buf.len()))
+                .collect(),
         }
     }
 
@@ -134,7 +137,12 @@ mod tests {
     }
 
     fn cfg(capacity: usize, sampling: Sampling, reuse: f64) -> ReplayConfig {
-        ReplayConfig { capacity, sampling, reuse, max_policy_lag: 0 }
+        ReplayConfig {
+            capacity,
+            sampling,
+            reuse,
+            max_policy_lag: 0,
+        }
     }
 
     #[test]
@@ -158,7 +166,11 @@ mod tests {
         }
         for step in 0..3 {
             assert!(r.ready(step));
-            seen.extend(r.sample(step, &mut rng).into_iter().map(|p| r.get(p).prompt));
+            seen.extend(
+                r.sample(step, &mut rng)
+                    .into_iter()
+                    .map(|p| r.get(p).prompt),
+            );
         }
         assert!(!r.ready(3));
         assert_eq!(seen, (0..9).collect::<Vec<_>>());
@@ -171,7 +183,11 @@ mod tests {
         for i in 0..6 {
             r.push(traj(i, 0));
         }
-        let w1: Vec<u64> = r.sample(1, &mut rng).into_iter().map(|p| r.get(p).prompt).collect();
+        let w1: Vec<u64> = r
+            .sample(1, &mut rng)
+            .into_iter()
+            .map(|p| r.get(p).prompt)
+            .collect();
         assert_eq!(w1, vec![2, 3, 4, 5]);
         assert!(r.ready(1) && !r.ready(2));
     }

@@ -42,7 +42,10 @@ pub struct RunOptions<'a> {
 pub enum Outcome {
     Finished(Summary),
     /// Stopped by a signal after checkpointing `step`; the code is the process exit code.
-    Interrupted { step: u64, code: i32 },
+    Interrupted {
+        step: u64,
+        code: i32,
+    },
 }
 
 /// `summary.json`: final figures and, for the bandit, what is needed to check the theory.
@@ -109,7 +112,13 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn new(cfg: &Config, run_dir: &Path, total: u64, start_step: u64, wall_offset: f64) -> Result<Self> {
+    fn new(
+        cfg: &Config,
+        run_dir: &Path,
+        total: u64,
+        start_step: u64,
+        wall_offset: f64,
+    ) -> Result<Self> {
         let mut metrics = Metrics::default();
         metrics.add(Box::new(JsonlSink::append(&run_dir.join("metrics.jsonl"))?));
         if cfg.logging.tensorboard {
@@ -148,8 +157,13 @@ impl Recorder {
         let now = Instant::now();
         let (t0, s0) = self.last_log;
         let dt = now.duration_since(t0).as_secs_f64();
-        let rate = if dt > 0.0 { (row.step - s0) as f64 * samples_per_step as f64 / dt } else { 0.0 };
-        row.push(tags::SAMPLES_PER_SEC, rate).push(tags::WALL_TIME, self.wall_time());
+        let rate = if dt > 0.0 {
+            (row.step - s0) as f64 * samples_per_step as f64 / dt
+        } else {
+            0.0
+        };
+        row.push(tags::SAMPLES_PER_SEC, rate)
+            .push(tags::WALL_TIME, self.wall_time());
         self.last_log = (now, row.step);
         self.metrics.write(&row)?;
         use crate::metrics::MetricsSink;
@@ -186,7 +200,12 @@ fn interrupted(opts: &RunOptions) -> Option<i32> {
 }
 
 /// Trains `cfg` in `run_dir`, from `resume` when given.
-pub fn train(cfg: &Config, run_dir: &Path, opts: RunOptions, resume: Option<Checkpoint>) -> Result<Outcome> {
+pub fn train(
+    cfg: &Config,
+    run_dir: &Path,
+    opts: RunOptions,
+    resume: Option<Checkpoint>,
+) -> Result<Outcome> {
     tch::set_num_threads(cfg.learner.intra_op_threads as i32);
     let device = resolve_device(cfg.device)?;
     if let Some(ckpt) = &resume {
@@ -210,7 +229,14 @@ pub fn train(cfg: &Config, run_dir: &Path, opts: RunOptions, resume: Option<Chec
     Ok(outcome)
 }
 
-fn bandit_row(step: u64, steps_per_round: u64, bandit: &Bandit, pi: &[f64], v_mu: f64, v: f64) -> Row {
+fn bandit_row(
+    step: u64,
+    steps_per_round: u64,
+    bandit: &Bandit,
+    pi: &[f64],
+    v_mu: f64,
+    v: f64,
+) -> Row {
     let mut row = Row::new(step);
     row.push(tags::ROUND, (step / steps_per_round) as f64)
         .push(tags::EXPECTED_REWARD, bandit.value(pi))
@@ -245,7 +271,11 @@ fn bandit_summary(
         final_expected_reward: bandit.value(&final_probs),
         final_entropy: entropy(&final_probs),
         final_support_size: support_size(&final_probs),
-        best_arm_reward: bandit.arm_rewards().iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        best_arm_reward: bandit
+            .arm_rewards()
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max),
         behaviour_probs: behaviour,
         final_probs,
         v,
@@ -258,7 +288,12 @@ struct ExactState {
     wall_time: f64,
 }
 
-fn run_exact(cfg: &Config, run_dir: &Path, opts: &RunOptions, resume: Option<Checkpoint>) -> Result<Outcome> {
+fn run_exact(
+    cfg: &Config,
+    run_dir: &Path,
+    opts: &RunOptions,
+    resume: Option<Checkpoint>,
+) -> Result<Outcome> {
     let bandit = Bandit::new(&cfg.env, cfg.seed);
     let initial = bandit::initial_logits(&cfg.env, cfg.seed);
     let total = cfg.env.total_steps();
@@ -274,13 +309,27 @@ fn run_exact(cfg: &Config, run_dir: &Path, opts: &RunOptions, resume: Option<Che
     let mut rec = Recorder::new(cfg, run_dir, total, step, wall)?;
     let mut v = exact::baseline(&cfg.loss, bandit.value(&flow.behaviour));
     if step == 0 {
-        let row = bandit_row(0, per_round, &bandit, &softmax(&flow.logits), bandit.value(&flow.behaviour), v);
+        let row = bandit_row(
+            0,
+            per_round,
+            &bandit,
+            &softmax(&flow.logits),
+            bandit.value(&flow.behaviour),
+            v,
+        );
         rec.log(row, 0)?;
     }
     let save = |rec: &mut Recorder, flow: &ExactFlow, step: u64| -> Result<()> {
-        let state = ExactState { flow: flow.clone(), wall_time: rec.wall_time() };
+        let state = ExactState {
+            flow: flow.clone(),
+            wall_time: rec.wall_time(),
+        };
         let state = serde_json::to_value(state).expect("exact state serialises");
-        rec.checkpoint(&Checkpoint { step, state, tensors: vec![] })
+        rec.checkpoint(&Checkpoint {
+            step,
+            state,
+            tensors: vec![],
+        })
     };
     while step < total {
         if let Some(code) = interrupted(opts) {
@@ -296,11 +345,15 @@ fn run_exact(cfg: &Config, run_dir: &Path, opts: &RunOptions, resume: Option<Che
         let stats = flow.step(&bandit, v, cfg.env.eta);
         step += 1;
         if !stats.loss.is_finite() || flow.logits.iter().any(|l| !l.is_finite()) {
-            return Err(Error::NonFinite { quantity: "logits", step });
+            return Err(Error::NonFinite {
+                quantity: "logits",
+                step,
+            });
         }
         if rec.should_log(step) {
             let mut row = bandit_row(step, per_round, &bandit, &softmax(&flow.logits), v_mu, v);
-            row.push(tags::LOSS, stats.loss).push(tags::GRAD_NORM, stats.grad_norm);
+            row.push(tags::LOSS, stats.loss)
+                .push(tags::GRAD_NORM, stats.grad_norm);
             rec.log(row, 0)?;
         }
         if rec.should_checkpoint(step) {
@@ -310,7 +363,17 @@ fn run_exact(cfg: &Config, run_dir: &Path, opts: &RunOptions, resume: Option<Che
     rec.finish()?;
     let final_probs = softmax(&flow.logits);
     let behaviour = flow.behaviour.clone();
-    Ok(Outcome::Finished(bandit_summary(cfg, Device::Cpu, step, &rec, &bandit, &initial, behaviour, final_probs, v)))
+    Ok(Outcome::Finished(bandit_summary(
+        cfg,
+        Device::Cpu,
+        step,
+        &rec,
+        &bandit,
+        &initial,
+        behaviour,
+        final_probs,
+        v,
+    )))
 }
 
 /// Checkpointed state of a sampled run beyond its tensors.
@@ -354,7 +417,14 @@ impl SampledRun<'_> {
     fn row(&self) -> Result<Row> {
         let pi = softmax(&self.learner.logits()?);
         let v_mu = self.bandit.value(&self.behaviour_probs);
-        Ok(bandit_row(self.learner.step, self.cfg.env.steps_per_round, &self.bandit, &pi, v_mu, self.last_baseline))
+        Ok(bandit_row(
+            self.learner.step,
+            self.cfg.env.steps_per_round,
+            &self.bandit,
+            &pi,
+            v_mu,
+            self.last_baseline,
+        ))
     }
 
     fn after_step(&mut self, stats: &StepStats) -> Result<()> {
@@ -368,7 +438,10 @@ impl SampledRun<'_> {
                 .push(tags::POLICY_LAG_MEAN, stats.lag_mean)
                 .push(tags::POLICY_LAG_MAX, stats.lag_max as f64)
                 .push(tags::REPLAY_SIZE, self.learner.replay.len() as f64)
-                .push(tags::STALE_DROPPED, self.learner.replay.stale_dropped() as f64);
+                .push(
+                    tags::STALE_DROPPED,
+                    self.learner.replay.stale_dropped() as f64,
+                );
             self.rec.log(row, self.cfg.learner.batch_size as u64)?;
         }
         Ok(())
@@ -433,13 +506,20 @@ fn run_sampled(
     if let Some(ckpt) = &resume {
         let s: SampledState = serde_json::from_value(ckpt.state.clone())
             .map_err(|e| Error::Corrupt(format!("checkpoint state: {e}")))?;
-        WeightSnapshot { version: ckpt.step, tensors: ckpt.tensors("weights")?.to_vec() }.load_into(&learner.vs)?;
+        WeightSnapshot {
+            version: ckpt.step,
+            tensors: ckpt.tensors("weights")?.to_vec(),
+        }
+        .load_into(&learner.vs)?;
         learner.load_optimizer_state(s.optimizer_t, ckpt.tensors("optimizer")?)?;
         learner.rng = s.learner_rng;
         learner.replay = s.replay;
         learner.step = ckpt.step;
         let version = ckpt.step - ckpt.step % cfg.learner.sync_interval;
-        behaviour = Some(WeightSnapshot { version, tensors: ckpt.tensors("behaviour")?.to_vec() });
+        behaviour = Some(WeightSnapshot {
+            version,
+            tensors: ckpt.tensors("behaviour")?.to_vec(),
+        });
         actor_states = s.actors;
         next_actor = s.next_actor;
         last_baseline = s.last_baseline;
@@ -471,7 +551,10 @@ fn run_sampled(
         // A resumed parallel run must not replay the random draws of its first session.
         for actor in &mut actors {
             let index = (run.learner.step << 16) | actor.id as u64;
-            actor.set_state(ActorState { rng: crate::rng::stream(cfg.seed, crate::rng::Role::Actor, index), next_prompt: 0 });
+            actor.set_state(ActorState {
+                rng: crate::rng::stream(cfg.seed, crate::rng::Role::Actor, index),
+                next_prompt: 0,
+            });
         }
     }
     let interrupted_at = if opts.serial {
@@ -481,7 +564,10 @@ fn run_sampled(
     };
     if let Some(code) = interrupted_at {
         run.rec.finish()?;
-        return Ok(Outcome::Interrupted { step: run.learner.step, code });
+        return Ok(Outcome::Interrupted {
+            step: run.learner.step,
+            code,
+        });
     }
     Ok(Outcome::Finished(run.summary(device, &initial)?))
 }
@@ -508,7 +594,8 @@ fn serial_loop(
         }
     }
     let total = run.cfg.env.total_steps();
-    let states = |actors: &[BanditActor]| actors.iter().map(|a| a.state().clone()).collect::<Vec<_>>();
+    let states =
+        |actors: &[BanditActor]| actors.iter().map(|a| a.state().clone()).collect::<Vec<_>>();
     while run.learner.step < total {
         if let Some(code) = interrupted(opts) {
             run.checkpoint(states(&actors), next_actor)?;
@@ -558,7 +645,11 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// N actor threads feeding the learner thread through a bounded channel.
-fn parallel_loop(run: &mut SampledRun, actors: Vec<BanditActor>, opts: &RunOptions) -> Result<Option<i32>> {
+fn parallel_loop(
+    run: &mut SampledRun,
+    actors: Vec<BanditActor>,
+    opts: &RunOptions,
+) -> Result<Option<i32>> {
     let board = SnapshotBoard::new(run.behaviour.clone());
     let stop = AtomicBool::new(false);
     let learner_step = AtomicU64::new(run.learner.step);
@@ -579,11 +670,16 @@ fn parallel_loop(run: &mut SampledRun, actors: Vec<BanditActor>, opts: &RunOptio
             let handle = std::thread::Builder::new()
                 .name(format!("actor-{id}"))
                 .spawn_scoped(scope, move || {
-                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| actor_loop(actor, tx, shared)));
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        actor_loop(actor, tx, shared)
+                    }));
                     let err = match result {
                         Ok(Ok(())) => None,
                         Ok(Err(e)) => Some(e),
-                        Err(payload) => Some(Error::ActorPanic { id, message: panic_message(payload.as_ref()) }),
+                        Err(payload) => Some(Error::ActorPanic {
+                            id,
+                            message: panic_message(payload.as_ref()),
+                        }),
                     };
                     if let Some(e) = err {
                         failure.set(e);
@@ -594,13 +690,22 @@ fn parallel_loop(run: &mut SampledRun, actors: Vec<BanditActor>, opts: &RunOptio
             handles.push(handle);
         }
         drop(tx);
-        let shared = LearnerShared { board: &board, learner_step: &learner_step, failure: &failure };
+        let shared = LearnerShared {
+            board: &board,
+            learner_step: &learner_step,
+            failure: &failure,
+        };
         let result = std::thread::Builder::new()
             .name("learner".into())
             .spawn_scoped(scope, || learner_loop(run, rx, shared, opts))
             .map_err(|e| Error::io("learner thread", e))?
             .join()
-            .unwrap_or_else(|payload| Err(Error::Corrupt(format!("learner panicked: {}", panic_message(payload.as_ref())))));
+            .unwrap_or_else(|payload| {
+                Err(Error::Corrupt(format!(
+                    "learner panicked: {}",
+                    panic_message(payload.as_ref())
+                )))
+            });
         stop.store(true, Ordering::Relaxed);
         for h in handles {
             let _ = h.join();
@@ -617,7 +722,12 @@ struct LearnerShared<'a> {
 
 /// The body of the learner thread: drain the channel into the replay buffer, step when the buffer
 /// allows, publish snapshots, log and checkpoint. Returns the signal code when interrupted.
-fn learner_loop(run: &mut SampledRun, rx: Receiver<ActorBatch>, shared: LearnerShared, opts: &RunOptions) -> Result<Option<i32>> {
+fn learner_loop(
+    run: &mut SampledRun,
+    rx: Receiver<ActorBatch>,
+    shared: LearnerShared,
+    opts: &RunOptions,
+) -> Result<Option<i32>> {
     let total = run.cfg.env.total_steps();
     while run.learner.step < total {
         if let Some(err) = shared.failure.take() {
@@ -635,13 +745,18 @@ fn learner_loop(run: &mut SampledRun, rx: Receiver<ActorBatch>, shared: LearnerS
                 Ok(batch) => run.learner.ingest(batch),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    return Err(shared.failure.take().unwrap_or_else(|| Error::Corrupt("every actor stopped".into())));
+                    return Err(shared
+                        .failure
+                        .take()
+                        .unwrap_or_else(|| Error::Corrupt("every actor stopped".into())));
                 }
             }
             continue;
         }
         let stats = run.learner.train_step()?;
-        shared.learner_step.store(run.learner.step, Ordering::Relaxed);
+        shared
+            .learner_step
+            .store(run.learner.step, Ordering::Relaxed);
         if run.learner.step % run.cfg.learner.sync_interval == 0 {
             let snap = run.publish()?;
             shared.board.publish(snap);
@@ -673,7 +788,10 @@ pub fn create_run_dir(dir: &Path, cfg: &Config, serial: bool) -> Result<()> {
 pub fn open_run_dir(dir: &Path) -> Result<(Config, bool)> {
     let cfg_path = dir.join("config.toml");
     if !cfg_path.exists() {
-        return Err(Error::input(format!("{}: not a run directory (no config.toml)", dir.display())));
+        return Err(Error::input(format!(
+            "{}: not a run directory (no config.toml)",
+            dir.display()
+        )));
     }
     let cfg = crate::config::load_resolved(&cfg_path)?;
     let meta_path = dir.join("run.json");
@@ -681,5 +799,10 @@ pub fn open_run_dir(dir: &Path) -> Result<(Config, bool)> {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .ok_or_else(|| Error::Corrupt(format!("{}: missing or unreadable", meta_path.display())))?;
-    Ok((cfg, meta.get("serial").and_then(|s| s.as_bool()).unwrap_or(false)))
+    Ok((
+        cfg,
+        meta.get("serial")
+            .and_then(|s| s.as_bool())
+            .unwrap_or(false),
+    ))
 }

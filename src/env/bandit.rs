@@ -18,7 +18,10 @@ impl Bandit {
     pub fn new(cfg: &EnvConfig, seed: u64) -> Self {
         let mut rng = rng::stream(seed, Role::Env, 0);
         let arm_rewards = (0..cfg.arms).map(|_| rng.gen::<f64>()).collect();
-        Bandit { arm_rewards, noise: cfg.reward_noise }
+        Bandit {
+            arm_rewards,
+            noise: cfg.reward_noise,
+        }
     }
 
     /// r(y) for every arm.
@@ -47,7 +50,11 @@ impl Bandit {
 
     /// Σ_y p(y) r(y): the value of a policy with probabilities `probs`.
     pub fn value(&self, probs: &[f64]) -> f64 {
-        probs.iter().zip(&self.arm_rewards).map(|(p, r)| p * r).sum()
+        probs
+            .iter()
+            .zip(&self.arm_rewards)
+            .map(|(p, r)| p * r)
+            .sum()
     }
 }
 
@@ -74,7 +81,11 @@ pub fn softmax(logits: &[f64]) -> Vec<f64> {
 
 /// Shannon entropy in nats.
 pub fn entropy(probs: &[f64]) -> f64 {
-    -probs.iter().filter(|&&p| p > 0.0).map(|p| p * p.ln()).sum::<f64>()
+    -probs
+        .iter()
+        .filter(|&&p| p > 0.0)
+        .map(|p| p * p.ln())
+        .sum::<f64>()
 }
 
 /// Probability above which an arm counts as in the policy's support.
@@ -103,12 +114,20 @@ mod tests {
 
     #[test]
     fn bernoulli_noise_is_unbiased() {
-        let cfg = EnvConfig { reward_noise: RewardNoise::Bernoulli, arms: 3, ..EnvConfig::default() };
+        let cfg = EnvConfig {
+            reward_noise: RewardNoise::Bernoulli,
+            arms: 3,
+            ..EnvConfig::default()
+        };
         let b = Bandit::new(&cfg, 1);
         let mut rng = rng::stream(1, Role::Actor, 0);
         let n = 40_000;
         let mean = (0..n).map(|_| b.pull(2, &mut rng)).sum::<f64>() / n as f64;
-        assert!((mean - b.arm_rewards()[2]).abs() < 0.01, "{mean} vs {}", b.arm_rewards()[2]);
+        assert!(
+            (mean - b.arm_rewards()[2]).abs() < 0.01,
+            "{mean} vs {}",
+            b.arm_rewards()[2]
+        );
     }
 
     #[test]
@@ -118,13 +137,20 @@ mod tests {
         assert!((entropy(&[0.5, 0.5]) - 2f64.ln()).abs() < 1e-12);
         assert_eq!(entropy(&[1.0, 0.0]), 0.0);
         assert_eq!(support_size(&[0.9985, 0.0005, 0.001]), 1);
-        let b = Bandit { arm_rewards: vec![0.0, 1.0], noise: RewardNoise::None };
+        let b = Bandit {
+            arm_rewards: vec![0.0, 1.0],
+            noise: RewardNoise::None,
+        };
         assert!((b.value(&[0.25, 0.75]) - 0.75).abs() < 1e-12);
     }
 
     #[test]
     fn linear_init_is_index_over_ten() {
-        let cfg = EnvConfig { behaviour_init: BehaviourInit::Linear, arms: 4, ..EnvConfig::default() };
+        let cfg = EnvConfig {
+            behaviour_init: BehaviourInit::Linear,
+            arms: 4,
+            ..EnvConfig::default()
+        };
         assert_eq!(initial_logits(&cfg, 0), vec![0.0, 0.1, 0.2, 0.3]);
     }
 }

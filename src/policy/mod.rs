@@ -24,15 +24,25 @@ impl NamedTensor {
     /// Copies a tensor (any device) to host `f32`.
     pub fn from_tensor(name: &str, t: &Tensor) -> Result<Self> {
         let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
-        let flat = t.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?.f_contiguous()?.f_view([-1])?;
+        let flat = t
+            .f_to_kind(Kind::Float)?
+            .f_to_device(Device::Cpu)?
+            .f_contiguous()?
+            .f_view([-1])?;
         let data = Vec::<f32>::try_from(&flat)?;
-        Ok(NamedTensor { name: name.to_string(), shape, data })
+        Ok(NamedTensor {
+            name: name.to_string(),
+            shape,
+            data,
+        })
     }
 
     /// A tensor on `device` holding the same values.
     pub fn to_tensor(&self, device: Device) -> Result<Tensor> {
         let shape: Vec<i64> = self.shape.iter().map(|&d| d as i64).collect();
-        Ok(Tensor::f_from_slice(&self.data)?.f_view(shape.as_slice())?.f_to_device(device)?)
+        Ok(Tensor::f_from_slice(&self.data)?
+            .f_view(shape.as_slice())?
+            .f_to_device(device)?)
     }
 }
 

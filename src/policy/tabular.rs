@@ -27,12 +27,18 @@ impl TabularPolicy {
 
     /// log π(arm) for each arm of `arms` ([B] int64 on the policy's device) → [B].
     pub fn target_logp(&self, arms: &Tensor) -> Result<Tensor> {
-        Ok(self.logits.f_log_softmax(0, Kind::Float)?.f_gather(0, arms, false)?)
+        Ok(self
+            .logits
+            .f_log_softmax(0, Kind::Float)?
+            .f_gather(0, arms, false)?)
     }
 
     /// The logits as host `f64`.
     pub fn logits(&self) -> Result<Vec<f64>> {
-        let flat = self.logits.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?;
+        let flat = self
+            .logits
+            .f_to_kind(Kind::Double)?
+            .f_to_device(Device::Cpu)?;
         Ok(Vec::<f64>::try_from(&flat)?)
     }
 }

@@ -1,0 +1,416 @@
+//! Runs the real `asymre` binary on tiny configs in temporary directories.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_asymre"))
+}
+
+/// A small sampled bandit run: 20 arms, 4 rounds × 50 steps.
+const TINY: &str = r#"
+seed = 3
+[env]
+mode = "sampled"
+arms = 20
+behaviour_init = "linear"
+rounds = 4
+steps_per_round = 50
+[actor]
+threads = 2
+batch_size = 64
+group_size = 4
+[replay]
+capacity = 1024
+[learner]
+optimizer = "sgd"
+lr = 1.0
+batch_size = 64
+sync_interval = 10
+[logging]
+every = 10
+tensorboard = true
+progress = false
+[checkpoint]
+every = 50
+"#;
+
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn train(config: &Path, out: &Path, extra: &[&str]) -> Output {
+    bin()
+        .args(["train", "--config"])
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// metrics.jsonl rows without the wall-clock columns.
+fn metrics(run: &Path) -> Vec<Map<String, Value>> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let mut row: Map<String, Value> =
+                serde_json::from_str(l).expect("every line is complete JSON");
+            row.remove("samples_per_sec");
+            row.remove("wall_time");
+            row
+        })
+        .collect()
+}
+
+#[test]
+fn bad_input_is_one_line_exit_2_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = write_config(tmp.path(), TINY);
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--set".into(), "learner.sync_interval=0".into()],
+            "learner.sync_interval: must be >= 1, got 0",
+        ),
+        (
+            vec!["--set".into(), "learner.lr=-0.5".into()],
+            "learner.lr: must be finite and > 0",
+        ),
+        (
+            vec!["--set".into(), "learner.batch_size=5000".into()],
+            "learner.batch_size: must be <= replay.capacity (1024)",
+        ),
+        (vec!["--set".into(), "env.arms=lots".into()], "env.arms:"),
+        (
+            vec!["--set".into(), "learner.sync_intervall=3".into()],
+            "sync_intervall",
+        ),
+        (
+            vec!["--set".into(), "loss.baseline.kind=fixed".into()],
+            "loss.baseline.kind:",
+        ),
+    ];
+    for (i, (args, expected)) in cases.iter().enumerate() {
+        let out = tmp.path().join(format!("run{i}"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = train(&good, &out, &args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?} created the run directory");
+    }
+    // A missing file and an unknown key inside a file.
+    let o = train(&tmp.path().join("nope.toml"), &tmp.path().join("r"), &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("nope.toml"));
+    let bad = write_config(tmp.path(), "[learner]\nlearning_rate = 0.1\n");
+    let o = train(&bad, &tmp.path().join("r"), &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("learner") && stderr(&o).contains("learning_rate"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!tmp.path().join("r").exists());
+}
+
+#[test]
+fn a_run_writes_config_metrics_tensorboard_checkpoints_and_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), TINY);
+    let run = tmp.path().join("run");
+    let o = train(&cfg, &run, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("E_π[r] ="), "{stdout}");
+
+    let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        resolved.contains("sync_interval = 10") && resolved.contains("[loss.baseline]"),
+        "{resolved}"
+    );
+
+    let rows = metrics(&run);
+    let steps: Vec<u64> = rows.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (0..=200).step_by(10).collect::<Vec<_>>());
+    for key in [
+        "expected_reward",
+        "batch_reward",
+        "entropy",
+        "support_size",
+        "v_mu",
+        "v",
+        "loss",
+        "grad_norm",
+        "policy_lag_mean",
+        "policy_lag_max",
+        "replay_size",
+    ] {
+        assert!(rows.last().unwrap().contains_key(key), "missing {key}");
+    }
+    let lag_max = rows
+        .iter()
+        .filter_map(|r| r.get("policy_lag_max")?.as_f64())
+        .fold(0.0, f64::max);
+    assert!(lag_max >= 1.0, "the behaviour policy must lag");
+
+    let tb: Vec<_> = std::fs::read_dir(run.join("tb"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(
+        tb.iter()
+            .any(|e| e.file_name().to_string_lossy().contains("tfevents")),
+        "no event file"
+    );
+    assert!(tb
+        .iter()
+        .all(|e| e.metadata().unwrap().len() > 0 || e.path().is_dir()));
+
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    assert_eq!(latest.trim(), "step_000000200");
+    for f in [
+        "state.json",
+        "weights.safetensors",
+        "optimizer.safetensors",
+        "behaviour.safetensors",
+    ] {
+        assert!(
+            run.join("checkpoints/step_000000200").join(f).exists(),
+            "{f}"
+        );
+    }
+
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    for key in ["arm_rewards", "behaviour_probs", "final_probs"] {
+        assert_eq!(summary[key].as_array().unwrap().len(), 20, "{key}");
+    }
+    let probs: f64 = summary["final_probs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .sum();
+    assert!((probs - 1.0).abs() < 1e-6);
+    for key in ["initial_v_mu", "v_mu", "v"] {
+        assert!(summary[key].is_number(), "{key}");
+    }
+    // V = V^μ + δV with the exact estimate... here the group estimate: V is near V^μ − 0.1.
+    let (v, v_mu) = (
+        summary["v"].as_f64().unwrap(),
+        summary["v_mu"].as_f64().unwrap(),
+    );
+    assert!((v - (v_mu - 0.1)).abs() < 0.1, "v {v} v_mu {v_mu}");
+
+    // The run directory is not reused.
+    let again = train(&cfg, &run, &[]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("asymre resume"));
+}
+
+#[test]
+fn serial_runs_with_the_same_seed_are_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), TINY);
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    let c = tmp.path().join("c");
+    assert!(train(&cfg, &a, &["--serial"]).status.success());
+    assert!(train(&cfg, &b, &["--serial"]).status.success());
+    assert!(train(&cfg, &c, &["--serial", "--set", "seed=4"])
+        .status
+        .success());
+    assert_eq!(metrics(&a), metrics(&b));
+    assert_ne!(metrics(&a), metrics(&c));
+    let sa = std::fs::read_to_string(a.join("summary.json")).unwrap();
+    let sb = std::fs::read_to_string(b.join("summary.json")).unwrap();
+    let probs = |s: &str| serde_json::from_str::<Value>(s).unwrap()["final_probs"].clone();
+    assert_eq!(probs(&sa), probs(&sb));
+}
+
+/// A serial run of `LONG` steps, checkpointing often, long enough to be stopped partway.
+const LONG_SETS: &[&str] = &[
+    "--set",
+    "env.rounds=20",
+    "--set",
+    "env.steps_per_round=2000",
+    "--set",
+    "checkpoint.every=1000",
+];
+
+fn wait_for_checkpoint(run: &Path, child: &mut std::process::Child) {
+    let start = Instant::now();
+    while !run.join("checkpoints/latest").exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before its first checkpoint"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no checkpoint after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn resume(run: &Path) -> Output {
+    bin().arg("resume").arg(run).output().unwrap()
+}
+
+#[test]
+fn serial_run_killed_or_stopped_then_resumed_matches_an_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), TINY);
+    let reference = tmp.path().join("reference");
+    let mut args = vec!["--serial"];
+    args.extend_from_slice(LONG_SETS);
+    assert!(train(&cfg, &reference, &args).status.success());
+    let want = metrics(&reference);
+    assert_eq!(want.last().unwrap()["step"].as_u64(), Some(40_000));
+
+    for (name, signal) in [("killed", "KILL"), ("terminated", "TERM")] {
+        let run = tmp.path().join(name);
+        let mut child = bin()
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&run)
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_checkpoint(&run, &mut child);
+        Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            !out.status.success(),
+            "{name}: the run finished before the signal"
+        );
+        if signal == "TERM" {
+            assert_eq!(out.status.code(), Some(143));
+            assert!(stderr(&out).contains("asymre resume"), "{}", stderr(&out));
+        }
+        assert!(!run.join("summary.json").exists());
+        let o = resume(&run);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        assert_eq!(metrics(&run), want, "{name}: resumed metrics differ");
+        let again = resume(&run);
+        assert!(String::from_utf8_lossy(&again.stdout).contains("already finished"));
+    }
+}
+
+#[test]
+fn exact_mode_collapses_above_v_mu_and_keeps_support_below() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), TINY);
+    let run = |dv: &str| {
+        let out = tmp.path().join(format!("exact{dv}"));
+        let o = train(
+            &cfg,
+            &out,
+            &[
+                "--set",
+                "env.mode=exact",
+                "--set",
+                "env.arms=100",
+                "--set",
+                "env.rounds=1",
+                "--set",
+                "env.steps_per_round=3000",
+                "--set",
+                &format!("loss.baseline.delta_v={dv}"),
+                "--set",
+                "loss.baseline.estimate=exact",
+                "--set",
+                "logging.every=500",
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str::<Value>(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+            .unwrap()
+    };
+    let below = run("-0.2");
+    let above = run("0.1");
+    let support = |s: &Value| s["final_support_size"].as_u64().unwrap();
+    assert!(
+        support(&below) >= 10,
+        "V < V^μ keeps a wide support: {}",
+        support(&below)
+    );
+    assert_eq!(support(&above), 1, "V > V^μ collapses");
+    assert!(
+        below["final_expected_reward"].as_f64().unwrap() > below["initial_v_mu"].as_f64().unwrap()
+    );
+}
+
+#[test]
+fn config_print_default_round_trips() {
+    let o = bin().args(["config", "--print-default"]).output().unwrap();
+    assert!(o.status.success());
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write_config(tmp.path(), &String::from_utf8(o.stdout).unwrap());
+    let o = bin()
+        .args(["config", "--config"])
+        .arg(&path)
+        .args(["--set", "seed=9"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("seed = 9"));
+}
+
+#[test]
+fn plot_writes_a_png() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), TINY);
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    assert!(train(&cfg, &a, &["--set", "env.mode=exact"])
+        .status
+        .success());
+    assert!(train(
+        &cfg,
+        &b,
+        &[
+            "--set",
+            "env.mode=exact",
+            "--set",
+            "loss.baseline.delta_v=0.1"
+        ]
+    )
+    .status
+    .success());
+    let png = tmp.path().join("p.png");
+    let o = bin()
+        .arg("plot")
+        .arg(&a)
+        .arg(&b)
+        .arg("--out")
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+    let o = bin()
+        .arg("plot")
+        .arg(tmp.path().join("missing"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
