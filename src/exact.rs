@@ -53,6 +53,19 @@ impl ExactFlow {
     /// One step of size `eta` against baseline `v`.
     pub fn step(&mut self, bandit: &Bandit, v: f64, eta: f64) -> FlowStats {
         let pi = softmax(&self.logits);
+        // log π through log-sum-exp: ln(softmax) underflows to −∞ once the support collapses.
+        let max = self
+            .logits
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        let lse = max
+            + self
+                .logits
+                .iter()
+                .map(|l| (l - max).exp())
+                .sum::<f64>()
+                .ln();
         let r = bandit.arm_rewards();
         let weighted: Vec<f64> = self
             .behaviour
@@ -63,8 +76,8 @@ impl ExactFlow {
         let total: f64 = weighted.iter().sum();
         let loss = -weighted
             .iter()
-            .zip(&pi)
-            .map(|(w, p)| w * p.ln())
+            .zip(&self.logits)
+            .map(|(w, l)| w * (l - lse))
             .sum::<f64>();
         let mut norm2 = 0.0;
         for ((l, w), p) in self.logits.iter_mut().zip(&weighted).zip(&pi) {

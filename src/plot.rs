@@ -94,20 +94,42 @@ fn find_ttf(dir: &Path) -> Option<PathBuf> {
     None
 }
 
-/// The panels a plot shows: (metric key, y-axis label).
-pub const BANDIT_PANELS: &[(&str, &str)] = &[
-    (tags::EXPECTED_REWARD, "E_π[r]"),
-    (tags::SUPPORT_SIZE, "support size (π > 1e-3)"),
-    (tags::ENTROPY, "entropy H(π) (nats)"),
+/// One panel of a figure.
+pub struct Panel {
+    /// The metric key.
+    pub key: &'static str,
+    /// The y-axis label.
+    pub label: &'static str,
+    /// Decimals on the y-axis labels.
+    pub decimals: usize,
+    /// Where the legend goes: curves that rise want it low.
+    pub legend_low: bool,
+}
+
+/// The bandit figure: reward, support, entropy.
+pub const BANDIT_PANELS: &[Panel] = &[
+    Panel {
+        key: tags::EXPECTED_REWARD,
+        label: "E_π[r]",
+        decimals: 2,
+        legend_low: true,
+    },
+    Panel {
+        key: tags::SUPPORT_SIZE,
+        label: "support size (π > 1e-3)",
+        decimals: 0,
+        legend_low: false,
+    },
+    Panel {
+        key: tags::ENTROPY,
+        label: "entropy H(π) (nats)",
+        decimals: 1,
+        legend_low: false,
+    },
 ];
 
 /// Draws one panel per metric, one line per series, into a PNG.
-pub fn plot_curves(
-    series: &[Series],
-    panels: &[(&str, &str)],
-    title: &str,
-    out: &Path,
-) -> Result<()> {
+pub fn plot_curves(series: &[Series], panels: &[Panel], title: &str, out: &Path) -> Result<()> {
     ensure_font()?;
     let err = |e: String| Error::input(format!("plot {}: {e}", out.display()));
     let width = 520 * panels.len() as u32;
@@ -117,11 +139,11 @@ pub fn plot_curves(
         .titled(title, ("sans-serif", 22))
         .map_err(|e| err(e.to_string()))?;
     let areas = root.split_evenly((1, panels.len()));
-    for (area, (key, label)) in areas.iter().zip(panels) {
+    for (area, panel) in areas.iter().zip(panels) {
         let lines: Vec<(usize, Vec<(f64, f64)>)> = series
             .iter()
             .enumerate()
-            .map(|(i, s)| (i, s.points(key)))
+            .map(|(i, s)| (i, s.points(panel.key)))
             .filter(|(_, p)| !p.is_empty())
             .collect();
         let all = lines.iter().flat_map(|(_, p)| p.iter());
@@ -148,7 +170,10 @@ pub fn plot_curves(
         chart
             .configure_mesh()
             .x_desc("learner step")
-            .y_desc(*label)
+            .y_desc(panel.label)
+            .x_labels(6)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.*}", panel.decimals))
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 15))
             .draw()
@@ -168,7 +193,11 @@ pub fn plot_curves(
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font(("sans-serif", 14))
-            .position(SeriesLabelPosition::UpperRight)
+            .position(if panel.legend_low {
+                SeriesLabelPosition::LowerRight
+            } else {
+                SeriesLabelPosition::UpperRight
+            })
             .draw()
             .map_err(|e| err(e.to_string()))?;
     }

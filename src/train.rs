@@ -73,6 +73,10 @@ pub struct Summary {
     pub final_entropy: f64,
     pub final_support_size: usize,
     pub best_arm_reward: f64,
+    /// The theory's limit of the flow from `behaviour_probs` with baseline `v`
+    /// ([`exact::limit_policy`]): its support size and E[r]; absent when V ≥ V^μ (collapse).
+    pub predicted_limit_support: Option<usize>,
+    pub predicted_limit_reward: Option<f64>,
 }
 
 /// Resolves `device` against what this machine has.
@@ -259,6 +263,7 @@ fn bandit_summary(
     final_probs: Vec<f64>,
     v: f64,
 ) -> Summary {
+    let limit = exact::limit_policy(&behaviour, bandit.arm_rewards(), v);
     Summary {
         mode: format!("{:?}", cfg.env.mode).to_lowercase(),
         device: device_name(device),
@@ -276,6 +281,8 @@ fn bandit_summary(
             .iter()
             .copied()
             .fold(f64::NEG_INFINITY, f64::max),
+        predicted_limit_support: limit.as_ref().map(|p| support_size(p)),
+        predicted_limit_reward: limit.as_ref().map(|p| bandit.value(p)),
         behaviour_probs: behaviour,
         final_probs,
         v,
