@@ -1,7 +1,9 @@
 //! The bandit's expected-gradient flow (SPEC §3.1, `env.mode = "exact"`): no sampling, the
 //! exact gradient of E_{y~μ}[(r(y) − V) log π(y)] with respect to the logits,
 //!
-//!     l ← l + η (μ⊙(r − V) − (Σ_y μ(y)(r(y) − V)) · softmax(l)),
+//! ```text
+//! l ← l + η (μ⊙(r − V) − (Σ_y μ(y)(r(y) − V)) · softmax(l)),
+//! ```
 //!
 //! with policy-iteration rounds: every `steps_per_round` steps the behaviour policy μ ← π.
 //! Plain f64 arithmetic: bit-reproducible and far cheaper than dispatching tensor ops.
