@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::DeviceChoice;
+use crate::env::tool_use::tasks::TaskKind;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,6 +54,20 @@ pub enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE", requires = "config")]
         overrides: Vec<String>,
     },
+    /// Score JSON-lines episodes from any model with the task's verifiable rewards.
+    Score {
+        /// The task family the prompts come from.
+        #[arg(long, value_enum)]
+        task: TaskArg,
+        /// The episodes: one JSON object per line with "prompt", "calls" and "answer".
+        file: PathBuf,
+        /// Take the task's knobs, seed and reward weights from this config (e.g. a run's config.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The seed of the task's database (default: the config's seed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Plot one run's curves, or several runs overlaid, to a PNG.
     Plot {
         /// Run directories.
@@ -65,6 +80,27 @@ pub enum Command {
         #[arg(long)]
         title: Option<String>,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum TaskArg {
+    Calc,
+    Lookup,
+    Chain,
+    Fanout,
+    Menu,
+}
+
+impl From<TaskArg> for TaskKind {
+    fn from(t: TaskArg) -> Self {
+        match t {
+            TaskArg::Calc => TaskKind::Calc,
+            TaskArg::Lookup => TaskKind::Lookup,
+            TaskArg::Chain => TaskKind::Chain,
+            TaskArg::Fanout => TaskKind::Fanout,
+            TaskArg::Menu => TaskKind::Menu,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

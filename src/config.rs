@@ -6,7 +6,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::env::tool_use::tasks::{TaskKind, TaskSpec};
 use crate::error::{Error, IoContext, Result};
+pub use crate::reward::RewardConfig;
 
 /// The root of a run's configuration (`config.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,6 +24,7 @@ pub struct Config {
     pub replay: ReplayConfig,
     pub learner: LearnerConfig,
     pub loss: LossConfig,
+    pub reward: RewardConfig,
     pub logging: LoggingConfig,
     pub checkpoint: CheckpointConfig,
 }
@@ -37,6 +40,7 @@ impl Default for Config {
             replay: ReplayConfig::default(),
             learner: LearnerConfig::default(),
             loss: LossConfig::default(),
+            reward: RewardConfig::default(),
             logging: LoggingConfig::default(),
             checkpoint: CheckpointConfig::default(),
         }
@@ -56,6 +60,8 @@ pub enum DeviceChoice {
 pub enum EnvKind {
     /// K-armed bandit with a tabular softmax policy (SPEC §3.1).
     Bandit,
+    /// Verifiable tool-use tasks over a token protocol (SPEC §3.2).
+    ToolUse,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +115,26 @@ pub struct EnvConfig {
     pub steps_per_round: u64,
     /// Bandit, exact mode: step size η of the expected-gradient flow.
     pub eta: f64,
+    /// Tool use: the task family (`calc`, `lookup`, `chain`, `fanout`, `menu`).
+    pub task: TaskKind,
+    /// Tool use (calc, menu): operands have up to this many digits.
+    pub digits: u32,
+    /// Tool use (calc, menu): share of items that need no call.
+    pub no_call_share: f64,
+    /// Tool use: entities in the seeded database.
+    pub entities: usize,
+    /// Tool use: share of entities (lookup, chain, fanout) held out for evaluation.
+    pub heldout_share: f64,
+    /// Tool use (chain): add a constant to the looked-up value, a third call.
+    pub chain_arith: bool,
+    /// Tool use (fanout): entities per question, 2 or 3.
+    pub width: usize,
+    /// Tool use (menu): tools listed beside the one needed.
+    pub distractors: usize,
+    /// Tool use: longest episode in tokens, prompt and tool results included.
+    pub max_tokens: usize,
+    /// Tool use: most calls per episode.
+    pub max_calls: usize,
 }
 
 impl Default for EnvConfig {
@@ -123,6 +149,16 @@ impl Default for EnvConfig {
             rounds: 40,
             steps_per_round: 500,
             eta: 1.0,
+            task: TaskKind::Calc,
+            digits: 2,
+            no_call_share: 0.2,
+            entities: 200,
+            heldout_share: 0.2,
+            chain_arith: false,
+            width: 2,
+            distractors: 2,
+            max_tokens: 64,
+            max_calls: 4,
         }
     }
 }
@@ -131,6 +167,21 @@ impl EnvConfig {
     /// Total learner steps of a bandit run.
     pub fn total_steps(&self) -> u64 {
         self.rounds.saturating_mul(self.steps_per_round)
+    }
+
+    /// The task generators' knobs, seeded with the run's seed.
+    pub fn task_spec(&self, seed: u64) -> TaskSpec {
+        TaskSpec {
+            kind: self.task,
+            seed,
+            digits: self.digits,
+            no_call_share: self.no_call_share,
+            entities: self.entities,
+            heldout_share: self.heldout_share,
+            chain_arith: self.chain_arith,
+            width: self.width,
+            distractors: self.distractors,
+        }
     }
 }
 

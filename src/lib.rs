@@ -26,6 +26,7 @@ pub mod optim;
 pub mod plot;
 pub mod policy;
 pub mod replay;
+pub mod reward;
 pub mod rng;
 pub mod train;
 pub mod trajectory;

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 use asymre::cli::{Cli, Command};
+use asymre::env::tool_use::{score_jsonl, tasks::Task};
 use asymre::train::{self, Outcome, RunOptions, Summary};
 use asymre::{checkpoint, config, plot, Error, Result};
 use clap::Parser;
@@ -108,6 +109,47 @@ fn run(cli: Cli) -> Result<u8> {
                 }
             };
             print!("{}", cfg.to_toml());
+            Ok(0)
+        }
+        Command::Score {
+            task,
+            file,
+            config: cfg_path,
+            seed,
+        } => {
+            let mut cfg = match cfg_path {
+                Some(p) => config::load(&p, &[])?,
+                None => config::Config::default(),
+            };
+            cfg.env.task = task.into();
+            let task = Task::new(cfg.env.task_spec(seed.unwrap_or(cfg.seed)));
+            let input = std::fs::File::open(&file)
+                .map_err(|e| Error::input(format!("cannot read {}: {e}", file.display())))?;
+            println!("line\treward\tcompletion\tprecision\trecall\tf1\tformat_errors\tcalls");
+            let totals = score_jsonl(
+                &task,
+                &cfg.reward,
+                std::io::BufReader::new(input),
+                |n, r| match r {
+                    Ok(s) => println!(
+                        "{n}\t{:.4}\t{}\t{:.3}\t{:.3}\t{:.3}\t{}\t{}",
+                        s.reward,
+                        s.completion,
+                        s.precision,
+                        s.recall,
+                        s.f1,
+                        s.format_errors,
+                        s.calls
+                    ),
+                    Err(e) => eprintln!("{}:{n}: {e}", file.display()),
+                },
+            )
+            .map_err(|e| Error::io(&file, e))?;
+            println!(
+                "scored {} of {} lines ({} bad): mean reward {:.4}, completion {:.3}, tool precision {:.3} recall {:.3} F1 {:.3}, format errors {:.3}, calls {:.2}",
+                totals.scored, totals.lines, totals.bad_lines, totals.mean_reward, totals.completion,
+                totals.precision, totals.recall, totals.f1, totals.format_errors, totals.calls
+            );
             Ok(0)
         }
         Command::Plot { runs, out, title } => {

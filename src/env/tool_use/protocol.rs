@@ -1,0 +1,369 @@
+//! One episode of the token protocol shared by every task:
+//!
+//! ```text
+//! <bos> prompt … CALL tool arg value … /CALL RES value /RES … ANS answer <eos>
+//! ```
+//!
+//! The policy writes the CALL and ANS parts. At `/CALL` the environment executes the call and queues
+//! `RES value /RES` (or `RES ERR /RES` for a malformed call) as forced tokens, masked out of the loss.
+//! Anything malformed is a format error, never a panic.
+use std::collections::VecDeque;
+
+use super::tasks::{Item, Task};
+use super::vocab::{self, ANS, BOS, CALL, END_CALL, END_RES, EOS, ERR, RES};
+use crate::reward::{Attempt, Call};
+
+/// Episode limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest sequence, prompt and results included.
+    pub max_tokens: usize,
+    /// Most calls; starting one more ends the episode with a format error.
+    pub max_calls: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Free,
+    /// Inside CALL … /CALL; the CALL token is at this position.
+    InCall(usize),
+    /// After ANS; the ANS token is at this position.
+    InAnswer(usize),
+}
+
+/// An episode in progress.
+#[derive(Debug, Clone)]
+pub struct Episode {
+    pub item: Item,
+    /// `<bos>`, the prompt, then everything generated or forced.
+    pub tokens: Vec<u32>,
+    /// True where the policy chose the token (the loss and log μ use only these).
+    pub policy_mask: Vec<bool>,
+    pub prompt_len: usize,
+    pub attempt: Attempt,
+    pub done: bool,
+    forced: VecDeque<u32>,
+    phase: Phase,
+    stray: bool,
+    limits: Limits,
+}
+
+impl Episode {
+    pub fn new(task: &Task, item: Item, limits: Limits) -> Self {
+        let mut tokens = vec![BOS];
+        tokens.extend(
+            vocab::encode(&task.prompt(&item)).expect("generated prompts use the vocabulary"),
+        );
+        let prompt_len = tokens.len();
+        Episode {
+            item,
+            policy_mask: vec![false; prompt_len],
+            tokens,
+            prompt_len,
+            attempt: Attempt::default(),
+            done: prompt_len >= limits.max_tokens,
+            forced: VecDeque::new(),
+            phase: Phase::Free,
+            stray: false,
+            limits,
+        }
+    }
+
+    /// The next token the environment feeds, if it has one queued. It is appended.
+    pub fn take_forced(&mut self) -> Option<u32> {
+        let t = self.forced.pop_front()?;
+        self.append(t, false);
+        Some(t)
+    }
+
+    /// Whether the next token is forced rather than sampled.
+    pub fn has_forced(&self) -> bool {
+        !self.forced.is_empty()
+    }
+
+    fn append(&mut self, t: u32, by_policy: bool) {
+        self.tokens.push(t);
+        self.policy_mask.push(by_policy);
+        if !self.done && self.tokens.len() >= self.limits.max_tokens {
+            self.end_truncated();
+        }
+    }
+
+    fn end_truncated(&mut self) {
+        if !self.done {
+            self.attempt.format_errors += 1;
+            self.done = true;
+            self.forced.clear();
+        }
+    }
+
+    /// Appends a token the policy chose and reacts to it.
+    pub fn push_policy(&mut self, t: u32, task: &Task) {
+        if self.done {
+            return;
+        }
+        let pos = self.tokens.len();
+        self.tokens.push(t);
+        self.policy_mask.push(true);
+        match (self.phase, t) {
+            (Phase::Free, CALL) if self.attempt.calls.len() >= self.limits.max_calls => {
+                self.attempt.format_errors += 1;
+                self.finish();
+            }
+            (Phase::Free, CALL) => self.phase = Phase::InCall(pos),
+            (Phase::Free, ANS) => self.phase = Phase::InAnswer(pos),
+            (Phase::Free, EOS) => {
+                self.attempt.format_errors += 1; // no answer
+                self.finish();
+            }
+            (Phase::Free, _) => self.stray = true,
+            (Phase::InCall(start), END_CALL) => {
+                self.phase = Phase::Free;
+                self.execute(start, pos, task);
+            }
+            (Phase::InCall(_), EOS) => {
+                self.attempt.format_errors += 1; // unterminated call
+                self.finish();
+            }
+            (Phase::InCall(_), _) => {}
+            (Phase::InAnswer(start), EOS) => {
+                self.attempt.answer = Some(vocab::decode(&self.tokens[start + 1..pos]));
+                self.finish();
+            }
+            (Phase::InAnswer(_), _) => {}
+        }
+        if !self.done && self.tokens.len() >= self.limits.max_tokens {
+            self.end_truncated();
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.stray {
+            self.attempt.format_errors += 1;
+        }
+        self.done = true;
+    }
+
+    fn execute(&mut self, start: usize, end: usize, task: &Task) {
+        let result = parse_call(&self.tokens[start + 1..end]).and_then(|call| {
+            let r = task.execute(&self.item, &call);
+            self.attempt.calls.push(call);
+            self.attempt.results.push(r.as_ref().ok().cloned());
+            r
+        });
+        self.forced.push_back(RES);
+        match result {
+            Ok(value) => {
+                self.forced
+                    .extend(vocab::encode(&value).expect("tool results use the vocabulary"));
+            }
+            Err(_) => {
+                self.attempt.format_errors += 1;
+                self.forced.push_back(ERR);
+            }
+        }
+        self.forced.push_back(END_RES);
+    }
+
+    /// The policy's generated part as text (after the prompt).
+    pub fn completion_text(&self) -> String {
+        vocab::decode(&self.tokens[self.prompt_len..])
+    }
+}
+
+/// `tool name value name value …` → a call; `Err` when the shape is wrong.
+pub fn parse_call(tokens: &[u32]) -> Result<Call, String> {
+    let text = vocab::decode(tokens);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let (name, args) = words.split_first().ok_or("empty call")?;
+    if args.len() % 2 != 0 {
+        return Err("arguments must be name value pairs".into());
+    }
+    let pairs: Vec<(&str, &str)> = args.chunks(2).map(|c| (c[0], c[1])).collect();
+    let call = Call::new(name, &pairs);
+    if call.arguments.len() != pairs.len() {
+        return Err("an argument is repeated".into());
+    }
+    Ok(call)
+}
+
+/// The scripted demonstration of an item: the gold calls with their results, then the answer.
+/// Returns the tokens after the prompt and which of them the policy writes.
+pub fn demonstration(task: &Task, item: &Item) -> Option<(Vec<u32>, Vec<bool>)> {
+    let gold = task.gold(item)?;
+    let mut tokens = Vec::new();
+    let mut mask = Vec::new();
+    let push = |ts: Vec<u32>, by_policy: bool, tokens: &mut Vec<u32>, mask: &mut Vec<bool>| {
+        mask.extend(std::iter::repeat(by_policy).take(ts.len()));
+        tokens.extend(ts);
+    };
+    for call in &gold.calls {
+        let mut text = format!("CALL {}", call.name);
+        for (k, v) in ordered_args(call, task) {
+            text.push_str(&format!(" {k} {v}"));
+        }
+        text.push_str(" /CALL");
+        push(vocab::encode(&text).ok()?, true, &mut tokens, &mut mask);
+        let result = task.execute(item, call).ok()?;
+        push(
+            vocab::encode(&format!("RES {result} /RES")).ok()?,
+            false,
+            &mut tokens,
+            &mut mask,
+        );
+    }
+    push(
+        vocab::encode(&format!("ANS {}", gold.answer)).ok()?,
+        true,
+        &mut tokens,
+        &mut mask,
+    );
+    push(vec![EOS], true, &mut tokens, &mut mask);
+    Some((tokens, mask))
+}
+
+/// A call's arguments in schema order (a, b, c / ent, attr) rather than alphabetical.
+fn ordered_args<'a>(call: &'a Call, _task: &Task) -> Vec<(&'a str, &'a str)> {
+    const ORDER: [&str; 5] = ["ent", "attr", "a", "b", "c"];
+    let mut args: Vec<(&str, &str)> = call
+        .arguments
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    args.sort_by_key(|(k, _)| ORDER.iter().position(|o| o == k).unwrap_or(ORDER.len()));
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::tool_use::tasks::{Split, TaskKind, TaskSpec};
+    use crate::reward::{score, RewardConfig};
+
+    fn task(kind: TaskKind) -> Task {
+        Task::new(TaskSpec {
+            kind,
+            seed: 2,
+            digits: 2,
+            no_call_share: 0.0,
+            entities: 30,
+            heldout_share: 0.2,
+            chain_arith: true,
+            width: 2,
+            distractors: 1,
+        })
+    }
+
+    const LIMITS: Limits = Limits {
+        max_tokens: 96,
+        max_calls: 4,
+    };
+
+    /// Plays `tokens` as the policy, feeding forced tokens as the actor does.
+    fn play(task: &Task, ep: &mut Episode, tokens: &[u32]) {
+        for &t in tokens {
+            while ep.take_forced().is_some() {}
+            ep.push_policy(t, task);
+        }
+        while ep.take_forced().is_some() {}
+    }
+
+    #[test]
+    fn a_demonstration_played_back_scores_perfectly() {
+        for kind in [
+            TaskKind::Calc,
+            TaskKind::Lookup,
+            TaskKind::Chain,
+            TaskKind::Fanout,
+            TaskKind::Menu,
+        ] {
+            let t = task(kind);
+            for i in 0..20 {
+                let item = t.item(Split::Heldout, i);
+                let (tokens, mask) = demonstration(&t, &item).unwrap();
+                let mut ep = Episode::new(&t, item.clone(), LIMITS);
+                let policy: Vec<u32> = tokens
+                    .iter()
+                    .zip(&mask)
+                    .filter(|(_, m)| **m)
+                    .map(|(t, _)| *t)
+                    .collect();
+                play(&t, &mut ep, &policy);
+                assert!(ep.done);
+                assert_eq!(
+                    &ep.tokens[ep.prompt_len..],
+                    &tokens[..],
+                    "{}",
+                    ep.completion_text()
+                );
+                assert_eq!(&ep.policy_mask[ep.prompt_len..], &mask[..]);
+                let s = score(
+                    &RewardConfig::default(),
+                    &ep.attempt,
+                    &t.gold(&item).unwrap(),
+                );
+                assert_eq!(
+                    (s.completion, s.f1, s.format_errors),
+                    (1.0, 1.0, 0),
+                    "{}",
+                    ep.completion_text()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_calls_and_missing_answers_are_format_errors() {
+        let t = task(TaskKind::Calc);
+        let item = t.item(Split::Train, 0);
+        let mut ep = Episode::new(&t, item.clone(), LIMITS);
+        play(
+            &t,
+            &mut ep,
+            &vocab::encode("CALL add a 1 /CALL CALL age a 1 b 2 /CALL").unwrap(),
+        );
+        assert_eq!(ep.attempt.format_errors, 2);
+        assert!(
+            ep.completion_text().contains("RES ERR /RES"),
+            "{}",
+            ep.completion_text()
+        );
+        assert_eq!(ep.attempt.results, vec![None, None]);
+        play(&t, &mut ep, &[EOS]);
+        assert!(ep.done);
+        assert_eq!(ep.attempt.format_errors, 3, "no answer");
+
+        let mut ep = Episode::new(&t, item.clone(), LIMITS);
+        play(&t, &mut ep, &vocab::encode("what ANS 5").unwrap());
+        play(&t, &mut ep, &[EOS]);
+        assert_eq!(ep.attempt.answer.as_deref(), Some("5"));
+        assert_eq!(ep.attempt.format_errors, 1, "a stray token");
+    }
+
+    #[test]
+    fn limits_end_episodes() {
+        let t = task(TaskKind::Calc);
+        let item = t.item(Split::Train, 0);
+        let limits = Limits {
+            max_tokens: 96,
+            max_calls: 1,
+        };
+        let mut ep = Episode::new(&t, item.clone(), limits);
+        play(
+            &t,
+            &mut ep,
+            &vocab::encode("CALL add a 1 b 2 /CALL CALL").unwrap(),
+        );
+        assert!(ep.done);
+        assert_eq!(ep.attempt.format_errors, 1);
+
+        let limits = Limits {
+            max_tokens: ep.prompt_len + 3,
+            max_calls: 4,
+        };
+        let mut ep = Episode::new(&t, item, limits);
+        play(&t, &mut ep, &vocab::encode("CALL add a 1 b 2").unwrap());
+        assert!(ep.done && ep.tokens.len() <= limits.max_tokens);
+        assert_eq!(ep.attempt.format_errors, 1);
+    }
+}

@@ -1,0 +1,362 @@
+//! Verifiable rewards for tool use (SPEC §3.3): pure functions of what an episode did and what
+//! the task needed. No tch, no threads, so any model's episodes can be scored the same way.
+//!
+//! ```text
+//! r = w_task · completion + w_tool · tool_precision − w_format · format_errors − w_cost · calls
+//! ```
+//!
+//! `tool_precision` is an F1: a made call matches a gold call when the tool name, the argument
+//! names and the argument values are all equal; calls match in any order and each gold call is
+//! matched at most once (ToolRL, BFCL's AST check). With `tool_match = "execution"` a call counts
+//! when its result is a value the task still needs, each needed value credited once (FTRL-style).
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One tool call: a name and named arguments, values in canonical text form.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Call {
+    pub name: String,
+    pub arguments: BTreeMap<String, String>,
+}
+
+impl Call {
+    pub fn new(name: &str, args: &[(&str, &str)]) -> Self {
+        Call {
+            name: name.to_string(),
+            arguments: args
+                .iter()
+                .map(|(k, v)| (k.to_string(), canonical_value(v)))
+                .collect(),
+        }
+    }
+}
+
+/// The canonical text of a value: integers without leading zeros or `+`, `12.0` → `12`, other
+/// text trimmed and lower-cased.
+pub fn canonical_value(v: &str) -> String {
+    let t = v.trim();
+    if let Ok(i) = t.parse::<i64>() {
+        return i.to_string();
+    }
+    if let Ok(f) = t.parse::<f64>() {
+        if f.is_finite() && f.fract() == 0.0 && f.abs() < 9e15 {
+            return (f as i64).to_string();
+        }
+        return f.to_string();
+    }
+    t.to_lowercase()
+}
+
+/// What an episode did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Attempt {
+    pub calls: Vec<Call>,
+    /// The result each call returned (`None` for an error), aligned with `calls`.
+    pub results: Vec<Option<String>>,
+    /// The final answer, if the episode gave one.
+    pub answer: Option<String>,
+    /// Malformed calls, a missing answer, truncation, stray tokens.
+    pub format_errors: u32,
+}
+
+/// What the task needed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Gold {
+    pub calls: Vec<Call>,
+    pub answer: String,
+    /// Intermediate values the task needs (execution-based credit).
+    pub needed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolMatch {
+    /// Name, argument names and values must match a gold call.
+    Exact,
+    /// A call counts when its result is a value the task still needs.
+    Execution,
+}
+
+/// The reward's weights and options (`[reward]` in the config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardConfig {
+    /// Weight of completion (exact match of the final answer).
+    pub w_task: f64,
+    /// Weight of the tool-call F1.
+    pub w_tool: f64,
+    /// Penalty per format error.
+    pub w_format: f64,
+    /// Cost per call made.
+    pub w_cost: f64,
+    /// Map completion to ±1 instead of {0, 1}, as in the paper.
+    pub completion_pm1: bool,
+    /// `exact` or `execution`.
+    pub tool_match: ToolMatch,
+}
+
+impl Default for RewardConfig {
+    fn default() -> Self {
+        RewardConfig {
+            w_task: 1.0,
+            w_tool: 0.5,
+            w_format: 0.1,
+            w_cost: 0.0,
+            completion_pm1: false,
+            tool_match: ToolMatch::Exact,
+        }
+    }
+}
+
+/// The reward and its parts.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Score {
+    pub reward: f64,
+    /// 1 when the answer matches exactly, else 0.
+    pub completion: f64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub format_errors: u32,
+    pub calls: usize,
+}
+
+/// Precision, recall and F1 from a true-positive count. Nothing made and nothing needed is a
+/// perfect score; one side empty and the other not scores 0.
+fn prf(tp: usize, made: usize, wanted: usize) -> (f64, f64, f64) {
+    if made == 0 && wanted == 0 {
+        return (1.0, 1.0, 1.0);
+    }
+    let p = if made == 0 {
+        0.0
+    } else {
+        tp as f64 / made as f64
+    };
+    let r = if wanted == 0 {
+        0.0
+    } else {
+        tp as f64 / wanted as f64
+    };
+    let f1 = if p + r == 0.0 {
+        0.0
+    } else {
+        2.0 * p * r / (p + r)
+    };
+    (p, r, f1)
+}
+
+/// Multiset intersection size: each gold item matched at most once, in any order.
+fn matched<T: PartialEq>(made: impl IntoIterator<Item = T>, gold: &[T]) -> usize {
+    let mut used = vec![false; gold.len()];
+    let mut tp = 0;
+    for m in made {
+        if let Some(i) = (0..gold.len()).find(|&i| !used[i] && gold[i] == m) {
+            used[i] = true;
+            tp += 1;
+        }
+    }
+    tp
+}
+
+/// Precision, recall, F1 of `made` against `gold` calls.
+pub fn call_f1(made: &[Call], gold: &[Call]) -> (f64, f64, f64) {
+    prf(
+        matched(made.iter(), &gold.iter().collect::<Vec<_>>()),
+        made.len(),
+        gold.len(),
+    )
+}
+
+/// Precision, recall, F1 of the calls' results against the values the task needs.
+pub fn execution_f1(results: &[Option<String>], needed: &[String]) -> (f64, f64, f64) {
+    let got = results.iter().flatten().map(|r| canonical_value(r));
+    let needed: Vec<String> = needed.iter().map(|v| canonical_value(v)).collect();
+    prf(matched(got, &needed), results.len(), needed.len())
+}
+
+/// Scores an attempt against the gold.
+pub fn score(cfg: &RewardConfig, attempt: &Attempt, gold: &Gold) -> Score {
+    let completion = match &attempt.answer {
+        Some(a) if canonical_value(a) == canonical_value(&gold.answer) => 1.0,
+        _ => 0.0,
+    };
+    let (precision, recall, f1) = match cfg.tool_match {
+        ToolMatch::Exact => call_f1(&attempt.calls, &gold.calls),
+        ToolMatch::Execution => execution_f1(&attempt.results, &gold.needed),
+    };
+    let task = if cfg.completion_pm1 {
+        2.0 * completion - 1.0
+    } else {
+        completion
+    };
+    let reward = cfg.w_task * task + cfg.w_tool * f1
+        - cfg.w_format * attempt.format_errors as f64
+        - cfg.w_cost * attempt.calls.len() as f64;
+    Score {
+        reward,
+        completion,
+        precision,
+        recall,
+        f1,
+        format_errors: attempt.format_errors,
+        calls: attempt.calls.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gold_two() -> Gold {
+        Gold {
+            calls: vec![
+                Call::new("get", &[("ent", "e1"), ("attr", "age")]),
+                Call::new("get", &[("ent", "e2"), ("attr", "age")]),
+            ],
+            answer: "70".into(),
+            needed: vec!["30".into(), "40".into()],
+        }
+    }
+
+    fn attempt(calls: Vec<Call>, answer: Option<&str>) -> Attempt {
+        let results = calls.iter().map(|_| Some("0".to_string())).collect();
+        Attempt {
+            calls,
+            results,
+            answer: answer.map(String::from),
+            format_errors: 0,
+        }
+    }
+
+    fn exact() -> RewardConfig {
+        RewardConfig::default()
+    }
+
+    #[test]
+    fn no_calls_when_calls_were_needed() {
+        let s = score(&exact(), &attempt(vec![], Some("70")), &gold_two());
+        assert_eq!(
+            (s.precision, s.recall, s.f1, s.completion),
+            (0.0, 0.0, 0.0, 1.0)
+        );
+        assert_eq!(s.reward, 1.0);
+    }
+
+    #[test]
+    fn calls_in_another_order_match() {
+        let g = gold_two();
+        let made = vec![g.calls[1].clone(), g.calls[0].clone()];
+        let s = score(&exact(), &attempt(made, Some("70")), &g);
+        assert_eq!((s.precision, s.recall, s.f1), (1.0, 1.0, 1.0));
+        assert_eq!(s.reward, 1.5);
+    }
+
+    #[test]
+    fn a_duplicate_call_matches_one_gold_call_once() {
+        let g = gold_two();
+        let made = vec![g.calls[0].clone(), g.calls[0].clone()];
+        let s = score(&exact(), &attempt(made, None), &g);
+        assert_eq!((s.precision, s.recall), (0.5, 0.5));
+        assert_eq!(s.f1, 0.5);
+        assert_eq!(s.completion, 0.0);
+    }
+
+    #[test]
+    fn a_wrong_argument_value_or_name_does_not_match() {
+        let g = gold_two();
+        let wrong_value = Call::new("get", &[("ent", "e1"), ("attr", "height")]);
+        let wrong_name = Call::new("get", &[("entity", "e2"), ("attr", "age")]);
+        let s = score(
+            &exact(),
+            &attempt(vec![wrong_value, wrong_name], Some("71")),
+            &g,
+        );
+        assert_eq!((s.precision, s.recall, s.f1), (0.0, 0.0, 0.0));
+        assert_eq!(s.reward, 0.0);
+    }
+
+    #[test]
+    fn extra_calls_lower_precision_not_recall() {
+        let g = gold_two();
+        let mut made = g.calls.clone();
+        made.push(Call::new("get", &[("ent", "e3"), ("attr", "age")]));
+        made.push(Call::new("add", &[("a", "1"), ("b", "2")]));
+        let s = score(&exact(), &attempt(made, Some("70")), &g);
+        assert_eq!((s.precision, s.recall), (0.5, 1.0));
+        assert!((s.f1 - 2.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_correct_answer_without_calls_when_none_are_needed_is_perfect() {
+        let g = Gold {
+            calls: vec![],
+            answer: "5".into(),
+            needed: vec![],
+        };
+        let s = score(&exact(), &attempt(vec![], Some("005")), &g);
+        assert_eq!((s.completion, s.f1, s.reward), (1.0, 1.0, 1.5));
+        // A call where none is needed is a false positive.
+        let s = score(
+            &exact(),
+            &attempt(vec![Call::new("add", &[("a", "2"), ("b", "3")])], Some("5")),
+            &g,
+        );
+        assert_eq!(s.f1, 0.0);
+    }
+
+    #[test]
+    fn weights_penalties_and_pm1() {
+        let cfg = RewardConfig {
+            w_format: 0.25,
+            w_cost: 0.1,
+            completion_pm1: true,
+            ..exact()
+        };
+        let g = gold_two();
+        let mut a = attempt(g.calls.clone(), Some("69"));
+        a.format_errors = 2;
+        let s = score(&cfg, &a, &g);
+        // −1 (wrong answer, ±1) + 0.5·1 − 0.25·2 − 0.1·2
+        assert!(
+            (s.reward - (-1.0 + 0.5 - 0.5 - 0.2)).abs() < 1e-12,
+            "{}",
+            s.reward
+        );
+    }
+
+    #[test]
+    fn execution_credit_counts_needed_results_once() {
+        let cfg = RewardConfig {
+            tool_match: ToolMatch::Execution,
+            ..exact()
+        };
+        let g = gold_two();
+        // Different calls that still fetched the needed values, plus a duplicate and an error.
+        let a = Attempt {
+            calls: vec![Call::new("x", &[]); 4],
+            results: vec![
+                Some("40".into()),
+                Some("30.0".into()),
+                Some("30".into()),
+                None,
+            ],
+            answer: Some("70".into()),
+            format_errors: 1,
+        };
+        let s = score(&cfg, &a, &g);
+        assert_eq!((s.precision, s.recall), (0.5, 1.0));
+    }
+
+    #[test]
+    fn values_are_canonical() {
+        assert_eq!(canonical_value(" 007 "), "7");
+        assert_eq!(canonical_value("12.0"), "12");
+        assert_eq!(canonical_value("-3"), "-3");
+        assert_eq!(canonical_value("E17"), "e17");
+        assert_eq!(
+            Call::new("add", &[("a", "01")]),
+            Call::new("add", &[("a", "1")])
+        );
+    }
+}
