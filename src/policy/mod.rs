@@ -4,6 +4,7 @@
 //! [`WeightSnapshot`] (host `f32` data, variables in sorted-name order) and each actor loads it
 //! into its own `VarStore`.
 pub mod tabular;
+pub mod transformer;
 
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
