@@ -12,13 +12,17 @@ use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::Device;
 
-use crate::config::Config;
+use crate::config::{Config, RewardConfig};
+use crate::env::tool_use::protocol::Limits;
+use crate::env::tool_use::tasks::{Split, Task};
 use crate::env::Bandit;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::policy::tabular::sampling_probs;
-use crate::policy::{TabularPolicy, WeightSnapshot};
+use crate::policy::{PolicyModel, TabularPolicy, Transformer, WeightSnapshot};
+use crate::reward;
 use crate::rng::{self, Role};
-use crate::trajectory::{ActorBatch, Trajectory};
+use crate::rollout::{rollout, Decoding};
+use crate::trajectory::{ActorBatch, EpisodeStats, Trajectory};
 
 /// The part of an actor that must survive a checkpoint for an exact resume.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -27,10 +31,33 @@ pub struct ActorState {
     pub next_prompt: u64,
 }
 
+/// What the actor/learner loops need from an actor.
+pub trait Actor: Send {
+    fn id(&self) -> usize;
+    /// Loads new behaviour weights.
+    fn load(&mut self, snapshot: &WeightSnapshot) -> Result<()>;
+    /// Samples and scores one message of trajectories.
+    fn act(&mut self) -> Result<ActorBatch>;
+    /// The learner step of the weights it samples from.
+    fn version(&self) -> u64;
+    fn state(&self) -> &ActorState;
+    fn set_state(&mut self, state: ActorState);
+}
+
+/// Sets each trajectory's `group_mean` to the mean reward of its run of `group_size` samples.
+fn fill_group_means(trajectories: &mut [Trajectory], group_size: usize) {
+    for group in trajectories.chunks_mut(group_size) {
+        let mean = group.iter().map(|t| t.reward as f64).sum::<f64>() / group.len() as f64;
+        for t in group {
+            t.group_mean = mean as f32;
+        }
+    }
+}
+
 /// A bandit actor.
 #[derive(Debug)]
 pub struct BanditActor {
-    pub id: usize,
+    id: usize,
     vs: VarStore,
     policy: TabularPolicy,
     bandit: Bandit,
@@ -72,8 +99,20 @@ impl BanditActor {
         Ok(actor)
     }
 
-    /// Loads new behaviour weights.
-    pub fn load(&mut self, snapshot: &WeightSnapshot) -> Result<()> {
+    fn sample_arm(&mut self) -> usize {
+        let u: f64 = self.state.rng.gen::<f64>() * self.cdf.last().copied().unwrap_or(1.0);
+        self.cdf
+            .partition_point(|&c| c <= u)
+            .min(self.cdf.len() - 1)
+    }
+}
+
+impl Actor for BanditActor {
+    fn id(&self) -> usize {
+        self.id
+    }
+
+    fn load(&mut self, snapshot: &WeightSnapshot) -> Result<()> {
         snapshot.load_into(&self.vs)?;
         self.version = snapshot.version;
         let mu = sampling_probs(&self.policy.logits()?, self.temperature);
@@ -90,32 +129,24 @@ impl BanditActor {
         Ok(())
     }
 
-    pub fn version(&self) -> u64 {
+    fn version(&self) -> u64 {
         self.version
     }
 
-    pub fn state(&self) -> &ActorState {
+    fn state(&self) -> &ActorState {
         &self.state
     }
 
-    pub fn set_state(&mut self, state: ActorState) {
+    fn set_state(&mut self, state: ActorState) {
         self.state = state;
     }
 
-    fn sample_arm(&mut self) -> usize {
-        let u: f64 = self.state.rng.gen::<f64>() * self.cdf.last().copied().unwrap_or(1.0);
-        self.cdf
-            .partition_point(|&c| c <= u)
-            .min(self.cdf.len() - 1)
-    }
-
-    /// Samples one message: `batch_size / group_size` prompts × G arms each.
-    pub fn act(&mut self) -> ActorBatch {
+    /// One message: `batch_size / group_size` prompts × G arms each.
+    fn act(&mut self) -> Result<ActorBatch> {
         let mut trajectories = Vec::with_capacity(self.batch_size);
         for _ in 0..self.batch_size / self.group_size {
             let prompt = self.state.next_prompt;
             self.state.next_prompt += 1;
-            let first = trajectories.len();
             for _ in 0..self.group_size {
                 let arm = self.sample_arm();
                 let reward = self.bandit.pull(arm, &mut self.state.rng);
@@ -127,18 +158,148 @@ impl BanditActor {
                     group_mean: 0.0,
                     behaviour_value: Some(self.value as f32),
                     policy_version: self.version,
+                    policy_mask: Vec::new(),
+                    stats: None,
                 });
             }
-            let group = &mut trajectories[first..];
-            let mean = group.iter().map(|t| t.reward as f64).sum::<f64>() / group.len() as f64;
-            for t in group {
-                t.group_mean = mean as f32;
-            }
         }
-        ActorBatch {
+        fill_group_means(&mut trajectories, self.group_size);
+        Ok(ActorBatch {
             actor: self.id,
             trajectories,
+        })
+    }
+}
+
+/// A tool-use actor: decodes `batch_size / group_size` train-split prompts, G episodes each, in
+/// lockstep with its own copy of the transformer on the CPU.
+pub struct ToolActor {
+    id: usize,
+    vs: VarStore,
+    model: Transformer,
+    task: Task,
+    limits: Limits,
+    temperature: f64,
+    batch_size: usize,
+    group_size: usize,
+    reward: RewardConfig,
+    state: ActorState,
+    version: u64,
+}
+
+impl ToolActor {
+    pub fn new(cfg: &Config, id: usize, task: Task, snapshot: &WeightSnapshot) -> Result<Self> {
+        let vs = VarStore::new(Device::Cpu);
+        let PolicyModel::Transformer(model) = PolicyModel::build(cfg, &vs.root(), &[]) else {
+            return Err(Error::input(
+                "policy.kind: a tool-use actor needs a transformer",
+            ));
+        };
+        let mut actor = ToolActor {
+            id,
+            vs,
+            model,
+            task,
+            limits: Limits {
+                max_tokens: cfg.env.max_tokens,
+                max_calls: cfg.env.max_calls,
+            },
+            temperature: cfg.policy.temperature,
+            batch_size: cfg.actor.batch_size,
+            group_size: cfg.actor.group_size,
+            reward: cfg.reward.clone(),
+            state: ActorState {
+                rng: rng::stream(cfg.seed, Role::Actor, id as u64),
+                next_prompt: 0,
+            },
+            version: 0,
+        };
+        actor.load(snapshot)?;
+        Ok(actor)
+    }
+}
+
+impl Actor for ToolActor {
+    fn id(&self) -> usize {
+        self.id
+    }
+
+    fn load(&mut self, snapshot: &WeightSnapshot) -> Result<()> {
+        snapshot.load_into(&self.vs)?;
+        self.version = snapshot.version;
+        Ok(())
+    }
+
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn state(&self) -> &ActorState {
+        &self.state
+    }
+
+    fn set_state(&mut self, state: ActorState) {
+        self.state = state;
+    }
+
+    fn act(&mut self) -> Result<ActorBatch> {
+        let mut items = Vec::with_capacity(self.batch_size);
+        let mut prompts = Vec::with_capacity(self.batch_size);
+        for _ in 0..self.batch_size / self.group_size {
+            // Items are numbered per actor so that actors never share a prompt.
+            let index = (self.id as u64) << 40 | self.state.next_prompt;
+            self.state.next_prompt += 1;
+            let item = self.task.item(Split::Train, index);
+            for _ in 0..self.group_size {
+                items.push(item.clone());
+                prompts.push(index);
+            }
         }
+        let decoding = Decoding::Sample {
+            temperature: self.temperature,
+        };
+        let rollouts = rollout(
+            &self.model,
+            &self.task,
+            items,
+            self.limits,
+            decoding,
+            &mut self.state.rng,
+            Device::Cpu,
+        )?;
+        let mut trajectories = Vec::with_capacity(rollouts.len());
+        for (r, prompt) in rollouts.into_iter().zip(prompts) {
+            let gold = self
+                .task
+                .gold(&r.episode.item)
+                .ok_or_else(|| Error::Corrupt("a generated item has no gold answer".into()))?;
+            let s = reward::score(&self.reward, &r.episode.attempt, &gold);
+            let ep = r.episode;
+            trajectories.push(Trajectory {
+                prompt,
+                reward: s.reward as f32,
+                behaviour_logp: r.behaviour_logp as f32,
+                group_mean: 0.0,
+                behaviour_value: None,
+                policy_version: self.version,
+                stats: Some(EpisodeStats {
+                    completion: s.completion as f32,
+                    precision: s.precision as f32,
+                    recall: s.recall as f32,
+                    f1: s.f1 as f32,
+                    format_errors: s.format_errors,
+                    calls: s.calls as u32,
+                    length: (ep.tokens.len() - ep.prompt_len) as u32,
+                }),
+                actions: ep.tokens,
+                policy_mask: ep.policy_mask,
+            });
+        }
+        fill_group_means(&mut trajectories, self.group_size);
+        Ok(ActorBatch {
+            actor: self.id,
+            trajectories,
+        })
     }
 }
 
@@ -189,7 +350,7 @@ pub struct ActorShared<'a> {
 /// The body of an actor thread: refresh weights, respect the lag limit, sample, send; until the
 /// run stops or the learner hangs up.
 pub fn actor_loop(
-    mut actor: BanditActor,
+    mut actor: Box<dyn Actor>,
     tx: Sender<ActorBatch>,
     shared: ActorShared<'_>,
 ) -> Result<()> {
@@ -206,7 +367,7 @@ pub fn actor_loop(
             std::thread::sleep(Duration::from_micros(200));
             continue;
         }
-        let batch = actor.act();
+        let batch = actor.act()?;
         if tx.send(batch).is_err() {
             break;
         }

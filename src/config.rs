@@ -25,6 +25,7 @@ pub struct Config {
     pub learner: LearnerConfig,
     pub loss: LossConfig,
     pub reward: RewardConfig,
+    pub warmstart: WarmstartConfig,
     pub logging: LoggingConfig,
     pub checkpoint: CheckpointConfig,
 }
@@ -41,6 +42,7 @@ impl Default for Config {
             learner: LearnerConfig::default(),
             loss: LossConfig::default(),
             reward: RewardConfig::default(),
+            warmstart: WarmstartConfig::default(),
             logging: LoggingConfig::default(),
             checkpoint: CheckpointConfig::default(),
         }
@@ -188,17 +190,25 @@ impl EnvConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PolicyKind {
-    /// One logit per arm.
+    /// One logit per arm (bandit).
     Tabular,
+    /// A small causal decoder (tool use).
+    Transformer,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
-    /// `tabular` (bandit).
+    /// `tabular` (bandit) or `transformer` (tool use).
     pub kind: PolicyKind,
     /// Sampling temperature of the actors (1 = sample from π itself).
     pub temperature: f64,
+    /// Transformer: decoder blocks.
+    pub layers: usize,
+    /// Transformer: model width.
+    pub d_model: usize,
+    /// Transformer: attention heads (must divide d_model).
+    pub heads: usize,
 }
 
 impl Default for PolicyConfig {
@@ -206,6 +216,34 @@ impl Default for PolicyConfig {
         PolicyConfig {
             kind: PolicyKind::Tabular,
             temperature: 1.0,
+            layers: 2,
+            d_model: 128,
+            heads: 4,
+        }
+    }
+}
+
+/// Behaviour cloning on scripted demonstrations before RL (tool use).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarmstartConfig {
+    /// Demonstrations generated from the train split (0 = start RL from scratch).
+    pub demos: usize,
+    /// Optimiser steps of behaviour cloning.
+    pub steps: u64,
+    /// Adam learning rate of behaviour cloning.
+    pub lr: f64,
+    /// Demonstrations per step.
+    pub batch_size: usize,
+}
+
+impl Default for WarmstartConfig {
+    fn default() -> Self {
+        WarmstartConfig {
+            demos: 500,
+            steps: 200,
+            lr: 1e-3,
+            batch_size: 64,
         }
     }
 }
@@ -391,6 +429,11 @@ pub struct LoggingConfig {
     pub tensorboard: bool,
     /// Show a progress bar on stderr (only drawn when stderr is a terminal).
     pub progress: bool,
+    /// Tool use: learner steps between held-out evaluations (0 = only after the warm start and
+    /// at the end).
+    pub eval_every: u64,
+    /// Tool use: held-out episodes per evaluation (greedy decoding).
+    pub eval_episodes: usize,
 }
 
 impl Default for LoggingConfig {
@@ -399,6 +442,8 @@ impl Default for LoggingConfig {
             every: 50,
             tensorboard: true,
             progress: true,
+            eval_every: 0,
+            eval_episodes: 200,
         }
     }
 }
@@ -571,6 +616,61 @@ impl Config {
             "finite and > 0",
             p.temperature,
         )?;
+        let wanted = match e.kind {
+            EnvKind::Bandit => PolicyKind::Tabular,
+            EnvKind::ToolUse => PolicyKind::Transformer,
+        };
+        check(
+            p.kind == wanted,
+            "policy.kind",
+            &format!("{wanted:?} for env.kind = {:?}", e.kind).to_lowercase(),
+            format!("{:?}", p.kind).to_lowercase(),
+        )?;
+        check(
+            (1..=48).contains(&p.layers),
+            "policy.layers",
+            "between 1 and 48",
+            p.layers,
+        )?;
+        check(
+            (1..=64).contains(&p.heads),
+            "policy.heads",
+            "between 1 and 64",
+            p.heads,
+        )?;
+        check(
+            p.d_model >= p.heads && p.d_model % p.heads == 0 && p.d_model <= 8192,
+            "policy.d_model",
+            &format!("a multiple of policy.heads ({}) up to 8192", p.heads),
+            p.d_model,
+        )?;
+        let w = &self.warmstart;
+        check(
+            w.lr.is_finite() && w.lr > 0.0,
+            "warmstart.lr",
+            "finite and > 0",
+            w.lr,
+        )?;
+        check(
+            w.batch_size >= 1,
+            "warmstart.batch_size",
+            ">= 1",
+            w.batch_size,
+        )?;
+        check(
+            self.logging.eval_episodes >= 1,
+            "logging.eval_episodes",
+            ">= 1",
+            self.logging.eval_episodes,
+        )?;
+        if self.loss.baseline.estimate == Estimate::Exact {
+            check(
+                e.kind == EnvKind::Bandit,
+                "loss.baseline.estimate",
+                "group for env.kind = tool_use",
+                "exact",
+            )?;
+        }
 
         let a = &self.actor;
         check(

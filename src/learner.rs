@@ -9,7 +9,7 @@ use crate::config::{Config, LossConfig};
 use crate::error::{Error, Result};
 use crate::loss;
 use crate::optim::Optimizer;
-use crate::policy::{sorted_vars, TabularPolicy, WeightSnapshot};
+use crate::policy::{sorted_vars, PolicyModel, WeightSnapshot};
 use crate::replay::Replay;
 use crate::rng::{self, Role};
 use crate::trajectory::{ActorBatch, Trajectory};
@@ -26,11 +26,44 @@ pub struct StepStats {
     /// Mean and max of (learner step − policy_version) over the batch.
     pub lag_mean: f64,
     pub lag_max: u64,
+    /// Tool use: the batch's mean episode statistics.
+    pub episode: Option<EpisodeMeans>,
+}
+
+/// Means of [`crate::trajectory::EpisodeStats`] over a batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EpisodeMeans {
+    pub completion: f64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub format_errors: f64,
+    pub calls: f64,
+    pub length: f64,
+}
+
+fn episode_means(batch: &[&Trajectory]) -> Option<EpisodeMeans> {
+    let stats: Vec<_> = batch.iter().filter_map(|t| t.stats).collect();
+    if stats.is_empty() {
+        return None;
+    }
+    let n = stats.len() as f64;
+    let mean =
+        |f: &dyn Fn(&crate::trajectory::EpisodeStats) -> f64| stats.iter().map(f).sum::<f64>() / n;
+    Some(EpisodeMeans {
+        completion: mean(&|s| s.completion as f64),
+        precision: mean(&|s| s.precision as f64),
+        recall: mean(&|s| s.recall as f64),
+        f1: mean(&|s| s.f1 as f64),
+        format_errors: mean(&|s| s.format_errors as f64),
+        calls: mean(&|s| s.calls as f64),
+        length: mean(&|s| s.length as f64),
+    })
 }
 
 pub struct Learner {
     pub vs: VarStore,
-    policy: TabularPolicy,
+    pub policy: PolicyModel,
     vars: Vec<(String, Tensor)>,
     optimizer: Optimizer,
     pub replay: Replay,
@@ -43,9 +76,10 @@ pub struct Learner {
 }
 
 impl Learner {
-    /// A learner for a tabular policy initialised to `init_logits`.
+    /// A learner for the configured policy (`init_logits` seeds a tabular one).
     pub fn new(cfg: &Config, device: Device, init_logits: &[f64]) -> Self {
-        let (vs, policy) = TabularPolicy::build(device, init_logits);
+        let vs = VarStore::new(device);
+        let policy = PolicyModel::build(cfg, &vs.root(), init_logits);
         let vars = sorted_vars(&vs);
         let optimizer = Optimizer::new(&cfg.learner, &vars);
         Learner {
@@ -81,7 +115,6 @@ impl Learner {
         let batch: Vec<&Trajectory> = positions.iter().map(|&p| self.replay.get(p)).collect();
         let baseline = loss::baseline_values(&self.loss_cfg, &batch);
         let reward: Vec<f32> = batch.iter().map(|t| t.reward).collect();
-        let arms: Vec<i64> = batch.iter().map(|t| t.actions[0] as i64).collect();
         let (lag_sum, lag_max) = batch.iter().fold((0u64, 0u64), |(s, m), t| {
             let lag = self.step.saturating_sub(t.policy_version);
             (s + lag, m.max(lag))
@@ -92,13 +125,13 @@ impl Learner {
             baseline: baseline.iter().map(|&v| v as f64).sum::<f64>() / n,
             lag_mean: lag_sum as f64 / n,
             lag_max,
+            episode: episode_means(&batch),
             ..StepStats::default()
         };
 
-        let arms = Tensor::from_slice(&arms).to_device(self.device);
         let reward = Tensor::from_slice(&reward).to_device(self.device);
         let baseline = Tensor::from_slice(&baseline).to_device(self.device);
-        let target_logp = self.policy.target_logp(&arms)?;
+        let target_logp = self.policy.target_logp(&batch, self.device)?;
         let loss = loss::compute(&self.loss_cfg, &target_logp, &reward, &baseline)?;
         let loss_value = loss.f_double_value(&[])?;
         if !loss_value.is_finite() {
@@ -117,14 +150,23 @@ impl Learner {
         })
     }
 
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
     /// The current weights as a snapshot versioned by the current step.
     pub fn snapshot(&self) -> Result<WeightSnapshot> {
         WeightSnapshot::take(&self.vs, self.step)
     }
 
-    /// π's logits on the host.
+    /// π's logits on the host (tabular policies).
     pub fn logits(&self) -> Result<Vec<f64>> {
-        self.policy.logits()
+        match &self.policy {
+            PolicyModel::Tabular(p) => p.logits(),
+            PolicyModel::Transformer(_) => {
+                Err(Error::Corrupt("a transformer has no logit table".into()))
+            }
+        }
     }
 
     pub fn optimizer_state(&self) -> Result<(u64, Vec<crate::policy::NamedTensor>)> {

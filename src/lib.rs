@@ -28,8 +28,10 @@ pub mod policy;
 pub mod replay;
 pub mod reward;
 pub mod rng;
+pub mod rollout;
 pub mod train;
 pub mod trajectory;
+pub mod warmstart;
 
 pub use config::Config;
 pub use error::{Error, Result};

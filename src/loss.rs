@@ -160,6 +160,8 @@ mod tests {
             group_mean: 0.5,
             behaviour_value: Some(0.4),
             policy_version: 0,
+            policy_mask: Vec::new(),
+            stats: None,
         };
         let cfg = |kind, estimate, loss| LossConfig {
             kind: loss,

@@ -191,16 +191,35 @@ fn print_summary(dir: &Path, s: &Summary) {
         "finished {} steps ({} mode, {}) in {:.1} s",
         s.steps, s.mode, s.device, s.wall_time
     );
-    println!(
-        "E_π[r] = {:.4} (initial V^μ = {:.4}, best arm {:.4}); entropy {:.3} nats; support {} of {} arms",
-        s.final_expected_reward,
-        s.initial_v_mu,
-        s.best_arm_reward,
-        s.final_entropy,
-        s.final_support_size,
-        s.arm_rewards.len()
-    );
-    println!("last round: V^μ = {:.4}, V = {:.4}", s.v_mu, s.v);
+    if let Some(b) = &s.bandit {
+        println!(
+            "E_π[r] = {:.4} (initial V^μ = {:.4}, best arm {:.4}); entropy {:.3} nats; support {} of {} arms",
+            b.final_expected_reward,
+            b.initial_v_mu,
+            b.best_arm_reward,
+            b.final_entropy,
+            b.final_support_size,
+            b.arm_rewards.len()
+        );
+        println!("last round: V^μ = {:.4}, V = {:.4}", b.v_mu, b.v);
+    }
+    if let Some(t) = &s.tool_use {
+        let show = |name: &str, e: &asymre::rollout::EvalStats| {
+            println!(
+                "{name}: completion {:.3}, tool F1 {:.3} (P {:.3} R {:.3}), format errors {:.3}, calls {:.2}, length {:.1}",
+                e.completion, e.f1, e.precision, e.recall, e.format_errors, e.calls, e.length
+            )
+        };
+        show(
+            &format!(
+                "{} held-out after warm start ({:.1} s)",
+                t.task, t.warmstart_seconds
+            ),
+            &t.warmstart_heldout,
+        );
+        show(&format!("{} held-out after RL", t.task), &t.final_heldout);
+        show(&format!("{} train after RL", t.task), &t.final_train);
+    }
 }
 
 /// `runs/<config stem>-<UTC yyyymmdd-hhmmss>`.

@@ -32,6 +32,20 @@ pub mod tags {
     pub const POLICY_LAG_MAX: &str = "policy_lag_max";
     pub const REPLAY_SIZE: &str = "replay_size";
     pub const STALE_DROPPED: &str = "stale_dropped";
+    /// Tool use: share of the batch's episodes whose answer was exactly right.
+    pub const COMPLETION: &str = "completion";
+    pub const TOOL_PRECISION: &str = "tool_precision";
+    pub const TOOL_RECALL: &str = "tool_recall";
+    pub const TOOL_F1: &str = "tool_f1";
+    /// Tool use: mean format errors per episode.
+    pub const FORMAT_ERRORS: &str = "format_errors";
+    /// Tool use: mean calls per episode.
+    pub const CALLS: &str = "calls";
+    /// Tool use: mean generated tokens per episode (tool results included).
+    pub const LENGTH: &str = "length";
+    /// Tool use: greedy held-out completion and tool F1 (logged at evaluations).
+    pub const HELDOUT_COMPLETION: &str = "heldout_completion";
+    pub const HELDOUT_F1: &str = "heldout_f1";
     /// Trajectories consumed by the learner per second of wall time (not reproducible).
     pub const SAMPLES_PER_SEC: &str = "samples_per_sec";
     /// Seconds since the run started, resumed runs included (not reproducible).

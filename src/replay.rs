@@ -133,6 +133,8 @@ mod tests {
             group_mean: 0.0,
             behaviour_value: None,
             policy_version: version,
+            policy_mask: Vec::new(),
+            stats: None,
         }
     }
 

@@ -15,18 +15,24 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::actor::{actor_loop, ActorShared, ActorState, BanditActor, SnapshotBoard};
+use crate::actor::{
+    actor_loop, Actor, ActorShared, ActorState, BanditActor, SnapshotBoard, ToolActor,
+};
 use crate::checkpoint::{self, Checkpoint};
-use crate::config::{BanditMode, Config, DeviceChoice};
+use crate::config::{BanditMode, Config, DeviceChoice, EnvKind};
 use crate::env::bandit::{self, entropy, softmax, support_size, Bandit};
+use crate::env::tool_use::protocol::Limits;
+use crate::env::tool_use::tasks::{Split, Task};
 use crate::error::{Error, IoContext, Result};
 use crate::exact::{self, ExactFlow};
 use crate::learner::{Learner, StepStats};
 use crate::metrics::{tags, JsonlSink, Metrics, ProgressSink, Row, TensorboardSink};
 use crate::policy::tabular::sampling_probs;
-use crate::policy::WeightSnapshot;
+use crate::policy::{PolicyModel, Transformer, WeightSnapshot};
 use crate::replay::Replay;
+use crate::rollout::{evaluate, EvalStats};
 use crate::trajectory::ActorBatch;
+use crate::warmstart::{warm_start, WarmstartReport};
 
 /// How a run is driven, beside its config.
 #[derive(Debug, Clone, Copy)]
@@ -48,8 +54,9 @@ pub enum Outcome {
     },
 }
 
-/// `summary.json`: final figures and, for the bandit, what is needed to check the theory.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `summary.json`: final figures, plus what is needed to check a bandit run against the theory
+/// or to compare a tool-use run with its warm start.
+#[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub mode: String,
     pub device: String,
@@ -57,6 +64,14 @@ pub struct Summary {
     pub wall_time: f64,
     /// The last metrics row.
     pub last: serde_json::Map<String, serde_json::Value>,
+    #[serde(flatten)]
+    pub bandit: Option<BanditSummary>,
+    #[serde(flatten)]
+    pub tool_use: Option<ToolUseSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BanditSummary {
     /// r(y) of every arm.
     pub arm_rewards: Vec<f64>,
     /// V^μ of the initial behaviour policy.
@@ -77,6 +92,19 @@ pub struct Summary {
     /// ([`exact::limit_policy`]): its support size and E[r]; absent when V ≥ V^μ (collapse).
     pub predicted_limit_support: Option<usize>,
     pub predicted_limit_reward: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolUseSummary {
+    pub task: String,
+    /// Held-out greedy evaluation right after the warm start.
+    pub warmstart_heldout: EvalStats,
+    /// Held-out greedy evaluation at the end.
+    pub final_heldout: EvalStats,
+    /// Train-split greedy evaluation at the end.
+    pub final_train: EvalStats,
+    pub warmstart: WarmstartReport,
+    pub warmstart_seconds: f64,
 }
 
 /// Resolves `device` against what this machine has.
@@ -221,9 +249,9 @@ pub fn train(
             std::fs::remove_file(&path).at(&path)?;
         }
     }
-    let outcome = match cfg.env.mode {
-        BanditMode::Exact => run_exact(cfg, run_dir, &opts, resume)?,
-        BanditMode::Sampled => run_sampled(cfg, run_dir, device, &opts, resume)?,
+    let outcome = match (cfg.env.kind, cfg.env.mode) {
+        (EnvKind::Bandit, BanditMode::Exact) => run_exact(cfg, run_dir, &opts, resume)?,
+        _ => run_sampled(cfg, run_dir, device, &opts, resume)?,
     };
     if let Outcome::Finished(summary) = &outcome {
         let path = run_dir.join("summary.json");
@@ -264,12 +292,7 @@ fn bandit_summary(
     v: f64,
 ) -> Summary {
     let limit = exact::limit_policy(&behaviour, bandit.arm_rewards(), v);
-    Summary {
-        mode: format!("{:?}", cfg.env.mode).to_lowercase(),
-        device: device_name(device),
-        steps,
-        wall_time: rec.wall_time(),
-        last: rec.last_row_json(),
+    let details = BanditSummary {
         arm_rewards: bandit.arm_rewards().to_vec(),
         initial_v_mu: bandit.value(&sampling_probs(initial, cfg.policy.temperature)),
         v_mu: bandit.value(&behaviour),
@@ -286,6 +309,15 @@ fn bandit_summary(
         behaviour_probs: behaviour,
         final_probs,
         v,
+    };
+    Summary {
+        mode: format!("{:?}", cfg.env.mode).to_lowercase(),
+        device: device_name(device),
+        steps,
+        wall_time: rec.wall_time(),
+        last: rec.last_row_json(),
+        bandit: Some(details),
+        tool_use: None,
     }
 }
 
@@ -394,16 +426,32 @@ struct SampledState {
     next_actor: usize,
     last_baseline: f64,
     wall_time: f64,
+    /// Tool use: the warm start's report and held-out evaluation, kept for the summary.
+    #[serde(default)]
+    warmstart: Option<(WarmstartReport, EvalStats, f64)>,
+}
+
+/// What a sampled run logs and summarises, per environment.
+enum EnvView {
+    Bandit {
+        bandit: Bandit,
+        initial: Vec<f64>,
+        behaviour_probs: Vec<f64>,
+    },
+    ToolUse {
+        task: Task,
+        limits: Limits,
+        warmstart: (WarmstartReport, EvalStats, f64),
+    },
 }
 
 /// The learner side of a sampled run: the learner plus what logging needs.
 struct SampledRun<'a> {
     cfg: &'a Config,
-    bandit: Bandit,
+    env: EnvView,
     learner: Learner,
     /// The weights the actors currently sample from.
     behaviour: WeightSnapshot,
-    behaviour_probs: Vec<f64>,
     last_baseline: f64,
     rec: Recorder,
 }
@@ -416,46 +464,110 @@ impl SampledRun<'_> {
     }
 
     fn set_behaviour(&mut self, snap: WeightSnapshot) {
-        let logits: Vec<f64> = snap.tensors[0].data.iter().map(|&x| x as f64).collect();
-        self.behaviour_probs = sampling_probs(&logits, self.cfg.policy.temperature);
+        if let EnvView::Bandit {
+            behaviour_probs, ..
+        } = &mut self.env
+        {
+            let logits: Vec<f64> = snap.tensors[0].data.iter().map(|&x| x as f64).collect();
+            *behaviour_probs = sampling_probs(&logits, self.cfg.policy.temperature);
+        }
         self.behaviour = snap;
     }
 
+    fn transformer(&self) -> Result<&Transformer> {
+        match &self.learner.policy {
+            PolicyModel::Transformer(m) => Ok(m),
+            PolicyModel::Tabular(_) => Err(Error::Corrupt("tool use needs a transformer".into())),
+        }
+    }
+
+    fn evaluate(&self, split: Split, episodes: usize) -> Result<EvalStats> {
+        let EnvView::ToolUse { task, limits, .. } = &self.env else {
+            return Err(Error::Corrupt("only tool-use runs are evaluated".into()));
+        };
+        evaluate(
+            self.transformer()?,
+            task,
+            split,
+            episodes,
+            *limits,
+            &self.cfg.reward,
+            self.learner.device(),
+        )
+    }
+
+    /// The environment's part of a metrics row.
     fn row(&self) -> Result<Row> {
-        let pi = softmax(&self.learner.logits()?);
-        let v_mu = self.bandit.value(&self.behaviour_probs);
-        Ok(bandit_row(
-            self.learner.step,
-            self.cfg.env.steps_per_round,
-            &self.bandit,
-            &pi,
-            v_mu,
-            self.last_baseline,
-        ))
+        let step = self.learner.step;
+        match &self.env {
+            EnvView::Bandit {
+                bandit,
+                behaviour_probs,
+                ..
+            } => {
+                let pi = softmax(&self.learner.logits()?);
+                let v_mu = bandit.value(behaviour_probs);
+                Ok(bandit_row(
+                    step,
+                    self.cfg.env.steps_per_round,
+                    bandit,
+                    &pi,
+                    v_mu,
+                    self.last_baseline,
+                ))
+            }
+            EnvView::ToolUse { .. } => {
+                let mut row = Row::new(step);
+                row.push(tags::ROUND, (step / self.cfg.env.steps_per_round) as f64);
+                Ok(row)
+            }
+        }
     }
 
     fn after_step(&mut self, stats: &StepStats) -> Result<()> {
         self.last_baseline = stats.baseline;
         let step = self.learner.step;
-        if self.rec.should_log(step) {
-            let mut row = self.row()?;
-            row.push(tags::BATCH_REWARD, stats.batch_reward)
-                .push(tags::LOSS, stats.loss)
-                .push(tags::GRAD_NORM, stats.grad_norm)
-                .push(tags::POLICY_LAG_MEAN, stats.lag_mean)
-                .push(tags::POLICY_LAG_MAX, stats.lag_max as f64)
-                .push(tags::REPLAY_SIZE, self.learner.replay.len() as f64)
-                .push(
-                    tags::STALE_DROPPED,
-                    self.learner.replay.stale_dropped() as f64,
-                );
-            self.rec.log(row, self.cfg.learner.batch_size as u64)?;
+        let eval_due = matches!(self.env, EnvView::ToolUse { .. })
+            && self.cfg.logging.eval_every > 0
+            && step % self.cfg.logging.eval_every == 0;
+        if !self.rec.should_log(step) && !eval_due {
+            return Ok(());
         }
-        Ok(())
+        let mut row = self.row()?;
+        row.push(tags::BATCH_REWARD, stats.batch_reward);
+        if let Some(e) = stats.episode {
+            row.push(tags::COMPLETION, e.completion)
+                .push(tags::TOOL_PRECISION, e.precision)
+                .push(tags::TOOL_RECALL, e.recall)
+                .push(tags::TOOL_F1, e.f1)
+                .push(tags::FORMAT_ERRORS, e.format_errors)
+                .push(tags::CALLS, e.calls)
+                .push(tags::LENGTH, e.length)
+                .push(tags::V, stats.baseline);
+        }
+        row.push(tags::LOSS, stats.loss)
+            .push(tags::GRAD_NORM, stats.grad_norm)
+            .push(tags::POLICY_LAG_MEAN, stats.lag_mean)
+            .push(tags::POLICY_LAG_MAX, stats.lag_max as f64)
+            .push(tags::REPLAY_SIZE, self.learner.replay.len() as f64)
+            .push(
+                tags::STALE_DROPPED,
+                self.learner.replay.stale_dropped() as f64,
+            );
+        if eval_due {
+            let e = self.evaluate(Split::Heldout, self.cfg.logging.eval_episodes)?;
+            row.push(tags::HELDOUT_COMPLETION, e.completion)
+                .push(tags::HELDOUT_F1, e.f1);
+        }
+        self.rec.log(row, self.cfg.learner.batch_size as u64)
     }
 
     fn checkpoint(&mut self, actors: Vec<ActorState>, next_actor: usize) -> Result<()> {
         let (optimizer_t, optimizer) = self.learner.optimizer_state()?;
+        let warmstart = match &self.env {
+            EnvView::ToolUse { warmstart, .. } => Some(*warmstart),
+            EnvView::Bandit { .. } => None,
+        };
         let state = SampledState {
             learner_rng: self.learner.rng.clone(),
             replay: self.learner.replay.clone(),
@@ -464,6 +576,7 @@ impl SampledRun<'_> {
             next_actor,
             last_baseline: self.last_baseline,
             wall_time: self.rec.wall_time(),
+            warmstart,
         };
         let ckpt = Checkpoint {
             step: self.learner.step,
@@ -477,20 +590,57 @@ impl SampledRun<'_> {
         self.rec.checkpoint(&ckpt)
     }
 
-    fn summary(&mut self, device: Device, initial: &[f64]) -> Result<Summary> {
-        self.rec.finish()?;
-        let final_probs = softmax(&self.learner.logits()?);
-        Ok(bandit_summary(
-            self.cfg,
-            device,
-            self.learner.step,
-            &self.rec,
-            &self.bandit,
-            initial,
-            self.behaviour_probs.clone(),
-            final_probs,
-            self.last_baseline,
-        ))
+    fn summary(&mut self, device: Device) -> Result<Summary> {
+        match &self.env {
+            EnvView::Bandit {
+                bandit,
+                initial,
+                behaviour_probs,
+            } => {
+                self.rec.finish()?;
+                let final_probs = softmax(&self.learner.logits()?);
+                Ok(bandit_summary(
+                    self.cfg,
+                    device,
+                    self.learner.step,
+                    &self.rec,
+                    bandit,
+                    initial,
+                    behaviour_probs.clone(),
+                    final_probs,
+                    self.last_baseline,
+                ))
+            }
+            EnvView::ToolUse {
+                task, warmstart, ..
+            } => {
+                let final_heldout =
+                    self.evaluate(Split::Heldout, self.cfg.logging.eval_episodes)?;
+                let final_train = self.evaluate(Split::Train, self.cfg.logging.eval_episodes)?;
+                let mut row = Row::new(self.learner.step);
+                row.push(tags::HELDOUT_COMPLETION, final_heldout.completion)
+                    .push(tags::HELDOUT_F1, final_heldout.f1);
+                self.rec.log(row, 0)?;
+                self.rec.finish()?;
+                let details = ToolUseSummary {
+                    task: format!("{:?}", task.spec.kind).to_lowercase(),
+                    warmstart_heldout: warmstart.1,
+                    final_heldout,
+                    final_train,
+                    warmstart: warmstart.0,
+                    warmstart_seconds: warmstart.2,
+                };
+                Ok(Summary {
+                    mode: "tool_use".into(),
+                    device: device_name(device),
+                    steps: self.learner.step,
+                    wall_time: self.rec.wall_time(),
+                    last: self.rec.last_row_json(),
+                    bandit: None,
+                    tool_use: Some(details),
+                })
+            }
+        }
     }
 }
 
@@ -501,14 +651,14 @@ fn run_sampled(
     opts: &RunOptions,
     resume: Option<Checkpoint>,
 ) -> Result<Outcome> {
-    let bandit = Bandit::new(&cfg.env, cfg.seed);
-    let initial = bandit::initial_logits(&cfg.env, cfg.seed);
     let total = cfg.env.total_steps();
+    let initial = match cfg.env.kind {
+        EnvKind::Bandit => bandit::initial_logits(&cfg.env, cfg.seed),
+        EnvKind::ToolUse => Vec::new(),
+    };
+    tch::manual_seed(cfg.seed as i64);
     let mut learner = Learner::new(cfg, device, &initial);
-    let mut actor_states = Vec::new();
-    let mut next_actor = 0;
-    let mut last_baseline = 0.0;
-    let mut wall = 0.0;
+    let mut saved = None;
     let mut behaviour = None;
     if let Some(ckpt) = &resume {
         let s: SampledState = serde_json::from_value(ckpt.state.clone())
@@ -519,51 +669,107 @@ fn run_sampled(
         }
         .load_into(&learner.vs)?;
         learner.load_optimizer_state(s.optimizer_t, ckpt.tensors("optimizer")?)?;
-        learner.rng = s.learner_rng;
-        learner.replay = s.replay;
+        learner.rng = s.learner_rng.clone();
+        learner.replay = s.replay.clone();
         learner.step = ckpt.step;
         let version = ckpt.step - ckpt.step % cfg.learner.sync_interval;
         behaviour = Some(WeightSnapshot {
             version,
             tensors: ckpt.tensors("behaviour")?.to_vec(),
         });
-        actor_states = s.actors;
-        next_actor = s.next_actor;
-        last_baseline = s.last_baseline;
-        wall = s.wall_time;
+        saved = Some(s);
     }
+    let wall = saved.as_ref().map_or(0.0, |s| s.wall_time);
+    let env = match cfg.env.kind {
+        EnvKind::Bandit => EnvView::Bandit {
+            bandit: Bandit::new(&cfg.env, cfg.seed),
+            initial: initial.clone(),
+            behaviour_probs: Vec::new(),
+        },
+        EnvKind::ToolUse => {
+            let task = Task::new(cfg.env.task_spec(cfg.seed));
+            let limits = Limits {
+                max_tokens: cfg.env.max_tokens,
+                max_calls: cfg.env.max_calls,
+            };
+            let warmstart = match saved.as_ref().and_then(|s| s.warmstart) {
+                Some(w) => w,
+                None => {
+                    let started = Instant::now();
+                    let PolicyModel::Transformer(model) = &learner.policy else {
+                        return Err(Error::Corrupt("tool use needs a transformer".into()));
+                    };
+                    let report = warm_start(cfg, model, &learner.vs, &task, device)?;
+                    let seconds = started.elapsed().as_secs_f64();
+                    let heldout = evaluate(
+                        model,
+                        &task,
+                        Split::Heldout,
+                        cfg.logging.eval_episodes,
+                        limits,
+                        &cfg.reward,
+                        device,
+                    )?;
+                    eprintln!(
+                        "warm start: {} steps in {seconds:.1} s; held-out completion {:.3}, tool F1 {:.3}",
+                        report.steps, heldout.completion, heldout.f1
+                    );
+                    (report, heldout, seconds)
+                }
+            };
+            EnvView::ToolUse {
+                task,
+                limits,
+                warmstart,
+            }
+        }
+    };
     let behaviour = match behaviour {
         Some(b) => b,
         None => learner.snapshot()?,
     };
     let rec = Recorder::new(cfg, run_dir, total, learner.step, wall)?;
+    let last_baseline = saved.as_ref().map_or(0.0, |s| s.last_baseline);
     let mut run = SampledRun {
         cfg,
-        bandit: bandit.clone(),
+        env,
         learner,
         behaviour: behaviour.clone(),
-        behaviour_probs: Vec::new(),
         last_baseline,
         rec,
     };
     run.set_behaviour(behaviour.clone());
     if run.learner.step == 0 {
-        let row = run.row()?;
+        let mut row = run.row()?;
+        if let EnvView::ToolUse { warmstart, .. } = &run.env {
+            row.push(tags::HELDOUT_COMPLETION, warmstart.1.completion)
+                .push(tags::HELDOUT_F1, warmstart.1.f1);
+        }
         run.rec.log(row, 0)?;
     }
-    let mut actors = (0..cfg.actor.threads)
-        .map(|id| BanditActor::new(cfg, id, bandit.clone(), &behaviour))
+    let mut actors: Vec<Box<dyn Actor>> = (0..cfg.actor.threads)
+        .map(|id| -> Result<Box<dyn Actor>> {
+            Ok(match &run.env {
+                EnvView::Bandit { bandit, .. } => {
+                    Box::new(BanditActor::new(cfg, id, bandit.clone(), &behaviour)?)
+                }
+                EnvView::ToolUse { task, .. } => {
+                    Box::new(ToolActor::new(cfg, id, task.clone(), &behaviour)?)
+                }
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
     if !opts.serial && run.learner.step > 0 {
         // A resumed parallel run must not replay the random draws of its first session.
         for actor in &mut actors {
-            let index = (run.learner.step << 16) | actor.id as u64;
+            let index = (run.learner.step << 16) | actor.id() as u64;
             actor.set_state(ActorState {
                 rng: crate::rng::stream(cfg.seed, crate::rng::Role::Actor, index),
-                next_prompt: 0,
+                next_prompt: index << 20,
             });
         }
     }
+    let (actor_states, next_actor) = saved.map_or((Vec::new(), 0), |s| (s.actors, s.next_actor));
     let interrupted_at = if opts.serial {
         serial_loop(&mut run, actors, actor_states, next_actor, opts)?
     } else {
@@ -576,14 +782,14 @@ fn run_sampled(
             code,
         });
     }
-    Ok(Outcome::Finished(run.summary(device, &initial)?))
+    Ok(Outcome::Finished(run.summary(device)?))
 }
 
 /// Actors and learner interleaved on one thread in a fixed order. Returns the signal code when
 /// interrupted (after checkpointing).
 fn serial_loop(
     run: &mut SampledRun,
-    mut actors: Vec<BanditActor>,
+    mut actors: Vec<Box<dyn Actor>>,
     saved: Vec<ActorState>,
     mut next_actor: usize,
     opts: &RunOptions,
@@ -602,14 +808,14 @@ fn serial_loop(
     }
     let total = run.cfg.env.total_steps();
     let states =
-        |actors: &[BanditActor]| actors.iter().map(|a| a.state().clone()).collect::<Vec<_>>();
+        |actors: &[Box<dyn Actor>]| actors.iter().map(|a| a.state().clone()).collect::<Vec<_>>();
     while run.learner.step < total {
         if let Some(code) = interrupted(opts) {
             run.checkpoint(states(&actors), next_actor)?;
             return Ok(Some(code));
         }
         while !run.learner.ready() {
-            let batch = actors[next_actor].act();
+            let batch = actors[next_actor].act()?;
             next_actor = (next_actor + 1) % actors.len();
             run.learner.ingest(batch);
         }
@@ -654,7 +860,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// N actor threads feeding the learner thread through a bounded channel.
 fn parallel_loop(
     run: &mut SampledRun,
-    actors: Vec<BanditActor>,
+    actors: Vec<Box<dyn Actor>>,
     opts: &RunOptions,
 ) -> Result<Option<i32>> {
     let board = SnapshotBoard::new(run.behaviour.clone());
@@ -665,7 +871,7 @@ fn parallel_loop(
     std::thread::scope(|scope| {
         let mut handles = Vec::new();
         for actor in actors {
-            let id = actor.id;
+            let id = actor.id();
             let tx = tx.clone();
             let shared = ActorShared {
                 board: &board,

@@ -18,6 +18,25 @@ pub struct Trajectory {
     pub behaviour_value: Option<f32>,
     /// The learner step of the weights that produced it.
     pub policy_version: u64,
+    /// Sequence tasks: true where the policy wrote `actions[i]` (prompt and tool results are
+    /// masked out of the loss). Empty for the bandit.
+    #[serde(default)]
+    pub policy_mask: Vec<bool>,
+    /// Tool use: how the episode went.
+    #[serde(default)]
+    pub stats: Option<EpisodeStats>,
+}
+
+/// The parts of a tool-use episode's reward, for logging.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpisodeStats {
+    pub completion: f32,
+    pub precision: f32,
+    pub recall: f32,
+    pub f1: f32,
+    pub format_errors: u32,
+    pub calls: u32,
+    pub length: u32,
 }
 
 /// One actor message: a batch of trajectories, so the channel carries few, large messages.

@@ -12,6 +12,72 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result};
 
 pub use tabular::TabularPolicy;
+pub use transformer::Transformer;
+
+use crate::config::{Config, PolicyKind};
+use crate::trajectory::Trajectory;
+
+/// The trained policy π, whichever kind the config asks for.
+#[derive(Debug)]
+pub enum PolicyModel {
+    Tabular(TabularPolicy),
+    Transformer(Transformer),
+}
+
+impl PolicyModel {
+    /// Registers the configured policy under `path`; `init_logits` seeds the tabular one.
+    pub fn build(cfg: &Config, path: &tch::nn::Path, init_logits: &[f64]) -> Self {
+        match cfg.policy.kind {
+            PolicyKind::Tabular => PolicyModel::Tabular(TabularPolicy::new(path, init_logits)),
+            PolicyKind::Transformer => PolicyModel::Transformer(Transformer::new(
+                path,
+                &transformer::TransformerConfig {
+                    layers: cfg.policy.layers,
+                    d_model: cfg.policy.d_model,
+                    heads: cfg.policy.heads,
+                },
+                crate::env::tool_use::vocab::size(),
+                cfg.env.max_tokens,
+            )),
+        }
+    }
+
+    /// log π(y) of each trajectory → [B] on `device`: the arm's log-probability, or the sum over
+    /// the policy's tokens of a right-padded batch in one masked forward pass.
+    pub fn target_logp(&self, batch: &[&Trajectory], device: Device) -> Result<Tensor> {
+        match self {
+            PolicyModel::Tabular(p) => {
+                let arms: Vec<i64> = batch.iter().map(|t| t.actions[0] as i64).collect();
+                p.target_logp(&Tensor::from_slice(&arms).to_device(device))
+            }
+            PolicyModel::Transformer(m) => {
+                let (tokens, mask) =
+                    pad_batch(batch.iter().map(|t| (&t.actions[..], &t.policy_mask[..])));
+                m.sequence_logp(&tokens.to_device(device), &mask.to_device(device))
+            }
+        }
+    }
+}
+
+/// Right-pads token sequences with `<pad>` into [B, T] int64 and their policy masks into [B, T]
+/// float.
+pub fn pad_batch<'a>(rows: impl Iterator<Item = (&'a [u32], &'a [bool])>) -> (Tensor, Tensor) {
+    let rows: Vec<_> = rows.collect();
+    let t = rows.iter().map(|(a, _)| a.len()).max().unwrap_or(1).max(2);
+    let mut tokens = vec![0i64; rows.len() * t];
+    let mut mask = vec![0f32; rows.len() * t];
+    for (i, (a, m)) in rows.iter().enumerate() {
+        for (j, (&tok, &by_policy)) in a.iter().zip(m.iter()).enumerate() {
+            tokens[i * t + j] = tok as i64;
+            mask[i * t + j] = if by_policy { 1.0 } else { 0.0 };
+        }
+    }
+    let shape = [rows.len() as i64, t as i64];
+    (
+        Tensor::from_slice(&tokens).view(shape),
+        Tensor::from_slice(&mask).view(shape),
+    )
+}
 
 /// One named tensor as plain host data.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,7 +5,7 @@
 //! then decode one token per episode per step, so decoding cost is linear in length.
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::error::Result;
 
@@ -169,18 +169,20 @@ impl Transformer {
         Ok((token_logp * policy_mask.narrow(1, 1, t - 1)).sum_dim_intlist(-1, false, Kind::Float))
     }
 
-    /// Starts decoding: `prompts` [B, P] left-padded with `valid` [B, P] bool. Returns the cache and
-    /// the logits for each episode's next token [B, V].
-    pub fn prefill(&self, prompts: &Tensor, valid: &Tensor) -> (KvCache, Tensor) {
+    /// Starts decoding: `prompts` [B, P] left-padded with `valid` [B, P] bool, in a cache of
+    /// `capacity` positions (padding included). Returns the cache and the logits for each
+    /// episode's next token [B, V].
+    pub fn prefill(&self, prompts: &Tensor, valid: &Tensor, capacity: usize) -> (KvCache, Tensor) {
         let (b, p) = prompts.size2().expect("[B, P]");
         let device = prompts.device();
         let dh = self.d_model / self.heads;
-        let zeros = || Tensor::zeros([b, self.heads, self.max_len, dh], (Kind::Float, device));
+        let capacity = capacity as i64;
+        let zeros = || Tensor::zeros([b, self.heads, capacity, dh], (Kind::Float, device));
         let mut cache = KvCache {
             k: self.blocks.iter().map(|_| zeros()).collect(),
             v: self.blocks.iter().map(|_| zeros()).collect(),
             len: 0,
-            valid: Tensor::zeros([b, self.max_len], (Kind::Bool, device)),
+            valid: Tensor::zeros([b, capacity], (Kind::Bool, device)),
         };
         cache.valid.narrow(1, 0, p).copy_(valid);
         let positions = (valid.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
@@ -248,7 +250,7 @@ mod tests {
     #[test]
     fn cached_decoding_matches_full_forward() {
         tch::manual_seed(0);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
         let cfg = TransformerConfig {
             layers: 2,
             d_model: 32,
@@ -269,7 +271,7 @@ mod tests {
         }
         let prompts = Tensor::from_slice(&prompts).view([2, p as i64]);
         let valid = Tensor::from_slice(&valid).view([2, p as i64]);
-        let (mut cache, mut logits) = model.prefill(&prompts, &valid);
+        let (mut cache, mut logits) = model.prefill(&prompts, &valid, 16);
         let mut cached: Vec<Vec<Tensor>> = vec![vec![logits.get(0)], vec![logits.get(1)]];
         for step in 0..3 {
             let mut toks = vec![0i64; 2];

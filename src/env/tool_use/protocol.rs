@@ -85,11 +85,12 @@ impl Episode {
         self.tokens.push(t);
         self.policy_mask.push(by_policy);
         if !self.done && self.tokens.len() >= self.limits.max_tokens {
-            self.end_truncated();
+            self.truncate();
         }
     }
 
-    fn end_truncated(&mut self) {
+    /// Ends the episode as truncated (a format error).
+    pub fn truncate(&mut self) {
         if !self.done {
             self.attempt.format_errors += 1;
             self.done = true;
@@ -133,7 +134,7 @@ impl Episode {
             (Phase::InAnswer(_), _) => {}
         }
         if !self.done && self.tokens.len() >= self.limits.max_tokens {
-            self.end_truncated();
+            self.truncate();
         }
     }
 

@@ -1,0 +1,254 @@
+//! Batched decoding of tool-use episodes: every episode of a batch advances one token per step
+//! through one forward pass with the KV cache. A token is sampled in Rust from the actor's RNG, or
+//! forced when the environment has tool results queued; finished episodes feed padding until the
+//! last one ends.
+use rand::Rng;
+use tch::{Device, Kind, Tensor};
+
+use crate::env::tool_use::protocol::{Episode, Limits};
+use crate::env::tool_use::tasks::{Item, Task};
+use crate::env::tool_use::vocab::PAD;
+use crate::error::Result;
+use crate::policy::Transformer;
+
+/// How the next token is chosen.
+#[derive(Debug, Clone, Copy)]
+pub enum Decoding {
+    /// Sample from softmax(logits / temperature).
+    Sample { temperature: f64 },
+    /// The most likely token (evaluation).
+    Greedy,
+}
+
+/// A finished episode with the behaviour log-probability of the tokens the policy chose.
+pub struct Rollout {
+    pub episode: Episode,
+    /// log μ(y): summed over sampled tokens (0 under greedy decoding).
+    pub behaviour_logp: f64,
+}
+
+/// Runs `items` to completion with `model` on `device`.
+pub fn rollout(
+    model: &Transformer,
+    task: &Task,
+    items: Vec<Item>,
+    limits: Limits,
+    decoding: Decoding,
+    rng: &mut impl Rng,
+    device: Device,
+) -> Result<Vec<Rollout>> {
+    let mut episodes: Vec<Episode> = items
+        .into_iter()
+        .map(|it| Episode::new(task, it, limits))
+        .collect();
+    let b = episodes.len();
+    if b == 0 {
+        return Ok(Vec::new());
+    }
+    let mut logps = vec![0.0f64; b];
+    let p = episodes.iter().map(|e| e.tokens.len()).max().unwrap_or(1);
+    let mut prompts = vec![PAD as i64; b * p];
+    let mut valid = vec![false; b * p];
+    for (i, ep) in episodes.iter().enumerate() {
+        let off = p - ep.tokens.len();
+        for (j, &t) in ep.tokens.iter().enumerate() {
+            prompts[i * p + off + j] = t as i64;
+            valid[i * p + off + j] = true;
+        }
+    }
+    let shape = [b as i64, p as i64];
+    let capacity = p + limits.max_tokens;
+    let (mut cache, mut logits) = tch::no_grad(|| {
+        model.prefill(
+            &Tensor::from_slice(&prompts).view(shape).to_device(device),
+            &Tensor::from_slice(&valid).view(shape).to_device(device),
+            capacity,
+        )
+    });
+    let vocab = logits.size()[1] as usize;
+    let mut host = vec![0f32; b * vocab];
+    let mut next = vec![PAD as i64; b];
+    let mut positions = vec![0i64; b];
+    let mut real = vec![false; b];
+    while episodes.iter().any(|e| !e.done) && (cache.len as usize) < capacity {
+        let flat = logits
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu)
+            .contiguous()
+            .view([-1]);
+        flat.copy_data(&mut host, b * vocab);
+        for (i, ep) in episodes.iter_mut().enumerate() {
+            real[i] = !ep.done;
+            if ep.done {
+                next[i] = PAD as i64;
+                continue;
+            }
+            let tok = match ep.take_forced() {
+                Some(t) => t,
+                None => {
+                    let row = &host[i * vocab..(i + 1) * vocab];
+                    let (tok, logp) = choose(row, decoding, rng);
+                    logps[i] += logp;
+                    ep.push_policy(tok, task);
+                    tok
+                }
+            };
+            next[i] = tok as i64;
+            positions[i] = ep.tokens.len() as i64 - 1;
+        }
+        if !real.iter().any(|&r| r) {
+            break;
+        }
+        logits = tch::no_grad(|| {
+            model.step(
+                &Tensor::from_slice(&next).to_device(device),
+                &Tensor::from_slice(&positions).to_device(device),
+                &Tensor::from_slice(&real).to_device(device),
+                &mut cache,
+            )
+        });
+    }
+    Ok(episodes
+        .into_iter()
+        .zip(logps)
+        .map(|(mut episode, behaviour_logp)| {
+            if !episode.done {
+                episode.truncate();
+            }
+            Rollout {
+                episode,
+                behaviour_logp,
+            }
+        })
+        .collect())
+}
+
+/// Picks a token from one row of logits; returns it with its log-probability under the sampling
+/// distribution.
+fn choose(row: &[f32], decoding: Decoding, rng: &mut impl Rng) -> (u32, f64) {
+    match decoding {
+        Decoding::Greedy => {
+            let best = row
+                .iter()
+                .enumerate()
+                .fold(0, |best, (i, &x)| if x > row[best] { i } else { best });
+            (best as u32, 0.0)
+        }
+        Decoding::Sample { temperature } => {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let mut total = 0.0;
+            let weights: Vec<f64> = row
+                .iter()
+                .map(|&x| {
+                    let w = ((x as f64 - max) / temperature).exp();
+                    total += w;
+                    w
+                })
+                .collect();
+            let mut u = rng.gen::<f64>() * total;
+            let mut pick = weights.len() - 1;
+            for (i, w) in weights.iter().enumerate() {
+                if u < *w {
+                    pick = i;
+                    break;
+                }
+                u -= w;
+            }
+            (pick as u32, (weights[pick] / total).ln())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn sampling_follows_the_softmax_and_reports_its_log_probability() {
+        let row = [0.0f32, (3.0f32).ln(), f32::NEG_INFINITY];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let mut counts = [0usize; 3];
+        for _ in 0..20_000 {
+            let (t, logp) = choose(&row, Decoding::Sample { temperature: 1.0 }, &mut rng);
+            counts[t as usize] += 1;
+            let want = if t == 0 { 0.25f64.ln() } else { 0.75f64.ln() };
+            assert!((logp - want).abs() < 1e-6, "{logp} vs {want}");
+        }
+        assert_eq!(counts[2], 0);
+        let share = counts[1] as f64 / 20_000.0;
+        assert!((share - 0.75).abs() < 0.015, "{share}");
+        assert_eq!(choose(&row, Decoding::Greedy, &mut rng).0, 1);
+    }
+}
+
+/// Means over evaluation episodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EvalStats {
+    pub episodes: usize,
+    pub completion: f64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub format_errors: f64,
+    pub calls: f64,
+    /// Generated tokens (tool results included).
+    pub length: f64,
+}
+
+/// Greedy episodes on items `0..episodes` of `split`, scored with `reward`.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    model: &Transformer,
+    task: &Task,
+    split: crate::env::tool_use::tasks::Split,
+    episodes: usize,
+    limits: Limits,
+    reward: &crate::reward::RewardConfig,
+    device: Device,
+) -> Result<EvalStats> {
+    let mut stats = EvalStats {
+        episodes,
+        ..EvalStats::default()
+    };
+    let mut rng = crate::rng::stream(0, crate::rng::Role::Init, 2);
+    let indices: Vec<u64> = (0..episodes as u64).collect();
+    for chunk in indices.chunks(256) {
+        let items = chunk.iter().map(|&i| task.item(split, i)).collect();
+        for r in rollout(
+            model,
+            task,
+            items,
+            limits,
+            Decoding::Greedy,
+            &mut rng,
+            device,
+        )? {
+            let ep = &r.episode;
+            let gold = task
+                .gold(&ep.item)
+                .ok_or_else(|| crate::error::Error::Corrupt("an item has no gold".into()))?;
+            let s = crate::reward::score(reward, &ep.attempt, &gold);
+            stats.completion += s.completion;
+            stats.precision += s.precision;
+            stats.recall += s.recall;
+            stats.f1 += s.f1;
+            stats.format_errors += s.format_errors as f64;
+            stats.calls += s.calls as f64;
+            stats.length += (ep.tokens.len() - ep.prompt_len) as f64;
+        }
+    }
+    let n = episodes.max(1) as f64;
+    for x in [
+        &mut stats.completion,
+        &mut stats.precision,
+        &mut stats.recall,
+        &mut stats.f1,
+        &mut stats.format_errors,
+        &mut stats.calls,
+        &mut stats.length,
+    ] {
+        *x /= n;
+    }
+    Ok(stats)
+}
