@@ -950,9 +950,8 @@ fn learner_loop(
             run.checkpoint(Vec::new(), 0)?;
             return Ok(Some(code));
         }
-        while let Ok(batch) = rx.try_recv() {
-            run.learner.ingest(batch);
-        }
+        // Take messages only while the next step lacks data: what stays in the bounded channel
+        // blocks the actors, which bounds the policy lag (the channel is the back-pressure).
         if !run.learner.ready() {
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(batch) => run.learner.ingest(batch),
