@@ -414,3 +414,134 @@ fn plot_writes_a_png() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// A tiny tool-use run: warm start, a few AsymRE steps, held-out evaluation in the summary.
+#[test]
+fn a_tool_use_run_warm_starts_trains_and_evaluates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        tmp.path(),
+        r#"
+[env]
+kind = "tool_use"
+task = "lookup"
+entities = 30
+max_tokens = 40
+rounds = 2
+steps_per_round = 5
+[policy]
+kind = "transformer"
+layers = 1
+d_model = 32
+heads = 2
+[warmstart]
+demos = 50
+steps = 20
+batch_size = 16
+[actor]
+threads = 2
+batch_size = 16
+group_size = 4
+[replay]
+capacity = 256
+[learner]
+batch_size = 16
+sync_interval = 2
+[logging]
+every = 5
+eval_every = 5
+eval_episodes = 20
+progress = false
+[checkpoint]
+every = 5
+"#,
+    );
+    let run = tmp.path().join("run");
+    let o = train(&cfg, &run, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("warm start: 20 steps"),
+        "{}",
+        stderr(&o)
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("lookup held-out after RL: completion"),
+        "{stdout}"
+    );
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["mode"], "tool_use");
+    for key in ["warmstart_heldout", "final_heldout", "final_train"] {
+        assert_eq!(summary[key]["episodes"], 20, "{key}");
+        let c = summary[key]["completion"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&c), "{key} {c}");
+    }
+    let rows = metrics(&run);
+    assert!(rows
+        .iter()
+        .any(|r| r.contains_key("heldout_completion") && r["step"] == 5));
+    for key in [
+        "completion",
+        "tool_f1",
+        "format_errors",
+        "calls",
+        "length",
+        "policy_lag_max",
+    ] {
+        assert!(rows.iter().any(|r| r.contains_key(key)), "missing {key}");
+    }
+    let lag = rows
+        .iter()
+        .filter_map(|r| r.get("policy_lag_max")?.as_f64())
+        .fold(0.0, f64::max);
+    assert!(
+        lag <= 2.0 + 2.0 * 4.0,
+        "lag {lag} beyond sync_interval + channel bound"
+    );
+    // Serial tool-use runs are reproducible too.
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    assert!(train(&cfg, &a, &["--serial"]).status.success());
+    assert!(train(&cfg, &b, &["--serial"]).status.success());
+    assert_eq!(metrics(&a), metrics(&b));
+}
+
+#[test]
+fn score_reports_bad_lines_and_scores_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("episodes.jsonl");
+    std::fs::write(
+        &file,
+        concat!(
+            r#"{"prompt": "what is 12 + 7 ?", "calls": [{"name": "add", "arguments": {"a": 12, "b": 7}}], "answer": "19"}"#, "\n",
+            "{\"prompt\": \"what is 3 * 4 ?\", \"calls\": [\n",
+            r#"{"prompt": "what is 3 * 4 ?", "calls": [], "answer": 12}"#, "\n",
+            r#"{"prompt": "what is 3 * 4 ?", "calls": [{"name": "mul", "arguments": "{\"a\": 3, \"b\": 4}"}], "answer": "13"}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let o = bin()
+        .args(["score", "--task", "calc"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[1].starts_with("1\t1.5000\t1\t"), "{out}");
+    assert!(lines[2].starts_with("3\t1.0000\t1\t"), "{out}");
+    assert!(lines[3].starts_with("4\t0.5000\t0\t"), "{out}");
+    assert!(out.contains("scored 3 of 4 lines (1 bad)"), "{out}");
+    assert!(
+        stderr(&o).contains("episodes.jsonl:2: not JSON"),
+        "{}",
+        stderr(&o)
+    );
+    let o = bin()
+        .args(["score", "--task", "calc"])
+        .arg(tmp.path().join("missing.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
