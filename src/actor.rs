@@ -283,12 +283,7 @@ impl Actor for ToolActor {
                 behaviour_value: None,
                 policy_version: self.version,
                 stats: Some(EpisodeStats {
-                    completion: s.completion as f32,
-                    precision: s.precision as f32,
-                    recall: s.recall as f32,
-                    f1: s.f1 as f32,
-                    format_errors: s.format_errors,
-                    calls: s.calls as u32,
+                    score: s,
                     length: (ep.tokens.len() - ep.prompt_len) as u32,
                 }),
                 actions: ep.tokens,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::DeviceChoice;
-use crate::env::tool_use::tasks::TaskKind;
+use crate::env::tool_use::tasks::{Split, TaskKind};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +41,17 @@ pub enum Command {
     Resume {
         /// The run directory.
         run_dir: PathBuf,
+    },
+    /// Evaluate a tool-use run's last checkpoint with greedy decoding.
+    Eval {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Which split: heldout or train.
+        #[arg(long, value_enum, default_value = "heldout")]
+        split: SplitArg,
+        /// Episodes to evaluate.
+        #[arg(long, default_value_t = 500)]
+        episodes: usize,
     },
     /// Print the configuration.
     Config {
@@ -80,6 +91,21 @@ pub enum Command {
         #[arg(long)]
         title: Option<String>,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SplitArg {
+    Heldout,
+    Train,
+}
+
+impl From<SplitArg> for Split {
+    fn from(s: SplitArg) -> Self {
+        match s {
+            SplitArg::Heldout => Split::Heldout,
+            SplitArg::Train => Split::Train,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

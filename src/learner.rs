@@ -11,6 +11,7 @@ use crate::loss;
 use crate::optim::Optimizer;
 use crate::policy::{sorted_vars, PolicyModel, WeightSnapshot};
 use crate::replay::Replay;
+use crate::reward::ScoreMeans;
 use crate::rng::{self, Role};
 use crate::trajectory::{ActorBatch, Trajectory};
 
@@ -27,38 +28,15 @@ pub struct StepStats {
     pub lag_mean: f64,
     pub lag_max: u64,
     /// Tool use: the batch's mean episode statistics.
-    pub episode: Option<EpisodeMeans>,
+    pub episode: Option<ScoreMeans>,
 }
 
-/// Means of [`crate::trajectory::EpisodeStats`] over a batch.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EpisodeMeans {
-    pub completion: f64,
-    pub precision: f64,
-    pub recall: f64,
-    pub f1: f64,
-    pub format_errors: f64,
-    pub calls: f64,
-    pub length: f64,
-}
-
-fn episode_means(batch: &[&Trajectory]) -> Option<EpisodeMeans> {
-    let stats: Vec<_> = batch.iter().filter_map(|t| t.stats).collect();
-    if stats.is_empty() {
-        return None;
+fn episode_means(batch: &[&Trajectory]) -> Option<ScoreMeans> {
+    let mut means = ScoreMeans::default();
+    for stats in batch.iter().filter_map(|t| t.stats) {
+        means.add(&stats.score, stats.length as usize);
     }
-    let n = stats.len() as f64;
-    let mean =
-        |f: &dyn Fn(&crate::trajectory::EpisodeStats) -> f64| stats.iter().map(f).sum::<f64>() / n;
-    Some(EpisodeMeans {
-        completion: mean(&|s| s.completion as f64),
-        precision: mean(&|s| s.precision as f64),
-        recall: mean(&|s| s.recall as f64),
-        f1: mean(&|s| s.f1 as f64),
-        format_errors: mean(&|s| s.format_errors as f64),
-        calls: mean(&|s| s.calls as f64),
-        length: mean(&|s| s.length as f64),
-    })
+    (means.episodes > 0).then(|| means.finish())
 }
 
 pub struct Learner {

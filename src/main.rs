@@ -94,6 +94,20 @@ fn run(cli: Cli) -> Result<u8> {
             )?;
             Ok(report(&run_dir, outcome))
         }
+        Command::Eval {
+            run_dir,
+            split,
+            episodes,
+        } => {
+            let (step, e) = train::evaluate_run(&run_dir, split.into(), episodes)?;
+            println!(
+                "{} at step {step}, {episodes} {:?} episodes (greedy): completion {:.3}, tool precision {:.3} recall {:.3} F1 {:.3}, format errors {:.3}, calls {:.2}, length {:.1}",
+                run_dir.display(),
+                asymre::env::tool_use::tasks::Split::from(split),
+                e.completion, e.precision, e.recall, e.f1, e.format_errors, e.calls, e.length
+            );
+            Ok(0)
+        }
         Command::Config {
             print_default,
             config: path,
@@ -147,8 +161,8 @@ fn run(cli: Cli) -> Result<u8> {
             .map_err(|e| Error::io(&file, e))?;
             println!(
                 "scored {} of {} lines ({} bad): mean reward {:.4}, completion {:.3}, tool precision {:.3} recall {:.3} F1 {:.3}, format errors {:.3}, calls {:.2}",
-                totals.scored, totals.lines, totals.bad_lines, totals.mean_reward, totals.completion,
-                totals.precision, totals.recall, totals.f1, totals.format_errors, totals.calls
+                totals.means.episodes, totals.lines, totals.bad_lines, totals.means.reward, totals.means.completion,
+                totals.means.precision, totals.means.recall, totals.means.f1, totals.means.format_errors, totals.means.calls
             );
             Ok(0)
         }
@@ -204,7 +218,7 @@ fn print_summary(dir: &Path, s: &Summary) {
         println!("last round: V^μ = {:.4}, V = {:.4}", b.v_mu, b.v);
     }
     if let Some(t) = &s.tool_use {
-        let show = |name: &str, e: &asymre::rollout::EvalStats| {
+        let show = |name: &str, e: &asymre::reward::ScoreMeans| {
             println!(
                 "{name}: completion {:.3}, tool F1 {:.3} (P {:.3} R {:.3}), format errors {:.3}, calls {:.2}, length {:.1}",
                 e.completion, e.f1, e.precision, e.recall, e.format_errors, e.calls, e.length

@@ -122,6 +122,55 @@ pub struct Score {
     pub calls: usize,
 }
 
+/// Means of [`Score`]s over episodes, with the episodes' generated length: one type for a learner
+/// batch, an evaluation and a scored file. Add with [`ScoreMeans::add`], then call
+/// [`ScoreMeans::finish`] once.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct ScoreMeans {
+    pub episodes: usize,
+    pub reward: f64,
+    pub completion: f64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub format_errors: f64,
+    pub calls: f64,
+    /// Generated tokens per episode (tool results included; 0 when unknown).
+    pub length: f64,
+}
+
+impl ScoreMeans {
+    pub fn add(&mut self, s: &Score, length: usize) {
+        self.episodes += 1;
+        self.reward += s.reward;
+        self.completion += s.completion;
+        self.precision += s.precision;
+        self.recall += s.recall;
+        self.f1 += s.f1;
+        self.format_errors += s.format_errors as f64;
+        self.calls += s.calls as f64;
+        self.length += length as f64;
+    }
+
+    /// Turns the sums into means.
+    pub fn finish(mut self) -> Self {
+        let n = self.episodes.max(1) as f64;
+        for x in [
+            &mut self.reward,
+            &mut self.completion,
+            &mut self.precision,
+            &mut self.recall,
+            &mut self.f1,
+            &mut self.format_errors,
+            &mut self.calls,
+            &mut self.length,
+        ] {
+            *x /= n;
+        }
+        self
+    }
+}
+
 /// Precision, recall and F1 from a true-positive count. Nothing made and nothing needed is a
 /// perfect score; one side empty and the other not scores 0.
 fn prf(tp: usize, made: usize, wanted: usize) -> (f64, f64, f64) {

@@ -10,6 +10,7 @@ use crate::env::tool_use::tasks::{Item, Task};
 use crate::env::tool_use::vocab::PAD;
 use crate::error::Result;
 use crate::policy::Transformer;
+use crate::reward::ScoreMeans;
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy)]
@@ -182,20 +183,6 @@ mod tests {
     }
 }
 
-/// Means over evaluation episodes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct EvalStats {
-    pub episodes: usize,
-    pub completion: f64,
-    pub precision: f64,
-    pub recall: f64,
-    pub f1: f64,
-    pub format_errors: f64,
-    pub calls: f64,
-    /// Generated tokens (tool results included).
-    pub length: f64,
-}
-
 /// Greedy episodes on items `0..episodes` of `split`, scored with `reward`.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
@@ -206,11 +193,8 @@ pub fn evaluate(
     limits: Limits,
     reward: &crate::reward::RewardConfig,
     device: Device,
-) -> Result<EvalStats> {
-    let mut stats = EvalStats {
-        episodes,
-        ..EvalStats::default()
-    };
+) -> Result<ScoreMeans> {
+    let mut stats = ScoreMeans::default();
     let mut rng = crate::rng::stream(0, crate::rng::Role::Init, 2);
     let indices: Vec<u64> = (0..episodes as u64).collect();
     for chunk in indices.chunks(256) {
@@ -228,27 +212,11 @@ pub fn evaluate(
             let gold = task
                 .gold(&ep.item)
                 .ok_or_else(|| crate::error::Error::Corrupt("an item has no gold".into()))?;
-            let s = crate::reward::score(reward, &ep.attempt, &gold);
-            stats.completion += s.completion;
-            stats.precision += s.precision;
-            stats.recall += s.recall;
-            stats.f1 += s.f1;
-            stats.format_errors += s.format_errors as f64;
-            stats.calls += s.calls as f64;
-            stats.length += (ep.tokens.len() - ep.prompt_len) as f64;
+            stats.add(
+                &crate::reward::score(reward, &ep.attempt, &gold),
+                ep.tokens.len() - ep.prompt_len,
+            );
         }
     }
-    let n = episodes.max(1) as f64;
-    for x in [
-        &mut stats.completion,
-        &mut stats.precision,
-        &mut stats.recall,
-        &mut stats.f1,
-        &mut stats.format_errors,
-        &mut stats.calls,
-        &mut stats.length,
-    ] {
-        *x /= n;
-    }
-    Ok(stats)
+    Ok(stats.finish())
 }

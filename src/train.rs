@@ -30,7 +30,8 @@ use crate::metrics::{tags, JsonlSink, Metrics, ProgressSink, Row, TensorboardSin
 use crate::policy::tabular::sampling_probs;
 use crate::policy::{PolicyModel, Transformer, WeightSnapshot};
 use crate::replay::Replay;
-use crate::rollout::{evaluate, EvalStats};
+use crate::reward::ScoreMeans;
+use crate::rollout::evaluate;
 use crate::trajectory::ActorBatch;
 use crate::warmstart::{warm_start, WarmstartReport};
 
@@ -98,11 +99,11 @@ pub struct BanditSummary {
 pub struct ToolUseSummary {
     pub task: String,
     /// Held-out greedy evaluation right after the warm start.
-    pub warmstart_heldout: EvalStats,
+    pub warmstart_heldout: ScoreMeans,
     /// Held-out greedy evaluation at the end.
-    pub final_heldout: EvalStats,
+    pub final_heldout: ScoreMeans,
     /// Train-split greedy evaluation at the end.
-    pub final_train: EvalStats,
+    pub final_train: ScoreMeans,
     pub warmstart: WarmstartReport,
     pub warmstart_seconds: f64,
 }
@@ -428,7 +429,7 @@ struct SampledState {
     wall_time: f64,
     /// Tool use: the warm start's report and held-out evaluation, kept for the summary.
     #[serde(default)]
-    warmstart: Option<(WarmstartReport, EvalStats, f64)>,
+    warmstart: Option<(WarmstartReport, ScoreMeans, f64)>,
 }
 
 /// What a sampled run logs and summarises, per environment.
@@ -441,7 +442,7 @@ enum EnvView {
     ToolUse {
         task: Task,
         limits: Limits,
-        warmstart: (WarmstartReport, EvalStats, f64),
+        warmstart: (WarmstartReport, ScoreMeans, f64),
     },
 }
 
@@ -481,7 +482,7 @@ impl SampledRun<'_> {
         }
     }
 
-    fn evaluate(&self, split: Split, episodes: usize) -> Result<EvalStats> {
+    fn evaluate(&self, split: Split, episodes: usize) -> Result<ScoreMeans> {
         let EnvView::ToolUse { task, limits, .. } = &self.env else {
             return Err(Error::Corrupt("only tool-use runs are evaluated".into()));
         };
@@ -979,6 +980,44 @@ fn learner_loop(
         }
     }
     Ok(None)
+}
+
+/// Greedy evaluation of a tool-use run's last checkpoint on `episodes` items of `split`.
+pub fn evaluate_run(run_dir: &Path, split: Split, episodes: usize) -> Result<(u64, ScoreMeans)> {
+    let (cfg, _) = open_run_dir(run_dir)?;
+    if cfg.env.kind != EnvKind::ToolUse {
+        return Err(Error::input(format!(
+            "{}: eval is for tool-use runs",
+            run_dir.display()
+        )));
+    }
+    if episodes == 0 {
+        return Err(Error::input("--episodes: must be >= 1, got 0"));
+    }
+    let ckpt = checkpoint::load_latest(run_dir)?.ok_or_else(|| {
+        Error::input(format!(
+            "{}: no checkpoint to evaluate yet",
+            run_dir.display()
+        ))
+    })?;
+    tch::set_num_threads(cfg.learner.intra_op_threads as i32);
+    let device = resolve_device(cfg.device)?;
+    let vs = tch::nn::VarStore::new(device);
+    let PolicyModel::Transformer(model) = PolicyModel::build(&cfg, &vs.root(), &[]) else {
+        return Err(Error::Corrupt("tool use needs a transformer".into()));
+    };
+    WeightSnapshot {
+        version: ckpt.step,
+        tensors: ckpt.tensors("weights")?.to_vec(),
+    }
+    .load_into(&vs)?;
+    let task = Task::new(cfg.env.task_spec(cfg.seed));
+    let limits = Limits {
+        max_tokens: cfg.env.max_tokens,
+        max_calls: cfg.env.max_calls,
+    };
+    let stats = evaluate(&model, &task, split, episodes, limits, &cfg.reward, device)?;
+    Ok((ckpt.step, stats))
 }
 
 /// Writes a run's `config.toml` and `run.json` in a new directory.

@@ -27,15 +27,10 @@ pub struct Trajectory {
     pub stats: Option<EpisodeStats>,
 }
 
-/// The parts of a tool-use episode's reward, for logging.
+/// How a tool-use episode went: its reward's parts and its generated length.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpisodeStats {
-    pub completion: f32,
-    pub precision: f32,
-    pub recall: f32,
-    pub f1: f32,
-    pub format_errors: u32,
-    pub calls: u32,
+    pub score: crate::reward::Score,
     pub length: u32,
 }
 

@@ -499,6 +499,23 @@ every = 5
         lag <= 2.0 + 2.0 * 4.0,
         "lag {lag} beyond sync_interval + channel bound"
     );
+    // `eval` reloads the last checkpoint and reproduces the final greedy held-out evaluation.
+    let o = bin()
+        .arg("eval")
+        .arg(&run)
+        .args(["--episodes", "20"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = format!(
+        "completion {:.3}",
+        summary["final_heldout"]["completion"].as_f64().unwrap()
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&want),
+        "{} vs {want}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     // Serial tool-use runs are reproducible too.
     let a = tmp.path().join("a");
     let b = tmp.path().join("b");

@@ -11,7 +11,7 @@ use std::io::BufRead;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::reward::{self, canonical_value, Attempt, Call, RewardConfig, Score};
+use crate::reward::{self, canonical_value, Attempt, Call, RewardConfig, Score, ScoreMeans};
 use protocol::Episode;
 use tasks::Task;
 
@@ -117,15 +117,9 @@ pub fn score_line(task: &Task, cfg: &RewardConfig, line: &str) -> Result<Score, 
 #[derive(Debug, Default, Serialize)]
 pub struct ScoreTotals {
     pub lines: usize,
-    pub scored: usize,
     pub bad_lines: usize,
-    pub mean_reward: f64,
-    pub completion: f64,
-    pub precision: f64,
-    pub recall: f64,
-    pub f1: f64,
-    pub format_errors: f64,
-    pub calls: f64,
+    /// Means over the scored lines (`episodes` of them).
+    pub means: ScoreMeans,
 }
 
 /// Scores every line of `input`, calling `each` with (line number, result); bad lines are
@@ -139,45 +133,21 @@ pub fn score_jsonl(
     let mut t = ScoreTotals::default();
     for (i, line) in input.split(b'\n').enumerate() {
         let bytes = line?;
-        let text = String::from_utf8_lossy(&bytes);
-        if text.trim().is_empty() {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         t.lines += 1;
-        let result = if std::str::from_utf8(&bytes).is_err() {
-            Err("not valid UTF-8".to_string())
-        } else {
-            score_line(task, cfg, &text)
+        let result = match std::str::from_utf8(&bytes) {
+            Ok(text) => score_line(task, cfg, text),
+            Err(_) => Err("not valid UTF-8".to_string()),
         };
         each(i + 1, &result);
         match result {
-            Ok(s) => {
-                t.scored += 1;
-                t.mean_reward += s.reward;
-                t.completion += s.completion;
-                t.precision += s.precision;
-                t.recall += s.recall;
-                t.f1 += s.f1;
-                t.format_errors += s.format_errors as f64;
-                t.calls += s.calls as f64;
-            }
+            Ok(s) => t.means.add(&s, 0),
             Err(_) => t.bad_lines += 1,
         }
     }
-    if t.scored > 0 {
-        let n = t.scored as f64;
-        for x in [
-            &mut t.mean_reward,
-            &mut t.completion,
-            &mut t.precision,
-            &mut t.recall,
-            &mut t.f1,
-            &mut t.format_errors,
-            &mut t.calls,
-        ] {
-            *x /= n;
-        }
-    }
+    t.means = t.means.finish();
     Ok(t)
 }
 
@@ -255,7 +225,7 @@ mod tests {
                 (6, false)
             ]
         );
-        assert_eq!((totals.scored, totals.bad_lines), (2, 4));
-        assert_eq!((totals.completion, totals.f1), (1.0, 1.0));
+        assert_eq!((totals.means.episodes, totals.bad_lines), (2, 4));
+        assert_eq!((totals.means.completion, totals.means.f1), (1.0, 1.0));
     }
 }
