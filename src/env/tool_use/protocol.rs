@@ -69,24 +69,15 @@ impl Episode {
         }
     }
 
-    /// The next token the environment feeds, if it has one queued. It is appended.
+    /// The next token the environment feeds, if it has one queued. It is appended, masked out.
     pub fn take_forced(&mut self) -> Option<u32> {
         let t = self.forced.pop_front()?;
-        self.append(t, false);
-        Some(t)
-    }
-
-    /// Whether the next token is forced rather than sampled.
-    pub fn has_forced(&self) -> bool {
-        !self.forced.is_empty()
-    }
-
-    fn append(&mut self, t: u32, by_policy: bool) {
         self.tokens.push(t);
-        self.policy_mask.push(by_policy);
+        self.policy_mask.push(false);
         if !self.done && self.tokens.len() >= self.limits.max_tokens {
             self.truncate();
         }
+        Some(t)
     }
 
     /// Ends the episode as truncated (a format error).
@@ -200,7 +191,7 @@ pub fn demonstration(task: &Task, item: &Item) -> Option<(Vec<u32>, Vec<bool>)> 
     };
     for call in &gold.calls {
         let mut text = format!("CALL {}", call.name);
-        for (k, v) in ordered_args(call, task) {
+        for (k, v) in ordered_args(call) {
             text.push_str(&format!(" {k} {v}"));
         }
         text.push_str(" /CALL");
@@ -224,7 +215,7 @@ pub fn demonstration(task: &Task, item: &Item) -> Option<(Vec<u32>, Vec<bool>)> 
 }
 
 /// A call's arguments in schema order (a, b, c / ent, attr) rather than alphabetical.
-fn ordered_args<'a>(call: &'a Call, _task: &Task) -> Vec<(&'a str, &'a str)> {
+fn ordered_args(call: &Call) -> Vec<(&str, &str)> {
     const ORDER: [&str; 5] = ["ent", "attr", "a", "b", "c"];
     let mut args: Vec<(&str, &str)> = call
         .arguments
