@@ -52,6 +52,9 @@ pub enum Command {
         /// Episodes to evaluate.
         #[arg(long, default_value_t = 500)]
         episodes: usize,
+        /// Also write every episode to this file as JSON lines (readable by `asymre score`).
+        #[arg(long)]
+        dump: Option<PathBuf>,
     },
     /// Print the configuration.
     Config {

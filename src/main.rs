@@ -98,8 +98,9 @@ fn run(cli: Cli) -> Result<u8> {
             run_dir,
             split,
             episodes,
+            dump,
         } => {
-            let (step, e) = train::evaluate_run(&run_dir, split.into(), episodes)?;
+            let (step, e) = train::evaluate_run(&run_dir, split.into(), episodes, dump.as_deref())?;
             println!(
                 "{} at step {step}, {episodes} {:?} episodes (greedy): completion {:.3}, tool precision {:.3} recall {:.3} F1 {:.3}, format errors {:.3}, calls {:.2}, length {:.1}",
                 run_dir.display(),

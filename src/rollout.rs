@@ -193,6 +193,7 @@ pub fn evaluate(
     limits: Limits,
     reward: &crate::reward::RewardConfig,
     device: Device,
+    mut on_episode: impl FnMut(&Episode),
 ) -> Result<ScoreMeans> {
     let mut stats = ScoreMeans::default();
     let mut rng = crate::rng::stream(0, crate::rng::Role::Init, 2);
@@ -216,6 +217,7 @@ pub fn evaluate(
                 &crate::reward::score(reward, &ep.attempt, &gold),
                 ep.tokens.len() - ep.prompt_len,
             );
+            on_episode(ep);
         }
     }
     Ok(stats.finish())

@@ -494,6 +494,7 @@ impl SampledRun<'_> {
             *limits,
             &self.cfg.reward,
             self.learner.device(),
+            |_| {},
         )
     }
 
@@ -710,6 +711,7 @@ fn run_sampled(
                         limits,
                         &cfg.reward,
                         device,
+                        |_| {},
                     )?;
                     eprintln!(
                         "warm start: {} steps in {seconds:.1} s; held-out completion {:.3}, tool F1 {:.3}",
@@ -983,7 +985,14 @@ fn learner_loop(
 }
 
 /// Greedy evaluation of a tool-use run's last checkpoint on `episodes` items of `split`.
-pub fn evaluate_run(run_dir: &Path, split: Split, episodes: usize) -> Result<(u64, ScoreMeans)> {
+/// Greedy evaluation of a tool-use run's last checkpoint on `episodes` items of `split`; with
+/// `dump`, every episode is also written there as a JSON line (the form `asymre score` reads).
+pub fn evaluate_run(
+    run_dir: &Path,
+    split: Split,
+    episodes: usize,
+    dump: Option<&Path>,
+) -> Result<(u64, ScoreMeans)> {
     let (cfg, _) = open_run_dir(run_dir)?;
     if cfg.env.kind != EnvKind::ToolUse {
         return Err(Error::input(format!(
@@ -1016,7 +1025,25 @@ pub fn evaluate_run(run_dir: &Path, split: Split, episodes: usize) -> Result<(u6
         max_tokens: cfg.env.max_tokens,
         max_calls: cfg.env.max_calls,
     };
-    let stats = evaluate(&model, &task, split, episodes, limits, &cfg.reward, device)?;
+    let mut lines = String::new();
+    let stats = evaluate(
+        &model,
+        &task,
+        split,
+        episodes,
+        limits,
+        &cfg.reward,
+        device,
+        |ep| {
+            if dump.is_some() {
+                lines.push_str(&crate::env::tool_use::episode_json(&task, ep).to_string());
+                lines.push('\n');
+            }
+        },
+    )?;
+    if let Some(path) = dump {
+        std::fs::write(path, lines).at(path)?;
+    }
     Ok((ckpt.step, stats))
 }
 
