@@ -500,16 +500,32 @@ every = 5
         "lag {lag} beyond sync_interval + channel bound"
     );
     // `eval` reloads the last checkpoint and reproduces the final greedy held-out evaluation.
+    let dump = tmp.path().join("episodes.jsonl");
     let o = bin()
         .arg("eval")
         .arg(&run)
-        .args(["--episodes", "20"])
+        .args(["--episodes", "20", "--dump"])
+        .arg(&dump)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let want = format!(
         "completion {:.3}",
         summary["final_heldout"]["completion"].as_f64().unwrap()
+    );
+    // The dumped episodes score to the same completion with `asymre score`.
+    assert_eq!(std::fs::read_to_string(&dump).unwrap().lines().count(), 20);
+    let scored = bin()
+        .args(["score", "--task", "lookup", "--config"])
+        .arg(run.join("config.toml"))
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(scored.status.success(), "{}", stderr(&scored));
+    assert!(
+        String::from_utf8_lossy(&scored.stdout).contains(&want),
+        "{}",
+        String::from_utf8_lossy(&scored.stdout)
     );
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(&want),
