@@ -6,7 +6,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind};
 
 use crate::config::{Config, LearnerConfig, OptimizerKind};
-use crate::env::tool_use::protocol::demonstration;
+use crate::env::tool_use::protocol::{demonstration, prompt_tokens};
 use crate::env::tool_use::tasks::{Split, Task};
 use crate::error::{Error, Result};
 use crate::optim::Optimizer;
@@ -40,9 +40,7 @@ pub fn warm_start(
         .filter_map(|i| {
             let item = task.item(Split::Train, DEMO_BASE + i);
             let (tokens, mask) = demonstration(task, &item)?;
-            let prompt = crate::env::tool_use::vocab::encode(&task.prompt(&item)).ok()?;
-            let mut all = vec![crate::env::tool_use::vocab::BOS];
-            all.extend(prompt);
+            let mut all = prompt_tokens(task, &item);
             let mut all_mask = vec![false; all.len()];
             all.extend(tokens);
             all_mask.extend(mask);

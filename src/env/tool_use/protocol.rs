@@ -50,10 +50,7 @@ pub struct Episode {
 
 impl Episode {
     pub fn new(task: &Task, item: Item, limits: Limits) -> Self {
-        let mut tokens = vec![BOS];
-        tokens.extend(
-            vocab::encode(&task.prompt(&item)).expect("generated prompts use the vocabulary"),
-        );
+        let tokens = prompt_tokens(task, &item);
         let prompt_len = tokens.len();
         Episode {
             item,
@@ -161,6 +158,13 @@ impl Episode {
     pub fn completion_text(&self) -> String {
         vocab::decode(&self.tokens[self.prompt_len..])
     }
+}
+
+/// `<bos>` and the prompt's tokens: how every episode of `item` starts.
+pub fn prompt_tokens(task: &Task, item: &Item) -> Vec<u32> {
+    let mut tokens = vec![BOS];
+    tokens.extend(vocab::encode(&task.prompt(item)).expect("generated prompts use the vocabulary"));
+    tokens
 }
 
 /// `tool name value name value …` → a call; `Err` when the shape is wrong.
