@@ -764,11 +764,15 @@ fn run_sampled(
         .collect::<Result<Vec<_>>>()?;
     if !opts.serial && run.learner.step > 0 {
         // A resumed parallel run must not replay the random draws of its first session.
+        // Each actor's prompt counter stayed below the trajectories that were inserted plus those
+        // in flight when the run stopped, so counting on from that bound repeats no prompt.
+        let in_flight = (cfg.actor.channel_capacity + cfg.actor.threads) * cfg.actor.batch_size;
+        let next_prompt = run.learner.replay.inserted() + in_flight as u64;
         for actor in &mut actors {
-            let index = (run.learner.step << 16) | actor.id() as u64;
+            let stream = (run.learner.step << 16) | actor.id() as u64;
             actor.set_state(ActorState {
-                rng: crate::rng::stream(cfg.seed, crate::rng::Role::Actor, index),
-                next_prompt: index << 20,
+                rng: crate::rng::stream(cfg.seed, crate::rng::Role::Actor, stream),
+                next_prompt,
             });
         }
     }
