@@ -190,11 +190,7 @@ pub struct ToolActor {
 impl ToolActor {
     pub fn new(cfg: &Config, id: usize, task: Task, snapshot: &WeightSnapshot) -> Result<Self> {
         let vs = VarStore::new(Device::Cpu);
-        let PolicyModel::Transformer(model) = PolicyModel::build(cfg, &vs.root(), &[]) else {
-            return Err(Error::input(
-                "policy.kind: a tool-use actor needs a transformer",
-            ));
-        };
+        let model = PolicyModel::build(cfg, &vs.root(), &[]).into_transformer()?;
         let mut actor = ToolActor {
             id,
             vs,

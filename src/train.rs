@@ -28,7 +28,7 @@ use crate::exact::{self, ExactFlow};
 use crate::learner::{Learner, StepStats};
 use crate::metrics::{tags, JsonlSink, Metrics, ProgressSink, Row, TensorboardSink};
 use crate::policy::tabular::sampling_probs;
-use crate::policy::{PolicyModel, Transformer, WeightSnapshot};
+use crate::policy::{PolicyModel, WeightSnapshot};
 use crate::replay::Replay;
 use crate::reward::ScoreMeans;
 use crate::rollout::evaluate;
@@ -475,19 +475,12 @@ impl SampledRun<'_> {
         self.behaviour = snap;
     }
 
-    fn transformer(&self) -> Result<&Transformer> {
-        match &self.learner.policy {
-            PolicyModel::Transformer(m) => Ok(m),
-            PolicyModel::Tabular(_) => Err(Error::Corrupt("tool use needs a transformer".into())),
-        }
-    }
-
     fn evaluate(&self, split: Split, episodes: usize) -> Result<ScoreMeans> {
         let EnvView::ToolUse { task, limits, .. } = &self.env else {
             return Err(Error::Corrupt("only tool-use runs are evaluated".into()));
         };
         evaluate(
-            self.transformer()?,
+            self.learner.policy.transformer()?,
             task,
             split,
             episodes,
@@ -698,9 +691,7 @@ fn run_sampled(
                 Some(w) => w,
                 None => {
                     let started = Instant::now();
-                    let PolicyModel::Transformer(model) = &learner.policy else {
-                        return Err(Error::Corrupt("tool use needs a transformer".into()));
-                    };
+                    let model = learner.policy.transformer()?;
                     let report = warm_start(cfg, model, &learner.vs, &task, device)?;
                     let seconds = started.elapsed().as_secs_f64();
                     let heldout = evaluate(
@@ -1016,9 +1007,7 @@ pub fn evaluate_run(
     tch::set_num_threads(cfg.learner.intra_op_threads as i32);
     let device = resolve_device(cfg.device)?;
     let vs = tch::nn::VarStore::new(device);
-    let PolicyModel::Transformer(model) = PolicyModel::build(&cfg, &vs.root(), &[]) else {
-        return Err(Error::Corrupt("tool use needs a transformer".into()));
-    };
+    let model = PolicyModel::build(&cfg, &vs.root(), &[]).into_transformer()?;
     WeightSnapshot {
         version: ckpt.step,
         tensors: ckpt.tensors("weights")?.to_vec(),

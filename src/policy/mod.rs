@@ -42,6 +42,26 @@ impl PolicyModel {
         }
     }
 
+    /// The transformer, for tool use (the config's validation pairs it with `env.kind`).
+    pub fn transformer(&self) -> Result<&Transformer> {
+        match self {
+            PolicyModel::Transformer(m) => Ok(m),
+            PolicyModel::Tabular(_) => {
+                Err(Error::input("policy.kind: tool use needs a transformer"))
+            }
+        }
+    }
+
+    /// Like [`PolicyModel::transformer`], taking ownership.
+    pub fn into_transformer(self) -> Result<Transformer> {
+        match self {
+            PolicyModel::Transformer(m) => Ok(m),
+            PolicyModel::Tabular(_) => {
+                Err(Error::input("policy.kind: tool use needs a transformer"))
+            }
+        }
+    }
+
     /// log π(y) of each trajectory → [B] on `device`: the arm's log-probability, or the sum over
     /// the policy's tokens of a right-padded batch in one masked forward pass.
     pub fn target_logp(&self, batch: &[&Trajectory], device: Device) -> Result<Tensor> {
