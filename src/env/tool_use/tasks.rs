@@ -201,6 +201,10 @@ pub struct Item {
 pub struct Db {
     numeric: Vec<[i64; 4]>,
     relations: Vec<[usize; 2]>,
+    /// Entities of each split, drawn by a seeded shuffle so held-out ids look like training ids
+    /// (every digit occurs at every position in both splits).
+    train: Vec<usize>,
+    heldout: Vec<usize>,
 }
 
 impl Db {
@@ -220,7 +224,18 @@ impl Db {
         let relations = (0..n)
             .map(|i| [(i + rng.gen_range(1..n)) % n, (i + rng.gen_range(1..n)) % n])
             .collect();
-        Db { numeric, relations }
+        let held = ((n as f64 * spec.heldout_share).round() as usize).clamp(1, n - 1);
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut rng);
+        let mut heldout = order.split_off(n - held);
+        order.sort_unstable();
+        heldout.sort_unstable();
+        Db {
+            numeric,
+            relations,
+            train: order,
+            heldout,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -259,13 +274,11 @@ impl Task {
         Task { spec, db }
     }
 
-    /// Entities of a split: the last `heldout_share` of them are held out.
-    fn entity_range(&self, split: Split) -> std::ops::Range<usize> {
-        let n = self.db.len();
-        let held = ((n as f64 * self.spec.heldout_share).round() as usize).clamp(1, n - 1);
+    /// Entities of a split: a seeded `heldout_share` of them are held out.
+    pub fn entities(&self, split: Split) -> &[usize] {
         match split {
-            Split::Train => 0..n - held,
-            Split::Heldout => n - held..n,
+            Split::Train => &self.db.train,
+            Split::Heldout => &self.db.heldout,
         }
     }
 
@@ -276,7 +289,7 @@ impl Task {
             Split::Heldout => 2 * index + 1,
         };
         let mut rng = rng::stream(self.spec.seed, Role::Env, 1 << 40 | stream);
-        let ents = self.entity_range(split);
+        let ents = self.entities(split);
         let max = 10i64.pow(self.spec.digits.clamp(1, 9));
         let arith = |rng: &mut rand_chacha::ChaCha8Rng| {
             let op = [Op::Add, Op::Sub, Op::Mul, Op::Div][rng.gen_range(0..4)];
@@ -296,17 +309,17 @@ impl Task {
             }
             TaskKind::Calc => arith(&mut rng),
             TaskKind::Lookup => Query::Lookup {
-                ent: rng.gen_range(ents.clone()),
+                ent: ents[rng.gen_range(0..ents.len())],
                 attr: NUMERIC[rng.gen_range(0..4)],
             },
             TaskKind::Chain => Query::Chain {
-                ent: rng.gen_range(ents.clone()),
+                ent: ents[rng.gen_range(0..ents.len())],
                 rel: RELATIONS[rng.gen_range(0..2)],
                 attr: NUMERIC[rng.gen_range(0..4)],
                 add: self.spec.chain_arith.then(|| rng.gen_range(1..10)),
             },
             TaskKind::Fanout => {
-                let mut pool: Vec<usize> = ents.clone().collect();
+                let mut pool: Vec<usize> = ents.to_vec();
                 pool.shuffle(&mut rng);
                 pool.truncate(self.spec.width.clamp(2, 3));
                 let agg = if rng.gen::<bool>() {
@@ -325,7 +338,7 @@ impl Task {
                     arith(&mut rng)
                 } else {
                     Query::Lookup {
-                        ent: rng.gen_range(ents.clone()),
+                        ent: ents[rng.gen_range(0..ents.len())],
                         attr: NUMERIC[rng.gen_range(0..4)],
                     }
                 }
@@ -613,7 +626,7 @@ fn apply(tool: Tool, x: &[i64]) -> Result<i64, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub fn spec(kind: TaskKind) -> TaskSpec {
@@ -663,15 +676,20 @@ mod tests {
     #[test]
     fn heldout_lookup_items_use_only_heldout_entities() {
         let task = Task::new(spec(TaskKind::Lookup));
+        let (train, held) = (task.entities(Split::Train), task.entities(Split::Heldout));
+        assert_eq!((train.len(), held.len()), (40, 10));
+        assert!(train.iter().all(|e| !held.contains(e)));
+        // Not simply the last ids: the split is a seeded shuffle.
+        assert!(held.iter().any(|&e| e < 40), "{held:?}");
         for i in 0..100 {
             let Query::Lookup { ent, .. } = task.item(Split::Heldout, i).query else {
                 panic!()
             };
-            assert!(ent >= 40, "e{ent}");
+            assert!(task.entities(Split::Heldout).contains(&ent), "e{ent}");
             let Query::Lookup { ent, .. } = task.item(Split::Train, i).query else {
                 panic!()
             };
-            assert!(ent < 40, "e{ent}");
+            assert!(task.entities(Split::Train).contains(&ent), "e{ent}");
         }
     }
 
