@@ -44,12 +44,20 @@ pub trait Actor: Send {
     fn set_state(&mut self, state: ActorState);
 }
 
-/// Sets each trajectory's `group_mean` to the mean reward of its run of `group_size` samples.
-fn fill_group_means(trajectories: &mut [Trajectory], group_size: usize) {
+/// Sets each trajectory's `group_mean` and `group_std` to the mean and standard deviation of the
+/// rewards of its run of `group_size` samples.
+fn fill_group_stats(trajectories: &mut [Trajectory], group_size: usize) {
     for group in trajectories.chunks_mut(group_size) {
-        let mean = group.iter().map(|t| t.reward as f64).sum::<f64>() / group.len() as f64;
+        let n = group.len() as f64;
+        let mean = group.iter().map(|t| t.reward as f64).sum::<f64>() / n;
+        let var = group
+            .iter()
+            .map(|t| (t.reward as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
         for t in group {
             t.group_mean = mean as f32;
+            t.group_std = var.sqrt() as f32;
         }
     }
 }
@@ -160,10 +168,12 @@ impl Actor for BanditActor {
                     policy_version: self.version,
                     policy_mask: Vec::new(),
                     stats: None,
+                    behaviour_token_logp: Vec::new(),
+                    group_std: 0.0,
                 });
             }
         }
-        fill_group_means(&mut trajectories, self.group_size);
+        fill_group_stats(&mut trajectories, self.group_size);
         Ok(ActorBatch {
             actor: self.id,
             trajectories,
@@ -284,9 +294,11 @@ impl Actor for ToolActor {
                 }),
                 actions: ep.tokens,
                 policy_mask: ep.policy_mask,
+                behaviour_token_logp: r.token_logp,
+                group_std: 0.0,
             });
         }
-        fill_group_means(&mut trajectories, self.group_size);
+        fill_group_stats(&mut trajectories, self.group_size);
         Ok(ActorBatch {
             actor: self.id,
             trajectories,

@@ -27,6 +27,8 @@ pub struct StepStats {
     /// Mean and max of (learner step − policy_version) over the batch.
     pub lag_mean: f64,
     pub lag_max: u64,
+    /// Mean entropy (nats) of π over the batch's policy positions (the bandit: H(π)).
+    pub entropy: f64,
     /// Tool use: the batch's mean episode statistics.
     pub episode: Option<ScoreMeans>,
 }
@@ -107,10 +109,26 @@ impl Learner {
             ..StepStats::default()
         };
 
-        let reward = Tensor::from_slice(&reward).to_device(self.device);
-        let baseline = Tensor::from_slice(&baseline).to_device(self.device);
-        let target_logp = self.policy.target_logp(&batch, self.device)?;
-        let loss = loss::compute(&self.loss_cfg, &target_logp, &reward, &baseline)?;
+        let column = |f: &dyn Fn(&Trajectory) -> f32| -> Result<Tensor> {
+            let v: Vec<f32> = batch.iter().map(|t| f(t)).collect();
+            Ok(Tensor::f_from_slice(&v)?.f_to_device(self.device)?)
+        };
+        let reward = Tensor::f_from_slice(&reward)?.f_to_device(self.device)?;
+        let baseline = Tensor::f_from_slice(&baseline)?.f_to_device(self.device)?;
+        let scores = self.policy.score(&batch, self.device)?;
+        let loss = loss::compute(
+            &self.loss_cfg,
+            &loss::LossInputs {
+                token_logp: &scores.token_logp,
+                mask: &scores.mask,
+                behaviour_token_logp: &self.policy.behaviour_token_logp(&batch, self.device)?,
+                behaviour_logp: &column(&|t| t.behaviour_logp)?,
+                reward: &reward,
+                baseline: &baseline,
+                group_mean: &column(&|t| t.group_mean)?,
+                group_std: &column(&|t| t.group_std)?,
+            },
+        )?;
         let loss_value = loss.f_double_value(&[])?;
         if !loss_value.is_finite() {
             return Err(Error::NonFinite {
@@ -124,6 +142,7 @@ impl Learner {
         Ok(StepStats {
             loss: loss_value,
             grad_norm: info.grad_norm,
+            entropy: scores.entropy,
             ..stats_base
         })
     }

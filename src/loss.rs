@@ -2,10 +2,12 @@
 //!
 //! AsymRE (Arnal et al. 2025, arXiv 2506.20520): loss = −mean_i[(r_i − V_i)·log π(y_i)], no ratio,
 //! no clipping. With V below the behaviour policy's value V^μ training is stable; at or above it the
-//! support of π collapses. `naive` holds f64 oracles the tensor versions are tested against.
+//! support of π collapses. The comparison losses (`is_reinforce`, `topr`, `grpo`) reweight by the
+//! ratio π/μ to the stored behaviour log-probabilities. `naive` holds f64 oracles the tensor
+//! versions are tested against.
 use tch::{Kind, Tensor};
 
-use crate::config::{BaselineKind, Estimate, LossConfig, LossKind};
+use crate::config::{BaselineKind, Estimate, GrpoLevel, LossConfig, LossKind};
 use crate::error::Result;
 use crate::trajectory::Trajectory;
 
@@ -20,14 +22,115 @@ pub fn reinforce(target_logp: &Tensor, reward: &Tensor) -> Result<Tensor> {
     Ok(reward.f_mul(target_logp)?.f_mean(Kind::Float)?.f_neg()?)
 }
 
-/// V_i for each trajectory, from the configured baseline. `reinforce` uses V = 0.
+/// sg[π/μ] per sample from sequence log-probabilities ([B] each): no gradient flows through it.
+fn ratio(target_logp: &Tensor, behaviour_logp: &Tensor) -> Result<Tensor> {
+    Ok(target_logp.detach().f_sub(behaviour_logp)?.f_exp()?)
+}
+
+/// Truncated importance-sampled REINFORCE: −mean(sg[min(π/μ, cap)]·(r − V)·log π). [B] inputs.
+pub fn is_reinforce(
+    target_logp: &Tensor,
+    behaviour_logp: &Tensor,
+    reward: &Tensor,
+    baseline: &Tensor,
+    cap: f64,
+) -> Result<Tensor> {
+    let weight = ratio(target_logp, behaviour_logp)?.f_clamp_max(cap)?;
+    let advantage = reward.f_sub(baseline)?;
+    Ok(weight
+        .f_mul(&advantage)?
+        .f_mul(target_logp)?
+        .f_mean(Kind::Float)?
+        .f_neg()?)
+}
+
+/// Tapered off-policy REINFORCE: −mean(w·(r − V)·log π) with w = 1 where r − V ≥ 0 and
+/// w = sg[clip(π/μ, 0, 1)] where r − V < 0. [B] inputs.
+pub fn topr(
+    target_logp: &Tensor,
+    behaviour_logp: &Tensor,
+    reward: &Tensor,
+    baseline: &Tensor,
+) -> Result<Tensor> {
+    let advantage = reward.f_sub(baseline)?;
+    let tapered = ratio(target_logp, behaviour_logp)?.f_clamp(0.0, 1.0)?;
+    let weight = tapered
+        .f_ones_like()?
+        .f_where_self(&advantage.f_ge(0.0)?, &tapered)?;
+    Ok(weight
+        .f_mul(&advantage)?
+        .f_mul(target_logp)?
+        .f_mean(Kind::Float)?
+        .f_neg()?)
+}
+
+/// GRPO's advantage (r − group mean)/(group std + 1e-6) ([B] each).
+pub fn group_advantage(reward: &Tensor, mean: &Tensor, std: &Tensor) -> Result<Tensor> {
+    Ok(reward.f_sub(mean)?.f_div(&std.f_add_scalar(1e-6)?)?)
+}
+
+/// The PPO-clip surrogate min(ρ·A, clip(ρ, 1 − ε, 1 + ε)·A) with ρ = exp(logp − behaviour).
+fn clipped_surrogate(
+    logp: &Tensor,
+    behaviour: &Tensor,
+    advantage: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let rho = logp.f_sub(behaviour)?.f_exp()?;
+    let unclipped = rho.f_mul(advantage)?;
+    let clipped = rho.f_clamp(1.0 - eps, 1.0 + eps)?.f_mul(advantage)?;
+    Ok(unclipped.f_minimum(&clipped)?)
+}
+
+/// Sequence-level GRPO: −mean_i min(ρ_i A_i, clip(ρ_i)A_i), ρ_i = π(y_i)/μ(y_i). [B] inputs.
+pub fn grpo_sequence(
+    target_logp: &Tensor,
+    behaviour_logp: &Tensor,
+    advantage: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    Ok(clipped_surrogate(target_logp, behaviour_logp, advantage, eps)?
+        .f_mean(Kind::Float)?
+        .f_neg()?)
+}
+
+/// Token-level GRPO: −mean_i (1/|y_i|) Σ_t min(ρ_it A_i, clip(ρ_it)A_i) over the policy's tokens.
+/// `token_logp`, `behaviour_token_logp`, `mask` are [B, L]; `advantage` is [B].
+pub fn grpo_token(
+    token_logp: &Tensor,
+    behaviour_token_logp: &Tensor,
+    mask: &Tensor,
+    advantage: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let per_token = clipped_surrogate(
+        token_logp,
+        behaviour_token_logp,
+        &advantage.f_unsqueeze(1)?,
+        eps,
+    )?
+    .f_mul(mask)?;
+    let lengths = mask
+        .f_sum_dim_intlist(-1, false, Kind::Float)?
+        .f_clamp_min(1.0)?;
+    Ok(per_token
+        .f_sum_dim_intlist(-1, false, Kind::Float)?
+        .f_div(&lengths)?
+        .f_mean(Kind::Float)?
+        .f_neg()?)
+}
+
+/// V_i for each trajectory, from the configured baseline. `reinforce` uses V = 0; `grpo` does
+/// not use V (it is reported as the group mean).
 pub fn baseline_values(cfg: &LossConfig, batch: &[&Trajectory]) -> Vec<f32> {
     batch.iter().map(|t| baseline_value(cfg, t)).collect()
 }
 
 fn baseline_value(cfg: &LossConfig, t: &Trajectory) -> f32 {
-    if cfg.kind == LossKind::Reinforce {
-        return 0.0;
+    match cfg.kind {
+        LossKind::Reinforce => return 0.0,
+        LossKind::Grpo => return t.group_mean,
+        _ => {}
     }
     let b = &cfg.baseline;
     match b.kind {
@@ -42,20 +145,60 @@ fn baseline_value(cfg: &LossConfig, t: &Trajectory) -> f32 {
     }
 }
 
+/// What a loss sees of a batch (all on one device).
+pub struct LossInputs<'a> {
+    /// [B, L] log π per position (0 where `mask` is 0), with gradient.
+    pub token_logp: &'a Tensor,
+    /// [B, L] 1 where the policy chose the token.
+    pub mask: &'a Tensor,
+    /// [B, L] stored log μ per position.
+    pub behaviour_token_logp: &'a Tensor,
+    /// [B] stored log μ(y).
+    pub behaviour_logp: &'a Tensor,
+    /// [B] each.
+    pub reward: &'a Tensor,
+    pub baseline: &'a Tensor,
+    pub group_mean: &'a Tensor,
+    pub group_std: &'a Tensor,
+}
+
 /// Applies the configured loss.
-pub fn compute(
-    cfg: &LossConfig,
-    target_logp: &Tensor,
-    reward: &Tensor,
-    baseline: &Tensor,
-) -> Result<Tensor> {
+pub fn compute(cfg: &LossConfig, x: &LossInputs) -> Result<Tensor> {
+    let target_logp = || x.token_logp.f_sum_dim_intlist(-1, false, Kind::Float);
     match cfg.kind {
-        LossKind::Asymre => asymre(target_logp, reward, baseline),
-        LossKind::Reinforce => reinforce(target_logp, reward),
+        LossKind::Asymre => asymre(&target_logp()?, x.reward, x.baseline),
+        LossKind::Reinforce => reinforce(&target_logp()?, x.reward),
+        LossKind::IsReinforce => is_reinforce(
+            &target_logp()?,
+            x.behaviour_logp,
+            x.reward,
+            x.baseline,
+            cfg.ratio_cap,
+        ),
+        LossKind::Topr => topr(&target_logp()?, x.behaviour_logp, x.reward, x.baseline),
+        LossKind::Grpo => {
+            let advantage = group_advantage(x.reward, x.group_mean, x.group_std)?;
+            match cfg.grpo_level {
+                GrpoLevel::Sequence => grpo_sequence(
+                    &target_logp()?,
+                    x.behaviour_logp,
+                    &advantage,
+                    cfg.clip_epsilon,
+                ),
+                GrpoLevel::Token => grpo_token(
+                    x.token_logp,
+                    x.behaviour_token_logp,
+                    x.mask,
+                    &advantage,
+                    cfg.clip_epsilon,
+                ),
+            }
+        }
     }
 }
 
-/// Straightforward f64 versions, the oracles of the property tests.
+/// Straightforward f64 versions, the oracles of the property tests: each loss's value and its
+/// gradient with respect to log π.
 pub mod naive {
     /// −(1/B) Σ (r_i − V_i) logp_i.
     pub fn asymre(target_logp: &[f64], reward: &[f64], baseline: &[f64]) -> f64 {
@@ -77,6 +220,77 @@ pub mod naive {
             .zip(baseline)
             .map(|(r, v)| -(r - v) / n)
             .collect()
+    }
+
+    /// One sample of a ratio-weighted REINFORCE loss: (log π, log μ, r, V).
+    pub type Sample = (f64, f64, f64, f64);
+
+    /// The weight of `is_reinforce`: min(π/μ, cap).
+    pub fn is_weight(s: &Sample, cap: f64) -> f64 {
+        (s.0 - s.1).exp().min(cap)
+    }
+
+    /// The weight of `topr`: 1 if r − V ≥ 0, else clip(π/μ, 0, 1).
+    pub fn topr_weight(s: &Sample) -> f64 {
+        if s.2 - s.3 >= 0.0 {
+            1.0
+        } else {
+            (s.0 - s.1).exp().clamp(0.0, 1.0)
+        }
+    }
+
+    /// −(1/B) Σ w_i (r_i − V_i) logp_i and its gradient −w_i (r_i − V_i)/B (w has no gradient).
+    pub fn weighted(samples: &[Sample], weight: impl Fn(&Sample) -> f64) -> (f64, Vec<f64>) {
+        let n = samples.len() as f64;
+        let value = -samples
+            .iter()
+            .map(|s| weight(s) * (s.2 - s.3) * s.0)
+            .sum::<f64>()
+            / n;
+        let grad = samples
+            .iter()
+            .map(|s| -weight(s) * (s.2 - s.3) / n)
+            .collect();
+        (value, grad)
+    }
+
+    /// min(ρA, clip(ρ, 1 − ε, 1 + ε)A) and its derivative with respect to log π.
+    pub fn surrogate(logp: f64, behaviour: f64, advantage: f64, eps: f64) -> (f64, f64) {
+        let rho = (logp - behaviour).exp();
+        let unclipped = rho * advantage;
+        let clipped = rho.clamp(1.0 - eps, 1.0 + eps) * advantage;
+        if unclipped <= clipped {
+            (unclipped, unclipped)
+        } else {
+            (clipped, 0.0)
+        }
+    }
+
+    /// Token-level GRPO over rows of (log π, log μ, in-mask) with one advantage per row: the loss
+    /// and its gradient per token.
+    pub fn grpo_token(
+        rows: &[Vec<(f64, f64, bool)>],
+        advantage: &[f64],
+        eps: f64,
+    ) -> (f64, Vec<Vec<f64>>) {
+        let b = rows.len() as f64;
+        let mut value = 0.0;
+        let mut grads = Vec::new();
+        for (row, &a) in rows.iter().zip(advantage) {
+            let len = row.iter().filter(|t| t.2).count().max(1) as f64;
+            let mut g = Vec::new();
+            for &(l, m, on) in row {
+                let (v, d) = if on {
+                    surrogate(l, m, a, eps)
+                } else {
+                    (0.0, 0.0)
+                };
+                value -= v / len / b;
+                g.push(-d / len / b);
+            }
+            grads.push(g);
+        }
+        (value, grads)
     }
 }
 
@@ -124,6 +338,123 @@ mod tests {
         }
     }
 
+    fn grad_of(x: &Tensor) -> Vec<f64> {
+        Vec::<f64>::try_from(x.grad().to_kind(Kind::Double).view([-1])).unwrap()
+    }
+
+    fn close(got: f64, want: f64) -> bool {
+        (got - want).abs() <= 1e-4 * (1.0 + want.abs())
+    }
+
+    /// Samples (log π, log μ, r, V) with ratios π/μ between e^-2 and e^2.
+    fn samples() -> impl Strategy<Value = Vec<naive::Sample>> {
+        prop::collection::vec(
+            (-8.0f64..-0.1, -2.0f64..2.0, -1.0f64..1.0, -1.0f64..1.0)
+                .prop_map(|(l, d, r, v)| (l, l - d, r, v)),
+            1..48,
+        )
+    }
+
+    /// Runs a [B]-input loss on `samples` and compares value and gradient with the oracle.
+    fn check_weighted(
+        samples: &[naive::Sample],
+        f: impl Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+        weight: impl Fn(&naive::Sample) -> f64,
+    ) -> std::result::Result<(), TestCaseError> {
+        let col = |k: fn(&naive::Sample) -> f64| t(&samples.iter().map(k).collect::<Vec<_>>());
+        let lp = col(|s| s.0).set_requires_grad(true);
+        let loss = f(&lp, &col(|s| s.1), &col(|s| s.2), &col(|s| s.3)).unwrap();
+        let (want, want_grad) = naive::weighted(samples, weight);
+        prop_assert!(close(loss.double_value(&[]), want), "{} vs {}", loss.double_value(&[]), want);
+        loss.backward();
+        for (g, w) in grad_of(&lp).iter().zip(want_grad) {
+            prop_assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{} vs {}", g, w);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn prop_is_reinforce_matches_naive(s in samples(), cap in 0.2f64..3.0) {
+            check_weighted(&s, |l, m, r, v| is_reinforce(l, m, r, v, cap), |x| naive::is_weight(x, cap))?;
+        }
+
+        #[test]
+        fn prop_topr_matches_naive(s in samples()) {
+            check_weighted(&s, topr, naive::topr_weight)?;
+        }
+
+        #[test]
+        fn prop_grpo_sequence_matches_naive(s in samples(), eps in 0.05f64..0.5) {
+            let col = |k: fn(&naive::Sample) -> f64| t(&s.iter().map(k).collect::<Vec<_>>());
+            let lp = col(|x| x.0).set_requires_grad(true);
+            // The reward column stands in for the advantage.
+            let loss = grpo_sequence(&lp, &col(|x| x.1), &col(|x| x.2), eps).unwrap();
+            let b = s.len() as f64;
+            let parts: Vec<(f64, f64)> = s.iter().map(|x| naive::surrogate(x.0, x.1, x.2, eps)).collect();
+            let want = -parts.iter().map(|p| p.0).sum::<f64>() / b;
+            prop_assert!(close(loss.double_value(&[]), want));
+            loss.backward();
+            for (g, p) in grad_of(&lp).iter().zip(&parts) {
+                prop_assert!((g + p.1 / b).abs() <= 1e-4 * (1.0 + p.1.abs()), "{} vs {}", g, -p.1 / b);
+            }
+        }
+
+        #[test]
+        fn prop_grpo_token_matches_naive(
+            rows in prop::collection::vec(
+                (prop::collection::vec((-6.0f64..-0.05, -1.0f64..1.0, prop::bool::weighted(0.7)), 6),
+                 -2.0f64..2.0),
+                1..16),
+            eps in 0.05f64..0.5,
+        ) {
+            let table: Vec<Vec<(f64, f64, bool)>> = rows
+                .iter()
+                .map(|(r, _)| r.iter().map(|&(l, d, on)| (l, l - d, on)).collect())
+                .collect();
+            let adv: Vec<f64> = rows.iter().map(|r| r.1).collect();
+            let flat = |k: fn(&(f64, f64, bool)) -> f64| {
+                t(&table.iter().flatten().map(k).collect::<Vec<_>>()).view([table.len() as i64, 6])
+            };
+            let mask = flat(|x| if x.2 { 1.0 } else { 0.0 });
+            let lp = (flat(|x| x.0) * &mask).detach().set_requires_grad(true);
+            let loss = grpo_token(&lp, &flat(|x| x.1), &mask, &t(&adv), eps).unwrap();
+            let (want, want_grad) = naive::grpo_token(&table, &adv, eps);
+            prop_assert!(close(loss.double_value(&[]), want), "{} vs {}", loss.double_value(&[]), want);
+            loss.backward();
+            for (g, w) in grad_of(&lp).iter().zip(want_grad.iter().flatten()) {
+                prop_assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{} vs {}", g, w);
+            }
+        }
+    }
+
+    /// On-policy (π = μ) with no truncation, the ratio losses reduce to AsymRE.
+    #[test]
+    fn ratio_losses_equal_asymre_on_policy() {
+        let lp = t(&[-1.0, -2.5, -0.3]);
+        let (r, v) = (t(&[1.0, -0.5, 0.2]), t(&[0.1, 0.1, 0.4]));
+        let base = asymre(&lp, &r, &v).unwrap().double_value(&[]);
+        let is = is_reinforce(&lp, &lp, &r, &v, 1.0).unwrap().double_value(&[]);
+        let tp = topr(&lp, &lp, &r, &v).unwrap().double_value(&[]);
+        assert!((is - base).abs() < 1e-6 && (tp - base).abs() < 1e-6, "{base} {is} {tp}");
+    }
+
+    /// GRPO's group advantage is zero-mean and unit-scale within a group; a group whose rewards
+    /// are all equal gets no gradient.
+    #[test]
+    fn group_advantage_normalises() {
+        let r = t(&[1.0, 0.0, 0.0, 1.0]);
+        let a = group_advantage(&r, &t(&[0.5; 4]), &t(&[0.5; 4])).unwrap();
+        let a = Vec::<f64>::try_from(a.to_kind(Kind::Double)).unwrap();
+        for (x, want) in a.iter().zip([1.0, -1.0, -1.0, 1.0]) {
+            assert!((x - want).abs() < 1e-5, "{a:?}");
+        }
+        let lp = t(&[-1.0, -2.0]).set_requires_grad(true);
+        let adv = group_advantage(&t(&[1.0, 1.0]), &t(&[1.0, 1.0]), &t(&[0.0, 0.0])).unwrap();
+        grpo_sequence(&lp, &lp.detach(), &adv, 0.2).unwrap().backward();
+        assert_eq!(grad_of(&lp), vec![0.0, 0.0]);
+    }
+
     /// A gradient-descent step on one sampled arm raises its logit iff r > V.
     #[test]
     fn gradient_sign_on_sampled_action_follows_advantage() {
@@ -162,6 +493,8 @@ mod tests {
             policy_version: 0,
             policy_mask: Vec::new(),
             stats: None,
+            behaviour_token_logp: Vec::new(),
+            group_std: 0.0,
         };
         let cfg = |kind, estimate, loss| LossConfig {
             kind: loss,
@@ -171,6 +504,7 @@ mod tests {
                 delta_v: -0.1,
                 estimate,
             },
+            ..LossConfig::default()
         };
         let v = |c: LossConfig| baseline_values(&c, &[&traj])[0];
         assert_eq!(

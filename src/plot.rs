@@ -26,12 +26,16 @@ impl Series {
 
 /// A short label for a run: its loss and baseline.
 pub fn run_label(cfg: &Config) -> String {
+    let baseline = match cfg.loss.baseline.kind {
+        BaselineKind::Absolute => format!("V = {}", cfg.loss.baseline.v),
+        BaselineKind::Relative => format!("δV = {:+}", cfg.loss.baseline.delta_v),
+    };
     match cfg.loss.kind {
         LossKind::Reinforce => "reinforce".into(),
-        LossKind::Asymre => match cfg.loss.baseline.kind {
-            BaselineKind::Absolute => format!("V = {}", cfg.loss.baseline.v),
-            BaselineKind::Relative => format!("δV = {:+}", cfg.loss.baseline.delta_v),
-        },
+        LossKind::Grpo => "grpo".into(),
+        LossKind::Asymre => baseline,
+        LossKind::IsReinforce => format!("is_reinforce {baseline}"),
+        LossKind::Topr => format!("topr {baseline}"),
     }
 }
 

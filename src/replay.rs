@@ -135,6 +135,8 @@ mod tests {
             policy_version: version,
             policy_mask: Vec::new(),
             stats: None,
+            behaviour_token_logp: Vec::new(),
+            group_std: 0.0,
         }
     }
 

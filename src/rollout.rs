@@ -26,6 +26,8 @@ pub struct Rollout {
     pub episode: Episode,
     /// log μ(y): summed over sampled tokens (0 under greedy decoding).
     pub behaviour_logp: f64,
+    /// log μ of each token, aligned with `episode.tokens` (0 where the policy did not write it).
+    pub token_logp: Vec<f32>,
 }
 
 /// Runs `items` to completion with `model` on `device`.
@@ -47,6 +49,7 @@ pub fn rollout(
         return Ok(Vec::new());
     }
     let mut logps = vec![0.0f64; b];
+    let mut token_logps: Vec<Vec<f32>> = vec![Vec::new(); b];
     let p = episodes.iter().map(|e| e.tokens.len()).max().unwrap_or(1);
     let mut prompts = vec![PAD as i64; b * p];
     let mut valid = vec![false; b * p];
@@ -90,6 +93,9 @@ pub fn rollout(
                     let row = &host[i * vocab..(i + 1) * vocab];
                     let (tok, logp) = choose(row, decoding, rng);
                     logps[i] += logp;
+                    let at = ep.tokens.len();
+                    token_logps[i].resize(at, 0.0);
+                    token_logps[i].push(logp as f32);
                     ep.push_policy(tok, task);
                     tok
                 }
@@ -111,14 +117,16 @@ pub fn rollout(
     }
     Ok(episodes
         .into_iter()
-        .zip(logps)
-        .map(|(mut episode, behaviour_logp)| {
+        .zip(logps.into_iter().zip(token_logps))
+        .map(|(mut episode, (behaviour_logp, mut token_logp))| {
             if !episode.done {
                 episode.truncate();
             }
+            token_logp.resize(episode.tokens.len(), 0.0);
             Rollout {
                 episode,
                 behaviour_logp,
+                token_logp,
             }
         })
         .collect())
@@ -180,6 +188,50 @@ mod tests {
         let share = counts[1] as f64 / 20_000.0;
         assert!((share - 0.75).abs() < 0.015, "{share}");
         assert_eq!(choose(&row, Decoding::Greedy, &mut rng).0, 1);
+    }
+
+    /// The per-token log μ an actor stores is what the learner's masked forward pass computes for
+    /// the same weights and tokens, position by position; their sum is the sequence's log μ.
+    #[test]
+    fn stored_token_logp_matches_the_learner_forward_pass() {
+        use crate::env::tool_use::tasks::{tests::spec, Split, TaskKind};
+        use crate::policy::transformer::TransformerConfig;
+        tch::manual_seed(3);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let tcfg = TransformerConfig {
+            layers: 1,
+            d_model: 32,
+            heads: 2,
+        };
+        let vocab = crate::env::tool_use::vocab::size();
+        let model = Transformer::new(&vs.root(), &tcfg, vocab, 48);
+        let task = Task::new(spec(TaskKind::Chain));
+        let items = (0..6).map(|i| task.item(Split::Train, i)).collect();
+        let limits = Limits {
+            max_tokens: 48,
+            max_calls: 2,
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let sample = Decoding::Sample { temperature: 1.0 };
+        let rollouts = rollout(&model, &task, items, limits, sample, &mut rng, Device::Cpu).unwrap();
+        let rows = rollouts
+            .iter()
+            .map(|r| (&r.episode.tokens[..], &r.episode.policy_mask[..]));
+        let (tokens, mask) = crate::policy::pad_batch(rows);
+        let scores = tch::no_grad(|| model.token_logp(&tokens, &mask)).unwrap();
+        for (i, r) in rollouts.iter().enumerate() {
+            assert_eq!(r.token_logp.len(), r.episode.tokens.len());
+            let got = Vec::<f64>::try_from(scores.token_logp.get(i as i64).to_kind(Kind::Double))
+                .unwrap();
+            let mut sum = 0.0;
+            for (j, &stored) in r.token_logp.iter().enumerate().skip(1) {
+                assert!((got[j - 1] - stored as f64).abs() < 1e-3, "{i} {j}");
+                assert!(r.episode.policy_mask[j] || stored == 0.0);
+                sum += stored as f64;
+            }
+            assert!((sum - r.behaviour_logp).abs() < 1e-3, "{sum} vs {}", r.behaviour_logp);
+        }
+        assert!(scores.entropy > 0.0);
     }
 }
 

@@ -538,7 +538,8 @@ impl SampledRun<'_> {
                 .push(tags::FORMAT_ERRORS, e.format_errors)
                 .push(tags::CALLS, e.calls)
                 .push(tags::LENGTH, e.length)
-                .push(tags::V, stats.baseline);
+                .push(tags::V, stats.baseline)
+                .push(tags::ENTROPY, stats.entropy);
         }
         row.push(tags::LOSS, stats.loss)
             .push(tags::GRAD_NORM, stats.grad_norm)

@@ -22,6 +22,13 @@ pub struct Trajectory {
     /// masked out of the loss). Empty for the bandit.
     #[serde(default)]
     pub policy_mask: Vec<bool>,
+    /// Sequence tasks: log μ of each token the policy wrote, aligned with `actions` (0 elsewhere);
+    /// token-level GRPO's ratios. Empty for the bandit (`behaviour_logp` is its one action's).
+    #[serde(default)]
+    pub behaviour_token_logp: Vec<f32>,
+    /// Standard deviation of the rewards of the prompt's G samples (GRPO's advantage scale).
+    #[serde(default)]
+    pub group_std: f32,
     /// Tool use: how the episode went.
     #[serde(default)]
     pub stats: Option<EpisodeStats>,

@@ -12,7 +12,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result};
 
 pub use tabular::TabularPolicy;
-pub use transformer::Transformer;
+pub use transformer::{TokenScores, Transformer};
 
 use crate::config::{Config, PolicyKind};
 use crate::trajectory::Trajectory;
@@ -62,20 +62,49 @@ impl PolicyModel {
         }
     }
 
-    /// log π(y) of each trajectory → [B] on `device`: the arm's log-probability, or the sum over
-    /// the policy's tokens of a right-padded batch in one masked forward pass.
-    pub fn target_logp(&self, batch: &[&Trajectory], device: Device) -> Result<Tensor> {
+    /// log π of each trajectory's actions in one masked forward pass, per position ([B, L] on
+    /// `device`; the bandit has L = 1), with the policy's entropy over those positions.
+    pub fn score(&self, batch: &[&Trajectory], device: Device) -> Result<TokenScores> {
         match self {
             PolicyModel::Tabular(p) => {
                 let arms: Vec<i64> = batch.iter().map(|t| t.actions[0] as i64).collect();
-                p.target_logp(&Tensor::from_slice(&arms).to_device(device))
+                let logp = p.target_logp(&Tensor::from_slice(&arms).to_device(device))?;
+                Ok(TokenScores {
+                    token_logp: logp.f_unsqueeze(1)?,
+                    mask: Tensor::f_ones([batch.len() as i64, 1], (Kind::Float, device))?,
+                    entropy: p.entropy()?,
+                })
             }
             PolicyModel::Transformer(m) => {
                 let (tokens, mask) =
                     pad_batch(batch.iter().map(|t| (&t.actions[..], &t.policy_mask[..])));
-                m.sequence_logp(&tokens.to_device(device), &mask.to_device(device))
+                m.token_logp(&tokens.to_device(device), &mask.to_device(device))
             }
         }
+    }
+
+    /// The behaviour policy's stored log μ per position, laid out like [`PolicyModel::score`]'s
+    /// `token_logp` ([B, L] on `device`).
+    pub fn behaviour_token_logp(&self, batch: &[&Trajectory], device: Device) -> Result<Tensor> {
+        let rows: Vec<Vec<f32>> = match self {
+            PolicyModel::Tabular(_) => batch.iter().map(|t| vec![t.behaviour_logp]).collect(),
+            PolicyModel::Transformer(_) => {
+                let t = batch.iter().map(|t| t.actions.len()).max().unwrap_or(1).max(2);
+                batch
+                    .iter()
+                    .map(|tr| {
+                        let mut row = vec![0f32; t - 1];
+                        for (j, &lp) in tr.behaviour_token_logp.iter().enumerate().skip(1) {
+                            row[j - 1] = lp;
+                        }
+                        row
+                    })
+                    .collect()
+            }
+        };
+        let (b, l) = (rows.len() as i64, rows.first().map_or(1, Vec::len) as i64);
+        let flat: Vec<f32> = rows.into_iter().flatten().collect();
+        Ok(Tensor::f_from_slice(&flat)?.f_view([b, l])?.f_to_device(device)?)
     }
 }
 

@@ -33,6 +33,12 @@ impl TabularPolicy {
             .f_gather(0, arms, false)?)
     }
 
+    /// H(π) in nats.
+    pub fn entropy(&self) -> Result<f64> {
+        let logp = self.logits.f_log_softmax(0, Kind::Double)?;
+        Ok(-(logp.exp() * &logp).f_sum(Kind::Double)?.double_value(&[]))
+    }
+
     /// The logits as host `f64`.
     pub fn logits(&self) -> Result<Vec<f64>> {
         let flat = self

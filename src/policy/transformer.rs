@@ -9,6 +9,17 @@ use tch::{Kind, Tensor};
 
 use crate::error::Result;
 
+/// Per-token log-probabilities of a batch under the policy.
+#[derive(Debug)]
+pub struct TokenScores {
+    /// [B, L] log π of each position's token (0 where the policy did not write it).
+    pub token_logp: Tensor,
+    /// [B, L] float, 1 where the policy wrote the token.
+    pub mask: Tensor,
+    /// Mean entropy (nats) of π's next-token distribution over the masked positions (detached).
+    pub entropy: f64,
+}
+
 /// The architecture (`[policy]` in the config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -161,12 +172,30 @@ impl Transformer {
     /// Sum over the policy's tokens of log π(token | prefix) for each sequence: `tokens` [B, T]
     /// int64 and `policy_mask` [B, T] float (1 where the policy wrote the token) → [B].
     pub fn sequence_logp(&self, tokens: &Tensor, policy_mask: &Tensor) -> Result<Tensor> {
+        let scored = self.token_logp(tokens, policy_mask)?;
+        Ok(scored.token_logp.f_sum_dim_intlist(-1, false, Kind::Float)?)
+    }
+
+    /// log π of every token given its prefix, in one forward pass: `tokens` [B, T] int64 and
+    /// `policy_mask` [B, T] float → [`TokenScores`] over positions 1..T (masked entries are 0).
+    pub fn token_logp(&self, tokens: &Tensor, policy_mask: &Tensor) -> Result<TokenScores> {
         let t = tokens.size()[1];
         let logits = self.forward(&tokens.narrow(1, 0, t - 1));
         let logp = logits.f_log_softmax(-1, Kind::Float)?;
         let next = tokens.narrow(1, 1, t - 1).unsqueeze(-1);
-        let token_logp = logp.f_gather(-1, &next, false)?.squeeze_dim(-1);
-        Ok((token_logp * policy_mask.narrow(1, 1, t - 1)).sum_dim_intlist(-1, false, Kind::Float))
+        let mask = policy_mask.narrow(1, 1, t - 1);
+        let token_logp = logp.f_gather(-1, &next, false)?.squeeze_dim(-1) * &mask;
+        let entropy = tch::no_grad(|| -> Result<f64> {
+            let per_token = (logp.exp() * &logp).f_sum_dim_intlist(-1, false, Kind::Float)?;
+            let total = (per_token * &mask).f_sum(Kind::Double)?.f_neg()?;
+            let n = mask.f_sum(Kind::Double)?.double_value(&[]).max(1.0);
+            Ok(total.double_value(&[]) / n)
+        })?;
+        Ok(TokenScores {
+            token_logp,
+            mask,
+            entropy,
+        })
     }
 
     /// Starts decoding: `prompts` [B, P] left-padded with `valid` [B, P] bool, in a cache of
