@@ -82,12 +82,40 @@ pub enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// Plot one run's curves, or several runs overlaid, to a PNG.
+    /// Run the Cartesian product of grid values × seeds, one run per point, resumably; write
+    /// summary.csv, table.txt and plots.
+    Sweep {
+        /// The TOML config every point starts from.
+        #[arg(long)]
+        config: PathBuf,
+        /// A swept key and its values, e.g. --grid loss.baseline.delta_v=-0.2,-0.1,0 (repeatable).
+        #[arg(long, value_name = "KEY=V1,V2,…", required = true)]
+        grid: Vec<crate::sweep::Axis>,
+        /// Seeds per grid point: the config's seed, seed + 1, ….
+        #[arg(long, default_value_t = 1)]
+        seeds: usize,
+        /// Runs at a time (default: cores / threads per run).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Sweep directory (default: sweeps/<config name>-<UTC time>). Give an existing one to
+        /// finish it: finished points are skipped, interrupted ones resumed.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override a config key for every point (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Run each point in serial mode (bit-reproducible).
+        #[arg(long)]
+        serial: bool,
+    },
+    /// Plot runs or sweeps. A run directory gives curves (several runs are overlaid); a sweep
+    /// directory gives final.png and curves.png (several sweeps share the figures).
     Plot {
-        /// Run directories.
+        /// Run or sweep directories.
         #[arg(required = true)]
         runs: Vec<PathBuf>,
-        /// Output PNG (default: <run>/curves.png for one run, curves.png otherwise).
+        /// Output PNG for runs (default: <run>/curves.png for one run, curves.png otherwise);
+        /// output directory for sweeps (default: the first sweep's directory).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Plot title.

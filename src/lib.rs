@@ -29,6 +29,7 @@ pub mod replay;
 pub mod reward;
 pub mod rng;
 pub mod rollout;
+pub mod sweep;
 pub mod train;
 pub mod trajectory;
 pub mod warmstart;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use asymre::cli::{Cli, Command};
 use asymre::env::tool_use::{score_jsonl, tasks::Task};
 use asymre::train::{self, Outcome, RunOptions, Summary};
-use asymre::{checkpoint, config, plot, Error, Result};
+use asymre::{checkpoint, config, plot, sweep, Error, Result};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -50,7 +50,7 @@ fn run(cli: Cli) -> Result<u8> {
                 cfg.device = d.into();
             }
             train::resolve_device(cfg.device)?;
-            let dir = out.unwrap_or_else(|| default_run_dir(&path));
+            let dir = out.unwrap_or_else(|| default_dir("runs", &path));
             train::create_run_dir(&dir, &cfg, serial)?;
             eprintln!("run: {}", dir.display());
             let interrupt = install_signal_handlers()?;
@@ -167,7 +167,67 @@ fn run(cli: Cli) -> Result<u8> {
             );
             Ok(0)
         }
+        Command::Sweep {
+            config: path,
+            grid,
+            seeds,
+            jobs,
+            out,
+            overrides,
+            serial,
+        } => {
+            let out = out.unwrap_or_else(|| default_dir("sweeps", &path));
+            let interrupt = install_signal_handlers()?;
+            let args = sweep::SweepArgs {
+                config: path,
+                grid,
+                seeds,
+                jobs,
+                out: out.clone(),
+                overrides,
+                serial,
+            };
+            match sweep::run(&args, &interrupt)? {
+                sweep::SweepOutcome::Finished { runs, table } => {
+                    print!("{table}");
+                    println!(
+                        "{runs} runs; {} has summary.csv, table.txt, final.png and curves.png",
+                        out.display()
+                    );
+                    Ok(0)
+                }
+                sweep::SweepOutcome::Interrupted { code, done, total } => {
+                    eprintln!(
+                        "interrupted with {done} of {total} runs finished; continue with the same command"
+                    );
+                    Ok(code)
+                }
+                sweep::SweepOutcome::Failed { failures } => {
+                    for f in &failures {
+                        eprintln!("failed: {f}");
+                    }
+                    Err(Error::Corrupt(format!(
+                        "{} sweep point(s) failed; the others are in {}/summary.csv",
+                        failures.len(),
+                        out.display()
+                    )))
+                }
+            }
+        }
         Command::Plot { runs, out, title } => {
+            if runs.iter().all(|d| d.join("sweep.json").exists()) {
+                let out = out.unwrap_or_else(|| runs[0].clone());
+                for png in plot::plot_sweeps(&runs, &out)? {
+                    println!("{}", png.display());
+                }
+                return Ok(0);
+            }
+            if let Some(d) = runs.iter().find(|d| d.join("sweep.json").exists()) {
+                return Err(Error::input(format!(
+                    "{}: a sweep; plot sweeps and runs separately",
+                    d.display()
+                )));
+            }
             let series = plot::load_runs(&runs)?;
             let out = out.unwrap_or_else(|| match runs.as_slice() {
                 [one] => one.join("curves.png"),
@@ -177,7 +237,8 @@ fn run(cli: Cli) -> Result<u8> {
                 [one] => one.display().to_string(),
                 _ => "AsymRE on the bandit".into(),
             });
-            plot::plot_curves(&series, plot::BANDIT_PANELS, &title, &out)?;
+            let (cfg, _) = train::open_run_dir(&runs[0])?;
+            plot::plot_curves(&series, plot::panels_for(&cfg), &title, &out)?;
             println!("{}", out.display());
             Ok(0)
         }
@@ -188,6 +249,9 @@ fn report(dir: &Path, outcome: Outcome) -> u8 {
     match outcome {
         Outcome::Finished(s) => {
             print_summary(dir, &s);
+            if let Err(e) = write_run_plot(dir) {
+                eprintln!("warning: curves.png not written: {e}");
+            }
             0
         }
         Outcome::Interrupted { step, code } => {
@@ -198,6 +262,14 @@ fn report(dir: &Path, outcome: Outcome) -> u8 {
             code as u8
         }
     }
+}
+
+/// `<run>/curves.png`, written when a run finishes.
+fn write_run_plot(dir: &Path) -> Result<()> {
+    let (cfg, _) = train::open_run_dir(dir)?;
+    let series = plot::load_runs(&[dir.to_path_buf()])?;
+    let png = dir.join("curves.png");
+    plot::plot_curves(&series, plot::panels_for(&cfg), &dir.display().to_string(), &png)
 }
 
 fn print_summary(dir: &Path, s: &Summary) {
@@ -237,8 +309,8 @@ fn print_summary(dir: &Path, s: &Summary) {
     }
 }
 
-/// `runs/<config stem>-<UTC yyyymmdd-hhmmss>`.
-fn default_run_dir(config: &Path) -> PathBuf {
+/// `<root>/<config stem>-<UTC yyyymmdd-hhmmss>`.
+fn default_dir(root: &str, config: &Path) -> PathBuf {
     let stem = config
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
@@ -250,7 +322,7 @@ fn default_run_dir(config: &Path) -> PathBuf {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
     let base = format!(
-        "runs/{stem}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        "{root}/{stem}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
         rem / 3600,
         rem / 60 % 60,
         rem % 60
