@@ -348,7 +348,12 @@ pub struct ActorShared<'a> {
     /// The learner's current step, for pacing by `max_policy_lag`.
     pub learner_step: &'a AtomicU64,
     pub max_policy_lag: u64,
+    /// `faults.actor_panic_after`: actor 0 panics once after this many messages (0 = never).
+    pub panic_after: u64,
 }
+
+/// Whether the injected actor fault already fired in this process (it fires once).
+static INJECTED_PANIC: AtomicBool = AtomicBool::new(false);
 
 /// The body of an actor thread: refresh weights, respect the lag limit, sample, send; until the
 /// run stops or the learner hangs up.
@@ -357,6 +362,7 @@ pub fn actor_loop(
     tx: Sender<ActorBatch>,
     shared: ActorShared<'_>,
 ) -> Result<()> {
+    let mut sent = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
         if shared.board.version() != actor.version() {
             actor.load(&shared.board.latest())?;
@@ -373,6 +379,14 @@ pub fn actor_loop(
         let batch = actor.act()?;
         if tx.send(batch).is_err() {
             break;
+        }
+        sent += 1;
+        if shared.panic_after > 0
+            && sent >= shared.panic_after
+            && actor.id() == 0
+            && !INJECTED_PANIC.swap(true, Ordering::SeqCst)
+        {
+            panic!("injected fault after {sent} messages (faults.actor_panic_after)");
         }
     }
     Ok(())

@@ -29,6 +29,7 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub checkpoint: CheckpointConfig,
     pub collapse: CollapseConfig,
+    pub faults: FaultsConfig,
 }
 
 impl Default for Config {
@@ -47,6 +48,7 @@ impl Default for Config {
             logging: LoggingConfig::default(),
             checkpoint: CheckpointConfig::default(),
             collapse: CollapseConfig::default(),
+            faults: FaultsConfig::default(),
         }
     }
 }
@@ -261,6 +263,9 @@ pub struct ActorConfig {
     pub group_size: usize,
     /// Messages the actor→learner channel holds before actors block (the back-pressure).
     pub channel_capacity: usize,
+    /// Parallel mode: restart an actor thread that panicked (with a fresh RNG stream) instead of
+    /// stopping the run.
+    pub restart: bool,
 }
 
 impl Default for ActorConfig {
@@ -270,6 +275,7 @@ impl Default for ActorConfig {
             batch_size: 256,
             group_size: 8,
             channel_capacity: 4,
+            restart: false,
         }
     }
 }
@@ -336,6 +342,9 @@ pub struct LearnerConfig {
     pub max_grad_norm: f64,
     /// libtorch intra-op threads (set once for the process, so threads do not oversubscribe).
     pub intra_op_threads: usize,
+    /// Skip (and count, as `nonfinite_skipped`) a batch whose loss or gradient is not finite,
+    /// instead of stopping the run.
+    pub skip_nonfinite: bool,
 }
 
 impl Default for LearnerConfig {
@@ -350,6 +359,7 @@ impl Default for LearnerConfig {
             sync_interval: 100,
             max_grad_norm: 0.0,
             intra_op_threads: 1,
+            skip_nonfinite: false,
         }
     }
 }
@@ -476,6 +486,18 @@ impl Default for LoggingConfig {
             eval_episodes: 200,
         }
     }
+}
+
+/// Injected faults, for testing what a run does when things go wrong. Leave at 0 for real runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultsConfig {
+    /// Parallel mode: actor 0 panics once, after sending this many messages (0 = never).
+    pub actor_panic_after: u64,
+    /// Every this many learner steps the loss is made NaN (0 = never).
+    pub nonfinite_loss_every: u64,
+    /// The checkpoint of this learner step fails half written, as on a full disk (0 = never).
+    pub checkpoint_error_at: u64,
 }
 
 /// When a finished run counts as collapsed (sweep tables and plots): its final reward is at least

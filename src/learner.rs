@@ -53,6 +53,10 @@ pub struct Learner {
     device: Device,
     /// Learner steps taken so far.
     pub step: u64,
+    skip_nonfinite: bool,
+    nonfinite_loss_every: u64,
+    /// Batches skipped because their loss or gradient was not finite.
+    pub nonfinite_skipped: u64,
 }
 
 impl Learner {
@@ -73,6 +77,9 @@ impl Learner {
             max_policy_lag: cfg.replay.max_policy_lag,
             device,
             step: 0,
+            skip_nonfinite: cfg.learner.skip_nonfinite,
+            nonfinite_loss_every: cfg.faults.nonfinite_loss_every,
+            nonfinite_skipped: 0,
         }
     }
 
@@ -129,21 +136,57 @@ impl Learner {
                 group_std: &column(&|t| t.group_std)?,
             },
         )?;
+        let injected =
+            self.nonfinite_loss_every > 0 && (self.step + 1) % self.nonfinite_loss_every == 0;
+        let loss = if injected {
+            loss.f_mul_scalar(f64::NAN)?
+        } else {
+            loss
+        };
         let loss_value = loss.f_double_value(&[])?;
         if !loss_value.is_finite() {
-            return Err(Error::NonFinite {
-                quantity: "loss",
-                step: self.step,
-            });
+            return self.skip_or_fail("loss", stats_base);
         }
         loss.f_backward()?;
-        let info = self.optimizer.step(&self.vars, self.step)?;
+        let info = match self.optimizer.step(&self.vars, self.step) {
+            Ok(info) => info,
+            Err(Error::NonFinite { quantity, .. }) => {
+                Optimizer::zero_grad(&self.vars)?;
+                return self.skip_or_fail(quantity, stats_base);
+            }
+            Err(e) => return Err(e),
+        };
+        if !Optimizer::all_finite(&self.vars)? {
+            // The update itself overflowed: the weights are lost, so no skipping; the run stops
+            // and the last checkpoint (written before this step) stays the last good one.
+            return Err(Error::NonFinite {
+                quantity: "weights after the update",
+                step: self.step + 1,
+            });
+        }
         self.step += 1;
         Ok(StepStats {
             loss: loss_value,
             grad_norm: info.grad_norm,
             entropy: scores.entropy,
             ..stats_base
+        })
+    }
+
+    /// A non-finite `quantity` at this step: skip the batch (counted) or stop with an error.
+    fn skip_or_fail(&mut self, quantity: &'static str, stats: StepStats) -> Result<StepStats> {
+        self.step += 1;
+        if !self.skip_nonfinite {
+            return Err(Error::NonFinite {
+                quantity,
+                step: self.step,
+            });
+        }
+        self.nonfinite_skipped += 1;
+        Ok(StepStats {
+            loss: f64::NAN,
+            grad_norm: f64::NAN,
+            ..stats
         })
     }
 

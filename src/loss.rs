@@ -89,9 +89,11 @@ pub fn grpo_sequence(
     advantage: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    Ok(clipped_surrogate(target_logp, behaviour_logp, advantage, eps)?
-        .f_mean(Kind::Float)?
-        .f_neg()?)
+    Ok(
+        clipped_surrogate(target_logp, behaviour_logp, advantage, eps)?
+            .f_mean(Kind::Float)?
+            .f_neg()?,
+    )
 }
 
 /// Token-level GRPO: −mean_i (1/|y_i|) Σ_t min(ρ_it A_i, clip(ρ_it)A_i) over the policy's tokens.
@@ -365,7 +367,12 @@ mod tests {
         let lp = col(|s| s.0).set_requires_grad(true);
         let loss = f(&lp, &col(|s| s.1), &col(|s| s.2), &col(|s| s.3)).unwrap();
         let (want, want_grad) = naive::weighted(samples, weight);
-        prop_assert!(close(loss.double_value(&[]), want), "{} vs {}", loss.double_value(&[]), want);
+        prop_assert!(
+            close(loss.double_value(&[]), want),
+            "{} vs {}",
+            loss.double_value(&[]),
+            want
+        );
         loss.backward();
         for (g, w) in grad_of(&lp).iter().zip(want_grad) {
             prop_assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{} vs {}", g, w);
@@ -434,9 +441,14 @@ mod tests {
         let lp = t(&[-1.0, -2.5, -0.3]);
         let (r, v) = (t(&[1.0, -0.5, 0.2]), t(&[0.1, 0.1, 0.4]));
         let base = asymre(&lp, &r, &v).unwrap().double_value(&[]);
-        let is = is_reinforce(&lp, &lp, &r, &v, 1.0).unwrap().double_value(&[]);
+        let is = is_reinforce(&lp, &lp, &r, &v, 1.0)
+            .unwrap()
+            .double_value(&[]);
         let tp = topr(&lp, &lp, &r, &v).unwrap().double_value(&[]);
-        assert!((is - base).abs() < 1e-6 && (tp - base).abs() < 1e-6, "{base} {is} {tp}");
+        assert!(
+            (is - base).abs() < 1e-6 && (tp - base).abs() < 1e-6,
+            "{base} {is} {tp}"
+        );
     }
 
     /// GRPO's group advantage is zero-mean and unit-scale within a group; a group whose rewards
@@ -451,7 +463,9 @@ mod tests {
         }
         let lp = t(&[-1.0, -2.0]).set_requires_grad(true);
         let adv = group_advantage(&t(&[1.0, 1.0]), &t(&[1.0, 1.0]), &t(&[0.0, 0.0])).unwrap();
-        grpo_sequence(&lp, &lp.detach(), &adv, 0.2).unwrap().backward();
+        grpo_sequence(&lp, &lp.detach(), &adv, 0.2)
+            .unwrap()
+            .backward();
         assert_eq!(grad_of(&lp), vec![0.0, 0.0]);
     }
 

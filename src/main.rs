@@ -269,7 +269,12 @@ fn write_run_plot(dir: &Path) -> Result<()> {
     let (cfg, _) = train::open_run_dir(dir)?;
     let series = plot::load_runs(&[dir.to_path_buf()])?;
     let png = dir.join("curves.png");
-    plot::plot_curves(&series, plot::panels_for(&cfg), &dir.display().to_string(), &png)
+    plot::plot_curves(
+        &series,
+        plot::panels_for(&cfg),
+        &dir.display().to_string(),
+        &png,
+    )
 }
 
 fn print_summary(dir: &Path, s: &Summary) {

@@ -32,6 +32,8 @@ pub mod tags {
     pub const POLICY_LAG_MAX: &str = "policy_lag_max";
     pub const REPLAY_SIZE: &str = "replay_size";
     pub const STALE_DROPPED: &str = "stale_dropped";
+    /// Batches skipped so far for a non-finite loss or gradient.
+    pub const NONFINITE_SKIPPED: &str = "nonfinite_skipped";
     /// Tool use: share of the batch's episodes whose answer was exactly right.
     pub const COMPLETION: &str = "completion";
     pub const TOOL_PRECISION: &str = "tool_precision";

@@ -111,13 +111,29 @@ impl Optimizer {
             }
             Ok(())
         })?;
+        Self::zero_grad(vars)?;
+        Ok(StepInfo { grad_norm })
+    }
+
+    /// Zeroes the gradients of `vars`.
+    pub fn zero_grad(vars: &[(String, Tensor)]) -> Result<()> {
         for (_, p) in vars {
             let mut g = p.grad();
             if g.defined() {
                 let _ = g.f_zero_()?;
             }
         }
-        Ok(StepInfo { grad_norm })
+        Ok(())
+    }
+
+    /// Whether every value of `vars` is finite.
+    pub fn all_finite(vars: &[(String, Tensor)]) -> Result<bool> {
+        for (_, p) in vars {
+            if !bool::try_from(p.f_isfinite()?.f_all()?)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The step count and the first and second moments as host data.

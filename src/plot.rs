@@ -203,8 +203,8 @@ pub fn plot_curves(series: &[Series], panels: &[Panel], title: &str, out: &Path)
     ensure_font()?;
     let err = |e: String| Error::input(format!("plot {}: {e}", out.display()));
     let (rows, cols) = panel_grid(panels.len());
-    let root = BitMapBackend::new(out, (500 * cols as u32, 40 + 400 * rows as u32))
-        .into_drawing_area();
+    let root =
+        BitMapBackend::new(out, (500 * cols as u32, 40 + 400 * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let root = root
         .titled(title, ("sans-serif", 22))
@@ -348,7 +348,10 @@ fn mean_rows(dirs: &[PathBuf]) -> Result<Vec<serde_json::Map<String, serde_json:
         .map(|keys| {
             keys.into_iter()
                 .filter_map(|(k, (sum, n))| {
-                    Some((k, serde_json::Value::from(serde_json::Number::from_f64(sum / n as f64)?)))
+                    Some((
+                        k,
+                        serde_json::Value::from(serde_json::Number::from_f64(sum / n as f64)?),
+                    ))
                 })
                 .collect()
         })
@@ -365,7 +368,10 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
     for dir in dirs {
         let (m, rows) = crate::sweep::read_rows(dir)?;
         if rows.is_empty() {
-            return Err(Error::input(format!("{}: no finished runs yet", dir.display())));
+            return Err(Error::input(format!(
+                "{}: no finished runs yet",
+                dir.display()
+            )));
         }
         manifests.push(m);
         all.push((dir.clone(), rows));
@@ -380,12 +386,20 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
     // final.png
     type Pick = fn(&crate::sweep::RunRow) -> Option<f64>;
     let mut metrics: Vec<(&str, Pick, Option<Pick>)> = vec![(
-        if bandit { "final E_π[r]" } else { "final train reward" },
+        if bandit {
+            "final E_π[r]"
+        } else {
+            "final train reward"
+        },
         |r| Some(r.final_reward),
         Some(|r| r.predicted_reward),
     )];
     if bandit {
-        metrics.push(("final support size", |r| r.support, Some(|r| r.predicted_support)));
+        metrics.push((
+            "final support size",
+            |r| r.support,
+            Some(|r| r.predicted_support),
+        ));
     } else {
         metrics.push(("final held-out completion", |r| r.final_completion, None));
     }
@@ -395,7 +409,8 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
         let mut lines: Vec<SweepLine> = Vec::new();
         for (dir, rows) in &all {
             for (values, group) in crate::sweep::groups(rows) {
-                let cfg = crate::train::open_run_dir(&crate::sweep::run_dir(dir, &group[0].point))?.0;
+                let cfg =
+                    crate::train::open_run_dir(&crate::sweep::run_dir(dir, &group[0].point))?.0;
                 let name = group_label(&values, x_key.as_deref(), &cfg);
                 let ys: Vec<f64> = group.iter().filter_map(|r| pick(r)).collect();
                 if ys.is_empty() {
@@ -441,7 +456,12 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let final_png = out.join("final.png");
     let x_label = x_key.clone().unwrap_or_else(|| "run".into());
-    draw_sweep_panels(&panels, &x_label, "Final values over seeds (mean ± std)", &final_png)?;
+    draw_sweep_panels(
+        &panels,
+        &x_label,
+        "Final values over seeds (mean ± std)",
+        &final_png,
+    )?;
 
     // curves.png
     let mut series = Vec::new();
@@ -478,7 +498,12 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
         })
         .collect();
     let curves_png = out.join("curves.png");
-    plot_curves(&series, &owned, "Mean over seeds per swept value", &curves_png)?;
+    plot_curves(
+        &series,
+        &owned,
+        "Mean over seeds per swept value",
+        &curves_png,
+    )?;
     Ok(vec![final_png, curves_png])
 }
 
@@ -491,8 +516,8 @@ fn draw_sweep_panels(
     ensure_font()?;
     let err = |e: String| Error::input(format!("plot {}: {e}", out.display()));
     let (rows, cols) = panel_grid(panels.len());
-    let root = BitMapBackend::new(out, (500 * cols as u32, 40 + 400 * rows as u32))
-        .into_drawing_area();
+    let root =
+        BitMapBackend::new(out, (500 * cols as u32, 40 + 400 * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let root = root
         .titled(title, ("sans-serif", 22))
@@ -567,8 +592,14 @@ fn draw_sweep_panels(
                 for &(x, m, s) in &points {
                     let bar = vec![
                         PathElement::new(vec![(x, m - s), (x, m + s)], color.stroke_width(1)),
-                        PathElement::new(vec![(x - w, m - s), (x + w, m - s)], color.stroke_width(1)),
-                        PathElement::new(vec![(x - w, m + s), (x + w, m + s)], color.stroke_width(1)),
+                        PathElement::new(
+                            vec![(x - w, m - s), (x + w, m - s)],
+                            color.stroke_width(1),
+                        ),
+                        PathElement::new(
+                            vec![(x - w, m + s), (x + w, m + s)],
+                            color.stroke_width(1),
+                        ),
                     ];
                     chart.draw_series(bar).map_err(|e| err(e.to_string()))?;
                     chart
@@ -579,7 +610,11 @@ fn draw_sweep_panels(
                 // A loss without the swept knob: a dashed level across the figure.
                 let dashes = dashed(x0, x1, m);
                 chart
-                    .draw_series(dashes.into_iter().map(|seg| PathElement::new(seg, color.stroke_width(2))))
+                    .draw_series(
+                        dashes
+                            .into_iter()
+                            .map(|seg| PathElement::new(seg, color.stroke_width(2))),
+                    )
                     .map_err(|e| err(e.to_string()))?
                     .label(format!("{} (no {})", line.label, short_key(x_label)))
                     .legend(move |(x, y)| {
@@ -593,10 +628,16 @@ fn draw_sweep_panels(
                     .flat_map(|w| dashed_segment(w[0], w[1]))
                     .collect::<Vec<_>>();
                 chart
-                    .draw_series(segments.into_iter().map(|seg| PathElement::new(seg, BLACK.stroke_width(1))))
+                    .draw_series(
+                        segments
+                            .into_iter()
+                            .map(|seg| PathElement::new(seg, BLACK.stroke_width(1))),
+                    )
                     .map_err(|e| err(e.to_string()))?
                     .label(format!("{} (theory)", line.label))
-                    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 6, y)], BLACK.stroke_width(1)));
+                    .legend(|(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 6, y)], BLACK.stroke_width(1))
+                    });
             }
         }
         chart

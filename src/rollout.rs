@@ -213,7 +213,8 @@ mod tests {
         };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         let sample = Decoding::Sample { temperature: 1.0 };
-        let rollouts = rollout(&model, &task, items, limits, sample, &mut rng, Device::Cpu).unwrap();
+        let rollouts =
+            rollout(&model, &task, items, limits, sample, &mut rng, Device::Cpu).unwrap();
         let rows = rollouts
             .iter()
             .map(|r| (&r.episode.tokens[..], &r.episode.policy_mask[..]));
@@ -229,7 +230,11 @@ mod tests {
                 assert!(r.episode.policy_mask[j] || stored == 0.0);
                 sum += stored as f64;
             }
-            assert!((sum - r.behaviour_logp).abs() < 1e-3, "{sum} vs {}", r.behaviour_logp);
+            assert!(
+                (sum - r.behaviour_logp).abs() < 1e-3,
+                "{sum} vs {}",
+                r.behaviour_logp
+            );
         }
         assert!(scores.entropy > 0.0);
     }

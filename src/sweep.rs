@@ -178,12 +178,8 @@ pub fn run(args: &SweepArgs, interrupt: &AtomicUsize) -> Result<SweepOutcome> {
     if args.seeds == 0 {
         return Err(Error::input("--seeds: must be at least 1"));
     }
-    let base_text = std::fs::read_to_string(&args.config).map_err(|e| {
-        Error::input(format!(
-            "cannot read config {}: {e}",
-            args.config.display()
-        ))
-    })?;
+    let base_text = std::fs::read_to_string(&args.config)
+        .map_err(|e| Error::input(format!("cannot read config {}: {e}", args.config.display())))?;
     let base = config::from_toml_str(&base_text, &args.overrides)
         .map_err(|e| Error::input(format!("{}: {e}", args.config.display())))?;
     let manifest = Manifest {
@@ -297,6 +293,15 @@ pub fn run(args: &SweepArgs, interrupt: &AtomicUsize) -> Result<SweepOutcome> {
                     cmd.arg("--serial");
                 }
             }
+            // SAFETY: prctl(2) is async-signal-safe. A point's run stops (with a checkpoint) when
+            // the sweep dies, even by SIGKILL, so a restarted sweep never races an orphan.
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
             for var in ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"] {
                 cmd.env(var, intra.to_string());
             }
@@ -407,10 +412,9 @@ fn moving_average(values: &[f64], window: usize) -> Vec<f64> {
 pub fn read_run(dir: &Path, point: Point) -> Result<RunRow> {
     let (cfg, _) = crate::train::open_run_dir(dir)?;
     let summary_path = dir.join("summary.json");
-    let summary: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&summary_path).at(&summary_path)?,
-    )
-    .map_err(|e| Error::Corrupt(format!("{}: {e}", summary_path.display())))?;
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_path).at(&summary_path)?)
+            .map_err(|e| Error::Corrupt(format!("{}: {e}", summary_path.display())))?;
     let rows = read_jsonl(&dir.join("metrics.jsonl"))?;
     let series = |key: &str| -> Vec<f64> {
         rows.iter()
@@ -428,7 +432,10 @@ pub fn read_run(dir: &Path, point: Point) -> Result<RunRow> {
     let window = cfg.collapse.window;
     let smoothed = moving_average(&series(reward_key), window);
     let final_reward = *smoothed.last().ok_or_else(|| {
-        Error::Corrupt(format!("{}: no {reward_key} in metrics.jsonl", dir.display()))
+        Error::Corrupt(format!(
+            "{}: no {reward_key} in metrics.jsonl",
+            dir.display()
+        ))
     })?;
     let best_reward = smoothed.iter().cloned().fold(f64::MIN, f64::max);
     let entropy = series(tags::ENTROPY);
@@ -442,9 +449,12 @@ pub fn read_run(dir: &Path, point: Point) -> Result<RunRow> {
     let final_completion = summary
         .pointer("/final_heldout/completion")
         .and_then(serde_json::Value::as_f64);
-    let best_completion = (!heldout.is_empty()).then(|| heldout.iter().cloned().fold(0.0, f64::max));
+    let best_completion =
+        (!heldout.is_empty()).then(|| heldout.iter().cloned().fold(0.0, f64::max));
     let reference = if bandit {
-        num("best_arm_reward").unwrap_or(best_reward).max(best_reward)
+        num("best_arm_reward")
+            .unwrap_or(best_reward)
+            .max(best_reward)
     } else {
         best_reward
     };
@@ -548,7 +558,8 @@ pub fn write_reports(out: &Path) -> Result<(usize, String)> {
     header.extend(["entropy".into(), "collapsed".into(), "wall s".into()]);
     let pm = |xs: Vec<f64>, d: usize| {
         let (m, s) = mean_std(&xs);
-        format!("{m:.d$} ± {s:.d$}")
+        // + 0.0 turns −0 into 0.
+        format!("{:.d$} ± {:.d$}", m + 0.0, s + 0.0)
     };
     let mut lines = vec![header];
     for (values, g) in groups(&rows) {
@@ -557,10 +568,7 @@ pub fn write_reports(out: &Path) -> Result<(usize, String)> {
         line.push(pm(g.iter().map(|r| r.final_reward).collect(), 3));
         line.push(pm(g.iter().map(|r| r.best_reward).collect(), 3));
         if tool {
-            line.push(pm(
-                g.iter().filter_map(|r| r.final_completion).collect(),
-                3,
-            ));
+            line.push(pm(g.iter().filter_map(|r| r.final_completion).collect(), 3));
         }
         if bandit {
             line.push(pm(g.iter().filter_map(|r| r.support).collect(), 1));
@@ -578,7 +586,13 @@ pub fn write_reports(out: &Path) -> Result<(usize, String)> {
         lines.push(line);
     }
     let widths: Vec<usize> = (0..lines[0].len())
-        .map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            lines
+                .iter()
+                .map(|l| l[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut table = String::new();
     for (i, l) in lines.iter().enumerate() {
@@ -592,7 +606,11 @@ pub fn write_reports(out: &Path) -> Result<(usize, String)> {
             let _ = writeln!(
                 table,
                 "{}",
-                widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  ")
+                widths
+                    .iter()
+                    .map(|w| "-".repeat(*w))
+                    .collect::<Vec<_>>()
+                    .join("  ")
             );
         }
     }
@@ -636,7 +654,10 @@ mod tests {
 
     #[test]
     fn moving_average_and_mean_std() {
-        assert_eq!(moving_average(&[1.0, 3.0, 5.0, 7.0], 2), [1.0, 2.0, 4.0, 6.0]);
+        assert_eq!(
+            moving_average(&[1.0, 3.0, 5.0, 7.0], 2),
+            [1.0, 2.0, 4.0, 6.0]
+        );
         let (m, s) = mean_std(&[1.0, 3.0]);
         assert_eq!((m, s), (2.0, 1.0));
     }

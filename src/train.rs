@@ -140,6 +140,8 @@ struct Recorder {
     log_every: u64,
     checkpoint_every: u64,
     keep: usize,
+    /// `faults.checkpoint_error_at`: the checkpoint of this step fails as if the disk were full.
+    fail_checkpoint_at: u64,
     total: u64,
     last_row: Option<Row>,
 }
@@ -168,6 +170,7 @@ impl Recorder {
             log_every: cfg.logging.every,
             checkpoint_every: cfg.checkpoint.every,
             keep: cfg.checkpoint.keep,
+            fail_checkpoint_at: cfg.faults.checkpoint_error_at,
             total,
             last_row: None,
         })
@@ -208,6 +211,22 @@ impl Recorder {
     /// Makes the logs durable, then writes the checkpoint.
     fn checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
         self.metrics.flush()?;
+        if self.fail_checkpoint_at > 0 && ckpt.step == self.fail_checkpoint_at {
+            // Injected: a checkpoint write cut short by a full disk.
+            let tmp = self
+                .run_dir
+                .join("checkpoints")
+                .join(format!(".tmp-step_{:09}", ckpt.step));
+            std::fs::create_dir_all(&tmp).at(&tmp)?;
+            std::fs::write(tmp.join("state.json"), b"{\"step\":").at(&tmp)?;
+            return Err(Error::io(
+                tmp.join("weights.safetensors"),
+                std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "no space left on device (injected by faults.checkpoint_error_at)",
+                ),
+            ));
+        }
         checkpoint::save(&self.run_dir, ckpt, self.keep)?;
         Ok(())
     }
@@ -430,6 +449,9 @@ struct SampledState {
     /// Tool use: the warm start's report and held-out evaluation, kept for the summary.
     #[serde(default)]
     warmstart: Option<(WarmstartReport, ScoreMeans, f64)>,
+    /// Batches skipped for a non-finite loss or gradient (`learner.skip_nonfinite`).
+    #[serde(default)]
+    nonfinite_skipped: u64,
 }
 
 /// What a sampled run logs and summarises, per environment.
@@ -549,6 +571,10 @@ impl SampledRun<'_> {
             .push(
                 tags::STALE_DROPPED,
                 self.learner.replay.stale_dropped() as f64,
+            )
+            .push(
+                tags::NONFINITE_SKIPPED,
+                self.learner.nonfinite_skipped as f64,
             );
         if eval_due {
             let e = self.evaluate(Split::Heldout, self.cfg.logging.eval_episodes)?;
@@ -573,6 +599,7 @@ impl SampledRun<'_> {
             last_baseline: self.last_baseline,
             wall_time: self.rec.wall_time(),
             warmstart,
+            nonfinite_skipped: self.learner.nonfinite_skipped,
         };
         let ckpt = Checkpoint {
             step: self.learner.step,
@@ -667,6 +694,7 @@ fn run_sampled(
         learner.load_optimizer_state(s.optimizer_t, ckpt.tensors("optimizer")?)?;
         learner.rng = s.learner_rng.clone();
         learner.replay = s.replay.clone();
+        learner.nonfinite_skipped = s.nonfinite_skipped;
         learner.step = ckpt.step;
         let version = ckpt.step - ckpt.step % cfg.learner.sync_interval;
         behaviour = Some(WeightSnapshot {
@@ -772,7 +800,28 @@ fn run_sampled(
     let interrupted_at = if opts.serial {
         serial_loop(&mut run, actors, actor_states, next_actor, opts)?
     } else {
-        parallel_loop(&mut run, actors, opts)?
+        let (bandit, task) = match &run.env {
+            EnvView::Bandit { bandit, .. } => (Some(bandit.clone()), None),
+            EnvView::ToolUse { task, .. } => (None, Some(task.clone())),
+        };
+        let factory = |id: usize, restart: u64| -> Result<Box<dyn Actor>> {
+            let mut actor: Box<dyn Actor> = match (&bandit, &task) {
+                (Some(b), _) => Box::new(BanditActor::new(cfg, id, b.clone(), &behaviour)?),
+                (_, Some(t)) => Box::new(ToolActor::new(cfg, id, t.clone(), &behaviour)?),
+                _ => unreachable!("a run has a bandit or a task"),
+            };
+            // A fresh RNG stream and prompt range, so the restarted actor repeats no draws.
+            actor.set_state(ActorState {
+                rng: crate::rng::stream(
+                    cfg.seed,
+                    crate::rng::Role::Actor,
+                    restart << 40 | id as u64,
+                ),
+                next_prompt: restart << 44 | (id as u64) << 36,
+            });
+            Ok(actor)
+        };
+        parallel_loop(&mut run, actors, &factory, opts)?
     };
     if let Some(code) = interrupted_at {
         run.rec.finish()?;
@@ -856,10 +905,14 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
+/// Builds actor `id` afresh, for restarting one that panicked (`restart` counts from 1).
+type ActorFactory<'a> = dyn Fn(usize, u64) -> Result<Box<dyn Actor>> + Sync + 'a;
+
 /// N actor threads feeding the learner thread through a bounded channel.
 fn parallel_loop(
     run: &mut SampledRun,
     actors: Vec<Box<dyn Actor>>,
+    factory: &ActorFactory,
     opts: &RunOptions,
 ) -> Result<Option<i32>> {
     let board = SnapshotBoard::new(run.behaviour.clone());
@@ -867,35 +920,62 @@ fn parallel_loop(
     let learner_step = AtomicU64::new(run.learner.step);
     let failure = ActorFailure::default();
     let (tx, rx) = bounded::<ActorBatch>(run.cfg.actor.channel_capacity);
+    let restart = run.cfg.actor.restart;
     std::thread::scope(|scope| {
         let mut handles = Vec::new();
         for actor in actors {
             let id = actor.id();
             let tx = tx.clone();
-            let shared = ActorShared {
-                board: &board,
-                stop: &stop,
-                learner_step: &learner_step,
-                max_policy_lag: run.cfg.replay.max_policy_lag,
-            };
+            let (board, learner_step) = (&board, &learner_step);
+            let max_policy_lag = run.cfg.replay.max_policy_lag;
+            let panic_after = run.cfg.faults.actor_panic_after;
             let (stop, failure) = (&stop, &failure);
             let handle = std::thread::Builder::new()
                 .name(format!("actor-{id}"))
                 .spawn_scoped(scope, move || {
-                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        actor_loop(actor, tx, shared)
-                    }));
-                    let err = match result {
-                        Ok(Ok(())) => None,
-                        Ok(Err(e)) => Some(e),
-                        Err(payload) => Some(Error::ActorPanic {
-                            id,
-                            message: panic_message(payload.as_ref()),
-                        }),
-                    };
-                    if let Some(e) = err {
-                        failure.set(e);
+                    let mut next = Some(actor);
+                    let mut restarts = 0u64;
+                    loop {
+                        let actor = match next.take() {
+                            Some(a) => a,
+                            None => match factory(id, restarts) {
+                                Ok(a) => a,
+                                Err(e) => {
+                                    failure.set(e);
+                                    stop.store(true, Ordering::Relaxed);
+                                    return;
+                                }
+                            },
+                        };
+                        let shared = ActorShared {
+                            board,
+                            stop,
+                            learner_step,
+                            max_policy_lag,
+                            panic_after,
+                        };
+                        let tx = tx.clone();
+                        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            actor_loop(actor, tx, shared)
+                        }));
+                        let err = match result {
+                            Ok(Ok(())) => return,
+                            Ok(Err(e)) => e,
+                            Err(payload) => {
+                                let message = panic_message(payload.as_ref());
+                                if restart && !stop.load(Ordering::Relaxed) {
+                                    restarts += 1;
+                                    eprintln!(
+                                        "actor {id} panicked: {message}; restarting it (restart {restarts})"
+                                    );
+                                    continue;
+                                }
+                                Error::ActorPanic { id, message }
+                            }
+                        };
+                        failure.set(err);
                         stop.store(true, Ordering::Relaxed);
+                        return;
                     }
                 })
                 .map_err(|e| Error::io("actor thread", e))?;
@@ -943,6 +1023,8 @@ fn learner_loop(
     let total = run.cfg.env.total_steps();
     while run.learner.step < total {
         if let Some(err) = shared.failure.take() {
+            // Stop cleanly: what the learner has is sound, so keep it.
+            run.checkpoint(Vec::new(), 0)?;
             return Err(err);
         }
         if let Some(code) = interrupted(opts) {

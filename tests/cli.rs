@@ -5,72 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_asymre"))
-}
-
-/// A small sampled bandit run: 20 arms, 4 rounds × 50 steps.
-const TINY: &str = r#"
-seed = 3
-[env]
-mode = "sampled"
-arms = 20
-behaviour_init = "linear"
-rounds = 4
-steps_per_round = 50
-[actor]
-threads = 2
-batch_size = 64
-group_size = 4
-[replay]
-capacity = 1024
-[learner]
-optimizer = "sgd"
-lr = 1.0
-batch_size = 64
-sync_interval = 10
-[logging]
-every = 10
-tensorboard = true
-progress = false
-[checkpoint]
-every = 50
-"#;
-
-fn write_config(dir: &Path, text: &str) -> PathBuf {
-    let path = dir.join("c.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn train(config: &Path, out: &Path, extra: &[&str]) -> Output {
-    bin()
-        .args(["train", "--config"])
-        .arg(config)
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-/// metrics.jsonl rows without the wall-clock columns.
-fn metrics(run: &Path) -> Vec<Map<String, Value>> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    text.lines()
-        .map(|l| {
-            let mut row: Map<String, Value> =
-                serde_json::from_str(l).expect("every line is complete JSON");
-            row.remove("samples_per_sec");
-            row.remove("wall_time");
-            row
-        })
-        .collect()
-}
+mod common;
+use common::*;
 
 #[test]
 fn bad_input_is_one_line_exit_2_and_writes_nothing() {

@@ -89,7 +89,12 @@ impl PolicyModel {
         let rows: Vec<Vec<f32>> = match self {
             PolicyModel::Tabular(_) => batch.iter().map(|t| vec![t.behaviour_logp]).collect(),
             PolicyModel::Transformer(_) => {
-                let t = batch.iter().map(|t| t.actions.len()).max().unwrap_or(1).max(2);
+                let t = batch
+                    .iter()
+                    .map(|t| t.actions.len())
+                    .max()
+                    .unwrap_or(1)
+                    .max(2);
                 batch
                     .iter()
                     .map(|tr| {
@@ -104,7 +109,9 @@ impl PolicyModel {
         };
         let (b, l) = (rows.len() as i64, rows.first().map_or(1, Vec::len) as i64);
         let flat: Vec<f32> = rows.into_iter().flatten().collect();
-        Ok(Tensor::f_from_slice(&flat)?.f_view([b, l])?.f_to_device(device)?)
+        Ok(Tensor::f_from_slice(&flat)?
+            .f_view([b, l])?
+            .f_to_device(device)?)
     }
 }
 

@@ -173,7 +173,9 @@ impl Transformer {
     /// int64 and `policy_mask` [B, T] float (1 where the policy wrote the token) → [B].
     pub fn sequence_logp(&self, tokens: &Tensor, policy_mask: &Tensor) -> Result<Tensor> {
         let scored = self.token_logp(tokens, policy_mask)?;
-        Ok(scored.token_logp.f_sum_dim_intlist(-1, false, Kind::Float)?)
+        Ok(scored
+            .token_logp
+            .f_sum_dim_intlist(-1, false, Kind::Float)?)
     }
 
     /// log π of every token given its prefix, in one forward pass: `tokens` [B, T] int64 and

@@ -1,0 +1,325 @@
+//! Fault injection on the real binary: runaway numerics, dead actors, failed checkpoint writes,
+//! killed sweeps, and random bad input. Faults are injected through the `[faults]` config keys.
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+mod common;
+use common::*;
+
+fn last_checkpoint(run: &Path) -> String {
+    std::fs::read_to_string(run.join("checkpoints/latest")).unwrap()
+}
+
+fn run_with(tmp: &Path, name: &str, sets: &[&str], serial: bool) -> (Output, std::path::PathBuf) {
+    let cfg = write_config(tmp, TINY);
+    let out = tmp.join(name);
+    let mut extra: Vec<&str> = Vec::new();
+    for s in sets {
+        extra.push("--set");
+        extra.push(s);
+    }
+    if serial {
+        extra.push("--serial");
+    }
+    (train(&cfg, &out, &extra), out)
+}
+
+#[test]
+fn a_nonfinite_loss_stops_the_run_naming_step_and_quantity_and_keeps_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (o, run) = run_with(
+        tmp.path(),
+        "nan",
+        &["faults.nonfinite_loss_every=120"],
+        false,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("non-finite loss at step 120"), "{err}");
+    assert_eq!(last_checkpoint(&run), "step_000000100");
+    assert!(!run.join("summary.json").exists());
+
+    // An absurd learning rate: the weights overflow; the run stops the same way.
+    let sets = ["learner.optimizer=adam", "learner.lr=1e38"];
+    let (o, run) = run_with(tmp.path(), "lr", &sets, false);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("non-finite"), "{}", stderr(&o));
+    let rows = metrics(&run);
+    assert!(rows.len() < 21, "the run went on after the overflow");
+}
+
+#[test]
+fn skip_nonfinite_skips_and_counts_the_bad_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sets = [
+        "faults.nonfinite_loss_every=30",
+        "learner.skip_nonfinite=true",
+    ];
+    let (o, run) = run_with(tmp.path(), "skip", &sets, true);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = metrics(&run);
+    let last = rows.last().unwrap();
+    assert_eq!(last["step"], 200);
+    // Steps 30, 60, …, 180 were skipped.
+    assert_eq!(last["nonfinite_skipped"].as_f64(), Some(6.0));
+    assert!(rows.iter().all(|r| r.get("expected_reward").is_some()));
+}
+
+#[test]
+fn a_panicking_actor_is_reported_by_id_or_restarted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (o, run) = run_with(tmp.path(), "dead", &["faults.actor_panic_after=3"], false);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("actor 0 panicked: injected fault after 3 messages"),
+        "{err}"
+    );
+    // Stopped cleanly: a checkpoint of where the learner got to, loadable by resume.
+    assert!(run.join("checkpoints/latest").exists());
+    assert!(!run.join("summary.json").exists());
+
+    let sets = ["faults.actor_panic_after=3", "actor.restart=true"];
+    let (o, run) = run_with(tmp.path(), "restarted", &sets, false);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("actor 0 panicked"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("restarting it (restart 1)"));
+    assert!(run.join("summary.json").exists());
+    assert_eq!(metrics(&run).last().unwrap()["step"], 200);
+}
+
+#[test]
+fn a_failed_checkpoint_write_keeps_the_earlier_one_and_resume_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (o, run) = run_with(
+        tmp.path(),
+        "full",
+        &["faults.checkpoint_error_at=150"],
+        true,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("no space left on device"), "{err}");
+    assert!(err.lines().count() <= 2, "{err}");
+    assert_eq!(last_checkpoint(&run), "step_000000100");
+    assert!(run.join("checkpoints/.tmp-step_000000150").exists());
+
+    // Space freed (the fault removed from the run's config): resume finishes the run, and its
+    // metrics equal an uninterrupted run's.
+    let cfg_path = run.join("config.toml");
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(
+        &cfg_path,
+        text.replace("checkpoint_error_at = 150", "checkpoint_error_at = 0"),
+    )
+    .unwrap();
+    let o = bin().arg("resume").arg(&run).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!run.join("checkpoints/.tmp-step_000000150").exists());
+    let (o, clean) = run_with(tmp.path(), "clean", &[], true);
+    assert!(o.status.success());
+    assert_eq!(metrics(&run), metrics(&clean));
+}
+
+#[test]
+fn an_unwritable_run_directory_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let cfg = write_config(tmp.path(), TINY);
+    let o = train(&cfg, &file.join("run"), &[]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("plain-file/run"), "{err}");
+}
+
+fn sweep(cfg: &Path, out: &Path) -> std::process::Command {
+    let mut c = bin();
+    c.args(["sweep", "--config"])
+        .arg(cfg)
+        .arg("--out")
+        .arg(out)
+        .args([
+            "--grid",
+            "loss.baseline.delta_v=-0.2,-0.1,0",
+            "--seeds",
+            "2",
+        ])
+        .args(["--jobs", "1", "--serial"]);
+    c
+}
+
+#[test]
+fn a_killed_sweep_restarted_finishes_only_the_missing_points() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), &TINY.replace("rounds = 4", "rounds = 40"));
+    let out = tmp.path().join("sweep");
+    let mut child = sweep(&cfg, &out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = out.join("runs/loss.baseline.delta_v=-0.2__seed=3/summary.json");
+    let start = Instant::now();
+    while !first.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no point finished"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stamp = std::fs::metadata(&first).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The point that was running got SIGTERM from the dying sweep; let it checkpoint and exit.
+    std::thread::sleep(Duration::from_secs(2));
+
+    let o = sweep(&cfg, &out).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let todo: usize = err
+        .split("runs (")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(todo < 6, "{err}");
+    assert_eq!(
+        std::fs::metadata(&first).unwrap().modified().unwrap(),
+        stamp
+    );
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 7, "{csv}");
+
+    // Every run equals the same point run alone, uninterrupted.
+    for (dv, seed) in [("-0.1", 4), ("0", 3)] {
+        let name = format!("loss.baseline.delta_v={dv}__seed={seed}");
+        let alone = tmp.path().join(format!("alone{dv}{seed}"));
+        let sets = [
+            format!("loss.baseline.delta_v={dv}"),
+            format!("seed={seed}"),
+            // What the sweep gave each run: the cores shared by one job.
+            format!(
+                "learner.intra_op_threads={}",
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            ),
+        ];
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let cfg40 = write_config(tmp.path(), &TINY.replace("rounds = 4", "rounds = 40"));
+        let mut extra = vec!["--serial"];
+        for s in &sets {
+            extra.extend(["--set", s]);
+        }
+        assert!(train(&cfg40, &alone, &extra).status.success());
+        assert_eq!(
+            metrics(&out.join("runs").join(&name)),
+            metrics(&alone),
+            "{name}"
+        );
+    }
+    // Started again when complete: nothing to do.
+    let o = sweep(&cfg, &out).output().unwrap();
+    assert!(o.status.success());
+    assert!(stderr(&o).contains("(0 to do)"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_sweep_with_a_bad_grid_is_refused_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), TINY);
+    let out = tmp.path().join("sweep");
+    for grid in [
+        "loss.baseline.delta_v=-0.1,abc",
+        "no.such.key=1,2",
+        "loss.kind=asymre,nope",
+    ] {
+        let o = bin()
+            .args(["sweep", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&out)
+            .args(["--grid", grid])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{grid}: {}", stderr(&o));
+        assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+        assert!(!out.exists());
+    }
+}
+
+/// TOML-ish text: the tiny config with random edits, or random printable noise.
+fn mutated_config() -> impl Strategy<Value = String> {
+    let lines: Vec<String> = TINY.lines().map(str::to_string).collect();
+    prop_oneof![
+        (0..lines.len(), "[ -~]{0,24}").prop_map({
+            let lines = lines.clone();
+            move |(i, junk)| {
+                let mut l = lines.clone();
+                l[i] = junk;
+                l.join("\n")
+            }
+        }),
+        (0..lines.len(), "[-0-9.e+]{1,8}|\"[a-z]{0,6}\"|true|\\[\\]").prop_map({
+            let lines = lines.clone();
+            move |(i, value)| {
+                let mut l = lines.clone();
+                if let Some((k, _)) = l[i].split_once('=') {
+                    l[i] = format!("{k}= {value}");
+                }
+                l.join("\n")
+            }
+        }),
+        "[ -~\n]{0,200}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// A mangled config or `--set` never panics: it prints the resolved config (exit 0) or one
+    /// clear line (exit 2).
+    #[test]
+    fn mangled_configs_and_overrides_exit_0_or_2_with_one_line(
+        text in mutated_config(),
+        set in "[a-z._]{1,24}=[ -~]{0,12}",
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = write_config(tmp.path(), &text);
+        for extra in [vec![], vec!["--set".to_string(), set.clone()]] {
+            let o = bin().args(["config", "--config"]).arg(&path).args(&extra).output().unwrap();
+            let code = o.status.code();
+            prop_assert!(code == Some(0) || code == Some(2), "{:?}: {}", code, stderr(&o));
+            if code == Some(2) {
+                prop_assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+            }
+        }
+    }
+
+    /// Random bytes and truncated JSON lines fed to `score` never panic; bad lines are reported
+    /// by number and the rest is scored.
+    #[test]
+    fn score_survives_garbage(
+        noise in prop::collection::vec(any::<u8>(), 0..300),
+        cut in 1usize..60,
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let good = r#"{"prompt": "what is 2 + 3 ?", "calls": [{"name": "add", "arguments": {"a": 2, "b": 3}}], "answer": "5"}"#;
+        let mut bytes = format!("{good}\n{}\n", &good[..cut.min(good.len() - 1)]).into_bytes();
+        bytes.extend(&noise);
+        bytes.extend(format!("\n{good}\n").as_bytes());
+        let path = tmp.path().join("e.jsonl");
+        std::fs::write(&path, &bytes).unwrap();
+        let o = bin().args(["score", "--task", "calc"]).arg(&path).output().unwrap();
+        prop_assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let err = stderr(&o);
+        prop_assert!(err.contains("e.jsonl:2:"), "{}", err);
+        prop_assert!(!err.contains("panicked"));
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        prop_assert!(out.contains("\n1\t"), "{}", out);
+    }
+}
