@@ -348,7 +348,8 @@ pub struct ActorShared<'a> {
     /// The learner's current step, for pacing by `max_policy_lag`.
     pub learner_step: &'a AtomicU64,
     pub max_policy_lag: u64,
-    /// `faults.actor_panic_after`: actor 0 panics once after this many messages (0 = never).
+    /// `faults.actor_panic_after`: the first actor to send this many messages panics, once
+    /// per process (0 = never).
     pub panic_after: u64,
 }
 
@@ -383,7 +384,6 @@ pub fn actor_loop(
         sent += 1;
         if shared.panic_after > 0
             && sent >= shared.panic_after
-            && actor.id() == 0
             && !INJECTED_PANIC.swap(true, Ordering::SeqCst)
         {
             panic!("injected fault after {sent} messages (faults.actor_panic_after)");

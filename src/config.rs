@@ -492,7 +492,7 @@ impl Default for LoggingConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FaultsConfig {
-    /// Parallel mode: actor 0 panics once, after sending this many messages (0 = never).
+    /// Parallel mode: the first actor to send this many messages panics, once (0 = never).
     pub actor_panic_after: u64,
     /// Every this many learner steps the loss is made NaN (0 = never).
     pub nonfinite_loss_every: u64,
