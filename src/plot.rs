@@ -117,6 +117,7 @@ fn color(i: usize) -> RGBAColor {
 }
 
 /// One panel of a figure.
+#[derive(Debug, Clone, Copy)]
 pub struct Panel {
     /// The metric key.
     pub key: &'static str,
@@ -198,19 +199,38 @@ fn panel_grid(n: usize) -> (usize, usize) {
     (n.div_ceil(cols), cols)
 }
 
-/// Draws one panel per metric, one line per series, into a PNG.
-pub fn plot_curves(series: &[Series], panels: &[Panel], title: &str, out: &Path) -> Result<()> {
+/// An error of drawing `out`, as one line naming it.
+fn plot_error(out: &Path) -> impl Fn(String) -> Error + '_ {
+    move |e| Error::input(format!("plot {}: {e}", out.display()))
+}
+
+/// Draws a PNG of `n` panels, at most three to a row, under `title`: `draw` fills panel k.
+fn draw_figure(
+    out: &Path,
+    n: usize,
+    title: &str,
+    mut draw: impl FnMut(&DrawingArea<BitMapBackend, plotters::coord::Shift>, usize) -> Result<()>,
+) -> Result<()> {
     ensure_font()?;
-    let err = |e: String| Error::input(format!("plot {}: {e}", out.display()));
-    let (rows, cols) = panel_grid(panels.len());
+    let err = plot_error(out);
+    let (rows, cols) = panel_grid(n);
     let root =
         BitMapBackend::new(out, (500 * cols as u32, 40 + 400 * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let root = root
         .titled(title, ("sans-serif", 22))
         .map_err(|e| err(e.to_string()))?;
-    let areas = root.split_evenly((rows, cols));
-    for (area, panel) in areas.iter().zip(panels) {
+    for (k, area) in root.split_evenly((rows, cols)).iter().enumerate().take(n) {
+        draw(area, k)?;
+    }
+    root.present().map_err(|e| err(e.to_string()))
+}
+
+/// Draws one panel per metric, one line per series, into a PNG.
+pub fn plot_curves(series: &[Series], panels: &[Panel], title: &str, out: &Path) -> Result<()> {
+    let err = plot_error(out);
+    draw_figure(out, panels.len(), title, |area, k| {
+        let panel = &panels[k];
         let lines: Vec<(usize, Vec<(f64, f64)>)> = series
             .iter()
             .enumerate()
@@ -226,7 +246,7 @@ pub fn plot_curves(series: &[Series], panels: &[Panel], title: &str, out: &Path)
             y1 = y1.max(y);
         }
         if lines.is_empty() {
-            continue;
+            return Ok(());
         }
         if x1 <= x0 {
             x1 = x0 + 1.0;
@@ -271,9 +291,8 @@ pub fn plot_curves(series: &[Series], panels: &[Panel], title: &str, out: &Path)
             })
             .draw()
             .map_err(|e| err(e.to_string()))?;
-    }
-    root.present().map_err(|e| err(e.to_string()))?;
-    Ok(())
+        Ok(())
+    })
 }
 
 /// One line of a sweep's summary figure: points (x, mean, std) or, for a group with no x value,
@@ -363,8 +382,15 @@ fn mean_rows(dirs: &[PathBuf]) -> Result<Vec<serde_json::Map<String, serde_json:
 /// and `curves.png` (mean curves per swept value). Several sweeps (e.g. AsymRE over δV and the
 /// comparison losses) share the figures.
 pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
+    /// The runs of one grid point (seeds pooled), with their config read once.
+    struct Group {
+        values: Vec<(String, String)>,
+        rows: Vec<crate::sweep::RunRow>,
+        dirs: Vec<PathBuf>,
+        cfg: Config,
+    }
     let mut manifests = Vec::new();
-    let mut all = Vec::new();
+    let mut groups = Vec::new();
     for dir in dirs {
         let (m, rows) = crate::sweep::read_rows(dir)?;
         if rows.is_empty() {
@@ -374,14 +400,22 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
             )));
         }
         manifests.push(m);
-        all.push((dir.clone(), rows));
+        for (values, group) in crate::sweep::groups(&rows) {
+            let dirs: Vec<PathBuf> = group
+                .iter()
+                .map(|r| crate::sweep::run_dir(dir, &r.point))
+                .collect();
+            let cfg = crate::train::open_run_dir(&dirs[0])?.0;
+            groups.push(Group {
+                values,
+                rows: group.into_iter().cloned().collect(),
+                dirs,
+                cfg,
+            });
+        }
     }
     let x_key = numeric_axis(&manifests);
-    let first_cfg = {
-        let (dir, rows) = &all[0];
-        crate::train::open_run_dir(&crate::sweep::run_dir(dir, &rows[0].point))?.0
-    };
-    let bandit = first_cfg.env.kind == crate::config::EnvKind::Bandit;
+    let bandit = groups[0].cfg.env.kind == crate::config::EnvKind::Bandit;
 
     // final.png
     type Pick = fn(&crate::sweep::RunRow) -> Option<f64>;
@@ -407,44 +441,40 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
     let mut panels: Vec<(String, Vec<SweepLine>)> = Vec::new();
     for (label, pick, theory) in &metrics {
         let mut lines: Vec<SweepLine> = Vec::new();
-        for (dir, rows) in &all {
-            for (values, group) in crate::sweep::groups(rows) {
-                let cfg =
-                    crate::train::open_run_dir(&crate::sweep::run_dir(dir, &group[0].point))?.0;
-                let name = group_label(&values, x_key.as_deref(), &cfg);
-                let ys: Vec<f64> = group.iter().filter_map(|r| pick(r)).collect();
-                if ys.is_empty() {
-                    continue;
+        for g in &groups {
+            let name = group_label(&g.values, x_key.as_deref(), &g.cfg);
+            let ys: Vec<f64> = g.rows.iter().filter_map(pick).collect();
+            if ys.is_empty() {
+                continue;
+            }
+            let (m, s) = crate::sweep::mean_std(&ys);
+            let x = x_key
+                .as_ref()
+                .and_then(|k| g.values.iter().find(|(kk, _)| kk == k))
+                .and_then(|(_, v)| v.parse::<f64>().ok());
+            let line = match lines.iter_mut().position(|l| l.label == name) {
+                Some(i) => &mut lines[i],
+                None => {
+                    lines.push(SweepLine {
+                        label: name,
+                        points: Vec::new(),
+                        flat: None,
+                        theory: Vec::new(),
+                    });
+                    lines.last_mut().expect("just pushed")
                 }
-                let (m, s) = crate::sweep::mean_std(&ys);
-                let x = x_key
-                    .as_ref()
-                    .and_then(|k| values.iter().find(|(kk, _)| kk == k))
-                    .and_then(|(_, v)| v.parse::<f64>().ok());
-                let line = match lines.iter_mut().position(|l| l.label == name) {
-                    Some(i) => &mut lines[i],
-                    None => {
-                        lines.push(SweepLine {
-                            label: name,
-                            points: Vec::new(),
-                            flat: None,
-                            theory: Vec::new(),
-                        });
-                        lines.last_mut().expect("just pushed")
-                    }
-                };
-                match x {
-                    Some(x) => {
-                        line.points.push((x, m, s));
-                        if let Some(t) = theory {
-                            let ts: Vec<f64> = group.iter().filter_map(|r| t(r)).collect();
-                            if ts.len() == group.len() {
-                                line.theory.push((x, crate::sweep::mean_std(&ts).0));
-                            }
+            };
+            match x {
+                Some(x) => {
+                    line.points.push((x, m, s));
+                    if let Some(t) = theory {
+                        let ts: Vec<f64> = g.rows.iter().filter_map(t).collect();
+                        if ts.len() == g.rows.len() {
+                            line.theory.push((x, crate::sweep::mean_std(&ts).0));
                         }
                     }
-                    None => line.flat = Some((m, s)),
                 }
+                None => line.flat = Some((m, s)),
             }
         }
         for l in &mut lines {
@@ -464,43 +494,24 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
     )?;
 
     // curves.png
-    let mut series = Vec::new();
-    for (dir, rows) in &all {
-        for (values, group) in crate::sweep::groups(rows) {
-            let cfg = crate::train::open_run_dir(&crate::sweep::run_dir(dir, &group[0].point))?.0;
-            let label = group_label(&values, None, &cfg);
-            let dirs: Vec<PathBuf> = group
-                .iter()
-                .map(|r| crate::sweep::run_dir(dir, &r.point))
-                .collect();
-            series.push(Series {
-                label,
-                rows: mean_rows(&dirs)?,
-            });
-        }
-    }
-    let curve_panels: &[Panel] = if bandit {
-        BANDIT_PANELS
-    } else {
-        &TOOL_PANELS[..2]
-    };
-    let mut curve_panels: Vec<&Panel> = curve_panels.iter().collect();
-    if !bandit {
-        curve_panels.push(&TOOL_PANELS[3]);
-    }
-    let owned: Vec<Panel> = curve_panels
+    let series = groups
         .iter()
-        .map(|p| Panel {
-            key: p.key,
-            label: p.label,
-            decimals: p.decimals,
-            legend_low: p.legend_low,
+        .map(|g| {
+            Ok(Series {
+                label: group_label(&g.values, None, &g.cfg),
+                rows: mean_rows(&g.dirs)?,
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
+    let curve_panels: Vec<Panel> = if bandit {
+        BANDIT_PANELS.to_vec()
+    } else {
+        vec![TOOL_PANELS[0], TOOL_PANELS[1], TOOL_PANELS[3]]
+    };
     let curves_png = out.join("curves.png");
     plot_curves(
         &series,
-        &owned,
+        &curve_panels,
         "Mean over seeds per swept value",
         &curves_png,
     )?;
@@ -513,16 +524,9 @@ fn draw_sweep_panels(
     title: &str,
     out: &Path,
 ) -> Result<()> {
-    ensure_font()?;
-    let err = |e: String| Error::input(format!("plot {}: {e}", out.display()));
-    let (rows, cols) = panel_grid(panels.len());
-    let root =
-        BitMapBackend::new(out, (500 * cols as u32, 40 + 400 * rows as u32)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    let root = root
-        .titled(title, ("sans-serif", 22))
-        .map_err(|e| err(e.to_string()))?;
-    for (area, (label, lines)) in root.split_evenly((rows, cols)).iter().zip(panels) {
+    let err = plot_error(out);
+    draw_figure(out, panels.len(), title, |area, k| {
+        let (label, lines) = &panels[k];
         let xs = lines.iter().flat_map(|l| l.points.iter().map(|p| p.0));
         let (mut x0, mut x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
         if x0 > x1 {
@@ -541,7 +545,7 @@ fn draw_sweep_panels(
         });
         let (mut y0, mut y1) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
         if y0 > y1 {
-            continue;
+            return Ok(());
         }
         let pad = ((y1 - y0) * 0.08).max(1e-3);
         (y0, y1) = (y0 - pad, y1 + pad);
@@ -648,9 +652,8 @@ fn draw_sweep_panels(
             .position(SeriesLabelPosition::LowerLeft)
             .draw()
             .map_err(|e| err(e.to_string()))?;
-    }
-    root.present().map_err(|e| err(e.to_string()))?;
-    Ok(())
+        Ok(())
+    })
 }
 
 /// A horizontal dashed line at `y` from `x0` to `x1`, as segments.
