@@ -770,17 +770,23 @@ fn run_sampled(
         }
         run.rec.log(row, 0)?;
     }
-    let mut actors: Vec<Box<dyn Actor>> = (0..cfg.actor.threads)
-        .map(|id| -> Result<Box<dyn Actor>> {
-            Ok(match &run.env {
-                EnvView::Bandit { bandit, .. } => {
-                    Box::new(BanditActor::new(cfg, id, bandit.clone(), &behaviour)?)
-                }
-                EnvView::ToolUse { task, .. } => {
-                    Box::new(ToolActor::new(cfg, id, task.clone(), &behaviour)?)
-                }
-            })
+    // What an actor needs of the environment, owned, so actors can also be rebuilt mid-run.
+    enum ActorEnv {
+        Bandit(Bandit),
+        ToolUse(Task),
+    }
+    let actor_env = match &run.env {
+        EnvView::Bandit { bandit, .. } => ActorEnv::Bandit(bandit.clone()),
+        EnvView::ToolUse { task, .. } => ActorEnv::ToolUse(task.clone()),
+    };
+    let build_actor = |id: usize| -> Result<Box<dyn Actor>> {
+        Ok(match &actor_env {
+            ActorEnv::Bandit(b) => Box::new(BanditActor::new(cfg, id, b.clone(), &behaviour)?),
+            ActorEnv::ToolUse(t) => Box::new(ToolActor::new(cfg, id, t.clone(), &behaviour)?),
         })
+    };
+    let mut actors: Vec<Box<dyn Actor>> = (0..cfg.actor.threads)
+        .map(build_actor)
         .collect::<Result<Vec<_>>>()?;
     if !opts.serial && run.learner.step > 0 {
         // A resumed parallel run must not replay the random draws of its first session.
@@ -800,16 +806,8 @@ fn run_sampled(
     let interrupted_at = if opts.serial {
         serial_loop(&mut run, actors, actor_states, next_actor, opts)?
     } else {
-        let (bandit, task) = match &run.env {
-            EnvView::Bandit { bandit, .. } => (Some(bandit.clone()), None),
-            EnvView::ToolUse { task, .. } => (None, Some(task.clone())),
-        };
         let factory = |id: usize, restart: u64| -> Result<Box<dyn Actor>> {
-            let mut actor: Box<dyn Actor> = match (&bandit, &task) {
-                (Some(b), _) => Box::new(BanditActor::new(cfg, id, b.clone(), &behaviour)?),
-                (_, Some(t)) => Box::new(ToolActor::new(cfg, id, t.clone(), &behaviour)?),
-                _ => unreachable!("a run has a bandit or a task"),
-            };
+            let mut actor = build_actor(id)?;
             // A fresh RNG stream and prompt range, so the restarted actor repeats no draws.
             actor.set_state(ActorState {
                 rng: crate::rng::stream(
