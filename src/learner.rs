@@ -116,24 +116,31 @@ impl Learner {
             ..StepStats::default()
         };
 
-        let column = |f: &dyn Fn(&Trajectory) -> f32| -> Result<Tensor> {
-            let v: Vec<f32> = batch.iter().map(|t| f(t)).collect();
-            Ok(Tensor::f_from_slice(&v)?.f_to_device(self.device)?)
-        };
         let reward = Tensor::f_from_slice(&reward)?.f_to_device(self.device)?;
         let baseline = Tensor::f_from_slice(&baseline)?.f_to_device(self.device)?;
         let scores = self.policy.score(&batch, self.device)?;
+        let stored = |what: loss::Stored| -> Result<Tensor> {
+            let column = |f: fn(&Trajectory) -> f32| -> Result<Tensor> {
+                let v: Vec<f32> = batch.iter().map(|t| f(t)).collect();
+                Ok(Tensor::f_from_slice(&v)?.f_to_device(self.device)?)
+            };
+            match what {
+                loss::Stored::BehaviourLogp => column(|t| t.behaviour_logp),
+                loss::Stored::BehaviourTokenLogp => {
+                    self.policy.behaviour_token_logp(&batch, self.device)
+                }
+                loss::Stored::GroupMean => column(|t| t.group_mean),
+                loss::Stored::GroupStd => column(|t| t.group_std),
+            }
+        };
         let loss = loss::compute(
             &self.loss_cfg,
             &loss::LossInputs {
                 token_logp: &scores.token_logp,
                 mask: &scores.mask,
-                behaviour_token_logp: &self.policy.behaviour_token_logp(&batch, self.device)?,
-                behaviour_logp: &column(&|t| t.behaviour_logp)?,
                 reward: &reward,
                 baseline: &baseline,
-                group_mean: &column(&|t| t.group_mean)?,
-                group_std: &column(&|t| t.group_std)?,
+                stored: &stored,
             },
         )?;
         let injected =

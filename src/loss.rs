@@ -147,49 +147,68 @@ fn baseline_value(cfg: &LossConfig, t: &Trajectory) -> f32 {
     }
 }
 
+/// Stored per-trajectory data a loss may read. Only the losses that read an item have it built,
+/// so AsymRE's step pays for none of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// [B] log μ(y).
+    BehaviourLogp,
+    /// [B, L] log μ per position, laid out like `token_logp`.
+    BehaviourTokenLogp,
+    /// [B] mean and standard deviation of the rewards of the prompt's G samples.
+    GroupMean,
+    GroupStd,
+}
+
 /// What a loss sees of a batch (all on one device).
 pub struct LossInputs<'a> {
     /// [B, L] log π per position (0 where `mask` is 0), with gradient.
     pub token_logp: &'a Tensor,
     /// [B, L] 1 where the policy chose the token.
     pub mask: &'a Tensor,
-    /// [B, L] stored log μ per position.
-    pub behaviour_token_logp: &'a Tensor,
-    /// [B] stored log μ(y).
-    pub behaviour_logp: &'a Tensor,
     /// [B] each.
     pub reward: &'a Tensor,
     pub baseline: &'a Tensor,
-    pub group_mean: &'a Tensor,
-    pub group_std: &'a Tensor,
+    /// Builds the stored data on demand.
+    pub stored: &'a dyn Fn(Stored) -> Result<Tensor>,
 }
 
 /// Applies the configured loss.
 pub fn compute(cfg: &LossConfig, x: &LossInputs) -> Result<Tensor> {
     let target_logp = || x.token_logp.f_sum_dim_intlist(-1, false, Kind::Float);
+    let stored = x.stored;
     match cfg.kind {
         LossKind::Asymre => asymre(&target_logp()?, x.reward, x.baseline),
         LossKind::Reinforce => reinforce(&target_logp()?, x.reward),
         LossKind::IsReinforce => is_reinforce(
             &target_logp()?,
-            x.behaviour_logp,
+            &stored(Stored::BehaviourLogp)?,
             x.reward,
             x.baseline,
             cfg.ratio_cap,
         ),
-        LossKind::Topr => topr(&target_logp()?, x.behaviour_logp, x.reward, x.baseline),
+        LossKind::Topr => topr(
+            &target_logp()?,
+            &stored(Stored::BehaviourLogp)?,
+            x.reward,
+            x.baseline,
+        ),
         LossKind::Grpo => {
-            let advantage = group_advantage(x.reward, x.group_mean, x.group_std)?;
+            let advantage = group_advantage(
+                x.reward,
+                &stored(Stored::GroupMean)?,
+                &stored(Stored::GroupStd)?,
+            )?;
             match cfg.grpo_level {
                 GrpoLevel::Sequence => grpo_sequence(
                     &target_logp()?,
-                    x.behaviour_logp,
+                    &stored(Stored::BehaviourLogp)?,
                     &advantage,
                     cfg.clip_epsilon,
                 ),
                 GrpoLevel::Token => grpo_token(
                     x.token_logp,
-                    x.behaviour_token_logp,
+                    &stored(Stored::BehaviourTokenLogp)?,
                     x.mask,
                     &advantage,
                     cfg.clip_epsilon,
