@@ -2,7 +2,7 @@
 //! trajectories from the behaviour policy μ (the last weights it loaded), scores them, and sends
 //! them to the learner in batches tagged with `policy_version` and log μ(y).
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
@@ -311,6 +311,8 @@ impl Actor for ToolActor {
 pub struct SnapshotBoard {
     latest: Mutex<Arc<WeightSnapshot>>,
     version: AtomicU64,
+    /// Signalled on every publish, for actors waiting for newer weights.
+    published: Condvar,
 }
 
 impl SnapshotBoard {
@@ -319,6 +321,7 @@ impl SnapshotBoard {
         SnapshotBoard {
             latest: Mutex::new(Arc::new(first)),
             version: AtomicU64::new(version),
+            published: Condvar::new(),
         }
     }
 
@@ -327,6 +330,16 @@ impl SnapshotBoard {
         let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
         *latest = Arc::new(snapshot);
         self.version.store(version, Ordering::Release);
+        drop(latest);
+        self.published.notify_all();
+    }
+
+    /// Blocks until a snapshot newer than `version` is published or `timeout` passes.
+    pub fn wait_newer(&self, version: u64, timeout: Duration) {
+        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self
+            .published
+            .wait_timeout_while(latest, timeout, |_| self.version() <= version);
     }
 
     pub fn version(&self) -> u64 {
@@ -351,6 +364,8 @@ pub struct ActorShared<'a> {
     /// `faults.actor_panic_after`: the first actor to send this many messages panics, once
     /// per process (0 = never).
     pub panic_after: u64,
+    /// `faults.actor_delay_ms`: sleep this long after every message (a slow actor).
+    pub delay: Duration,
 }
 
 /// Whether the injected actor fault already fired in this process (it fires once).
@@ -373,8 +388,11 @@ pub fn actor_loop(
             .load(Ordering::Relaxed)
             .saturating_sub(actor.version());
         if shared.max_policy_lag > 0 && lag > shared.max_policy_lag {
-            // Pace rather than produce samples the learner would drop.
-            std::thread::sleep(Duration::from_micros(200));
+            // Pace rather than produce samples the learner would drop: sleep until newer
+            // weights are published (the timeout keeps `stop` responsive).
+            shared
+                .board
+                .wait_newer(actor.version(), Duration::from_millis(50));
             continue;
         }
         let batch = actor.act()?;
@@ -382,6 +400,9 @@ pub fn actor_loop(
             break;
         }
         sent += 1;
+        if !shared.delay.is_zero() {
+            std::thread::sleep(shared.delay);
+        }
         if shared.panic_after > 0
             && sent >= shared.panic_after
             && !INJECTED_PANIC.swap(true, Ordering::SeqCst)

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
@@ -139,6 +140,17 @@ pub fn parse_safetensors(bytes: &[u8], origin: &Path) -> Result<Vec<NamedTensor>
 
 /// Writes `ckpt` under `run_dir/checkpoints/`, points `latest` at it, and keeps the newest `keep`.
 pub fn save(run_dir: &Path, ckpt: &Checkpoint, keep: usize) -> Result<PathBuf> {
+    save_pausing(run_dir, ckpt, keep, Duration::ZERO)
+}
+
+/// [`save`], pausing for `pause` once the state is written and before the tensors are (fault
+/// injection: a window in which a kill lands mid-write).
+pub fn save_pausing(
+    run_dir: &Path,
+    ckpt: &Checkpoint,
+    keep: usize,
+    pause: Duration,
+) -> Result<PathBuf> {
     let root = run_dir.join("checkpoints");
     fs::create_dir_all(&root).at(&root)?;
     let name = step_name(ckpt.step);
@@ -149,6 +161,9 @@ pub fn save(run_dir: &Path, ckpt: &Checkpoint, keep: usize) -> Result<PathBuf> {
     fs::create_dir(&tmp).at(&tmp)?;
     let state = serde_json::json!({ "step": ckpt.step, "state": ckpt.state });
     write_file_synced(&tmp.join(STATE), state.to_string().as_bytes())?;
+    if !pause.is_zero() {
+        std::thread::sleep(pause);
+    }
     for (stem, tensors) in &ckpt.tensors {
         write_file_synced(
             &tmp.join(format!("{stem}.safetensors")),
@@ -188,7 +203,19 @@ fn checkpoint_dirs(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(dirs)
 }
 
+/// Removes all but the newest `keep` checkpoints (never `current`), and what killed or failed
+/// earlier writes left half written (`.tmp-*`).
 fn prune(root: &Path, keep: usize, current: &str) -> Result<()> {
+    for entry in fs::read_dir(root).at(root)? {
+        let entry = entry.at(root)?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with(".tmp-") {
+            let path = entry.path();
+            if path.is_dir() {
+                fs::remove_dir_all(&path).at(&path)?;
+            }
+        }
+    }
     let dirs = checkpoint_dirs(root)?;
     let excess = dirs.len().saturating_sub(keep);
     for (_, dir) in dirs.into_iter().take(excess) {
@@ -308,9 +335,11 @@ mod tests {
         fs::write(root.join("step_000000009/state.json"), "{\"st").unwrap();
         fs::write(root.join(LATEST), "nonsense").unwrap();
         assert_eq!(load_latest(dir.path()).unwrap().unwrap().step, 3);
-        // Saving the same step twice replaces it.
+        // Saving the same step twice replaces it, and a save clears what a killed write left.
+        fs::create_dir(root.join(".tmp-step_000000004")).unwrap();
         save(dir.path(), &ckpt(3), 2).unwrap();
         assert_eq!(load_latest(dir.path()).unwrap().unwrap().step, 3);
+        assert!(!root.join(".tmp-step_000000004").exists());
     }
 
     #[test]

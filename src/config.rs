@@ -498,6 +498,13 @@ pub struct FaultsConfig {
     pub nonfinite_loss_every: u64,
     /// The checkpoint of this learner step fails half written, as on a full disk (0 = never).
     pub checkpoint_error_at: u64,
+    /// Every checkpoint pauses this long half written (state saved, weights not yet): a window
+    /// for killing a run during a checkpoint write (0 = no pause).
+    pub checkpoint_pause_ms: u64,
+    /// The learner sleeps this long after every step: a slow learner (0 = none).
+    pub learner_delay_ms: u64,
+    /// Every actor sleeps this long after every message: slow actors (0 = none).
+    pub actor_delay_ms: u64,
 }
 
 /// When a finished run counts as collapsed (sweep tables and plots): its final reward is at least

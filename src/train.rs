@@ -142,6 +142,8 @@ struct Recorder {
     keep: usize,
     /// `faults.checkpoint_error_at`: the checkpoint of this step fails as if the disk were full.
     fail_checkpoint_at: u64,
+    /// `faults.checkpoint_pause_ms`: every checkpoint pauses this long half written.
+    checkpoint_pause: Duration,
     total: u64,
     last_row: Option<Row>,
 }
@@ -171,6 +173,7 @@ impl Recorder {
             checkpoint_every: cfg.checkpoint.every,
             keep: cfg.checkpoint.keep,
             fail_checkpoint_at: cfg.faults.checkpoint_error_at,
+            checkpoint_pause: Duration::from_millis(cfg.faults.checkpoint_pause_ms),
             total,
             last_row: None,
         })
@@ -227,7 +230,7 @@ impl Recorder {
                 ),
             ));
         }
-        checkpoint::save(&self.run_dir, ckpt, self.keep)?;
+        checkpoint::save_pausing(&self.run_dir, ckpt, self.keep, self.checkpoint_pause)?;
         Ok(())
     }
 
@@ -927,6 +930,7 @@ fn parallel_loop(
             let (board, learner_step) = (&board, &learner_step);
             let max_policy_lag = run.cfg.replay.max_policy_lag;
             let panic_after = run.cfg.faults.actor_panic_after;
+            let delay = Duration::from_millis(run.cfg.faults.actor_delay_ms);
             let (stop, failure) = (&stop, &failure);
             let handle = std::thread::Builder::new()
                 .name(format!("actor-{id}"))
@@ -951,6 +955,7 @@ fn parallel_loop(
                             learner_step,
                             max_policy_lag,
                             panic_after,
+                            delay,
                         };
                         let tx = tx.clone();
                         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -1045,6 +1050,9 @@ fn learner_loop(
             continue;
         }
         let stats = run.learner.train_step()?;
+        if run.cfg.faults.learner_delay_ms > 0 {
+            std::thread::sleep(Duration::from_millis(run.cfg.faults.learner_delay_ms));
+        }
         shared
             .learner_step
             .store(run.learner.step, Ordering::Relaxed);

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The benchmarks: `asymre bench` (throughput against the PyTorch baseline, one table), then the
+# memory soak (ASYMRE_SOAK_SECS seconds, 600 by default). Pass --quick for a short bench and a
+# 60-second soak.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+make -s build >/dev/null
+quick=()
+if [[ "${1:-}" == "--quick" ]]; then
+    quick=(--quick)
+    : "${ASYMRE_SOAK_SECS:=60}"
+fi
+if ./target/release/asymre bench --help >/dev/null 2>&1; then
+    ./target/release/asymre bench "${quick[@]}"
+fi
+echo
+echo "soak: fast actors, slow learner, ${ASYMRE_SOAK_SECS:=600} s"
+ASYMRE_SOAK_SECS=$ASYMRE_SOAK_SECS cargo test --release --test faults -- --ignored soak --nocapture 2>&1 \
+    | grep -E '^(soak|  t |test result)'
