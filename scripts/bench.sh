@@ -10,9 +10,7 @@ if [[ "${1:-}" == "--quick" ]]; then
     quick=(--quick)
     : "${ASYMRE_SOAK_SECS:=60}"
 fi
-if ./target/release/asymre bench --help >/dev/null 2>&1; then
-    ./target/release/asymre bench "${quick[@]}"
-fi
+./target/release/asymre bench "${quick[@]}" --json "${BENCH_JSON:-/dev/null}"
 echo
 echo "soak: fast actors, slow learner, ${ASYMRE_SOAK_SECS:=600} s"
 ASYMRE_SOAK_SECS=$ASYMRE_SOAK_SECS cargo test --release --test faults -- --ignored soak --nocapture 2>&1 \

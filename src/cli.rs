@@ -122,6 +122,35 @@ pub enum Command {
         #[arg(long)]
         title: Option<String>,
     },
+    /// Measure throughput (bandit and tool use, actors, learner, end to end), the matmul rate
+    /// and peak memory, next to a plain eager PyTorch baseline; print one table.
+    Bench {
+        /// A few seconds per measurement instead of fifteen.
+        #[arg(long)]
+        quick: bool,
+        /// Seconds per measurement (overrides --quick).
+        #[arg(long, value_parser = positive_seconds)]
+        seconds: Option<f64>,
+        /// Python with PyTorch for the baseline (default: .venv/bin/python, else python3).
+        #[arg(long, conflicts_with = "no_baseline")]
+        python: Option<PathBuf>,
+        /// Skip the PyTorch baseline.
+        #[arg(long)]
+        no_baseline: bool,
+        /// Where the learners run (actors decode on the CPU).
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+        /// Also write the measurements as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("must be a positive number of seconds, got {s:?}")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -11,8 +11,10 @@
 //! - [`policy`]: policies and weight snapshots; [`actor`]: `actor_loop`;
 //! - [`trajectory`], [`replay`]: what actors send and where the learner keeps it;
 //! - [`loss`], [`optim`], [`learner`]: `learner_loop`'s step;
-//! - [`train`]: the only place that spawns threads; [`metrics`], [`checkpoint`], [`plot`].
+//! - [`train`]: the only place that spawns threads; [`metrics`], [`checkpoint`], [`plot`];
+//! - [`bench`]: throughput against a plain PyTorch baseline.
 pub mod actor;
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

@@ -214,6 +214,36 @@ fn run(cli: Cli) -> Result<u8> {
                 }
             }
         }
+        Command::Bench {
+            quick,
+            seconds,
+            python,
+            no_baseline,
+            device,
+            json,
+        } => {
+            let python = if no_baseline {
+                None
+            } else {
+                Some(python.unwrap_or_else(|| {
+                    [
+                        PathBuf::from(".venv/bin/python"),
+                        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
+                    ]
+                    .into_iter()
+                    .find(|p| p.exists())
+                    .unwrap_or_else(|| PathBuf::from("python3"))
+                }))
+            };
+            asymre::bench::run(&asymre::bench::BenchOptions {
+                quick,
+                python,
+                json,
+                device: device.into(),
+                seconds,
+            })?;
+            Ok(0)
+        }
         Command::Plot { runs, out, title } => {
             if runs.iter().all(|d| d.join("sweep.json").exists()) {
                 let out = out.unwrap_or_else(|| runs[0].clone());

@@ -514,3 +514,41 @@ fn score_reports_bad_lines_and_scores_the_rest() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn bench_prints_its_table_and_writes_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json_path = tmp.path().join("bench.json");
+    let o = bin()
+        .args(["bench", "--seconds", "0.3", "--no-baseline", "--json"])
+        .arg(&json_path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    for row in [
+        "bandit sampled, end to end",
+        "tool use (calc) end to end",
+        "actor scaling",
+        "learner step d256",
+        "peak resident memory",
+    ] {
+        assert!(table.contains(row), "{row} missing:\n{table}");
+    }
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    for key in [
+        "bandit_samples_per_s",
+        "tool_episodes_per_s",
+        "tool_actor_tokens_per_s",
+        "tool_learner_trajectories_per_s",
+        "matmul_gflops",
+        "learner_d256_gflops",
+        "peak_rss_mib",
+    ] {
+        let x = v["asymre"][key].as_f64().unwrap_or(f64::NAN);
+        assert!(x.is_finite() && x > 0.0, "{key} = {x}");
+    }
+    assert!(v["baseline"].is_null());
+    let bad = bin().args(["bench", "--seconds", "-1"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}

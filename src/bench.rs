@@ -1,0 +1,590 @@
+//! `asymre bench`: how many samples per second the pipelines turn into learning, measured in one
+//! process on the current machine, next to a plain eager PyTorch baseline
+//! (`scripts/reference/baseline.py`) run in the same invocation, so that the ratios hold on a
+//! noisy machine.
+//!
+//! Measured: the bandit in sampled mode end to end; tool use (`calc`, default model) as the actors
+//! alone, the learner alone and end to end (with the mean policy lag); actor scaling from one to
+//! two threads; the fp32 matmul rate through libtorch and the learner step's achieved rate at
+//! d_model 256, batch 256 × 64 tokens; peak resident memory.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tch::{Device, Kind, Tensor};
+
+use crate::actor::{Actor, ToolActor};
+use crate::config::{self, Config};
+use crate::env::tool_use::tasks::Task;
+use crate::env::tool_use::vocab;
+use crate::error::{Error, IoContext, Result};
+use crate::learner::Learner;
+use crate::train::{self, Outcome, RunOptions};
+use crate::trajectory::{ActorBatch, Trajectory};
+
+const BANDIT_TOML: &str = include_str!("../configs/bandit.toml");
+const CALC_TOML: &str = include_str!("../configs/tool_calc.toml");
+
+/// What `asymre bench` was asked for.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Short measurements (a few seconds each) instead of the full ones.
+    pub quick: bool,
+    /// The Python interpreter for the baseline; `None` skips it.
+    pub python: Option<PathBuf>,
+    /// Also write the results as JSON here.
+    pub json: Option<PathBuf>,
+    /// Where the learners (and the matmul measurement) run.
+    pub device: crate::config::DeviceChoice,
+    /// Seconds per measurement, overriding `quick`'s 3 and the default 15.
+    pub seconds: Option<f64>,
+}
+
+/// Seconds spent on each measurement.
+fn budget(quick: bool) -> f64 {
+    if quick {
+        3.0
+    } else {
+        15.0
+    }
+}
+
+/// The bandit of the paper in sampled mode: 100 arms, batch 1024, μ refreshed every 500 steps.
+pub fn bandit_config() -> Result<Config> {
+    config::from_toml_str(
+        BANDIT_TOML,
+        &[
+            "actor.batch_size=1024".into(),
+            "learner.batch_size=1024".into(),
+            "env.rounds=100000".into(),
+        ],
+    )
+}
+
+/// The default tool-use experiment, from a random initialisation (no warm start) so that the
+/// baseline, which has no demonstrations, decodes the same kind of episodes.
+pub fn calc_config() -> Result<Config> {
+    config::from_toml_str(
+        CALC_TOML,
+        &[
+            "warmstart.demos=0".into(),
+            "env.rounds=100000".into(),
+            "logging.every=4".into(),
+        ],
+    )
+}
+
+/// Runs the benchmark and prints its table.
+pub fn run(opts: &BenchOptions) -> Result<()> {
+    let secs = opts.seconds.unwrap_or_else(|| budget(opts.quick));
+    let device = train::resolve_device(opts.device)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut ours = serde_json::Map::new();
+    let mut put = |k: &str, v: f64| {
+        ours.insert(k.into(), json!(v));
+    };
+
+    progress("fp32 matmul through libtorch");
+    tch::set_num_threads(cores as i32);
+    let n = if opts.quick { 512 } else { 1024 };
+    let matmul = matmul_gflops(n, secs / 3.0, device);
+    put("matmul_gflops", matmul);
+
+    progress("learner step, d_model 256, batch 256 × 64 tokens");
+    let (step_s, flops) = learner_step_seconds(256, 256, 64, secs, device)?;
+    put("learner_d256_step_s", step_s);
+    put("learner_d256_gflops", flops / step_s / 1e9);
+
+    tch::set_num_threads(1);
+    let mut calc = calc_config()?;
+    calc.device = opts.device;
+    progress("tool-use actors, 1 thread");
+    let one = actor_rates(&calc, 1, secs)?;
+    progress("tool-use actors, 2 threads");
+    let two = actor_rates(&calc, 2, secs)?;
+    put("tool_actor_tokens_per_s", one.tokens);
+    put("tool_actor_episodes_per_s", one.episodes);
+    put("tool_actor_2_threads_episodes_per_s", two.episodes);
+    put("tool_mean_episode_tokens", one.tokens / one.episodes.max(1e-9));
+
+    progress("tool-use learner");
+    let (traj, tokens) = learner_rates(&calc, secs)?;
+    put("tool_learner_trajectories_per_s", traj);
+    put("tool_learner_tokens_per_s", tokens);
+
+    progress("tool use end to end");
+    // End to end needs a few logged rows whatever the budget.
+    let e2e = end_to_end(&calc, secs.max(4.0))?;
+    put("tool_episodes_per_s", e2e.samples_per_s);
+    put("tool_policy_lag", e2e.lag);
+
+    progress("bandit end to end");
+    let mut bandit = bandit_config()?;
+    bandit.device = opts.device;
+    let bandit = end_to_end(&bandit, secs.max(2.0))?;
+    put("bandit_samples_per_s", bandit.samples_per_s);
+    put("bandit_policy_lag", bandit.lag);
+    put("peak_rss_mib", peak_rss_mib());
+
+    let base = match &opts.python {
+        Some(python) => {
+            progress("PyTorch eager baseline (scripts/reference/baseline.py)");
+            Some(baseline(python, secs)?)
+        }
+        None => None,
+    };
+    let ours = Value::Object(ours);
+    print_table(&ours, base.as_ref(), cores, n, opts.quick, device);
+    if let Some(path) = &opts.json {
+        let all = json!({ "asymre": ours, "baseline": base, "cores": cores, "quick": opts.quick });
+        std::fs::write(path, serde_json::to_string_pretty(&all).unwrap_or_default()).at(path)?;
+    }
+    Ok(())
+}
+
+fn progress(what: &str) {
+    eprintln!("bench: {what} …");
+}
+
+/// fp32 GFLOP/s of an n × n matmul (2n³ flops) over about `secs` seconds.
+pub fn matmul_gflops(n: i64, secs: f64, device: Device) -> f64 {
+    let _guard = tch::no_grad_guard();
+    let a = Tensor::randn([n, n], (Kind::Float, device));
+    let b = Tensor::randn([n, n], (Kind::Float, device));
+    let _ = a.matmul(&b).double_value(&[0, 0]); // warm-up
+    let start = Instant::now();
+    let mut reps = 0u32;
+    let mut c = a.shallow_clone();
+    while reps < 3 || start.elapsed().as_secs_f64() < secs {
+        c = a.matmul(&b);
+        reps += 1;
+    }
+    let _ = c.double_value(&[0, 0]); // waits for the device
+    let dt = start.elapsed().as_secs_f64();
+    2.0 * (n as f64).powi(3) * reps as f64 / dt / 1e9
+}
+
+/// Forward + backward flops of one learner step of the transformer on `b` × `t` tokens: the
+/// matmuls of each block (QKV, output projection, MLP: 24 d² per token), attention over the `t`
+/// positions (4 t d per token), and the output head (2 d V per token); backward costs twice the
+/// forward.
+pub fn transformer_step_flops(layers: usize, d: usize, vocab: usize, b: usize, t: usize) -> f64 {
+    let (d, t) = (d as f64, t as f64);
+    let per_token = layers as f64 * (24.0 * d * d + 4.0 * t * d) + 2.0 * d * vocab as f64;
+    3.0 * per_token * b as f64 * t
+}
+
+/// A trajectory of `len` random tokens: a short prompt, then tokens the policy wrote.
+fn synthetic_trajectory(rng: &mut impl Rng, len: usize, prompt: u64) -> Trajectory {
+    let actions: Vec<u32> = (0..len)
+        .map(|_| rng.gen_range(3..vocab::size() as u32))
+        .collect();
+    let policy_mask: Vec<bool> = (0..len).map(|i| i >= 8).collect();
+    Trajectory {
+        prompt,
+        behaviour_token_logp: policy_mask.iter().map(|&m| if m { -3.0 } else { 0.0 }).collect(),
+        actions,
+        reward: rng.gen_range(-1.0..1.0),
+        behaviour_logp: -3.0 * (len - 8) as f32,
+        group_mean: 0.0,
+        behaviour_value: None,
+        policy_version: 0,
+        policy_mask,
+        stats: None,
+        group_std: 1.0,
+    }
+}
+
+/// Seconds per learner step (AsymRE, Adam) at `d_model` on a batch of `b` trajectories of `t`
+/// tokens, and the step's flops.
+fn learner_step_seconds(
+    d_model: usize,
+    b: usize,
+    t: usize,
+    secs: f64,
+    device: Device,
+) -> Result<(f64, f64)> {
+    let cfg = config::from_toml_str(
+        CALC_TOML,
+        &[
+            format!("policy.d_model={d_model}"),
+            format!("learner.batch_size={b}"),
+            format!("env.max_tokens={t}"),
+            "replay.sampling=\"uniform\"".into(),
+            "replay.reuse=1000.0".into(),
+        ],
+    )?;
+    let mut learner = Learner::new(&cfg, device, &[]);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let trajectories = (0..b)
+        .map(|i| synthetic_trajectory(&mut rng, t, (i / 8) as u64))
+        .collect();
+    learner.ingest(ActorBatch {
+        actor: 0,
+        trajectories,
+    });
+    let flops = transformer_step_flops(
+        cfg.policy.layers,
+        d_model,
+        vocab::size(),
+        b,
+        t - 1,
+    );
+    learner.train_step()?; // warm-up
+    let start = Instant::now();
+    let mut steps = 0u32;
+    while steps < 2 || start.elapsed().as_secs_f64() < secs / 2.0 {
+        if !learner.ready() {
+            return Err(Error::Corrupt("bench learner ran out of data".into()));
+        }
+        learner.train_step()?;
+        steps += 1;
+    }
+    Ok((start.elapsed().as_secs_f64() / steps as f64, flops))
+}
+
+struct ActorRates {
+    episodes: f64,
+    /// Tokens after the prompt (sampled and forced).
+    tokens: f64,
+}
+
+/// `threads` tool-use actors sampling side by side for about `secs` seconds, summed.
+fn actor_rates(cfg: &Config, threads: usize, secs: f64) -> Result<ActorRates> {
+    let snapshot = Learner::new(cfg, Device::Cpu, &[]).snapshot()?;
+    let barrier = Barrier::new(threads);
+    let results: Vec<Result<(u64, u64, f64)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|id| {
+                let (snapshot, barrier) = (&snapshot, &barrier);
+                s.spawn(move || -> Result<(u64, u64, f64)> {
+                    let task = Task::new(cfg.env.task_spec(cfg.seed));
+                    let mut actor = ToolActor::new(cfg, id, task, snapshot)?;
+                    actor.act()?; // warm-up
+                    barrier.wait();
+                    let start = Instant::now();
+                    let (mut episodes, mut tokens) = (0u64, 0u64);
+                    while start.elapsed().as_secs_f64() < secs / 2.0 {
+                        let batch = actor.act()?;
+                        episodes += batch.trajectories.len() as u64;
+                        tokens += batch
+                            .trajectories
+                            .iter()
+                            .filter_map(|t| t.stats.map(|s| s.length as u64))
+                            .sum::<u64>();
+                    }
+                    Ok((episodes, tokens, start.elapsed().as_secs_f64()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Corrupt("bench actor panicked".into())))
+            })
+            .collect()
+    });
+    let mut rates = ActorRates {
+        episodes: 0.0,
+        tokens: 0.0,
+    };
+    for r in results {
+        let (episodes, tokens, dt) = r?;
+        rates.episodes += episodes as f64 / dt;
+        rates.tokens += tokens as f64 / dt;
+    }
+    Ok(rates)
+}
+
+/// The tool-use learner alone on episodes its own actor sampled: trajectories/s and tokens/s
+/// (prompt and tool results included, the positions it scores).
+fn learner_rates(cfg: &Config, secs: f64) -> Result<(f64, f64)> {
+    let mut cfg = cfg.clone();
+    cfg.replay.sampling = crate::config::Sampling::Uniform;
+    cfg.replay.reuse = 1000.0;
+    let mut learner = Learner::new(&cfg, train::resolve_device(cfg.device)?, &[]);
+    let task = Task::new(cfg.env.task_spec(cfg.seed));
+    let mut actor = ToolActor::new(&cfg, 0, task, &learner.snapshot()?)?;
+    let mut tokens = 0usize;
+    let mut count = 0usize;
+    while count < cfg.replay.capacity.min(16 * cfg.learner.batch_size) {
+        let batch = actor.act()?;
+        count += batch.trajectories.len();
+        tokens += batch.trajectories.iter().map(|t| t.actions.len()).sum::<usize>();
+        learner.ingest(batch);
+    }
+    let mean_len = tokens as f64 / count as f64;
+    learner.train_step()?; // warm-up
+    let start = Instant::now();
+    let mut steps = 0u32;
+    while steps < 3 || start.elapsed().as_secs_f64() < secs / 2.0 {
+        learner.train_step()?;
+        steps += 1;
+    }
+    let per_s = steps as f64 * cfg.learner.batch_size as f64 / start.elapsed().as_secs_f64();
+    Ok((per_s, per_s * mean_len))
+}
+
+struct EndToEnd {
+    /// Samples (episodes, arm pulls) the learner consumed per second.
+    samples_per_s: f64,
+    lag: f64,
+}
+
+/// The real training loop (actor threads, channel, replay, learner) in a scratch run directory,
+/// stopped after about `secs` seconds; rates from its `metrics.jsonl` after the first row.
+fn end_to_end(cfg: &Config, secs: f64) -> Result<EndToEnd> {
+    let mut cfg = cfg.clone();
+    cfg.logging.tensorboard = false;
+    cfg.logging.progress = false;
+    cfg.logging.eval_every = 0;
+    cfg.checkpoint.every = u64::MAX / 2;
+    let dir = scratch_dir()?;
+    let result = (|| {
+        train::create_run_dir(&dir, &cfg, false)?;
+        let interrupt = AtomicUsize::new(0);
+        let outcome = std::thread::scope(|s| {
+            let timer = s.spawn(|| {
+                std::thread::sleep(Duration::from_secs_f64(secs));
+                interrupt.store(143, Ordering::Relaxed);
+            });
+            let out = train::train(
+                &cfg,
+                &dir,
+                RunOptions {
+                    serial: false,
+                    interrupt: &interrupt,
+                },
+                None,
+            );
+            let _ = timer.join();
+            out
+        })?;
+        if let Outcome::Finished(_) = outcome {
+            return Err(Error::Corrupt("bench run finished before its time".into()));
+        }
+        read_rates(&dir.join("metrics.jsonl"), cfg.learner.batch_size)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn scratch_dir() -> Result<PathBuf> {
+    let base = std::env::temp_dir();
+    for i in 0..1000u32 {
+        let dir = base.join(format!("asymre-bench-{}-{i}", std::process::id()));
+        if !dir.exists() {
+            return Ok(dir);
+        }
+    }
+    Err(Error::input("no free scratch directory under the temp dir"))
+}
+
+/// Samples per second between the first and last logged rows, and the mean policy lag.
+fn read_rates(path: &Path, batch: usize) -> Result<EndToEnd> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    let rows: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|r: &Value| r.get("policy_lag_mean").is_some())
+        .collect();
+    let field = |r: &Value, k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return Err(Error::Corrupt("bench run logged no rows".into()));
+    };
+    let dt = field(last, "wall_time") - field(first, "wall_time");
+    let steps = field(last, "step") - field(first, "step");
+    if rows.len() < 2 || dt <= 0.0 {
+        return Err(Error::Corrupt("bench run too short to measure".into()));
+    }
+    Ok(EndToEnd {
+        samples_per_s: steps * batch as f64 / dt,
+        lag: rows.iter().map(|r| field(r, "policy_lag_mean")).sum::<f64>() / rows.len() as f64,
+    })
+}
+
+/// Peak resident memory of this process so far, MiB.
+pub fn peak_rss_mib() -> f64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0;
+    if ok {
+        usage.ru_maxrss as f64 / 1024.0
+    } else {
+        f64::NAN
+    }
+}
+
+/// Runs `scripts/reference/baseline.py` and returns its JSON.
+fn baseline(python: &Path, secs: f64) -> Result<Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/baseline.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .args(["--seconds", &format!("{}", secs / 2.0)])
+        .output()
+        .map_err(|e| Error::io(python, e))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::input(format!(
+            "baseline failed: {}",
+            err.lines().last().unwrap_or("no output")
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim().lines().last().unwrap_or(""))
+        .map_err(|e| Error::Corrupt(format!("baseline output: {e}")))
+}
+
+fn fmt_rate(v: f64) -> String {
+    if !v.is_finite() {
+        "—".into()
+    } else if v >= 1e6 {
+        format!("{:.2} M", v / 1e6)
+    } else if v >= 1e4 {
+        format!("{:.1} k", v / 1e3)
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn print_table(
+    ours: &Value,
+    base: Option<&Value>,
+    cores: usize,
+    n: i64,
+    quick: bool,
+    device: Device,
+) {
+    let get = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let o = |k: &str| get(ours, k);
+    let b = |k: &str| base.map_or(f64::NAN, |v| get(v, k));
+    let mut rows: Vec<[String; 5]> = Vec::new();
+    let mut compare = |what: &str, key: &str, goal: &str| {
+        let (x, y) = (o(key), b(key));
+        let ratio = if y.is_finite() && y > 0.0 {
+            format!("{:.2}×", x / y)
+        } else {
+            "—".into()
+        };
+        rows.push([what.into(), fmt_rate(x), fmt_rate(y), ratio, goal.into()]);
+    };
+    compare(
+        "bandit sampled, end to end: arm samples/s",
+        "bandit_samples_per_s",
+        "≥ 3×",
+    );
+    compare(
+        "tool use (calc) end to end: episodes/s",
+        "tool_episodes_per_s",
+        "≥ 3×",
+    );
+    compare("tool-use actor alone: tokens/s", "tool_actor_tokens_per_s", "");
+    compare("tool-use actor alone: episodes/s", "tool_actor_episodes_per_s", "");
+    compare(
+        "tool-use learner alone: trajectories/s",
+        "tool_learner_trajectories_per_s",
+        "",
+    );
+    compare("tool-use learner alone: tokens/s", "tool_learner_tokens_per_s", "");
+    compare("peak resident memory, MiB", "peak_rss_mib", "");
+    let own = |what: &str, value: String, goal: &str| {
+        [what.into(), value, "—".into(), "—".into(), goal.into()]
+    };
+    rows.push(own(
+        "tool-use mean policy lag, learner steps",
+        format!("{:.1}", o("tool_policy_lag")),
+        "",
+    ));
+    rows.push(own(
+        "actor scaling, 1 → 2 threads",
+        format!(
+            "{:.2}×",
+            o("tool_actor_2_threads_episodes_per_s") / o("tool_actor_episodes_per_s")
+        ),
+        "≥ 1.7× (free cores)",
+    ));
+    rows.push(own(
+        &format!("fp32 matmul {n}², {cores} threads: GFLOP/s"),
+        format!("{:.1}", o("matmul_gflops")),
+        "",
+    ));
+    rows.push(own(
+        "learner step d256, 256 × 64: GFLOP/s (of matmul)",
+        format!(
+            "{:.1} ({:.0}%)",
+            o("learner_d256_gflops"),
+            100.0 * o("learner_d256_gflops") / o("matmul_gflops")
+        ),
+        "≥ 50%",
+    ));
+    println!(
+        "asymre bench{} — {cores} cores, learner on {device:?}; baseline: PyTorch {} eager, {} threads",
+        if quick { " --quick" } else { "" },
+        base.and_then(|v| v.get("torch")).and_then(Value::as_str).unwrap_or("(skipped)"),
+        base.and_then(|v| v.get("threads")).map_or("—".into(), |t| t.to_string()),
+    );
+    let header = ["measure", "asymre", "PyTorch eager", "ratio", "goal"];
+    let widths: Vec<usize> = (0..5)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
+            .collect();
+        println!("| {} |", padded.join(" | "));
+    };
+    line(&header.map(String::from));
+    println!(
+        "|{}|",
+        widths
+            .iter()
+            .map(|w| "-".repeat(w + 2))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    for r in &rows {
+        line(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flop_count_matches_a_hand_count() {
+        // One layer, d 2, vocab 3, one sequence of 1 token: 24·4 + 4·1·2 + 2·2·3 = 116 forward.
+        assert_eq!(transformer_step_flops(1, 2, 3, 1, 1), 3.0 * 116.0);
+    }
+
+    #[test]
+    fn rates_come_from_the_first_and_last_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.jsonl");
+        std::fs::write(
+            &path,
+            "{\"step\":0,\"heldout_completion\":0.1}\n\
+             {\"step\":10,\"wall_time\":1.0,\"policy_lag_mean\":2.0}\n\
+             {\"step\":30,\"wall_time\":3.0,\"policy_lag_mean\":4.0}\n",
+        )
+        .unwrap();
+        let r = read_rates(&path, 64).unwrap();
+        assert_eq!(r.samples_per_s, 20.0 * 64.0 / 2.0);
+        assert_eq!(r.lag, 3.0);
+    }
+}
