@@ -120,6 +120,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     // End to end needs a few logged rows whatever the budget.
     let e2e = end_to_end(&calc, secs.max(4.0))?;
     put("tool_episodes_per_s", e2e.samples_per_s);
+    put("tool_tokens_per_s", e2e.samples_per_s * e2e.length);
     put("tool_policy_lag", e2e.lag);
 
     progress("bandit end to end");
@@ -255,6 +256,7 @@ struct ActorRates {
 
 /// `threads` tool-use actors sampling side by side for about `secs` seconds, summed.
 fn actor_rates(cfg: &Config, threads: usize, secs: f64) -> Result<ActorRates> {
+    tch::manual_seed(cfg.seed as i64);
     let snapshot = Learner::new(cfg, Device::Cpu, &[]).snapshot()?;
     let barrier = Barrier::new(threads);
     let results: Vec<Result<(u64, u64, f64)>> = std::thread::scope(|s| {
@@ -307,6 +309,7 @@ fn learner_rates(cfg: &Config, secs: f64) -> Result<(f64, f64)> {
     let mut cfg = cfg.clone();
     cfg.replay.sampling = crate::config::Sampling::Uniform;
     cfg.replay.reuse = 1000.0;
+    tch::manual_seed(cfg.seed as i64);
     let mut learner = Learner::new(&cfg, train::resolve_device(cfg.device)?, &[]);
     let task = Task::new(cfg.env.task_spec(cfg.seed));
     let mut actor = ToolActor::new(&cfg, 0, task, &learner.snapshot()?)?;
@@ -334,6 +337,8 @@ struct EndToEnd {
     /// Samples (episodes, arm pulls) the learner consumed per second.
     samples_per_s: f64,
     lag: f64,
+    /// Tool use: mean generated tokens per episode (NaN for the bandit).
+    length: f64,
 }
 
 /// The real training loop (actor threads, channel, replay, learner) in a scratch run directory,
@@ -402,9 +407,15 @@ fn read_rates(path: &Path, batch: usize) -> Result<EndToEnd> {
     if rows.len() < 2 || dt <= 0.0 {
         return Err(Error::Corrupt("bench run too short to measure".into()));
     }
+    let mean = |k: &str| rows.iter().map(|r| field(r, k)).sum::<f64>() / rows.len() as f64;
     Ok(EndToEnd {
         samples_per_s: steps * batch as f64 / dt,
-        lag: rows.iter().map(|r| field(r, "policy_lag_mean")).sum::<f64>() / rows.len() as f64,
+        lag: mean("policy_lag_mean"),
+        length: if first.get("length").is_some() {
+            mean("length")
+        } else {
+            f64::NAN
+        },
     })
 }
 
@@ -483,6 +494,11 @@ fn print_table(
     compare(
         "tool use (calc) end to end: episodes/s",
         "tool_episodes_per_s",
+        "",
+    );
+    compare(
+        "tool use (calc) end to end: generated tokens/s",
+        "tool_tokens_per_s",
         "≥ 3×",
     );
     compare("tool-use actor alone: tokens/s", "tool_actor_tokens_per_s", "");
@@ -493,6 +509,11 @@ fn print_table(
         "",
     );
     compare("tool-use learner alone: tokens/s", "tool_learner_tokens_per_s", "");
+    compare(
+        "tool-use tokens per episode (same work?)",
+        "tool_mean_episode_tokens",
+        "",
+    );
     compare("peak resident memory, MiB", "peak_rss_mib", "");
     let own = |what: &str, value: String, goal: &str| {
         [what.into(), value, "—".into(), "—".into(), goal.into()]
@@ -586,5 +607,6 @@ mod tests {
         let r = read_rates(&path, 64).unwrap();
         assert_eq!(r.samples_per_s, 20.0 * 64.0 / 2.0);
         assert_eq!(r.lag, 3.0);
+        assert!(r.length.is_nan());
     }
 }

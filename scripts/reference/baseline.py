@@ -241,6 +241,8 @@ class Decoder(torch.nn.Module):
         self.tok, self.pos = torch.nn.Embedding(vocab, d), torch.nn.Embedding(max_len, d)
         self.blocks = torch.nn.ModuleList(Block(d, heads) for _ in range(layers))
         self.ln_f, self.head = torch.nn.LayerNorm(d), torch.nn.Linear(d, vocab)
+        for emb in (self.tok, self.pos):  # as asymre initialises them, so episodes have equal lengths
+            torch.nn.init.normal_(emb.weight, std=0.02)
 
     def forward(self, tokens, positions, mask, caches=None):
         x = self.tok(tokens) + self.pos(positions)
@@ -344,11 +346,21 @@ def tool_use(seconds, prompts=8, group=8, sync=4, lr=3e-4, delta_v=-0.1, threads
     wall = time.perf_counter() - start
     return {
         "tool_episodes_per_s": episodes / wall,
+        "tool_tokens_per_s": tokens / wall,
         "tool_actor_tokens_per_s": tokens / actor_time,
         "tool_actor_episodes_per_s": episodes / actor_time,
         "tool_learner_trajectories_per_s": episodes / learner_time,
         "tool_mean_episode_tokens": tokens / episodes,
     }
+
+
+def peak_rss_mib():
+    # VmHWM, not getrusage: ru_maxrss of a child keeps the parent's high-water mark across exec.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def main():
@@ -361,6 +373,7 @@ def main():
     out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     out.update(bandit(args.seconds))
     out.update(tool_use(args.seconds))
+    out["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(out))
 
 
