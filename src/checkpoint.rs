@@ -162,6 +162,10 @@ pub fn save_pausing(
     let state = serde_json::json!({ "step": ckpt.step, "state": ckpt.state });
     write_file_synced(&tmp.join(STATE), state.to_string().as_bytes())?;
     if !pause.is_zero() {
+        eprintln!(
+            "checkpoint {name}: paused half written for {} ms (faults.checkpoint_pause_ms)",
+            pause.as_millis()
+        );
         std::thread::sleep(pause);
     }
     for (stem, tensors) in &ckpt.tensors {

@@ -1,9 +1,9 @@
 //! Runs the real `asymre` binary on tiny configs in temporary directories.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 mod common;
 use common::*;

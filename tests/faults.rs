@@ -453,46 +453,50 @@ fn a_serial_run_killed_at_random_points_resumes_to_the_uninterrupted_metrics() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
     let (mut random_kills, mut write_kills) = (0, 0);
     for round in 0..8 {
-        let spawned = std::time::SystemTime::now();
-        let mut child = if round == 0 {
-            bin()
-                .args(["train", "--config"])
+        let mut cmd = bin();
+        if round == 0 {
+            cmd.args(["train", "--config"])
                 .arg(&cfg)
                 .arg("--out")
                 .arg(&run)
-                .args(sets)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
+                .args(sets);
         } else {
-            bin()
-                .arg("resume")
-                .arg(&run)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
-        };
+            cmd.arg("resume").arg(&run);
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // stderr lines, read on a thread so the child never blocks on a full pipe.
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stderr_pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr_pipe).lines().map_while(|l| l.ok()) {
+                let _ = tx.send(line);
+            }
+        });
         let in_write = round % 2 == 1;
         if in_write {
-            // Wait for a checkpoint this process has started and not finished.
-            let start = Instant::now();
-            let half_written = || {
-                std::fs::read_dir(&ckpts).ok().into_iter().flatten().any(|e| {
-                    let e = e.unwrap();
-                    e.file_name().to_string_lossy().starts_with(".tmp-")
-                        && e.path().join("state.json").exists()
-                        && e.metadata().unwrap().modified().unwrap() >= spawned
-                })
-            };
-            while !half_written() {
-                assert!(child.try_wait().unwrap().is_none(), "round {round}: ended");
-                assert!(start.elapsed() < Duration::from_secs(60));
-                std::thread::sleep(Duration::from_millis(2));
+            // The run announces each half-written checkpoint before pausing in it.
+            loop {
+                let line = rx
+                    .recv_timeout(Duration::from_secs(60))
+                    .unwrap_or_else(|_| panic!("round {round}: no checkpoint write seen"));
+                if line.contains("paused half written") {
+                    break;
+                }
             }
         } else {
-            std::thread::sleep(Duration::from_millis(rng.gen_range(300..1500)));
+            // Once the run is under way (its metrics file exists), a random moment.
+            let start = Instant::now();
+            while !run.join("metrics.jsonl").exists() {
+                assert!(child.try_wait().unwrap().is_none(), "round {round}: ended");
+                assert!(start.elapsed() < Duration::from_secs(60));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(rng.gen_range(100..1200)));
         }
         child.kill().unwrap();
         let status = child.wait().unwrap();
