@@ -109,7 +109,10 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     put("tool_actor_tokens_per_s", one.tokens);
     put("tool_actor_episodes_per_s", one.episodes);
     put("tool_actor_2_threads_episodes_per_s", two.episodes);
-    put("tool_mean_episode_tokens", one.tokens / one.episodes.max(1e-9));
+    put(
+        "tool_mean_episode_tokens",
+        one.tokens / one.episodes.max(1e-9),
+    );
 
     progress("tool-use learner");
     let (traj, tokens) = learner_rates(&calc, secs)?;
@@ -187,7 +190,10 @@ fn synthetic_trajectory(rng: &mut impl Rng, len: usize, prompt: u64) -> Trajecto
     let policy_mask: Vec<bool> = (0..len).map(|i| i >= 8).collect();
     Trajectory {
         prompt,
-        behaviour_token_logp: policy_mask.iter().map(|&m| if m { -3.0 } else { 0.0 }).collect(),
+        behaviour_token_logp: policy_mask
+            .iter()
+            .map(|&m| if m { -3.0 } else { 0.0 })
+            .collect(),
         actions,
         reward: rng.gen_range(-1.0..1.0),
         behaviour_logp: -3.0 * (len - 8) as f32,
@@ -228,13 +234,7 @@ fn learner_step_seconds(
         actor: 0,
         trajectories,
     });
-    let flops = transformer_step_flops(
-        cfg.policy.layers,
-        d_model,
-        vocab::size(),
-        b,
-        t - 1,
-    );
+    let flops = transformer_step_flops(cfg.policy.layers, d_model, vocab::size(), b, t - 1);
     learner.train_step()?; // warm-up
     let start = Instant::now();
     let mut steps = 0u32;
@@ -318,7 +318,11 @@ fn learner_rates(cfg: &Config, secs: f64) -> Result<(f64, f64)> {
     while count < cfg.replay.capacity.min(16 * cfg.learner.batch_size) {
         let batch = actor.act()?;
         count += batch.trajectories.len();
-        tokens += batch.trajectories.iter().map(|t| t.actions.len()).sum::<usize>();
+        tokens += batch
+            .trajectories
+            .iter()
+            .map(|t| t.actions.len())
+            .sum::<usize>();
         learner.ingest(batch);
     }
     let mean_len = tokens as f64 / count as f64;
@@ -501,14 +505,26 @@ fn print_table(
         "tool_tokens_per_s",
         "≥ 3×",
     );
-    compare("tool-use actor alone: tokens/s", "tool_actor_tokens_per_s", "");
-    compare("tool-use actor alone: episodes/s", "tool_actor_episodes_per_s", "");
+    compare(
+        "tool-use actor alone: tokens/s",
+        "tool_actor_tokens_per_s",
+        "",
+    );
+    compare(
+        "tool-use actor alone: episodes/s",
+        "tool_actor_episodes_per_s",
+        "",
+    );
     compare(
         "tool-use learner alone: trajectories/s",
         "tool_learner_trajectories_per_s",
         "",
     );
-    compare("tool-use learner alone: tokens/s", "tool_learner_tokens_per_s", "");
+    compare(
+        "tool-use learner alone: tokens/s",
+        "tool_learner_tokens_per_s",
+        "",
+    );
     compare(
         "tool-use tokens per episode (same work?)",
         "tool_mean_episode_tokens",

@@ -399,7 +399,10 @@ fn the_waiting_side_sleeps_instead_of_spinning() {
     // (100 ms per step) with fast actors: the actors wait on the full channel, and with a lag
     // limit they wait for newer weights.
     let cases: [(&str, &[&str]); 3] = [
-        ("slow-actor", &["actor.threads=1", "faults.actor_delay_ms=100"]),
+        (
+            "slow-actor",
+            &["actor.threads=1", "faults.actor_delay_ms=100"],
+        ),
         ("slow-learner", &["faults.learner_delay_ms=100"]),
         (
             "slow-learner-lag-limit",
@@ -473,7 +476,10 @@ fn a_serial_run_killed_at_random_points_resumes_to_the_uninterrupted_metrics() {
         let stderr_pipe = child.stderr.take().unwrap();
         std::thread::spawn(move || {
             use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr_pipe).lines().map_while(|l| l.ok()) {
+            for line in std::io::BufReader::new(stderr_pipe)
+                .lines()
+                .map_while(|l| l.ok())
+            {
                 let _ = tx.send(line);
             }
         });
@@ -526,11 +532,16 @@ fn a_serial_run_killed_at_random_points_resumes_to_the_uninterrupted_metrics() {
     assert!(o.status.success(), "{}", stderr(&o));
     let got = metrics(&run);
     let steps: Vec<u64> = got.iter().map(|r| r["step"].as_u64().unwrap()).collect();
-    assert!(steps.windows(2).all(|w| w[0] < w[1]), "steps repeat or go back");
+    assert!(
+        steps.windows(2).all(|w| w[0] < w[1]),
+        "steps repeat or go back"
+    );
     assert_eq!(got, want, "resumed metrics differ");
-    assert!(!std::fs::read_dir(&ckpts)
+    assert!(!std::fs::read_dir(&ckpts).unwrap().any(|e| e
         .unwrap()
-        .any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".tmp-")));
+        .file_name()
+        .to_string_lossy()
+        .starts_with(".tmp-")));
 }
 
 fn resume(run: &Path) -> Output {
