@@ -221,11 +221,9 @@ fn learner_step_seconds(
             format!("policy.d_model={d_model}"),
             format!("learner.batch_size={b}"),
             format!("env.max_tokens={t}"),
-            "replay.sampling=\"uniform\"".into(),
-            "replay.reuse=1000.0".into(),
         ],
     )?;
-    let mut learner = Learner::new(&cfg, device, &[]);
+    let mut learner = replaying_learner(&cfg, device);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let trajectories = (0..b)
         .map(|i| synthetic_trajectory(&mut rng, t, (i / 8) as u64))
@@ -235,17 +233,33 @@ fn learner_step_seconds(
         trajectories,
     });
     let flops = transformer_step_flops(cfg.policy.layers, d_model, vocab::size(), b, t - 1);
-    learner.train_step()?; // warm-up
+    Ok((seconds_per_step(&mut learner, 2, secs / 2.0)?, flops))
+}
+
+/// A learner for `cfg` from seeded weights, whose replay serves its stored samples again and
+/// again (uniform sampling, the largest reuse), so steps can be timed without actors.
+fn replaying_learner(cfg: &Config, device: Device) -> Learner {
+    let mut cfg = cfg.clone();
+    cfg.replay.sampling = crate::config::Sampling::Uniform;
+    cfg.replay.reuse = 1000.0;
+    tch::manual_seed(cfg.seed as i64);
+    Learner::new(&cfg, device, &[])
+}
+
+/// Seconds per step of `learner` after one warm-up step, over at least `min_steps` steps and
+/// about `secs` seconds.
+fn seconds_per_step(learner: &mut Learner, min_steps: u32, secs: f64) -> Result<f64> {
+    learner.train_step()?;
     let start = Instant::now();
     let mut steps = 0u32;
-    while steps < 2 || start.elapsed().as_secs_f64() < secs / 2.0 {
+    while steps < min_steps || start.elapsed().as_secs_f64() < secs {
         if !learner.ready() {
             return Err(Error::Corrupt("bench learner ran out of data".into()));
         }
         learner.train_step()?;
         steps += 1;
     }
-    Ok((start.elapsed().as_secs_f64() / steps as f64, flops))
+    Ok(start.elapsed().as_secs_f64() / steps as f64)
 }
 
 struct ActorRates {
@@ -306,13 +320,9 @@ fn actor_rates(cfg: &Config, threads: usize, secs: f64) -> Result<ActorRates> {
 /// The tool-use learner alone on episodes its own actor sampled: trajectories/s and tokens/s
 /// (prompt and tool results included, the positions it scores).
 fn learner_rates(cfg: &Config, secs: f64) -> Result<(f64, f64)> {
-    let mut cfg = cfg.clone();
-    cfg.replay.sampling = crate::config::Sampling::Uniform;
-    cfg.replay.reuse = 1000.0;
-    tch::manual_seed(cfg.seed as i64);
-    let mut learner = Learner::new(&cfg, train::resolve_device(cfg.device)?, &[]);
+    let mut learner = replaying_learner(cfg, train::resolve_device(cfg.device)?);
     let task = Task::new(cfg.env.task_spec(cfg.seed));
-    let mut actor = ToolActor::new(&cfg, 0, task, &learner.snapshot()?)?;
+    let mut actor = ToolActor::new(cfg, 0, task, &learner.snapshot()?)?;
     let mut tokens = 0usize;
     let mut count = 0usize;
     while count < cfg.replay.capacity.min(16 * cfg.learner.batch_size) {
@@ -326,14 +336,7 @@ fn learner_rates(cfg: &Config, secs: f64) -> Result<(f64, f64)> {
         learner.ingest(batch);
     }
     let mean_len = tokens as f64 / count as f64;
-    learner.train_step()?; // warm-up
-    let start = Instant::now();
-    let mut steps = 0u32;
-    while steps < 3 || start.elapsed().as_secs_f64() < secs / 2.0 {
-        learner.train_step()?;
-        steps += 1;
-    }
-    let per_s = steps as f64 * cfg.learner.batch_size as f64 / start.elapsed().as_secs_f64();
+    let per_s = cfg.learner.batch_size as f64 / seconds_per_step(&mut learner, 3, secs / 2.0)?;
     Ok((per_s, per_s * mean_len))
 }
 
@@ -568,34 +571,15 @@ fn print_table(
         base.and_then(|v| v.get("threads")).map_or("—".into(), |t| t.to_string()),
     );
     let header = ["measure", "asymre", "PyTorch eager", "ratio", "goal"];
-    let widths: Vec<usize> = (0..5)
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: &[String]| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-            .collect();
-        println!("| {} |", padded.join(" | "));
-    };
-    line(&header.map(String::from));
-    println!(
-        "|{}|",
-        widths
-            .iter()
-            .map(|w| "-".repeat(w + 2))
-            .collect::<Vec<_>>()
-            .join("|")
-    );
-    for r in &rows {
-        line(r);
+    let mut table = vec![header.map(String::from).to_vec()];
+    table.extend(rows.into_iter().map(Vec::from));
+    let (widths, padded) = crate::text::pad_columns(&table);
+    for (i, cells) in padded.iter().enumerate() {
+        println!("| {} |", cells.join(" | "));
+        if i == 0 {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(w + 2)).collect();
+            println!("|{}|", rule.join("|"));
+        }
     }
 }
 

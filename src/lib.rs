@@ -32,6 +32,7 @@ pub mod reward;
 pub mod rng;
 pub mod rollout;
 pub mod sweep;
+pub mod text;
 pub mod train;
 pub mod trajectory;
 pub mod warmstart;

@@ -585,22 +585,9 @@ pub fn write_reports(out: &Path) -> Result<(usize, String)> {
         ));
         lines.push(line);
     }
-    let widths: Vec<usize> = (0..lines[0].len())
-        .map(|c| {
-            lines
-                .iter()
-                .map(|l| l[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
+    let (widths, padded) = crate::text::pad_columns(&lines);
     let mut table = String::new();
-    for (i, l) in lines.iter().enumerate() {
-        let cells: Vec<String> = l
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+    for (i, cells) in padded.iter().enumerate() {
         let _ = writeln!(table, "{}", cells.join("  ").trim_end());
         if i == 0 {
             let _ = writeln!(
