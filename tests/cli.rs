@@ -1,6 +1,6 @@
 //! Runs the real `asymre` binary on tiny configs in temporary directories.
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -198,10 +198,6 @@ fn wait_for_checkpoint(run: &Path, child: &mut std::process::Child) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-fn resume(run: &Path) -> Output {
-    bin().arg("resume").arg(run).output().unwrap()
 }
 
 #[test]

@@ -144,7 +144,7 @@ fn a_failed_checkpoint_write_keeps_the_earlier_one_and_resume_recovers() {
         text.replace("checkpoint_error_at = 150", "checkpoint_error_at = 0"),
     )
     .unwrap();
-    let o = bin().arg("resume").arg(&run).output().unwrap();
+    let o = resume(&run);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!run.join("checkpoints/.tmp-step_000000150").exists());
     let (o, clean) = run_with(tmp.path(), "clean", &[], true);
@@ -542,10 +542,6 @@ fn a_serial_run_killed_at_random_points_resumes_to_the_uninterrupted_metrics() {
         .file_name()
         .to_string_lossy()
         .starts_with(".tmp-")));
-}
-
-fn resume(run: &Path) -> Output {
-    bin().arg("resume").arg(run).output().unwrap()
 }
 
 /// Resident memory of process `pid` in KiB.

@@ -54,6 +54,11 @@ pub fn train(config: &Path, out: &Path, extra: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `asymre resume RUN`, run to the end.
+pub fn resume(run: &Path) -> Output {
+    bin().arg("resume").arg(run).output().unwrap()
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
