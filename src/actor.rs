@@ -22,7 +22,7 @@ use crate::policy::{PolicyModel, TabularPolicy, Transformer, WeightSnapshot};
 use crate::reward;
 use crate::rng::{self, Role};
 use crate::rollout::{rollout, Decoding};
-use crate::trajectory::{ActorBatch, EpisodeStats, Trajectory};
+use crate::trajectory::{Actions, ActorBatch, EpisodeStats, Trajectory};
 
 /// The part of an actor that must survive a checkpoint for an exact resume.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -160,7 +160,7 @@ impl Actor for BanditActor {
                 let reward = self.bandit.pull(arm, &mut self.state.rng);
                 trajectories.push(Trajectory {
                     prompt,
-                    actions: vec![arm as u32],
+                    actions: Actions::One(arm as u32),
                     reward: reward as f32,
                     behaviour_logp: self.log_probs[arm] as f32,
                     group_mean: 0.0,
@@ -288,11 +288,11 @@ impl Actor for ToolActor {
                 group_mean: 0.0,
                 behaviour_value: None,
                 policy_version: self.version,
-                stats: Some(EpisodeStats {
+                stats: Some(Box::new(EpisodeStats {
                     score: s,
                     length: (ep.tokens.len() - ep.prompt_len) as u32,
-                }),
-                actions: ep.tokens,
+                })),
+                actions: ep.tokens.into(),
                 policy_mask: ep.policy_mask,
                 behaviour_token_logp: r.token_logp,
                 group_std: 0.0,

@@ -194,7 +194,7 @@ fn synthetic_trajectory(rng: &mut impl Rng, len: usize, prompt: u64) -> Trajecto
             .iter()
             .map(|&m| if m { -3.0 } else { 0.0 })
             .collect(),
-        actions,
+        actions: actions.into(),
         reward: rng.gen_range(-1.0..1.0),
         behaviour_logp: -3.0 * (len - 8) as f32,
         group_mean: 0.0,
@@ -290,7 +290,7 @@ fn actor_rates(cfg: &Config, threads: usize, secs: f64) -> Result<ActorRates> {
                         tokens += batch
                             .trajectories
                             .iter()
-                            .filter_map(|t| t.stats.map(|s| s.length as u64))
+                            .filter_map(|t| t.stats.as_ref().map(|s| s.length as u64))
                             .sum::<u64>();
                     }
                     Ok((episodes, tokens, start.elapsed().as_secs_f64()))

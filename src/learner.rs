@@ -35,7 +35,7 @@ pub struct StepStats {
 
 fn episode_means(batch: &[&Trajectory]) -> Option<ScoreMeans> {
     let mut means = ScoreMeans::default();
-    for stats in batch.iter().filter_map(|t| t.stats) {
+    for stats in batch.iter().filter_map(|t| t.stats.as_deref()) {
         means.add(&stats.score, stats.length as usize);
     }
     (means.episodes > 0).then(|| means.finish())
@@ -57,6 +57,9 @@ pub struct Learner {
     nonfinite_loss_every: u64,
     /// Batches skipped because their loss or gradient was not finite.
     pub nonfinite_skipped: u64,
+    /// Tabular policies on the CPU take their step in closed form on the host
+    /// ([`Learner::train_step`]); false forces the autograd path (tests compare the two).
+    pub host_tabular: bool,
 }
 
 impl Learner {
@@ -80,14 +83,13 @@ impl Learner {
             skip_nonfinite: cfg.learner.skip_nonfinite,
             nonfinite_loss_every: cfg.faults.nonfinite_loss_every,
             nonfinite_skipped: 0,
+            host_tabular: true,
         }
     }
 
     /// Moves an actor message into the replay buffer.
     pub fn ingest(&mut self, batch: ActorBatch) {
-        for t in batch.trajectories {
-            self.replay.push(t);
-        }
+        self.replay.push_many(batch.trajectories);
     }
 
     /// Whether the next step has the data it needs (drops stale samples first).
@@ -97,7 +99,21 @@ impl Learner {
     }
 
     /// One optimisation step. Call only when [`Learner::ready`].
+    ///
+    /// A tabular policy on the CPU (the bandit) takes it in closed form on the host: its
+    /// gradient is Σ_i c_i·(e_{y_i} − π) with c_i = ∂loss/∂log π(y_i)
+    /// ([`loss::single_action_term`]), and the optimiser updates the weights in place
+    /// ([`Optimizer::step_host`]). A batch of a thousand arms then costs microseconds, where the
+    /// same step through libtorch's autograd costs some forty op dispatches. Anything else goes
+    /// through autograd.
     pub fn train_step(&mut self) -> Result<StepStats> {
+        if self.host_tabular
+            && self.device == Device::Cpu
+            && matches!(self.policy, PolicyModel::Tabular(_))
+            && self.optimizer.host_eligible(&self.vars)
+        {
+            return self.train_step_tabular();
+        }
         let positions = self.replay.sample(self.step, &mut self.rng);
         let batch: Vec<&Trajectory> = positions.iter().map(|&p| self.replay.get(p)).collect();
         let baseline = loss::baseline_values(&self.loss_cfg, &batch);
@@ -180,6 +196,99 @@ impl Learner {
         })
     }
 
+    /// [`Learner::train_step`] for a tabular policy, on the host.
+    fn train_step_tabular(&mut self) -> Result<StepStats> {
+        let logits: Vec<f64> = {
+            let (_, var) = &self.vars[0];
+            // SAFETY: the learner thread owns the variable and no tensor op runs on it while
+            // the slice lives (it is copied out at once).
+            let host = unsafe { crate::optim::host_f32(var) }
+                .ok_or_else(|| Error::Corrupt("tabular logits are not host f32".into()))?;
+            host.iter().map(|&x| x as f64).collect()
+        };
+        let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let log_z = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
+        let logp: Vec<f64> = logits.iter().map(|l| l - log_z).collect();
+        let probs: Vec<f64> = logp.iter().map(|l| l.exp()).collect();
+        let entropy = -probs.iter().zip(&logp).map(|(p, l)| p * l).sum::<f64>();
+
+        let positions = self.replay.sample(self.step, &mut self.rng);
+        let n = positions.len() as f64;
+        // per_arm[k] = Σ_{i: y_i = k} c_i, total = Σ_i c_i, with c_i = ∂loss/∂log π(y_i).
+        let mut per_arm = vec![0.0f64; logits.len()];
+        let (mut total, mut loss_sum, mut reward_sum, mut baseline_sum) = (0.0, 0.0, 0.0, 0.0);
+        let (mut lag_sum, mut lag_max) = (0u64, 0u64);
+        for &pos in &positions {
+            let t = self.replay.get(pos);
+            let arm = match t.actions[..] {
+                [arm] if (arm as usize) < logits.len() => arm as usize,
+                _ => {
+                    return Err(Error::Corrupt(format!(
+                        "a bandit sample has actions {:?} for {} arms",
+                        &t.actions[..],
+                        logits.len()
+                    )))
+                }
+            };
+            let baseline = loss::baseline_value(&self.loss_cfg, t) as f64;
+            let sample = loss::ArmSample {
+                logp: logp[arm],
+                behaviour_logp: t.behaviour_logp as f64,
+                reward: t.reward as f64,
+                baseline,
+                group_mean: t.group_mean as f64,
+                group_std: t.group_std as f64,
+            };
+            let (objective, slope) = loss::single_action_term(&self.loss_cfg, &sample);
+            loss_sum -= objective;
+            per_arm[arm] -= slope;
+            total -= slope;
+            reward_sum += sample.reward;
+            baseline_sum += baseline;
+            let lag = self.step.saturating_sub(t.policy_version);
+            lag_sum += lag;
+            lag_max = lag_max.max(lag);
+        }
+        let stats_base = StepStats {
+            batch_reward: reward_sum / n,
+            baseline: baseline_sum / n,
+            lag_mean: lag_sum as f64 / n,
+            lag_max,
+            ..StepStats::default()
+        };
+        let injected =
+            self.nonfinite_loss_every > 0 && (self.step + 1) % self.nonfinite_loss_every == 0;
+        let loss_value = if injected { f64::NAN } else { loss_sum / n };
+        if !loss_value.is_finite() {
+            return self.skip_or_fail("loss", stats_base);
+        }
+        let grad: Vec<f64> = per_arm
+            .iter()
+            .zip(&probs)
+            .map(|(c, p)| (c - total * p) / n)
+            .collect();
+        let info = match self.optimizer.step_host(&self.vars, &[grad], self.step) {
+            Ok(info) => info,
+            Err(Error::NonFinite { quantity, .. }) => {
+                return self.skip_or_fail(quantity, stats_base)
+            }
+            Err(e) => return Err(e),
+        };
+        if !Optimizer::all_finite(&self.vars)? {
+            return Err(Error::NonFinite {
+                quantity: "weights after the update",
+                step: self.step + 1,
+            });
+        }
+        self.step += 1;
+        Ok(StepStats {
+            loss: loss_value,
+            grad_norm: info.grad_norm,
+            entropy,
+            ..stats_base
+        })
+    }
+
     /// A non-finite `quantity` at this step: skip the batch (counted) or stop with an error.
     fn skip_or_fail(&mut self, quantity: &'static str, stats: StepStats) -> Result<StepStats> {
         self.step += 1;
@@ -226,5 +335,114 @@ impl Learner {
         saved: &[crate::policy::NamedTensor],
     ) -> Result<()> {
         self.optimizer.load_state(&self.vars, t, saved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trajectory::Actions;
+    use proptest::prelude::*;
+
+    const BANDIT_TOML: &str = include_str!("../configs/bandit.toml");
+
+    fn config(loss: &str, optimizer: &str, arms: usize, batch: usize) -> Config {
+        crate::config::from_toml_str(
+            BANDIT_TOML,
+            &[
+                format!("env.arms={arms}"),
+                format!("loss.kind=\"{loss}\""),
+                format!("learner.optimizer=\"{optimizer}\""),
+                format!("learner.batch_size={batch}"),
+                "learner.lr=0.3".into(),
+                "learner.max_grad_norm=0.2".into(),
+                "loss.ratio_cap=1.5".into(),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// (arm, reward, log μ, group mean, group std, V^μ) per sample.
+    type Row = (u32, f32, f32, f32, f32, f32);
+
+    fn trajectory(i: usize, r: &Row) -> Trajectory {
+        Trajectory {
+            prompt: i as u64 / 4,
+            actions: Actions::One(r.0),
+            reward: r.1,
+            behaviour_logp: r.2,
+            group_mean: r.3,
+            behaviour_value: Some(r.5),
+            policy_version: 0,
+            policy_mask: Vec::new(),
+            behaviour_token_logp: Vec::new(),
+            group_std: r.4,
+            stats: None,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+        /// The tabular learner's closed-form host step and the autograd step agree, for every
+        /// loss and both optimisers, step after step: loss, gradient norm, entropy, weights.
+        #[test]
+        fn prop_host_tabular_step_matches_autograd(
+            loss in prop::sample::select(vec!["asymre", "reinforce", "is_reinforce", "topr", "grpo"]),
+            adam in any::<bool>(),
+            init in prop::collection::vec(-2.0f64..2.0, 6),
+            rows in prop::collection::vec(
+                (0u32..6, 0.0f32..1.0, -4.0f32..-0.1, 0.0f32..1.0, 0.1f32..0.5, 0.0f32..1.0),
+                24,
+            ),
+        ) {
+            let cfg = config(loss, if adam { "adam" } else { "sgd" }, 6, 8);
+            let mut host = Learner::new(&cfg, Device::Cpu, &init);
+            let mut autograd = Learner::new(&cfg, Device::Cpu, &init);
+            autograd.host_tabular = false;
+            for l in [&mut host, &mut autograd] {
+                l.ingest(ActorBatch {
+                    actor: 0,
+                    trajectories: rows.iter().enumerate().map(|(i, r)| trajectory(i, r)).collect(),
+                });
+            }
+            for _ in 0..3 {
+                prop_assert!(host.ready() && autograd.ready());
+                let (h, a) = (host.train_step().unwrap(), autograd.train_step().unwrap());
+                let close = |x: f64, y: f64| (x - y).abs() <= 1e-4 * (1.0 + y.abs());
+                prop_assert!(close(h.loss, a.loss), "loss {} vs {}", h.loss, a.loss);
+                prop_assert!(close(h.grad_norm, a.grad_norm), "norm {} vs {}", h.grad_norm, a.grad_norm);
+                prop_assert!(close(h.entropy, a.entropy), "entropy {} vs {}", h.entropy, a.entropy);
+                prop_assert!(close(h.baseline, a.baseline) && close(h.batch_reward, a.batch_reward));
+                for (x, y) in host.logits().unwrap().iter().zip(autograd.logits().unwrap()) {
+                    prop_assert!(close(*x, y), "logit {} vs {}", x, y);
+                }
+            }
+            prop_assert_eq!(host.step, 3);
+        }
+    }
+
+    #[test]
+    fn host_tabular_step_rejects_an_arm_out_of_range_and_skips_an_injected_nan() {
+        let mut cfg = config("asymre", "sgd", 4, 2);
+        let mut learner = Learner::new(&cfg, Device::Cpu, &[0.0; 4]);
+        learner.ingest(ActorBatch {
+            actor: 0,
+            trajectories: vec![trajectory(0, &(9, 1.0, -1.0, 0.5, 0.1, 0.5)); 2],
+        });
+        assert!(learner.ready());
+        let err = learner.train_step().unwrap_err().to_string();
+        assert!(err.contains("actions [9] for 4 arms"), "{err}");
+
+        cfg.learner.skip_nonfinite = true;
+        cfg.faults.nonfinite_loss_every = 1;
+        let mut learner = Learner::new(&cfg, Device::Cpu, &[0.0; 4]);
+        learner.ingest(ActorBatch {
+            actor: 0,
+            trajectories: vec![trajectory(0, &(1, 1.0, -1.0, 0.5, 0.1, 0.5)); 2],
+        });
+        let stats = learner.train_step().unwrap();
+        assert!(stats.loss.is_nan());
+        assert_eq!((learner.step, learner.nonfinite_skipped), (1, 1));
+        assert_eq!(learner.logits().unwrap(), vec![0.0; 4]);
     }
 }

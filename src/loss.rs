@@ -128,7 +128,8 @@ pub fn baseline_values(cfg: &LossConfig, batch: &[&Trajectory]) -> Vec<f32> {
     batch.iter().map(|t| baseline_value(cfg, t)).collect()
 }
 
-fn baseline_value(cfg: &LossConfig, t: &Trajectory) -> f32 {
+/// V for one trajectory, from the configured baseline.
+pub fn baseline_value(cfg: &LossConfig, t: &Trajectory) -> f32 {
     match cfg.kind {
         LossKind::Reinforce => return 0.0,
         LossKind::Grpo => return t.group_mean,
@@ -214,6 +215,47 @@ pub fn compute(cfg: &LossConfig, x: &LossInputs) -> Result<Tensor> {
                     cfg.clip_epsilon,
                 ),
             }
+        }
+    }
+}
+
+/// What the host-side losses need of one single-action sample (the bandit's), in f64.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ArmSample {
+    /// log π(y) under the weights being trained.
+    pub logp: f64,
+    /// log μ(y), stored by the actor.
+    pub behaviour_logp: f64,
+    pub reward: f64,
+    /// V from [`baseline_value`].
+    pub baseline: f64,
+    pub group_mean: f64,
+    pub group_std: f64,
+}
+
+/// The configured loss's term for one single-action sample: `(o, ∂o/∂log π(y))` with
+/// loss = −mean(o). It is what [`compute`] builds with tensors, in closed form: a tabular policy's
+/// gradient is then ∂loss/∂θ_k = −(1/B) Σ_i ∂o_i/∂log π(y_i) · ([y_i = k] − π_k), with no
+/// autograd graph and no tensor op (with one action, token- and sequence-level GRPO agree).
+pub fn single_action_term(cfg: &LossConfig, s: &ArmSample) -> (f64, f64) {
+    let advantage = s.reward - s.baseline;
+    match cfg.kind {
+        LossKind::Asymre | LossKind::Reinforce => (advantage * s.logp, advantage),
+        LossKind::IsReinforce => {
+            let w = (s.logp - s.behaviour_logp).exp().min(cfg.ratio_cap);
+            (w * advantage * s.logp, w * advantage)
+        }
+        LossKind::Topr => {
+            let w = if advantage >= 0.0 {
+                1.0
+            } else {
+                (s.logp - s.behaviour_logp).exp().clamp(0.0, 1.0)
+            };
+            (w * advantage * s.logp, w * advantage)
+        }
+        LossKind::Grpo => {
+            let a = (s.reward - s.group_mean) / (s.group_std + 1e-6);
+            naive::surrogate(s.logp, s.behaviour_logp, a, cfg.clip_epsilon)
         }
     }
 }
@@ -518,7 +560,7 @@ mod tests {
     fn baselines_follow_the_config() {
         let traj = Trajectory {
             prompt: 0,
-            actions: vec![1],
+            actions: vec![1].into(),
             reward: 1.0,
             behaviour_logp: -1.0,
             group_mean: 0.5,

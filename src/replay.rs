@@ -67,6 +67,23 @@ impl Replay {
         self.inserted += 1;
     }
 
+    /// Appends a message's trajectories in arrival order, evicting the oldest when full: one bulk
+    /// copy, where pushing them one by one costs a call per trajectory.
+    pub fn push_many(&mut self, batch: Vec<Trajectory>) {
+        let incoming = batch.len();
+        // What would not fit even in an empty ring is evicted on arrival.
+        let skip = incoming.saturating_sub(self.capacity);
+        let evict = (self.buf.len() + incoming - skip).saturating_sub(self.capacity);
+        self.buf.drain(..evict);
+        if skip == 0 {
+            self.buf.extend(batch);
+        } else {
+            self.buf.extend(batch.into_iter().skip(skip));
+        }
+        self.front_index += (evict + skip) as u64;
+        self.inserted += incoming as u64;
+    }
+
     /// Drops trajectories from the front whose policy is more than `max_lag` steps older than
     /// `version` (0 = no limit).
     pub fn evict_stale(&mut self, version: u64, max_lag: u64) {
@@ -127,7 +144,7 @@ mod tests {
     fn traj(i: u64, version: u64) -> Trajectory {
         Trajectory {
             prompt: i,
-            actions: vec![i as u32],
+            actions: vec![i as u32].into(),
             reward: 0.0,
             behaviour_logp: 0.0,
             group_mean: 0.0,
@@ -158,6 +175,26 @@ mod tests {
         assert_eq!(r.len(), 4);
         assert_eq!(r.inserted(), 10);
         assert_eq!(r.get(0).prompt, 6);
+    }
+
+    #[test]
+    fn pushing_a_batch_is_pushing_its_trajectories_one_by_one() {
+        for (capacity, sizes) in [(4, vec![3, 3, 1]), (5, vec![7, 2]), (3, vec![0, 3, 3])] {
+            let (mut one, mut many) = (
+                Replay::new(&cfg(capacity, Sampling::Fifo, 1.0), 2),
+                Replay::new(&cfg(capacity, Sampling::Fifo, 1.0), 2),
+            );
+            let mut next = 0;
+            for size in sizes {
+                let batch: Vec<Trajectory> = (next..next + size).map(|i| traj(i, 0)).collect();
+                next += size;
+                for t in batch.clone() {
+                    one.push(t);
+                }
+                many.push_many(batch);
+                assert_eq!(many, one);
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ pub struct Trajectory {
     /// Identifies the prompt x; the G samples of one prompt share it.
     pub prompt: u64,
     /// The policy's actions (the bandit: one arm).
-    pub actions: Vec<u32>,
+    pub actions: Actions,
     /// The verifiable reward r(y).
     pub reward: f32,
     /// log μ(y): the behaviour policy's log-probability of the actions, summed.
@@ -29,9 +29,55 @@ pub struct Trajectory {
     /// Standard deviation of the rewards of the prompt's G samples (GRPO's advantage scale).
     #[serde(default)]
     pub group_std: f32,
-    /// Tool use: how the episode went.
+    /// Tool use: how the episode went (boxed: the bandit's samples, which have none, stay small
+    /// to copy).
     #[serde(default)]
-    pub stats: Option<EpisodeStats>,
+    pub stats: Option<Box<EpisodeStats>>,
+}
+
+/// A trajectory's actions. One action (a bandit arm) is kept inline, so the millions of arm
+/// samples a second the bandit sends cost no heap allocation; sequences live on the heap. It reads
+/// as a `[u32]` and is stored (checkpoints, JSON) as a plain list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "Vec<u32>", into = "Vec<u32>")]
+pub enum Actions {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl From<Vec<u32>> for Actions {
+    fn from(v: Vec<u32>) -> Self {
+        match v[..] {
+            [a] => Actions::One(a),
+            _ => Actions::Many(v),
+        }
+    }
+}
+
+impl From<Actions> for Vec<u32> {
+    fn from(a: Actions) -> Self {
+        match a {
+            Actions::One(a) => vec![a],
+            Actions::Many(v) => v,
+        }
+    }
+}
+
+impl std::ops::Deref for Actions {
+    type Target = [u32];
+
+    fn deref(&self) -> &[u32] {
+        match self {
+            Actions::One(a) => std::slice::from_ref(a),
+            Actions::Many(v) => v,
+        }
+    }
+}
+
+impl PartialEq for Actions {
+    fn eq(&self, other: &Self) -> bool {
+        self[..] == other[..]
+    }
 }
 
 /// How a tool-use episode went: its reward's parts and its generated length.
@@ -46,4 +92,22 @@ pub struct EpisodeStats {
 pub struct ActorBatch {
     pub actor: usize,
     pub trajectories: Vec<Trajectory>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_read_and_serialise_as_a_list_whatever_their_length() {
+        for v in [vec![], vec![7], vec![1, 2, 3]] {
+            let a = Actions::from(v.clone());
+            assert_eq!(&a[..], &v[..]);
+            assert_eq!(matches!(a, Actions::One(_)), v.len() == 1);
+            let json = serde_json::to_string(&a).unwrap();
+            assert_eq!(json, serde_json::to_string(&v).unwrap());
+            assert_eq!(serde_json::from_str::<Actions>(&json).unwrap(), a);
+        }
+        assert_eq!(Actions::One(4), Actions::Many(vec![4]));
+    }
 }
