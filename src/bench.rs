@@ -141,6 +141,32 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         }
         None => None,
     };
+    // The least arithmetic an episode costs: the learner's forward and backward over its tokens
+    // and the actor's forward over the same tokens, without padding. At a rate above the matmul
+    // rate a throughput cannot be reached with this model on this machine.
+    let full_len = tokens / traj;
+    let prompt_len = full_len - one.tokens / one.episodes.max(1e-9);
+    let episode_gflop = |len: f64| {
+        let (p, vocab) = (&calc.policy, crate::env::tool_use::vocab::size());
+        transformer_step_flops(p.layers, p.d_model, vocab, 1, len.round().max(1.0) as usize) * 4.0
+            / 3.0
+            / 1e9
+    };
+    put(
+        "tool_model_gflops",
+        e2e.samples_per_s * episode_gflop(full_len),
+    );
+    let mut base = base;
+    if let Some(Value::Object(b)) = &mut base {
+        let field = |k: &str| b.get(k).and_then(Value::as_f64);
+        if let (Some(eps), Some(len)) = (
+            field("tool_episodes_per_s"),
+            field("tool_mean_episode_tokens"),
+        ) {
+            let gflops = eps * episode_gflop(prompt_len + len);
+            b.insert("tool_model_gflops".into(), json!(gflops));
+        }
+    }
     let ours = Value::Object(ours);
     print_table(&ours, base.as_ref(), cores, n, opts.quick, device);
     if let Some(path) = &opts.json {
@@ -507,6 +533,16 @@ fn print_table(
         "tool use (calc) end to end: generated tokens/s",
         "tool_tokens_per_s",
         "≥ 3×",
+    );
+    let needed = 3.0 * b("tool_model_gflops");
+    compare(
+        "tool use (calc) end to end: model GFLOP/s",
+        "tool_model_gflops",
+        &if needed.is_finite() {
+            format!("3× = {needed:.0} (matmul {:.0})", o("matmul_gflops"))
+        } else {
+            String::new()
+        },
     );
     compare(
         "tool-use actor alone: tokens/s",

@@ -539,6 +539,7 @@ fn bench_prints_its_table_and_writes_json() {
         "tool_learner_trajectories_per_s",
         "matmul_gflops",
         "learner_d256_gflops",
+        "tool_model_gflops",
         "peak_rss_mib",
     ] {
         let x = v["asymre"][key].as_f64().unwrap_or(f64::NAN);
