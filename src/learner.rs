@@ -171,11 +171,24 @@ impl Learner {
             return self.skip_or_fail("loss", stats_base);
         }
         loss.f_backward()?;
-        let info = match self.optimizer.step(&self.vars, self.step) {
+        let update = self.optimizer.step(&self.vars, self.step);
+        self.finish_step(update, loss_value, scores.entropy, stats_base)
+    }
+
+    /// Ends a step once the optimiser ran: a non-finite gradient skips the batch (or fails), an
+    /// update that overflowed the weights fails the run.
+    fn finish_step(
+        &mut self,
+        update: Result<crate::optim::StepInfo>,
+        loss: f64,
+        entropy: f64,
+        stats: StepStats,
+    ) -> Result<StepStats> {
+        let info = match update {
             Ok(info) => info,
             Err(Error::NonFinite { quantity, .. }) => {
                 Optimizer::zero_grad(&self.vars)?;
-                return self.skip_or_fail(quantity, stats_base);
+                return self.skip_or_fail(quantity, stats);
             }
             Err(e) => return Err(e),
         };
@@ -189,10 +202,10 @@ impl Learner {
         }
         self.step += 1;
         Ok(StepStats {
-            loss: loss_value,
+            loss,
             grad_norm: info.grad_norm,
-            entropy: scores.entropy,
-            ..stats_base
+            entropy,
+            ..stats
         })
     }
 
@@ -267,26 +280,8 @@ impl Learner {
             .zip(&probs)
             .map(|(c, p)| (c - total * p) / n)
             .collect();
-        let info = match self.optimizer.step_host(&self.vars, &[grad], self.step) {
-            Ok(info) => info,
-            Err(Error::NonFinite { quantity, .. }) => {
-                return self.skip_or_fail(quantity, stats_base)
-            }
-            Err(e) => return Err(e),
-        };
-        if !Optimizer::all_finite(&self.vars)? {
-            return Err(Error::NonFinite {
-                quantity: "weights after the update",
-                step: self.step + 1,
-            });
-        }
-        self.step += 1;
-        Ok(StepStats {
-            loss: loss_value,
-            grad_norm: info.grad_norm,
-            entropy,
-            ..stats_base
-        })
+        let update = self.optimizer.step_host(&self.vars, &[grad], self.step);
+        self.finish_step(update, loss_value, entropy, stats_base)
     }
 
     /// A non-finite `quantity` at this step: skip the batch (counted) or stop with an error.

@@ -86,22 +86,30 @@ impl Optimizer {
         Ok(total.sqrt())
     }
 
-    /// Applies one update from the gradients in `vars`, then zeroes them. A non-finite gradient
-    /// is reported and nothing is changed.
-    pub fn step(&mut self, vars: &[(String, Tensor)], step: u64) -> Result<StepInfo> {
-        let grad_norm = Self::grad_norm(vars)?;
+    /// Checks the gradient norm (non-finite: an error, nothing changed), counts the step and
+    /// returns the clipping factor of the gradients.
+    fn begin_step(&mut self, grad_norm: f64, step: u64) -> Result<f64> {
         if !grad_norm.is_finite() {
             return Err(Error::NonFinite {
                 quantity: "gradient norm",
                 step,
             });
         }
-        let scale = if self.max_grad_norm > 0.0 && grad_norm > self.max_grad_norm {
-            self.max_grad_norm / (grad_norm + 1e-12)
-        } else {
-            1.0
-        };
         self.t += 1;
+        Ok(
+            if self.max_grad_norm > 0.0 && grad_norm > self.max_grad_norm {
+                self.max_grad_norm / (grad_norm + 1e-12)
+            } else {
+                1.0
+            },
+        )
+    }
+
+    /// Applies one update from the gradients in `vars`, then zeroes them. A non-finite gradient
+    /// is reported and nothing is changed.
+    pub fn step(&mut self, vars: &[(String, Tensor)], step: u64) -> Result<StepInfo> {
+        let grad_norm = Self::grad_norm(vars)?;
+        let scale = self.begin_step(grad_norm, step)?;
         let t = self.t as i32;
         tch::no_grad(|| -> Result<()> {
             for (i, (_, p)) in vars.iter().enumerate() {
@@ -165,18 +173,7 @@ impl Optimizer {
             ));
         }
         let grad_norm = grads.iter().flatten().map(|g| g * g).sum::<f64>().sqrt();
-        if !grad_norm.is_finite() {
-            return Err(Error::NonFinite {
-                quantity: "gradient norm",
-                step,
-            });
-        }
-        let scale = if self.max_grad_norm > 0.0 && grad_norm > self.max_grad_norm {
-            self.max_grad_norm / (grad_norm + 1e-12)
-        } else {
-            1.0
-        };
-        self.t += 1;
+        let scale = self.begin_step(grad_norm, step)?;
         let t = self.t as i32;
         let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
         let bc1 = (1.0 - self.beta1.powi(t)) as f32;
