@@ -722,7 +722,7 @@ impl Config {
             p.heads,
         )?;
         check(
-            p.d_model >= p.heads && p.d_model % p.heads == 0 && p.d_model <= 8192,
+            p.d_model >= p.heads && p.d_model.is_multiple_of(p.heads) && p.d_model <= 8192,
             "policy.d_model",
             &format!("a multiple of policy.heads ({}) up to 8192", p.heads),
             p.d_model,
@@ -765,7 +765,7 @@ impl Config {
         check(a.batch_size >= 1, "actor.batch_size", ">= 1", a.batch_size)?;
         check(a.group_size >= 1, "actor.group_size", ">= 1", a.group_size)?;
         check(
-            a.batch_size % a.group_size == 0,
+            a.batch_size.is_multiple_of(a.group_size),
             "actor.batch_size",
             &format!("a multiple of actor.group_size ({})", a.group_size),
             a.batch_size,

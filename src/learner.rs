@@ -159,8 +159,7 @@ impl Learner {
                 stored: &stored,
             },
         )?;
-        let injected =
-            self.nonfinite_loss_every > 0 && (self.step + 1) % self.nonfinite_loss_every == 0;
+        let injected = self.injects_nan();
         let loss = if injected {
             loss.f_mul_scalar(f64::NAN)?
         } else {
@@ -269,8 +268,7 @@ impl Learner {
             lag_max,
             ..StepStats::default()
         };
-        let injected =
-            self.nonfinite_loss_every > 0 && (self.step + 1) % self.nonfinite_loss_every == 0;
+        let injected = self.injects_nan();
         let loss_value = if injected { f64::NAN } else { loss_sum / n };
         if !loss_value.is_finite() {
             return self.skip_or_fail("loss", stats_base);
@@ -282,6 +280,11 @@ impl Learner {
             .collect();
         let update = self.optimizer.step_host(&self.vars, &[grad], self.step);
         self.finish_step(update, loss_value, entropy, stats_base)
+    }
+
+    /// Whether `faults.nonfinite_loss_every` makes this step's loss NaN.
+    fn injects_nan(&self) -> bool {
+        self.nonfinite_loss_every > 0 && (self.step + 1).is_multiple_of(self.nonfinite_loss_every)
     }
 
     /// A non-finite `quantity` at this step: skip the batch (counted) or stop with an error.

@@ -15,9 +15,27 @@ fn is_host_f32(t: &Tensor) -> bool {
 /// tensor.
 ///
 /// # Safety
-/// While the slice lives, the tensor's storage must not be read or written any other way: no
-/// tensor op on it or on a view of it, no other slice of it, no other thread.
-pub unsafe fn host_f32(t: &Tensor) -> Option<&mut [f32]> {
+/// While the slice lives, the tensor's storage (which other handles and views may share) must not
+/// be written: no in-place tensor op, no mutable slice, no other thread.
+pub unsafe fn host_f32(t: &Tensor) -> Option<&[f32]> {
+    if !is_host_f32(t) {
+        return None;
+    }
+    let n = t.numel();
+    if n == 0 {
+        return Some(&[]);
+    }
+    // SAFETY: a contiguous f32 CPU tensor of `n` elements starts at its data pointer; that nobody
+    // writes it meanwhile is the caller's promise.
+    Some(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) })
+}
+
+/// [`host_f32`], writable.
+///
+/// # Safety
+/// While the slice lives, the tensor's storage (which other handles and views may share) must not
+/// be read or written any other way: no tensor op on it, no other slice of it, no other thread.
+pub unsafe fn host_f32_mut(t: &mut Tensor) -> Option<&mut [f32]> {
     if !is_host_f32(t) {
         return None;
     }
@@ -25,8 +43,7 @@ pub unsafe fn host_f32(t: &Tensor) -> Option<&mut [f32]> {
     if n == 0 {
         return Some(&mut []);
     }
-    // SAFETY: a contiguous f32 CPU tensor of `n` elements starts at its data pointer; exclusivity
-    // is the caller's promise.
+    // SAFETY: as in `host_f32`, with exclusive access promised by the caller.
     Some(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) })
 }
 
@@ -180,9 +197,11 @@ impl Optimizer {
         let bc2 = (1.0 - self.beta2.powi(t)) as f32;
         let (lr, eps) = (self.lr as f32, self.eps as f32);
         for (i, ((_, p), g)) in vars.iter().zip(grads).enumerate() {
+            // A second handle on the variable's storage, to write through.
+            let mut handle = p.shallow_clone();
             // SAFETY: the learner thread owns its variables and moments, no other slice of them
             // is alive, and no tensor op runs on them while these slices are used.
-            let p = unsafe { host_f32(p) }.expect("checked by host_eligible");
+            let p = unsafe { host_f32_mut(&mut handle) }.expect("checked by host_eligible");
             if p.len() != g.len() {
                 return Err(Error::Corrupt(format!(
                     "gradient {i} has {} values for a variable of {}",
@@ -198,8 +217,8 @@ impl Optimizer {
                 }
                 OptimizerKind::Adam => {
                     // SAFETY: as above; m and v are distinct tensors from p.
-                    let m = unsafe { host_f32(&self.m[i]) }.expect("checked by host_eligible");
-                    let v = unsafe { host_f32(&self.v[i]) }.expect("checked by host_eligible");
+                    let m = unsafe { host_f32_mut(&mut self.m[i]) }.expect("host_eligible");
+                    let v = unsafe { host_f32_mut(&mut self.v[i]) }.expect("host_eligible");
                     for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
                         let g = (g * scale) as f32;
                         *m = *m * b1 + g * (1.0 - b1);
@@ -382,5 +401,8 @@ mod tests {
         assert!(!is_host_f32(&Tensor::from_slice(&[1.0f64])));
         let ok = Tensor::from_slice(&[1.0f32, 2.0]);
         assert_eq!(unsafe { host_f32(&ok) }.unwrap(), &[1.0, 2.0]);
+        let mut handle = ok.shallow_clone();
+        unsafe { host_f32_mut(&mut handle) }.unwrap()[1] = 5.0;
+        assert_eq!(Vec::<f32>::try_from(&ok).unwrap(), vec![1.0, 5.0]);
     }
 }

@@ -168,6 +168,46 @@ fn choose(row: &[f32], decoding: Decoding, rng: &mut impl Rng) -> (u32, f64) {
     }
 }
 
+/// Greedy episodes on items `0..episodes` of `split`, scored with `reward`.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    model: &Transformer,
+    task: &Task,
+    split: crate::env::tool_use::tasks::Split,
+    episodes: usize,
+    limits: Limits,
+    reward: &crate::reward::RewardConfig,
+    device: Device,
+    mut on_episode: impl FnMut(&Episode),
+) -> Result<ScoreMeans> {
+    let mut stats = ScoreMeans::default();
+    let mut rng = crate::rng::stream(0, crate::rng::Role::Init, 2);
+    let indices: Vec<u64> = (0..episodes as u64).collect();
+    for chunk in indices.chunks(256) {
+        let items = chunk.iter().map(|&i| task.item(split, i)).collect();
+        for r in rollout(
+            model,
+            task,
+            items,
+            limits,
+            Decoding::Greedy,
+            &mut rng,
+            device,
+        )? {
+            let ep = &r.episode;
+            let gold = task
+                .gold(&ep.item)
+                .ok_or_else(|| crate::error::Error::Corrupt("an item has no gold".into()))?;
+            stats.add(
+                &crate::reward::score(reward, &ep.attempt, &gold),
+                ep.tokens.len() - ep.prompt_len,
+            );
+            on_episode(ep);
+        }
+    }
+    Ok(stats.finish())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,44 +278,4 @@ mod tests {
         }
         assert!(scores.entropy > 0.0);
     }
-}
-
-/// Greedy episodes on items `0..episodes` of `split`, scored with `reward`.
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate(
-    model: &Transformer,
-    task: &Task,
-    split: crate::env::tool_use::tasks::Split,
-    episodes: usize,
-    limits: Limits,
-    reward: &crate::reward::RewardConfig,
-    device: Device,
-    mut on_episode: impl FnMut(&Episode),
-) -> Result<ScoreMeans> {
-    let mut stats = ScoreMeans::default();
-    let mut rng = crate::rng::stream(0, crate::rng::Role::Init, 2);
-    let indices: Vec<u64> = (0..episodes as u64).collect();
-    for chunk in indices.chunks(256) {
-        let items = chunk.iter().map(|&i| task.item(split, i)).collect();
-        for r in rollout(
-            model,
-            task,
-            items,
-            limits,
-            Decoding::Greedy,
-            &mut rng,
-            device,
-        )? {
-            let ep = &r.episode;
-            let gold = task
-                .gold(&ep.item)
-                .ok_or_else(|| crate::error::Error::Corrupt("an item has no gold".into()))?;
-            stats.add(
-                &crate::reward::score(reward, &ep.attempt, &gold),
-                ep.tokens.len() - ep.prompt_len,
-            );
-            on_episode(ep);
-        }
-    }
-    Ok(stats.finish())
 }

@@ -500,9 +500,12 @@ pub fn mean_std(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// One grid point's `(key, value)` pairs and its runs (one per seed).
+pub type Group<'a> = (Vec<(String, String)>, Vec<&'a RunRow>);
+
 /// Runs grouped by their grid values (seeds pooled), in grid order.
-pub fn groups(rows: &[RunRow]) -> Vec<(Vec<(String, String)>, Vec<&RunRow>)> {
-    let mut out: Vec<(Vec<(String, String)>, Vec<&RunRow>)> = Vec::new();
+pub fn groups(rows: &[RunRow]) -> Vec<Group<'_>> {
+    let mut out: Vec<Group<'_>> = Vec::new();
     for r in rows {
         match out.iter_mut().find(|(v, _)| *v == r.point.values) {
             Some((_, g)) => g.push(r),

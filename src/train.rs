@@ -45,6 +45,8 @@ pub struct RunOptions<'a> {
 }
 
 /// How a run ended.
+// Returned once per run, so the size gap between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Outcome {
     Finished(Summary),
@@ -184,11 +186,12 @@ impl Recorder {
     }
 
     fn should_log(&self, step: u64) -> bool {
-        step % self.log_every == 0 || step == self.total
+        step.is_multiple_of(self.log_every) || step == self.total
     }
 
     fn should_checkpoint(&self, step: u64) -> bool {
-        (self.checkpoint_every > 0 && step % self.checkpoint_every == 0) || step == self.total
+        (self.checkpoint_every > 0 && step.is_multiple_of(self.checkpoint_every))
+            || step == self.total
     }
 
     /// Adds the timing columns and writes the row everywhere.
@@ -549,7 +552,7 @@ impl SampledRun<'_> {
         let step = self.learner.step;
         let eval_due = matches!(self.env, EnvView::ToolUse { .. })
             && self.cfg.logging.eval_every > 0
-            && step % self.cfg.logging.eval_every == 0;
+            && step.is_multiple_of(self.cfg.logging.eval_every);
         if !self.rec.should_log(step) && !eval_due {
             return Ok(());
         }
@@ -869,7 +872,11 @@ fn serial_loop(
             run.learner.ingest(batch);
         }
         let stats = run.learner.train_step()?;
-        if run.learner.step % run.cfg.learner.sync_interval == 0 {
+        if run
+            .learner
+            .step
+            .is_multiple_of(run.cfg.learner.sync_interval)
+        {
             let snap = run.publish()?;
             for actor in &mut actors {
                 actor.load(&snap)?;
@@ -1056,7 +1063,11 @@ fn learner_loop(
         shared
             .learner_step
             .store(run.learner.step, Ordering::Relaxed);
-        if run.learner.step % run.cfg.learner.sync_interval == 0 {
+        if run
+            .learner
+            .step
+            .is_multiple_of(run.cfg.learner.sync_interval)
+        {
             let snap = run.publish()?;
             shared.board.publish(snap);
         }

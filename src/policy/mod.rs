@@ -18,6 +18,8 @@ use crate::config::{Config, PolicyKind};
 use crate::trajectory::Trajectory;
 
 /// The trained policy π, whichever kind the config asks for.
+// One per learner or actor, so the size gap between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum PolicyModel {
     Tabular(TabularPolicy),

@@ -190,7 +190,7 @@ pub fn demonstration(task: &Task, item: &Item) -> Option<(Vec<u32>, Vec<bool>)> 
     let mut tokens = Vec::new();
     let mut mask = Vec::new();
     let push = |ts: Vec<u32>, by_policy: bool, tokens: &mut Vec<u32>, mask: &mut Vec<bool>| {
-        mask.extend(std::iter::repeat(by_policy).take(ts.len()));
+        mask.extend(std::iter::repeat_n(by_policy, ts.len()));
         tokens.extend(ts);
     };
     for call in &gold.calls {
