@@ -31,17 +31,80 @@ pub struct ActorState {
     pub next_prompt: u64,
 }
 
+/// What every actor keeps besides its environment: its id, its own `VarStore` for the behaviour
+/// weights, the learner step of those weights, its RNG and prompt counter, and the sampling
+/// settings.
+#[derive(Debug)]
+pub struct ActorCore {
+    pub id: usize,
+    pub vs: VarStore,
+    /// The learner step of the weights it samples from.
+    pub version: u64,
+    pub state: ActorState,
+    pub temperature: f64,
+    /// Trajectories per message.
+    pub batch_size: usize,
+    /// G: samples per prompt.
+    pub group_size: usize,
+}
+
+impl ActorCore {
+    /// Actor `id`'s core, with an empty `VarStore` on the CPU and its own RNG stream.
+    pub fn new(cfg: &Config, id: usize) -> Self {
+        ActorCore {
+            id,
+            vs: VarStore::new(Device::Cpu),
+            version: 0,
+            state: ActorState {
+                rng: rng::stream(cfg.seed, Role::Actor, id as u64),
+                next_prompt: 0,
+            },
+            temperature: cfg.policy.temperature,
+            batch_size: cfg.actor.batch_size,
+            group_size: cfg.actor.group_size,
+        }
+    }
+
+    /// Copies the snapshot's weights into the `VarStore` and takes its version.
+    fn load(&mut self, snapshot: &WeightSnapshot) -> Result<()> {
+        snapshot.load_into(&self.vs)?;
+        self.version = snapshot.version;
+        Ok(())
+    }
+
+    /// The next prompt number; numbers are per actor, so actors never share a prompt.
+    fn next_prompt(&mut self) -> u64 {
+        let n = self.state.next_prompt;
+        self.state.next_prompt += 1;
+        n
+    }
+}
+
 /// What the actor/learner loops need from an actor.
 pub trait Actor: Send {
-    fn id(&self) -> usize;
+    fn core(&self) -> &ActorCore;
+    fn core_mut(&mut self) -> &mut ActorCore;
     /// Loads new behaviour weights.
     fn load(&mut self, snapshot: &WeightSnapshot) -> Result<()>;
     /// Samples and scores one message of trajectories.
     fn act(&mut self) -> Result<ActorBatch>;
+
+    fn id(&self) -> usize {
+        self.core().id
+    }
+
     /// The learner step of the weights it samples from.
-    fn version(&self) -> u64;
-    fn state(&self) -> &ActorState;
-    fn set_state(&mut self, state: ActorState);
+    fn version(&self) -> u64 {
+        self.core().version
+    }
+
+    fn state(&self) -> &ActorState {
+        &self.core().state
+    }
+
+    fn set_state(&mut self, state: ActorState) {
+        self.core_mut().state = state;
+    }
 }
 
 /// Sets each trajectory's `group_mean` and `group_std` to the mean and standard deviation of the
@@ -65,15 +128,9 @@ fn fill_group_stats(trajectories: &mut [Trajectory], group_size: usize) {
 /// A bandit actor.
 #[derive(Debug)]
 pub struct BanditActor {
-    id: usize,
-    vs: VarStore,
+    core: ActorCore,
     policy: TabularPolicy,
     bandit: Bandit,
-    temperature: f64,
-    batch_size: usize,
-    group_size: usize,
-    state: ActorState,
-    version: u64,
     /// μ as a cumulative distribution, rebuilt when weights are loaded.
     cdf: Vec<f64>,
     /// log μ(y) per arm.
@@ -85,20 +142,12 @@ pub struct BanditActor {
 impl BanditActor {
     /// Actor `id` holding the weights of `snapshot`.
     pub fn new(cfg: &Config, id: usize, bandit: Bandit, snapshot: &WeightSnapshot) -> Result<Self> {
-        let (vs, policy) = TabularPolicy::build(Device::Cpu, &vec![0.0; bandit.arms()]);
+        let core = ActorCore::new(cfg, id);
+        let policy = TabularPolicy::new(&core.vs.root(), &vec![0.0; bandit.arms()]);
         let mut actor = BanditActor {
-            id,
-            vs,
+            core,
             policy,
             bandit,
-            temperature: cfg.policy.temperature,
-            batch_size: cfg.actor.batch_size,
-            group_size: cfg.actor.group_size,
-            state: ActorState {
-                rng: rng::stream(cfg.seed, Role::Actor, id as u64),
-                next_prompt: 0,
-            },
-            version: 0,
             cdf: Vec::new(),
             log_probs: Vec::new(),
             value: 0.0,
@@ -108,7 +157,7 @@ impl BanditActor {
     }
 
     fn sample_arm(&mut self) -> usize {
-        let u: f64 = self.state.rng.gen::<f64>() * self.cdf.last().copied().unwrap_or(1.0);
+        let u: f64 = self.core.state.rng.gen::<f64>() * self.cdf.last().copied().unwrap_or(1.0);
         self.cdf
             .partition_point(|&c| c <= u)
             .min(self.cdf.len() - 1)
@@ -116,14 +165,17 @@ impl BanditActor {
 }
 
 impl Actor for BanditActor {
-    fn id(&self) -> usize {
-        self.id
+    fn core(&self) -> &ActorCore {
+        &self.core
+    }
+
+    fn core_mut(&mut self) -> &mut ActorCore {
+        &mut self.core
     }
 
     fn load(&mut self, snapshot: &WeightSnapshot) -> Result<()> {
-        snapshot.load_into(&self.vs)?;
-        self.version = snapshot.version;
-        let mu = sampling_probs(&self.policy.logits()?, self.temperature);
+        self.core.load(snapshot)?;
+        let mu = sampling_probs(&self.policy.logits()?, self.core.temperature);
         self.value = self.bandit.value(&mu);
         self.log_probs = mu.iter().map(|p| p.ln()).collect();
         let mut acc = 0.0;
@@ -137,27 +189,15 @@ impl Actor for BanditActor {
         Ok(())
     }
 
-    fn version(&self) -> u64 {
-        self.version
-    }
-
-    fn state(&self) -> &ActorState {
-        &self.state
-    }
-
-    fn set_state(&mut self, state: ActorState) {
-        self.state = state;
-    }
-
     /// One message: `batch_size / group_size` prompts × G arms each.
     fn act(&mut self) -> Result<ActorBatch> {
-        let mut trajectories = Vec::with_capacity(self.batch_size);
-        for _ in 0..self.batch_size / self.group_size {
-            let prompt = self.state.next_prompt;
-            self.state.next_prompt += 1;
-            for _ in 0..self.group_size {
+        let (batch_size, group_size) = (self.core.batch_size, self.core.group_size);
+        let mut trajectories = Vec::with_capacity(batch_size);
+        for _ in 0..batch_size / group_size {
+            let prompt = self.core.next_prompt();
+            for _ in 0..group_size {
                 let arm = self.sample_arm();
-                let reward = self.bandit.pull(arm, &mut self.state.rng);
+                let reward = self.bandit.pull(arm, &mut self.core.state.rng);
                 trajectories.push(Trajectory {
                     prompt,
                     actions: Actions::One(arm as u32),
@@ -165,7 +205,7 @@ impl Actor for BanditActor {
                     behaviour_logp: self.log_probs[arm] as f32,
                     group_mean: 0.0,
                     behaviour_value: Some(self.value as f32),
-                    policy_version: self.version,
+                    policy_version: self.core.version,
                     policy_mask: Vec::new(),
                     stats: None,
                     behaviour_token_logp: Vec::new(),
@@ -173,9 +213,9 @@ impl Actor for BanditActor {
                 });
             }
         }
-        fill_group_stats(&mut trajectories, self.group_size);
+        fill_group_stats(&mut trajectories, group_size);
         Ok(ActorBatch {
-            actor: self.id,
+            actor: self.core.id,
             trajectories,
         })
     }
@@ -184,41 +224,26 @@ impl Actor for BanditActor {
 /// A tool-use actor: decodes `batch_size / group_size` train-split prompts, G episodes each, in
 /// lockstep with its own copy of the transformer on the CPU.
 pub struct ToolActor {
-    id: usize,
-    vs: VarStore,
+    core: ActorCore,
     model: Transformer,
     task: Task,
     limits: Limits,
-    temperature: f64,
-    batch_size: usize,
-    group_size: usize,
     reward: RewardConfig,
-    state: ActorState,
-    version: u64,
 }
 
 impl ToolActor {
     pub fn new(cfg: &Config, id: usize, task: Task, snapshot: &WeightSnapshot) -> Result<Self> {
-        let vs = VarStore::new(Device::Cpu);
-        let model = PolicyModel::build(cfg, &vs.root(), &[]).into_transformer()?;
+        let core = ActorCore::new(cfg, id);
+        let model = PolicyModel::build(cfg, &core.vs.root(), &[]).into_transformer()?;
         let mut actor = ToolActor {
-            id,
-            vs,
+            core,
             model,
             task,
             limits: Limits {
                 max_tokens: cfg.env.max_tokens,
                 max_calls: cfg.env.max_calls,
             },
-            temperature: cfg.policy.temperature,
-            batch_size: cfg.actor.batch_size,
-            group_size: cfg.actor.group_size,
             reward: cfg.reward.clone(),
-            state: ActorState {
-                rng: rng::stream(cfg.seed, Role::Actor, id as u64),
-                next_prompt: 0,
-            },
-            version: 0,
         };
         actor.load(snapshot)?;
         Ok(actor)
@@ -226,43 +251,33 @@ impl ToolActor {
 }
 
 impl Actor for ToolActor {
-    fn id(&self) -> usize {
-        self.id
+    fn core(&self) -> &ActorCore {
+        &self.core
+    }
+
+    fn core_mut(&mut self) -> &mut ActorCore {
+        &mut self.core
     }
 
     fn load(&mut self, snapshot: &WeightSnapshot) -> Result<()> {
-        snapshot.load_into(&self.vs)?;
-        self.version = snapshot.version;
-        Ok(())
-    }
-
-    fn version(&self) -> u64 {
-        self.version
-    }
-
-    fn state(&self) -> &ActorState {
-        &self.state
-    }
-
-    fn set_state(&mut self, state: ActorState) {
-        self.state = state;
+        self.core.load(snapshot)
     }
 
     fn act(&mut self) -> Result<ActorBatch> {
-        let mut items = Vec::with_capacity(self.batch_size);
-        let mut prompts = Vec::with_capacity(self.batch_size);
-        for _ in 0..self.batch_size / self.group_size {
-            // Items are numbered per actor so that actors never share a prompt.
-            let index = (self.id as u64) << 40 | self.state.next_prompt;
-            self.state.next_prompt += 1;
+        let (batch_size, group_size) = (self.core.batch_size, self.core.group_size);
+        let mut items = Vec::with_capacity(batch_size);
+        let mut prompts = Vec::with_capacity(batch_size);
+        for _ in 0..batch_size / group_size {
+            // The actor's id in the high bits keeps the items of different actors apart.
+            let index = (self.core.id as u64) << 40 | self.core.next_prompt();
             let item = self.task.item(Split::Train, index);
-            for _ in 0..self.group_size {
+            for _ in 0..group_size {
                 items.push(item.clone());
                 prompts.push(index);
             }
         }
         let decoding = Decoding::Sample {
-            temperature: self.temperature,
+            temperature: self.core.temperature,
         };
         let rollouts = rollout(
             &self.model,
@@ -270,7 +285,7 @@ impl Actor for ToolActor {
             items,
             self.limits,
             decoding,
-            &mut self.state.rng,
+            &mut self.core.state.rng,
             Device::Cpu,
         )?;
         let mut trajectories = Vec::with_capacity(rollouts.len());
@@ -287,7 +302,7 @@ impl Actor for ToolActor {
                 behaviour_logp: r.behaviour_logp as f32,
                 group_mean: 0.0,
                 behaviour_value: None,
-                policy_version: self.version,
+                policy_version: self.core.version,
                 stats: Some(Box::new(EpisodeStats {
                     score: s,
                     length: (ep.tokens.len() - ep.prompt_len) as u32,
@@ -298,9 +313,9 @@ impl Actor for ToolActor {
                 group_std: 0.0,
             });
         }
-        fill_group_stats(&mut trajectories, self.group_size);
+        fill_group_stats(&mut trajectories, group_size);
         Ok(ActorBatch {
-            actor: self.id,
+            actor: self.core.id,
             trajectories,
         })
     }
