@@ -39,9 +39,24 @@ pub fn run_label(cfg: &Config) -> String {
     }
 }
 
+/// Appends the run directory's name to every label that more than one run shares, so overlaid
+/// runs of the same loss and baseline (other tasks, seeds, settings) stay apart in the legend.
+fn disambiguate(labels: &mut [String], names: &[String]) {
+    let shared: Vec<bool> = labels
+        .iter()
+        .map(|l| labels.iter().filter(|m| *m == l).count() > 1)
+        .collect();
+    for ((label, name), shared) in labels.iter_mut().zip(names).zip(shared) {
+        if shared {
+            *label = format!("{label} · {name}");
+        }
+    }
+}
+
 /// Reads the runs' metrics and labels.
 pub fn load_runs(dirs: &[PathBuf]) -> Result<Vec<Series>> {
-    dirs.iter()
+    let mut series = dirs
+        .iter()
         .map(|dir| {
             let (cfg, _) = crate::train::open_run_dir(dir)?;
             let rows = read_jsonl(&dir.join("metrics.jsonl"))?;
@@ -56,7 +71,20 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<Vec<Series>> {
                 rows,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let mut labels: Vec<String> = series.iter().map(|s| s.label.clone()).collect();
+    let names: Vec<String> = dirs
+        .iter()
+        .map(|d| {
+            d.file_name()
+                .map_or_else(|| d.display().to_string(), |n| n.to_string_lossy().into())
+        })
+        .collect();
+    disambiguate(&mut labels, &names);
+    for (s, label) in series.iter_mut().zip(labels) {
+        s.label = label;
+    }
+    Ok(series)
 }
 
 fn ensure_font() -> Result<()> {
@@ -673,4 +701,20 @@ fn dashed_segment(a: (f64, f64), b: (f64, f64)) -> Vec<Vec<(f64, f64)>> {
             vec![at(t0), at(t1)]
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_labels_get_the_run_name_and_distinct_ones_stay() {
+        let mut labels: Vec<String> = ["δV = -0.1", "δV = -0.1", "grpo"].map(String::from).into();
+        let names: Vec<String> = ["lookup", "lookup-1000", "g"].map(String::from).into();
+        disambiguate(&mut labels, &names);
+        assert_eq!(
+            labels,
+            ["δV = -0.1 · lookup", "δV = -0.1 · lookup-1000", "grpo"]
+        );
+    }
 }
