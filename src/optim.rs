@@ -189,6 +189,16 @@ impl Optimizer {
                 "a host optimiser step needs host f32 variables and one gradient each".into(),
             ));
         }
+        // Checked before anything changes, so a bad call leaves weights and state as they were.
+        for (i, ((_, p), g)) in vars.iter().zip(grads).enumerate() {
+            if p.numel() != g.len() {
+                return Err(Error::Corrupt(format!(
+                    "gradient {i} has {} values for a variable of {}",
+                    g.len(),
+                    p.numel()
+                )));
+            }
+        }
         let grad_norm = grads.iter().flatten().map(|g| g * g).sum::<f64>().sqrt();
         let scale = self.begin_step(grad_norm, step)?;
         let t = self.t as i32;
@@ -202,13 +212,6 @@ impl Optimizer {
             // SAFETY: the learner thread owns its variables and moments, no other slice of them
             // is alive, and no tensor op runs on them while these slices are used.
             let p = unsafe { host_f32_mut(&mut handle) }.expect("checked by host_eligible");
-            if p.len() != g.len() {
-                return Err(Error::Corrupt(format!(
-                    "gradient {i} has {} values for a variable of {}",
-                    g.len(),
-                    p.len()
-                )));
-            }
             match self.kind {
                 OptimizerKind::Sgd => {
                     for (p, &g) in p.iter_mut().zip(g) {
@@ -373,7 +376,7 @@ mod tests {
     }
 
     #[test]
-    fn a_non_finite_host_gradient_changes_nothing() {
+    fn a_non_finite_or_misshapen_host_gradient_changes_nothing() {
         let v = vars(&[vec![1.0, 2.0]]);
         let mut opt = Optimizer::new(&LearnerConfig::default(), &v);
         let err = opt.step_host(&v, &[vec![f64::NAN, 0.0]], 3).unwrap_err();
@@ -384,6 +387,11 @@ mod tests {
                 step: 3
             }
         ));
+        let err = opt.step_host(&v, &[vec![1.0]], 4).unwrap_err().to_string();
+        assert!(
+            err.contains("gradient 0 has 1 values for a variable of 2"),
+            "{err}"
+        );
         assert_eq!(host(&v), vec![vec![1.0, 2.0]]);
         assert_eq!(opt.state(&v).unwrap().0, 0);
         assert!(Optimizer::all_finite(&v).unwrap());
