@@ -6,6 +6,7 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use crate::config::{Config, LossConfig};
+use crate::env::bandit;
 use crate::error::{Error, Result};
 use crate::loss;
 use crate::optim::Optimizer;
@@ -33,12 +34,44 @@ pub struct StepStats {
     pub episode: Option<ScoreMeans>,
 }
 
-fn episode_means(batch: &[&Trajectory]) -> Option<ScoreMeans> {
-    let mut means = ScoreMeans::default();
-    for stats in batch.iter().filter_map(|t| t.stats.as_deref()) {
-        means.add(&stats.score, stats.length as usize);
+/// What a step reports of its batch before the loss, summed one sample at a time so that either
+/// step can tally it inside the loop it already runs: mean reward and baseline V, the policy lag,
+/// and (tool use) the episodes' statistics.
+#[derive(Default)]
+struct BatchTally {
+    samples: u64,
+    reward: f64,
+    baseline: f64,
+    lag_sum: u64,
+    lag_max: u64,
+    episodes: ScoreMeans,
+}
+
+impl BatchTally {
+    /// Adds sample `t`, with baseline V, taken at learner step `step`.
+    fn add(&mut self, t: &Trajectory, baseline: f32, step: u64) {
+        let lag = step.saturating_sub(t.policy_version);
+        self.samples += 1;
+        self.reward += t.reward as f64;
+        self.baseline += baseline as f64;
+        self.lag_sum += lag;
+        self.lag_max = self.lag_max.max(lag);
+        if let Some(stats) = t.stats.as_deref() {
+            self.episodes.add(&stats.score, stats.length as usize);
+        }
     }
-    (means.episodes > 0).then(|| means.finish())
+
+    fn finish(self) -> StepStats {
+        let n = self.samples as f64;
+        StepStats {
+            batch_reward: self.reward / n,
+            baseline: self.baseline / n,
+            lag_mean: self.lag_sum as f64 / n,
+            lag_max: self.lag_max,
+            episode: (self.episodes.episodes > 0).then(|| self.episodes.finish()),
+            ..StepStats::default()
+        }
+    }
 }
 
 pub struct Learner {
@@ -117,21 +150,13 @@ impl Learner {
         let positions = self.replay.sample(self.step, &mut self.rng);
         let batch: Vec<&Trajectory> = positions.iter().map(|&p| self.replay.get(p)).collect();
         let baseline = loss::baseline_values(&self.loss_cfg, &batch);
-        let reward: Vec<f32> = batch.iter().map(|t| t.reward).collect();
-        let (lag_sum, lag_max) = batch.iter().fold((0u64, 0u64), |(s, m), t| {
-            let lag = self.step.saturating_sub(t.policy_version);
-            (s + lag, m.max(lag))
-        });
-        let n = batch.len() as f64;
-        let stats_base = StepStats {
-            batch_reward: reward.iter().map(|&r| r as f64).sum::<f64>() / n,
-            baseline: baseline.iter().map(|&v| v as f64).sum::<f64>() / n,
-            lag_mean: lag_sum as f64 / n,
-            lag_max,
-            episode: episode_means(&batch),
-            ..StepStats::default()
-        };
+        let mut tally = BatchTally::default();
+        for (t, &v) in batch.iter().zip(&baseline) {
+            tally.add(t, v, self.step);
+        }
+        let stats_base = tally.finish();
 
+        let reward: Vec<f32> = batch.iter().map(|t| t.reward).collect();
         let reward = Tensor::f_from_slice(&reward)?.f_to_device(self.device)?;
         let baseline = Tensor::f_from_slice(&baseline)?.f_to_device(self.device)?;
         let scores = self.policy.score(&batch, self.device)?;
@@ -218,20 +243,20 @@ impl Learner {
                 .ok_or_else(|| Error::Corrupt("tabular logits are not host f32".into()))?;
             host.iter().map(|&x| x as f64).collect()
         };
-        let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let log_z = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
-        let logp: Vec<f64> = logits.iter().map(|l| l - log_z).collect();
+        let logp = bandit::log_softmax(&logits);
         let probs: Vec<f64> = logp.iter().map(|l| l.exp()).collect();
-        let entropy = -probs.iter().zip(&logp).map(|(p, l)| p * l).sum::<f64>();
+        let entropy = bandit::entropy(&probs);
 
         let positions = self.replay.sample(self.step, &mut self.rng);
         let n = positions.len() as f64;
         // per_arm[k] = Σ_{i: y_i = k} c_i, total = Σ_i c_i, with c_i = ∂loss/∂log π(y_i).
         let mut per_arm = vec![0.0f64; logits.len()];
-        let (mut total, mut loss_sum, mut reward_sum, mut baseline_sum) = (0.0, 0.0, 0.0, 0.0);
-        let (mut lag_sum, mut lag_max) = (0u64, 0u64);
+        let (mut total, mut loss_sum) = (0.0, 0.0);
+        let mut tally = BatchTally::default();
         for &pos in &positions {
             let t = self.replay.get(pos);
+            let baseline = loss::baseline_value(&self.loss_cfg, t);
+            tally.add(t, baseline, self.step);
             let arm = match t.actions[..] {
                 [arm] if (arm as usize) < logits.len() => arm as usize,
                 _ => {
@@ -242,12 +267,11 @@ impl Learner {
                     )))
                 }
             };
-            let baseline = loss::baseline_value(&self.loss_cfg, t) as f64;
             let sample = loss::ArmSample {
                 logp: logp[arm],
                 behaviour_logp: t.behaviour_logp as f64,
                 reward: t.reward as f64,
-                baseline,
+                baseline: baseline as f64,
                 group_mean: t.group_mean as f64,
                 group_std: t.group_std as f64,
             };
@@ -255,19 +279,8 @@ impl Learner {
             loss_sum -= objective;
             per_arm[arm] -= slope;
             total -= slope;
-            reward_sum += sample.reward;
-            baseline_sum += baseline;
-            let lag = self.step.saturating_sub(t.policy_version);
-            lag_sum += lag;
-            lag_max = lag_max.max(lag);
         }
-        let stats_base = StepStats {
-            batch_reward: reward_sum / n,
-            baseline: baseline_sum / n,
-            lag_mean: lag_sum as f64 / n,
-            lag_max,
-            ..StepStats::default()
-        };
+        let stats_base = tally.finish();
         let injected = self.injects_nan();
         let loss_value = if injected { f64::NAN } else { loss_sum / n };
         if !loss_value.is_finite() {

@@ -239,20 +239,12 @@ pub struct ArmSample {
 /// autograd graph and no tensor op (with one action, token- and sequence-level GRPO agree).
 pub fn single_action_term(cfg: &LossConfig, s: &ArmSample) -> (f64, f64) {
     let advantage = s.reward - s.baseline;
+    let sample: naive::Sample = (s.logp, s.behaviour_logp, s.reward, s.baseline);
+    let weighted = |w: f64| (w * advantage * s.logp, w * advantage);
     match cfg.kind {
-        LossKind::Asymre | LossKind::Reinforce => (advantage * s.logp, advantage),
-        LossKind::IsReinforce => {
-            let w = (s.logp - s.behaviour_logp).exp().min(cfg.ratio_cap);
-            (w * advantage * s.logp, w * advantage)
-        }
-        LossKind::Topr => {
-            let w = if advantage >= 0.0 {
-                1.0
-            } else {
-                (s.logp - s.behaviour_logp).exp().clamp(0.0, 1.0)
-            };
-            (w * advantage * s.logp, w * advantage)
-        }
+        LossKind::Asymre | LossKind::Reinforce => weighted(1.0),
+        LossKind::IsReinforce => weighted(naive::is_weight(&sample, cfg.ratio_cap)),
+        LossKind::Topr => weighted(naive::topr_weight(&sample)),
         LossKind::Grpo => {
             let a = (s.reward - s.group_mean) / (s.group_std + 1e-6);
             naive::surrogate(s.logp, s.behaviour_logp, a, cfg.clip_epsilon)
@@ -261,7 +253,8 @@ pub fn single_action_term(cfg: &LossConfig, s: &ArmSample) -> (f64, f64) {
 }
 
 /// Straightforward f64 versions, the oracles of the property tests: each loss's value and its
-/// gradient with respect to log π.
+/// gradient with respect to log π. [`single_action_term`] builds the tabular learner's closed
+/// form from the same weights.
 pub mod naive {
     /// −(1/B) Σ (r_i − V_i) logp_i.
     pub fn asymre(target_logp: &[f64], reward: &[f64], baseline: &[f64]) -> f64 {

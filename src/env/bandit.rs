@@ -79,6 +79,13 @@ pub fn softmax(logits: &[f64]) -> Vec<f64> {
     exps.into_iter().map(|e| e / total).collect()
 }
 
+/// log softmax(logits), through the log-sum-exp, so that tiny probabilities keep finite logs.
+pub fn log_softmax(logits: &[f64]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let log_z = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
+    logits.iter().map(|l| l - log_z).collect()
+}
+
 /// Shannon entropy in nats.
 pub fn entropy(probs: &[f64]) -> f64 {
     -probs
@@ -134,6 +141,10 @@ mod tests {
     fn stats_on_hand_computed_cases() {
         let p = softmax(&[0.0, 0.0, (2.0f64).ln()]);
         assert!((p[2] - 0.5).abs() < 1e-12 && (p[0] - 0.25).abs() < 1e-12);
+        let lp = log_softmax(&[0.0, 0.0, (2.0f64).ln()]);
+        assert!((lp[2] - 0.5f64.ln()).abs() < 1e-12 && (lp[0] - 0.25f64.ln()).abs() < 1e-12);
+        // An arm with probability below f64's range keeps a finite log.
+        assert!((log_softmax(&[0.0, -1000.0])[1] + 1000.0).abs() < 1e-9);
         assert!((entropy(&[0.5, 0.5]) - 2f64.ln()).abs() < 1e-12);
         assert_eq!(entropy(&[1.0, 0.0]), 0.0);
         assert_eq!(support_size(&[0.9985, 0.0005, 0.001]), 1);
