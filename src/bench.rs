@@ -4,9 +4,10 @@
 //! noisy machine.
 //!
 //! Measured: the bandit in sampled mode end to end; tool use (`calc`, default model) as the actors
-//! alone, the learner alone and end to end (with the mean policy lag); actor scaling from one to
-//! two threads; the fp32 matmul rate through libtorch and the learner step's achieved rate at
-//! d_model 256, batch 256 × 64 tokens; peak resident memory.
+//! alone, the learner alone and end to end (with the mean policy lag), then the learner alone and
+//! end to end again with `policy.precision = "bf16"` (the baseline stays f32); actor scaling from
+//! one to two threads; the fp32 matmul rate through libtorch and the learner step's achieved rate
+//! at d_model 256, batch 256 × 64 tokens; peak resident memory.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +19,7 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 use crate::actor::{Actor, ToolActor};
-use crate::config::{self, Config};
+use crate::config::{self, Config, Precision};
 use crate::env::tool_use::tasks::Task;
 use crate::env::tool_use::vocab;
 use crate::error::{Error, IoContext, Result};
@@ -125,6 +126,19 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     put("tool_episodes_per_s", e2e.samples_per_s);
     put("tool_tokens_per_s", e2e.samples_per_s * e2e.length);
     put("tool_policy_lag", e2e.lag);
+
+    let mut calc_bf16 = calc.clone();
+    calc_bf16.policy.precision = Precision::Bf16;
+    progress("tool-use learner, bf16 products");
+    let (traj_bf16, _) = learner_rates(&calc_bf16, secs)?;
+    put("tool_bf16_learner_trajectories_per_s", traj_bf16);
+    progress("tool use end to end, bf16 products");
+    let e2e_bf16 = end_to_end(&calc_bf16, secs.max(4.0))?;
+    put("tool_bf16_episodes_per_s", e2e_bf16.samples_per_s);
+    put(
+        "tool_bf16_tokens_per_s",
+        e2e_bf16.samples_per_s * e2e_bf16.length,
+    );
 
     progress("bandit end to end");
     let mut bandit = bandit_config()?;
@@ -510,8 +524,9 @@ fn print_table(
     let o = |k: &str| get(ours, k);
     let b = |k: &str| base.map_or(f64::NAN, |v| get(v, k));
     let mut rows: Vec<[String; 5]> = Vec::new();
-    let mut compare = |what: &str, key: &str, goal: &str| {
-        let (x, y) = (o(key), b(key));
+    // A row: our measure `key` against the baseline's `base_key`.
+    let mut compare = |what: &str, key: &str, base_key: &str, goal: &str| {
+        let (x, y) = (o(key), b(base_key));
         let ratio = if y.is_finite() && y > 0.0 {
             format!("{:.2}×", x / y)
         } else {
@@ -522,21 +537,25 @@ fn print_table(
     compare(
         "bandit sampled, end to end: arm samples/s",
         "bandit_samples_per_s",
+        "bandit_samples_per_s",
         "≥ 3×",
     );
     compare(
         "tool use (calc) end to end: episodes/s",
+        "tool_episodes_per_s",
         "tool_episodes_per_s",
         "",
     );
     compare(
         "tool use (calc) end to end: generated tokens/s",
         "tool_tokens_per_s",
+        "tool_tokens_per_s",
         "≥ 3×",
     );
     let needed = 3.0 * b("tool_model_gflops");
     compare(
         "tool use (calc) end to end: model GFLOP/s",
+        "tool_model_gflops",
         "tool_model_gflops",
         &if needed.is_finite() {
             format!("3× = {needed:.0} (matmul {:.0})", o("matmul_gflops"))
@@ -545,31 +564,59 @@ fn print_table(
         },
     );
     compare(
+        "tool use end to end, bf16 products: episodes/s",
+        "tool_bf16_episodes_per_s",
+        "tool_episodes_per_s",
+        "",
+    );
+    compare(
+        "tool use end to end, bf16 products: tokens/s",
+        "tool_bf16_tokens_per_s",
+        "tool_tokens_per_s",
+        "",
+    );
+    compare(
         "tool-use actor alone: tokens/s",
+        "tool_actor_tokens_per_s",
         "tool_actor_tokens_per_s",
         "",
     );
     compare(
         "tool-use actor alone: episodes/s",
         "tool_actor_episodes_per_s",
+        "tool_actor_episodes_per_s",
         "",
     );
     compare(
         "tool-use learner alone: trajectories/s",
+        "tool_learner_trajectories_per_s",
         "tool_learner_trajectories_per_s",
         "",
     );
     compare(
         "tool-use learner alone: tokens/s",
         "tool_learner_tokens_per_s",
+        "tool_learner_tokens_per_s",
+        "",
+    );
+    compare(
+        "tool-use learner alone, bf16 products: traj/s",
+        "tool_bf16_learner_trajectories_per_s",
+        "tool_learner_trajectories_per_s",
         "",
     );
     compare(
         "tool-use tokens per episode (same work?)",
         "tool_mean_episode_tokens",
+        "tool_mean_episode_tokens",
         "",
     );
-    compare("peak resident memory, MiB", "peak_rss_mib", "");
+    compare(
+        "peak resident memory, MiB",
+        "peak_rss_mib",
+        "peak_rss_mib",
+        "",
+    );
     let own = |what: &str, value: String, goal: &str| {
         [what.into(), value, "—".into(), "—".into(), goal.into()]
     };

@@ -213,6 +213,21 @@ pub struct PolicyConfig {
     pub d_model: usize,
     /// Transformer: attention heads (must divide d_model).
     pub heads: usize,
+    /// Transformer: the arithmetic of its matrix products (`f32`, or `bf16` with f32 weights,
+    /// optimiser state, norms, attention and log-probabilities).
+    pub precision: Precision,
+}
+
+/// The number format of the transformer's matrix products.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Linear layers multiply bfloat16 copies of their inputs and weights and return f32; the
+    /// weights themselves, their gradients and the optimiser stay f32 (mixed precision).
+    Bf16,
 }
 
 impl Default for PolicyConfig {
@@ -223,6 +238,7 @@ impl Default for PolicyConfig {
             layers: 2,
             d_model: 128,
             heads: 4,
+            precision: Precision::F32,
         }
     }
 }
@@ -710,6 +726,12 @@ impl Config {
             format!("{:?}", p.kind).to_lowercase(),
         )?;
         check(
+            p.precision == Precision::F32 || p.kind == PolicyKind::Transformer,
+            "policy.precision",
+            "f32 for the tabular policy (bf16 applies to the transformer's products)",
+            format!("{:?}", p.precision).to_lowercase(),
+        )?;
+        check(
             (1..=48).contains(&p.layers),
             "policy.layers",
             "between 1 and 48",
@@ -984,6 +1006,27 @@ mod tests {
         assert!(msg.starts_with("seed: invalid type"), "{msg}");
         let msg = err("", &["nokey"]);
         assert!(msg.contains("key=value"), "{msg}");
+    }
+
+    #[test]
+    fn precision_is_parsed_and_checked_against_the_policy() {
+        let tool = "[env]\nkind = \"tool_use\"\n[policy]\nkind = \"transformer\"\n";
+        let c = from_toml_str(tool, &["policy.precision=bf16".into()]).unwrap();
+        assert_eq!(c.policy.precision, Precision::Bf16);
+        assert_eq!(
+            from_toml_str(tool, &[]).unwrap().policy.precision,
+            Precision::F32
+        );
+        let msg = err(tool, &["policy.precision=fp8"]);
+        assert!(
+            msg.starts_with("policy.precision:") && msg.contains("bf16"),
+            "{msg}"
+        );
+        let msg = err("", &["policy.precision=bf16"]);
+        assert!(
+            msg.starts_with("policy.precision: must be f32 for the tabular policy"),
+            "{msg}"
+        );
     }
 
     #[test]

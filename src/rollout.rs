@@ -242,6 +242,7 @@ mod tests {
             layers: 1,
             d_model: 32,
             heads: 2,
+            ..Default::default()
         };
         let vocab = crate::env::tool_use::vocab::size();
         let model = Transformer::new(&vs.root(), &tcfg, vocab, 48);

@@ -37,6 +37,7 @@ impl PolicyModel {
                     layers: cfg.policy.layers,
                     d_model: cfg.policy.d_model,
                     heads: cfg.policy.heads,
+                    precision: cfg.policy.precision,
                 },
                 crate::env::tool_use::vocab::size(),
                 cfg.env.max_tokens,

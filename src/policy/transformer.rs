@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
+use crate::config::Precision;
 use crate::error::Result;
 
 /// Per-token log-probabilities of a batch under the policy.
@@ -27,6 +28,7 @@ pub struct TransformerConfig {
     pub layers: usize,
     pub d_model: usize,
     pub heads: usize,
+    pub precision: Precision,
 }
 
 impl Default for TransformerConfig {
@@ -35,6 +37,7 @@ impl Default for TransformerConfig {
             layers: 2,
             d_model: 128,
             heads: 4,
+            precision: Precision::F32,
         }
     }
 }
@@ -59,6 +62,7 @@ pub struct Transformer {
     head: nn::Linear,
     heads: i64,
     d_model: i64,
+    precision: Precision,
     pub max_len: i64,
 }
 
@@ -103,7 +107,24 @@ impl Transformer {
             head: nn::linear(p / "head", d, vocab as i64, Default::default()),
             heads: cfg.heads as i64,
             d_model: d,
+            precision: cfg.precision,
             max_len: max_len as i64,
+        }
+    }
+
+    /// `layer(x)` for a decoder block's layer, in the configured precision; the result is f32
+    /// either way. The output head stays f32 (`head.forward`): it is a few percent of the
+    /// arithmetic, and rounding logits to bfloat16 would put about 0.4% relative error into every
+    /// log-probability the losses and importance ratios use.
+    fn linear(&self, layer: &nn::Linear, x: &Tensor) -> Tensor {
+        match self.precision {
+            Precision::F32 => layer.forward(x),
+            Precision::Bf16 => {
+                let half = |t: &Tensor| t.to_kind(Kind::BFloat16);
+                x.to_kind(Kind::BFloat16)
+                    .linear(&half(&layer.ws), layer.bs.as_ref().map(half).as_ref())
+                    .to_kind(Kind::Float)
+            }
         }
     }
 
@@ -123,7 +144,7 @@ impl Transformer {
         mask: &Tensor,
     ) -> Tensor {
         let (b, t, d) = x.size3().expect("[B, T, D]");
-        let qkv = blk.qkv.forward(&blk.ln1.forward(x));
+        let qkv = self.linear(&blk.qkv, &blk.ln1.forward(x));
         let parts = qkv.split(d, 2);
         let (q, k, v) = (
             self.split_heads(&parts[0]),
@@ -141,10 +162,11 @@ impl Transformer {
         let att =
             Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, false);
         let att = att.transpose(1, 2).contiguous().view([b, t, d]);
-        let x = x + blk.proj.forward(&att);
-        let h = blk
-            .fc2
-            .forward(&blk.fc1.forward(&blk.ln2.forward(&x)).gelu("none"));
+        let x = x + self.linear(&blk.proj, &att);
+        let h = self.linear(
+            &blk.fc2,
+            &self.linear(&blk.fc1, &blk.ln2.forward(&x)).gelu("none"),
+        );
         x + h
     }
 
@@ -276,18 +298,35 @@ impl Transformer {
 mod tests {
     use super::*;
 
-    /// Decoding with the cache from left-padded prompts gives the same logits as a full forward
-    /// pass over each unpadded sequence.
-    #[test]
-    fn cached_decoding_matches_full_forward() {
+    fn small(precision: Precision) -> (nn::VarStore, Transformer) {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let cfg = TransformerConfig {
             layers: 2,
             d_model: 32,
             heads: 4,
+            precision,
         };
         let model = Transformer::new(&vs.root(), &cfg, 20, 16);
+        (vs, model)
+    }
+
+    /// Decoding with the cache from left-padded prompts gives the same logits as a full forward
+    /// pass over each unpadded sequence.
+    #[test]
+    fn cached_decoding_matches_full_forward() {
+        check_cached_decoding(Precision::F32, 1e-4);
+    }
+
+    /// The same with bfloat16 products, up to their rounding (the two paths multiply matrices of
+    /// different shapes, so they round differently).
+    #[test]
+    fn cached_decoding_matches_full_forward_in_bf16() {
+        check_cached_decoding(Precision::Bf16, 3e-2);
+    }
+
+    fn check_cached_decoding(precision: Precision, tolerance: f64) {
+        let (_vs, model) = small(precision);
         let seqs: [&[i64]; 2] = [&[1, 5, 6, 7, 8, 9, 3], &[1, 4, 2, 11, 12]];
         let prompt_lens = [3usize, 2];
         let p = 3;
@@ -329,8 +368,53 @@ mod tests {
             for (step, c) in cached[i].iter().enumerate() {
                 let want = full.get((prompt_lens[i] + step - 1) as i64);
                 let diff = (c - want).abs().max().double_value(&[]);
-                assert!(diff < 1e-4, "episode {i} step {step}: {diff}");
+                assert!(diff < tolerance, "episode {i} step {step}: {diff}");
             }
+        }
+    }
+
+    /// Mixed precision computes in bfloat16 (the logits move) but stays close to f32: logits
+    /// within 2% of the largest one, and each weight's gradient of Σ log π within 5% of its f32 norm.
+    /// The weights, their gradients and the logits' dtype stay f32.
+    #[test]
+    fn bf16_products_track_f32_in_values_and_gradients() {
+        let tokens =
+            Tensor::from_slice(&[1i64, 5, 6, 7, 8, 9, 3, 1, 4, 2, 11, 12, 13, 0]).view([2, 7]);
+        let mask = Tensor::from_slice(&[0f32, 0., 1., 1., 0., 1., 1., 0., 0., 0., 1., 1., 1., 0.])
+            .view([2, 7]);
+        let run = |precision| {
+            let (vs, model) = small(precision);
+            let logits = model.forward(&tokens);
+            let loss = model
+                .sequence_logp(&tokens, &mask)
+                .unwrap()
+                .sum(Kind::Float);
+            loss.backward();
+            let grads: Vec<(String, Tensor)> = crate::policy::sorted_vars(&vs)
+                .into_iter()
+                .map(|(name, v)| {
+                    assert_eq!(v.kind(), Kind::Float, "{name}");
+                    (name, v.grad())
+                })
+                .collect();
+            (logits, grads)
+        };
+        let (l32, g32) = run(Precision::F32);
+        let (l16, g16) = run(Precision::Bf16);
+        assert_eq!(l16.kind(), Kind::Float);
+        let moved = (&l16 - &l32).abs().max().double_value(&[]);
+        assert!(moved > 0.0, "bf16 gave bit-identical logits: not in effect");
+        let scale = l32.abs().max().double_value(&[]);
+        assert!(
+            moved < 0.02 * scale,
+            "bf16 logits moved by {moved} (largest logit {scale})"
+        );
+        for ((name, a), (_, b)) in g32.iter().zip(&g16) {
+            assert_eq!(b.kind(), Kind::Float, "{name}");
+            let scale = a.norm().double_value(&[]);
+            let off = (b - a).norm().double_value(&[]);
+            assert!(scale > 0.0, "{name} has no gradient");
+            assert!(off < 0.05 * scale, "{name}: {off} against {scale}");
         }
     }
 }
