@@ -12,6 +12,10 @@ use crate::error::Result;
 use crate::policy::Transformer;
 use crate::reward::ScoreMeans;
 
+/// The batch drops its finished episodes' rows (one gather of the KV cache) once at most this
+/// share of its rows still decode; until then finished rows feed padding.
+const COMPACT_AT: f64 = 0.75;
+
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy)]
 pub enum Decoding {
@@ -39,6 +43,23 @@ pub fn rollout(
     decoding: Decoding,
     rng: &mut impl Rng,
     device: Device,
+) -> Result<Vec<Rollout>> {
+    rollout_compacting(
+        model, task, items, limits, decoding, rng, device, COMPACT_AT,
+    )
+}
+
+/// [`rollout`], dropping finished rows once at most `compact_at` of the batch still decodes.
+#[allow(clippy::too_many_arguments)]
+fn rollout_compacting(
+    model: &Transformer,
+    task: &Task,
+    items: Vec<Item>,
+    limits: Limits,
+    decoding: Decoding,
+    rng: &mut impl Rng,
+    device: Device,
+    compact_at: f64,
 ) -> Result<Vec<Rollout>> {
     let mut episodes: Vec<Episode> = items
         .into_iter()
@@ -71,26 +92,29 @@ pub fn rollout(
     });
     let vocab = logits.size()[1] as usize;
     let mut host = vec![0f32; b * vocab];
+    // The episode each row of the batch decodes; finished episodes' rows are dropped.
+    let mut rows: Vec<usize> = (0..b).collect();
     let mut next = vec![PAD as i64; b];
     let mut positions = vec![0i64; b];
     let mut real = vec![false; b];
-    while episodes.iter().any(|e| !e.done) && (cache.len as usize) < capacity {
+    while !rows.is_empty() && (cache.len as usize) < capacity {
+        let n = rows.len();
         let flat = logits
             .to_kind(Kind::Float)
             .to_device(Device::Cpu)
             .contiguous()
             .view([-1]);
-        flat.copy_data(&mut host, b * vocab);
-        for (i, ep) in episodes.iter_mut().enumerate() {
-            real[i] = !ep.done;
+        flat.copy_data(&mut host, n * vocab);
+        for (r, &i) in rows.iter().enumerate() {
+            let ep = &mut episodes[i];
             if ep.done {
-                next[i] = PAD as i64;
+                (real[r], next[r], positions[r]) = (false, PAD as i64, 0);
                 continue;
             }
             let tok = match ep.take_forced() {
                 Some(t) => t,
                 None => {
-                    let row = &host[i * vocab..(i + 1) * vocab];
+                    let row = &host[r * vocab..(r + 1) * vocab];
                     let (tok, logp) = choose(row, decoding, rng);
                     logps[i] += logp;
                     let at = ep.tokens.len();
@@ -100,17 +124,31 @@ pub fn rollout(
                     tok
                 }
             };
-            next[i] = tok as i64;
-            positions[i] = ep.tokens.len() as i64 - 1;
+            // A token that ends its episode needs no logits after it.
+            real[r] = !ep.done;
+            next[r] = tok as i64;
+            positions[r] = ep.tokens.len() as i64 - 1;
         }
-        if !real.iter().any(|&r| r) {
+        let running = real[..n].iter().filter(|&&r| r).count();
+        if running == 0 {
             break;
         }
+        if (running as f64) <= compact_at * n as f64 {
+            let kept: Vec<usize> = (0..n).filter(|&r| real[r]).collect();
+            let index: Vec<i64> = kept.iter().map(|&r| r as i64).collect();
+            cache.keep_rows(&Tensor::from_slice(&index).to_device(device));
+            for (to, &from) in kept.iter().enumerate() {
+                (rows[to], next[to], positions[to], real[to]) =
+                    (rows[from], next[from], positions[from], true);
+            }
+            rows.truncate(running);
+        }
+        let n = rows.len();
         logits = tch::no_grad(|| {
             model.step(
-                &Tensor::from_slice(&next).to_device(device),
-                &Tensor::from_slice(&positions).to_device(device),
-                &Tensor::from_slice(&real).to_device(device),
+                &Tensor::from_slice(&next[..n]).to_device(device),
+                &Tensor::from_slice(&positions[..n]).to_device(device),
+                &Tensor::from_slice(&real[..n]).to_device(device),
                 &mut cache,
             )
         });
@@ -230,11 +268,14 @@ mod tests {
         assert_eq!(choose(&row, Decoding::Greedy, &mut rng).0, 1);
     }
 
-    /// The per-token log μ an actor stores is what the learner's masked forward pass computes for
-    /// the same weights and tokens, position by position; their sum is the sequence's log μ.
-    #[test]
-    fn stored_token_logp_matches_the_learner_forward_pass() {
-        use crate::env::tool_use::tasks::{tests::spec, Split, TaskKind};
+    const LIMITS: Limits = Limits {
+        max_tokens: 48,
+        max_calls: 2,
+    };
+
+    /// An untrained one-block decoder and the chain task: its episodes end at different lengths.
+    fn untrained() -> (tch::nn::VarStore, Transformer, Task) {
+        use crate::env::tool_use::tasks::{tests::spec, TaskKind};
         use crate::policy::transformer::TransformerConfig;
         tch::manual_seed(3);
         let vs = tch::nn::VarStore::new(Device::Cpu);
@@ -246,12 +287,60 @@ mod tests {
         };
         let vocab = crate::env::tool_use::vocab::size();
         let model = Transformer::new(&vs.root(), &tcfg, vocab, 48);
-        let task = Task::new(spec(TaskKind::Chain));
+        (vs, model, Task::new(spec(TaskKind::Chain)))
+    }
+
+    /// Dropping finished episodes from the batch changes nothing they or the others decode: the
+    /// same tokens and the same log μ as a batch that feeds padding to the end.
+    #[test]
+    fn dropping_finished_rows_changes_no_episode() {
+        use crate::env::tool_use::tasks::Split;
+        let (vs, model, task) = untrained();
+        // End about one episode in six at each token, so that rows finish at different steps.
+        tch::no_grad(|| {
+            let bias = vs.variables()["head.bias"].shallow_clone();
+            let _ = bias.get(crate::env::tool_use::vocab::EOS as i64).fill_(2.5);
+        });
+        for decoding in [Decoding::Sample { temperature: 1.0 }, Decoding::Greedy] {
+            let run = |compact_at| {
+                let items = (0..16).map(|i| task.item(Split::Train, i)).collect();
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+                rollout_compacting(
+                    &model,
+                    &task,
+                    items,
+                    LIMITS,
+                    decoding,
+                    &mut rng,
+                    Device::Cpu,
+                    compact_at,
+                )
+                .unwrap()
+            };
+            let (padded, dropped) = (run(0.0), run(1.0));
+            let mut lengths: Vec<usize> = padded.iter().map(|r| r.episode.tokens.len()).collect();
+            lengths.sort_unstable();
+            lengths.dedup();
+            assert!(lengths.len() > 2, "{decoding:?}: episodes end together");
+            for (a, b) in padded.iter().zip(&dropped) {
+                assert_eq!(a.episode.tokens, b.episode.tokens, "{decoding:?}");
+                assert_eq!(a.episode.policy_mask, b.episode.policy_mask);
+                for (x, y) in a.token_logp.iter().zip(&b.token_logp) {
+                    assert!((x - y).abs() < 1e-5, "{decoding:?}: {x} vs {y}");
+                }
+                assert!((a.behaviour_logp - b.behaviour_logp).abs() < 1e-4);
+            }
+        }
+    }
+
+    /// The per-token log μ an actor stores is what the learner's masked forward pass computes for
+    /// the same weights and tokens, position by position; their sum is the sequence's log μ.
+    #[test]
+    fn stored_token_logp_matches_the_learner_forward_pass() {
+        use crate::env::tool_use::tasks::Split;
+        let (_vs, model, task) = untrained();
         let items = (0..6).map(|i| task.item(Split::Train, i)).collect();
-        let limits = Limits {
-            max_tokens: 48,
-            max_calls: 2,
-        };
+        let limits = LIMITS;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         let sample = Decoding::Sample { temperature: 1.0 };
         let rollouts =

@@ -76,6 +76,17 @@ pub struct KvCache {
     valid: Tensor,
 }
 
+impl KvCache {
+    /// Keeps only the sequences at `rows` ([R] int64 indices into the batch, in their new
+    /// order), so that later steps compute nothing for the others.
+    pub fn keep_rows(&mut self, rows: &Tensor) {
+        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+            *t = t.index_select(0, rows);
+        }
+        self.valid = self.valid.index_select(0, rows);
+    }
+}
+
 impl Transformer {
     pub fn new(p: &nn::Path, cfg: &TransformerConfig, vocab: usize, max_len: usize) -> Self {
         let d = cfg.d_model as i64;
