@@ -470,6 +470,18 @@ every = 5
     assert!(train(&cfg, &a, &["--serial"]).status.success());
     assert!(train(&cfg, &b, &["--serial"]).status.success());
     assert_eq!(metrics(&a), metrics(&b));
+    // Mixed precision runs the same pipeline with its own arithmetic, just as reproducibly.
+    let h = tmp.path().join("bf16");
+    let bf16 = ["--serial", "--set", "policy.precision=bf16"];
+    let o = train(&cfg, &h, &bf16);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read_to_string(h.join("config.toml"))
+        .unwrap()
+        .contains("precision = \"bf16\""));
+    assert_ne!(metrics(&a), metrics(&h));
+    let h2 = tmp.path().join("bf16_again");
+    assert!(train(&cfg, &h2, &bf16).status.success());
+    assert_eq!(metrics(&h), metrics(&h2));
 }
 
 #[test]
