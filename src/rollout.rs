@@ -1,7 +1,8 @@
 //! Batched decoding of tool-use episodes: every episode of a batch advances one token per step
 //! through one forward pass with the KV cache. A token is sampled in Rust from the actor's RNG, or
-//! forced when the environment has tool results queued; finished episodes feed padding until the
-//! last one ends.
+//! forced when the environment has tool results queued. Finished episodes feed padding until a
+//! quarter of the batch's rows have finished; then those rows leave the batch and its cache, and
+//! the smaller batch goes on the same way.
 use rand::Rng;
 use tch::{Device, Kind, Tensor};
 
@@ -273,7 +274,7 @@ mod tests {
         max_calls: 2,
     };
 
-    /// An untrained one-block decoder and the chain task: its episodes end at different lengths.
+    /// An untrained one-block decoder and the chain task.
     fn untrained() -> (tch::nn::VarStore, Transformer, Task) {
         use crate::env::tool_use::tasks::{tests::spec, TaskKind};
         use crate::policy::transformer::TransformerConfig;

@@ -537,6 +537,8 @@ fn bench_prints_its_table_and_writes_json() {
     for row in [
         "bandit sampled, end to end",
         "tool use (calc) end to end",
+        "tool use end to end, bf16 products",
+        "tool-use learner alone, bf16 products",
         "actor scaling",
         "learner step d256",
         "peak resident memory",
@@ -549,6 +551,8 @@ fn bench_prints_its_table_and_writes_json() {
         "tool_episodes_per_s",
         "tool_actor_tokens_per_s",
         "tool_learner_trajectories_per_s",
+        "tool_bf16_episodes_per_s",
+        "tool_bf16_learner_trajectories_per_s",
         "matmul_gflops",
         "learner_d256_gflops",
         "tool_model_gflops",

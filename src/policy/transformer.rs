@@ -385,8 +385,8 @@ mod tests {
     }
 
     /// Mixed precision computes in bfloat16 (the logits move) but stays close to f32: logits
-    /// within 2% of the largest one, and each weight's gradient of Σ log π within 5% of its f32 norm.
-    /// The weights, their gradients and the logits' dtype stay f32.
+    /// within 2% of the largest one, and each weight's gradient of Σ log π within 5% of its f32
+    /// norm. The weights, their gradients and the logits' dtype stay f32.
     #[test]
     fn bf16_products_track_f32_in_values_and_gradients() {
         let tokens =
