@@ -45,27 +45,29 @@ pub fn rollout(
     rng: &mut impl Rng,
     device: Device,
 ) -> Result<Vec<Rollout>> {
-    rollout_compacting(
-        model, task, items, limits, decoding, rng, device, COMPACT_AT,
+    let episodes = items
+        .into_iter()
+        .map(|it| Episode::new(task, it, limits))
+        .collect();
+    let max_tokens = limits.max_tokens;
+    decode(
+        model, task, episodes, max_tokens, decoding, rng, device, COMPACT_AT,
     )
 }
 
-/// [`rollout`], dropping finished rows once at most `compact_at` of the batch still decodes.
+/// Decodes `episodes` (each at most `max_tokens` past the longest prompt) to their end, dropping
+/// finished rows once at most `compact_at` of the batch still decodes.
 #[allow(clippy::too_many_arguments)]
-fn rollout_compacting(
+fn decode(
     model: &Transformer,
     task: &Task,
-    items: Vec<Item>,
-    limits: Limits,
+    mut episodes: Vec<Episode>,
+    max_tokens: usize,
     decoding: Decoding,
     rng: &mut impl Rng,
     device: Device,
     compact_at: f64,
 ) -> Result<Vec<Rollout>> {
-    let mut episodes: Vec<Episode> = items
-        .into_iter()
-        .map(|it| Episode::new(task, it, limits))
-        .collect();
     let b = episodes.len();
     if b == 0 {
         return Ok(Vec::new());
@@ -83,7 +85,7 @@ fn rollout_compacting(
         }
     }
     let shape = [b as i64, p as i64];
-    let capacity = p + limits.max_tokens;
+    let capacity = p + max_tokens;
     let (mut cache, mut logits) = tch::no_grad(|| {
         model.prefill(
             &Tensor::from_slice(&prompts).view(shape).to_device(device),
@@ -304,17 +306,14 @@ mod tests {
         });
         for decoding in [Decoding::Sample { temperature: 1.0 }, Decoding::Greedy] {
             let run = |compact_at| {
-                let items = (0..16).map(|i| task.item(Split::Train, i)).collect();
+                let episodes = (0..16)
+                    .map(|i| Episode::new(&task, task.item(Split::Train, i), LIMITS))
+                    .collect();
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-                rollout_compacting(
-                    &model,
-                    &task,
-                    items,
-                    LIMITS,
-                    decoding,
-                    &mut rng,
-                    Device::Cpu,
-                    compact_at,
+                let cpu = Device::Cpu;
+                let n = LIMITS.max_tokens;
+                decode(
+                    &model, &task, episodes, n, decoding, &mut rng, cpu, compact_at,
                 )
                 .unwrap()
             };
