@@ -12,6 +12,7 @@ use asymre::{checkpoint, config, plot, sweep, Error, Result};
 use clap::Parser;
 
 fn main() -> ExitCode {
+    keep_large_blocks_in_the_heap();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -21,6 +22,31 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// libtorch allocates and frees every activation of a learner step with malloc, blocks of a few
+/// megabytes. By default glibc gives such blocks fresh pages (mmap, or a heap top it trimmed
+/// after the last free), so every step pays the page faults again: a tenth of a tool-use learner
+/// step in a profile. Serving blocks up to 32 MiB from the heap and trimming it only when 256 MiB
+/// at its top are free keeps those pages mapped: tool-use training ran 4–8% faster (f32 and bf16,
+/// three alternating pairs each).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_large_blocks_in_the_heap() {
+    use std::ffi::c_int;
+    extern "C" {
+        fn mallopt(param: c_int, value: c_int) -> c_int;
+    }
+    const M_TRIM_THRESHOLD: c_int = -1;
+    const M_MMAP_THRESHOLD: c_int = -3;
+    // SAFETY: mallopt only changes allocator parameters and takes glibc's own locks; it runs
+    // first thing in main. A refused value (return 0) leaves glibc's default, which is only slower.
+    unsafe {
+        mallopt(M_MMAP_THRESHOLD, 32 << 20);
+        mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_large_blocks_in_the_heap() {}
 
 /// SIGINT/SIGTERM set the code the run should exit with; a second SIGINT exits at once.
 fn install_signal_handlers() -> Result<Arc<AtomicUsize>> {
