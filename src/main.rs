@@ -31,17 +31,11 @@ fn main() -> ExitCode {
 /// three alternating pairs each).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_large_blocks_in_the_heap() {
-    use std::ffi::c_int;
-    extern "C" {
-        fn mallopt(param: c_int, value: c_int) -> c_int;
-    }
-    const M_TRIM_THRESHOLD: c_int = -1;
-    const M_MMAP_THRESHOLD: c_int = -3;
     // SAFETY: mallopt only changes allocator parameters and takes glibc's own locks; it runs
     // first thing in main. A refused value (return 0) leaves glibc's default, which is only slower.
     unsafe {
-        mallopt(M_MMAP_THRESHOLD, 32 << 20);
-        mallopt(M_TRIM_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
     }
 }
 
