@@ -115,30 +115,11 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         one.tokens / one.episodes.max(1e-9),
     );
 
-    progress("tool-use learner");
-    let (traj, tokens) = learner_rates(&calc, secs)?;
-    put("tool_learner_trajectories_per_s", traj);
-    put("tool_learner_tokens_per_s", tokens);
-
-    progress("tool use end to end");
-    // End to end needs a few logged rows whatever the budget.
-    let e2e = end_to_end(&calc, secs.max(4.0))?;
-    put("tool_episodes_per_s", e2e.samples_per_s);
-    put("tool_tokens_per_s", e2e.samples_per_s * e2e.length);
-    put("tool_policy_lag", e2e.lag);
-
+    let (traj, tokens, e2e) = learner_and_end_to_end(&calc, secs, "tool_", "", &mut put)?;
     let mut calc_bf16 = calc.clone();
     calc_bf16.policy.precision = Precision::Bf16;
-    progress("tool-use learner, bf16 products");
-    let (traj_bf16, _) = learner_rates(&calc_bf16, secs)?;
-    put("tool_bf16_learner_trajectories_per_s", traj_bf16);
-    progress("tool use end to end, bf16 products");
-    let e2e_bf16 = end_to_end(&calc_bf16, secs.max(4.0))?;
-    put("tool_bf16_episodes_per_s", e2e_bf16.samples_per_s);
-    put(
-        "tool_bf16_tokens_per_s",
-        e2e_bf16.samples_per_s * e2e_bf16.length,
-    );
+    let bf16 = ", bf16 products";
+    learner_and_end_to_end(&calc_bf16, secs, "tool_bf16_", bf16, &mut put)?;
 
     progress("bandit end to end");
     let mut bandit = bandit_config()?;
@@ -188,6 +169,31 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&all).unwrap_or_default()).at(path)?;
     }
     Ok(())
+}
+
+/// The tool-use learner alone, then end to end, for `cfg`: recorded under `prefix` and returned
+/// as the learner's trajectories/s and tokens/s and the end-to-end rates.
+fn learner_and_end_to_end(
+    cfg: &Config,
+    secs: f64,
+    prefix: &str,
+    label: &str,
+    put: &mut impl FnMut(&str, f64),
+) -> Result<(f64, f64, EndToEnd)> {
+    progress(&format!("tool-use learner{label}"));
+    let (traj, tokens) = learner_rates(cfg, secs)?;
+    put(&format!("{prefix}learner_trajectories_per_s"), traj);
+    put(&format!("{prefix}learner_tokens_per_s"), tokens);
+    progress(&format!("tool use end to end{label}"));
+    // End to end needs a few logged rows whatever the budget.
+    let e2e = end_to_end(cfg, secs.max(4.0))?;
+    put(&format!("{prefix}episodes_per_s"), e2e.samples_per_s);
+    put(
+        &format!("{prefix}tokens_per_s"),
+        e2e.samples_per_s * e2e.length,
+    );
+    put(&format!("{prefix}policy_lag"), e2e.lag);
+    Ok((traj, tokens, e2e))
 }
 
 fn progress(what: &str) {
