@@ -10,7 +10,7 @@ use crate::env::tool_use::protocol::{demonstration, prompt_tokens};
 use crate::env::tool_use::tasks::{Split, Task};
 use crate::error::{Error, Result};
 use crate::optim::Optimizer;
-use crate::policy::{pad_batch, sorted_vars, Transformer};
+use crate::policy::{sorted_vars, PrefixBatch, Transformer};
 use crate::rng::{self, Role};
 
 /// Demonstrations use train-split items numbered from here, apart from the actors' items.
@@ -66,11 +66,10 @@ pub fn warm_start(
         let batch: Vec<&(Vec<u32>, Vec<bool>)> = (0..w.batch_size)
             .map(|_| &demos[rng.gen_range(0..demos.len())])
             .collect();
-        let (tokens, mask) = pad_batch(batch.iter().map(|(t, m)| (&t[..], &m[..])));
-        let (tokens, mask) = (tokens.to_device(device), mask.to_device(device));
-        let logp = model.sequence_logp(&tokens, &mask)?;
-        let n = mask.sum(Kind::Float);
-        let nll = logp.sum(Kind::Float).neg() / &n;
+        let rows = PrefixBatch::new(batch.iter().map(|(t, m)| (&t[..], &m[..])));
+        let scores = model.score_prefixes(&rows, device)?;
+        let n = scores.mask.sum(Kind::Float);
+        let nll = scores.token_logp.sum(Kind::Float).neg() / &n;
         let value = nll.double_value(&[]);
         if !value.is_finite() {
             return Err(Error::NonFinite {

@@ -3,6 +3,7 @@
 //! A `tch::Tensor` never crosses a thread: the learner copies its variables into a
 //! [`WeightSnapshot`] (host `f32` data, variables in sorted-name order) and each actor loads it
 //! into its own `VarStore`.
+pub mod prefix;
 pub mod tabular;
 pub mod transformer;
 
@@ -11,6 +12,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 
+pub use prefix::PrefixBatch;
 pub use tabular::TabularPolicy;
 pub use transformer::{TokenScores, Transformer};
 
@@ -65,8 +67,9 @@ impl PolicyModel {
         }
     }
 
-    /// log π of each trajectory's actions in one masked forward pass, per position ([B, L] on
-    /// `device`; the bandit has L = 1), with the policy's entropy over those positions.
+    /// log π of each trajectory's actions per position ([B, L] on `device`; the bandit has
+    /// L = 1), with the policy's entropy over those positions. A transformer computes each
+    /// prefix the batch shares once ([`PrefixBatch`]).
     pub fn score(&self, batch: &[&Trajectory], device: Device) -> Result<TokenScores> {
         match self {
             PolicyModel::Tabular(p) => {
@@ -79,9 +82,9 @@ impl PolicyModel {
                 })
             }
             PolicyModel::Transformer(m) => {
-                let (tokens, mask) =
-                    pad_batch(batch.iter().map(|t| (&t.actions[..], &t.policy_mask[..])));
-                m.token_logp(&tokens.to_device(device), &mask.to_device(device))
+                let rows =
+                    PrefixBatch::new(batch.iter().map(|t| (&t.actions[..], &t.policy_mask[..])));
+                m.score_prefixes(&rows, device)
             }
         }
     }

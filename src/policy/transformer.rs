@@ -5,10 +5,11 @@
 //! then decode one token per episode per step, so decoding cost is linear in length.
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::config::Precision;
 use crate::error::Result;
+use crate::policy::prefix::PrefixBatch;
 
 /// Per-token log-probabilities of a batch under the policy.
 #[derive(Debug)]
@@ -173,12 +174,60 @@ impl Transformer {
         let att =
             Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, false);
         let att = att.transpose(1, 2).contiguous().view([b, t, d]);
-        let x = x + self.linear(&blk.proj, &att);
+        self.finish_block(blk, x, &att)
+    }
+
+    /// The rest of a block once attention produced `att` (shaped like `x`): the projection and
+    /// the MLP, each with its residual.
+    fn finish_block(&self, blk: &Block, x: &Tensor, att: &Tensor) -> Tensor {
+        let x = x + self.linear(&blk.proj, att);
         let h = self.linear(
             &blk.fc2,
             &self.linear(&blk.fc1, &blk.ln2.forward(&x)).gelu("none"),
         );
         x + h
+    }
+
+    /// One block over the nodes of a [`PrefixBatch`]: `x` [N, D]. The per-token layers see each
+    /// node once; attention gathers the nodes into the padded rows `slots` [B × W] (causal, so
+    /// a real position never sees padding) and takes each node's output from its own slot
+    /// `reps` [N]. Gathering is differentiable, and each node's key and value receive the
+    /// gradients of every row that attends to them.
+    fn block_shared(
+        &self,
+        blk: &Block,
+        x: &Tensor,
+        slots: &Tensor,
+        reps: &Tensor,
+        (b, w): (i64, i64),
+    ) -> Tensor {
+        let d = self.d_model;
+        let qkv = self
+            .linear(&blk.qkv, &blk.ln1.forward(x))
+            .index_select(0, slots)
+            .view([b, w, 3 * d]);
+        let parts = qkv.split(d, 2);
+        let (q, k, v) = (
+            self.split_heads(&parts[0]),
+            self.split_heads(&parts[1]),
+            self.split_heads(&parts[2]),
+        );
+        let att = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<&Tensor>,
+            0.0,
+            true,
+            None,
+            false,
+        );
+        let att = att
+            .transpose(1, 2)
+            .contiguous()
+            .view([b * w, d])
+            .index_select(0, reps);
+        self.finish_block(blk, x, &att)
     }
 
     fn embed(&self, tokens: &Tensor, positions: &Tensor) -> Tensor {
@@ -202,17 +251,57 @@ impl Transformer {
         self.head.forward(&self.ln_f.forward(&x))
     }
 
-    /// Sum over the policy's tokens of log π(token | prefix) for each sequence: `tokens` [B, T]
-    /// int64 and `policy_mask` [B, T] float (1 where the policy wrote the token) → [B].
-    pub fn sequence_logp(&self, tokens: &Tensor, policy_mask: &Tensor) -> Result<Tensor> {
-        let scored = self.token_logp(tokens, policy_mask)?;
-        Ok(scored
-            .token_logp
-            .f_sum_dim_intlist(-1, false, Kind::Float)?)
+    /// log π of every policy-written token given its prefix, computing each distinct prefix of
+    /// the batch once (see [`PrefixBatch`]); what the learner and the warm start score. Returns
+    /// the same [`TokenScores`] as [`Transformer::token_logp`] on the right-padded rows, on
+    /// `device`: [B, W] with W = the longest row's length − 1.
+    pub fn score_prefixes(&self, batch: &PrefixBatch, device: Device) -> Result<TokenScores> {
+        let index =
+            |v: &[i64]| -> Result<Tensor> { Ok(Tensor::f_from_slice(v)?.f_to_device(device)?) };
+        let (b, w) = (batch.rows as i64, batch.width as i64);
+        let slots = index(&batch.slot_node)?;
+        let reps = index(&batch.node_slot)?;
+        let mut x = self.embed(&index(&batch.node_token)?, &index(&batch.node_pos)?);
+        for blk in &self.blocks {
+            x = self.block_shared(blk, &x, &slots, &reps, (b, w));
+        }
+        let heads = x.f_index_select(0, &index(&batch.head_nodes)?)?;
+        let logp = self
+            .head
+            .forward(&self.ln_f.forward(&heads))
+            .f_log_softmax(-1, Kind::Float)?;
+        let vocab = logp.size()[1];
+        let picked: Vec<i64> = batch
+            .slot_head
+            .iter()
+            .zip(&batch.slot_target)
+            .map(|(&h, &t)| h * vocab + t)
+            .collect();
+        let mask = Tensor::f_from_slice(&batch.mask)?
+            .f_view([b, w])?
+            .f_to_device(device)?;
+        let token_logp = logp
+            .f_view([-1])?
+            .f_index_select(0, &index(&picked)?)?
+            .f_view([b, w])?
+            * &mask;
+        let entropy = tch::no_grad(|| -> Result<f64> {
+            let uses = Tensor::f_from_slice(&batch.head_uses)?.f_to_device(device)?;
+            let per_head = (logp.exp() * &logp).f_sum_dim_intlist(-1, false, Kind::Float)?;
+            let total = (per_head * uses).f_sum(Kind::Double)?.f_neg()?;
+            let n = batch.mask.iter().map(|&m| m as f64).sum::<f64>().max(1.0);
+            Ok(total.double_value(&[]) / n)
+        })?;
+        Ok(TokenScores {
+            token_logp,
+            mask,
+            entropy,
+        })
     }
 
-    /// log π of every token given its prefix, in one forward pass: `tokens` [B, T] int64 and
-    /// `policy_mask` [B, T] float → [`TokenScores`] over positions 1..T (masked entries are 0).
+    /// log π of every token given its prefix, in one forward pass over right-padded rows:
+    /// `tokens` [B, T] int64 and `policy_mask` [B, T] float → [`TokenScores`] over positions
+    /// 1..T (masked entries are 0). The plain reference for [`Transformer::score_prefixes`].
     pub fn token_logp(&self, tokens: &Tensor, policy_mask: &Tensor) -> Result<TokenScores> {
         let t = tokens.size()[1];
         let logits = self.forward(&tokens.narrow(1, 0, t - 1));
@@ -384,6 +473,67 @@ mod tests {
         }
     }
 
+    /// Scoring through the prefix tree gives the padded forward pass's log-probabilities,
+    /// entropy and gradients: rows of one prompt that part at different points, a repeated row,
+    /// a row that is a prefix of another, and rows of other lengths.
+    #[test]
+    fn shared_prefix_scoring_matches_the_padded_forward_pass() {
+        let (f, p) = (false, true);
+        let rows: Vec<(Vec<u32>, Vec<bool>)> = vec![
+            (vec![1, 5, 6, 7, 8, 9, 3], vec![f, f, f, p, p, p, p]),
+            (vec![1, 5, 6, 7, 8, 9, 3], vec![f, f, f, p, p, p, p]),
+            (vec![1, 5, 6, 7, 10, 3], vec![f, f, f, p, p, p]),
+            (
+                vec![1, 5, 6, 11, 12, 13, 14, 2, 3],
+                vec![f, f, f, p, p, f, f, p, p],
+            ),
+            (vec![1, 5, 6, 7, 8], vec![f, f, f, p, p]),
+            (vec![1, 4, 2, 3], vec![f, f, p, p]),
+        ];
+        let view = || rows.iter().map(|(a, m)| (&a[..], &m[..]));
+        let shared = PrefixBatch::new(view());
+        let fed: usize = rows.iter().map(|(a, _)| a.len() - 1).sum();
+        assert!(
+            shared.nodes() < fed / 2,
+            "{} nodes for {fed} positions",
+            shared.nodes()
+        );
+        let (tokens, mask) = crate::policy::pad_batch(view());
+        let weights = Tensor::from_slice(&[1.0f32, -0.5, 2.0, 0.3, -1.0, 0.7]).view([6, 1]);
+        let run = |tree: bool| {
+            let (vs, model) = small(Precision::F32);
+            let scores = if tree {
+                model.score_prefixes(&shared, Device::Cpu).unwrap()
+            } else {
+                model.token_logp(&tokens, &mask).unwrap()
+            };
+            (scores.token_logp.shallow_clone() * &weights)
+                .sum(Kind::Float)
+                .backward();
+            let grads: Vec<(String, Tensor)> = crate::policy::sorted_vars(&vs)
+                .into_iter()
+                .map(|(name, v)| (name, v.grad()))
+                .collect();
+            (scores, grads)
+        };
+        let (want, want_grads) = run(false);
+        let (got, got_grads) = run(true);
+        assert_eq!(got.token_logp.size(), want.token_logp.size());
+        assert!(got.mask.equal(&want.mask));
+        let diff = (&got.token_logp - &want.token_logp)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-5, "log π differs by {diff}");
+        assert!((got.entropy - want.entropy).abs() < 1e-5);
+        for ((name, a), (_, b)) in want_grads.iter().zip(&got_grads) {
+            let scale = a.abs().max().double_value(&[]);
+            let off = (b - a).abs().max().double_value(&[]);
+            assert!(scale > 0.0, "{name} has no gradient");
+            assert!(off < 1e-4 * scale.max(1.0), "{name}: {off} against {scale}");
+        }
+    }
+
     /// Mixed precision computes in bfloat16 (the logits move) but stays close to f32: logits
     /// within 2% of the largest one, and each weight's gradient of Σ log π within 5% of its f32
     /// norm. The weights, their gradients and the logits' dtype stay f32.
@@ -397,8 +547,9 @@ mod tests {
             let (vs, model) = small(precision);
             let logits = model.forward(&tokens);
             let loss = model
-                .sequence_logp(&tokens, &mask)
+                .token_logp(&tokens, &mask)
                 .unwrap()
+                .token_logp
                 .sum(Kind::Float);
             loss.backward();
             let grads: Vec<(String, Tensor)> = crate::policy::sorted_vars(&vs)
