@@ -2,7 +2,7 @@
 //! unknown keys rejected, `--set` overrides applied before typing, and `validate()` run once.
 //!
 //! Every error names the full key (`learner.sync_interval`) and what is allowed, on one line.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -216,6 +216,11 @@ pub struct PolicyConfig {
     /// Transformer: the arithmetic of its matrix products (`f32`, or `bf16` with f32 weights,
     /// optimiser state, norms, attention and log-probabilities).
     pub precision: Precision,
+    /// Weights to start from instead of a random initialisation: a safetensors file with the
+    /// policy's variables, such as a run's `checkpoints/step_…/weights.safetensors` (a relative
+    /// path is taken from the working directory). The warm start, if any, continues from them; a
+    /// resumed run takes its checkpoint's weights instead.
+    pub init: Option<PathBuf>,
 }
 
 /// The number format of the transformer's matrix products.
@@ -239,6 +244,7 @@ impl Default for PolicyConfig {
             d_model: 128,
             heads: 4,
             precision: Precision::F32,
+            init: None,
         }
     }
 }

@@ -28,7 +28,7 @@ use crate::exact::{self, ExactFlow};
 use crate::learner::{Learner, StepStats};
 use crate::metrics::{tags, JsonlSink, Metrics, ProgressSink, Row, TensorboardSink};
 use crate::policy::tabular::sampling_probs;
-use crate::policy::{PolicyModel, WeightSnapshot};
+use crate::policy::{NamedTensor, PolicyModel, WeightSnapshot};
 use crate::replay::Replay;
 use crate::reward::ScoreMeans;
 use crate::rollout::evaluate;
@@ -687,6 +687,14 @@ fn run_sampled(
     };
     tch::manual_seed(cfg.seed as i64);
     let mut learner = Learner::new(cfg, device, &initial);
+    if let (Some(init), None) = (&cfg.policy.init, &resume) {
+        WeightSnapshot {
+            version: 0,
+            tensors: read_init(init)?,
+        }
+        .load_into(&learner.vs)
+        .map_err(|e| init_error(init, e))?;
+    }
     let mut saved = None;
     let mut behaviour = None;
     if let Some(ckpt) = &resume {
@@ -1140,8 +1148,15 @@ pub fn evaluate_run(
     Ok((ckpt.step, stats))
 }
 
-/// Writes a run's `config.toml` and `run.json` in a new directory.
+/// Writes a run's `config.toml` and `run.json` in a new directory. A `policy.init` file must
+/// be readable safetensors before anything is written; the run's config records its full path.
 pub fn create_run_dir(dir: &Path, cfg: &Config, serial: bool) -> Result<()> {
+    let mut cfg = cfg.clone();
+    if let Some(init) = &cfg.policy.init {
+        read_init(init)?;
+        let full = init.canonicalize().map_err(|e| init_error(init, e))?;
+        cfg.policy.init = Some(full);
+    }
     if dir.exists() && std::fs::read_dir(dir).at(dir)?.next().is_some() {
         return Err(Error::input(format!(
             "--out {}: the directory exists and is not empty (resume it with `asymre resume {}` or choose another)",
@@ -1153,6 +1168,16 @@ pub fn create_run_dir(dir: &Path, cfg: &Config, serial: bool) -> Result<()> {
     checkpoint::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
     let meta = serde_json::json!({ "serial": serial, "version": env!("CARGO_PKG_VERSION") });
     checkpoint::write_atomic(&dir.join("run.json"), meta.to_string().as_bytes())
+}
+
+/// The tensors of a `policy.init` file.
+fn read_init(path: &Path) -> Result<Vec<NamedTensor>> {
+    let bytes = std::fs::read(path).map_err(|e| init_error(path, e))?;
+    checkpoint::parse_safetensors(&bytes, path).map_err(|e| init_error(path, e))
+}
+
+fn init_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::input(format!("policy.init: {}: {e}", path.display()))
 }
 
 /// Reads what [`create_run_dir`] wrote: the config and whether the run is serial.

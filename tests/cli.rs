@@ -12,7 +12,7 @@ use common::*;
 fn bad_input_is_one_line_exit_2_and_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let good = write_config(tmp.path(), TINY);
-    let cases: Vec<(Vec<String>, &str)> = vec![
+    let mut cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec!["--set".into(), "learner.sync_interval=0".into()],
             "learner.sync_interval: must be >= 1, got 0",
@@ -35,6 +35,14 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
             "loss.baseline.kind:",
         ),
     ];
+    let not_weights = tmp.path().join("not_weights.safetensors");
+    std::fs::write(&not_weights, "these are not tensors").unwrap();
+    for path in [tmp.path().join("missing.safetensors"), not_weights] {
+        cases.push((
+            vec!["--set".into(), format!("policy.init={}", path.display())],
+            "policy.init:",
+        ));
+    }
     for (i, (args, expected)) in cases.iter().enumerate() {
         let out = tmp.path().join(format!("run{i}"));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -479,6 +487,25 @@ every = 5
         .unwrap()
         .contains("precision = \"bf16\""));
     assert_ne!(metrics(&a), metrics(&h));
+    // A run started from `a`'s final weights (`policy.init`, no warm start) begins where `a`
+    // ended: its first held-out evaluation is `a`'s last one.
+    let ckpt = a.join("checkpoints");
+    let last = std::fs::read_to_string(ckpt.join("latest")).unwrap();
+    let weights = ckpt.join(last.trim()).join("weights.safetensors");
+    let c = tmp.path().join("from_a");
+    let init = format!("policy.init={}", weights.display());
+    let o = train(
+        &cfg,
+        &c,
+        &["--serial", "--set", &init, "--set", "warmstart.demos=0"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary = |run: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+    };
+    let (sa, sc) = (summary(&a), summary(&c));
+    assert_eq!(sc["warmstart_heldout"], sa["final_heldout"]);
+    assert_ne!(sc["warmstart_heldout"], sa["warmstart_heldout"]);
     let h2 = tmp.path().join("bf16_again");
     assert!(train(&cfg, &h2, &bf16).status.success());
     assert_eq!(metrics(&h), metrics(&h2));
