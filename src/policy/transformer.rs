@@ -11,6 +11,9 @@ use crate::config::Precision;
 use crate::error::Result;
 use crate::policy::prefix::PrefixBatch;
 
+/// With bf16 products, the learner rounds its node count up to a multiple of this.
+const NODE_ROWS: usize = 64;
+
 /// Per-token log-probabilities of a batch under the policy.
 #[derive(Debug)]
 pub struct TokenScores {
@@ -259,9 +262,23 @@ impl Transformer {
         let index =
             |v: &[i64]| -> Result<Tensor> { Ok(Tensor::f_from_slice(v)?.f_to_device(device)?) };
         let (b, w) = (batch.rows as i64, batch.width as i64);
+        // oneDNN compiles and caches a kernel for every shape of a bf16 product, and the node
+        // count changes from batch to batch: unrounded, each new count costs a compilation and
+        // its cache entry (resident memory grew by 0.7 GiB in 40 s of training). Rounding up to
+        // a multiple of NODE_ROWS keeps the shapes few; the placeholder nodes (token 0 at
+        // position 0, reading slot 0) are computed and never used.
+        let nodes = match self.precision {
+            Precision::F32 => batch.nodes(),
+            Precision::Bf16 => batch.nodes().next_multiple_of(NODE_ROWS),
+        };
+        let padded = |v: &[i64]| {
+            let mut v = v.to_vec();
+            v.resize(nodes, 0);
+            index(&v)
+        };
         let slots = index(&batch.slot_node)?;
-        let reps = index(&batch.node_slot)?;
-        let mut x = self.embed(&index(&batch.node_token)?, &index(&batch.node_pos)?);
+        let reps = padded(&batch.node_slot)?;
+        let mut x = self.embed(&padded(&batch.node_token)?, &padded(&batch.node_pos)?);
         for blk in &self.blocks {
             x = self.block_shared(blk, &x, &slots, &reps, (b, w));
         }
@@ -478,6 +495,17 @@ mod tests {
     /// a row that is a prefix of another, and rows of other lengths.
     #[test]
     fn shared_prefix_scoring_matches_the_padded_forward_pass() {
+        check_shared_prefix_scoring(Precision::F32, 1e-5, 1e-4);
+    }
+
+    /// The same with bf16 products (whose node count is rounded up with placeholder nodes), up
+    /// to bf16 rounding: the two paths multiply matrices of different shapes.
+    #[test]
+    fn shared_prefix_scoring_matches_the_padded_forward_pass_in_bf16() {
+        check_shared_prefix_scoring(Precision::Bf16, 3e-2, 5e-2);
+    }
+
+    fn check_shared_prefix_scoring(precision: Precision, values: f64, grads: f64) {
         let (f, p) = (false, true);
         let rows: Vec<(Vec<u32>, Vec<bool>)> = vec![
             (vec![1, 5, 6, 7, 8, 9, 3], vec![f, f, f, p, p, p, p]),
@@ -501,7 +529,7 @@ mod tests {
         let (tokens, mask) = crate::policy::pad_batch(view());
         let weights = Tensor::from_slice(&[1.0f32, -0.5, 2.0, 0.3, -1.0, 0.7]).view([6, 1]);
         let run = |tree: bool| {
-            let (vs, model) = small(Precision::F32);
+            let (vs, model) = small(precision);
             let scores = if tree {
                 model.score_prefixes(&shared, Device::Cpu).unwrap()
             } else {
@@ -524,13 +552,16 @@ mod tests {
             .abs()
             .max()
             .double_value(&[]);
-        assert!(diff < 1e-5, "log π differs by {diff}");
-        assert!((got.entropy - want.entropy).abs() < 1e-5);
+        assert!(diff < values, "log π differs by {diff}");
+        assert!((got.entropy - want.entropy).abs() < values);
         for ((name, a), (_, b)) in want_grads.iter().zip(&got_grads) {
             let scale = a.abs().max().double_value(&[]);
             let off = (b - a).abs().max().double_value(&[]);
             assert!(scale > 0.0, "{name} has no gradient");
-            assert!(off < 1e-4 * scale.max(1.0), "{name}: {off} against {scale}");
+            assert!(
+                off < grads * scale.max(1.0),
+                "{name}: {off} against {scale}"
+            );
         }
     }
 
