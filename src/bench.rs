@@ -19,13 +19,16 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 use crate::actor::{Actor, ToolActor};
+use crate::checkpoint;
 use crate::config::{self, Config, Precision};
 use crate::env::tool_use::tasks::Task;
 use crate::env::tool_use::vocab;
 use crate::error::{Error, IoContext, Result};
 use crate::learner::Learner;
+use crate::policy::PrefixBatch;
 use crate::train::{self, Outcome, RunOptions};
 use crate::trajectory::{ActorBatch, Trajectory};
+use crate::warmstart::warm_start;
 
 const BANDIT_TOML: &str = include_str!("../configs/bandit.toml");
 const CALC_TOML: &str = include_str!("../configs/tool_calc.toml");
@@ -121,6 +124,28 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     let bf16 = ", bf16 products";
     learner_and_end_to_end(&calc_bf16, secs, "tool_bf16_", bf16, &mut put)?;
 
+    // The default experiment trains from its warm start, whose episodes are shorter and whose G
+    // samples of a prompt often agree. Both sides start from the same saved weights here.
+    progress("the default experiment's warm start");
+    let scratch = ScratchDir::new()?;
+    let weights = warm_start_weights(&scratch.0)?;
+    let mut warm = calc.clone();
+    warm.policy.init = Some(weights.clone());
+    progress("tool-use actor from the warm start");
+    let warm_actor = actor_rates(&warm, 1, secs)?;
+    put("tool_warm_actor_episodes_per_s", warm_actor.episodes);
+    put("tool_warm_actor_tokens_per_s", warm_actor.tokens);
+    put(
+        "tool_warm_mean_episode_tokens",
+        warm_actor.tokens / warm_actor.episodes.max(1e-9),
+    );
+    let from_warm = " from the warm start";
+    learner_and_end_to_end(&warm, secs, "tool_warm_", from_warm, &mut put)?;
+    let mut warm_bf16 = warm.clone();
+    warm_bf16.policy.precision = Precision::Bf16;
+    let label = " from the warm start, bf16 products";
+    learner_and_end_to_end(&warm_bf16, secs, "tool_warm_bf16_", label, &mut put)?;
+
     progress("bandit end to end");
     let mut bandit = bandit_config()?;
     bandit.device = opts.device;
@@ -132,7 +157,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     let base = match &opts.python {
         Some(python) => {
             progress("PyTorch eager baseline (scripts/reference/baseline.py)");
-            Some(baseline(python, secs)?)
+            Some(baseline(python, secs, &weights)?)
         }
         None => None,
     };
@@ -143,7 +168,8 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     let prompt_len = full_len - one.tokens / one.episodes.max(1e-9);
     let episode_gflop = |len: f64| {
         let (p, vocab) = (&calc.policy, crate::env::tool_use::vocab::size());
-        transformer_step_flops(p.layers, p.d_model, vocab, 1, len.round().max(1.0) as usize) * 4.0
+        let len = len.round().max(1.0) as usize;
+        transformer_step_flops(p.layers, p.d_model, vocab, StepShape::dense(1, len)) * 4.0
             / 3.0
             / 1e9
     };
@@ -193,6 +219,7 @@ fn learner_and_end_to_end(
         e2e.samples_per_s * e2e.length,
     );
     put(&format!("{prefix}policy_lag"), e2e.lag);
+    put(&format!("{prefix}mean_reward"), e2e.reward);
     Ok((traj, tokens, e2e))
 }
 
@@ -218,14 +245,38 @@ pub fn matmul_gflops(n: i64, secs: f64, device: Device) -> f64 {
     2.0 * (n as f64).powi(3) * reps as f64 / dt / 1e9
 }
 
-/// Forward + backward flops of one learner step of the transformer on `b` × `t` tokens: the
-/// matmuls of each block (QKV, output projection, MLP: 24 d² per token), attention over the `t`
-/// positions (4 t d per token), and the output head (2 d V per token); backward costs twice the
-/// forward.
-pub fn transformer_step_flops(layers: usize, d: usize, vocab: usize, b: usize, t: usize) -> f64 {
-    let (d, t) = (d as f64, t as f64);
-    let per_token = layers as f64 * (24.0 * d * d + 4.0 * t * d) + 2.0 * d * vocab as f64;
-    3.0 * per_token * b as f64 * t
+/// What one learner step feeds the transformer ([`crate::policy::PrefixBatch`]): the distinct
+/// prefixes the per-token layers compute, the padded rows × width attention spans, and the rows
+/// of the output head.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepShape {
+    pub nodes: usize,
+    pub rows: usize,
+    pub width: usize,
+    pub head_rows: usize,
+}
+
+impl StepShape {
+    /// `b` unrelated sequences of `t` positions, each scored at every position.
+    pub fn dense(b: usize, t: usize) -> Self {
+        StepShape {
+            nodes: b * t,
+            rows: b,
+            width: t,
+            head_rows: b * t,
+        }
+    }
+}
+
+/// Forward + backward flops of one learner step of the transformer: the matmuls of each block
+/// (QKV, output projection, MLP: 24 d² per node), attention over the width (4 W d per slot), and
+/// the output head (2 d V per head row); backward costs twice the forward. Only what is computed
+/// counts: prefixes shared by several rows once, padding not at all.
+pub fn transformer_step_flops(layers: usize, d: usize, vocab: usize, shape: StepShape) -> f64 {
+    let d = d as f64;
+    let (nodes, slots) = (shape.nodes as f64, (shape.rows * shape.width) as f64);
+    let blocks = layers as f64 * (24.0 * d * d * nodes + 4.0 * shape.width as f64 * d * slots);
+    3.0 * (blocks + 2.0 * d * vocab as f64 * shape.head_rows as f64)
 }
 
 /// A trajectory of `len` random tokens: a short prompt, then tokens the policy wrote.
@@ -269,40 +320,65 @@ fn learner_step_seconds(
             format!("env.max_tokens={t}"),
         ],
     )?;
-    let mut learner = replaying_learner(&cfg, device);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-    let trajectories = (0..b)
+    let trajectories: Vec<Trajectory> = (0..b)
         .map(|i| synthetic_trajectory(&mut rng, t, (i / 8) as u64))
         .collect();
-    learner.ingest(ActorBatch {
+    let fed = PrefixBatch::new(
+        trajectories
+            .iter()
+            .map(|t| (&t.actions[..], &t.policy_mask[..])),
+    );
+    let shape = StepShape {
+        nodes: fed.nodes(),
+        rows: fed.rows,
+        width: fed.width,
+        head_rows: fed.head_nodes.len(),
+    };
+    let batch = ActorBatch {
         actor: 0,
         trajectories,
-    });
-    let flops = transformer_step_flops(cfg.policy.layers, d_model, vocab::size(), b, t - 1);
-    Ok((seconds_per_step(&mut learner, 2, secs / 2.0)?, flops))
+    };
+    let flops = transformer_step_flops(cfg.policy.layers, d_model, vocab::size(), shape);
+    Ok((
+        seconds_per_step(&cfg, device, &[batch], 2, secs / 2.0)?,
+        flops,
+    ))
 }
 
-/// A learner for `cfg` from seeded weights, whose replay serves its stored samples again and
-/// again (uniform sampling, the largest reuse), so steps can be timed without actors.
-fn replaying_learner(cfg: &Config, device: Device) -> Learner {
+/// Seconds per learner step for `cfg` (FIFO replay, as configured), fed `batches` again and
+/// again in order as the training loop feeds it: whole actor messages, each trajectory used once
+/// per pass. Timed after one warm-up step, over at least `min_steps` steps and about `secs`
+/// seconds.
+fn seconds_per_step(
+    cfg: &Config,
+    device: Device,
+    batches: &[ActorBatch],
+    min_steps: u32,
+    secs: f64,
+) -> Result<f64> {
     let mut cfg = cfg.clone();
-    cfg.replay.sampling = crate::config::Sampling::Uniform;
-    cfg.replay.reuse = 1000.0;
+    cfg.replay.sampling = crate::config::Sampling::Fifo;
+    cfg.replay.reuse = 1.0;
+    cfg.replay.max_policy_lag = 0;
     tch::manual_seed(cfg.seed as i64);
-    Learner::new(&cfg, device, &[])
-}
-
-/// Seconds per step of `learner` after one warm-up step, over at least `min_steps` steps and
-/// about `secs` seconds.
-fn seconds_per_step(learner: &mut Learner, min_steps: u32, secs: f64) -> Result<f64> {
-    learner.train_step()?;
+    let mut learner = train::new_learner(&cfg, device, &[])?;
+    let mut next = batches.iter().cycle();
+    let mut step = |learner: &mut Learner| -> Result<()> {
+        while !learner.ready() {
+            let batch = next
+                .next()
+                .ok_or_else(|| Error::Corrupt("no bench batches".into()))?;
+            learner.ingest(batch.clone());
+        }
+        learner.train_step()?;
+        Ok(())
+    };
+    step(&mut learner)?;
     let start = Instant::now();
     let mut steps = 0u32;
     while steps < min_steps || start.elapsed().as_secs_f64() < secs {
-        if !learner.ready() {
-            return Err(Error::Corrupt("bench learner ran out of data".into()));
-        }
-        learner.train_step()?;
+        step(&mut learner)?;
         steps += 1;
     }
     Ok(start.elapsed().as_secs_f64() / steps as f64)
@@ -317,7 +393,7 @@ struct ActorRates {
 /// `threads` tool-use actors sampling side by side for about `secs` seconds, summed.
 fn actor_rates(cfg: &Config, threads: usize, secs: f64) -> Result<ActorRates> {
     tch::manual_seed(cfg.seed as i64);
-    let snapshot = Learner::new(cfg, Device::Cpu, &[]).snapshot()?;
+    let snapshot = train::new_learner(cfg, Device::Cpu, &[])?.snapshot()?;
     let barrier = Barrier::new(threads);
     let results: Vec<Result<(u64, u64, f64)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -366,11 +442,14 @@ fn actor_rates(cfg: &Config, threads: usize, secs: f64) -> Result<ActorRates> {
 /// The tool-use learner alone on episodes its own actor sampled: trajectories/s and tokens/s
 /// (prompt and tool results included, the positions it scores).
 fn learner_rates(cfg: &Config, secs: f64) -> Result<(f64, f64)> {
-    let mut learner = replaying_learner(cfg, train::resolve_device(cfg.device)?);
+    let device = train::resolve_device(cfg.device)?;
+    tch::manual_seed(cfg.seed as i64);
+    let snapshot = train::new_learner(cfg, Device::Cpu, &[])?.snapshot()?;
     let task = Task::new(cfg.env.task_spec(cfg.seed));
-    let mut actor = ToolActor::new(cfg, 0, task, &learner.snapshot()?)?;
+    let mut actor = ToolActor::new(cfg, 0, task, &snapshot)?;
     let mut tokens = 0usize;
     let mut count = 0usize;
+    let mut batches = Vec::new();
     while count < cfg.replay.capacity.min(16 * cfg.learner.batch_size) {
         let batch = actor.act()?;
         count += batch.trajectories.len();
@@ -379,10 +458,11 @@ fn learner_rates(cfg: &Config, secs: f64) -> Result<(f64, f64)> {
             .iter()
             .map(|t| t.actions.len())
             .sum::<usize>();
-        learner.ingest(batch);
+        batches.push(batch);
     }
     let mean_len = tokens as f64 / count as f64;
-    let per_s = cfg.learner.batch_size as f64 / seconds_per_step(&mut learner, 3, secs / 2.0)?;
+    let per_s =
+        cfg.learner.batch_size as f64 / seconds_per_step(cfg, device, &batches, 3, secs / 2.0)?;
     Ok((per_s, per_s * mean_len))
 }
 
@@ -392,6 +472,8 @@ struct EndToEnd {
     lag: f64,
     /// Tool use: mean generated tokens per episode (NaN for the bandit).
     length: f64,
+    /// Mean reward of the learner's batches.
+    reward: f64,
 }
 
 /// The real training loop (actor threads, channel, replay, learner) in a scratch run directory,
@@ -432,6 +514,38 @@ fn end_to_end(cfg: &Config, secs: f64) -> Result<EndToEnd> {
     result
 }
 
+/// The default experiment's behaviour-cloning warm start (`configs/tool_calc.toml`), saved as
+/// `warm_start.safetensors` in `dir` for `policy.init` and the baseline's `--weights`.
+fn warm_start_weights(dir: &Path) -> Result<PathBuf> {
+    let cfg = config::from_toml_str(CALC_TOML, &[])?;
+    tch::manual_seed(cfg.seed as i64);
+    let learner = Learner::new(&cfg, Device::Cpu, &[]);
+    let task = Task::new(cfg.env.task_spec(cfg.seed));
+    let model = learner.policy.transformer()?;
+    warm_start(&cfg, model, &learner.vs, &task, Device::Cpu)?;
+    let path = dir.join("warm_start.safetensors");
+    let bytes = checkpoint::safetensors_bytes(&learner.snapshot()?.tensors)?;
+    checkpoint::write_atomic(&path, &bytes)?;
+    Ok(path)
+}
+
+/// A scratch directory, removed with everything in it when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new() -> Result<Self> {
+        let dir = scratch_dir()?;
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        Ok(ScratchDir(dir))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn scratch_dir() -> Result<PathBuf> {
     let base = std::env::temp_dir();
     for i in 0..1000u32 {
@@ -469,6 +583,7 @@ fn read_rates(path: &Path, batch: usize) -> Result<EndToEnd> {
         } else {
             f64::NAN
         },
+        reward: mean("batch_reward"),
     })
 }
 
@@ -485,11 +600,13 @@ pub fn peak_rss_mib() -> f64 {
 }
 
 /// Runs `scripts/reference/baseline.py` and returns its JSON.
-fn baseline(python: &Path, secs: f64) -> Result<Value> {
+fn baseline(python: &Path, secs: f64, weights: &Path) -> Result<Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/baseline.py");
     let out = Command::new(python)
         .arg(&script)
         .args(["--seconds", &format!("{}", secs / 2.0)])
+        .arg("--weights")
+        .arg(weights)
         .output()
         .map_err(|e| Error::io(python, e))?;
     if !out.status.success() {
@@ -617,6 +734,46 @@ fn print_table(
         "tool_mean_episode_tokens",
         "",
     );
+    for (what, key, base_key, goal) in [
+        (
+            "from the warm start, end to end: episodes/s",
+            "tool_warm_episodes_per_s",
+            "tool_warm_episodes_per_s",
+            "≥ 3×",
+        ),
+        (
+            "from the warm start, bf16 products: episodes/s",
+            "tool_warm_bf16_episodes_per_s",
+            "tool_warm_episodes_per_s",
+            "",
+        ),
+        (
+            "from the warm start, actor alone: episodes/s",
+            "tool_warm_actor_episodes_per_s",
+            "tool_warm_actor_episodes_per_s",
+            "",
+        ),
+        (
+            "from the warm start, learner alone: traj/s",
+            "tool_warm_learner_trajectories_per_s",
+            "tool_warm_learner_trajectories_per_s",
+            "",
+        ),
+        (
+            "from the warm start, tokens per episode (same?)",
+            "tool_warm_mean_episode_tokens",
+            "tool_warm_mean_episode_tokens",
+            "",
+        ),
+        (
+            "from the warm start, mean reward (same?)",
+            "tool_warm_mean_reward",
+            "tool_warm_mean_reward",
+            "",
+        ),
+    ] {
+        compare(what, key, base_key, goal);
+    }
     compare(
         "peak resident memory, MiB",
         "peak_rss_mib",
@@ -679,7 +836,17 @@ mod tests {
     #[test]
     fn flop_count_matches_a_hand_count() {
         // One layer, d 2, vocab 3, one sequence of 1 token: 24·4 + 4·1·2 + 2·2·3 = 116 forward.
-        assert_eq!(transformer_step_flops(1, 2, 3, 1, 1), 3.0 * 116.0);
+        let one = StepShape::dense(1, 1);
+        assert_eq!(transformer_step_flops(1, 2, 3, one), 3.0 * 116.0);
+        // Two rows of 2 sharing their first position, one head row: 3 nodes, 4 slots.
+        let shared = StepShape {
+            nodes: 3,
+            rows: 2,
+            width: 2,
+            head_rows: 1,
+        };
+        let want = 24.0 * 4.0 * 3.0 + 4.0 * 2.0 * 2.0 * 4.0 + 2.0 * 2.0 * 3.0;
+        assert_eq!(transformer_step_flops(1, 2, 3, shared), 3.0 * want);
     }
 
     #[test]

@@ -686,15 +686,11 @@ fn run_sampled(
         EnvKind::ToolUse => Vec::new(),
     };
     tch::manual_seed(cfg.seed as i64);
-    let mut learner = Learner::new(cfg, device, &initial);
-    if let (Some(init), None) = (&cfg.policy.init, &resume) {
-        WeightSnapshot {
-            version: 0,
-            tensors: read_init(init)?,
-        }
-        .load_into(&learner.vs)
-        .map_err(|e| init_error(init, e))?;
-    }
+    let mut learner = if resume.is_some() {
+        Learner::new(cfg, device, &initial)
+    } else {
+        new_learner(cfg, device, &initial)?
+    };
     let mut saved = None;
     let mut behaviour = None;
     if let Some(ckpt) = &resume {
@@ -1168,6 +1164,20 @@ pub fn create_run_dir(dir: &Path, cfg: &Config, serial: bool) -> Result<()> {
     checkpoint::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
     let meta = serde_json::json!({ "serial": serial, "version": env!("CARGO_PKG_VERSION") });
     checkpoint::write_atomic(&dir.join("run.json"), meta.to_string().as_bytes())
+}
+
+/// A learner for a new run: [`Learner::new`], then the weights of `policy.init` if it is set.
+pub fn new_learner(cfg: &Config, device: Device, init_logits: &[f64]) -> Result<Learner> {
+    let learner = Learner::new(cfg, device, init_logits);
+    if let Some(init) = &cfg.policy.init {
+        WeightSnapshot {
+            version: 0,
+            tensors: read_init(init)?,
+        }
+        .load_into(&learner.vs)
+        .map_err(|e| init_error(init, e))?;
+    }
+    Ok(learner)
 }
 
 /// The tensors of a `policy.init` file.

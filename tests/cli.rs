@@ -566,6 +566,8 @@ fn bench_prints_its_table_and_writes_json() {
         "tool use (calc) end to end",
         "tool use end to end, bf16 products",
         "tool-use learner alone, bf16 products",
+        "from the warm start, end to end",
+        "from the warm start, learner alone",
         "actor scaling",
         "learner step d256",
         "peak resident memory",
@@ -580,6 +582,10 @@ fn bench_prints_its_table_and_writes_json() {
         "tool_learner_trajectories_per_s",
         "tool_bf16_episodes_per_s",
         "tool_bf16_learner_trajectories_per_s",
+        "tool_warm_episodes_per_s",
+        "tool_warm_bf16_episodes_per_s",
+        "tool_warm_actor_episodes_per_s",
+        "tool_warm_learner_trajectories_per_s",
         "matmul_gflops",
         "learner_d256_gflops",
         "tool_model_gflops",
@@ -588,6 +594,11 @@ fn bench_prints_its_table_and_writes_json() {
         let x = v["asymre"][key].as_f64().unwrap_or(f64::NAN);
         assert!(x.is_finite() && x > 0.0, "{key} = {x}");
     }
+    // The warm-started measurements really start from the warm start: its episodes are shorter
+    // and earn more than a random initialisation's.
+    let ours = |k: &str| v["asymre"][k].as_f64().unwrap();
+    assert!(ours("tool_warm_mean_episode_tokens") < ours("tool_mean_episode_tokens"));
+    assert!(ours("tool_warm_mean_reward") > ours("tool_mean_reward") + 0.5);
     assert!(v["baseline"].is_null());
     let bad = bin().args(["bench", "--seconds", "-1"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));

@@ -9,11 +9,17 @@ would write them in plain eager PyTorch, in one process, without this project.
   protocol and tool execution, the same reward, AsymRE with V = group mean - 0.1, Adam lr 3e-4,
   gradient norm clipped at 1, behaviour weights refreshed every 4 steps.
 
-Prints one JSON object on stdout. Usage: baseline.py [--seconds S] [--threads N]
+With --weights FILE (a safetensors file of asymre's policy variables, as `asymre bench` writes
+for the default experiment's warm start) the tool-use loop runs a second time from those weights
+and reports under `tool_warm_` keys.
+
+Prints one JSON object on stdout. Usage: baseline.py [--seconds S] [--threads N] [--weights FILE]
 """
 import argparse
 import json
 import random
+import re
+import struct
 import time
 import warnings
 
@@ -297,14 +303,36 @@ def sample_batch(model, items, max_tokens=40):
     return eps, logps
 
 
-def tool_use(seconds, prompts=8, group=8, sync=4, lr=3e-4, delta_v=-0.1, threads=None):
+def load_weights(path):
+    """asymre's safetensors weights as a state dict of `Decoder` (`block0.qkv` -> `blocks.0.qkv`)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    state = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        assert meta["dtype"] == "F32", f"{name}: {meta['dtype']}"
+        a, b = meta["data_offsets"]
+        data = torch.frombuffer(bytearray(raw[8 + n + a:8 + n + b]), dtype=torch.float32)
+        state[re.sub(r"^block(\d+)\.", r"blocks.\1.", name)] = data.view(meta["shape"])
+    return state
+
+
+def tool_use(seconds, prompts=8, group=8, sync=4, lr=3e-4, delta_v=-0.1, weights=None, prefix="tool_"):
     torch.manual_seed(0)
     rng = random.Random(0)
-    policy = Decoder(len(WORDS))
-    behaviour = Decoder(len(WORDS))
+    if weights is None:
+        policy = Decoder(len(WORDS))
+    else:
+        policy = Decoder(len(WORDS), max_len=weights["pos.weight"].shape[0])
+        policy.load_state_dict(weights)
+    behaviour = Decoder(len(WORDS), max_len=policy.pos.weight.shape[0])
     behaviour.load_state_dict(policy.state_dict())
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
     episodes = tokens = steps = 0
+    reward_sum = 0.0
     actor_time = learner_time = 0.0
     start = time.perf_counter()
     warm = True  # the first iteration (lazy initialisation) is not timed
@@ -343,15 +371,18 @@ def tool_use(seconds, prompts=8, group=8, sync=4, lr=3e-4, delta_v=-0.1, threads
         learner_time += t2 - t1
         episodes += len(eps)
         tokens += sum(len(e.tokens) - e.prompt_len for e in eps)
+        reward_sum += rewards.sum().item()
     wall = time.perf_counter() - start
-    return {
-        "tool_episodes_per_s": episodes / wall,
-        "tool_tokens_per_s": tokens / wall,
-        "tool_actor_tokens_per_s": tokens / actor_time,
-        "tool_actor_episodes_per_s": episodes / actor_time,
-        "tool_learner_trajectories_per_s": episodes / learner_time,
-        "tool_mean_episode_tokens": tokens / episodes,
+    out = {
+        "episodes_per_s": episodes / wall,
+        "tokens_per_s": tokens / wall,
+        "actor_tokens_per_s": tokens / actor_time,
+        "actor_episodes_per_s": episodes / actor_time,
+        "learner_trajectories_per_s": episodes / learner_time,
+        "mean_episode_tokens": tokens / episodes,
+        "mean_reward": reward_sum / episodes,
     }
+    return {prefix + k: v for k, v in out.items()}
 
 
 def peak_rss_mib():
@@ -367,12 +398,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="per experiment")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--weights", default=None, help="asymre safetensors weights for a second tool-use run")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     out.update(bandit(args.seconds))
     out.update(tool_use(args.seconds))
+    if args.weights:
+        out.update(tool_use(args.seconds, weights=load_weights(args.weights), prefix="tool_warm_"))
     out["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(out))
 
