@@ -3,6 +3,8 @@
 //! forced when the environment has tool results queued. Finished episodes feed padding until a
 //! quarter of the batch's rows have finished; then those rows leave the batch and its cache, and
 //! the smaller batch goes on the same way.
+use std::collections::HashMap;
+
 use rand::Rng;
 use tch::{Device, Kind, Tensor};
 
@@ -13,9 +15,20 @@ use crate::error::Result;
 use crate::policy::Transformer;
 use crate::reward::ScoreMeans;
 
-/// The batch drops its finished episodes' rows (one gather of the KV cache) once at most this
-/// share of its rows still decode; until then finished rows feed padding.
-const COMPACT_AT: f64 = 0.75;
+/// How a batch spends its rows.
+#[derive(Debug, Clone, Copy)]
+struct Batching {
+    /// The batch drops its finished episodes' rows (one gather of the KV cache) once at most
+    /// this share of its rows still decode; until then finished rows feed padding.
+    compact_at: f64,
+    /// Prefill each distinct prompt once and copy its cache rows to the episodes that share it.
+    share_prompts: bool,
+}
+
+const BATCHING: Batching = Batching {
+    compact_at: 0.75,
+    share_prompts: true,
+};
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy)]
@@ -51,12 +64,11 @@ pub fn rollout(
         .collect();
     let max_tokens = limits.max_tokens;
     decode(
-        model, task, episodes, max_tokens, decoding, rng, device, COMPACT_AT,
+        model, task, episodes, max_tokens, decoding, rng, device, BATCHING,
     )
 }
 
-/// Decodes `episodes` (each at most `max_tokens` past the longest prompt) to their end, dropping
-/// finished rows once at most `compact_at` of the batch still decodes.
+/// Decodes `episodes` (each at most `max_tokens` past the longest prompt) to their end.
 #[allow(clippy::too_many_arguments)]
 fn decode(
     model: &Transformer,
@@ -66,7 +78,7 @@ fn decode(
     decoding: Decoding,
     rng: &mut impl Rng,
     device: Device,
-    compact_at: f64,
+    batching: Batching,
 ) -> Result<Vec<Rollout>> {
     let b = episodes.len();
     if b == 0 {
@@ -74,17 +86,36 @@ fn decode(
     }
     let mut logps = vec![0.0f64; b];
     let mut token_logps: Vec<Vec<f32>> = vec![Vec::new(); b];
-    let p = episodes.iter().map(|e| e.tokens.len()).max().unwrap_or(1);
-    let mut prompts = vec![PAD as i64; b * p];
-    let mut valid = vec![false; b * p];
-    for (i, ep) in episodes.iter().enumerate() {
-        let off = p - ep.tokens.len();
-        for (j, &t) in ep.tokens.iter().enumerate() {
+    // The G samples of a prompt share it: each distinct prompt is prefilled once, and every
+    // episode then gets a copy of its prompt's cache row and next-token logits.
+    let mut prompt_of: HashMap<&[u32], i64> = HashMap::new();
+    let mut distinct: Vec<&[u32]> = Vec::new();
+    let source: Vec<i64> = episodes
+        .iter()
+        .map(|ep| {
+            let new = distinct.len() as i64;
+            if !batching.share_prompts {
+                distinct.push(&ep.tokens[..]);
+                return new;
+            }
+            *prompt_of.entry(&ep.tokens[..]).or_insert_with(|| {
+                distinct.push(&ep.tokens[..]);
+                new
+            })
+        })
+        .collect();
+    let u = distinct.len();
+    let p = distinct.iter().map(|t| t.len()).max().unwrap_or(1);
+    let mut prompts = vec![PAD as i64; u * p];
+    let mut valid = vec![false; u * p];
+    for (i, tokens) in distinct.iter().enumerate() {
+        let off = p - tokens.len();
+        for (j, &t) in tokens.iter().enumerate() {
             prompts[i * p + off + j] = t as i64;
             valid[i * p + off + j] = true;
         }
     }
-    let shape = [b as i64, p as i64];
+    let shape = [u as i64, p as i64];
     let capacity = p + max_tokens;
     let (mut cache, mut logits) = tch::no_grad(|| {
         model.prefill(
@@ -93,6 +124,11 @@ fn decode(
             capacity,
         )
     });
+    if u < b {
+        let source = Tensor::from_slice(&source).to_device(device);
+        cache.keep_rows(&source);
+        logits = logits.index_select(0, &source);
+    }
     let vocab = logits.size()[1] as usize;
     let mut host = vec![0f32; b * vocab];
     // The episode each row of the batch decodes; finished episodes' rows are dropped.
@@ -136,7 +172,7 @@ fn decode(
         if running == 0 {
             break;
         }
-        if (running as f64) <= compact_at * n as f64 {
+        if (running as f64) <= batching.compact_at * n as f64 {
             let kept: Vec<usize> = (0..n).filter(|&r| real[r]).collect();
             let index: Vec<i64> = kept.iter().map(|&r| r as i64).collect();
             cache.keep_rows(&Tensor::from_slice(&index).to_device(device));
@@ -293,10 +329,11 @@ mod tests {
         (vs, model, Task::new(spec(TaskKind::Chain)))
     }
 
-    /// Dropping finished episodes from the batch changes nothing they or the others decode: the
-    /// same tokens and the same log μ as a batch that feeds padding to the end.
+    /// Dropping finished episodes from the batch and prefilling a shared prompt once change
+    /// nothing any episode decodes: the same tokens and the same log μ as a batch that prefills
+    /// every row and feeds padding to the end.
     #[test]
-    fn dropping_finished_rows_changes_no_episode() {
+    fn dropping_finished_rows_and_sharing_prompts_change_no_episode() {
         use crate::env::tool_use::tasks::Split;
         let (vs, model, task) = untrained();
         // End about one episode in six at each token, so that rows finish at different steps.
@@ -305,19 +342,24 @@ mod tests {
             let _ = bias.get(crate::env::tool_use::vocab::EOS as i64).fill_(2.5);
         });
         for decoding in [Decoding::Sample { temperature: 1.0 }, Decoding::Greedy] {
-            let run = |compact_at| {
+            let run = |compact_at, share_prompts| {
+                // Four prompts, four samples each.
                 let episodes = (0..16)
-                    .map(|i| Episode::new(&task, task.item(Split::Train, i), LIMITS))
+                    .map(|i| Episode::new(&task, task.item(Split::Train, i / 4), LIMITS))
                     .collect();
+                let batching = Batching {
+                    compact_at,
+                    share_prompts,
+                };
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
                 let cpu = Device::Cpu;
                 let n = LIMITS.max_tokens;
                 decode(
-                    &model, &task, episodes, n, decoding, &mut rng, cpu, compact_at,
+                    &model, &task, episodes, n, decoding, &mut rng, cpu, batching,
                 )
                 .unwrap()
             };
-            let (padded, dropped) = (run(0.0), run(1.0));
+            let (padded, dropped) = (run(0.0, false), run(1.0, true));
             let mut lengths: Vec<usize> = padded.iter().map(|r| r.episode.tokens.len()).collect();
             lengths.sort_unstable();
             lengths.dedup();
@@ -339,7 +381,8 @@ mod tests {
     fn stored_token_logp_matches_the_learner_forward_pass() {
         use crate::env::tool_use::tasks::Split;
         let (_vs, model, task) = untrained();
-        let items = (0..6).map(|i| task.item(Split::Train, i)).collect();
+        // Three prompts, two samples each: the shared prefill feeds both.
+        let items = (0..6).map(|i| task.item(Split::Train, i / 2)).collect();
         let limits = LIMITS;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         let sample = Decoding::Sample { temperature: 1.0 };
