@@ -1,11 +1,17 @@
 //! Batched decoding of tool-use episodes: every episode of a batch advances one token per step
 //! through one forward pass with the KV cache. A token is sampled in Rust from the actor's RNG, or
-//! forced when the environment has tool results queued. Finished episodes feed padding until a
-//! quarter of the batch's rows have finished; then those rows leave the batch and its cache, and
-//! the smaller batch goes on the same way.
+//! forced when the environment has tool results queued.
+//!
+//! A row of the batch decodes for all the episodes that agree on every token so far: the G
+//! samples of a prompt start on one row (the prompt is prefilled once), and a row forks, with a
+//! copy of its cache, when its episodes write different tokens. A policy that often samples the
+//! same continuation (as a warm-started one does) then decodes far fewer rows than episodes.
+//! Finished rows feed padding until a quarter of the batch's rows have finished, or until a fork
+//! gathers the cache anyway; then they leave the batch and its cache.
 use std::collections::HashMap;
 
-use rand::Rng;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
 use crate::env::tool_use::protocol::{Episode, Limits};
@@ -21,13 +27,15 @@ struct Batching {
     /// The batch drops its finished episodes' rows (one gather of the KV cache) once at most
     /// this share of its rows still decode; until then finished rows feed padding.
     compact_at: f64,
-    /// Prefill each distinct prompt once and copy its cache rows to the episodes that share it.
-    share_prompts: bool,
+    /// Episodes that share every token so far share one row: a prompt is prefilled once for
+    /// its G samples, and a row forks (a copy of its cache) when its episodes write different
+    /// tokens. Off, every episode has its own row.
+    share_prefixes: bool,
 }
 
 const BATCHING: Batching = Batching {
     compact_at: 0.75,
-    share_prompts: true,
+    share_prefixes: true,
 };
 
 /// How the next token is chosen.
@@ -84,17 +92,21 @@ fn decode(
     if b == 0 {
         return Ok(Vec::new());
     }
+    // Each episode samples from its own stream, seeded from `rng` in episode order, so that what
+    // it writes does not depend on which row it shares or when that row forked.
+    let mut streams: Vec<ChaCha8Rng> = (0..b)
+        .map(|_| ChaCha8Rng::seed_from_u64(rng.gen()))
+        .collect();
     let mut logps = vec![0.0f64; b];
     let mut token_logps: Vec<Vec<f32>> = vec![Vec::new(); b];
-    // The G samples of a prompt share it: each distinct prompt is prefilled once, and every
-    // episode then gets a copy of its prompt's cache row and next-token logits.
+    // Each distinct prompt is prefilled once, on the row of the episodes that share it.
     let mut prompt_of: HashMap<&[u32], i64> = HashMap::new();
     let mut distinct: Vec<&[u32]> = Vec::new();
     let source: Vec<i64> = episodes
         .iter()
         .map(|ep| {
             let new = distinct.len() as i64;
-            if !batching.share_prompts {
+            if !batching.share_prefixes {
                 distinct.push(&ep.tokens[..]);
                 return new;
             }
@@ -124,70 +136,103 @@ fn decode(
             capacity,
         )
     });
-    if u < b {
-        let source = Tensor::from_slice(&source).to_device(device);
-        cache.keep_rows(&source);
-        logits = logits.index_select(0, &source);
-    }
     let vocab = logits.size()[1] as usize;
-    let mut host = vec![0f32; b * vocab];
-    // The episode each row of the batch decodes; finished episodes' rows are dropped.
-    let mut rows: Vec<usize> = (0..b).collect();
-    let mut next = vec![PAD as i64; b];
-    let mut positions = vec![0i64; b];
-    let mut real = vec![false; b];
+    let mut host = Vec::new();
+    // The episodes each row of the batch decodes for: they share every token so far, so they
+    // share the row's cache and logits. A row whose episodes all finished feeds padding.
+    let mut rows: Vec<Vec<usize>> = vec![Vec::new(); u];
+    for (i, &s) in source.iter().enumerate() {
+        rows[s as usize].push(i);
+    }
     while !rows.is_empty() && (cache.len as usize) < capacity {
         let n = rows.len();
+        host.resize(n * vocab, 0.0);
         let flat = logits
             .to_kind(Kind::Float)
             .to_device(Device::Cpu)
             .contiguous()
             .view([-1]);
         flat.copy_data(&mut host, n * vocab);
-        for (r, &i) in rows.iter().enumerate() {
-            let ep = &mut episodes[i];
-            if ep.done {
-                (real[r], next[r], positions[r]) = (false, PAD as i64, 0);
-                continue;
-            }
-            let tok = match ep.take_forced() {
-                Some(t) => t,
-                None => {
-                    let row = &host[r * vocab..(r + 1) * vocab];
-                    let (tok, logp) = choose(row, decoding, rng);
-                    logps[i] += logp;
-                    let at = ep.tokens.len();
-                    token_logps[i].resize(at, 0.0);
-                    token_logps[i].push(logp as f32);
-                    ep.push_policy(tok, task);
-                    tok
+        let (mut next, mut positions, mut real) =
+            (vec![PAD as i64; n], vec![0i64; n], vec![false; n]);
+        // Rows for the episodes that wrote another token than the first of their row: (the row
+        // they leave, token, episodes).
+        let mut forks: Vec<(usize, u32, Vec<usize>)> = Vec::new();
+        for r in 0..n {
+            // The row's episodes by the token each writes next, in order of first appearance;
+            // finished episodes leave.
+            let mut children: Vec<(u32, Vec<usize>)> = Vec::new();
+            for i in std::mem::take(&mut rows[r]) {
+                let ep = &mut episodes[i];
+                if ep.done {
+                    continue;
                 }
-            };
-            // A token that ends its episode needs no logits after it.
-            real[r] = !ep.done;
-            next[r] = tok as i64;
-            positions[r] = ep.tokens.len() as i64 - 1;
+                let tok = match ep.take_forced() {
+                    Some(t) => t,
+                    None => {
+                        let row = &host[r * vocab..(r + 1) * vocab];
+                        let (tok, logp) = choose(row, decoding, &mut streams[i]);
+                        logps[i] += logp;
+                        let at = ep.tokens.len();
+                        token_logps[i].resize(at, 0.0);
+                        token_logps[i].push(logp as f32);
+                        ep.push_policy(tok, task);
+                        tok
+                    }
+                };
+                // A token that ends its episode needs no logits after it.
+                if ep.done {
+                    continue;
+                }
+                match children.iter_mut().find(|(t, _)| *t == tok) {
+                    Some((_, same)) => same.push(i),
+                    None => children.push((tok, vec![i])),
+                }
+            }
+            let mut children = children.into_iter();
+            if let Some((tok, members)) = children.next() {
+                (next[r], real[r]) = (tok as i64, true);
+                positions[r] = episodes[members[0]].tokens.len() as i64 - 1;
+                rows[r] = members;
+            }
+            forks.extend(children.map(|(tok, members)| (r, tok, members)));
         }
-        let running = real[..n].iter().filter(|&&r| r).count();
+        let running = real.iter().filter(|&&x| x).count() + forks.len();
         if running == 0 {
             break;
         }
-        if (running as f64) <= batching.compact_at * n as f64 {
+        // A fork needs rows of its own: one gather of the cache copies the parents' rows and
+        // drops finished ones. Without forks, finished rows go once few enough still decode.
+        if !forks.is_empty() || (running as f64) <= batching.compact_at * n as f64 {
             let kept: Vec<usize> = (0..n).filter(|&r| real[r]).collect();
-            let index: Vec<i64> = kept.iter().map(|&r| r as i64).collect();
+            let index: Vec<i64> = kept
+                .iter()
+                .chain(forks.iter().map(|(parent, _, _)| parent))
+                .map(|&r| r as i64)
+                .collect();
             cache.keep_rows(&Tensor::from_slice(&index).to_device(device));
-            for (to, &from) in kept.iter().enumerate() {
-                (rows[to], next[to], positions[to], real[to]) =
-                    (rows[from], next[from], positions[from], true);
+            let mut moved = Vec::with_capacity(running);
+            for &r in &kept {
+                moved.push((std::mem::take(&mut rows[r]), next[r], positions[r]));
             }
-            rows.truncate(running);
+            for (_, tok, members) in forks {
+                let at = episodes[members[0]].tokens.len() as i64 - 1;
+                moved.push((members, tok as i64, at));
+            }
+            rows.clear();
+            (next, positions) = (Vec::with_capacity(running), Vec::with_capacity(running));
+            for (members, tok, at) in moved {
+                rows.push(members);
+                next.push(tok);
+                positions.push(at);
+            }
+            real = vec![true; running];
         }
-        let n = rows.len();
         logits = tch::no_grad(|| {
             model.step(
-                &Tensor::from_slice(&next[..n]).to_device(device),
-                &Tensor::from_slice(&positions[..n]).to_device(device),
-                &Tensor::from_slice(&real[..n]).to_device(device),
+                &Tensor::from_slice(&next).to_device(device),
+                &Tensor::from_slice(&positions).to_device(device),
+                &Tensor::from_slice(&real).to_device(device),
                 &mut cache,
             )
         });
@@ -342,14 +387,14 @@ mod tests {
             let _ = bias.get(crate::env::tool_use::vocab::EOS as i64).fill_(2.5);
         });
         for decoding in [Decoding::Sample { temperature: 1.0 }, Decoding::Greedy] {
-            let run = |compact_at, share_prompts| {
+            let run = |compact_at, share_prefixes| {
                 // Four prompts, four samples each.
                 let episodes = (0..16)
                     .map(|i| Episode::new(&task, task.item(Split::Train, i / 4), LIMITS))
                     .collect();
                 let batching = Batching {
                     compact_at,
-                    share_prompts,
+                    share_prefixes,
                 };
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
                 let cpu = Device::Cpu;
