@@ -106,6 +106,10 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     tch::set_num_threads(1);
     let mut calc = calc_config()?;
     calc.device = opts.device;
+    // The baseline starts from the same random weights, so both decode the same kind of episodes.
+    let scratch = ScratchDir::new()?;
+    let init = scratch.0.join("init.safetensors");
+    save_weights(&new_learner_for(&calc)?, &init)?;
     progress("tool-use actors, 1 thread");
     let one = actor_rates(&calc, 1, secs)?;
     progress("tool-use actors, 2 threads");
@@ -114,7 +118,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     put("tool_actor_episodes_per_s", one.episodes);
     put("tool_actor_2_threads_episodes_per_s", two.episodes);
     put(
-        "tool_mean_episode_tokens",
+        "tool_actor_mean_episode_tokens",
         one.tokens / one.episodes.max(1e-9),
     );
 
@@ -127,7 +131,6 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     // The default experiment trains from its warm start, whose episodes are shorter and whose G
     // samples of a prompt often agree. Both sides start from the same saved weights here.
     progress("the default experiment's warm start");
-    let scratch = ScratchDir::new()?;
     let weights = warm_start_weights(&scratch.0)?;
     let mut warm = calc.clone();
     warm.policy.init = Some(weights.clone());
@@ -136,7 +139,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     put("tool_warm_actor_episodes_per_s", warm_actor.episodes);
     put("tool_warm_actor_tokens_per_s", warm_actor.tokens);
     put(
-        "tool_warm_mean_episode_tokens",
+        "tool_warm_actor_mean_episode_tokens",
         warm_actor.tokens / warm_actor.episodes.max(1e-9),
     );
     let from_warm = " from the warm start";
@@ -157,13 +160,14 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     let base = match &opts.python {
         Some(python) => {
             progress("PyTorch eager baseline (scripts/reference/baseline.py)");
-            Some(baseline(python, secs, &weights)?)
+            Some(baseline(python, secs, &init, &weights)?)
         }
         None => None,
     };
-    // The least arithmetic an episode costs: the learner's forward and backward over its tokens
-    // and the actor's forward over the same tokens, without padding. At a rate above the matmul
-    // rate a throughput cannot be reached with this model on this machine.
+    // The arithmetic an episode costs when computed on its own: the learner's forward and
+    // backward over its tokens and the actor's forward over the same tokens, without padding.
+    // Above the matmul rate, a throughput is out of reach unless work is shared between
+    // episodes (a prompt's G samples, repeated continuations).
     let full_len = tokens / traj;
     let prompt_len = full_len - one.tokens / one.episodes.max(1e-9);
     let episode_gflop = |len: f64| {
@@ -175,7 +179,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     };
     put(
         "tool_model_gflops",
-        e2e.samples_per_s * episode_gflop(full_len),
+        e2e.samples_per_s * episode_gflop(prompt_len + e2e.length),
     );
     let mut base = base;
     if let Some(Value::Object(b)) = &mut base {
@@ -219,6 +223,8 @@ fn learner_and_end_to_end(
         e2e.samples_per_s * e2e.length,
     );
     put(&format!("{prefix}policy_lag"), e2e.lag);
+    // Episodes lengthen or shorten as the policy trains; compare these, not the frozen actor's.
+    put(&format!("{prefix}mean_episode_tokens"), e2e.length);
     put(&format!("{prefix}mean_reward"), e2e.reward);
     Ok((traj, tokens, e2e))
 }
@@ -392,8 +398,7 @@ struct ActorRates {
 
 /// `threads` tool-use actors sampling side by side for about `secs` seconds, summed.
 fn actor_rates(cfg: &Config, threads: usize, secs: f64) -> Result<ActorRates> {
-    tch::manual_seed(cfg.seed as i64);
-    let snapshot = train::new_learner(cfg, Device::Cpu, &[])?.snapshot()?;
+    let snapshot = new_learner_for(cfg)?.snapshot()?;
     let barrier = Barrier::new(threads);
     let results: Vec<Result<(u64, u64, f64)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -443,8 +448,7 @@ fn actor_rates(cfg: &Config, threads: usize, secs: f64) -> Result<ActorRates> {
 /// (prompt and tool results included, the positions it scores).
 fn learner_rates(cfg: &Config, secs: f64) -> Result<(f64, f64)> {
     let device = train::resolve_device(cfg.device)?;
-    tch::manual_seed(cfg.seed as i64);
-    let snapshot = train::new_learner(cfg, Device::Cpu, &[])?.snapshot()?;
+    let snapshot = new_learner_for(cfg)?.snapshot()?;
     let task = Task::new(cfg.env.task_spec(cfg.seed));
     let mut actor = ToolActor::new(cfg, 0, task, &snapshot)?;
     let mut tokens = 0usize;
@@ -518,15 +522,24 @@ fn end_to_end(cfg: &Config, secs: f64) -> Result<EndToEnd> {
 /// `warm_start.safetensors` in `dir` for `policy.init` and the baseline's `--weights`.
 fn warm_start_weights(dir: &Path) -> Result<PathBuf> {
     let cfg = config::from_toml_str(CALC_TOML, &[])?;
-    tch::manual_seed(cfg.seed as i64);
-    let learner = Learner::new(&cfg, Device::Cpu, &[]);
+    let learner = new_learner_for(&cfg)?;
     let task = Task::new(cfg.env.task_spec(cfg.seed));
     let model = learner.policy.transformer()?;
     warm_start(&cfg, model, &learner.vs, &task, Device::Cpu)?;
     let path = dir.join("warm_start.safetensors");
-    let bytes = checkpoint::safetensors_bytes(&learner.snapshot()?.tensors)?;
-    checkpoint::write_atomic(&path, &bytes)?;
+    save_weights(&learner, &path)?;
     Ok(path)
+}
+
+/// The learner a run of `cfg` starts with, on the CPU: the seeded initialisation (or `policy.init`).
+fn new_learner_for(cfg: &Config) -> Result<Learner> {
+    tch::manual_seed(cfg.seed as i64);
+    train::new_learner(cfg, Device::Cpu, &[])
+}
+
+fn save_weights(learner: &Learner, path: &Path) -> Result<()> {
+    let bytes = checkpoint::safetensors_bytes(&learner.snapshot()?.tensors)?;
+    checkpoint::write_atomic(path, &bytes)
 }
 
 /// A scratch directory, removed with everything in it when dropped.
@@ -600,13 +613,15 @@ pub fn peak_rss_mib() -> f64 {
 }
 
 /// Runs `scripts/reference/baseline.py` and returns its JSON.
-fn baseline(python: &Path, secs: f64, weights: &Path) -> Result<Value> {
+fn baseline(python: &Path, secs: f64, init: &Path, warm: &Path) -> Result<Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/baseline.py");
     let out = Command::new(python)
         .arg(&script)
         .args(["--seconds", &format!("{}", secs / 2.0)])
-        .arg("--weights")
-        .arg(weights)
+        .arg("--init")
+        .arg(init)
+        .arg("--warm")
+        .arg(warm)
         .output()
         .map_err(|e| Error::io(python, e))?;
     if !out.status.success() {

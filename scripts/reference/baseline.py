@@ -9,11 +9,13 @@ would write them in plain eager PyTorch, in one process, without this project.
   protocol and tool execution, the same reward, AsymRE with V = group mean - 0.1, Adam lr 3e-4,
   gradient norm clipped at 1, behaviour weights refreshed every 4 steps.
 
-With --weights FILE (a safetensors file of asymre's policy variables, as `asymre bench` writes
-for the default experiment's warm start) the tool-use loop runs a second time from those weights
-and reports under `tool_warm_` keys.
+The tool-use loop starts from its own random initialisation, or with --init FILE from the weights
+in FILE (a safetensors file of asymre's policy variables, which `asymre bench` writes so that both
+sides decode the same kind of episodes). With --warm FILE (the default experiment's warm start) it
+runs a second time from those weights and reports under `tool_warm_` keys.
 
-Prints one JSON object on stdout. Usage: baseline.py [--seconds S] [--threads N] [--weights FILE]
+Prints one JSON object on stdout.
+Usage: baseline.py [--seconds S] [--threads N] [--init FILE] [--warm FILE]
 """
 import argparse
 import json
@@ -398,15 +400,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="per experiment")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    ap.add_argument("--weights", default=None, help="asymre safetensors weights for a second tool-use run")
+    ap.add_argument("--init", default=None, help="asymre safetensors weights to start tool use from")
+    ap.add_argument("--warm", default=None, help="asymre safetensors weights for a second tool-use run")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     out.update(bandit(args.seconds))
-    out.update(tool_use(args.seconds))
-    if args.weights:
-        out.update(tool_use(args.seconds, weights=load_weights(args.weights), prefix="tool_warm_"))
+    out.update(tool_use(args.seconds, weights=load_weights(args.init) if args.init else None))
+    if args.warm:
+        out.update(tool_use(args.seconds, weights=load_weights(args.warm), prefix="tool_warm_"))
     out["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(out))
 
