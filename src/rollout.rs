@@ -420,7 +420,7 @@ mod tests {
         }
     }
 
-    /// The per-token log μ an actor stores is what the learner's masked forward pass computes for
+    /// The per-token log μ an actor stores is what the padded forward pass computes for
     /// the same weights and tokens, position by position; their sum is the sequence's log μ.
     #[test]
     fn stored_token_logp_matches_the_learner_forward_pass() {

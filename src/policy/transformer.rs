@@ -1,8 +1,9 @@
 //! A small causal decoder (pre-norm, learned positions) with a KV cache for batched decoding.
 //!
-//! Shapes: B episodes, T tokens, D = d_model, H heads, V vocabulary. The learner scores whole
-//! right-padded trajectories in one masked forward pass; actors prefill left-padded prompts and
-//! then decode one token per episode per step, so decoding cost is linear in length.
+//! Shapes: B episodes, T tokens, D = d_model, H heads, V vocabulary. The learner scores a batch
+//! of trajectories as a prefix tree ([`Transformer::score_prefixes`]): one forward pass in which
+//! each distinct prefix is computed once. Actors prefill left-padded prompts and then decode one
+//! token per row per step, so decoding cost is linear in length.
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
@@ -302,13 +303,8 @@ impl Transformer {
             .f_index_select(0, &index(&picked)?)?
             .f_view([b, w])?
             * &mask;
-        let entropy = tch::no_grad(|| -> Result<f64> {
-            let uses = Tensor::f_from_slice(&batch.head_uses)?.f_to_device(device)?;
-            let per_head = (logp.exp() * &logp).f_sum_dim_intlist(-1, false, Kind::Float)?;
-            let total = (per_head * uses).f_sum(Kind::Double)?.f_neg()?;
-            let n = batch.mask.iter().map(|&m| m as f64).sum::<f64>().max(1.0);
-            Ok(total.double_value(&[]) / n)
-        })?;
+        let uses = Tensor::f_from_slice(&batch.head_uses)?.f_to_device(device)?;
+        let entropy = mean_entropy(&logp, &uses)?;
         Ok(TokenScores {
             token_logp,
             mask,
@@ -326,12 +322,7 @@ impl Transformer {
         let next = tokens.narrow(1, 1, t - 1).unsqueeze(-1);
         let mask = policy_mask.narrow(1, 1, t - 1);
         let token_logp = logp.f_gather(-1, &next, false)?.squeeze_dim(-1) * &mask;
-        let entropy = tch::no_grad(|| -> Result<f64> {
-            let per_token = (logp.exp() * &logp).f_sum_dim_intlist(-1, false, Kind::Float)?;
-            let total = (per_token * &mask).f_sum(Kind::Double)?.f_neg()?;
-            let n = mask.f_sum(Kind::Double)?.double_value(&[]).max(1.0);
-            Ok(total.double_value(&[]) / n)
-        })?;
+        let entropy = mean_entropy(&logp, &mask)?;
         Ok(TokenScores {
             token_logp,
             mask,
@@ -409,6 +400,17 @@ impl Transformer {
             .forward(&self.ln_f.forward(&x.narrow(1, t - 1, 1)))
             .squeeze_dim(1)
     }
+}
+
+/// The entropy (nats) of the next-token distributions in `logp` ([…, V] log-probabilities),
+/// averaged with `weights` (shaped like `logp` without its last axis; detached).
+fn mean_entropy(logp: &Tensor, weights: &Tensor) -> Result<f64> {
+    tch::no_grad(|| {
+        let per_row = (logp.exp() * logp).f_sum_dim_intlist(-1, false, Kind::Float)?;
+        let total = (per_row * weights).f_sum(Kind::Double)?.f_neg()?;
+        let n = weights.f_sum(Kind::Double)?.double_value(&[]).max(1.0);
+        Ok(total.double_value(&[]) / n)
+    })
 }
 
 #[cfg(test)]
