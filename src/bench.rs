@@ -5,9 +5,11 @@
 //!
 //! Measured: the bandit in sampled mode end to end; tool use (`calc`, default model) as the actors
 //! alone, the learner alone and end to end (with the mean policy lag), then the learner alone and
-//! end to end again with `policy.precision = "bf16"` (the baseline stays f32); actor scaling from
+//! end to end again with `policy.precision = "bf16"` (the baseline stays f32); the same from the
+//! default experiment's warm start, which both sides load from one saved file; actor scaling from
 //! one to two threads; the fp32 matmul rate through libtorch and the learner step's achieved rate
-//! at d_model 256, batch 256 × 64 tokens; peak resident memory.
+//! at d_model 256, batch 256 × 64 tokens; peak resident memory. Both sides start tool use from the
+//! same seeded weights.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
