@@ -28,7 +28,7 @@ use crate::exact::{self, ExactFlow};
 use crate::learner::{Learner, StepStats};
 use crate::metrics::{tags, JsonlSink, Metrics, ProgressSink, Row, TensorboardSink};
 use crate::policy::tabular::sampling_probs;
-use crate::policy::{NamedTensor, PolicyModel, WeightSnapshot};
+use crate::policy::{PolicyModel, WeightSnapshot};
 use crate::replay::Replay;
 use crate::reward::ScoreMeans;
 use crate::rollout::evaluate;
@@ -681,10 +681,7 @@ fn run_sampled(
     resume: Option<Checkpoint>,
 ) -> Result<Outcome> {
     let total = cfg.env.total_steps();
-    let initial = match cfg.env.kind {
-        EnvKind::Bandit => bandit::initial_logits(&cfg.env, cfg.seed),
-        EnvKind::ToolUse => Vec::new(),
-    };
+    let initial = initial_logits(cfg);
     tch::manual_seed(cfg.seed as i64);
     let mut learner = if resume.is_some() {
         Learner::new(cfg, device, &initial)
@@ -1145,11 +1142,14 @@ pub fn evaluate_run(
 }
 
 /// Writes a run's `config.toml` and `run.json` in a new directory. A `policy.init` file must
-/// be readable safetensors before anything is written; the run's config records its full path.
+/// load into the configured policy before anything is written; the run's config records its
+/// full path.
 pub fn create_run_dir(dir: &Path, cfg: &Config, serial: bool) -> Result<()> {
     let mut cfg = cfg.clone();
     if let Some(init) = &cfg.policy.init {
-        read_init(init)?;
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let _policy = PolicyModel::build(&cfg, &vs.root(), &initial_logits(&cfg));
+        load_init(&vs, init)?;
         let full = init.canonicalize().map_err(|e| init_error(init, e))?;
         cfg.policy.init = Some(full);
     }
@@ -1166,24 +1166,35 @@ pub fn create_run_dir(dir: &Path, cfg: &Config, serial: bool) -> Result<()> {
     checkpoint::write_atomic(&dir.join("run.json"), meta.to_string().as_bytes())
 }
 
+/// The bandit's initial logits for the tabular policy (none for tool use).
+fn initial_logits(cfg: &Config) -> Vec<f64> {
+    match cfg.env.kind {
+        EnvKind::Bandit => bandit::initial_logits(&cfg.env, cfg.seed),
+        EnvKind::ToolUse => Vec::new(),
+    }
+}
+
 /// A learner for a new run: [`Learner::new`], then the weights of `policy.init` if it is set.
 pub fn new_learner(cfg: &Config, device: Device, init_logits: &[f64]) -> Result<Learner> {
     let learner = Learner::new(cfg, device, init_logits);
     if let Some(init) = &cfg.policy.init {
-        WeightSnapshot {
-            version: 0,
-            tensors: read_init(init)?,
-        }
-        .load_into(&learner.vs)
-        .map_err(|e| init_error(init, e))?;
+        load_init(&learner.vs, init)?;
     }
     Ok(learner)
 }
 
-/// The tensors of a `policy.init` file.
-fn read_init(path: &Path) -> Result<Vec<NamedTensor>> {
+/// Overwrites the variables of `vs` with the `policy.init` file at `path`.
+fn load_init(vs: &tch::nn::VarStore, path: &Path) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|e| init_error(path, e))?;
-    checkpoint::parse_safetensors(&bytes, path).map_err(|e| init_error(path, e))
+    // The parser's errors name the file already.
+    let tensors = checkpoint::parse_safetensors(&bytes, path)
+        .map_err(|e| Error::input(format!("policy.init: {e}")))?;
+    WeightSnapshot {
+        version: 0,
+        tensors,
+    }
+    .load_into(vs)
+    .map_err(|e| init_error(path, e))
 }
 
 fn init_error(path: &Path, e: impl std::fmt::Display) -> Error {

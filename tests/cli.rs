@@ -37,7 +37,18 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
     ];
     let not_weights = tmp.path().join("not_weights.safetensors");
     std::fs::write(&not_weights, "these are not tensors").unwrap();
-    for path in [tmp.path().join("missing.safetensors"), not_weights] {
+    // Valid safetensors whose one tensor is not this policy's.
+    let other_weights = tmp.path().join("other_policy.safetensors");
+    let header = r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend([0u8; 12]);
+    std::fs::write(&other_weights, bytes).unwrap();
+    for path in [
+        tmp.path().join("missing.safetensors"),
+        not_weights,
+        other_weights,
+    ] {
         cases.push((
             vec!["--set".into(), format!("policy.init={}", path.display())],
             "policy.init:",

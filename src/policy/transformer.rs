@@ -82,8 +82,9 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// Keeps only the sequences at `rows` ([R] int64 indices into the batch, in their new
-    /// order), so that later steps compute nothing for the others.
+    /// Keeps the sequences at `rows` ([R] int64 indices into the batch, in their new order), so
+    /// that later steps compute nothing for the others. An index given twice copies its
+    /// sequence: the copies then decode on their own (a fork).
     pub fn keep_rows(&mut self, rows: &Tensor) {
         for t in self.k.iter_mut().chain(self.v.iter_mut()) {
             *t = t.index_select(0, rows);
