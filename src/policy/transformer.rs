@@ -418,9 +418,11 @@ fn mean_entropy(logp: &Tensor, weights: &Tensor) -> Result<f64> {
 mod tests {
     use super::*;
 
-    fn small(precision: Precision) -> (nn::VarStore, Transformer) {
+    /// A small decoder, with `like`'s weights when given. Tests run in parallel threads that
+    /// share libtorch's generator, so two models meant to be equal must not both draw from it.
+    fn small(precision: Precision, like: Option<&nn::VarStore>) -> (nn::VarStore, Transformer) {
         tch::manual_seed(0);
-        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let mut vs = nn::VarStore::new(tch::Device::Cpu);
         let cfg = TransformerConfig {
             layers: 2,
             d_model: 32,
@@ -428,6 +430,9 @@ mod tests {
             precision,
         };
         let model = Transformer::new(&vs.root(), &cfg, 20, 16);
+        if let Some(src) = like {
+            vs.copy(src).expect("same architecture");
+        }
         (vs, model)
     }
 
@@ -446,7 +451,7 @@ mod tests {
     }
 
     fn check_cached_decoding(precision: Precision, tolerance: f64) {
-        let (_vs, model) = small(precision);
+        let (_vs, model) = small(precision, None);
         let seqs: [&[i64]; 2] = [&[1, 5, 6, 7, 8, 9, 3], &[1, 4, 2, 11, 12]];
         let prompt_lens = [3usize, 2];
         let p = 3;
@@ -531,8 +536,11 @@ mod tests {
         );
         let (tokens, mask) = crate::policy::pad_batch(view());
         let weights = Tensor::from_slice(&[1.0f32, -0.5, 2.0, 0.3, -1.0, 0.7]).view([6, 1]);
+        let (vs, model) = small(precision, None);
         let run = |tree: bool| {
-            let (vs, model) = small(precision);
+            for mut v in vs.trainable_variables() {
+                v.zero_grad();
+            }
             let scores = if tree {
                 model.score_prefixes(&shared, Device::Cpu).unwrap()
             } else {
@@ -543,7 +551,7 @@ mod tests {
                 .backward();
             let grads: Vec<(String, Tensor)> = crate::policy::sorted_vars(&vs)
                 .into_iter()
-                .map(|(name, v)| (name, v.grad()))
+                .map(|(name, v)| (name, v.grad().copy()))
                 .collect();
             (scores, grads)
         };
@@ -577,8 +585,9 @@ mod tests {
             Tensor::from_slice(&[1i64, 5, 6, 7, 8, 9, 3, 1, 4, 2, 11, 12, 13, 0]).view([2, 7]);
         let mask = Tensor::from_slice(&[0f32, 0., 1., 1., 0., 1., 1., 0., 0., 0., 1., 1., 1., 0.])
             .view([2, 7]);
+        let (reference, _) = small(Precision::F32, None);
         let run = |precision| {
-            let (vs, model) = small(precision);
+            let (vs, model) = small(precision, Some(&reference));
             let logits = model.forward(&tokens);
             let loss = model
                 .token_logp(&tokens, &mask)
