@@ -521,7 +521,7 @@ fn end_to_end(cfg: &Config, secs: f64) -> Result<EndToEnd> {
 }
 
 /// The default experiment's behaviour-cloning warm start (`configs/tool_calc.toml`), saved as
-/// `warm_start.safetensors` in `dir` for `policy.init` and the baseline's `--weights`.
+/// `warm_start.safetensors` in `dir` for `policy.init` and the baseline's `--warm`.
 fn warm_start_weights(dir: &Path) -> Result<PathBuf> {
     let cfg = config::from_toml_str(CALC_TOML, &[])?;
     let learner = new_learner_for(&cfg)?;
