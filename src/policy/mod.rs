@@ -122,7 +122,8 @@ impl PolicyModel {
 }
 
 /// Right-pads token sequences with `<pad>` into [B, T] int64 and their policy masks into [B, T]
-/// float.
+/// float: the input of the tests' padded reference pass ([`Transformer::token_logp`]).
+#[cfg(test)]
 pub fn pad_batch<'a>(rows: impl Iterator<Item = (&'a [u32], &'a [bool])>) -> (Tensor, Tensor) {
     let rows: Vec<_> = rows.collect();
     let t = rows.iter().map(|(a, _)| a.len()).max().unwrap_or(1).max(2);

@@ -151,8 +151,18 @@ impl Transformer {
             .transpose(1, 2)
     }
 
-    /// One block. `x`: [B, T, D]; `k_all`/`v_all` are the keys/values attended to, `mask`
-    /// [B, 1, T, S] bool (true = may attend).
+    /// Queries, keys and values [B, H, T, D/H] from a QKV projection [B, T, 3D].
+    fn split_qkv(&self, qkv: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let parts = qkv.split(self.d_model, 2);
+        (
+            self.split_heads(&parts[0]),
+            self.split_heads(&parts[1]),
+            self.split_heads(&parts[2]),
+        )
+    }
+
+    /// One block. `x`: [B, T, D]; `kv`, when decoding, is the layer's cached keys and values and
+    /// the position where `x`'s own go; `mask` [B, 1, T, S] bool (true = may attend).
     fn block_attend(
         &self,
         blk: &Block,
@@ -161,13 +171,7 @@ impl Transformer {
         mask: &Tensor,
     ) -> Tensor {
         let (b, t, d) = x.size3().expect("[B, T, D]");
-        let qkv = self.linear(&blk.qkv, &blk.ln1.forward(x));
-        let parts = qkv.split(d, 2);
-        let (q, k, v) = (
-            self.split_heads(&parts[0]),
-            self.split_heads(&parts[1]),
-            self.split_heads(&parts[2]),
-        );
+        let (q, k, v) = self.split_qkv(&self.linear(&blk.qkv, &blk.ln1.forward(x)));
         let (k, v) = match kv {
             Some((kc, vc, start)) => {
                 kc.narrow(2, start, t).copy_(&k);
@@ -207,15 +211,11 @@ impl Transformer {
         (b, w): (i64, i64),
     ) -> Tensor {
         let d = self.d_model;
-        let qkv = self
-            .linear(&blk.qkv, &blk.ln1.forward(x))
-            .index_select(0, slots)
-            .view([b, w, 3 * d]);
-        let parts = qkv.split(d, 2);
-        let (q, k, v) = (
-            self.split_heads(&parts[0]),
-            self.split_heads(&parts[1]),
-            self.split_heads(&parts[2]),
+        let (q, k, v) = self.split_qkv(
+            &self
+                .linear(&blk.qkv, &blk.ln1.forward(x))
+                .index_select(0, slots)
+                .view([b, w, 3 * d]),
         );
         let att = Tensor::scaled_dot_product_attention(
             &q,
@@ -240,6 +240,8 @@ impl Transformer {
     }
 
     /// Logits for every position of right-padded sequences: `tokens` [B, T] int64 → [B, T, V].
+    /// The padded reference of the tests (the learner uses [`Transformer::score_prefixes`]).
+    #[cfg(test)]
     pub fn forward(&self, tokens: &Tensor) -> Tensor {
         let (b, t) = tokens.size2().expect("[B, T]");
         let device = tokens.device();
@@ -258,8 +260,8 @@ impl Transformer {
 
     /// log π of every policy-written token given its prefix, computing each distinct prefix of
     /// the batch once (see [`PrefixBatch`]); what the learner and the warm start score. Returns
-    /// the same [`TokenScores`] as [`Transformer::token_logp`] on the right-padded rows, on
-    /// `device`: [B, W] with W = the longest row's length − 1.
+    /// the same [`TokenScores`] as one forward pass over the right-padded rows would (the tests'
+    /// `token_logp`), on `device`: [B, W] with W = the longest row's length − 1.
     pub fn score_prefixes(&self, batch: &PrefixBatch, device: Device) -> Result<TokenScores> {
         let index =
             |v: &[i64]| -> Result<Tensor> { Ok(Tensor::f_from_slice(v)?.f_to_device(device)?) };
@@ -315,7 +317,9 @@ impl Transformer {
 
     /// log π of every token given its prefix, in one forward pass over right-padded rows:
     /// `tokens` [B, T] int64 and `policy_mask` [B, T] float → [`TokenScores`] over positions
-    /// 1..T (masked entries are 0). The plain reference for [`Transformer::score_prefixes`].
+    /// 1..T (masked entries are 0). The plain reference for [`Transformer::score_prefixes`], in
+    /// the tests.
+    #[cfg(test)]
     pub fn token_logp(&self, tokens: &Tensor, policy_mask: &Tensor) -> Result<TokenScores> {
         let t = tokens.size()[1];
         let logits = self.forward(&tokens.narrow(1, 0, t - 1));
