@@ -99,28 +99,26 @@ fn decode(
         .collect();
     let mut logps = vec![0.0f64; b];
     let mut token_logps: Vec<Vec<f32>> = vec![Vec::new(); b];
-    // Each distinct prompt is prefilled once, on the row of the episodes that share it.
-    let mut prompt_of: HashMap<&[u32], i64> = HashMap::new();
-    let mut distinct: Vec<&[u32]> = Vec::new();
-    let source: Vec<i64> = episodes
-        .iter()
-        .map(|ep| {
-            let new = distinct.len() as i64;
-            if !batching.share_prefixes {
-                distinct.push(&ep.tokens[..]);
-                return new;
+    // The episodes each row of the batch decodes for: they share every token so far, so they
+    // share the row's cache and logits. A row whose episodes all finished feeds padding. Each
+    // distinct prompt starts one row and is prefilled once.
+    let mut rows: Vec<Vec<usize>> = Vec::new();
+    let mut row_of: HashMap<&[u32], usize> = HashMap::new();
+    for (i, ep) in episodes.iter().enumerate() {
+        match row_of.get(&ep.tokens[..]) {
+            Some(&r) if batching.share_prefixes => rows[r].push(i),
+            _ => {
+                row_of.insert(&ep.tokens[..], rows.len());
+                rows.push(vec![i]);
             }
-            *prompt_of.entry(&ep.tokens[..]).or_insert_with(|| {
-                distinct.push(&ep.tokens[..]);
-                new
-            })
-        })
-        .collect();
-    let u = distinct.len();
-    let p = distinct.iter().map(|t| t.len()).max().unwrap_or(1);
+        }
+    }
+    let prompt = |r: &Vec<usize>| &episodes[r[0]].tokens;
+    let u = rows.len();
+    let p = rows.iter().map(|r| prompt(r).len()).max().unwrap_or(1);
     let mut prompts = vec![PAD as i64; u * p];
     let mut valid = vec![false; u * p];
-    for (i, tokens) in distinct.iter().enumerate() {
+    for (i, tokens) in rows.iter().map(prompt).enumerate() {
         let off = p - tokens.len();
         for (j, &t) in tokens.iter().enumerate() {
             prompts[i * p + off + j] = t as i64;
@@ -138,12 +136,6 @@ fn decode(
     });
     let vocab = logits.size()[1] as usize;
     let mut host = Vec::new();
-    // The episodes each row of the batch decodes for: they share every token so far, so they
-    // share the row's cache and logits. A row whose episodes all finished feeds padding.
-    let mut rows: Vec<Vec<usize>> = vec![Vec::new(); u];
-    for (i, &s) in source.iter().enumerate() {
-        rows[s as usize].push(i);
-    }
     while !rows.is_empty() && (cache.len as usize) < capacity {
         let n = rows.len();
         host.resize(n * vocab, 0.0);
@@ -204,28 +196,18 @@ fn decode(
         // A fork needs rows of its own: one gather of the cache copies the parents' rows and
         // drops finished ones. Without forks, finished rows go once few enough still decode.
         if !forks.is_empty() || (running as f64) <= batching.compact_at * n as f64 {
-            let kept: Vec<usize> = (0..n).filter(|&r| real[r]).collect();
-            let index: Vec<i64> = kept
-                .iter()
-                .chain(forks.iter().map(|(parent, _, _)| parent))
-                .map(|&r| r as i64)
+            // The new rows: (the row whose cache it takes, its next token, its episodes). A
+            // fork's episodes are as long as its parent's, so it feeds at the parent's position.
+            let layout: Vec<(usize, i64, Vec<usize>)> = (0..n)
+                .filter(|&r| real[r])
+                .map(|r| (r, next[r], std::mem::take(&mut rows[r])))
+                .chain(forks.into_iter().map(|(r, tok, eps)| (r, tok as i64, eps)))
                 .collect();
+            let index: Vec<i64> = layout.iter().map(|&(r, _, _)| r as i64).collect();
             cache.keep_rows(&Tensor::from_slice(&index).to_device(device));
-            let mut moved = Vec::with_capacity(running);
-            for &r in &kept {
-                moved.push((std::mem::take(&mut rows[r]), next[r], positions[r]));
-            }
-            for (_, tok, members) in forks {
-                let at = episodes[members[0]].tokens.len() as i64 - 1;
-                moved.push((members, tok as i64, at));
-            }
-            rows.clear();
-            (next, positions) = (Vec::with_capacity(running), Vec::with_capacity(running));
-            for (members, tok, at) in moved {
-                rows.push(members);
-                next.push(tok);
-                positions.push(at);
-            }
+            positions = layout.iter().map(|&(r, _, _)| positions[r]).collect();
+            next = layout.iter().map(|&(_, tok, _)| tok).collect();
+            rows = layout.into_iter().map(|(_, _, eps)| eps).collect();
             real = vec![true; running];
         }
         logits = tch::no_grad(|| {
