@@ -111,7 +111,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     // The baseline starts from the same random weights, so both decode the same kind of episodes.
     let scratch = ScratchDir::new()?;
     let init = scratch.0.join("init.safetensors");
-    save_weights(&new_learner_for(&calc)?, &init)?;
+    save_weights(&new_learner_for(&calc, Device::Cpu)?, &init)?;
     progress("tool-use actors, 1 thread");
     let one = actor_rates(&calc, 1, secs)?;
     progress("tool-use actors, 2 threads");
@@ -369,8 +369,7 @@ fn seconds_per_step(
     cfg.replay.sampling = crate::config::Sampling::Fifo;
     cfg.replay.reuse = 1.0;
     cfg.replay.max_policy_lag = 0;
-    tch::manual_seed(cfg.seed as i64);
-    let mut learner = train::new_learner(&cfg, device, &[])?;
+    let mut learner = new_learner_for(&cfg, device)?;
     let mut next = batches.iter().cycle();
     let mut step = |learner: &mut Learner| -> Result<()> {
         while !learner.ready() {
@@ -400,7 +399,7 @@ struct ActorRates {
 
 /// `threads` tool-use actors sampling side by side for about `secs` seconds, summed.
 fn actor_rates(cfg: &Config, threads: usize, secs: f64) -> Result<ActorRates> {
-    let snapshot = new_learner_for(cfg)?.snapshot()?;
+    let snapshot = new_learner_for(cfg, Device::Cpu)?.snapshot()?;
     let barrier = Barrier::new(threads);
     let results: Vec<Result<(u64, u64, f64)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -450,7 +449,7 @@ fn actor_rates(cfg: &Config, threads: usize, secs: f64) -> Result<ActorRates> {
 /// (prompt and tool results included, the positions it scores).
 fn learner_rates(cfg: &Config, secs: f64) -> Result<(f64, f64)> {
     let device = train::resolve_device(cfg.device)?;
-    let snapshot = new_learner_for(cfg)?.snapshot()?;
+    let snapshot = new_learner_for(cfg, Device::Cpu)?.snapshot()?;
     let task = Task::new(cfg.env.task_spec(cfg.seed));
     let mut actor = ToolActor::new(cfg, 0, task, &snapshot)?;
     let mut tokens = 0usize;
@@ -490,41 +489,38 @@ fn end_to_end(cfg: &Config, secs: f64) -> Result<EndToEnd> {
     cfg.logging.progress = false;
     cfg.logging.eval_every = 0;
     cfg.checkpoint.every = u64::MAX / 2;
-    let dir = scratch_dir()?;
-    let result = (|| {
-        train::create_run_dir(&dir, &cfg, false)?;
-        let interrupt = AtomicUsize::new(0);
-        let outcome = std::thread::scope(|s| {
-            let timer = s.spawn(|| {
-                std::thread::sleep(Duration::from_secs_f64(secs));
-                interrupt.store(143, Ordering::Relaxed);
-            });
-            let out = train::train(
-                &cfg,
-                &dir,
-                RunOptions {
-                    serial: false,
-                    interrupt: &interrupt,
-                },
-                None,
-            );
-            let _ = timer.join();
-            out
-        })?;
-        if let Outcome::Finished(_) = outcome {
-            return Err(Error::Corrupt("bench run finished before its time".into()));
-        }
-        read_rates(&dir.join("metrics.jsonl"), cfg.learner.batch_size)
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let scratch = ScratchDir::new()?;
+    let dir = &scratch.0;
+    train::create_run_dir(dir, &cfg, false)?;
+    let interrupt = AtomicUsize::new(0);
+    let outcome = std::thread::scope(|s| {
+        let timer = s.spawn(|| {
+            std::thread::sleep(Duration::from_secs_f64(secs));
+            interrupt.store(143, Ordering::Relaxed);
+        });
+        let out = train::train(
+            &cfg,
+            dir,
+            RunOptions {
+                serial: false,
+                interrupt: &interrupt,
+            },
+            None,
+        );
+        let _ = timer.join();
+        out
+    })?;
+    if let Outcome::Finished(_) = outcome {
+        return Err(Error::Corrupt("bench run finished before its time".into()));
+    }
+    read_rates(&dir.join("metrics.jsonl"), cfg.learner.batch_size)
 }
 
 /// The default experiment's behaviour-cloning warm start (`configs/tool_calc.toml`), saved as
 /// `warm_start.safetensors` in `dir` for `policy.init` and the baseline's `--warm`.
 fn warm_start_weights(dir: &Path) -> Result<PathBuf> {
     let cfg = config::from_toml_str(CALC_TOML, &[])?;
-    let learner = new_learner_for(&cfg)?;
+    let learner = new_learner_for(&cfg, Device::Cpu)?;
     let task = Task::new(cfg.env.task_spec(cfg.seed));
     let model = learner.policy.transformer()?;
     warm_start(&cfg, model, &learner.vs, &task, Device::Cpu)?;
@@ -533,10 +529,10 @@ fn warm_start_weights(dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The learner a run of `cfg` starts with, on the CPU: the seeded initialisation (or `policy.init`).
-fn new_learner_for(cfg: &Config) -> Result<Learner> {
+/// The learner a run of `cfg` starts with: the seeded initialisation (or `policy.init`).
+fn new_learner_for(cfg: &Config, device: Device) -> Result<Learner> {
     tch::manual_seed(cfg.seed as i64);
-    train::new_learner(cfg, Device::Cpu, &[])
+    train::new_learner(cfg, device, &[])
 }
 
 fn save_weights(learner: &Learner, path: &Path) -> Result<()> {
@@ -548,10 +544,17 @@ fn save_weights(learner: &Learner, path: &Path) -> Result<()> {
 struct ScratchDir(PathBuf);
 
 impl ScratchDir {
+    /// A new, empty directory under the temp dir.
     fn new() -> Result<Self> {
-        let dir = scratch_dir()?;
-        std::fs::create_dir_all(&dir).at(&dir)?;
-        Ok(ScratchDir(dir))
+        let base = std::env::temp_dir();
+        for i in 0..1000u32 {
+            let dir = base.join(format!("asymre-bench-{}-{i}", std::process::id()));
+            if !dir.exists() {
+                std::fs::create_dir_all(&dir).at(&dir)?;
+                return Ok(ScratchDir(dir));
+            }
+        }
+        Err(Error::input("no free scratch directory under the temp dir"))
     }
 }
 
@@ -559,17 +562,6 @@ impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn scratch_dir() -> Result<PathBuf> {
-    let base = std::env::temp_dir();
-    for i in 0..1000u32 {
-        let dir = base.join(format!("asymre-bench-{}-{i}", std::process::id()));
-        if !dir.exists() {
-            return Ok(dir);
-        }
-    }
-    Err(Error::input("no free scratch directory under the temp dir"))
 }
 
 /// Samples per second between the first and last logged rows, and the mean policy lag.
