@@ -14,33 +14,48 @@ use tch::Device;
 
 use crate::config::{Config, RewardConfig};
 use crate::env::tool_use::protocol::Limits;
-use crate::env::tool_use::tasks::{Split, Task};
+use crate::env::tool_use::tasks::Task;
 use crate::env::Bandit;
 use crate::error::{Error, Result};
+use crate::ids::SourceId;
 use crate::policy::tabular::sampling_probs;
 use crate::policy::{PolicyModel, TabularPolicy, Transformer, WeightSnapshot};
 use crate::reward;
-use crate::rng::{self, Role};
 use crate::rollout::{rollout, Decoding};
 use crate::trajectory::{Actions, ActorBatch, EpisodeStats, Trajectory};
 
 /// The part of an actor that must survive a checkpoint for an exact resume.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ActorState {
+    /// Who it is: its session, id and restart count ([`crate::ids`]).
+    pub source: SourceId,
+    /// Its own stream (the bandit's arm draws).
     pub rng: ChaCha8Rng,
-    pub next_prompt: u64,
+    /// Messages sent so far; the next one's number.
+    pub messages: u64,
 }
 
-/// What every actor keeps besides its environment: its id, its own `VarStore` for the behaviour
-/// weights, the learner step of those weights, its RNG and prompt counter, and the sampling
+impl ActorState {
+    /// A fresh state for `source`: its own stream, no message sent.
+    pub fn new(seed: u64, source: SourceId) -> Self {
+        ActorState {
+            source,
+            rng: source.stream(seed),
+            messages: 0,
+        }
+    }
+}
+
+/// What every actor keeps besides its environment: its own `VarStore` for the behaviour weights,
+/// the learner step of those weights, its ids, RNG and message counter, and the sampling
 /// settings.
 #[derive(Debug)]
 pub struct ActorCore {
-    pub id: usize,
     pub vs: VarStore,
     /// The learner step of the weights it samples from.
     pub version: u64,
     pub state: ActorState,
+    pub seed: u64,
     pub temperature: f64,
     /// Trajectories per message.
     pub batch_size: usize,
@@ -49,16 +64,13 @@ pub struct ActorCore {
 }
 
 impl ActorCore {
-    /// Actor `id`'s core, with an empty `VarStore` on the CPU and its own RNG stream.
-    pub fn new(cfg: &Config, id: usize) -> Self {
+    /// The core of the actor `source`, with an empty `VarStore` on the CPU.
+    pub fn new(cfg: &Config, source: SourceId) -> Self {
         ActorCore {
-            id,
             vs: VarStore::new(Device::Cpu),
             version: 0,
-            state: ActorState {
-                rng: rng::stream(cfg.seed, Role::Actor, id as u64),
-                next_prompt: 0,
-            },
+            state: ActorState::new(cfg.seed, source),
+            seed: cfg.seed,
             temperature: cfg.policy.temperature,
             batch_size: cfg.actor.batch_size,
             group_size: cfg.actor.group_size,
@@ -72,10 +84,10 @@ impl ActorCore {
         Ok(())
     }
 
-    /// The next prompt number; numbers are per actor, so actors never share a prompt.
-    fn next_prompt(&mut self) -> u64 {
-        let n = self.state.next_prompt;
-        self.state.next_prompt += 1;
+    /// The next message's number.
+    fn next_message(&mut self) -> u64 {
+        let n = self.state.messages;
+        self.state.messages += 1;
         n
     }
 }
@@ -90,7 +102,7 @@ pub trait Actor: Send {
     fn act(&mut self) -> Result<ActorBatch>;
 
     fn id(&self) -> usize {
-        self.core().id
+        self.core().state.source.actor as usize
     }
 
     /// The learner step of the weights it samples from.
@@ -140,9 +152,14 @@ pub struct BanditActor {
 }
 
 impl BanditActor {
-    /// Actor `id` holding the weights of `snapshot`.
-    pub fn new(cfg: &Config, id: usize, bandit: Bandit, snapshot: &WeightSnapshot) -> Result<Self> {
-        let core = ActorCore::new(cfg, id);
+    /// Actor `source` holding the weights of `snapshot`.
+    pub fn new(
+        cfg: &Config,
+        source: SourceId,
+        bandit: Bandit,
+        snapshot: &WeightSnapshot,
+    ) -> Result<Self> {
+        let core = ActorCore::new(cfg, source);
         let policy = TabularPolicy::new(&core.vs.root(), &vec![0.0; bandit.arms()]);
         let mut actor = BanditActor {
             core,
@@ -193,8 +210,9 @@ impl Actor for BanditActor {
     fn act(&mut self) -> Result<ActorBatch> {
         let (batch_size, group_size) = (self.core.batch_size, self.core.group_size);
         let mut trajectories = Vec::with_capacity(batch_size);
-        for _ in 0..batch_size / group_size {
-            let prompt = self.core.next_prompt();
+        let message = self.core.next_message();
+        for slot in 0..batch_size / group_size {
+            let prompt = self.core.state.source.prompt(message, slot as u32);
             for _ in 0..group_size {
                 let arm = self.sample_arm();
                 let reward = self.bandit.pull(arm, &mut self.core.state.rng);
@@ -215,7 +233,7 @@ impl Actor for BanditActor {
         }
         fill_group_stats(&mut trajectories, group_size);
         Ok(ActorBatch {
-            actor: self.core.id,
+            actor: self.core.state.source.actor as usize,
             trajectories,
         })
     }
@@ -232,8 +250,13 @@ pub struct ToolActor {
 }
 
 impl ToolActor {
-    pub fn new(cfg: &Config, id: usize, task: Task, snapshot: &WeightSnapshot) -> Result<Self> {
-        let core = ActorCore::new(cfg, id);
+    pub fn new(
+        cfg: &Config,
+        source: SourceId,
+        task: Task,
+        snapshot: &WeightSnapshot,
+    ) -> Result<Self> {
+        let core = ActorCore::new(cfg, source);
         let model = PolicyModel::build(cfg, &core.vs.root(), &[]).into_transformer()?;
         let mut actor = ToolActor {
             core,
@@ -267,15 +290,19 @@ impl Actor for ToolActor {
         let (batch_size, group_size) = (self.core.batch_size, self.core.group_size);
         let mut items = Vec::with_capacity(batch_size);
         let mut prompts = Vec::with_capacity(batch_size);
-        for _ in 0..batch_size / group_size {
-            // The actor's id in the high bits keeps the items of different actors apart.
-            let index = (self.core.id as u64) << 40 | self.core.next_prompt();
-            let item = self.task.item(Split::Train, index);
+        let message = self.core.next_message();
+        let source = self.core.state.source;
+        for slot in 0..batch_size / group_size {
+            let prompt = source.prompt(message, slot as u32);
+            let item = self.task.prompt_item(&prompt);
             for _ in 0..group_size {
                 items.push(item.clone());
-                prompts.push(index);
+                prompts.push(prompt);
             }
         }
+        let streams = (0..batch_size as u32)
+            .map(|slot| source.episode_stream(self.core.seed, message, slot))
+            .collect();
         let decoding = Decoding::Sample {
             temperature: self.core.temperature,
         };
@@ -285,7 +312,7 @@ impl Actor for ToolActor {
             items,
             self.limits,
             decoding,
-            &mut self.core.state.rng,
+            streams,
             Device::Cpu,
         )?;
         let mut trajectories = Vec::with_capacity(rollouts.len());
@@ -315,7 +342,7 @@ impl Actor for ToolActor {
         }
         fill_group_stats(&mut trajectories, group_size);
         Ok(ActorBatch {
-            actor: self.core.id,
+            actor: source.actor as usize,
             trajectories,
         })
     }
@@ -369,13 +396,76 @@ impl SnapshotBoard {
     }
 }
 
+/// Pacing for `replay.max_policy_lag`, shared by the actors and the learner: an actor starts a
+/// message only when its samples will reach a learner step at most `max_policy_lag` past its
+/// weights' version ([`crate::replay::admission_limit`]), counting the samples other actors
+/// already claimed. Actors that out-produce the learner wait here instead of producing samples
+/// that the learner would have to drop.
+#[derive(Debug)]
+pub struct Pacer {
+    max_lag: u64,
+    per_step: f64,
+    /// Samples claimed by messages started so far, counted like `Replay::inserted`.
+    claimed: AtomicU64,
+    /// The learner's step and the arrivals it needs for it, as of its last step.
+    learner: Mutex<(u64, u64)>,
+    advanced: Condvar,
+}
+
+impl Pacer {
+    /// `inserted`: arrivals so far; `(step, needed)`: the learner's position.
+    pub fn new(max_lag: u64, per_step: f64, inserted: u64, step: u64, needed: u64) -> Self {
+        Pacer {
+            max_lag,
+            per_step,
+            claimed: AtomicU64::new(inserted),
+            learner: Mutex::new((step, needed)),
+            advanced: Condvar::new(),
+        }
+    }
+
+    /// The learner took a step: it is at `step` and needs `needed` arrivals for it.
+    pub fn advance(&self, step: u64, needed: u64) {
+        *self.learner.lock().unwrap_or_else(|e| e.into_inner()) = (step, needed);
+        self.advanced.notify_all();
+    }
+
+    pub fn learner_step(&self) -> u64 {
+        self.learner.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// Claims `n` samples of a policy of `version` if they will still be fresh when trained
+    /// (always when the learner is short of data, so pacing never stalls the run).
+    pub fn try_claim(&self, version: u64, n: u64) -> bool {
+        if self.max_lag == 0 {
+            return true;
+        }
+        let (step, needed) = *self.learner.lock().unwrap_or_else(|e| e.into_inner());
+        let limit =
+            crate::replay::admission_limit(needed, step, self.per_step, version, self.max_lag);
+        self.claimed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |claimed| {
+                (claimed + n <= limit || claimed < needed).then_some(claimed + n)
+            })
+            .is_ok()
+    }
+
+    /// Waits until the learner steps again or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) {
+        let guard = self.learner.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = *guard;
+        let _ = self
+            .advanced
+            .wait_timeout_while(guard, timeout, |now| *now == seen);
+    }
+}
+
 /// What an actor thread shares with the rest of the run.
 pub struct ActorShared<'a> {
     pub board: &'a SnapshotBoard,
     pub stop: &'a AtomicBool,
-    /// The learner's current step, for pacing by `max_policy_lag`.
-    pub learner_step: &'a AtomicU64,
-    pub max_policy_lag: u64,
+    /// Keeps the actor's samples within `max_policy_lag` of the learner.
+    pub pacer: &'a Pacer,
     /// `faults.actor_panic_after`: the first actor to send this many messages panics, once
     /// per process (0 = never).
     pub panic_after: u64,
@@ -386,7 +476,7 @@ pub struct ActorShared<'a> {
 /// Whether the injected actor fault already fired in this process (it fires once).
 static INJECTED_PANIC: AtomicBool = AtomicBool::new(false);
 
-/// The body of an actor thread: refresh weights, respect the lag limit, sample, send; until the
+/// The body of an actor thread: refresh weights, wait for the pacer, sample, send; until the
 /// run stops or the learner hangs up.
 pub fn actor_loop(
     mut actor: Box<dyn Actor>,
@@ -394,20 +484,15 @@ pub fn actor_loop(
     shared: ActorShared<'_>,
 ) -> Result<()> {
     let mut sent = 0u64;
+    let message = actor.core().batch_size as u64;
     while !shared.stop.load(Ordering::Relaxed) {
         if shared.board.version() != actor.version() {
             actor.load(&shared.board.latest())?;
         }
-        let lag = shared
-            .learner_step
-            .load(Ordering::Relaxed)
-            .saturating_sub(actor.version());
-        if shared.max_policy_lag > 0 && lag > shared.max_policy_lag {
-            // Pace rather than produce samples the learner would drop: sleep until newer
-            // weights are published (the timeout keeps `stop` responsive).
-            shared
-                .board
-                .wait_newer(actor.version(), Duration::from_millis(50));
+        if !shared.pacer.try_claim(actor.version(), message) {
+            // Its samples would be stale by the time the learner reached them: wait for the
+            // learner to move on (the timeout keeps `stop` responsive).
+            shared.pacer.wait(Duration::from_millis(50));
             continue;
         }
         let batch = actor.act()?;

@@ -12,7 +12,7 @@
 //! same seeded weights.
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use crate::config::{self, Config, Precision};
 use crate::env::tool_use::tasks::Task;
 use crate::env::tool_use::vocab;
 use crate::error::{Error, IoContext, Result};
+use crate::ids::{PromptId, SourceId};
 use crate::learner::Learner;
 use crate::policy::PrefixBatch;
 use crate::train::{self, Outcome, RunOptions};
@@ -125,10 +126,17 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     );
 
     let (traj, tokens, e2e) = learner_and_end_to_end(&calc, secs, "tool_", "", &mut put)?;
-    let mut calc_bf16 = calc.clone();
-    calc_bf16.policy.precision = Precision::Bf16;
-    let bf16 = ", bf16 products";
-    learner_and_end_to_end(&calc_bf16, secs, "tool_bf16_", bf16, &mut put)?;
+    // bf16 rows only where bf16 products are native: emulated ones measure the emulation.
+    let bf16_native = crate::cpu::native_bf16(Device::Cpu) && crate::cpu::native_bf16(device);
+    put("bf16_native", if bf16_native { 1.0 } else { 0.0 });
+    if bf16_native {
+        let mut calc_bf16 = calc.clone();
+        calc_bf16.policy.precision = Precision::Bf16;
+        let bf16 = ", bf16 products";
+        learner_and_end_to_end(&calc_bf16, secs, "tool_bf16_", bf16, &mut put)?;
+    } else {
+        progress("bf16 rows skipped: no native bf16 on this CPU");
+    }
 
     // The default experiment trains from its warm start, whose episodes are shorter and whose G
     // samples of a prompt often agree. Both sides start from the same saved weights here.
@@ -146,10 +154,12 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     );
     let from_warm = " from the warm start";
     learner_and_end_to_end(&warm, secs, "tool_warm_", from_warm, &mut put)?;
-    let mut warm_bf16 = warm.clone();
-    warm_bf16.policy.precision = Precision::Bf16;
-    let label = " from the warm start, bf16 products";
-    learner_and_end_to_end(&warm_bf16, secs, "tool_warm_bf16_", label, &mut put)?;
+    if bf16_native {
+        let mut warm_bf16 = warm.clone();
+        warm_bf16.policy.precision = Precision::Bf16;
+        let label = " from the warm start, bf16 products";
+        learner_and_end_to_end(&warm_bf16, secs, "tool_warm_bf16_", label, &mut put)?;
+    }
 
     progress("bandit end to end");
     let mut bandit = bandit_config()?;
@@ -288,7 +298,7 @@ pub fn transformer_step_flops(layers: usize, d: usize, vocab: usize, shape: Step
 }
 
 /// A trajectory of `len` random tokens: a short prompt, then tokens the policy wrote.
-fn synthetic_trajectory(rng: &mut impl Rng, len: usize, prompt: u64) -> Trajectory {
+fn synthetic_trajectory(rng: &mut impl Rng, len: usize, prompt: PromptId) -> Trajectory {
     let actions: Vec<u32> = (0..len)
         .map(|_| rng.gen_range(3..vocab::size() as u32))
         .collect();
@@ -330,7 +340,13 @@ fn learner_step_seconds(
     )?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let trajectories: Vec<Trajectory> = (0..b)
-        .map(|i| synthetic_trajectory(&mut rng, t, (i / 8) as u64))
+        .map(|i| {
+            synthetic_trajectory(
+                &mut rng,
+                t,
+                SourceId::new(0, 0, 0).prompt(0, (i / 8) as u32),
+            )
+        })
         .collect();
     let fed = PrefixBatch::new(
         trajectories
@@ -407,7 +423,8 @@ fn actor_rates(cfg: &Config, threads: usize, secs: f64) -> Result<ActorRates> {
                 let (snapshot, barrier) = (&snapshot, &barrier);
                 s.spawn(move || -> Result<(u64, u64, f64)> {
                     let task = Task::new(cfg.env.task_spec(cfg.seed));
-                    let mut actor = ToolActor::new(cfg, id, task, snapshot)?;
+                    let mut actor =
+                        ToolActor::new(cfg, SourceId::new(0, id as u32, 0), task, snapshot)?;
                     actor.act()?; // warm-up
                     barrier.wait();
                     let start = Instant::now();
@@ -451,7 +468,7 @@ fn learner_rates(cfg: &Config, secs: f64) -> Result<(f64, f64)> {
     let device = train::resolve_device(cfg.device)?;
     let snapshot = new_learner_for(cfg, Device::Cpu)?.snapshot()?;
     let task = Task::new(cfg.env.task_spec(cfg.seed));
-    let mut actor = ToolActor::new(cfg, 0, task, &snapshot)?;
+    let mut actor = ToolActor::new(cfg, SourceId::new(0, 0, 0), task, &snapshot)?;
     let mut tokens = 0usize;
     let mut count = 0usize;
     let mut batches = Vec::new();
@@ -493,9 +510,19 @@ fn end_to_end(cfg: &Config, secs: f64) -> Result<EndToEnd> {
     let dir = &scratch.0;
     train::create_run_dir(dir, &cfg, false)?;
     let interrupt = AtomicUsize::new(0);
+    let (progress, done) = (AtomicU64::new(0), AtomicBool::new(false));
+    // Enough steps for three logged rows, however slow the machine: the rates come from the
+    // logged rows, so the run lasts `secs` or until those steps are done, whichever is later.
+    let min_steps = 3 * cfg.logging.every.max(1);
     let outcome = std::thread::scope(|s| {
         let timer = s.spawn(|| {
-            std::thread::sleep(Duration::from_secs_f64(secs));
+            let start = Instant::now();
+            while !done.load(Ordering::Relaxed)
+                && (start.elapsed().as_secs_f64() < secs
+                    || progress.load(Ordering::Relaxed) < min_steps)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             interrupt.store(143, Ordering::Relaxed);
         });
         let out = train::train(
@@ -504,9 +531,11 @@ fn end_to_end(cfg: &Config, secs: f64) -> Result<EndToEnd> {
             RunOptions {
                 serial: false,
                 interrupt: &interrupt,
+                progress: Some(&progress),
             },
             None,
         );
+        done.store(true, Ordering::Relaxed);
         let _ = timer.join();
         out
     })?;
@@ -657,7 +686,13 @@ fn print_table(
     let b = |k: &str| base.map_or(f64::NAN, |v| get(v, k));
     let mut rows: Vec<[String; 5]> = Vec::new();
     // A row: our measure `key` against the baseline's `base_key`.
+    let bf16_skipped = o("bf16_native") == 0.0;
     let mut compare = |what: &str, key: &str, base_key: &str, goal: &str| {
+        if bf16_skipped && key.contains("bf16") {
+            let why = "skipped: no native bf16 on this CPU";
+            rows.push([what.into(), "—".into(), "—".into(), "—".into(), why.into()]);
+            return;
+        }
         let (x, y) = (o(key), b(base_key));
         let ratio = if y.is_finite() && y > 0.0 {
             format!("{:.2}×", x / y)

@@ -82,7 +82,6 @@ pub struct Learner {
     pub replay: Replay,
     pub rng: ChaCha8Rng,
     loss_cfg: LossConfig,
-    max_policy_lag: u64,
     device: Device,
     /// Learner steps taken so far.
     pub step: u64,
@@ -110,7 +109,6 @@ impl Learner {
             replay: Replay::new(&cfg.replay, cfg.learner.batch_size),
             rng: rng::stream(cfg.seed, Role::Learner, 0),
             loss_cfg: cfg.loss.clone(),
-            max_policy_lag: cfg.replay.max_policy_lag,
             device,
             step: 0,
             skip_nonfinite: cfg.learner.skip_nonfinite,
@@ -127,7 +125,6 @@ impl Learner {
 
     /// Whether the next step has the data it needs (drops stale samples first).
     pub fn ready(&mut self) -> bool {
-        self.replay.evict_stale(self.step, self.max_policy_lag);
         self.replay.ready(self.step)
     }
 
@@ -378,7 +375,7 @@ mod tests {
 
     fn trajectory(i: usize, r: &Row) -> Trajectory {
         Trajectory {
-            prompt: i as u64 / 4,
+            prompt: crate::ids::SourceId::new(0, 0, 0).prompt(0, i as u32 / 4),
             actions: Actions::One(r.0),
             reward: r.1,
             behaviour_logp: r.2,

@@ -552,7 +552,7 @@ mod tests {
     #[test]
     fn baselines_follow_the_config() {
         let traj = Trajectory {
-            prompt: 0,
+            prompt: crate::ids::SourceId::new(0, 0, 0).prompt(0, 0),
             actions: vec![1].into(),
             reward: 1.0,
             behaviour_logp: -1.0,

@@ -80,6 +80,7 @@ fn run(cli: Cli) -> Result<u8> {
                 RunOptions {
                     serial,
                     interrupt: &interrupt,
+                    progress: None,
                 },
                 None,
             )?;
@@ -109,6 +110,7 @@ fn run(cli: Cli) -> Result<u8> {
                 RunOptions {
                     serial,
                     interrupt: &interrupt,
+                    progress: None,
                 },
                 ckpt,
             )?;

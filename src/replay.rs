@@ -3,6 +3,12 @@
 //! It also paces the learner: step k may run only once enough trajectories have arrived for
 //! every trajectory to be used `reuse` times on average, so a fast learner waits for the actors
 //! instead of overfitting a stale buffer.
+//!
+//! `max_policy_lag` is a guarantee, not a heuristic: every batch is drawn after every sample whose
+//! policy is more than `max_policy_lag` learner steps behind has been removed, wherever it sits
+//! in the ring (actors' messages arrive out of version order), and each removal is counted in
+//! `stale_dropped`. FIFO windows advance over the samples that are still there, so a removal
+//! never makes the learner train on the same window twice.
 use std::collections::VecDeque;
 
 use rand::Rng;
@@ -15,29 +21,35 @@ use crate::trajectory::Trajectory;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Replay {
     buf: VecDeque<Trajectory>,
+    /// Arrival number of each entry of `buf` (increasing; gaps where samples were removed) and
+    /// whether a batch has held it yet.
+    meta: VecDeque<Meta>,
     capacity: usize,
     sampling: Sampling,
     reuse: f64,
     batch_size: usize,
-    /// Global index (arrival order) of `buf[0]`.
-    front_index: u64,
+    max_policy_lag: u64,
     /// Trajectories ever pushed.
     inserted: u64,
-    /// Trajectories dropped for exceeding `max_policy_lag`.
+    /// Trajectories dropped for exceeding `max_policy_lag` before any batch held them.
     stale_dropped: u64,
+    /// FIFO: the arrival number where the next window starts.
+    window: u64,
 }
 
 impl Replay {
     pub fn new(cfg: &ReplayConfig, batch_size: usize) -> Self {
         Replay {
             buf: VecDeque::with_capacity(cfg.capacity),
+            meta: VecDeque::with_capacity(cfg.capacity),
             capacity: cfg.capacity,
             sampling: cfg.sampling,
             reuse: cfg.reuse,
             batch_size,
-            front_index: 0,
+            max_policy_lag: cfg.max_policy_lag,
             inserted: 0,
             stale_dropped: 0,
+            window: 0,
         }
     }
 
@@ -61,9 +73,10 @@ impl Replay {
     pub fn push(&mut self, t: Trajectory) {
         if self.buf.len() == self.capacity {
             self.buf.pop_front();
-            self.front_index += 1;
+            self.meta.pop_front();
         }
         self.buf.push_back(t);
+        self.meta.push_back(Meta::new(self.inserted));
         self.inserted += 1;
     }
 
@@ -75,67 +88,159 @@ impl Replay {
         let skip = incoming.saturating_sub(self.capacity);
         let evict = (self.buf.len() + incoming - skip).saturating_sub(self.capacity);
         self.buf.drain(..evict);
-        if skip == 0 {
-            self.buf.extend(batch);
-        } else {
-            self.buf.extend(batch.into_iter().skip(skip));
-        }
-        self.front_index += (evict + skip) as u64;
+        self.meta.drain(..evict);
+        self.buf.extend(batch.into_iter().skip(skip));
+        self.meta
+            .extend((self.inserted + skip as u64..self.inserted + incoming as u64).map(Meta::new));
         self.inserted += incoming as u64;
     }
 
-    /// Drops trajectories from the front whose policy is more than `max_lag` steps older than
-    /// `version` (0 = no limit).
-    pub fn evict_stale(&mut self, version: u64, max_lag: u64) {
+    /// Removes every trajectory whose policy is more than `max_policy_lag` steps older than
+    /// learner step `step` (0 = no limit), wherever it is in the ring; those no batch held yet
+    /// are counted in `stale_dropped`.
+    pub fn evict_stale(&mut self, step: u64) {
+        let max_lag = self.max_policy_lag;
         if max_lag == 0 {
             return;
         }
-        while let Some(front) = self.buf.front() {
-            if version.saturating_sub(front.policy_version) <= max_lag {
-                break;
-            }
-            self.buf.pop_front();
-            self.front_index += 1;
-            self.stale_dropped += 1;
+        let stale = |t: &Trajectory| step.saturating_sub(t.policy_version) > max_lag;
+        if !self.buf.iter().any(stale) {
+            return;
         }
+        let kept: Vec<bool> = self.buf.iter().map(|t| !stale(t)).collect();
+        self.stale_dropped += (kept.iter().zip(&self.meta))
+            .filter(|(&k, m)| !k && !m.trained)
+            .count() as u64;
+        let mut flags = kept.iter();
+        self.buf.retain(|_| *flags.next().unwrap_or(&true));
+        let mut flags = kept.iter();
+        self.meta.retain(|_| *flags.next().unwrap_or(&true));
     }
 
-    /// First global index of learner step `step`'s window in FIFO mode.
-    fn fifo_start(&self, step: u64) -> u64 {
-        let start = (step as f64 * self.batch_size as f64 / self.reuse).floor() as u64;
-        start.max(self.front_index)
+    /// FIFO: how many entries learner step `step`'s window moves on by (`batch_size / reuse`,
+    /// rounded so that the windows of steps 0..k cover `floor(k · batch_size / reuse)` entries).
+    fn stride(&self, step: u64) -> usize {
+        let at = |k: u64| (k as f64 * self.batch_size as f64 / self.reuse).floor() as u64;
+        (at(step + 1) - at(step)) as usize
     }
 
-    /// Whether learner step `step` has the data it needs.
-    pub fn ready(&self, step: u64) -> bool {
+    /// FIFO: the position in the ring where the next window starts.
+    fn window_position(&self) -> usize {
+        self.meta.partition_point(|m| m.arrival < self.window)
+    }
+
+    /// Trajectories kept (pushed and not dropped as stale).
+    fn kept(&self) -> u64 {
+        self.inserted - self.stale_dropped
+    }
+
+    /// Whether learner step `step` has the data it needs (after dropping stale samples).
+    pub fn ready(&mut self, step: u64) -> bool {
+        self.evict_stale(step);
         match self.sampling {
-            Sampling::Fifo => self.inserted >= self.fifo_start(step) + self.batch_size as u64,
+            Sampling::Fifo => self.buf.len() - self.window_position() >= self.batch_size,
             Sampling::Uniform => {
                 self.buf.len() >= self.batch_size
-                    && self.inserted as f64 * self.reuse
+                    && self.kept() as f64 * self.reuse
                         >= ((step + 1) * self.batch_size as u64) as f64
             }
         }
     }
 
-    /// The positions in the ring of learner step `step`'s batch. Call only when [`Replay::ready`].
-    pub fn sample(&self, step: u64, rng: &mut impl Rng) -> Vec<usize> {
+    /// The positions in the ring of learner step `step`'s batch, none of them stale; a FIFO
+    /// window moves on. Call only when [`Replay::ready`], once per step.
+    pub fn sample(&mut self, step: u64, rng: &mut impl Rng) -> Vec<usize> {
+        self.evict_stale(step);
         match self.sampling {
             Sampling::Fifo => {
-                let first = (self.fifo_start(step) - self.front_index) as usize;
-                (first..first + self.batch_size).collect()
+                let first = self.window_position();
+                let stride = self.stride(step);
+                let next = first + stride;
+                self.window = match next {
+                    0 => self.window,
+                    n if n <= self.meta.len() => self.meta[n - 1].arrival + 1,
+                    // reuse < 1 skips entries that have not arrived yet.
+                    n => self.inserted + (n - self.meta.len()) as u64,
+                };
+                let positions: Vec<usize> =
+                    (first..(first + self.batch_size).min(self.buf.len())).collect();
+                self.mark_trained(&positions);
+                positions
             }
-            Sampling::Uniform => (0..self.batch_size)
-                .map(|_| rng.gen_range(0..self.buf.len()))
-                .collect(),
+            Sampling::Uniform => {
+                let positions: Vec<usize> = (0..self.batch_size)
+                    .map(|_| rng.gen_range(0..self.buf.len()))
+                    .collect();
+                self.mark_trained(&positions);
+                positions
+            }
+        }
+    }
+
+    fn mark_trained(&mut self, positions: &[usize]) {
+        for &p in positions {
+            self.meta[p].trained = true;
         }
     }
 
     pub fn get(&self, pos: usize) -> &Trajectory {
         &self.buf[pos]
     }
+
+    /// How many arrivals (counted like [`Replay::inserted`]) learner step `step` needs before it
+    /// can run: the pacing point of [`admission_limit`].
+    pub fn needed(&self, step: u64) -> u64 {
+        match self.sampling {
+            Sampling::Fifo => {
+                // The arrival that completes the window.
+                let present = self.buf.len() - self.window_position();
+                match present.checked_sub(self.batch_size) {
+                    Some(extra) => self.meta[self.buf.len() - 1 - extra].arrival + 1,
+                    None => self.inserted + (self.batch_size - present) as u64,
+                }
+            }
+            Sampling::Uniform => {
+                let uses = ((step + 1) * self.batch_size as u64) as f64 / self.reuse;
+                (uses.ceil() as u64).max(self.batch_size as u64) + self.stale_dropped
+            }
+        }
+    }
+
+    /// Arrivals consumed per learner step, on average (`batch_size / reuse`).
+    pub fn per_step(&self) -> f64 {
+        self.batch_size as f64 / self.reuse
+    }
 }
 
+/// Bookkeeping of one entry of the ring.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+struct Meta {
+    /// Its arrival number, counted like [`Replay::inserted`].
+    arrival: u64,
+    /// Whether a batch held it.
+    trained: bool,
+}
+
+impl Meta {
+    fn new(arrival: u64) -> Self {
+        Meta {
+            arrival,
+            trained: false,
+        }
+    }
+}
+
+/// Pacing for `max_policy_lag`: the arrival count up to which samples of a policy of version
+/// `version` are still fresh when the learner reaches them. The learner is at step `step` and
+/// needs `needed` arrivals for it; each later step consumes `per_step` more, so a sample arriving
+/// as number `a` is first trained around step `step + (a − needed) / per_step`, which must not be
+/// more than `max_lag` past `version`. Actors start a message only while the samples already
+/// claimed plus theirs stay under this limit, so a fast actor waits instead of producing samples
+/// that would be dropped.
+pub fn admission_limit(needed: u64, step: u64, per_step: f64, version: u64, max_lag: u64) -> u64 {
+    let steps_left = (version + max_lag).saturating_sub(step);
+    needed + (steps_left as f64 * per_step).floor() as u64
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,7 +248,7 @@ mod tests {
 
     fn traj(i: u64, version: u64) -> Trajectory {
         Trajectory {
-            prompt: i,
+            prompt: crate::ids::SourceId::new(0, 0, 0).prompt(i, 0),
             actions: vec![i as u32].into(),
             reward: 0.0,
             behaviour_logp: 0.0,
@@ -158,11 +263,15 @@ mod tests {
     }
 
     fn cfg(capacity: usize, sampling: Sampling, reuse: f64) -> ReplayConfig {
+        lagged(capacity, sampling, reuse, 0)
+    }
+
+    fn lagged(capacity: usize, sampling: Sampling, reuse: f64, max_lag: u64) -> ReplayConfig {
         ReplayConfig {
             capacity,
             sampling,
             reuse,
-            max_policy_lag: 0,
+            max_policy_lag: max_lag,
         }
     }
 
@@ -174,7 +283,7 @@ mod tests {
         }
         assert_eq!(r.len(), 4);
         assert_eq!(r.inserted(), 10);
-        assert_eq!(r.get(0).prompt, 6);
+        assert_eq!(r.get(0).actions[0], 6);
     }
 
     #[test]
@@ -210,7 +319,7 @@ mod tests {
             seen.extend(
                 r.sample(step, &mut rng)
                     .into_iter()
-                    .map(|p| r.get(p).prompt),
+                    .map(|p| r.get(p).actions[0] as u64),
             );
         }
         assert!(!r.ready(3));
@@ -224,13 +333,16 @@ mod tests {
         for i in 0..6 {
             r.push(traj(i, 0));
         }
+        assert!(r.ready(0));
+        assert_eq!(r.sample(0, &mut rng), vec![0, 1, 2, 3]);
+        assert!(r.ready(1));
         let w1: Vec<u64> = r
             .sample(1, &mut rng)
             .into_iter()
-            .map(|p| r.get(p).prompt)
+            .map(|p| r.get(p).actions[0] as u64)
             .collect();
         assert_eq!(w1, vec![2, 3, 4, 5]);
-        assert!(r.ready(1) && !r.ready(2));
+        assert!(!r.ready(2));
     }
 
     #[test]
@@ -247,17 +359,104 @@ mod tests {
 
     #[test]
     fn stale_samples_are_dropped_and_counted() {
-        let mut r = Replay::new(&cfg(100, Sampling::Fifo, 1.0), 2);
+        let mut r = Replay::new(&lagged(100, Sampling::Fifo, 1.0, 7), 2);
         for (i, v) in [0, 0, 5, 10].into_iter().enumerate() {
             r.push(traj(i as u64, v));
         }
-        r.evict_stale(12, 7);
+        assert!(r.ready(12));
         assert_eq!(r.len(), 2);
         assert_eq!(r.stale_dropped(), 2);
         assert_eq!(r.get(0).policy_version, 5);
         // The FIFO window skips what was evicted.
-        assert!(r.ready(0));
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        assert_eq!(r.sample(0, &mut rng), vec![0, 1]);
+        assert_eq!(r.sample(12, &mut rng), vec![0, 1]);
+    }
+
+    /// Messages from several actors arrive out of version order: a stale sample behind a fresh
+    /// one is dropped all the same, and no trained batch ever holds a sample past the limit.
+    #[test]
+    fn no_batch_holds_a_stale_sample_whatever_the_arrival_order() {
+        for sampling in [Sampling::Fifo, Sampling::Uniform] {
+            let max_lag = 3;
+            let mut r = Replay::new(&lagged(64, sampling, 1.0, max_lag), 4);
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+            let mut step = 0u64;
+            let (mut pushed, mut trained) = (0u64, 0u64);
+            for round in 0..400u64 {
+                // Three actors at different versions, interleaved: fresh, old, middling.
+                let behind = [0, 6, 2][(round % 3) as usize];
+                let version = step.saturating_sub(behind);
+                r.push_many((0..4).map(|i| traj(round * 4 + i, version)).collect());
+                pushed += 4;
+                while r.ready(step) {
+                    for p in r.sample(step, &mut rng) {
+                        let lag = step - r.get(p).policy_version;
+                        assert!(lag <= max_lag, "{sampling:?}: lag {lag} at step {step}");
+                        trained += 1;
+                    }
+                    step += 1;
+                }
+            }
+            assert!(
+                r.stale_dropped() > 0,
+                "{sampling:?}: the old actor's samples are stale"
+            );
+            assert!(trained > 0);
+            assert!(r.stale_dropped() + r.len() as u64 <= pushed);
+        }
+    }
+
+    /// Dropping samples ahead of the FIFO window must not make the learner reuse a window: with
+    /// `reuse = 1` every sample is trained at most once.
+    #[test]
+    fn fifo_trains_each_sample_once_when_samples_are_dropped() {
+        let mut r = Replay::new(&lagged(1000, Sampling::Fifo, 1.0, 2), 4);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let mut seen = std::collections::HashSet::new();
+        let mut step = 0u64;
+        for round in 0..200u64 {
+            // Every other message comes from a policy far behind, and is dropped.
+            let version = if round % 2 == 0 {
+                step
+            } else {
+                step.saturating_sub(5)
+            };
+            r.push_many((0..4).map(|i| traj(round * 4 + i, version)).collect());
+            while r.ready(step) {
+                for p in r.sample(step, &mut rng) {
+                    assert!(seen.insert(r.get(p).actions[0]), "sample trained twice");
+                }
+                step += 1;
+            }
+        }
+        assert!(step > 50, "the learner kept stepping ({step} steps)");
+    }
+
+    #[test]
+    fn the_admission_limit_keeps_paced_samples_fresh() {
+        // batch 4, reuse 1: the learner at step 10 needs 44 arrivals; samples of version 8 with a
+        // lag limit of 4 may be trained up to step 12, so arrivals up to 44 + 2·4 = 52.
+        assert_eq!(admission_limit(44, 10, 4.0, 8, 4), 52);
+        assert_eq!(admission_limit(44, 10, 4.0, 5, 4), 44);
+        // Fed exactly what the limit admits, in order, the learner never drops a sample.
+        let max_lag = 4;
+        let mut r = Replay::new(&lagged(256, Sampling::Fifo, 1.0, max_lag), 4);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let (mut step, mut claimed) = (0u64, 0u64);
+        let sync = 2;
+        for _ in 0..500 {
+            let version = step - step % sync;
+            let limit = admission_limit(r.needed(step), step, r.per_step(), version, max_lag);
+            if claimed + 4 <= limit || claimed < r.needed(step) {
+                r.push_many((0..4).map(|i| traj(claimed + i, version)).collect());
+                claimed += 4;
+            }
+            if r.ready(step) {
+                r.sample(step, &mut rng);
+                step += 1;
+            }
+        }
+        assert_eq!(r.stale_dropped(), 0);
+        assert!(step > 100);
     }
 }

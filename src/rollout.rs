@@ -10,7 +10,7 @@
 //! gathers the cache anyway; then they leave the batch and its cache.
 use std::collections::HashMap;
 
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
@@ -63,7 +63,7 @@ pub fn rollout(
     items: Vec<Item>,
     limits: Limits,
     decoding: Decoding,
-    rng: &mut impl Rng,
+    streams: Vec<ChaCha8Rng>,
     device: Device,
 ) -> Result<Vec<Rollout>> {
     let episodes = items
@@ -72,7 +72,7 @@ pub fn rollout(
         .collect();
     let max_tokens = limits.max_tokens;
     decode(
-        model, task, episodes, max_tokens, decoding, rng, device, BATCHING,
+        model, task, episodes, max_tokens, decoding, streams, device, BATCHING,
     )
 }
 
@@ -84,7 +84,7 @@ fn decode(
     mut episodes: Vec<Episode>,
     max_tokens: usize,
     decoding: Decoding,
-    rng: &mut impl Rng,
+    mut streams: Vec<ChaCha8Rng>,
     device: Device,
     batching: Batching,
 ) -> Result<Vec<Rollout>> {
@@ -92,11 +92,14 @@ fn decode(
     if b == 0 {
         return Ok(Vec::new());
     }
-    // Each episode samples from its own stream, seeded from `rng` in episode order, so that what
-    // it writes does not depend on which row it shares or when that row forked.
-    let mut streams: Vec<ChaCha8Rng> = (0..b)
-        .map(|_| ChaCha8Rng::seed_from_u64(rng.gen()))
-        .collect();
+    // Each episode samples from its own stream (its id's, [`crate::ids`]), so that what it
+    // writes does not depend on which row it shares or when that row forked.
+    if streams.len() != b {
+        return Err(crate::error::Error::Corrupt(format!(
+            "{} sampling streams for {b} episodes",
+            streams.len()
+        )));
+    }
     let mut logps = vec![0.0f64; b];
     let mut token_logps: Vec<Vec<f32>> = vec![Vec::new(); b];
     // The episodes each row of the batch decodes for: they share every token so far, so they
@@ -285,17 +288,21 @@ pub fn evaluate(
     mut on_episode: impl FnMut(&Episode),
 ) -> Result<ScoreMeans> {
     let mut stats = ScoreMeans::default();
-    let mut rng = crate::rng::stream(0, crate::rng::Role::Init, 2);
     let indices: Vec<u64> = (0..episodes as u64).collect();
     for chunk in indices.chunks(256) {
         let items = chunk.iter().map(|&i| task.item(split, i)).collect();
+        // Greedy decoding draws nothing from its streams.
+        let streams = chunk
+            .iter()
+            .map(|&i| crate::rng::keyed(0, crate::rng::Role::Eval, 0, 0, i))
+            .collect();
         for r in rollout(
             model,
             task,
             items,
             limits,
             Decoding::Greedy,
-            &mut rng,
+            streams,
             device,
         )? {
             let ep = &r.episode;
@@ -316,6 +323,13 @@ pub fn evaluate(
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    /// `n` sampling streams for a test's episodes.
+    fn streams(n: usize, seed: u64) -> Vec<ChaCha8Rng> {
+        (0..n as u64)
+            .map(|i| crate::rng::keyed(seed, crate::rng::Role::Episode, 0, 0, i))
+            .collect()
+    }
 
     #[test]
     fn sampling_follows_the_softmax_and_reports_its_log_probability() {
@@ -378,11 +392,17 @@ mod tests {
                     compact_at,
                     share_prefixes,
                 };
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
                 let cpu = Device::Cpu;
                 let n = LIMITS.max_tokens;
                 decode(
-                    &model, &task, episodes, n, decoding, &mut rng, cpu, batching,
+                    &model,
+                    &task,
+                    episodes,
+                    n,
+                    decoding,
+                    streams(16, 9),
+                    cpu,
+                    batching,
                 )
                 .unwrap()
             };
@@ -411,10 +431,17 @@ mod tests {
         // Three prompts, two samples each: the shared prefill feeds both.
         let items = (0..6).map(|i| task.item(Split::Train, i / 2)).collect();
         let limits = LIMITS;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         let sample = Decoding::Sample { temperature: 1.0 };
-        let rollouts =
-            rollout(&model, &task, items, limits, sample, &mut rng, Device::Cpu).unwrap();
+        let rollouts = rollout(
+            &model,
+            &task,
+            items,
+            limits,
+            sample,
+            streams(6, 5),
+            Device::Cpu,
+        )
+        .unwrap();
         let rows = rollouts
             .iter()
             .map(|r| (&r.episode.tokens[..], &r.episode.policy_mask[..]));

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::actor::{
-    actor_loop, Actor, ActorShared, ActorState, BanditActor, SnapshotBoard, ToolActor,
+    actor_loop, Actor, ActorShared, ActorState, BanditActor, Pacer, SnapshotBoard, ToolActor,
 };
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{BanditMode, Config, DeviceChoice, EnvKind};
@@ -25,6 +25,7 @@ use crate::env::tool_use::protocol::Limits;
 use crate::env::tool_use::tasks::{Split, Task};
 use crate::error::{Error, IoContext, Result};
 use crate::exact::{self, ExactFlow};
+use crate::ids::SourceId;
 use crate::learner::{Learner, StepStats};
 use crate::metrics::{tags, JsonlSink, Metrics, ProgressSink, Row, TensorboardSink};
 use crate::policy::tabular::sampling_probs;
@@ -42,6 +43,8 @@ pub struct RunOptions<'a> {
     pub serial: bool,
     /// Set to a signal's exit code (130, 143) to stop after the current step with a checkpoint.
     pub interrupt: &'a AtomicUsize,
+    /// When given, the learner stores its step here after every step (for a watcher).
+    pub progress: Option<&'a AtomicU64>,
 }
 
 /// How a run ended.
@@ -266,6 +269,13 @@ pub fn train(
 ) -> Result<Outcome> {
     tch::set_num_threads(cfg.learner.intra_op_threads as i32);
     let device = resolve_device(cfg.device)?;
+    if cfg.policy.precision == crate::config::Precision::Bf16 {
+        // Actors decode on the CPU whatever the learner's device.
+        let warning = crate::cpu::bf16_warning(Device::Cpu).or(crate::cpu::bf16_warning(device));
+        if let Some(w) = warning {
+            eprintln!("{w}");
+        }
+    }
     if let Some(ckpt) = &resume {
         crate::metrics::truncate_jsonl(&run_dir.join("metrics.jsonl"), ckpt.step)?;
     } else {
@@ -458,6 +468,9 @@ struct SampledState {
     /// Batches skipped for a non-finite loss or gradient (`learner.skip_nonfinite`).
     #[serde(default)]
     nonfinite_skipped: u64,
+    /// Parallel resumes so far: the session number of the actors' ids.
+    #[serde(default)]
+    session: u32,
 }
 
 /// What a sampled run logs and summarises, per environment.
@@ -483,6 +496,8 @@ struct SampledRun<'a> {
     behaviour: WeightSnapshot,
     last_baseline: f64,
     rec: Recorder,
+    /// The session of this process's actors ([`crate::ids::SourceId`]).
+    session: u32,
 }
 
 impl SampledRun<'_> {
@@ -606,6 +621,7 @@ impl SampledRun<'_> {
             wall_time: self.rec.wall_time(),
             warmstart,
             nonfinite_skipped: self.learner.nonfinite_skipped,
+            session: self.session,
         };
         let ckpt = Checkpoint {
             step: self.learner.step,
@@ -767,6 +783,7 @@ fn run_sampled(
         behaviour: behaviour.clone(),
         last_baseline,
         rec,
+        session: 0,
     };
     run.set_behaviour(behaviour.clone());
     if run.learner.step == 0 {
@@ -786,46 +803,29 @@ fn run_sampled(
         EnvView::Bandit { bandit, .. } => ActorEnv::Bandit(bandit.clone()),
         EnvView::ToolUse { task, .. } => ActorEnv::ToolUse(task.clone()),
     };
-    let build_actor = |id: usize| -> Result<Box<dyn Actor>> {
+    // A parallel resume is a new session: its actors draw from streams of their own, so they
+    // repeat no prompt and no draw of the sessions before ([`crate::ids`]). A serial resume
+    // restores every actor's state instead, and continues the same session exactly.
+    let session = saved
+        .as_ref()
+        .map_or(0, |s| s.session + u32::from(!opts.serial));
+    run.session = session;
+    let build_actor = |id: usize, restart: u32| -> Result<Box<dyn Actor>> {
+        let source = SourceId::new(session, id as u32, restart);
         Ok(match &actor_env {
-            ActorEnv::Bandit(b) => Box::new(BanditActor::new(cfg, id, b.clone(), &behaviour)?),
-            ActorEnv::ToolUse(t) => Box::new(ToolActor::new(cfg, id, t.clone(), &behaviour)?),
+            ActorEnv::Bandit(b) => Box::new(BanditActor::new(cfg, source, b.clone(), &behaviour)?),
+            ActorEnv::ToolUse(t) => Box::new(ToolActor::new(cfg, source, t.clone(), &behaviour)?),
         })
     };
-    let mut actors: Vec<Box<dyn Actor>> = (0..cfg.actor.threads)
-        .map(build_actor)
+    let actors: Vec<Box<dyn Actor>> = (0..cfg.actor.threads)
+        .map(|id| build_actor(id, 0))
         .collect::<Result<Vec<_>>>()?;
-    if !opts.serial && run.learner.step > 0 {
-        // A resumed parallel run must not replay the random draws of its first session.
-        // Each actor's prompt counter stayed below the trajectories that were inserted plus those
-        // in flight when the run stopped, so counting on from that bound repeats no prompt.
-        let in_flight = (cfg.actor.channel_capacity + cfg.actor.threads) * cfg.actor.batch_size;
-        let next_prompt = run.learner.replay.inserted() + in_flight as u64;
-        for actor in &mut actors {
-            let stream = (run.learner.step << 16) | actor.id() as u64;
-            actor.set_state(ActorState {
-                rng: crate::rng::stream(cfg.seed, crate::rng::Role::Actor, stream),
-                next_prompt,
-            });
-        }
-    }
     let (actor_states, next_actor) = saved.map_or((Vec::new(), 0), |s| (s.actors, s.next_actor));
     let interrupted_at = if opts.serial {
         serial_loop(&mut run, actors, actor_states, next_actor, opts)?
     } else {
-        let factory = |id: usize, restart: u64| -> Result<Box<dyn Actor>> {
-            let mut actor = build_actor(id)?;
-            // A fresh RNG stream and prompt range, so the restarted actor repeats no draws.
-            actor.set_state(ActorState {
-                rng: crate::rng::stream(
-                    cfg.seed,
-                    crate::rng::Role::Actor,
-                    restart << 40 | id as u64,
-                ),
-                next_prompt: restart << 44 | (id as u64) << 36,
-            });
-            Ok(actor)
-        };
+        // A restarted actor is a new source: fresh streams, no prompt of its earlier life.
+        let factory = |id: usize, restart: u64| build_actor(id, restart as u32);
         parallel_loop(&mut run, actors, &factory, opts)?
     };
     if let Some(code) = interrupted_at {
@@ -873,6 +873,9 @@ fn serial_loop(
             run.learner.ingest(batch);
         }
         let stats = run.learner.train_step()?;
+        if let Some(progress) = opts.progress {
+            progress.store(run.learner.step, Ordering::Relaxed);
+        }
         if run
             .learner
             .step
@@ -926,7 +929,13 @@ fn parallel_loop(
 ) -> Result<Option<i32>> {
     let board = SnapshotBoard::new(run.behaviour.clone());
     let stop = AtomicBool::new(false);
-    let learner_step = AtomicU64::new(run.learner.step);
+    let pacer = Pacer::new(
+        run.cfg.replay.max_policy_lag,
+        run.learner.replay.per_step(),
+        run.learner.replay.inserted(),
+        run.learner.step,
+        run.learner.replay.needed(run.learner.step),
+    );
     let failure = ActorFailure::default();
     let (tx, rx) = bounded::<ActorBatch>(run.cfg.actor.channel_capacity);
     let restart = run.cfg.actor.restart;
@@ -935,8 +944,7 @@ fn parallel_loop(
         for actor in actors {
             let id = actor.id();
             let tx = tx.clone();
-            let (board, learner_step) = (&board, &learner_step);
-            let max_policy_lag = run.cfg.replay.max_policy_lag;
+            let (board, pacer) = (&board, &pacer);
             let panic_after = run.cfg.faults.actor_panic_after;
             let delay = Duration::from_millis(run.cfg.faults.actor_delay_ms);
             let (stop, failure) = (&stop, &failure);
@@ -960,8 +968,7 @@ fn parallel_loop(
                         let shared = ActorShared {
                             board,
                             stop,
-                            learner_step,
-                            max_policy_lag,
+                            pacer,
                             panic_after,
                             delay,
                         };
@@ -995,7 +1002,7 @@ fn parallel_loop(
         drop(tx);
         let shared = LearnerShared {
             board: &board,
-            learner_step: &learner_step,
+            pacer: &pacer,
             failure: &failure,
         };
         let result = std::thread::Builder::new()
@@ -1019,7 +1026,7 @@ fn parallel_loop(
 
 struct LearnerShared<'a> {
     board: &'a SnapshotBoard,
-    learner_step: &'a AtomicU64,
+    pacer: &'a Pacer,
     failure: &'a ActorFailure,
 }
 
@@ -1058,12 +1065,12 @@ fn learner_loop(
             continue;
         }
         let stats = run.learner.train_step()?;
+        if let Some(progress) = opts.progress {
+            progress.store(run.learner.step, Ordering::Relaxed);
+        }
         if run.cfg.faults.learner_delay_ms > 0 {
             std::thread::sleep(Duration::from_millis(run.cfg.faults.learner_delay_ms));
         }
-        shared
-            .learner_step
-            .store(run.learner.step, Ordering::Relaxed);
         if run
             .learner
             .step
@@ -1072,6 +1079,9 @@ fn learner_loop(
             let snap = run.publish()?;
             shared.board.publish(snap);
         }
+        let step = run.learner.step;
+        run.learner.replay.evict_stale(step);
+        shared.pacer.advance(step, run.learner.replay.needed(step));
         run.after_step(&stats)?;
         if run.rec.should_checkpoint(run.learner.step) {
             run.checkpoint(Vec::new(), 0)?;

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trajectory {
     /// Identifies the prompt x; the G samples of one prompt share it.
-    pub prompt: u64,
+    pub prompt: crate::ids::PromptId,
     /// The policy's actions (the bandit: one arm).
     pub actions: Actions,
     /// The verifiable reward r(y).

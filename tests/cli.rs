@@ -591,10 +591,7 @@ fn bench_prints_its_table_and_writes_json() {
         "tool_episodes_per_s",
         "tool_actor_tokens_per_s",
         "tool_learner_trajectories_per_s",
-        "tool_bf16_episodes_per_s",
-        "tool_bf16_learner_trajectories_per_s",
         "tool_warm_episodes_per_s",
-        "tool_warm_bf16_episodes_per_s",
         "tool_warm_actor_episodes_per_s",
         "tool_warm_learner_trajectories_per_s",
         "matmul_gflops",
@@ -604,6 +601,35 @@ fn bench_prints_its_table_and_writes_json() {
     ] {
         let x = v["asymre"][key].as_f64().unwrap_or(f64::NAN);
         assert!(x.is_finite() && x > 0.0, "{key} = {x}");
+    }
+    // bf16 rows are measured where bf16 is native and marked skipped elsewhere, never a
+    // measurement of the emulation.
+    let bf16_keys = [
+        "tool_bf16_episodes_per_s",
+        "tool_bf16_learner_trajectories_per_s",
+        "tool_warm_bf16_episodes_per_s",
+    ];
+    match v["asymre"]["bf16_native"].as_f64() {
+        Some(1.0) => {
+            for key in bf16_keys {
+                let x = v["asymre"][key].as_f64().unwrap_or(f64::NAN);
+                assert!(x.is_finite() && x > 0.0, "{key} = {x}");
+            }
+        }
+        Some(0.0) => {
+            for key in bf16_keys {
+                assert!(
+                    v["asymre"].get(key).is_none(),
+                    "{key} measured without native bf16"
+                );
+            }
+            let skipped = table
+                .lines()
+                .filter(|l| l.contains("bf16") && l.contains("skipped: no native bf16"))
+                .count();
+            assert!(skipped >= 4, "bf16 rows not marked skipped:\n{table}");
+        }
+        other => panic!("bf16_native = {other:?}"),
     }
     // The warm-started measurements really start from the warm start: its episodes are shorter
     // and earn more than a random initialisation's.

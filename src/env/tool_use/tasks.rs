@@ -282,13 +282,27 @@ impl Task {
         }
     }
 
-    /// Item `index` of `split`; the same (seed, split, index) always gives the same item.
+    /// Item `index` of `split`, for evaluation and demonstrations; the same (seed, split, index)
+    /// always gives the same item. `index` must be below 2^39.
     pub fn item(&self, split: Split, index: u64) -> Item {
+        debug_assert!(index < 1 << 39, "item index {index} leaves its bit field");
         let stream = match split {
             Split::Train => 2 * index,
             Split::Heldout => 2 * index + 1,
         };
-        let mut rng = rng::stream(self.spec.seed, Role::Env, 1 << 40 | stream);
+        self.draw(
+            split,
+            &mut rng::stream(self.spec.seed, Role::Env, 1 << 40 | stream),
+        )
+    }
+
+    /// The train-split item an actor draws for prompt `id` (its own stream, [`crate::ids`]).
+    pub fn prompt_item(&self, id: &crate::ids::PromptId) -> Item {
+        self.draw(Split::Train, &mut id.item_stream(self.spec.seed))
+    }
+
+    /// An item of `split` drawn from `rng`.
+    fn draw(&self, split: Split, rng: &mut rand_chacha::ChaCha8Rng) -> Item {
         let ents = self.entities(split);
         let max = 10i64.pow(self.spec.digits.clamp(1, 9));
         let arith = |rng: &mut rand_chacha::ChaCha8Rng| {
@@ -307,7 +321,7 @@ impl Task {
             TaskKind::Calc | TaskKind::Menu if rng.gen::<f64>() < self.spec.no_call_share => {
                 Query::Echo(rng.gen_range(0..max))
             }
-            TaskKind::Calc => arith(&mut rng),
+            TaskKind::Calc => arith(rng),
             TaskKind::Lookup => Query::Lookup {
                 ent: ents[rng.gen_range(0..ents.len())],
                 attr: NUMERIC[rng.gen_range(0..4)],
@@ -320,7 +334,7 @@ impl Task {
             },
             TaskKind::Fanout => {
                 let mut pool: Vec<usize> = ents.to_vec();
-                pool.shuffle(&mut rng);
+                pool.shuffle(rng);
                 pool.truncate(self.spec.width.clamp(2, 3));
                 let agg = if rng.gen::<bool>() {
                     Tool::Sum
@@ -335,7 +349,7 @@ impl Task {
             }
             TaskKind::Menu => {
                 if rng.gen::<bool>() {
-                    arith(&mut rng)
+                    arith(rng)
                 } else {
                     Query::Lookup {
                         ent: ents[rng.gen_range(0..ents.len())],
@@ -345,7 +359,7 @@ impl Task {
             }
         };
         let menu = if self.spec.kind == TaskKind::Menu {
-            self.menu(&query, &mut rng)
+            self.menu(&query, rng)
         } else {
             Vec::new()
         };
