@@ -453,4 +453,61 @@ mod tests {
         assert_eq!((learner.step, learner.nonfinite_skipped), (1, 1));
         assert_eq!(learner.logits().unwrap(), vec![0.0; 4]);
     }
+
+    /// On policy (the actor samples with the learner's own weights), the ratio π/μ the learner
+    /// hands the ratio losses is 1 at every token the policy wrote: the learner's scoring of a
+    /// replayed batch and the actor's stored log μ line up position by position.
+    #[test]
+    fn on_policy_the_ratio_is_one_at_every_policy_token() {
+        use crate::actor::{Actor, ToolActor};
+        use crate::env::tool_use::tasks::Task;
+        use crate::ids::SourceId;
+        let cfg = crate::config::from_toml_str(
+            include_str!("../configs/tool_calc.toml"),
+            &[
+                "policy.layers=1".into(),
+                "policy.d_model=32".into(),
+                "policy.heads=2".into(),
+                "actor.batch_size=32".into(),
+                "learner.batch_size=32".into(),
+            ],
+        )
+        .unwrap();
+        let mut learner = Learner::new(&cfg, Device::Cpu, &[]);
+        let task = Task::new(cfg.env.task_spec(cfg.seed));
+        let snapshot = learner.snapshot().unwrap();
+        let mut actor = ToolActor::new(&cfg, SourceId::new(0, 0, 0), task, &snapshot).unwrap();
+        learner.ingest(actor.act().unwrap());
+        assert!(learner.ready());
+        let positions = learner.replay.sample(0, &mut learner.rng);
+        let batch: Vec<&Trajectory> = positions.iter().map(|&p| learner.replay.get(p)).collect();
+        let scores = learner.policy.score(&batch, Device::Cpu).unwrap();
+        let behaviour = learner
+            .policy
+            .behaviour_token_logp(&batch, Device::Cpu)
+            .unwrap();
+        let to_vec = |t: &Tensor| Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
+        let (target, behaviour, mask) = (
+            to_vec(&scores.token_logp),
+            to_vec(&behaviour),
+            to_vec(&scores.mask),
+        );
+        assert_eq!(target.len(), behaviour.len());
+        let mut tokens = 0;
+        for ((t, b), m) in target.iter().zip(&behaviour).zip(&mask) {
+            if *m > 0.0 {
+                let ratio = ((t - b) as f64).exp();
+                assert!(
+                    (ratio - 1.0).abs() < 1e-5,
+                    "π/μ = {ratio} (log π {t}, log μ {b})"
+                );
+                tokens += 1;
+            }
+        }
+        let written: usize = batch
+            .iter()
+            .map(|t| t.policy_mask.iter().filter(|&&m| m).count())
+            .sum();
+        assert_eq!(tokens, written, "every policy token is compared");
+    }
 }

@@ -300,7 +300,7 @@ fn run(cli: Cli) -> Result<u8> {
 fn report(dir: &Path, outcome: Outcome) -> u8 {
     match outcome {
         Outcome::Finished(s) => {
-            print_summary(dir, &s);
+            print_summary(&s);
             if let Err(e) = write_run_plot(dir) {
                 eprintln!("warning: curves.png not written: {e}");
             }
@@ -329,8 +329,8 @@ fn write_run_plot(dir: &Path) -> Result<()> {
     )
 }
 
-fn print_summary(dir: &Path, s: &Summary) {
-    println!("run: {}", dir.display());
+/// The final figures (the run's directory was named on stderr when it started).
+fn print_summary(s: &Summary) {
     println!(
         "finished {} steps ({} mode, {}) in {:.1} s",
         s.steps, s.mode, s.device, s.wall_time

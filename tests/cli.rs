@@ -88,6 +88,9 @@ fn a_run_writes_config_metrics_tensorboard_checkpoints_and_summary() {
     assert!(o.status.success(), "{}", stderr(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("E_π[r] ="), "{stdout}");
+    // The run directory is named once, when the run starts.
+    let said = format!("{stdout}{}", stderr(&o));
+    assert_eq!(said.matches("run: ").count(), 1, "{said}");
 
     let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(
