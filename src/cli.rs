@@ -90,7 +90,7 @@ pub enum Command {
         config: PathBuf,
         /// A swept key and its values, e.g. --grid loss.baseline.delta_v=-0.2,-0.1,0 (repeatable).
         #[arg(long, value_name = "KEY=V1,V2,…", required = true)]
-        grid: Vec<crate::sweep::Axis>,
+        grid: Vec<crate::experiments::report::Axis>,
         /// Seeds per grid point: the config's seed, seed + 1, ….
         #[arg(long, default_value_t = 1)]
         seeds: usize,

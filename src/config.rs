@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::env::tool_use::reward::RewardConfig;
 use crate::env::tool_use::tasks::{TaskKind, TaskSpec};
 use crate::error::{Error, IoContext, Result};
-pub use crate::reward::RewardConfig;
 
 /// The root of a run's configuration (`config.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,39 +5,31 @@
 //! lagged behaviour policy μ into a replay buffer; a learner applies
 //! loss = −mean((r − V)·log π(y)) with a configurable baseline V.
 //!
-//! Modules, in the order data flows:
-//! - [`config`]: the one root config, validated once;
-//! - [`env`]: environments (the bandit); [`exact`]: the bandit's expected-gradient flow;
-//! - [`policy`]: policies and weight snapshots; [`actor`]: `actor_loop`;
-//! - [`trajectory`], [`replay`]: what actors send and where the learner keeps it;
-//! - [`loss`], [`optim`], [`learner`]: `learner_loop`'s step;
-//! - [`train`]: the only place that spawns threads; [`metrics`], [`checkpoint`], [`plot`];
-//! - [`bench`]: throughput against a plain PyTorch baseline.
-pub mod actor;
-pub mod bench;
-pub mod checkpoint;
+//! Modules, from the bottom up (imports point down; no circles):
+//! - [`error`], [`math`], [`rng`], [`ids`], [`cpu`]: errors, numerics, seeded streams, disjoint ids;
+//! - [`config`]: the one root config, a file per section, validated once;
+//! - [`env`]: environments (the bandit; tool-use tasks, their tools, protocol and rewards);
+//! - [`policy`]: policies (tabular, the small transformer) behind the sequence-policy boundary,
+//!   and weight snapshots; [`rollout`]: batched decoding;
+//! - [`rl`]: trajectories, the replay buffer, losses, the optimiser, the learner and the actors;
+//! - [`transport`]: how actors and learner meet (in process: a channel and a snapshot board);
+//! - [`store`]: checkpoints and metric sinks; [`run`]: serial and parallel runs, the only place
+//!   threads are spawned;
+//! - [`experiments`]: sweeps, reports, plots and the benchmark; [`cli`]: the command line.
 pub mod cli;
 pub mod config;
 pub mod cpu;
 pub mod env;
 pub mod error;
-pub mod exact;
+pub mod experiments;
 pub mod ids;
-pub mod learner;
-pub mod loss;
-pub mod metrics;
-pub mod optim;
-pub mod plot;
+pub mod math;
 pub mod policy;
-pub mod replay;
-pub mod reward;
+pub mod rl;
 pub mod rng;
 pub mod rollout;
-pub mod sweep;
-pub mod text;
-pub mod train;
-pub mod trajectory;
-pub mod warmstart;
+pub mod run;
+pub mod store;
 
 pub use config::Config;
 pub use error::{Error, Result};

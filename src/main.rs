@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use asymre::cli::{Cli, Command};
 use asymre::env::tool_use::{score_jsonl, tasks::Task};
-use asymre::train::{self, Outcome, RunOptions, Summary};
-use asymre::{checkpoint, config, plot, sweep, Error, Result};
+use asymre::experiments::{plot, sweep};
+use asymre::run::{self, Outcome, RunOptions, Summary};
+use asymre::store::checkpoint;
+use asymre::{config, Error, Result};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -69,12 +71,12 @@ fn run(cli: Cli) -> Result<u8> {
             if let Some(d) = device {
                 cfg.device = d.into();
             }
-            train::resolve_device(cfg.device)?;
+            run::resolve_device(cfg.device)?;
             let dir = out.unwrap_or_else(|| default_dir("runs", &path));
-            train::create_run_dir(&dir, &cfg, serial)?;
+            run::create_run_dir(&dir, &cfg, serial)?;
             eprintln!("run: {}", dir.display());
             let interrupt = install_signal_handlers()?;
-            let outcome = train::train(
+            let outcome = run::train(
                 &cfg,
                 &dir,
                 RunOptions {
@@ -87,7 +89,7 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(report(&dir, outcome))
         }
         Command::Resume { run_dir } => {
-            let (cfg, serial) = train::open_run_dir(&run_dir)?;
+            let (cfg, serial) = run::open_run_dir(&run_dir)?;
             let ckpt = checkpoint::load_latest(&run_dir)?;
             let total = cfg.env.total_steps();
             if ckpt.as_ref().is_some_and(|c| c.step >= total)
@@ -104,7 +106,7 @@ fn run(cli: Cli) -> Result<u8> {
                 ),
             }
             let interrupt = install_signal_handlers()?;
-            let outcome = train::train(
+            let outcome = run::train(
                 &cfg,
                 &run_dir,
                 RunOptions {
@@ -122,7 +124,7 @@ fn run(cli: Cli) -> Result<u8> {
             episodes,
             dump,
         } => {
-            let (step, e) = train::evaluate_run(&run_dir, split.into(), episodes, dump.as_deref())?;
+            let (step, e) = run::evaluate_run(&run_dir, split.into(), episodes, dump.as_deref())?;
             println!(
                 "{} at step {step}, {episodes} {:?} episodes (greedy): completion {:.3}, tool precision {:.3} recall {:.3} F1 {:.3}, format errors {:.3}, calls {:.2}, length {:.1}",
                 run_dir.display(),
@@ -257,7 +259,7 @@ fn run(cli: Cli) -> Result<u8> {
                     .unwrap_or_else(|| PathBuf::from("python3"))
                 }))
             };
-            asymre::bench::run(&asymre::bench::BenchOptions {
+            asymre::experiments::bench::run(&asymre::experiments::bench::BenchOptions {
                 quick,
                 python,
                 json,
@@ -289,7 +291,7 @@ fn run(cli: Cli) -> Result<u8> {
                 [one] => one.display().to_string(),
                 _ => "AsymRE on the bandit".into(),
             });
-            let (cfg, _) = train::open_run_dir(&runs[0])?;
+            let (cfg, _) = run::open_run_dir(&runs[0])?;
             plot::plot_curves(&series, plot::panels_for(&cfg), &title, &out)?;
             println!("{}", out.display());
             Ok(0)
@@ -318,7 +320,7 @@ fn report(dir: &Path, outcome: Outcome) -> u8 {
 
 /// `<run>/curves.png`, written when a run finishes.
 fn write_run_plot(dir: &Path) -> Result<()> {
-    let (cfg, _) = train::open_run_dir(dir)?;
+    let (cfg, _) = run::open_run_dir(dir)?;
     let series = plot::load_runs(&[dir.to_path_buf()])?;
     let png = dir.join("curves.png");
     plot::plot_curves(
@@ -348,7 +350,7 @@ fn print_summary(s: &Summary) {
         println!("last round: V^μ = {:.4}, V = {:.4}", b.v_mu, b.v);
     }
     if let Some(t) = &s.tool_use {
-        let show = |name: &str, e: &asymre::reward::ScoreMeans| {
+        let show = |name: &str, e: &asymre::env::tool_use::reward::ScoreMeans| {
             println!(
                 "{name}: completion {:.3}, tool F1 {:.3} (P {:.3} R {:.3}), format errors {:.3}, calls {:.2}, length {:.1}",
                 e.completion, e.f1, e.precision, e.recall, e.format_errors, e.calls, e.length

@@ -15,11 +15,11 @@ use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
 use crate::env::tool_use::protocol::{Episode, Limits};
+use crate::env::tool_use::reward::ScoreMeans;
 use crate::env::tool_use::tasks::{Item, Task};
 use crate::env::tool_use::vocab::PAD;
 use crate::error::Result;
 use crate::policy::Transformer;
-use crate::reward::ScoreMeans;
 
 /// How a batch spends its rows.
 #[derive(Debug, Clone, Copy)]
@@ -283,7 +283,7 @@ pub fn evaluate(
     split: crate::env::tool_use::tasks::Split,
     episodes: usize,
     limits: Limits,
-    reward: &crate::reward::RewardConfig,
+    reward: &crate::env::tool_use::reward::RewardConfig,
     device: Device,
     mut on_episode: impl FnMut(&Episode),
 ) -> Result<ScoreMeans> {
@@ -310,7 +310,7 @@ pub fn evaluate(
                 .gold(&ep.item)
                 .ok_or_else(|| crate::error::Error::Corrupt("an item has no gold".into()))?;
             stats.add(
-                &crate::reward::score(reward, &ep.attempt, &gold),
+                &crate::env::tool_use::reward::score(reward, &ep.attempt, &gold),
                 ep.tokens.len() - ep.prompt_len,
             );
             on_episode(ep);

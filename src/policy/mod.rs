@@ -17,7 +17,7 @@ pub use tabular::TabularPolicy;
 pub use transformer::{TokenScores, Transformer};
 
 use crate::config::{Config, PolicyKind};
-use crate::trajectory::Trajectory;
+use crate::rl::trajectory::Trajectory;
 
 /// The trained policy π, whichever kind the config asks for.
 // One per learner or actor, so the size gap between the variants costs nothing.

@@ -52,5 +52,5 @@ impl TabularPolicy {
 /// The distribution an actor samples from: softmax(logits / temperature).
 pub fn sampling_probs(logits: &[f64], temperature: f64) -> Vec<f64> {
     let scaled: Vec<f64> = logits.iter().map(|l| l / temperature).collect();
-    crate::env::bandit::softmax(&scaled)
+    crate::math::softmax(&scaled)
 }

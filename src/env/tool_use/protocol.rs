@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use super::tasks::{Item, Task};
 use super::vocab::{self, ANS, BOS, CALL, END_CALL, END_RES, EOS, ERR, RES};
-use crate::reward::{Attempt, Call};
+use crate::env::tool_use::reward::{Attempt, Call};
 
 /// Episode limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,8 +233,8 @@ fn ordered_args(call: &Call) -> Vec<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::env::tool_use::reward::{score, RewardConfig};
     use crate::env::tool_use::tasks::{Split, TaskKind, TaskSpec};
-    use crate::reward::{score, RewardConfig};
 
     fn task(kind: TaskKind) -> Task {
         Task::new(TaskSpec {

@@ -5,7 +5,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::reward::{canonical_value, Call, Gold};
+use crate::env::tool_use::reward::{canonical_value, Call, Gold};
 use crate::rng::{self, Role};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,26 +15,27 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::actor::{
-    actor_loop, Actor, ActorShared, ActorState, BanditActor, Pacer, SnapshotBoard, ToolActor,
-};
-use crate::checkpoint::{self, Checkpoint};
 use crate::config::{BanditMode, Config, DeviceChoice, EnvKind};
-use crate::env::bandit::{self, entropy, softmax, support_size, Bandit};
+use crate::env::bandit::{self, Bandit};
 use crate::env::tool_use::protocol::Limits;
+use crate::env::tool_use::reward::ScoreMeans;
 use crate::env::tool_use::tasks::{Split, Task};
 use crate::error::{Error, IoContext, Result};
-use crate::exact::{self, ExactFlow};
 use crate::ids::SourceId;
-use crate::learner::{Learner, StepStats};
-use crate::metrics::{tags, JsonlSink, Metrics, ProgressSink, Row, TensorboardSink};
+use crate::math::{entropy, softmax, support_size};
 use crate::policy::tabular::sampling_probs;
 use crate::policy::{PolicyModel, WeightSnapshot};
-use crate::replay::Replay;
-use crate::reward::ScoreMeans;
+use crate::rl::actor::{
+    actor_loop, Actor, ActorShared, ActorState, BanditActor, Pacer, SnapshotBoard, ToolActor,
+};
+use crate::rl::exact::{self, ExactFlow};
+use crate::rl::learner::{Learner, StepStats};
+use crate::rl::replay::Replay;
+use crate::rl::trajectory::ActorBatch;
+use crate::rl::warmstart::{warm_start, WarmstartReport};
 use crate::rollout::evaluate;
-use crate::trajectory::ActorBatch;
-use crate::warmstart::{warm_start, WarmstartReport};
+use crate::store::checkpoint::{self, Checkpoint};
+use crate::store::metrics::{tags, JsonlSink, Metrics, ProgressSink, Row, TensorboardSink};
 
 /// How a run is driven, beside its config.
 #[derive(Debug, Clone, Copy)]
@@ -211,7 +212,7 @@ impl Recorder {
             .push(tags::WALL_TIME, self.wall_time());
         self.last_log = (now, row.step);
         self.metrics.write(&row)?;
-        use crate::metrics::MetricsSink;
+        use crate::store::metrics::MetricsSink;
         self.progress.write(&row)?;
         self.last_row = Some(row);
         Ok(())
@@ -277,7 +278,7 @@ pub fn train(
         }
     }
     if let Some(ckpt) = &resume {
-        crate::metrics::truncate_jsonl(&run_dir.join("metrics.jsonl"), ckpt.step)?;
+        crate::store::metrics::truncate_jsonl(&run_dir.join("metrics.jsonl"), ckpt.step)?;
     } else {
         // A fresh start (or a resume with no checkpoint yet) logs from step 0 again.
         let path = run_dir.join("metrics.jsonl");

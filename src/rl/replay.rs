@@ -15,7 +15,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ReplayConfig, Sampling};
-use crate::trajectory::Trajectory;
+use crate::rl::trajectory::Trajectory;
 
 /// The ring and its counters; serialisable whole for exact resumption.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

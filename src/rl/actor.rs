@@ -14,15 +14,15 @@ use tch::Device;
 
 use crate::config::{Config, RewardConfig};
 use crate::env::tool_use::protocol::Limits;
+use crate::env::tool_use::reward;
 use crate::env::tool_use::tasks::Task;
 use crate::env::Bandit;
 use crate::error::{Error, Result};
 use crate::ids::SourceId;
 use crate::policy::tabular::sampling_probs;
 use crate::policy::{PolicyModel, TabularPolicy, Transformer, WeightSnapshot};
-use crate::reward;
+use crate::rl::trajectory::{Actions, ActorBatch, EpisodeStats, Trajectory};
 use crate::rollout::{rollout, Decoding};
-use crate::trajectory::{Actions, ActorBatch, EpisodeStats, Trajectory};
 
 /// The part of an actor that must survive a checkpoint for an exact resume.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -398,7 +398,7 @@ impl SnapshotBoard {
 
 /// Pacing for `replay.max_policy_lag`, shared by the actors and the learner: an actor starts a
 /// message only when its samples will reach a learner step at most `max_policy_lag` past its
-/// weights' version ([`crate::replay::admission_limit`]), counting the samples other actors
+/// weights' version ([`crate::rl::replay::admission_limit`]), counting the samples other actors
 /// already claimed. Actors that out-produce the learner wait here instead of producing samples
 /// that the learner would have to drop.
 #[derive(Debug)]
@@ -442,7 +442,7 @@ impl Pacer {
         }
         let (step, needed) = *self.learner.lock().unwrap_or_else(|e| e.into_inner());
         let limit =
-            crate::replay::admission_limit(needed, step, self.per_step, version, self.max_lag);
+            crate::rl::replay::admission_limit(needed, step, self.per_step, version, self.max_lag);
         self.claimed
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |claimed| {
                 (claimed + n <= limit || claimed < needed).then_some(claimed + n)

@@ -7,7 +7,7 @@ use plotters::prelude::*;
 
 use crate::config::{BaselineKind, Config, LossKind};
 use crate::error::{Error, Result};
-use crate::metrics::{read_jsonl, tags};
+use crate::store::metrics::{read_jsonl, tags};
 
 /// One line of a plot: a label and its points per metric.
 pub struct Series {
@@ -58,7 +58,7 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<Vec<Series>> {
     let mut series = dirs
         .iter()
         .map(|dir| {
-            let (cfg, _) = crate::train::open_run_dir(dir)?;
+            let (cfg, _) = crate::run::open_run_dir(dir)?;
             let rows = read_jsonl(&dir.join("metrics.jsonl"))?;
             if rows.is_empty() {
                 return Err(Error::input(format!(
@@ -335,7 +335,7 @@ struct SweepLine {
 
 /// The swept numeric axis shared by the sweeps: the first axis with two or more values that all
 /// parse as numbers.
-fn numeric_axis(manifests: &[crate::sweep::Manifest]) -> Option<String> {
+fn numeric_axis(manifests: &[crate::experiments::report::Manifest]) -> Option<String> {
     manifests.iter().flat_map(|m| &m.grid).find_map(|a| {
         (a.values.len() >= 2 && a.values.iter().all(|v| v.parse::<f64>().is_ok()))
             .then(|| a.key.clone())
@@ -413,14 +413,14 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
     /// The runs of one grid point (seeds pooled), with their config read once.
     struct Group {
         values: Vec<(String, String)>,
-        rows: Vec<crate::sweep::RunRow>,
+        rows: Vec<crate::experiments::report::RunRow>,
         dirs: Vec<PathBuf>,
         cfg: Config,
     }
     let mut manifests = Vec::new();
     let mut groups = Vec::new();
     for dir in dirs {
-        let (m, rows) = crate::sweep::read_rows(dir)?;
+        let (m, rows) = crate::experiments::report::read_rows(dir)?;
         if rows.is_empty() {
             return Err(Error::input(format!(
                 "{}: no finished runs yet",
@@ -428,12 +428,12 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
             )));
         }
         manifests.push(m);
-        for (values, group) in crate::sweep::groups(&rows) {
+        for (values, group) in crate::experiments::report::groups(&rows) {
             let dirs: Vec<PathBuf> = group
                 .iter()
-                .map(|r| crate::sweep::run_dir(dir, &r.point))
+                .map(|r| crate::experiments::report::run_dir(dir, &r.point))
                 .collect();
-            let cfg = crate::train::open_run_dir(&dirs[0])?.0;
+            let cfg = crate::run::open_run_dir(&dirs[0])?.0;
             groups.push(Group {
                 values,
                 rows: group.into_iter().cloned().collect(),
@@ -446,7 +446,7 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
     let bandit = groups[0].cfg.env.kind == crate::config::EnvKind::Bandit;
 
     // final.png
-    type Pick = fn(&crate::sweep::RunRow) -> Option<f64>;
+    type Pick = fn(&crate::experiments::report::RunRow) -> Option<f64>;
     let mut metrics: Vec<(&str, Pick, Option<Pick>)> = vec![(
         if bandit {
             "final E_π[r]"
@@ -475,7 +475,7 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
             if ys.is_empty() {
                 continue;
             }
-            let (m, s) = crate::sweep::mean_std(&ys);
+            let (m, s) = crate::experiments::report::mean_std(&ys);
             let x = x_key
                 .as_ref()
                 .and_then(|k| g.values.iter().find(|(kk, _)| kk == k))
@@ -498,7 +498,8 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
                     if let Some(t) = theory {
                         let ts: Vec<f64> = g.rows.iter().filter_map(t).collect();
                         if ts.len() == g.rows.len() {
-                            line.theory.push((x, crate::sweep::mean_std(&ts).0));
+                            line.theory
+                                .push((x, crate::experiments::report::mean_std(&ts).0));
                         }
                     }
                 }

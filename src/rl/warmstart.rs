@@ -9,8 +9,8 @@ use crate::config::{Config, LearnerConfig, OptimizerKind};
 use crate::env::tool_use::protocol::{demonstration, prompt_tokens};
 use crate::env::tool_use::tasks::{Split, Task};
 use crate::error::{Error, Result};
-use crate::optim::Optimizer;
 use crate::policy::{sorted_vars, PrefixBatch, Transformer};
+use crate::rl::optim::Optimizer;
 use crate::rng::{self, Role};
 
 /// Demonstrations use train-split items numbered from here, apart from the actors' items.

@@ -10,8 +10,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{BaselineKind, LossConfig, LossKind};
-use crate::env::bandit::softmax;
 use crate::env::Bandit;
+use crate::math::softmax;
 
 /// The flow's state: π's logits and the behaviour policy μ of the current round.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -125,7 +125,7 @@ pub fn limit_policy(mu: &[f64], rewards: &[f64], v: f64) -> Option<Vec<f64>> {
 mod tests {
     use super::*;
     use crate::config::EnvConfig;
-    use crate::env::bandit::{entropy, support_size};
+    use crate::math::{entropy, support_size};
     use tch::{Kind, Tensor};
 
     fn bandit(arms: usize, seed: u64) -> Bandit {

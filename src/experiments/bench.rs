@@ -20,21 +20,21 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
-use crate::actor::{Actor, ToolActor};
-use crate::checkpoint;
 use crate::config::{self, Config, Precision};
 use crate::env::tool_use::tasks::Task;
 use crate::env::tool_use::vocab;
 use crate::error::{Error, IoContext, Result};
 use crate::ids::{PromptId, SourceId};
-use crate::learner::Learner;
 use crate::policy::PrefixBatch;
-use crate::train::{self, Outcome, RunOptions};
-use crate::trajectory::{ActorBatch, Trajectory};
-use crate::warmstart::warm_start;
+use crate::rl::actor::{Actor, ToolActor};
+use crate::rl::learner::Learner;
+use crate::rl::trajectory::{ActorBatch, Trajectory};
+use crate::rl::warmstart::warm_start;
+use crate::run::{self, Outcome, RunOptions};
+use crate::store::checkpoint;
 
-const BANDIT_TOML: &str = include_str!("../configs/bandit.toml");
-const CALC_TOML: &str = include_str!("../configs/tool_calc.toml");
+const BANDIT_TOML: &str = include_str!("../../configs/bandit.toml");
+const CALC_TOML: &str = include_str!("../../configs/tool_calc.toml");
 
 /// What `asymre bench` was asked for.
 #[derive(Debug, Clone)]
@@ -88,7 +88,7 @@ pub fn calc_config() -> Result<Config> {
 /// Runs the benchmark and prints its table.
 pub fn run(opts: &BenchOptions) -> Result<()> {
     let secs = opts.seconds.unwrap_or_else(|| budget(opts.quick));
-    let device = train::resolve_device(opts.device)?;
+    let device = run::resolve_device(opts.device)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut ours = serde_json::Map::new();
     let mut put = |k: &str, v: f64| {
@@ -465,7 +465,7 @@ fn actor_rates(cfg: &Config, threads: usize, secs: f64) -> Result<ActorRates> {
 /// The tool-use learner alone on episodes its own actor sampled: trajectories/s and tokens/s
 /// (prompt and tool results included, the positions it scores).
 fn learner_rates(cfg: &Config, secs: f64) -> Result<(f64, f64)> {
-    let device = train::resolve_device(cfg.device)?;
+    let device = run::resolve_device(cfg.device)?;
     let snapshot = new_learner_for(cfg, Device::Cpu)?.snapshot()?;
     let task = Task::new(cfg.env.task_spec(cfg.seed));
     let mut actor = ToolActor::new(cfg, SourceId::new(0, 0, 0), task, &snapshot)?;
@@ -508,7 +508,7 @@ fn end_to_end(cfg: &Config, secs: f64) -> Result<EndToEnd> {
     cfg.checkpoint.every = u64::MAX / 2;
     let scratch = ScratchDir::new()?;
     let dir = &scratch.0;
-    train::create_run_dir(dir, &cfg, false)?;
+    run::create_run_dir(dir, &cfg, false)?;
     let interrupt = AtomicUsize::new(0);
     let (progress, done) = (AtomicU64::new(0), AtomicBool::new(false));
     // Enough steps for three logged rows, however slow the machine: the rates come from the
@@ -525,7 +525,7 @@ fn end_to_end(cfg: &Config, secs: f64) -> Result<EndToEnd> {
             }
             interrupt.store(143, Ordering::Relaxed);
         });
-        let out = train::train(
+        let out = run::train(
             &cfg,
             dir,
             RunOptions {
@@ -561,7 +561,7 @@ fn warm_start_weights(dir: &Path) -> Result<PathBuf> {
 /// The learner a run of `cfg` starts with: the seeded initialisation (or `policy.init`).
 fn new_learner_for(cfg: &Config, device: Device) -> Result<Learner> {
     tch::manual_seed(cfg.seed as i64);
-    train::new_learner(cfg, device, &[])
+    run::new_learner(cfg, device, &[])
 }
 
 fn save_weights(learner: &Learner, path: &Path) -> Result<()> {
@@ -863,7 +863,7 @@ fn print_table(
     let header = ["measure", "asymre", "PyTorch eager", "ratio", "goal"];
     let mut table = vec![header.map(String::from).to_vec()];
     table.extend(rows.into_iter().map(Vec::from));
-    let (widths, padded) = crate::text::pad_columns(&table);
+    let (widths, padded) = crate::experiments::table::pad_columns(&table);
     for (i, cells) in padded.iter().enumerate() {
         println!("| {} |", cells.join(" | "));
         if i == 0 {

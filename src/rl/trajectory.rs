@@ -83,7 +83,7 @@ impl PartialEq for Actions {
 /// How a tool-use episode went: its reward's parts and its generated length.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpisodeStats {
-    pub score: crate::reward::Score,
+    pub score: crate::env::tool_use::reward::Score,
     pub length: u32,
 }
 

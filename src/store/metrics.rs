@@ -281,7 +281,7 @@ pub fn truncate_jsonl(path: &Path, max_step: u64) -> Result<()> {
             None => break,
         }
     }
-    crate::checkpoint::write_atomic(path, kept.as_bytes())
+    crate::store::checkpoint::write_atomic(path, kept.as_bytes())
 }
 
 #[cfg(test)]

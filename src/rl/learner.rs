@@ -6,15 +6,14 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use crate::config::{Config, LossConfig};
-use crate::env::bandit;
+use crate::env::tool_use::reward::ScoreMeans;
 use crate::error::{Error, Result};
-use crate::loss;
-use crate::optim::Optimizer;
 use crate::policy::{sorted_vars, PolicyModel, WeightSnapshot};
-use crate::replay::Replay;
-use crate::reward::ScoreMeans;
+use crate::rl::loss;
+use crate::rl::optim::Optimizer;
+use crate::rl::replay::Replay;
+use crate::rl::trajectory::{ActorBatch, Trajectory};
 use crate::rng::{self, Role};
-use crate::trajectory::{ActorBatch, Trajectory};
 
 /// What one learner step measured.
 #[derive(Debug, Clone, Copy, Default)]
@@ -200,7 +199,7 @@ impl Learner {
     /// update that overflowed the weights fails the run.
     fn finish_step(
         &mut self,
-        update: Result<crate::optim::StepInfo>,
+        update: Result<crate::rl::optim::StepInfo>,
         loss: f64,
         entropy: f64,
         stats: StepStats,
@@ -236,13 +235,13 @@ impl Learner {
             let (_, var) = &self.vars[0];
             // SAFETY: the learner thread owns the variable and no tensor op runs on it while
             // the slice lives (it is copied out at once).
-            let host = unsafe { crate::optim::host_f32(var) }
+            let host = unsafe { crate::rl::optim::host_f32(var) }
                 .ok_or_else(|| Error::Corrupt("tabular logits are not host f32".into()))?;
             host.iter().map(|&x| x as f64).collect()
         };
-        let logp = bandit::log_softmax(&logits);
+        let logp = crate::math::log_softmax(&logits);
         let probs: Vec<f64> = logp.iter().map(|l| l.exp()).collect();
-        let entropy = bandit::entropy(&probs);
+        let entropy = crate::math::entropy(&probs);
 
         let positions = self.replay.sample(self.step, &mut self.rng);
         let n = positions.len() as f64;
@@ -349,10 +348,10 @@ impl Learner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trajectory::Actions;
+    use crate::rl::trajectory::Actions;
     use proptest::prelude::*;
 
-    const BANDIT_TOML: &str = include_str!("../configs/bandit.toml");
+    const BANDIT_TOML: &str = include_str!("../../configs/bandit.toml");
 
     fn config(loss: &str, optimizer: &str, arms: usize, batch: usize) -> Config {
         crate::config::from_toml_str(
@@ -459,11 +458,11 @@ mod tests {
     /// replayed batch and the actor's stored log μ line up position by position.
     #[test]
     fn on_policy_the_ratio_is_one_at_every_policy_token() {
-        use crate::actor::{Actor, ToolActor};
         use crate::env::tool_use::tasks::Task;
         use crate::ids::SourceId;
+        use crate::rl::actor::{Actor, ToolActor};
         let cfg = crate::config::from_toml_str(
-            include_str!("../configs/tool_calc.toml"),
+            include_str!("../../configs/tool_calc.toml"),
             &[
                 "policy.layers=1".into(),
                 "policy.d_model=32".into(),

@@ -1,0 +1,452 @@
+//! The common JSON function-call form: episodes render to it, and lines in it (plain calls,
+//! OpenAI tool calls, whole `messages` logs) are scored with the task's rewards.
+use std::collections::BTreeMap;
+use std::io::BufRead;
+
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use super::protocol::Episode;
+use super::reward::{self, canonical_value, Attempt, Call, RewardConfig, Score, ScoreMeans};
+use super::tasks::Task;
+
+/// An episode in the common JSON function-call form.
+pub fn episode_json(task: &Task, ep: &Episode) -> Value {
+    let calls: Vec<Value> = ep.attempt.calls.iter().map(call_json).collect();
+    json!({
+        "prompt": task.prompt(&ep.item),
+        "calls": calls,
+        "results": ep.attempt.results,
+        "answer": ep.attempt.answer,
+    })
+}
+
+fn call_json(call: &Call) -> Value {
+    let args: Map<String, Value> = call
+        .arguments
+        .iter()
+        .map(|(k, v)| {
+            let value = v
+                .parse::<i64>()
+                .map(Value::from)
+                .unwrap_or_else(|_| Value::from(v.clone()));
+            (k.clone(), value)
+        })
+        .collect();
+    json!({ "name": call.name, "arguments": args })
+}
+
+/// Reads a call in either common form: `{"name": …, "arguments": {…}}` (arguments may also be a
+/// JSON string), or OpenAI Chat Completions' `{"id": …, "type": "function", "function":
+/// {"name": …, "arguments": "<JSON string>"}}`. Unknown keys are errors.
+fn parse_call_json(v: &Value) -> Result<Call, String> {
+    let obj = v.as_object().ok_or("a call must be a JSON object")?;
+    if let Some(function) = obj.get("function") {
+        for key in obj.keys() {
+            if !["id", "type", "function", "index"].contains(&key.as_str()) {
+                return Err(format!("unknown key {key:?} in a tool call"));
+            }
+        }
+        match obj.get("type") {
+            None => {}
+            Some(Value::String(t)) if t == "function" => {}
+            Some(other) => return Err(format!("a tool call of type {other} (only \"function\")")),
+        }
+        return parse_call_json(function);
+    }
+    for key in obj.keys() {
+        if !["name", "arguments"].contains(&key.as_str()) {
+            return Err(format!("unknown key {key:?} in a call"));
+        }
+    }
+    let name = obj
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or("a call needs a string \"name\"")?;
+    let args = match obj.get("arguments") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(Value::String(s)) if s.trim().is_empty() => Map::new(),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(m)) => m,
+            _ => return Err("\"arguments\" is a string that is not a JSON object".into()),
+        },
+        Some(_) => return Err("\"arguments\" must be an object".into()),
+    };
+    let mut arguments = BTreeMap::new();
+    for (k, v) in args {
+        let text = match v {
+            Value::String(s) => s,
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            other => return Err(format!("argument {k:?} has a non-scalar value {other}")),
+        };
+        arguments.insert(k, canonical_value(&text));
+    }
+    Ok(Call {
+        name: name.to_string(),
+        arguments,
+    })
+}
+
+/// The top-level keys a scored line may have.
+const LINE_KEYS: [&str; 7] = [
+    "id",
+    "prompt",
+    "calls",
+    "tool_calls",
+    "results",
+    "answer",
+    "messages",
+];
+
+/// What a line says the model did: its prompt, calls and final answer.
+struct Transcript {
+    prompt: String,
+    calls: Vec<Call>,
+    answer: Option<String>,
+}
+
+fn parse_calls(v: Option<&Value>, key: &str) -> Result<Vec<Call>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a.iter().map(parse_call_json).collect(),
+        Some(_) => Err(format!("\"{key}\" must be an array")),
+    }
+}
+
+/// A message's text: a string, or OpenAI's list of content parts (`{"type": "text", "text": …}`).
+fn message_text(v: Option<&Value>) -> Result<Option<String>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for part in parts {
+                match part.get("text").and_then(Value::as_str) {
+                    Some(t) => text.push_str(t),
+                    None => return Err("a content part without \"text\"".into()),
+                }
+            }
+            Ok(Some(text))
+        }
+        Some(_) => Err("\"content\" must be a string or a list of text parts".into()),
+    }
+}
+
+/// Reads a whole OpenAI `messages` log: the first user message is the prompt, every assistant
+/// `tool_calls` entry a call (in order), the last assistant message with text the answer. Tool
+/// results are not read: the calls are executed again.
+fn parse_messages(messages: &Value) -> Result<Transcript, String> {
+    let messages = messages.as_array().ok_or("\"messages\" must be an array")?;
+    let (mut prompt, mut calls, mut answer) = (None, Vec::new(), None);
+    for (i, m) in messages.iter().enumerate() {
+        let at = |e: String| format!("messages[{i}]: {e}");
+        let obj = m.as_object().ok_or_else(|| at("not an object".into()))?;
+        for key in obj.keys() {
+            if ![
+                "role",
+                "content",
+                "tool_calls",
+                "tool_call_id",
+                "name",
+                "refusal",
+            ]
+            .contains(&key.as_str())
+            {
+                return Err(at(format!("unknown key {key:?}")));
+            }
+        }
+        let role = obj
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| at("a message needs a string \"role\"".into()))?;
+        let text = message_text(obj.get("content")).map_err(at)?;
+        match role {
+            "system" | "developer" | "tool" => {}
+            "user" => {
+                if prompt.is_none() {
+                    prompt = Some(text.ok_or_else(|| at("a user message without content".into()))?);
+                }
+            }
+            "assistant" => {
+                calls.extend(parse_calls(obj.get("tool_calls"), "tool_calls").map_err(at)?);
+                if let Some(t) = text.filter(|t| !t.trim().is_empty()) {
+                    answer = Some(t.trim().to_string());
+                }
+            }
+            other => return Err(at(format!("unknown role {other:?}"))),
+        }
+    }
+    Ok(Transcript {
+        prompt: prompt.ok_or("\"messages\" has no user message")?,
+        calls,
+        answer,
+    })
+}
+
+/// Reads a line in any of the accepted forms (see [`score_line`]).
+fn parse_transcript(v: &Value) -> Result<Transcript, String> {
+    let obj = v.as_object().ok_or("a line must be a JSON object")?;
+    for key in obj.keys() {
+        if !LINE_KEYS.contains(&key.as_str()) {
+            return Err(format!(
+                "unknown key {key:?} (allowed: {})",
+                LINE_KEYS.join(", ")
+            ));
+        }
+    }
+    if let Some(messages) = obj.get("messages") {
+        for key in ["prompt", "calls", "tool_calls", "answer"] {
+            if obj.contains_key(key) {
+                return Err(format!(
+                    "\"messages\" and \"{key}\" on one line: give one form"
+                ));
+            }
+        }
+        return parse_messages(messages);
+    }
+    if obj.contains_key("calls") && obj.contains_key("tool_calls") {
+        return Err("\"calls\" and \"tool_calls\" on one line: give one".into());
+    }
+    let prompt = obj
+        .get("prompt")
+        .and_then(Value::as_str)
+        .ok_or("missing string \"prompt\" (or a \"messages\" log)")?;
+    let calls = match obj.get("tool_calls") {
+        Some(v) => parse_calls(Some(v), "tool_calls")?,
+        None => parse_calls(obj.get("calls"), "calls")?,
+    };
+    let answer = match obj.get("answer") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => return Err("\"answer\" must be a string or a number".into()),
+    };
+    Ok(Transcript {
+        prompt: prompt.to_string(),
+        calls,
+        answer,
+    })
+}
+
+/// Scores one JSON line. Accepted forms: `{"prompt", "calls" | "tool_calls", "answer"}` with
+/// calls in the plain or the OpenAI form, or a whole OpenAI `{"messages": [...]}` log; `id` and
+/// `results` may be present (results are ignored). Any other key is an error. The prompt names
+/// the item, the calls are re-executed with the task's tools, the answer is compared exactly.
+pub fn score_line(task: &Task, cfg: &RewardConfig, line: &str) -> Result<Score, String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let Transcript {
+        prompt,
+        calls,
+        answer,
+    } = parse_transcript(&v)?;
+    let item = task
+        .parse_prompt(&prompt)
+        .ok_or_else(|| format!("not a {:?} prompt: {prompt:?}", task.spec.kind))?;
+    let gold = task.gold(&item).ok_or(
+        "the task has no answer for this prompt (an unknown entity or invalid arithmetic)",
+    )?;
+    let results: Vec<Option<String>> = calls.iter().map(|c| task.execute(&item, c).ok()).collect();
+    let format_errors =
+        results.iter().filter(|r| r.is_none()).count() as u32 + u32::from(answer.is_none());
+    let attempt = Attempt {
+        calls,
+        results,
+        answer,
+        format_errors,
+    };
+    Ok(reward::score(cfg, &attempt, &gold))
+}
+
+/// Aggregate of a scored file.
+#[derive(Debug, Default, Serialize)]
+pub struct ScoreTotals {
+    pub lines: usize,
+    pub bad_lines: usize,
+    /// Means over the scored lines (`episodes` of them).
+    pub means: ScoreMeans,
+}
+
+/// Scores every line of `input`, calling `each` with (line number, result); bad lines are
+/// reported and skipped. Returns the means over the scored lines.
+pub fn score_jsonl(
+    task: &Task,
+    cfg: &RewardConfig,
+    input: impl BufRead,
+    mut each: impl FnMut(usize, &Result<Score, String>),
+) -> std::io::Result<ScoreTotals> {
+    let mut t = ScoreTotals::default();
+    for (i, line) in input.split(b'\n').enumerate() {
+        let bytes = line?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        t.lines += 1;
+        let result = match std::str::from_utf8(&bytes) {
+            Ok(text) => score_line(task, cfg, text),
+            Err(_) => Err("not valid UTF-8".to_string()),
+        };
+        each(i + 1, &result);
+        match result {
+            Ok(s) => t.means.add(&s, 0),
+            Err(_) => t.bad_lines += 1,
+        }
+    }
+    t.means = t.means.finish();
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::tool_use::protocol;
+    use crate::env::tool_use::tasks::{Split, TaskKind, TaskSpec};
+
+    fn lookup() -> Task {
+        Task::new(TaskSpec {
+            kind: TaskKind::Lookup,
+            seed: 0,
+            digits: 2,
+            no_call_share: 0.0,
+            entities: 20,
+            heldout_share: 0.2,
+            chain_arith: false,
+            width: 2,
+            distractors: 0,
+        })
+    }
+
+    #[test]
+    fn a_played_demonstration_renders_to_json_that_scores_the_same() {
+        let task = lookup();
+        let item = task.item(Split::Train, 3);
+        let (tokens, mask) = protocol::demonstration(&task, &item).unwrap();
+        let limits = protocol::Limits {
+            max_tokens: 64,
+            max_calls: 4,
+        };
+        let mut ep = Episode::new(&task, item.clone(), limits);
+        for (t, m) in tokens.iter().zip(mask) {
+            if m {
+                ep.push_policy(*t, &task);
+            } else {
+                ep.take_forced();
+            }
+        }
+        let line = episode_json(&task, &ep).to_string();
+        let s = score_line(&task, &RewardConfig::default(), &line).unwrap();
+        assert_eq!((s.completion, s.f1, s.format_errors), (1.0, 1.0, 0));
+    }
+
+    #[test]
+    fn external_json_forms_and_bad_lines() {
+        let task = lookup();
+        let item = task.item(Split::Train, 0);
+        let prompt = task.prompt(&item);
+        let gold = task.gold(&item).unwrap();
+        let call = &gold.calls[0];
+        let as_string = serde_json::to_string(&call.arguments).unwrap();
+        let lines = [
+            json!({"prompt": prompt, "calls": [{"name": "get", "arguments": call.arguments}], "answer": gold.answer}).to_string(),
+            json!({"prompt": prompt, "calls": [{"name": "get", "arguments": as_string}], "answer": gold.answer.parse::<i64>().unwrap()}).to_string(),
+            "{\"prompt\": ".to_string(),
+            json!({"prompt": "hello"}).to_string(),
+            json!({"prompt": prompt, "calls": "nope"}).to_string(),
+        ];
+        let mut input = (lines.join("\n") + "\n").into_bytes();
+        input.extend_from_slice(b"\xff\xfe\n");
+        let mut seen = Vec::new();
+        let totals = score_jsonl(&task, &RewardConfig::default(), input.as_slice(), |n, r| {
+            seen.push((n, r.is_ok()))
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                (1, true),
+                (2, true),
+                (3, false),
+                (4, false),
+                (5, false),
+                (6, false)
+            ]
+        );
+        assert_eq!((totals.means.episodes, totals.bad_lines), (2, 4));
+        assert_eq!((totals.means.completion, totals.means.f1), (1.0, 1.0));
+    }
+
+    /// What the common clients write: OpenAI tool calls (the `function` wrapper, arguments as a
+    /// JSON string) under `tool_calls` or `calls`, and whole `messages` logs; each scores what
+    /// the same calls and answer score in the plain form. Unknown keys are errors, never ignored.
+    #[test]
+    fn openai_tool_calls_and_messages_score_like_the_plain_form() {
+        let task = lookup();
+        let item = task.item(Split::Train, 0);
+        let prompt = task.prompt(&item);
+        let gold = task.gold(&item).unwrap();
+        let call = &gold.calls[0];
+        let args = serde_json::to_string(&call.arguments).unwrap();
+        let openai = json!({"id": "call_1", "type": "function",
+                            "function": {"name": call.name, "arguments": args}});
+        let cfg = RewardConfig::default();
+        let score = |line: Value| score_line(&task, &cfg, &line.to_string());
+        let plain = score(json!({"prompt": prompt, "calls": [{"name": call.name,
+                   "arguments": call.arguments}], "answer": gold.answer}))
+        .unwrap();
+        assert_eq!((plain.completion, plain.f1), (1.0, 1.0));
+        for line in [
+            json!({"prompt": prompt, "tool_calls": [openai], "answer": gold.answer}),
+            json!({"prompt": prompt, "calls": [openai], "answer": gold.answer}),
+            json!({"id": 7, "messages": [
+                {"role": "system", "content": "You can call tools."},
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": null, "tool_calls": [openai]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "whatever"},
+                {"role": "assistant", "content": [{"type": "text", "text": gold.answer}]},
+            ]}),
+        ] {
+            let s = score(line.clone()).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(s, plain, "{line}");
+        }
+        // A wrong call in the OpenAI form is scored as wrong, not dropped.
+        let wrong = json!({"type": "function",
+                           "function": {"name": "nope", "arguments": "{}"}});
+        let s =
+            score(json!({"prompt": prompt, "tool_calls": [wrong], "answer": gold.answer})).unwrap();
+        assert!(s.f1 < 1.0 && s.format_errors == 1, "{s:?}");
+        for (line, says) in [
+            (
+                json!({"prompt": prompt, "answer": "1", "extra": 1}),
+                "unknown key \"extra\"",
+            ),
+            (
+                json!({"prompt": prompt, "calls": [], "tool_calls": []}),
+                "give one",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": prompt}], "answer": "1"}),
+                "one form",
+            ),
+            (
+                json!({"messages": [{"role": "assistant", "content": "1"}]}),
+                "no user message",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": prompt, "x": 1}]}),
+                "unknown key \"x\"",
+            ),
+            (
+                json!({"prompt": prompt, "calls": [{"name": "get", "args": {}}]}),
+                "unknown key \"args\"",
+            ),
+            (
+                json!({"prompt": prompt, "tool_calls": [{"type": "code", "function": {"name": "get"}}]}),
+                "of type",
+            ),
+        ] {
+            let e = score(line.clone()).unwrap_err();
+            assert!(e.contains(says), "{line}: {e}");
+        }
+    }
+}
