@@ -30,6 +30,7 @@ pub mod rng;
 pub mod rollout;
 pub mod run;
 pub mod store;
+pub mod transport;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -32,3 +32,21 @@ pub const SUPPORT_THRESHOLD: f64 = 1e-3;
 pub fn support_size(probs: &[f64]) -> usize {
     probs.iter().filter(|&&p| p > SUPPORT_THRESHOLD).count()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_on_hand_computed_cases() {
+        let p = softmax(&[0.0, 0.0, (2.0f64).ln()]);
+        assert!((p[2] - 0.5).abs() < 1e-12 && (p[0] - 0.25).abs() < 1e-12);
+        let lp = log_softmax(&[0.0, 0.0, (2.0f64).ln()]);
+        assert!((lp[2] - 0.5f64.ln()).abs() < 1e-12 && (lp[0] - 0.25f64.ln()).abs() < 1e-12);
+        // An arm with probability below f64's range keeps a finite log.
+        assert!((log_softmax(&[0.0, -1000.0])[1] + 1000.0).abs() < 1e-9);
+        assert!((entropy(&[0.5, 0.5]) - 2f64.ln()).abs() < 1e-12);
+        assert_eq!(entropy(&[1.0, 0.0]), 0.0);
+        assert_eq!(support_size(&[0.9985, 0.0005, 0.001]), 1);
+    }
+}

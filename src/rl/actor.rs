@@ -1,11 +1,9 @@
 //! Actors: each owns a copy of the policy (its own `VarStore`) and an RNG stream, samples
 //! trajectories from the behaviour policy μ (the last weights it loaded), scores them, and sends
 //! them to the learner in batches tagged with `policy_version` and log μ(y).
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -23,6 +21,7 @@ use crate::policy::tabular::sampling_probs;
 use crate::policy::{PolicyModel, TabularPolicy, Transformer, WeightSnapshot};
 use crate::rl::trajectory::{Actions, ActorBatch, EpisodeStats, Trajectory};
 use crate::rollout::{rollout, Decoding};
+use crate::transport::{RunControl, TrajectorySink, WeightBoard};
 
 /// The part of an actor that must survive a checkpoint for an exact resume.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -348,124 +347,12 @@ impl Actor for ToolActor {
     }
 }
 
-/// The latest published weights, read by every actor thread.
-#[derive(Debug)]
-pub struct SnapshotBoard {
-    latest: Mutex<Arc<WeightSnapshot>>,
-    version: AtomicU64,
-    /// Signalled on every publish, for actors waiting for newer weights.
-    published: Condvar,
-}
-
-impl SnapshotBoard {
-    pub fn new(first: WeightSnapshot) -> Self {
-        let version = first.version;
-        SnapshotBoard {
-            latest: Mutex::new(Arc::new(first)),
-            version: AtomicU64::new(version),
-            published: Condvar::new(),
-        }
-    }
-
-    pub fn publish(&self, snapshot: WeightSnapshot) {
-        let version = snapshot.version;
-        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-        *latest = Arc::new(snapshot);
-        self.version.store(version, Ordering::Release);
-        drop(latest);
-        self.published.notify_all();
-    }
-
-    /// Blocks until a snapshot newer than `version` is published or `timeout` passes.
-    pub fn wait_newer(&self, version: u64, timeout: Duration) {
-        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = self
-            .published
-            .wait_timeout_while(latest, timeout, |_| self.version() <= version);
-    }
-
-    pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
-    }
-
-    pub fn latest(&self) -> Arc<WeightSnapshot> {
-        self.latest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
-/// Pacing for `replay.max_policy_lag`, shared by the actors and the learner: an actor starts a
-/// message only when its samples will reach a learner step at most `max_policy_lag` past its
-/// weights' version ([`crate::rl::replay::admission_limit`]), counting the samples other actors
-/// already claimed. Actors that out-produce the learner wait here instead of producing samples
-/// that the learner would have to drop.
-#[derive(Debug)]
-pub struct Pacer {
-    max_lag: u64,
-    per_step: f64,
-    /// Samples claimed by messages started so far, counted like `Replay::inserted`.
-    claimed: AtomicU64,
-    /// The learner's step and the arrivals it needs for it, as of its last step.
-    learner: Mutex<(u64, u64)>,
-    advanced: Condvar,
-}
-
-impl Pacer {
-    /// `inserted`: arrivals so far; `(step, needed)`: the learner's position.
-    pub fn new(max_lag: u64, per_step: f64, inserted: u64, step: u64, needed: u64) -> Self {
-        Pacer {
-            max_lag,
-            per_step,
-            claimed: AtomicU64::new(inserted),
-            learner: Mutex::new((step, needed)),
-            advanced: Condvar::new(),
-        }
-    }
-
-    /// The learner took a step: it is at `step` and needs `needed` arrivals for it.
-    pub fn advance(&self, step: u64, needed: u64) {
-        *self.learner.lock().unwrap_or_else(|e| e.into_inner()) = (step, needed);
-        self.advanced.notify_all();
-    }
-
-    pub fn learner_step(&self) -> u64 {
-        self.learner.lock().unwrap_or_else(|e| e.into_inner()).0
-    }
-
-    /// Claims `n` samples of a policy of `version` if they will still be fresh when trained
-    /// (always when the learner is short of data, so pacing never stalls the run).
-    pub fn try_claim(&self, version: u64, n: u64) -> bool {
-        if self.max_lag == 0 {
-            return true;
-        }
-        let (step, needed) = *self.learner.lock().unwrap_or_else(|e| e.into_inner());
-        let limit =
-            crate::rl::replay::admission_limit(needed, step, self.per_step, version, self.max_lag);
-        self.claimed
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |claimed| {
-                (claimed + n <= limit || claimed < needed).then_some(claimed + n)
-            })
-            .is_ok()
-    }
-
-    /// Waits until the learner steps again or `timeout` passes.
-    pub fn wait(&self, timeout: Duration) {
-        let guard = self.learner.lock().unwrap_or_else(|e| e.into_inner());
-        let seen = *guard;
-        let _ = self
-            .advanced
-            .wait_timeout_while(guard, timeout, |now| *now == seen);
-    }
-}
-
-/// What an actor thread shares with the rest of the run.
-pub struct ActorShared<'a> {
-    pub board: &'a SnapshotBoard,
-    pub stop: &'a AtomicBool,
-    /// Keeps the actor's samples within `max_policy_lag` of the learner.
-    pub pacer: &'a Pacer,
+/// What an actor thread is given besides its actor: the run's transport, and the injected
+/// faults of `[faults]`.
+pub struct ActorLinks<'a> {
+    pub sink: &'a dyn TrajectorySink,
+    pub board: &'a dyn WeightBoard,
+    pub control: &'a dyn RunControl,
     /// `faults.actor_panic_after`: the first actor to send this many messages panics, once
     /// per process (0 = never).
     pub panic_after: u64,
@@ -476,35 +363,31 @@ pub struct ActorShared<'a> {
 /// Whether the injected actor fault already fired in this process (it fires once).
 static INJECTED_PANIC: AtomicBool = AtomicBool::new(false);
 
-/// The body of an actor thread: refresh weights, wait for the pacer, sample, send; until the
-/// run stops or the learner hangs up.
-pub fn actor_loop(
-    mut actor: Box<dyn Actor>,
-    tx: Sender<ActorBatch>,
-    shared: ActorShared<'_>,
-) -> Result<()> {
+/// The body of an actor thread: refresh weights, wait until its samples would still be fresh
+/// when trained, sample, send; until the run stops or the learner hangs up.
+pub fn actor_loop(mut actor: Box<dyn Actor>, links: ActorLinks<'_>) -> Result<()> {
     let mut sent = 0u64;
     let message = actor.core().batch_size as u64;
-    while !shared.stop.load(Ordering::Relaxed) {
-        if shared.board.version() != actor.version() {
-            actor.load(&shared.board.latest())?;
+    while !links.control.stopped() {
+        if links.board.version() != actor.version() {
+            actor.load(&links.board.latest())?;
         }
-        if !shared.pacer.try_claim(actor.version(), message) {
+        if !links.control.try_claim(actor.version(), message) {
             // Its samples would be stale by the time the learner reached them: wait for the
             // learner to move on (the timeout keeps `stop` responsive).
-            shared.pacer.wait(Duration::from_millis(50));
+            links.control.wait_for_learner(Duration::from_millis(50));
             continue;
         }
         let batch = actor.act()?;
-        if tx.send(batch).is_err() {
+        if links.sink.send(batch).is_err() {
             break;
         }
         sent += 1;
-        if !shared.delay.is_zero() {
-            std::thread::sleep(shared.delay);
+        if !links.delay.is_zero() {
+            std::thread::sleep(links.delay);
         }
-        if shared.panic_after > 0
-            && sent >= shared.panic_after
+        if links.panic_after > 0
+            && sent >= links.panic_after
             && !INJECTED_PANIC.swap(true, Ordering::SeqCst)
         {
             panic!("injected fault after {sent} messages (faults.actor_panic_after)");

@@ -1,6 +1,8 @@
 //! The learner: owns the replay buffer, the trained policy π and its optimiser; each step samples a
 //! batch, computes the loss against the configured baseline V, and steps the optimiser on the
 //! configured device. Every `sync_interval` steps it takes a weight snapshot for the actors.
+use std::time::Duration;
+
 use rand_chacha::ChaCha8Rng;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
@@ -14,6 +16,7 @@ use crate::rl::optim::Optimizer;
 use crate::rl::replay::Replay;
 use crate::rl::trajectory::{ActorBatch, Trajectory};
 use crate::rng::{self, Role};
+use crate::transport::{Received, RunControl, TrajectorySource, WeightBoard};
 
 /// What one learner step measured.
 #[derive(Debug, Clone, Copy, Default)]
@@ -343,6 +346,72 @@ impl Learner {
     ) -> Result<()> {
         self.optimizer.load_state(&self.vars, t, saved)
     }
+}
+
+/// What [`learner_loop`] needs of the run around its learner: logging, checkpoints, signals.
+pub trait LearnerHost {
+    fn learner(&mut self) -> &mut Learner;
+    /// Learner steps the run lasts.
+    fn total_steps(&self) -> u64;
+    /// Learner steps between weight snapshots (`learner.sync_interval`).
+    fn sync_interval(&self) -> u64;
+    /// The learner's weights as the new behaviour policy.
+    fn publish(&mut self) -> Result<WeightSnapshot>;
+    /// Called after every step: logging, evaluation, and anything injected by `[faults]`.
+    fn after_step(&mut self, stats: &StepStats) -> Result<()>;
+    /// Writes a checkpoint when one is due, or now with `now`.
+    fn checkpoint(&mut self, now: bool) -> Result<()>;
+    /// The exit code of a signal that asked the run to stop.
+    fn interrupted(&self) -> Option<i32>;
+}
+
+/// The body of the learner thread: take messages while the next step lacks data (what stays
+/// in the transport blocks the actors: the back-pressure), step, publish weights every
+/// `sync_interval` steps, tell the actors where the learner is (their pacing), log and
+/// checkpoint. Returns the signal code when interrupted; an actor's failure is checkpointed
+/// and returned.
+pub fn learner_loop(
+    host: &mut dyn LearnerHost,
+    source: &dyn TrajectorySource,
+    board: &dyn WeightBoard,
+    control: &dyn RunControl,
+) -> Result<Option<i32>> {
+    let total = host.total_steps();
+    while host.learner().step < total {
+        if let Some(err) = control.take_failure() {
+            // Stop cleanly: what the learner has is sound, so keep it.
+            host.checkpoint(true)?;
+            return Err(err);
+        }
+        if let Some(code) = host.interrupted() {
+            host.checkpoint(true)?;
+            return Ok(Some(code));
+        }
+        let learner = host.learner();
+        if !learner.ready() {
+            match source.recv_timeout(Duration::from_millis(50)) {
+                Received::Batch(batch) => learner.ingest(batch),
+                Received::Empty => {}
+                Received::Closed => {
+                    return Err(control
+                        .take_failure()
+                        .unwrap_or_else(|| Error::Corrupt("every actor stopped".into())));
+                }
+            }
+            continue;
+        }
+        let stats = learner.train_step()?;
+        let step = learner.step;
+        if step.is_multiple_of(host.sync_interval()) {
+            board.publish(host.publish()?);
+        }
+        let replay = &mut host.learner().replay;
+        replay.evict_stale(step);
+        control.learner_advanced(step, replay.needed(step));
+        host.after_step(&stats)?;
+        host.checkpoint(false)?;
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -1,0 +1,95 @@
+//! The run directory: what a new run writes before it starts (`config.toml`, `run.json`), how a
+//! run is opened again, and the learner a new run starts from (`policy.init`).
+use std::path::Path;
+
+use tch::Device;
+
+use crate::config::{Config, EnvKind};
+use crate::env::bandit::{self};
+use crate::error::{Error, IoContext, Result};
+use crate::policy::{PolicyModel, WeightSnapshot};
+use crate::rl::learner::Learner;
+use crate::store::checkpoint::{self};
+
+/// Writes a run's `config.toml` and `run.json` in a new directory. A `policy.init` file must
+/// load into the configured policy before anything is written; the run's config records its
+/// full path.
+pub fn create_run_dir(dir: &Path, cfg: &Config, serial: bool) -> Result<()> {
+    let mut cfg = cfg.clone();
+    if let Some(init) = &cfg.policy.init {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let _policy = PolicyModel::build(&cfg, &vs.root(), &initial_logits(&cfg));
+        load_init(&vs, init)?;
+        let full = init.canonicalize().map_err(|e| init_error(init, e))?;
+        cfg.policy.init = Some(full);
+    }
+    if dir.exists() && std::fs::read_dir(dir).at(dir)?.next().is_some() {
+        return Err(Error::input(format!(
+            "--out {}: the directory exists and is not empty (resume it with `asymre resume {}` or choose another)",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).at(dir)?;
+    checkpoint::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    let meta = serde_json::json!({ "serial": serial, "version": env!("CARGO_PKG_VERSION") });
+    checkpoint::write_atomic(&dir.join("run.json"), meta.to_string().as_bytes())
+}
+
+/// The bandit's initial logits for the tabular policy (none for tool use).
+pub(super) fn initial_logits(cfg: &Config) -> Vec<f64> {
+    match cfg.env.kind {
+        EnvKind::Bandit => bandit::initial_logits(&cfg.env, cfg.seed),
+        EnvKind::ToolUse => Vec::new(),
+    }
+}
+
+/// A learner for a new run: [`Learner::new`], then the weights of `policy.init` if it is set.
+pub fn new_learner(cfg: &Config, device: Device, init_logits: &[f64]) -> Result<Learner> {
+    let learner = Learner::new(cfg, device, init_logits);
+    if let Some(init) = &cfg.policy.init {
+        load_init(&learner.vs, init)?;
+    }
+    Ok(learner)
+}
+
+/// Overwrites the variables of `vs` with the `policy.init` file at `path`.
+pub(super) fn load_init(vs: &tch::nn::VarStore, path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| init_error(path, e))?;
+    // The parser's errors name the file already.
+    let tensors = checkpoint::parse_safetensors(&bytes, path)
+        .map_err(|e| Error::input(format!("policy.init: {e}")))?;
+    WeightSnapshot {
+        version: 0,
+        tensors,
+    }
+    .load_into(vs)
+    .map_err(|e| init_error(path, e))
+}
+
+pub(super) fn init_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::input(format!("policy.init: {}: {e}", path.display()))
+}
+
+/// Reads what [`create_run_dir`] wrote: the config and whether the run is serial.
+pub fn open_run_dir(dir: &Path) -> Result<(Config, bool)> {
+    let cfg_path = dir.join("config.toml");
+    if !cfg_path.exists() {
+        return Err(Error::input(format!(
+            "{}: not a run directory (no config.toml)",
+            dir.display()
+        )));
+    }
+    let cfg = crate::config::load_resolved(&cfg_path)?;
+    let meta_path = dir.join("run.json");
+    let meta: serde_json::Value = std::fs::read_to_string(&meta_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .ok_or_else(|| Error::Corrupt(format!("{}: missing or unreadable", meta_path.display())))?;
+    Ok((
+        cfg,
+        meta.get("serial")
+            .and_then(|s| s.as_bool())
+            .unwrap_or(false),
+    ))
+}

@@ -1,0 +1,74 @@
+//! `asymre eval`: greedy evaluation of a tool-use run's last checkpoint.
+use std::path::Path;
+
+use crate::config::EnvKind;
+use crate::env::tool_use::protocol::Limits;
+use crate::env::tool_use::reward::ScoreMeans;
+use crate::env::tool_use::tasks::{Split, Task};
+use crate::error::{Error, IoContext, Result};
+use crate::policy::{PolicyModel, WeightSnapshot};
+use crate::rollout::evaluate;
+use crate::store::checkpoint::{self};
+
+use super::*;
+
+/// Greedy evaluation of a tool-use run's last checkpoint on `episodes` items of `split`.
+/// Greedy evaluation of a tool-use run's last checkpoint on `episodes` items of `split`; with
+/// `dump`, every episode is also written there as a JSON line (the form `asymre score` reads).
+pub fn evaluate_run(
+    run_dir: &Path,
+    split: Split,
+    episodes: usize,
+    dump: Option<&Path>,
+) -> Result<(u64, ScoreMeans)> {
+    let (cfg, _) = open_run_dir(run_dir)?;
+    if cfg.env.kind != EnvKind::ToolUse {
+        return Err(Error::input(format!(
+            "{}: eval is for tool-use runs",
+            run_dir.display()
+        )));
+    }
+    if episodes == 0 {
+        return Err(Error::input("--episodes: must be >= 1, got 0"));
+    }
+    let ckpt = checkpoint::load_latest(run_dir)?.ok_or_else(|| {
+        Error::input(format!(
+            "{}: no checkpoint to evaluate yet",
+            run_dir.display()
+        ))
+    })?;
+    tch::set_num_threads(cfg.learner.intra_op_threads as i32);
+    let device = resolve_device(cfg.device)?;
+    let vs = tch::nn::VarStore::new(device);
+    let model = PolicyModel::build(&cfg, &vs.root(), &[]).into_transformer()?;
+    WeightSnapshot {
+        version: ckpt.step,
+        tensors: ckpt.tensors("weights")?.to_vec(),
+    }
+    .load_into(&vs)?;
+    let task = Task::new(cfg.env.task_spec(cfg.seed));
+    let limits = Limits {
+        max_tokens: cfg.env.max_tokens,
+        max_calls: cfg.env.max_calls,
+    };
+    let mut lines = String::new();
+    let stats = evaluate(
+        &model,
+        &task,
+        split,
+        episodes,
+        limits,
+        &cfg.reward,
+        device,
+        |ep| {
+            if dump.is_some() {
+                lines.push_str(&crate::env::tool_use::episode_json(&task, ep).to_string());
+                lines.push('\n');
+            }
+        },
+    )?;
+    if let Some(path) = dump {
+        std::fs::write(path, lines).at(path)?;
+    }
+    Ok((ckpt.step, stats))
+}

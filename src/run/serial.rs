@@ -1,0 +1,64 @@
+//! Serial mode: actors and learner interleaved on one thread in a fixed order, bit-identical
+//! for a seed on CPU and across a checkpoint and resume.
+use std::sync::atomic::Ordering;
+
+use crate::error::{Error, Result};
+use crate::rl::actor::{Actor, ActorState};
+
+use super::*;
+
+/// Actors and learner interleaved on one thread in a fixed order. Returns the signal code when
+/// interrupted (after checkpointing).
+pub(super) fn serial_loop(
+    run: &mut SampledRun,
+    mut actors: Vec<Box<dyn Actor>>,
+    saved: Vec<ActorState>,
+    mut next_actor: usize,
+    opts: &RunOptions,
+) -> Result<Option<i32>> {
+    if !saved.is_empty() {
+        if saved.len() != actors.len() {
+            return Err(Error::Corrupt(format!(
+                "checkpoint has {} actors, config has {}",
+                saved.len(),
+                actors.len()
+            )));
+        }
+        for (actor, state) in actors.iter_mut().zip(saved) {
+            actor.set_state(state);
+        }
+    }
+    let total = run.cfg.env.total_steps();
+    let states =
+        |actors: &[Box<dyn Actor>]| actors.iter().map(|a| a.state().clone()).collect::<Vec<_>>();
+    while run.learner.step < total {
+        if let Some(code) = interrupted(opts) {
+            run.checkpoint(states(&actors), next_actor)?;
+            return Ok(Some(code));
+        }
+        while !run.learner.ready() {
+            let batch = actors[next_actor].act()?;
+            next_actor = (next_actor + 1) % actors.len();
+            run.learner.ingest(batch);
+        }
+        let stats = run.learner.train_step()?;
+        if let Some(progress) = opts.progress {
+            progress.store(run.learner.step, Ordering::Relaxed);
+        }
+        if run
+            .learner
+            .step
+            .is_multiple_of(run.cfg.learner.sync_interval)
+        {
+            let snap = run.publish()?;
+            for actor in &mut actors {
+                actor.load(&snap)?;
+            }
+        }
+        run.after_step(&stats)?;
+        if run.rec.should_checkpoint(run.learner.step) {
+            run.checkpoint(states(&actors), next_actor)?;
+        }
+    }
+    Ok(None)
+}
