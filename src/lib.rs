@@ -17,6 +17,7 @@
 //!   threads are spawned;
 //! - [`experiments`]: sweeps, reports, plots and the benchmark; [`cli`]: the command line.
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod cpu;
 pub mod env;

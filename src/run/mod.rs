@@ -23,7 +23,7 @@ mod serial;
 mod summary;
 
 use dir::initial_logits;
-pub use dir::{create_run_dir, new_learner, open_run_dir};
+pub use dir::{create_run_dir, default_dir, new_learner, open_run_dir};
 pub use eval::evaluate_run;
 use flow::run_exact;
 use parallel::parallel_loop;
@@ -32,7 +32,7 @@ use sampled::run_sampled;
 use sampled::SampledRun;
 use serial::serial_loop;
 use summary::{bandit_row, bandit_summary};
-pub use summary::{BanditSummary, Summary, ToolUseSummary};
+pub use summary::{print_summary, BanditSummary, Summary, ToolUseSummary};
 
 /// How a run is driven, beside its config.
 #[derive(Debug, Clone, Copy)]

@@ -126,3 +126,40 @@ pub(super) fn bandit_summary(
         tool_use: None,
     }
 }
+
+/// The final figures (the run's directory was named on stderr when it started).
+pub fn print_summary(s: &Summary) {
+    println!(
+        "finished {} steps ({} mode, {}) in {:.1} s",
+        s.steps, s.mode, s.device, s.wall_time
+    );
+    if let Some(b) = &s.bandit {
+        println!(
+            "E_π[r] = {:.4} (initial V^μ = {:.4}, best arm {:.4}); entropy {:.3} nats; support {} of {} arms",
+            b.final_expected_reward,
+            b.initial_v_mu,
+            b.best_arm_reward,
+            b.final_entropy,
+            b.final_support_size,
+            b.arm_rewards.len()
+        );
+        println!("last round: V^μ = {:.4}, V = {:.4}", b.v_mu, b.v);
+    }
+    if let Some(t) = &s.tool_use {
+        let show = |name: &str, e: &crate::env::tool_use::reward::ScoreMeans| {
+            println!(
+                "{name}: completion {:.3}, tool F1 {:.3} (P {:.3} R {:.3}), format errors {:.3}, calls {:.2}, length {:.1}",
+                e.completion, e.f1, e.precision, e.recall, e.format_errors, e.calls, e.length
+            )
+        };
+        show(
+            &format!(
+                "{} held-out after warm start ({:.1} s)",
+                t.task, t.warmstart_seconds
+            ),
+            &t.warmstart_heldout,
+        );
+        show(&format!("{} held-out after RL", t.task), &t.final_heldout);
+        show(&format!("{} train after RL", t.task), &t.final_train);
+    }
+}
