@@ -40,6 +40,8 @@ pub fn run(cli: Cli) -> Result<u8> {
                 cfg.device = d.into();
             }
             run::resolve_device(cfg.device)?;
+            run::resolve_device(cfg.actor.device)
+                .map_err(|e| Error::input(format!("actor.{e}")))?;
             let dir = out.unwrap_or_else(|| default_dir("runs", &path));
             run::create_run_dir(&dir, &cfg, serial)?;
             eprintln!("run: {}", dir.display());

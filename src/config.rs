@@ -288,6 +288,9 @@ pub struct ActorConfig {
     /// Parallel mode: restart an actor thread that panicked (with a fresh RNG stream) instead of
     /// stopping the run.
     pub restart: bool,
+    /// Where actors decode: `cpu`, `cuda` or `auto` (each actor holds its own copy of the
+    /// weights there).
+    pub device: DeviceChoice,
 }
 
 impl Default for ActorConfig {
@@ -298,6 +301,7 @@ impl Default for ActorConfig {
             group_size: 8,
             channel_capacity: 4,
             restart: false,
+            device: DeviceChoice::Cpu,
         }
     }
 }

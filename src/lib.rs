@@ -6,7 +6,7 @@
 //! loss = −mean((r − V)·log π(y)) with a configurable baseline V.
 //!
 //! Modules, from the bottom up (imports point down; no circles):
-//! - [`error`], [`math`], [`rng`], [`ids`], [`cpu`]: errors, numerics, seeded streams, disjoint ids;
+//! - [`error`], [`math`], [`rng`], [`ids`], [`device`]: errors, numerics, seeded streams, disjoint ids;
 //! - [`config`]: the one root config, a file per section, validated once;
 //! - [`env`]: environments (the bandit; tool-use tasks, their tools, protocol and rewards);
 //! - [`policy`]: policies (tabular, the small transformer) behind the sequence-policy boundary,
@@ -19,7 +19,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod cpu;
+pub mod device;
 pub mod env;
 pub mod error;
 pub mod experiments;
@@ -31,6 +31,7 @@ pub mod rng;
 pub mod rollout;
 pub mod run;
 pub mod store;
+pub mod text;
 pub mod transport;
 
 pub use config::Config;

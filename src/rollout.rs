@@ -17,9 +17,9 @@ use tch::{Device, Kind, Tensor};
 use crate::env::tool_use::protocol::{Episode, Limits};
 use crate::env::tool_use::reward::ScoreMeans;
 use crate::env::tool_use::tasks::{Item, Task};
-use crate::env::tool_use::vocab::PAD;
 use crate::error::Result;
-use crate::policy::Transformer;
+use crate::policy::{DecodeCache, SequencePolicy};
+use crate::text::words::PAD;
 
 /// How a batch spends its rows.
 #[derive(Debug, Clone, Copy)]
@@ -57,8 +57,8 @@ pub struct Rollout {
 }
 
 /// Runs `items` to completion with `model` on `device`.
-pub fn rollout(
-    model: &Transformer,
+pub fn rollout<P: SequencePolicy>(
+    model: &P,
     task: &Task,
     items: Vec<Item>,
     limits: Limits,
@@ -78,8 +78,8 @@ pub fn rollout(
 
 /// Decodes `episodes` (each at most `max_tokens` past the longest prompt) to their end.
 #[allow(clippy::too_many_arguments)]
-fn decode(
-    model: &Transformer,
+fn decode<P: SequencePolicy>(
+    model: &P,
     task: &Task,
     mut episodes: Vec<Episode>,
     max_tokens: usize,
@@ -139,7 +139,7 @@ fn decode(
     });
     let vocab = logits.size()[1] as usize;
     let mut host = Vec::new();
-    while !rows.is_empty() && (cache.len as usize) < capacity {
+    while !rows.is_empty() && cache.len() < capacity {
         let n = rows.len();
         host.resize(n * vocab, 0.0);
         let flat = logits
@@ -277,8 +277,8 @@ fn choose(row: &[f32], decoding: Decoding, rng: &mut impl Rng) -> (u32, f64) {
 
 /// Greedy episodes on items `0..episodes` of `split`, scored with `reward`.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate(
-    model: &Transformer,
+pub fn evaluate<P: SequencePolicy>(
+    model: &P,
     task: &Task,
     split: crate::env::tool_use::tasks::Split,
     episodes: usize,
@@ -354,7 +354,7 @@ mod tests {
     };
 
     /// An untrained one-block decoder and the chain task.
-    fn untrained() -> (tch::nn::VarStore, Transformer, Task) {
+    fn untrained() -> (tch::nn::VarStore, crate::policy::Transformer, Task) {
         use crate::env::tool_use::tasks::{tests::spec, TaskKind};
         use crate::policy::transformer::TransformerConfig;
         tch::manual_seed(3);
@@ -365,8 +365,8 @@ mod tests {
             heads: 2,
             ..Default::default()
         };
-        let vocab = crate::env::tool_use::vocab::size();
-        let model = Transformer::new(&vs.root(), &tcfg, vocab, 48);
+        let vocab = crate::text::words::size();
+        let model = crate::policy::Transformer::new(&vs.root(), &tcfg, vocab, 48);
         (vs, model, Task::new(spec(TaskKind::Chain)))
     }
 
@@ -380,7 +380,7 @@ mod tests {
         // End about one episode in six at each token, so that rows finish at different steps.
         tch::no_grad(|| {
             let bias = vs.variables()["head.bias"].shallow_clone();
-            let _ = bias.get(crate::env::tool_use::vocab::EOS as i64).fill_(2.5);
+            let _ = bias.get(crate::text::words::EOS as i64).fill_(2.5);
         });
         for decoding in [Decoding::Sample { temperature: 1.0 }, Decoding::Greedy] {
             let run = |compact_at, share_prefixes| {

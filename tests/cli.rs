@@ -77,6 +77,14 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
         stderr(&o)
     );
     assert!(!tmp.path().join("r").exists());
+    // Actors on a device this machine lacks: refused before anything is written.
+    if !tch::Cuda::is_available() {
+        let run = tmp.path().join("cuda-actors");
+        let o = train(&good, &run, &["--set", "actor.device=cuda"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("actor.device: cuda"), "{}", stderr(&o));
+        assert!(!run.exists());
+    }
 }
 
 #[test]

@@ -22,7 +22,6 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::{self, Config, Precision};
 use crate::env::tool_use::tasks::Task;
-use crate::env::tool_use::vocab;
 use crate::error::{Error, IoContext, Result};
 use crate::ids::{PromptId, SourceId};
 use crate::policy::PrefixBatch;
@@ -32,6 +31,7 @@ use crate::rl::trajectory::{ActorBatch, Trajectory};
 use crate::rl::warmstart::warm_start;
 use crate::run::{self, Outcome, RunOptions};
 use crate::store::checkpoint;
+use crate::text::words as vocab;
 
 const BANDIT_TOML: &str = include_str!("../../configs/bandit.toml");
 const CALC_TOML: &str = include_str!("../../configs/tool_calc.toml");
@@ -127,7 +127,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
 
     let (traj, tokens, e2e) = learner_and_end_to_end(&calc, secs, "tool_", "", &mut put)?;
     // bf16 rows only where bf16 products are native: emulated ones measure the emulation.
-    let bf16_native = crate::cpu::native_bf16(Device::Cpu) && crate::cpu::native_bf16(device);
+    let bf16_native = crate::device::native_bf16(Device::Cpu) && crate::device::native_bf16(device);
     put("bf16_native", if bf16_native { 1.0 } else { 0.0 });
     if bf16_native {
         let mut calc_bf16 = calc.clone();
@@ -183,7 +183,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     let full_len = tokens / traj;
     let prompt_len = full_len - one.tokens / one.episodes.max(1e-9);
     let episode_gflop = |len: f64| {
-        let (p, vocab) = (&calc.policy, crate::env::tool_use::vocab::size());
+        let (p, vocab) = (&calc.policy, crate::text::words::size());
         let len = len.round().max(1.0) as usize;
         transformer_step_flops(p.layers, p.d_model, vocab, StepShape::dense(1, len)) * 4.0
             / 3.0

@@ -18,6 +18,46 @@ pub use transformer::{TokenScores, Transformer};
 
 use crate::config::{Config, PolicyKind};
 use crate::rl::trajectory::Trajectory;
+use crate::text::words::Words;
+use crate::text::Tokenizer;
+
+/// The sequence-policy boundary: what decoding and the learner need of an autoregressive
+/// model over token ids. Its vocabulary and context length are the model's own (and its
+/// tokenizer's), never the environment's. The small transformer implements it; a pretrained
+/// LM is another implementation.
+pub trait SequencePolicy {
+    /// The decoding state: keys and values of every layer for the tokens decoded so far.
+    type Cache: DecodeCache;
+
+    /// Token ids run from 0 to `vocab_size() - 1`.
+    fn vocab_size(&self) -> usize;
+    /// The most positions one sequence may have.
+    fn context_len(&self) -> usize;
+    /// Starts decoding `prompts` [B, P] (left-padded, `valid` [B, P] bool) in a cache of
+    /// `capacity` positions; returns the cache and the next-token logits [B, V].
+    fn prefill(&self, prompts: &Tensor, valid: &Tensor, capacity: usize) -> (Self::Cache, Tensor);
+    /// Feeds one token per row (`tokens` [B] at `positions` [B]; `real` [B] false for rows that
+    /// feed padding); returns the next-token logits [B, V].
+    fn step(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        real: &Tensor,
+        cache: &mut Self::Cache,
+    ) -> Tensor;
+    /// log π at every position of a batch of sequences that share prefixes, with the mean
+    /// entropy of π at the positions the policy wrote.
+    fn score_prefixes(&self, batch: &PrefixBatch, device: Device) -> Result<TokenScores>;
+}
+
+/// A decoding cache's rows: one per sequence being decoded.
+pub trait DecodeCache {
+    /// Positions filled so far.
+    fn len(&self) -> usize;
+    /// Keeps the rows at `rows` ([R] int64, in their new order); an index given twice forks
+    /// its row.
+    fn keep_rows(&mut self, rows: &Tensor);
+}
 
 /// The trained policy π, whichever kind the config asks for.
 // One per learner or actor, so the size gap between the variants costs nothing.
@@ -29,8 +69,20 @@ pub enum PolicyModel {
 }
 
 impl PolicyModel {
-    /// Registers the configured policy under `path`; `init_logits` seeds the tabular one.
+    /// Registers the configured policy under `path`; `init_logits` seeds the tabular one. A
+    /// transformer's vocabulary is the tool-use protocol's tokenizer's ([`Words`]); its learned
+    /// positions cover the longest episode (`env.max_tokens`), since it is trained from scratch.
     pub fn build(cfg: &Config, path: &tch::nn::Path, init_logits: &[f64]) -> Self {
+        Self::build_with(cfg, path, init_logits, &Words)
+    }
+
+    /// [`PolicyModel::build`] with the vocabulary of `tokenizer`.
+    pub fn build_with(
+        cfg: &Config,
+        path: &tch::nn::Path,
+        init_logits: &[f64],
+        tokenizer: &dyn Tokenizer,
+    ) -> Self {
         match cfg.policy.kind {
             PolicyKind::Tabular => PolicyModel::Tabular(TabularPolicy::new(path, init_logits)),
             PolicyKind::Transformer => PolicyModel::Transformer(Transformer::new(
@@ -41,7 +93,7 @@ impl PolicyModel {
                     heads: cfg.policy.heads,
                     precision: cfg.policy.precision,
                 },
-                crate::env::tool_use::vocab::size(),
+                tokenizer.vocab_size(),
                 cfg.env.max_tokens,
             )),
         }

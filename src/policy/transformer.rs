@@ -11,6 +11,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::Precision;
 use crate::error::Result;
 use crate::policy::prefix::PrefixBatch;
+use crate::policy::{DecodeCache, SequencePolicy};
 
 /// With bf16 products, the learner rounds its node count up to a multiple of this.
 const NODE_ROWS: usize = 64;
@@ -68,6 +69,8 @@ pub struct Transformer {
     heads: i64,
     d_model: i64,
     precision: Precision,
+    /// Token ids: 0..vocab.
+    vocab: i64,
     pub max_len: i64,
 }
 
@@ -125,6 +128,7 @@ impl Transformer {
             heads: cfg.heads as i64,
             d_model: d,
             precision: cfg.precision,
+            vocab: vocab as i64,
             max_len: max_len as i64,
         }
     }
@@ -241,6 +245,7 @@ impl Transformer {
 
     /// Logits for every position of right-padded sequences: `tokens` [B, T] int64 → [B, T, V].
     /// The padded reference of the tests (the learner uses [`Transformer::score_prefixes`]).
+
     #[cfg(test)]
     pub fn forward(&self, tokens: &Tensor) -> Tensor {
         let (b, t) = tokens.size2().expect("[B, T]");
@@ -416,6 +421,46 @@ fn mean_entropy(logp: &Tensor, weights: &Tensor) -> Result<f64> {
         let n = weights.f_sum(Kind::Double)?.double_value(&[]).max(1.0);
         Ok(total.double_value(&[]) / n)
     })
+}
+
+impl SequencePolicy for Transformer {
+    type Cache = KvCache;
+
+    fn vocab_size(&self) -> usize {
+        self.vocab as usize
+    }
+
+    fn context_len(&self) -> usize {
+        self.max_len as usize
+    }
+
+    fn prefill(&self, prompts: &Tensor, valid: &Tensor, capacity: usize) -> (KvCache, Tensor) {
+        Transformer::prefill(self, prompts, valid, capacity)
+    }
+
+    fn step(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        real: &Tensor,
+        cache: &mut KvCache,
+    ) -> Tensor {
+        Transformer::step(self, tokens, positions, real, cache)
+    }
+
+    fn score_prefixes(&self, batch: &PrefixBatch, device: Device) -> Result<TokenScores> {
+        Transformer::score_prefixes(self, batch, device)
+    }
+}
+
+impl DecodeCache for KvCache {
+    fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    fn keep_rows(&mut self, rows: &Tensor) {
+        KvCache::keep_rows(self, rows)
+    }
 }
 
 #[cfg(test)]

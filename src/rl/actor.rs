@@ -51,6 +51,8 @@ impl ActorState {
 #[derive(Debug)]
 pub struct ActorCore {
     pub vs: VarStore,
+    /// Where it decodes (`actor.device`).
+    pub device: Device,
     /// The learner step of the weights it samples from.
     pub version: u64,
     pub state: ActorState,
@@ -63,17 +65,19 @@ pub struct ActorCore {
 }
 
 impl ActorCore {
-    /// The core of the actor `source`, with an empty `VarStore` on the CPU.
-    pub fn new(cfg: &Config, source: SourceId) -> Self {
-        ActorCore {
-            vs: VarStore::new(Device::Cpu),
+    /// The core of the actor `source`, with an empty `VarStore` on `actor.device`.
+    pub fn new(cfg: &Config, source: SourceId) -> Result<Self> {
+        let device = crate::device::resolve_device(cfg.actor.device)?;
+        Ok(ActorCore {
+            vs: VarStore::new(device),
+            device,
             version: 0,
             state: ActorState::new(cfg.seed, source),
             seed: cfg.seed,
             temperature: cfg.policy.temperature,
             batch_size: cfg.actor.batch_size,
             group_size: cfg.actor.group_size,
-        }
+        })
     }
 
     /// Copies the snapshot's weights into the `VarStore` and takes its version.
@@ -158,7 +162,7 @@ impl BanditActor {
         bandit: Bandit,
         snapshot: &WeightSnapshot,
     ) -> Result<Self> {
-        let core = ActorCore::new(cfg, source);
+        let core = ActorCore::new(cfg, source)?;
         let policy = TabularPolicy::new(&core.vs.root(), &vec![0.0; bandit.arms()]);
         let mut actor = BanditActor {
             core,
@@ -255,7 +259,7 @@ impl ToolActor {
         task: Task,
         snapshot: &WeightSnapshot,
     ) -> Result<Self> {
-        let core = ActorCore::new(cfg, source);
+        let core = ActorCore::new(cfg, source)?;
         let model = PolicyModel::build(cfg, &core.vs.root(), &[]).into_transformer()?;
         let mut actor = ToolActor {
             core,
@@ -312,7 +316,7 @@ impl Actor for ToolActor {
             self.limits,
             decoding,
             streams,
-            Device::Cpu,
+            self.core.device,
         )?;
         let mut trajectories = Vec::with_capacity(rollouts.len());
         for (r, prompt) in rollouts.into_iter().zip(prompts) {

@@ -7,10 +7,8 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use tch::Device;
-
-use crate::config::{BanditMode, Config, DeviceChoice, EnvKind};
-use crate::error::{Error, IoContext, Result};
+use crate::config::{BanditMode, Config, EnvKind};
+use crate::error::{IoContext, Result};
 use crate::store::checkpoint::{self, Checkpoint};
 
 mod dir;
@@ -58,25 +56,7 @@ pub enum Outcome {
     },
 }
 
-/// Resolves `device` against what this machine has.
-pub fn resolve_device(choice: DeviceChoice) -> Result<Device> {
-    match choice {
-        DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        DeviceChoice::Cuda => Err(Error::input(
-            "device: cuda was requested but libtorch sees no CUDA device (use cpu or auto)",
-        )),
-        DeviceChoice::Auto => Ok(Device::cuda_if_available()),
-    }
-}
-
-pub(crate) fn device_name(device: Device) -> String {
-    match device {
-        Device::Cpu => "cpu".into(),
-        Device::Cuda(i) => format!("cuda:{i}"),
-        other => format!("{other:?}"),
-    }
-}
+pub use crate::device::{device_name, resolve_device};
 
 pub(crate) fn interrupted(opts: &RunOptions) -> Option<i32> {
     match opts.interrupt.load(Ordering::Relaxed) {
@@ -95,8 +75,10 @@ pub fn train(
     tch::set_num_threads(cfg.learner.intra_op_threads as i32);
     let device = resolve_device(cfg.device)?;
     if cfg.policy.precision == crate::config::Precision::Bf16 {
-        // Actors decode on the CPU whatever the learner's device.
-        let warning = crate::cpu::bf16_warning(Device::Cpu).or(crate::cpu::bf16_warning(device));
+        // Actors decode on `actor.device`, the learner on `device`: one warning for either.
+        let actors = resolve_device(cfg.actor.device)?;
+        let warning =
+            crate::device::bf16_warning(actors).or_else(|| crate::device::bf16_warning(device));
         if let Some(w) = warning {
             eprintln!("{w}");
         }

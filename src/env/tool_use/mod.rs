@@ -1,4 +1,5 @@
-//! Verifiable tool-use tasks (SPEC §3.2): a token [`vocab`], the episode [`protocol`], the task
+//! Verifiable tool-use tasks (SPEC §3.2): the episode [`protocol`] over the 60-word vocabulary
+//! ([`crate::text::words`]), the task
 //! families with their tools ([`tasks`]), the verifiable rewards ([`reward`]), and the JSON
 //! function-call form external models write ([`json`]: episodes render to it, and such lines are
 //! scored with the same rewards).
@@ -6,6 +7,5 @@ pub mod json;
 pub mod protocol;
 pub mod reward;
 pub mod tasks;
-pub mod vocab;
 
 pub use json::{episode_json, score_jsonl, score_line, ScoreTotals};

@@ -10,8 +10,8 @@
 use std::collections::VecDeque;
 
 use super::tasks::{Item, Task};
-use super::vocab::{self, ANS, BOS, CALL, END_CALL, END_RES, EOS, ERR, RES};
 use crate::env::tool_use::reward::{Attempt, Call};
+use crate::text::words::{self as vocab, ANS, BOS, CALL, END_CALL, END_RES, EOS, ERR, RES};
 
 /// Episode limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,17 +135,19 @@ impl Episode {
 
     fn execute(&mut self, start: usize, end: usize, task: &Task) {
         let result = parse_call(&self.tokens[start + 1..end]).and_then(|call| {
-            let r = task.execute(&self.item, &call);
+            // A result the vocabulary cannot spell is the tool's error, never a panic.
+            let r = task
+                .execute(&self.item, &call)
+                .and_then(|value| vocab::encode(&value).map(|ids| (value, ids)));
             self.attempt.calls.push(call);
-            self.attempt.results.push(r.as_ref().ok().cloned());
-            r
+            self.attempt
+                .results
+                .push(r.as_ref().ok().map(|(value, _)| value.clone()));
+            r.map(|(_, ids)| ids)
         });
         self.forced.push_back(RES);
         match result {
-            Ok(value) => {
-                self.forced
-                    .extend(vocab::encode(&value).expect("tool results use the vocabulary"));
-            }
+            Ok(ids) => self.forced.extend(ids),
             Err(_) => {
                 self.attempt.format_errors += 1;
                 self.forced.push_back(ERR);

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
+use super::Tokenizer;
+
 pub const PAD: u32 = 0;
 pub const BOS: u32 = 1;
 pub const EOS: u32 = 2;
@@ -101,6 +103,32 @@ pub fn decode(tokens: &[u32]) -> String {
         glue = is_digit(t) || w == "-" || w == "e";
     }
     words.join(" ")
+}
+
+/// The vocabulary as a [`Tokenizer`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Words;
+
+impl Tokenizer for Words {
+    fn vocab_size(&self) -> usize {
+        size()
+    }
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
+        encode(text)
+    }
+
+    fn decode(&self, ids: &[u32]) -> String {
+        decode(ids)
+    }
+
+    fn eos(&self) -> u32 {
+        EOS
+    }
+
+    fn pad(&self) -> u32 {
+        PAD
+    }
 }
 
 #[cfg(test)]

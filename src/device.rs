@@ -1,9 +1,34 @@
-//! What this machine's processor can do natively, where it changes what a setting costs.
+//! Devices: resolving `cpu | cuda | auto` against what this machine has, and what its processor
+//! does natively where that changes what a setting costs.
 //!
 //! bfloat16 products run natively only on CPUs with AVX-512 BF16 or AMX (x86) or the BF16
 //! extension (Arm); elsewhere oneDNN emulates them, several times slower than f32 (an AMD EPYC
 //! with AVX2 ran the bf16 tool-use benchmark at a tenth of its f32 rate).
 use tch::Device;
+
+use crate::config::DeviceChoice;
+use crate::error::{Error, Result};
+
+/// Resolves `choice` against what this machine has.
+pub fn resolve_device(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        DeviceChoice::Cuda => Err(Error::input(
+            "device: cuda was requested but libtorch sees no CUDA device (use cpu or auto)",
+        )),
+        DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+    }
+}
+
+/// `cpu`, `cuda:0`, … as summaries write it.
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}"),
+    }
+}
 
 /// Whether bf16 matrix products run natively on `device`.
 pub fn native_bf16(device: Device) -> bool {
