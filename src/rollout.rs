@@ -14,9 +14,10 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-use crate::env::tool_use::protocol::{Episode, Limits};
+use crate::env::tool_use::protocol::{Episode, Limits, TokenProtocol};
 use crate::env::tool_use::reward::ScoreMeans;
 use crate::env::tool_use::tasks::{Item, Task};
+use crate::env::{Protocol, ProtocolEpisode, TaskSource, ToolSet};
 use crate::error::Result;
 use crate::policy::{DecodeCache, SequencePolicy};
 use crate::text::words::PAD;
@@ -48,15 +49,15 @@ pub enum Decoding {
 }
 
 /// A finished episode with the behaviour log-probability of the tokens the policy chose.
-pub struct Rollout {
-    pub episode: Episode,
+pub struct Rollout<E = Episode> {
+    pub episode: E,
     /// log μ(y): summed over sampled tokens (0 under greedy decoding).
     pub behaviour_logp: f64,
     /// log μ of each token, aligned with `episode.tokens` (0 where the policy did not write it).
     pub token_logp: Vec<f32>,
 }
 
-/// Runs `items` to completion with `model` on `device`.
+/// Runs `items` to completion with `model` on `device`, in the 60-word token protocol.
 pub fn rollout<P: SequencePolicy>(
     model: &P,
     task: &Task,
@@ -66,11 +67,31 @@ pub fn rollout<P: SequencePolicy>(
     streams: Vec<ChaCha8Rng>,
     device: Device,
 ) -> Result<Vec<Rollout>> {
+    let protocol = TokenProtocol { limits };
+    rollout_with(model, task, &protocol, items, decoding, streams, device)
+}
+
+/// Runs `items` of `task` to completion with `model` on `device`, in `protocol`: any sequence
+/// policy, task source and protocol.
+pub fn rollout_with<P, T, R>(
+    model: &P,
+    task: &T,
+    protocol: &R,
+    items: Vec<T::Item>,
+    decoding: Decoding,
+    streams: Vec<ChaCha8Rng>,
+    device: Device,
+) -> Result<Vec<Rollout<R::Episode>>>
+where
+    P: SequencePolicy,
+    T: TaskSource + ToolSet<T::Item>,
+    R: Protocol<T>,
+{
     let episodes = items
         .into_iter()
-        .map(|it| Episode::new(task, it, limits))
+        .map(|it| protocol.start(task, it))
         .collect();
-    let max_tokens = limits.max_tokens;
+    let max_tokens = protocol.max_tokens().min(model.context_len());
     decode(
         model, task, episodes, max_tokens, decoding, streams, device, BATCHING,
     )
@@ -78,16 +99,21 @@ pub fn rollout<P: SequencePolicy>(
 
 /// Decodes `episodes` (each at most `max_tokens` past the longest prompt) to their end.
 #[allow(clippy::too_many_arguments)]
-fn decode<P: SequencePolicy>(
+fn decode<P, T, E>(
     model: &P,
-    task: &Task,
-    mut episodes: Vec<Episode>,
+    task: &T,
+    mut episodes: Vec<E>,
     max_tokens: usize,
     decoding: Decoding,
     mut streams: Vec<ChaCha8Rng>,
     device: Device,
     batching: Batching,
-) -> Result<Vec<Rollout>> {
+) -> Result<Vec<Rollout<E>>>
+where
+    P: SequencePolicy,
+    T: TaskSource + ToolSet<T::Item>,
+    E: ProtocolEpisode<T>,
+{
     let b = episodes.len();
     if b == 0 {
         return Ok(Vec::new());
@@ -108,15 +134,15 @@ fn decode<P: SequencePolicy>(
     let mut rows: Vec<Vec<usize>> = Vec::new();
     let mut row_of: HashMap<&[u32], usize> = HashMap::new();
     for (i, ep) in episodes.iter().enumerate() {
-        match row_of.get(&ep.tokens[..]) {
+        match row_of.get(ep.tokens()) {
             Some(&r) if batching.share_prefixes => rows[r].push(i),
             _ => {
-                row_of.insert(&ep.tokens[..], rows.len());
+                row_of.insert(ep.tokens(), rows.len());
                 rows.push(vec![i]);
             }
         }
     }
-    let prompt = |r: &Vec<usize>| &episodes[r[0]].tokens;
+    let prompt = |r: &Vec<usize>| episodes[r[0]].tokens();
     let u = rows.len();
     let p = rows.iter().map(|r| prompt(r).len()).max().unwrap_or(1);
     let mut prompts = vec![PAD as i64; u * p];
@@ -159,7 +185,7 @@ fn decode<P: SequencePolicy>(
             let mut children: Vec<(u32, Vec<usize>)> = Vec::new();
             for i in std::mem::take(&mut rows[r]) {
                 let ep = &mut episodes[i];
-                if ep.done {
+                if ep.done() {
                     continue;
                 }
                 let tok = match ep.take_forced() {
@@ -168,7 +194,7 @@ fn decode<P: SequencePolicy>(
                         let row = &host[r * vocab..(r + 1) * vocab];
                         let (tok, logp) = choose(row, decoding, &mut streams[i]);
                         logps[i] += logp;
-                        let at = ep.tokens.len();
+                        let at = ep.tokens().len();
                         token_logps[i].resize(at, 0.0);
                         token_logps[i].push(logp as f32);
                         ep.push_policy(tok, task);
@@ -176,7 +202,7 @@ fn decode<P: SequencePolicy>(
                     }
                 };
                 // A token that ends its episode needs no logits after it.
-                if ep.done {
+                if ep.done() {
                     continue;
                 }
                 match children.iter_mut().find(|(t, _)| *t == tok) {
@@ -187,7 +213,7 @@ fn decode<P: SequencePolicy>(
             let mut children = children.into_iter();
             if let Some((tok, members)) = children.next() {
                 (next[r], real[r]) = (tok as i64, true);
-                positions[r] = episodes[members[0]].tokens.len() as i64 - 1;
+                positions[r] = episodes[members[0]].tokens().len() as i64 - 1;
                 rows[r] = members;
             }
             forks.extend(children.map(|(tok, members)| (r, tok, members)));
@@ -226,10 +252,10 @@ fn decode<P: SequencePolicy>(
         .into_iter()
         .zip(logps.into_iter().zip(token_logps))
         .map(|(mut episode, (behaviour_logp, mut token_logp))| {
-            if !episode.done {
+            if !episode.done() {
                 episode.truncate();
             }
-            token_logp.resize(episode.tokens.len(), 0.0);
+            token_logp.resize(episode.tokens().len(), 0.0);
             Rollout {
                 episode,
                 behaviour_logp,

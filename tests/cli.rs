@@ -79,8 +79,10 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
     assert!(!tmp.path().join("r").exists());
     // Actors on a device this machine lacks: refused before anything is written.
     if !tch::Cuda::is_available() {
-        let run = tmp.path().join("cuda-actors");
-        let o = train(&good, &run, &["--set", "actor.device=cuda"]);
+        let fresh = tempfile::tempdir().unwrap();
+        let cfg = write_config(fresh.path(), TINY);
+        let run = fresh.path().join("cuda-actors");
+        let o = train(&cfg, &run, &["--set", "actor.device=cuda"]);
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         assert!(stderr(&o).contains("actor.device: cuda"), "{}", stderr(&o));
         assert!(!run.exists());

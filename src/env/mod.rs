@@ -1,5 +1,86 @@
 //! Environments: what produces rewards for the actors' samples.
+//!
+//! The bandit ([`bandit`]) is tabular. Sequence tasks meet the rest of the trainer through
+//! three boundaries, which today's five tool-use families ([`tool_use`]) implement and user
+//! datasets, external tools and chat protocols implement too:
+//! - a [`TaskSource`] produces items: the prompt text, the tools offered with their JSON
+//!   schemas, the gold calls and the gold answer;
+//! - a [`ToolSet`] executes calls;
+//! - a [`Protocol`] turns what the policy writes into calls and an answer, and feeds tool results
+//!   back as forced tokens, masked out of the loss ([`ProtocolEpisode`]).
 pub mod bandit;
 pub mod tool_use;
 
+use serde::{Deserialize, Serialize};
+
 pub use bandit::Bandit;
+
+use crate::env::tool_use::reward::{Attempt, Call, Gold};
+use crate::ids::PromptId;
+
+/// Which part of a task source an item comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    Train,
+    Heldout,
+}
+
+/// A tool offered to the policy, as function-calling APIs describe one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// JSON schema of the arguments object.
+    pub parameters: serde_json::Value,
+}
+
+/// Produces the items of a task: what the policy is asked and what would be right.
+pub trait TaskSource: Send + Sync {
+    type Item: Clone + Send + Sync + std::fmt::Debug;
+
+    /// The train-split item an actor draws for prompt `id` (its own stream, [`crate::ids`]).
+    fn prompt_item(&self, id: &PromptId) -> Self::Item;
+    /// Item `index` of `split`: evaluation and demonstrations.
+    fn item(&self, split: Split, index: u64) -> Self::Item;
+    /// The prompt text.
+    fn prompt(&self, item: &Self::Item) -> String;
+    /// The tools offered with `item`.
+    fn tools(&self, item: &Self::Item) -> Vec<ToolSpec>;
+    /// Gold calls and answer; `None` when the item has no answer.
+    fn gold(&self, item: &Self::Item) -> Option<Gold>;
+}
+
+/// Executes a call made for `item`: its result, or the error text the policy sees.
+pub trait ToolSet<I>: Send + Sync {
+    fn execute(&self, item: &I, call: &Call) -> Result<String, String>;
+}
+
+/// Turns an item into an episode the policy plays token by token.
+pub trait Protocol<T: TaskSource + ToolSet<T::Item>>: Send + Sync {
+    type Episode: ProtocolEpisode<T>;
+
+    /// The episode of `item`, its prompt tokens in place.
+    fn start(&self, task: &T, item: T::Item) -> Self::Episode;
+    /// The longest episode, prompt and forced tokens included.
+    fn max_tokens(&self) -> usize;
+}
+
+/// One episode in progress: the tokens so far, who wrote them, and what they amount to.
+pub trait ProtocolEpisode<T: TaskSource + ToolSet<T::Item>>: Clone + Send {
+    /// The prompt's tokens, then everything written or forced.
+    fn tokens(&self) -> &[u32];
+    /// True where the policy chose the token.
+    fn policy_mask(&self) -> &[bool];
+    fn prompt_len(&self) -> usize;
+    fn done(&self) -> bool;
+    /// The next forced token (a tool result), appended masked out, if one is queued.
+    fn take_forced(&mut self) -> Option<u32>;
+    /// Appends a token the policy chose; a finished call is executed with `tools`.
+    fn push_policy(&mut self, token: u32, tools: &T);
+    /// Ends the episode where it is (a format error when it had not finished).
+    fn truncate(&mut self);
+    /// The calls, results, answer and format errors so far.
+    fn attempt(&self) -> &Attempt;
+    fn item(&self) -> &T::Item;
+}

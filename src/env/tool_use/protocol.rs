@@ -9,8 +9,9 @@
 //! Anything malformed is a format error, never a panic.
 use std::collections::VecDeque;
 
-use super::tasks::{Item, Task};
+use super::tasks::Item;
 use crate::env::tool_use::reward::{Attempt, Call};
+use crate::env::{Protocol, ProtocolEpisode, TaskSource, ToolSet};
 use crate::text::words::{self as vocab, ANS, BOS, CALL, END_CALL, END_RES, EOS, ERR, RES};
 
 /// Episode limits.
@@ -33,8 +34,8 @@ enum Phase {
 
 /// An episode in progress.
 #[derive(Debug, Clone)]
-pub struct Episode {
-    pub item: Item,
+pub struct Episode<I = Item> {
+    pub item: I,
     /// `<bos>`, the prompt, then everything generated or forced.
     pub tokens: Vec<u32>,
     /// True where the policy chose the token (the loss and log μ use only these).
@@ -48,8 +49,8 @@ pub struct Episode {
     limits: Limits,
 }
 
-impl Episode {
-    pub fn new(task: &Task, item: Item, limits: Limits) -> Self {
+impl<I> Episode<I> {
+    pub fn new<T: TaskSource<Item = I> + ?Sized>(task: &T, item: I, limits: Limits) -> Self {
         let tokens = prompt_tokens(task, &item);
         let prompt_len = tokens.len();
         Episode {
@@ -87,7 +88,7 @@ impl Episode {
     }
 
     /// Appends a token the policy chose and reacts to it.
-    pub fn push_policy(&mut self, t: u32, task: &Task) {
+    pub fn push_policy(&mut self, t: u32, task: &(impl ToolSet<I> + ?Sized)) {
         if self.done {
             return;
         }
@@ -133,7 +134,7 @@ impl Episode {
         self.done = true;
     }
 
-    fn execute(&mut self, start: usize, end: usize, task: &Task) {
+    fn execute(&mut self, start: usize, end: usize, task: &(impl ToolSet<I> + ?Sized)) {
         let result = parse_call(&self.tokens[start + 1..end]).and_then(|call| {
             // A result the vocabulary cannot spell is the tool's error, never a panic.
             let r = task
@@ -163,7 +164,7 @@ impl Episode {
 }
 
 /// `<bos>` and the prompt's tokens: how every episode of `item` starts.
-pub fn prompt_tokens(task: &Task, item: &Item) -> Vec<u32> {
+pub fn prompt_tokens<T: TaskSource + ?Sized>(task: &T, item: &T::Item) -> Vec<u32> {
     let mut tokens = vec![BOS];
     tokens.extend(vocab::encode(&task.prompt(item)).expect("generated prompts use the vocabulary"));
     tokens
@@ -187,7 +188,10 @@ pub fn parse_call(tokens: &[u32]) -> Result<Call, String> {
 
 /// The scripted demonstration of an item: the gold calls with their results, then the answer.
 /// Returns the tokens after the prompt and which of them the policy writes.
-pub fn demonstration(task: &Task, item: &Item) -> Option<(Vec<u32>, Vec<bool>)> {
+pub fn demonstration<T: TaskSource + ToolSet<T::Item>>(
+    task: &T,
+    item: &T::Item,
+) -> Option<(Vec<u32>, Vec<bool>)> {
     let gold = task.gold(item)?;
     let mut tokens = Vec::new();
     let mut mask = Vec::new();
@@ -232,11 +236,67 @@ fn ordered_args(call: &Call) -> Vec<(&str, &str)> {
     args
 }
 
+/// The token protocol of the 60-word vocabulary as a [`Protocol`].
+#[derive(Debug, Clone, Copy)]
+pub struct TokenProtocol {
+    pub limits: Limits,
+}
+
+impl<T: TaskSource + ToolSet<T::Item>> Protocol<T> for TokenProtocol {
+    type Episode = Episode<T::Item>;
+
+    fn start(&self, task: &T, item: T::Item) -> Episode<T::Item> {
+        Episode::new(task, item, self.limits)
+    }
+
+    fn max_tokens(&self) -> usize {
+        self.limits.max_tokens
+    }
+}
+
+impl<T: TaskSource + ToolSet<T::Item>> ProtocolEpisode<T> for Episode<T::Item> {
+    fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    fn policy_mask(&self) -> &[bool] {
+        &self.policy_mask
+    }
+
+    fn prompt_len(&self) -> usize {
+        self.prompt_len
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn take_forced(&mut self) -> Option<u32> {
+        Episode::take_forced(self)
+    }
+
+    fn push_policy(&mut self, token: u32, tools: &T) {
+        Episode::push_policy(self, token, tools)
+    }
+
+    fn truncate(&mut self) {
+        Episode::truncate(self)
+    }
+
+    fn attempt(&self) -> &Attempt {
+        &self.attempt
+    }
+
+    fn item(&self) -> &T::Item {
+        &self.item
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::env::tool_use::reward::{score, RewardConfig};
-    use crate::env::tool_use::tasks::{Split, TaskKind, TaskSpec};
+    use crate::env::tool_use::tasks::{Split, Task, TaskKind, TaskSpec};
 
     fn task(kind: TaskKind) -> Task {
         Task::new(TaskSpec {

@@ -6,6 +6,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::env::tool_use::reward::{canonical_value, Call, Gold};
+use crate::env::{TaskSource, ToolSet, ToolSpec};
 use crate::rng::{self, Role};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,12 +24,7 @@ pub enum TaskKind {
     Menu,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Split {
-    Train,
-    Heldout,
-}
+pub use crate::env::Split;
 
 /// The knobs of the task generators (they live in `[env]`).
 #[derive(Debug, Clone, PartialEq)]
@@ -639,6 +635,94 @@ fn apply(tool: Tool, x: &[i64]) -> Result<i64, String> {
     }
 }
 
+impl Tool {
+    /// What the tool does, for a tool list or a chat template.
+    pub fn description(self) -> &'static str {
+        match self {
+            Tool::Add => "Adds two integers: a + b.",
+            Tool::Sub => "Subtracts two integers: a - b.",
+            Tool::Mul => "Multiplies two integers: a * b.",
+            Tool::Div => "Divides two integers exactly: a / b.",
+            Tool::Get => "Looks up an attribute of an entity (e.g. ent e17, attr age).",
+            Tool::Sum => "Adds its integer arguments.",
+            Tool::Max => "The largest of its integer arguments.",
+        }
+    }
+
+    /// The tool as offered to a policy, called `name` (its own name, or a menu id).
+    pub fn spec(self, name: &str, width: usize) -> ToolSpec {
+        let mut properties = serde_json::Map::new();
+        for &arg in self.args(width) {
+            let schema = match arg {
+                "ent" => {
+                    serde_json::json!({"type": "string", "description": "entity id, e.g. e17"})
+                }
+                "attr" => serde_json::json!({
+                    "type": "string",
+                    "enum": NUMERIC.into_iter().chain(RELATIONS).map(Attr::name).collect::<Vec<_>>(),
+                }),
+                _ => serde_json::json!({"type": "integer"}),
+            };
+            properties.insert(arg.to_string(), schema);
+        }
+        ToolSpec {
+            name: name.to_string(),
+            description: self.description().to_string(),
+            parameters: serde_json::json!({
+                "type": "object",
+                "properties": properties,
+                "required": self.args(width),
+            }),
+        }
+    }
+}
+
+impl TaskSource for Task {
+    type Item = Item;
+
+    fn prompt_item(&self, id: &crate::ids::PromptId) -> Item {
+        Task::prompt_item(self, id)
+    }
+
+    fn item(&self, split: Split, index: u64) -> Item {
+        Task::item(self, split, index)
+    }
+
+    fn prompt(&self, item: &Item) -> String {
+        Task::prompt(self, item)
+    }
+
+    /// The family's tools by name, or the item's menu under its ids.
+    fn tools(&self, item: &Item) -> Vec<ToolSpec> {
+        let width = self.spec.width;
+        if !item.menu.is_empty() {
+            return item
+                .menu
+                .iter()
+                .map(|(id, tool)| tool.spec(id, width))
+                .collect();
+        }
+        let tools: &[Tool] = match self.spec.kind {
+            TaskKind::Calc | TaskKind::Menu => &[Tool::Add, Tool::Sub, Tool::Mul, Tool::Div],
+            TaskKind::Lookup => &[Tool::Get],
+            TaskKind::Chain if self.spec.chain_arith => &[Tool::Get, Tool::Add],
+            TaskKind::Chain => &[Tool::Get],
+            TaskKind::Fanout => &[Tool::Get, Tool::Sum, Tool::Max],
+        };
+        tools.iter().map(|t| t.spec(t.name(), width)).collect()
+    }
+
+    fn gold(&self, item: &Item) -> Option<Gold> {
+        Task::gold(self, item)
+    }
+}
+
+impl ToolSet<Item> for Task {
+    fn execute(&self, item: &Item, call: &Call) -> Result<String, String> {
+        Task::execute(self, item, call)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -763,5 +847,40 @@ pub(crate) mod tests {
             "plain names are not on the menu"
         );
         assert_eq!(item.menu.len(), 3, "the needed tool and two distractors");
+    }
+
+    /// Every tool a gold call uses is among the tools offered with the item, with exactly the
+    /// arguments its schema requires.
+    #[test]
+    fn the_offered_tools_cover_the_gold_calls() {
+        for kind in [
+            TaskKind::Calc,
+            TaskKind::Lookup,
+            TaskKind::Chain,
+            TaskKind::Fanout,
+            TaskKind::Menu,
+        ] {
+            let task = Task::new(spec(kind));
+            for i in 0..50 {
+                let item = task.item(Split::Train, i);
+                let offered = TaskSource::tools(&task, &item);
+                for call in task.gold(&item).unwrap().calls {
+                    let tool = offered
+                        .iter()
+                        .find(|t| t.name == call.name)
+                        .unwrap_or_else(|| panic!("{kind:?}: {} not offered", call.name));
+                    let mut want: Vec<&str> = tool.parameters["required"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_str().unwrap())
+                        .collect();
+                    let mut given: Vec<&str> = call.arguments.keys().map(String::as_str).collect();
+                    given.sort_unstable();
+                    want.sort_unstable();
+                    assert_eq!(given, want, "{kind:?}: {}", call.name);
+                }
+            }
+        }
     }
 }
