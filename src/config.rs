@@ -682,10 +682,10 @@ fn check(cond: bool, key: &str, allowed: &str, got: impl std::fmt::Display) -> R
     }
 }
 
-impl Config {
-    /// Checks every value against its allowed range; the first violation is returned.
+impl EnvConfig {
+    /// Checks `[env]` on its own.
     pub fn validate(&self) -> Result<()> {
-        let e = &self.env;
+        let e = self;
         check(
             (2..=1_000_000).contains(&e.arms),
             "env.arms",
@@ -718,22 +718,19 @@ impl Config {
             e.eta,
         )?;
 
-        let p = &self.policy;
+        Ok(())
+    }
+}
+
+impl PolicyConfig {
+    /// Checks `[policy]` on its own.
+    pub fn validate(&self) -> Result<()> {
+        let p = self;
         check(
             p.temperature.is_finite() && p.temperature > 0.0,
             "policy.temperature",
             "finite and > 0",
             p.temperature,
-        )?;
-        let wanted = match e.kind {
-            EnvKind::Bandit => PolicyKind::Tabular,
-            EnvKind::ToolUse => PolicyKind::Transformer,
-        };
-        check(
-            p.kind == wanted,
-            "policy.kind",
-            &format!("{wanted:?} for env.kind = {:?}", e.kind).to_lowercase(),
-            format!("{:?}", p.kind).to_lowercase(),
         )?;
         check(
             p.precision == Precision::F32 || p.kind == PolicyKind::Transformer,
@@ -759,7 +756,14 @@ impl Config {
             &format!("a multiple of policy.heads ({}) up to 8192", p.heads),
             p.d_model,
         )?;
-        let w = &self.warmstart;
+        Ok(())
+    }
+}
+
+impl WarmstartConfig {
+    /// Checks `[warmstart]`.
+    pub fn validate(&self) -> Result<()> {
+        let w = self;
         check(
             w.lr.is_finite() && w.lr > 0.0,
             "warmstart.lr",
@@ -772,22 +776,14 @@ impl Config {
             ">= 1",
             w.batch_size,
         )?;
-        check(
-            self.logging.eval_episodes >= 1,
-            "logging.eval_episodes",
-            ">= 1",
-            self.logging.eval_episodes,
-        )?;
-        if self.loss.baseline.estimate == Estimate::Exact {
-            check(
-                e.kind == EnvKind::Bandit,
-                "loss.baseline.estimate",
-                "group for env.kind = tool_use",
-                "exact",
-            )?;
-        }
+        Ok(())
+    }
+}
 
-        let a = &self.actor;
+impl ActorConfig {
+    /// Checks `[actor]`.
+    pub fn validate(&self) -> Result<()> {
+        let a = self;
         check(
             (1..=256).contains(&a.threads),
             "actor.threads",
@@ -809,7 +805,14 @@ impl Config {
             a.channel_capacity,
         )?;
 
-        let r = &self.replay;
+        Ok(())
+    }
+}
+
+impl ReplayConfig {
+    /// Checks `[replay]` on its own.
+    pub fn validate(&self) -> Result<()> {
+        let r = self;
         check(r.capacity >= 1, "replay.capacity", ">= 1", r.capacity)?;
         check(
             r.reuse.is_finite() && r.reuse > 0.0 && r.reuse <= 1000.0,
@@ -818,7 +821,14 @@ impl Config {
             r.reuse,
         )?;
 
-        let l = &self.learner;
+        Ok(())
+    }
+}
+
+impl LearnerConfig {
+    /// Checks `[learner]` on its own.
+    pub fn validate(&self) -> Result<()> {
+        let l = self;
         check(
             l.lr.is_finite() && l.lr > 0.0,
             "learner.lr",
@@ -850,12 +860,6 @@ impl Config {
             l.batch_size,
         )?;
         check(
-            l.batch_size <= r.capacity,
-            "learner.batch_size",
-            &format!("<= replay.capacity ({})", r.capacity),
-            l.batch_size,
-        )?;
-        check(
             l.sync_interval >= 1,
             "learner.sync_interval",
             ">= 1",
@@ -873,19 +877,14 @@ impl Config {
             "between 1 and 256",
             l.intra_op_threads,
         )?;
-        if r.max_policy_lag != 0 {
-            check(
-                r.max_policy_lag >= l.sync_interval,
-                "replay.max_policy_lag",
-                &format!(
-                    "0 (no limit) or >= learner.sync_interval ({})",
-                    l.sync_interval
-                ),
-                r.max_policy_lag,
-            )?;
-        }
+        Ok(())
+    }
+}
 
-        let b = &self.loss.baseline;
+impl LossConfig {
+    /// Checks `[loss]`.
+    pub fn validate(&self) -> Result<()> {
+        let b = &self.baseline;
         check(b.v.is_finite(), "loss.baseline.v", "finite", b.v)?;
         check(
             b.delta_v.is_finite(),
@@ -893,7 +892,7 @@ impl Config {
             "finite",
             b.delta_v,
         )?;
-        let ls = &self.loss;
+        let ls = self;
         check(
             ls.ratio_cap > 0.0 && ls.ratio_cap.is_finite(),
             "loss.ratio_cap",
@@ -907,9 +906,29 @@ impl Config {
             ls.clip_epsilon,
         )?;
 
-        let g = &self.logging;
+        Ok(())
+    }
+}
+
+impl LoggingConfig {
+    /// Checks `[logging]`.
+    pub fn validate(&self) -> Result<()> {
+        check(
+            self.eval_episodes >= 1,
+            "logging.eval_episodes",
+            ">= 1",
+            self.eval_episodes,
+        )?;
+        let g = self;
         check(g.every >= 1, "logging.every", ">= 1", g.every)?;
-        let c = &self.collapse;
+        Ok(())
+    }
+}
+
+impl CollapseConfig {
+    /// Checks `[collapse]`.
+    pub fn validate(&self) -> Result<()> {
+        let c = self;
         check(
             c.reward_drop.is_finite() && c.reward_drop >= 0.0,
             "collapse.reward_drop",
@@ -923,12 +942,75 @@ impl Config {
             c.entropy,
         )?;
         check(c.window >= 1, "collapse.window", ">= 1", c.window)?;
+        Ok(())
+    }
+}
+
+impl CheckpointConfig {
+    /// Checks `[checkpoint]`.
+    pub fn validate(&self) -> Result<()> {
+        check(self.keep >= 1, "checkpoint.keep", ">= 1", self.keep)?;
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Checks every section against its allowed ranges, then what sections require of each
+    /// other; the first violation is returned.
+    pub fn validate(&self) -> Result<()> {
+        self.env.validate()?;
+        self.policy.validate()?;
+        self.warmstart.validate()?;
+        self.logging.validate()?;
+        self.actor.validate()?;
+        self.replay.validate()?;
+        self.learner.validate()?;
+        self.loss.validate()?;
+        self.collapse.validate()?;
+        self.checkpoint.validate()?;
+        self.validate_across()
+    }
+
+    /// What one section requires of another.
+    fn validate_across(&self) -> Result<()> {
+        let (e, p, r, l) = (&self.env, &self.policy, &self.replay, &self.learner);
+        let wanted = match e.kind {
+            EnvKind::Bandit => PolicyKind::Tabular,
+            EnvKind::ToolUse => PolicyKind::Transformer,
+        };
         check(
-            self.checkpoint.keep >= 1,
-            "checkpoint.keep",
-            ">= 1",
-            self.checkpoint.keep,
+            p.kind == wanted,
+            "policy.kind",
+            &format!("{wanted:?} for env.kind = {:?}", e.kind).to_lowercase(),
+            format!("{:?}", p.kind).to_lowercase(),
         )?;
+        if self.loss.baseline.estimate == Estimate::Exact {
+            check(
+                e.kind == EnvKind::Bandit,
+                "loss.baseline.estimate",
+                "group for env.kind = tool_use",
+                "exact",
+            )?;
+        }
+
+        check(
+            l.batch_size <= r.capacity,
+            "learner.batch_size",
+            &format!("<= replay.capacity ({})", r.capacity),
+            l.batch_size,
+        )?;
+        if r.max_policy_lag != 0 {
+            check(
+                r.max_policy_lag >= l.sync_interval,
+                "replay.max_policy_lag",
+                &format!(
+                    "0 (no limit) or >= learner.sync_interval ({})",
+                    l.sync_interval
+                ),
+                r.max_policy_lag,
+            )?;
+        }
+
         Ok(())
     }
 

@@ -459,4 +459,36 @@ mod tests {
         assert_eq!(r.stale_dropped(), 0);
         assert!(step > 100);
     }
+
+    /// Twelve untrained samples dropped as stale, then twelve fresh ones: four steps train
+    /// three different windows and then wait (the ring used to give the first fresh window
+    /// four times, since its start was the front of the ring while the step count lagged).
+    #[test]
+    fn a_drop_does_not_make_the_next_window_repeat() {
+        let mut r = Replay::new(&lagged(100, Sampling::Fifo, 1.0, 2), 4);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        for i in 0..12 {
+            r.push(traj(i, 0));
+        }
+        assert!(!r.ready(10));
+        assert_eq!(r.stale_dropped(), 12);
+        for i in 12..24 {
+            r.push(traj(i, 10));
+        }
+        let mut windows = Vec::new();
+        for step in 10..13 {
+            assert!(r.ready(step));
+            let w: Vec<u32> = r
+                .sample(step, &mut rng)
+                .into_iter()
+                .map(|p| r.get(p).actions[0])
+                .collect();
+            windows.push(w);
+        }
+        assert_eq!(
+            windows,
+            [[12, 13, 14, 15], [16, 17, 18, 19], [20, 21, 22, 23]]
+        );
+        assert!(!r.ready(13));
+    }
 }
