@@ -12,6 +12,7 @@ use crate::error::{IoContext, Result};
 use crate::store::checkpoint::{self, Checkpoint};
 
 mod dir;
+mod envs;
 mod eval;
 mod flow;
 mod parallel;

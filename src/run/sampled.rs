@@ -1,30 +1,23 @@
 //! A sampled run (the bandit's `sampled` mode, tool use): the learner side, what it logs,
 //! checkpoints and summarises, and how its actors are built; serial or parallel.
 use std::path::Path;
-use std::time::Instant;
 
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::config::{Config, EnvKind};
-use crate::env::bandit::Bandit;
-use crate::env::tool_use::protocol::Limits;
-use crate::env::tool_use::reward::ScoreMeans;
-use crate::env::tool_use::tasks::{Split, Task};
+use crate::config::Config;
+use crate::env::tool_use::tasks::Split;
 use crate::error::{Error, Result};
 use crate::ids::SourceId;
-use crate::math::softmax;
-use crate::policy::tabular::sampling_probs;
 use crate::policy::WeightSnapshot;
-use crate::rl::actor::{Actor, ActorState, BanditActor, ToolActor};
+use crate::rl::actor::{Actor, ActorState};
 use crate::rl::learner::{Learner, StepStats};
 use crate::rl::replay::Replay;
-use crate::rl::warmstart::{warm_start, WarmstartReport};
-use crate::rollout::evaluate;
 use crate::store::checkpoint::Checkpoint;
 use crate::store::metrics::{tags, Row};
 
+use super::envs::{sampled_env, SampledEnv, WarmstartRecord};
 use super::*;
 
 /// Checkpointed state of a sampled run beyond its tensors.
@@ -40,7 +33,7 @@ pub(super) struct SampledState {
     wall_time: f64,
     /// Tool use: the warm start's report and held-out evaluation, kept for the summary.
     #[serde(default)]
-    warmstart: Option<(WarmstartReport, ScoreMeans, f64)>,
+    warmstart: Option<WarmstartRecord>,
     /// Batches skipped for a non-finite loss or gradient (`learner.skip_nonfinite`).
     #[serde(default)]
     nonfinite_skipped: u64,
@@ -49,24 +42,10 @@ pub(super) struct SampledState {
     session: u32,
 }
 
-/// What a sampled run logs and summarises, per environment.
-pub(super) enum EnvView {
-    Bandit {
-        bandit: Bandit,
-        initial: Vec<f64>,
-        behaviour_probs: Vec<f64>,
-    },
-    ToolUse {
-        task: Task,
-        limits: Limits,
-        warmstart: (WarmstartReport, ScoreMeans, f64),
-    },
-}
-
 /// The learner side of a sampled run: the learner plus what logging needs.
 pub(super) struct SampledRun<'a> {
     pub(super) cfg: &'a Config,
-    pub(super) env: EnvView,
+    pub(super) env: Box<dyn SampledEnv>,
     pub(super) learner: Learner,
     /// The weights the actors currently sample from.
     pub(super) behaviour: WeightSnapshot,
@@ -84,64 +63,19 @@ impl SampledRun<'_> {
     }
 
     pub(super) fn set_behaviour(&mut self, snap: WeightSnapshot) {
-        if let EnvView::Bandit {
-            behaviour_probs, ..
-        } = &mut self.env
-        {
-            let logits: Vec<f64> = snap.tensors[0].data.iter().map(|&x| x as f64).collect();
-            *behaviour_probs = sampling_probs(&logits, self.cfg.policy.temperature);
-        }
+        self.env.set_behaviour(self.cfg, &snap);
         self.behaviour = snap;
-    }
-
-    pub(super) fn evaluate(&self, split: Split, episodes: usize) -> Result<ScoreMeans> {
-        let EnvView::ToolUse { task, limits, .. } = &self.env else {
-            return Err(Error::Corrupt("only tool-use runs are evaluated".into()));
-        };
-        evaluate(
-            self.learner.policy.transformer()?,
-            task,
-            split,
-            episodes,
-            *limits,
-            &self.cfg.reward,
-            self.learner.device(),
-            |_| {},
-        )
     }
 
     /// The environment's part of a metrics row.
     pub(super) fn row(&self) -> Result<Row> {
-        let step = self.learner.step;
-        match &self.env {
-            EnvView::Bandit {
-                bandit,
-                behaviour_probs,
-                ..
-            } => {
-                let pi = softmax(&self.learner.logits()?);
-                let v_mu = bandit.value(behaviour_probs);
-                Ok(bandit_row(
-                    step,
-                    self.cfg.env.steps_per_round,
-                    bandit,
-                    &pi,
-                    v_mu,
-                    self.last_baseline,
-                ))
-            }
-            EnvView::ToolUse { .. } => {
-                let mut row = Row::new(step);
-                row.push(tags::ROUND, (step / self.cfg.env.steps_per_round) as f64);
-                Ok(row)
-            }
-        }
+        self.env.row(self.cfg, &self.learner, self.last_baseline)
     }
 
     pub(super) fn after_step(&mut self, stats: &StepStats) -> Result<()> {
         self.last_baseline = stats.baseline;
         let step = self.learner.step;
-        let eval_due = matches!(self.env, EnvView::ToolUse { .. })
+        let eval_due = self.env.evaluates()
             && self.cfg.logging.eval_every > 0
             && step.is_multiple_of(self.cfg.logging.eval_every);
         if !self.rec.should_log(step) && !eval_due {
@@ -174,7 +108,10 @@ impl SampledRun<'_> {
                 self.learner.nonfinite_skipped as f64,
             );
         if eval_due {
-            let e = self.evaluate(Split::Heldout, self.cfg.logging.eval_episodes)?;
+            let episodes = self.cfg.logging.eval_episodes;
+            let e = self
+                .env
+                .evaluate(self.cfg, &self.learner, Split::Heldout, episodes)?;
             row.push(tags::HELDOUT_COMPLETION, e.completion)
                 .push(tags::HELDOUT_F1, e.f1);
         }
@@ -183,10 +120,7 @@ impl SampledRun<'_> {
 
     pub(super) fn checkpoint(&mut self, actors: Vec<ActorState>, next_actor: usize) -> Result<()> {
         let (optimizer_t, optimizer) = self.learner.optimizer_state()?;
-        let warmstart = match &self.env {
-            EnvView::ToolUse { warmstart, .. } => Some(*warmstart),
-            EnvView::Bandit { .. } => None,
-        };
+        let warmstart = self.env.warmstart();
         let state = SampledState {
             learner_rng: self.learner.rng.clone(),
             replay: self.learner.replay.clone(),
@@ -212,56 +146,13 @@ impl SampledRun<'_> {
     }
 
     pub(super) fn summary(&mut self, device: Device) -> Result<Summary> {
-        match &self.env {
-            EnvView::Bandit {
-                bandit,
-                initial,
-                behaviour_probs,
-            } => {
-                self.rec.finish()?;
-                let final_probs = softmax(&self.learner.logits()?);
-                Ok(bandit_summary(
-                    self.cfg,
-                    device,
-                    self.learner.step,
-                    &self.rec,
-                    bandit,
-                    initial,
-                    behaviour_probs.clone(),
-                    final_probs,
-                    self.last_baseline,
-                ))
-            }
-            EnvView::ToolUse {
-                task, warmstart, ..
-            } => {
-                let final_heldout =
-                    self.evaluate(Split::Heldout, self.cfg.logging.eval_episodes)?;
-                let final_train = self.evaluate(Split::Train, self.cfg.logging.eval_episodes)?;
-                let mut row = Row::new(self.learner.step);
-                row.push(tags::HELDOUT_COMPLETION, final_heldout.completion)
-                    .push(tags::HELDOUT_F1, final_heldout.f1);
-                self.rec.log(row, 0)?;
-                self.rec.finish()?;
-                let details = ToolUseSummary {
-                    task: format!("{:?}", task.spec.kind).to_lowercase(),
-                    warmstart_heldout: warmstart.1,
-                    final_heldout,
-                    final_train,
-                    warmstart: warmstart.0,
-                    warmstart_seconds: warmstart.2,
-                };
-                Ok(Summary {
-                    mode: "tool_use".into(),
-                    device: device_name(device),
-                    steps: self.learner.step,
-                    wall_time: self.rec.wall_time(),
-                    last: self.rec.last_row_json(),
-                    bandit: None,
-                    tool_use: Some(details),
-                })
-            }
-        }
+        self.env.summary(
+            self.cfg,
+            device,
+            &self.learner,
+            &mut self.rec,
+            self.last_baseline,
+        )
     }
 }
 
@@ -303,49 +194,13 @@ pub(super) fn run_sampled(
         saved = Some(s);
     }
     let wall = saved.as_ref().map_or(0.0, |s| s.wall_time);
-    let env = match cfg.env.kind {
-        EnvKind::Bandit => EnvView::Bandit {
-            bandit: Bandit::new(&cfg.env, cfg.seed),
-            initial: initial.clone(),
-            behaviour_probs: Vec::new(),
-        },
-        EnvKind::ToolUse => {
-            let task = Task::new(cfg.env.task_spec(cfg.seed));
-            let limits = Limits {
-                max_tokens: cfg.env.max_tokens,
-                max_calls: cfg.env.max_calls,
-            };
-            let warmstart = match saved.as_ref().and_then(|s| s.warmstart) {
-                Some(w) => w,
-                None => {
-                    let started = Instant::now();
-                    let model = learner.policy.transformer()?;
-                    let report = warm_start(cfg, model, &learner.vs, &task, device)?;
-                    let seconds = started.elapsed().as_secs_f64();
-                    let heldout = evaluate(
-                        model,
-                        &task,
-                        Split::Heldout,
-                        cfg.logging.eval_episodes,
-                        limits,
-                        &cfg.reward,
-                        device,
-                        |_| {},
-                    )?;
-                    eprintln!(
-                        "warm start: {} steps in {seconds:.1} s; held-out completion {:.3}, tool F1 {:.3}",
-                        report.steps, heldout.completion, heldout.f1
-                    );
-                    (report, heldout, seconds)
-                }
-            };
-            EnvView::ToolUse {
-                task,
-                limits,
-                warmstart,
-            }
-        }
-    };
+    let env = sampled_env(
+        cfg,
+        &learner,
+        device,
+        &initial,
+        saved.as_ref().and_then(|s| s.warmstart),
+    )?;
     let behaviour = match behaviour {
         Some(b) => b,
         None => learner.snapshot()?,
@@ -364,21 +219,11 @@ pub(super) fn run_sampled(
     run.set_behaviour(behaviour.clone());
     if run.learner.step == 0 {
         let mut row = run.row()?;
-        if let EnvView::ToolUse { warmstart, .. } = &run.env {
-            row.push(tags::HELDOUT_COMPLETION, warmstart.1.completion)
-                .push(tags::HELDOUT_F1, warmstart.1.f1);
-        }
+        run.env.first_row(&mut row);
         run.rec.log(row, 0)?;
     }
-    // What an actor needs of the environment, owned, so actors can also be rebuilt mid-run.
-    enum ActorEnv {
-        Bandit(Bandit),
-        ToolUse(Task),
-    }
-    let actor_env = match &run.env {
-        EnvView::Bandit { bandit, .. } => ActorEnv::Bandit(bandit.clone()),
-        EnvView::ToolUse { task, .. } => ActorEnv::ToolUse(task.clone()),
-    };
+    // Owned, so that actor threads can rebuild an actor mid-run.
+    let new_actor = run.env.actors();
     // A parallel resume is a new session: its actors draw from streams of their own, so they
     // repeat no prompt and no draw of the sessions before ([`crate::ids`]). A serial resume
     // restores every actor's state instead, and continues the same session exactly.
@@ -387,11 +232,7 @@ pub(super) fn run_sampled(
         .map_or(0, |s| s.session + u32::from(!opts.serial));
     run.session = session;
     let build_actor = |id: usize, restart: u32| -> Result<Box<dyn Actor>> {
-        let source = SourceId::new(session, id as u32, restart);
-        Ok(match &actor_env {
-            ActorEnv::Bandit(b) => Box::new(BanditActor::new(cfg, source, b.clone(), &behaviour)?),
-            ActorEnv::ToolUse(t) => Box::new(ToolActor::new(cfg, source, t.clone(), &behaviour)?),
-        })
+        new_actor(cfg, SourceId::new(session, id as u32, restart), &behaviour)
     };
     let actors: Vec<Box<dyn Actor>> = (0..cfg.actor.threads)
         .map(|id| build_actor(id, 0))

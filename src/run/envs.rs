@@ -1,0 +1,293 @@
+//! What a sampled run needs of its environment, behind one trait: its actors, its part of the
+//! metrics rows, evaluation, what a checkpoint keeps of it, and its summary. [`sampled_env`] is
+//! the one place a run looks at `env.kind`; the bandit and the tool-use tasks implement it.
+use std::sync::Arc;
+use std::time::Instant;
+
+use tch::Device;
+
+use crate::config::{Config, EnvKind};
+use crate::env::bandit::Bandit;
+use crate::env::tool_use::protocol::Limits;
+use crate::env::tool_use::reward::ScoreMeans;
+use crate::env::tool_use::tasks::{Split, Task};
+use crate::error::{Error, Result};
+use crate::ids::SourceId;
+use crate::math::softmax;
+use crate::policy::tabular::sampling_probs;
+use crate::policy::WeightSnapshot;
+use crate::rl::actor::{Actor, BanditActor, ToolActor};
+use crate::rl::learner::Learner;
+use crate::rl::warmstart::{warm_start, WarmstartReport};
+use crate::rollout::evaluate;
+use crate::store::metrics::{tags, Row};
+
+use super::device_name;
+use super::recorder::Recorder;
+use super::summary::{bandit_row, bandit_summary, Summary, ToolUseSummary};
+
+/// The warm start's report, its held-out evaluation, and its seconds.
+pub(super) type WarmstartRecord = (WarmstartReport, ScoreMeans, f64);
+
+/// Builds actor `source` sampling from a snapshot; shared with the actor threads (restarts).
+pub(super) type ActorBuilder =
+    Arc<dyn Fn(&Config, SourceId, &WeightSnapshot) -> Result<Box<dyn Actor>> + Send + Sync>;
+
+/// A sampled run's environment.
+pub(super) trait SampledEnv: Send {
+    /// How to build its actors.
+    fn actors(&self) -> ActorBuilder;
+    /// The actors now sample from `snapshot`.
+    fn set_behaviour(&mut self, _cfg: &Config, _snapshot: &WeightSnapshot) {}
+    /// The environment's part of a metrics row at the learner's step.
+    fn row(&self, cfg: &Config, learner: &Learner, last_baseline: f64) -> Result<Row>;
+    /// The first row's additions (the warm start's evaluation).
+    fn first_row(&self, _row: &mut Row) {}
+    /// Whether it is evaluated every `logging.eval_every` steps.
+    fn evaluates(&self) -> bool {
+        false
+    }
+    /// Greedy evaluation of the learner's policy on `episodes` items of `split`.
+    fn evaluate(
+        &self,
+        _cfg: &Config,
+        _learner: &Learner,
+        _split: Split,
+        _episodes: usize,
+    ) -> Result<ScoreMeans> {
+        Err(Error::Corrupt("this environment is not evaluated".into()))
+    }
+    /// What a checkpoint keeps of it.
+    fn warmstart(&self) -> Option<WarmstartRecord> {
+        None
+    }
+    /// The run's summary (it logs its last rows and closes the sinks first).
+    fn summary(
+        &self,
+        cfg: &Config,
+        device: Device,
+        learner: &Learner,
+        rec: &mut Recorder,
+        last_baseline: f64,
+    ) -> Result<Summary>;
+}
+
+/// The environment of `cfg`; a tool-use one warm-starts `learner` unless `saved` holds the warm
+/// start of an earlier session.
+pub(super) fn sampled_env(
+    cfg: &Config,
+    learner: &Learner,
+    device: Device,
+    initial: &[f64],
+    saved: Option<WarmstartRecord>,
+) -> Result<Box<dyn SampledEnv>> {
+    Ok(match cfg.env.kind {
+        EnvKind::Bandit => Box::new(BanditEnv {
+            bandit: Bandit::new(&cfg.env, cfg.seed),
+            initial: initial.to_vec(),
+            behaviour_probs: Vec::new(),
+        }),
+        EnvKind::ToolUse => Box::new(ToolUseEnv::new(cfg, learner, device, saved)?),
+    })
+}
+
+/// The bandit in sampled mode.
+struct BanditEnv {
+    bandit: Bandit,
+    initial: Vec<f64>,
+    /// μ: the behaviour policy's arm probabilities.
+    behaviour_probs: Vec<f64>,
+}
+
+impl SampledEnv for BanditEnv {
+    fn actors(&self) -> ActorBuilder {
+        let bandit = self.bandit.clone();
+        Arc::new(move |cfg, source, behaviour| {
+            Ok(Box::new(BanditActor::new(
+                cfg,
+                source,
+                bandit.clone(),
+                behaviour,
+            )?))
+        })
+    }
+
+    fn set_behaviour(&mut self, cfg: &Config, snapshot: &WeightSnapshot) {
+        let logits: Vec<f64> = snapshot.tensors[0].data.iter().map(|&x| x as f64).collect();
+        self.behaviour_probs = sampling_probs(&logits, cfg.policy.temperature);
+    }
+
+    fn row(&self, cfg: &Config, learner: &Learner, last_baseline: f64) -> Result<Row> {
+        let pi = softmax(&learner.logits()?);
+        let v_mu = self.bandit.value(&self.behaviour_probs);
+        Ok(bandit_row(
+            learner.step,
+            cfg.env.steps_per_round,
+            &self.bandit,
+            &pi,
+            v_mu,
+            last_baseline,
+        ))
+    }
+
+    fn summary(
+        &self,
+        cfg: &Config,
+        device: Device,
+        learner: &Learner,
+        rec: &mut Recorder,
+        last_baseline: f64,
+    ) -> Result<Summary> {
+        rec.finish()?;
+        let final_probs = softmax(&learner.logits()?);
+        Ok(bandit_summary(
+            cfg,
+            device,
+            learner.step,
+            rec,
+            &self.bandit,
+            &self.initial,
+            self.behaviour_probs.clone(),
+            final_probs,
+            last_baseline,
+        ))
+    }
+}
+
+/// A tool-use task family on the token protocol.
+struct ToolUseEnv {
+    task: Task,
+    limits: Limits,
+    warmstart: WarmstartRecord,
+}
+
+impl ToolUseEnv {
+    fn new(
+        cfg: &Config,
+        learner: &Learner,
+        device: Device,
+        saved: Option<WarmstartRecord>,
+    ) -> Result<Self> {
+        let task = Task::new(cfg.env.task_spec(cfg.seed));
+        let limits = Limits {
+            max_tokens: cfg.env.max_tokens,
+            max_calls: cfg.env.max_calls,
+        };
+        let warmstart = match saved {
+            Some(w) => w,
+            None => {
+                let started = Instant::now();
+                let model = learner.policy.transformer()?;
+                let report = warm_start(cfg, model, &learner.vs, &task, device)?;
+                let seconds = started.elapsed().as_secs_f64();
+                let heldout = evaluate(
+                    model,
+                    &task,
+                    Split::Heldout,
+                    cfg.logging.eval_episodes,
+                    limits,
+                    &cfg.reward,
+                    device,
+                    |_| {},
+                )?;
+                eprintln!(
+                    "warm start: {} steps in {seconds:.1} s; held-out completion {:.3}, tool F1 {:.3}",
+                    report.steps, heldout.completion, heldout.f1
+                );
+                (report, heldout, seconds)
+            }
+        };
+        Ok(ToolUseEnv {
+            task,
+            limits,
+            warmstart,
+        })
+    }
+}
+
+impl SampledEnv for ToolUseEnv {
+    fn actors(&self) -> ActorBuilder {
+        let task = self.task.clone();
+        Arc::new(move |cfg, source, behaviour| {
+            Ok(Box::new(ToolActor::new(
+                cfg,
+                source,
+                task.clone(),
+                behaviour,
+            )?))
+        })
+    }
+
+    fn row(&self, cfg: &Config, learner: &Learner, _last_baseline: f64) -> Result<Row> {
+        let mut row = Row::new(learner.step);
+        row.push(tags::ROUND, (learner.step / cfg.env.steps_per_round) as f64);
+        Ok(row)
+    }
+
+    fn first_row(&self, row: &mut Row) {
+        row.push(tags::HELDOUT_COMPLETION, self.warmstart.1.completion)
+            .push(tags::HELDOUT_F1, self.warmstart.1.f1);
+    }
+
+    fn evaluates(&self) -> bool {
+        true
+    }
+
+    fn evaluate(
+        &self,
+        cfg: &Config,
+        learner: &Learner,
+        split: Split,
+        episodes: usize,
+    ) -> Result<ScoreMeans> {
+        evaluate(
+            learner.policy.transformer()?,
+            &self.task,
+            split,
+            episodes,
+            self.limits,
+            &cfg.reward,
+            learner.device(),
+            |_| {},
+        )
+    }
+
+    fn warmstart(&self) -> Option<WarmstartRecord> {
+        Some(self.warmstart)
+    }
+
+    fn summary(
+        &self,
+        cfg: &Config,
+        device: Device,
+        learner: &Learner,
+        rec: &mut Recorder,
+        _last_baseline: f64,
+    ) -> Result<Summary> {
+        let episodes = cfg.logging.eval_episodes;
+        let final_heldout = self.evaluate(cfg, learner, Split::Heldout, episodes)?;
+        let final_train = self.evaluate(cfg, learner, Split::Train, episodes)?;
+        let mut row = Row::new(learner.step);
+        row.push(tags::HELDOUT_COMPLETION, final_heldout.completion)
+            .push(tags::HELDOUT_F1, final_heldout.f1);
+        rec.log(row, 0)?;
+        rec.finish()?;
+        let (warmstart, warmstart_heldout, warmstart_seconds) = self.warmstart;
+        Ok(Summary {
+            mode: "tool_use".into(),
+            device: device_name(device),
+            steps: learner.step,
+            wall_time: rec.wall_time(),
+            last: rec.last_row_json(),
+            bandit: None,
+            tool_use: Some(ToolUseSummary {
+                task: format!("{:?}", self.task.spec.kind).to_lowercase(),
+                warmstart_heldout,
+                final_heldout,
+                final_train,
+                warmstart,
+                warmstart_seconds,
+            }),
+        })
+    }
+}
