@@ -383,43 +383,7 @@ fn plot_writes_a_png() {
 #[test]
 fn a_tool_use_run_warm_starts_trains_and_evaluates() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        tmp.path(),
-        r#"
-[env]
-kind = "tool_use"
-task = "lookup"
-entities = 30
-max_tokens = 40
-rounds = 2
-steps_per_round = 5
-[policy]
-kind = "transformer"
-layers = 1
-d_model = 32
-heads = 2
-[warmstart]
-demos = 50
-steps = 20
-batch_size = 16
-[actor]
-threads = 2
-batch_size = 16
-group_size = 4
-[replay]
-capacity = 256
-[learner]
-batch_size = 16
-sync_interval = 2
-[logging]
-every = 5
-eval_every = 5
-eval_episodes = 20
-progress = false
-[checkpoint]
-every = 5
-"#,
-    );
+    let cfg = write_config(tmp.path(), TINY_TOOL);
     let run = tmp.path().join("run");
     let o = train(&cfg, &run, &[]);
     assert!(o.status.success(), "{}", stderr(&o));

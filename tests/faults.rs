@@ -618,47 +618,6 @@ fn soak_fast_actors_and_a_slow_learner_keep_memory_flat() {
     );
 }
 
-/// A small serial `calc` run: warm start, then AsymRE on the transformer.
-const TINY_TOOL: &str = r#"
-seed = 5
-[env]
-kind = "tool_use"
-task = "calc"
-digits = 1
-max_tokens = 32
-max_calls = 2
-rounds = 6
-steps_per_round = 20
-[policy]
-kind = "transformer"
-layers = 1
-d_model = 32
-heads = 2
-[warmstart]
-demos = 64
-steps = 20
-batch_size = 16
-[actor]
-threads = 2
-batch_size = 16
-group_size = 4
-[replay]
-capacity = 256
-[learner]
-optimizer = "adam"
-lr = 0.001
-batch_size = 16
-sync_interval = 4
-[logging]
-every = 5
-eval_every = 40
-eval_episodes = 16
-tensorboard = false
-progress = false
-[checkpoint]
-every = 10
-"#;
-
 /// A serial tool-use run SIGKILLed twice after checkpoints and resumed ends with the metrics of
 /// the uninterrupted run: the warm start, the behaviour weights and version, the replay of token
 /// trajectories, the actors' streams and the transformer's optimiser state all come back.
@@ -666,8 +625,20 @@ every = 10
 fn a_killed_serial_tool_use_run_resumes_to_the_uninterrupted_metrics() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = write_config(tmp.path(), TINY_TOOL);
+    // 120 steps, a checkpoint every 10.
+    let sets = [
+        "--serial",
+        "--set",
+        "env.rounds=6",
+        "--set",
+        "env.steps_per_round=20",
+        "--set",
+        "checkpoint.every=10",
+        "--set",
+        "logging.eval_every=40",
+    ];
     let reference = tmp.path().join("reference");
-    let o = train(&cfg, &reference, &["--serial"]);
+    let o = train(&cfg, &reference, &sets);
     assert!(o.status.success(), "{}", stderr(&o));
     let want = metrics(&reference);
     assert_eq!(want.last().unwrap()["step"].as_u64(), Some(120));
@@ -677,10 +648,11 @@ fn a_killed_serial_tool_use_run_resumes_to_the_uninterrupted_metrics() {
     for round in 0..3 {
         let mut cmd = bin();
         if round == 0 {
-            cmd.args(["train", "--serial", "--config"])
+            cmd.args(["train", "--config"])
                 .arg(&cfg)
                 .arg("--out")
-                .arg(&run);
+                .arg(&run)
+                .args(sets);
         } else {
             cmd.arg("resume").arg(&run);
         }

@@ -340,58 +340,6 @@ impl Transformer {
         })
     }
 
-    /// Starts decoding: `prompts` [B, P] left-padded with `valid` [B, P] bool, in a cache of
-    /// `capacity` positions (padding included). Returns the cache and the logits for each
-    /// episode's next token [B, V].
-    pub fn prefill(&self, prompts: &Tensor, valid: &Tensor, capacity: usize) -> (KvCache, Tensor) {
-        let (b, p) = prompts.size2().expect("[B, P]");
-        let device = prompts.device();
-        let dh = self.d_model / self.heads;
-        let capacity = capacity as i64;
-        let zeros = || Tensor::zeros([b, self.heads, capacity, dh], (Kind::Float, device));
-        let mut cache = KvCache {
-            k: self.blocks.iter().map(|_| zeros()).collect(),
-            v: self.blocks.iter().map(|_| zeros()).collect(),
-            len: 0,
-            valid: Tensor::zeros([b, capacity], (Kind::Bool, device)),
-        };
-        cache.valid.narrow(1, 0, p).copy_(valid);
-        let positions = (valid.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
-        let causal = Tensor::ones([p, p], (Kind::Bool, device))
-            .tril(0)
-            .view([1, 1, p, p]);
-        let eye = Tensor::eye(p, (Kind::Bool, device)).view([1, 1, p, p]);
-        // A padding query may attend to itself, so no row is fully masked.
-        let mask = causal.logical_and(&valid.view([b, 1, 1, p]).logical_or(&eye));
-        let logits = self.run_cached(prompts, &positions, &mut cache, &mask);
-        cache.len = p;
-        (cache, logits)
-    }
-
-    /// Feeds one token per episode (`tokens` [B] int64 at `positions` [B]); returns the next logits
-    /// [B, V]. `real` [B] bool marks episodes still running (finished ones feed padding).
-    pub fn step(
-        &self,
-        tokens: &Tensor,
-        positions: &Tensor,
-        real: &Tensor,
-        cache: &mut KvCache,
-    ) -> Tensor {
-        let b = tokens.size()[0];
-        let s = cache.len + 1;
-        cache
-            .valid
-            .narrow(1, cache.len, 1)
-            .copy_(&real.view([b, 1]));
-        let keys = cache.valid.narrow(1, 0, s).view([b, 1, 1, s]);
-        let own = Tensor::zeros([1, 1, 1, s], (Kind::Bool, tokens.device()));
-        let _ = own.narrow(3, s - 1, 1).fill_(1);
-        let mask = keys.logical_or(&own);
-        let logits = self.run_cached(&tokens.view([b, 1]), &positions.view([b, 1]), cache, &mask);
-        cache.len = s;
-        logits
-    }
-
     fn run_cached(
         &self,
         tokens: &Tensor,
@@ -435,7 +383,28 @@ impl SequencePolicy for Transformer {
     }
 
     fn prefill(&self, prompts: &Tensor, valid: &Tensor, capacity: usize) -> (KvCache, Tensor) {
-        Transformer::prefill(self, prompts, valid, capacity)
+        let (b, p) = prompts.size2().expect("[B, P]");
+        let device = prompts.device();
+        let dh = self.d_model / self.heads;
+        let capacity = capacity as i64;
+        let zeros = || Tensor::zeros([b, self.heads, capacity, dh], (Kind::Float, device));
+        let mut cache = KvCache {
+            k: self.blocks.iter().map(|_| zeros()).collect(),
+            v: self.blocks.iter().map(|_| zeros()).collect(),
+            len: 0,
+            valid: Tensor::zeros([b, capacity], (Kind::Bool, device)),
+        };
+        cache.valid.narrow(1, 0, p).copy_(valid);
+        let positions = (valid.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
+        let causal = Tensor::ones([p, p], (Kind::Bool, device))
+            .tril(0)
+            .view([1, 1, p, p]);
+        let eye = Tensor::eye(p, (Kind::Bool, device)).view([1, 1, p, p]);
+        // A padding query may attend to itself, so no row is fully masked.
+        let mask = causal.logical_and(&valid.view([b, 1, 1, p]).logical_or(&eye));
+        let logits = self.run_cached(prompts, &positions, &mut cache, &mask);
+        cache.len = p;
+        (cache, logits)
     }
 
     fn step(
@@ -445,7 +414,19 @@ impl SequencePolicy for Transformer {
         real: &Tensor,
         cache: &mut KvCache,
     ) -> Tensor {
-        Transformer::step(self, tokens, positions, real, cache)
+        let b = tokens.size()[0];
+        let s = cache.len + 1;
+        cache
+            .valid
+            .narrow(1, cache.len, 1)
+            .copy_(&real.view([b, 1]));
+        let keys = cache.valid.narrow(1, 0, s).view([b, 1, 1, s]);
+        let own = Tensor::zeros([1, 1, 1, s], (Kind::Bool, tokens.device()));
+        let _ = own.narrow(3, s - 1, 1).fill_(1);
+        let mask = keys.logical_or(&own);
+        let logits = self.run_cached(&tokens.view([b, 1]), &positions.view([b, 1]), cache, &mask);
+        cache.len = s;
+        logits
     }
 
     fn score_prefixes(&self, batch: &PrefixBatch, device: Device) -> Result<TokenScores> {

@@ -37,6 +37,42 @@ progress = false
 every = 50
 "#;
 
+/// A small tool-use run: `lookup` on a one-block transformer, warm start, 2 rounds × 5 steps.
+pub const TINY_TOOL: &str = r#"
+[env]
+kind = "tool_use"
+task = "lookup"
+entities = 30
+max_tokens = 40
+rounds = 2
+steps_per_round = 5
+[policy]
+kind = "transformer"
+layers = 1
+d_model = 32
+heads = 2
+[warmstart]
+demos = 50
+steps = 20
+batch_size = 16
+[actor]
+threads = 2
+batch_size = 16
+group_size = 4
+[replay]
+capacity = 256
+[learner]
+batch_size = 16
+sync_interval = 2
+[logging]
+every = 5
+eval_every = 5
+eval_episodes = 20
+progress = false
+[checkpoint]
+every = 5
+"#;
+
 pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("c.toml");
     std::fs::write(&path, text).unwrap();

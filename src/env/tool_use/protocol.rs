@@ -328,13 +328,7 @@ mod tests {
 
     #[test]
     fn a_demonstration_played_back_scores_perfectly() {
-        for kind in [
-            TaskKind::Calc,
-            TaskKind::Lookup,
-            TaskKind::Chain,
-            TaskKind::Fanout,
-            TaskKind::Menu,
-        ] {
+        for kind in crate::env::tool_use::tasks::tests::FAMILIES {
             let t = task(kind);
             for i in 0..20 {
                 let item = t.item(Split::Heldout, i);

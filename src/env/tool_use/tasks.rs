@@ -727,6 +727,15 @@ impl ToolSet<Item> for Task {
 pub(crate) mod tests {
     use super::*;
 
+    /// Every task family.
+    pub(crate) const FAMILIES: [TaskKind; 5] = [
+        TaskKind::Calc,
+        TaskKind::Lookup,
+        TaskKind::Chain,
+        TaskKind::Fanout,
+        TaskKind::Menu,
+    ];
+
     pub fn spec(kind: TaskKind) -> TaskSpec {
         TaskSpec {
             kind,
@@ -743,13 +752,7 @@ pub(crate) mod tests {
 
     #[test]
     fn every_family_parses_back_and_its_gold_calls_execute_to_the_answer() {
-        for kind in [
-            TaskKind::Calc,
-            TaskKind::Lookup,
-            TaskKind::Chain,
-            TaskKind::Fanout,
-            TaskKind::Menu,
-        ] {
+        for kind in FAMILIES {
             let task = Task::new(spec(kind));
             for split in [Split::Train, Split::Heldout] {
                 for i in 0..50 {
@@ -853,13 +856,7 @@ pub(crate) mod tests {
     /// arguments its schema requires.
     #[test]
     fn the_offered_tools_cover_the_gold_calls() {
-        for kind in [
-            TaskKind::Calc,
-            TaskKind::Lookup,
-            TaskKind::Chain,
-            TaskKind::Fanout,
-            TaskKind::Menu,
-        ] {
+        for kind in FAMILIES {
             let task = Task::new(spec(kind));
             for i in 0..50 {
                 let item = task.item(Split::Train, i);
