@@ -253,8 +253,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                 [one] => one.display().to_string(),
                 _ => "AsymRE on the bandit".into(),
             });
-            let (cfg, _) = run::open_run_dir(&runs[0])?;
-            plot::plot_curves(&series, plot::panels_for(&cfg), &title, &out)?;
+            plot::plot_curves(&series, plot::panels_for(&series), &title, &out)?;
             println!("{}", out.display());
             Ok(0)
         }
@@ -282,12 +281,11 @@ fn report(dir: &Path, outcome: Outcome) -> u8 {
 
 /// `<run>/curves.png`, written when a run finishes.
 fn write_run_plot(dir: &Path) -> Result<()> {
-    let (cfg, _) = run::open_run_dir(dir)?;
     let series = plot::load_runs(&[dir.to_path_buf()])?;
     let png = dir.join("curves.png");
     plot::plot_curves(
         &series,
-        plot::panels_for(&cfg),
+        plot::panels_for(&series),
         &dir.display().to_string(),
         &png,
     )

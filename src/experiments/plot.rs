@@ -213,11 +213,16 @@ pub const TOOL_PANELS: &[Panel] = &[
     },
 ];
 
-/// The panels that suit a run of `cfg`.
-pub fn panels_for(cfg: &Config) -> &'static [Panel] {
-    match cfg.env.kind {
-        crate::config::EnvKind::Bandit => BANDIT_PANELS,
-        crate::config::EnvKind::ToolUse => TOOL_PANELS,
+/// The panels that suit what the runs logged: the bandit's when they logged E_π[r], the
+/// sequence tasks' otherwise.
+pub fn panels_for(series: &[Series]) -> &'static [Panel] {
+    let bandit = series
+        .iter()
+        .any(|s| s.rows.iter().any(|r| r.contains_key(tags::EXPECTED_REWARD)));
+    if bandit {
+        BANDIT_PANELS
+    } else {
+        TOOL_PANELS
     }
 }
 
@@ -443,7 +448,8 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     let x_key = numeric_axis(&manifests);
-    let bandit = groups[0].cfg.env.kind == crate::config::EnvKind::Bandit;
+    // Bandit runs report their support (and the theory's prediction).
+    let bandit = groups[0].rows.iter().any(|r| r.support.is_some());
 
     // final.png
     type Pick = fn(&crate::experiments::report::RunRow) -> Option<f64>;

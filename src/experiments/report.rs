@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::EnvKind;
 use crate::error::{Error, IoContext, Result};
 use crate::store::metrics::{read_jsonl, tags};
 
@@ -177,7 +176,8 @@ pub fn read_run(dir: &Path, point: Point) -> Result<RunRow> {
             .collect()
     };
     let num = |key: &str| summary.get(key).and_then(serde_json::Value::as_f64);
-    let bandit = cfg.env.kind == EnvKind::Bandit;
+    // A bandit run logs E_π[r]; sequence tasks log their batches' reward.
+    let bandit = rows.iter().any(|r| r.contains_key(tags::EXPECTED_REWARD));
     let reward_key = if bandit {
         tags::EXPECTED_REWARD
     } else {

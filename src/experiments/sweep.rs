@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::config::{self, Config, EnvKind};
+use crate::config::{self, Config};
 use crate::error::{Error, IoContext, Result};
 use crate::experiments::report::{
     base_config_path, open, run_dir, write_reports, Axis, Manifest, Point,
@@ -40,13 +40,9 @@ pub enum SweepOutcome {
     Failed { failures: Vec<String> },
 }
 
-/// Threads one run uses: actors and learner, or one in serial mode.
+/// Threads one run uses.
 fn threads_per_run(cfg: &Config, serial: bool) -> usize {
-    if serial || cfg.env.kind == EnvKind::Bandit && cfg.env.mode == config::BanditMode::Exact {
-        1
-    } else {
-        cfg.actor.threads + 1
-    }
+    crate::run::threads_used(cfg, serial)
 }
 
 /// Runs (or finishes) a sweep. `interrupt` holds 130/143 once SIGINT/SIGTERM arrived.

@@ -4,12 +4,13 @@ use std::path::{Path, PathBuf};
 
 use tch::Device;
 
-use crate::config::{Config, EnvKind};
-use crate::env::bandit::{self};
+use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
 use crate::policy::{PolicyModel, WeightSnapshot};
 use crate::rl::learner::Learner;
-use crate::store::checkpoint::{self};
+use crate::store::checkpoint;
+
+use super::envs::initial_logits;
 
 /// Writes a run's `config.toml` and `run.json` in a new directory. A `policy.init` file must
 /// load into the configured policy before anything is written; the run's config records its
@@ -34,14 +35,6 @@ pub fn create_run_dir(dir: &Path, cfg: &Config, serial: bool) -> Result<()> {
     checkpoint::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
     let meta = serde_json::json!({ "serial": serial, "version": env!("CARGO_PKG_VERSION") });
     checkpoint::write_atomic(&dir.join("run.json"), meta.to_string().as_bytes())
-}
-
-/// The bandit's initial logits for the tabular policy (none for tool use).
-pub(super) fn initial_logits(cfg: &Config) -> Vec<f64> {
-    match cfg.env.kind {
-        EnvKind::Bandit => bandit::initial_logits(&cfg.env, cfg.seed),
-        EnvKind::ToolUse => Vec::new(),
-    }
 }
 
 /// A learner for a new run: [`Learner::new`], then the weights of `policy.init` if it is set.

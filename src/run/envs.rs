@@ -1,6 +1,7 @@
 //! What a sampled run needs of its environment, behind one trait: its actors, its part of the
-//! metrics rows, evaluation, what a checkpoint keeps of it, and its summary. [`sampled_env`] is
-//! the one place a run looks at `env.kind`; the bandit and the tool-use tasks implement it.
+//! metrics rows, evaluation, what a checkpoint keeps of it, and its summary. [`sampled_env`] and
+//! [`initial_logits`] are where a run looks at `env.kind` (besides choosing the bandit's exact
+//! flow, and `eval`, which is for tool use); the bandit and the tool-use tasks implement it.
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -89,6 +90,14 @@ pub(super) fn sampled_env(
         }),
         EnvKind::ToolUse => Box::new(ToolUseEnv::new(cfg, learner, device, saved)?),
     })
+}
+
+/// The bandit's initial logits for the tabular policy (none for tool use).
+pub(super) fn initial_logits(cfg: &Config) -> Vec<f64> {
+    match cfg.env.kind {
+        EnvKind::Bandit => crate::env::bandit::initial_logits(&cfg.env, cfg.seed),
+        EnvKind::ToolUse => Vec::new(),
+    }
 }
 
 /// The bandit in sampled mode.

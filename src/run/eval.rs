@@ -8,7 +8,7 @@ use crate::env::tool_use::tasks::{Split, Task};
 use crate::error::{Error, IoContext, Result};
 use crate::policy::{PolicyModel, WeightSnapshot};
 use crate::rollout::evaluate;
-use crate::store::checkpoint::{self};
+use crate::store::checkpoint;
 
 use super::*;
 

@@ -21,8 +21,8 @@ mod sampled;
 mod serial;
 mod summary;
 
-use dir::initial_logits;
 pub use dir::{create_run_dir, default_dir, new_learner, open_run_dir};
+use envs::initial_logits;
 pub use eval::evaluate_run;
 use flow::run_exact;
 use parallel::parallel_loop;
@@ -59,6 +59,21 @@ pub enum Outcome {
 
 pub use crate::device::{device_name, resolve_device};
 
+/// Threads a run of `cfg` keeps busy: its actors and learner, or one in serial mode and for the
+/// bandit's exact flow.
+pub fn threads_used(cfg: &Config, serial: bool) -> usize {
+    if serial || exact_flow(cfg) {
+        1
+    } else {
+        cfg.actor.threads + 1
+    }
+}
+
+/// Whether `cfg` runs the bandit's expected-gradient flow rather than actors and a learner.
+fn exact_flow(cfg: &Config) -> bool {
+    cfg.env.kind == EnvKind::Bandit && cfg.env.mode == BanditMode::Exact
+}
+
 pub(crate) fn interrupted(opts: &RunOptions) -> Option<i32> {
     match opts.interrupt.load(Ordering::Relaxed) {
         0 => None,
@@ -93,9 +108,10 @@ pub fn train(
             std::fs::remove_file(&path).at(&path)?;
         }
     }
-    let outcome = match (cfg.env.kind, cfg.env.mode) {
-        (EnvKind::Bandit, BanditMode::Exact) => run_exact(cfg, run_dir, &opts, resume)?,
-        _ => run_sampled(cfg, run_dir, device, &opts, resume)?,
+    let outcome = if exact_flow(cfg) {
+        run_exact(cfg, run_dir, &opts, resume)?
+    } else {
+        run_sampled(cfg, run_dir, device, &opts, resume)?
     };
     if let Outcome::Finished(summary) = &outcome {
         let path = run_dir.join("summary.json");

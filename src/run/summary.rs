@@ -8,7 +8,7 @@ use crate::env::bandit::Bandit;
 use crate::env::tool_use::reward::ScoreMeans;
 use crate::math::{entropy, support_size};
 use crate::policy::tabular::sampling_probs;
-use crate::rl::exact::{self};
+use crate::rl::exact;
 use crate::rl::warmstart::WarmstartReport;
 use crate::store::metrics::{tags, Row};
 
