@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::env::bandit::BanditSpec;
+pub use crate::env::bandit::{BehaviourInit, RewardNoise};
 pub use crate::env::tool_use::reward::RewardConfig;
 use crate::env::tool_use::tasks::{TaskKind, TaskSpec};
 use crate::error::{Error, IoContext, Result};
@@ -77,26 +79,6 @@ pub enum BanditMode {
     Exact,
     /// The actor/learner pipeline with sampled arms and a lagged behaviour policy.
     Sampled,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RewardNoise {
-    /// The reward of arm y is r(y) itself.
-    None,
-    /// The reward of arm y is a Bernoulli(r(y)) draw.
-    Bernoulli,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BehaviourInit {
-    /// All logits zero.
-    Uniform,
-    /// Logit of arm i is i / 10.
-    Linear,
-    /// Logits drawn from N(0, init_scale²).
-    Gaussian,
 }
 
 /// The environment. Bandit keys are the paper's controlled setting (SPEC §3.1).
@@ -173,6 +155,16 @@ impl EnvConfig {
     /// Total learner steps of a bandit run.
     pub fn total_steps(&self) -> u64 {
         self.rounds.saturating_mul(self.steps_per_round)
+    }
+
+    /// The bandit's knobs.
+    pub fn bandit_spec(&self) -> BanditSpec {
+        BanditSpec {
+            arms: self.arms,
+            reward_noise: self.reward_noise,
+            behaviour_init: self.behaviour_init,
+            init_scale: self.init_scale,
+        }
     }
 
     /// The task generators' knobs, seeded with the run's seed.

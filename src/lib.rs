@@ -11,7 +11,8 @@
 //! - [`env`]: environments (the bandit; tool-use tasks, their tools, protocol and rewards);
 //! - [`policy`]: policies (tabular, the small transformer) behind the sequence-policy boundary,
 //!   and weight snapshots; [`rollout`]: batched decoding;
-//! - [`rl`]: trajectories, the replay buffer, losses, the optimiser, the learner and the actors;
+//! - [`trajectory`]: the plain data actors send;
+//! - [`rl`]: the replay buffer, losses, the optimiser, the learner and the actors;
 //! - [`transport`]: how actors and learner meet (in process: a channel and a snapshot board);
 //! - [`store`]: checkpoints and metric sinks; [`run`]: serial and parallel runs, the only place
 //!   threads are spawned;
@@ -32,6 +33,7 @@ pub mod rollout;
 pub mod run;
 pub mod store;
 pub mod text;
+pub mod trajectory;
 pub mod transport;
 
 pub use config::Config;

@@ -3,8 +3,51 @@
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
 
-use crate::config::{BehaviourInit, EnvConfig, RewardNoise};
+use serde::{Deserialize, Serialize};
+
 use crate::rng::{self, Role};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardNoise {
+    /// The reward of arm y is r(y) itself.
+    None,
+    /// The reward of arm y is a Bernoulli(r(y)) draw.
+    Bernoulli,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BehaviourInit {
+    /// All logits zero.
+    Uniform,
+    /// Logit of arm i is i / 10.
+    Linear,
+    /// Logits drawn from N(0, init_scale²).
+    Gaussian,
+}
+
+/// The bandit's knobs (they live in `[env]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BanditSpec {
+    pub arms: usize,
+    pub reward_noise: RewardNoise,
+    pub behaviour_init: BehaviourInit,
+    /// The standard deviation of `gaussian` initial logits.
+    pub init_scale: f64,
+}
+
+impl Default for BanditSpec {
+    /// The paper's: 100 arms, no noise, uniform initial logits.
+    fn default() -> Self {
+        BanditSpec {
+            arms: 100,
+            reward_noise: RewardNoise::None,
+            behaviour_init: BehaviourInit::Uniform,
+            init_scale: 1.0,
+        }
+    }
+}
 
 /// A bandit instance: the arms' expected rewards r(y) and how a pull is observed.
 #[derive(Debug, Clone)]
@@ -15,7 +58,7 @@ pub struct Bandit {
 
 impl Bandit {
     /// The instance of `seed`: the same seed gives the same arms whatever else is configured.
-    pub fn new(cfg: &EnvConfig, seed: u64) -> Self {
+    pub fn new(cfg: &BanditSpec, seed: u64) -> Self {
         let mut rng = rng::stream(seed, Role::Env, 0);
         let arm_rewards = (0..cfg.arms).map(|_| rng.gen::<f64>()).collect();
         Bandit {
@@ -59,7 +102,7 @@ impl Bandit {
 }
 
 /// The initial logits of the policy (and so of the first behaviour policy).
-pub fn initial_logits(cfg: &EnvConfig, seed: u64) -> Vec<f64> {
+pub fn initial_logits(cfg: &BanditSpec, seed: u64) -> Vec<f64> {
     match cfg.behaviour_init {
         BehaviourInit::Uniform => vec![0.0; cfg.arms],
         BehaviourInit::Linear => (0..cfg.arms).map(|i| i as f64 / 10.0).collect(),
@@ -77,7 +120,7 @@ mod tests {
 
     #[test]
     fn arms_are_fixed_per_seed_and_in_unit_interval() {
-        let cfg = EnvConfig::default();
+        let cfg = BanditSpec::default();
         let a = Bandit::new(&cfg, 7);
         let b = Bandit::new(&cfg, 7);
         let c = Bandit::new(&cfg, 8);
@@ -89,10 +132,10 @@ mod tests {
 
     #[test]
     fn bernoulli_noise_is_unbiased() {
-        let cfg = EnvConfig {
+        let cfg = BanditSpec {
             reward_noise: RewardNoise::Bernoulli,
             arms: 3,
-            ..EnvConfig::default()
+            ..BanditSpec::default()
         };
         let b = Bandit::new(&cfg, 1);
         let mut rng = rng::stream(1, Role::Actor, 0);
@@ -116,10 +159,10 @@ mod tests {
 
     #[test]
     fn linear_init_is_index_over_ten() {
-        let cfg = EnvConfig {
+        let cfg = BanditSpec {
             behaviour_init: BehaviourInit::Linear,
             arms: 4,
-            ..EnvConfig::default()
+            ..BanditSpec::default()
         };
         assert_eq!(initial_logits(&cfg, 0), vec![0.0, 0.1, 0.2, 0.3]);
     }

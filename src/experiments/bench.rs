@@ -27,11 +27,11 @@ use crate::ids::{PromptId, SourceId};
 use crate::policy::PrefixBatch;
 use crate::rl::actor::{Actor, ToolActor};
 use crate::rl::learner::Learner;
-use crate::rl::trajectory::{ActorBatch, Trajectory};
 use crate::rl::warmstart::warm_start;
 use crate::run::{self, Outcome, RunOptions};
 use crate::store::checkpoint;
 use crate::text::words as vocab;
+use crate::trajectory::{ActorBatch, Trajectory};
 
 const BANDIT_TOML: &str = include_str!("../../configs/bandit.toml");
 const CALC_TOML: &str = include_str!("../../configs/tool_calc.toml");

@@ -17,9 +17,9 @@ pub use tabular::TabularPolicy;
 pub use transformer::{TokenScores, Transformer};
 
 use crate::config::{Config, PolicyKind};
-use crate::rl::trajectory::Trajectory;
 use crate::text::words::Words;
 use crate::text::Tokenizer;
+use crate::trajectory::Trajectory;
 
 /// The sequence-policy boundary: what decoding and the learner need of an autoregressive
 /// model over token ids. Its vocabulary and context length are the model's own (and its

@@ -19,8 +19,8 @@ use crate::error::{Error, Result};
 use crate::ids::SourceId;
 use crate::policy::tabular::sampling_probs;
 use crate::policy::{PolicyModel, TabularPolicy, Transformer, WeightSnapshot};
-use crate::rl::trajectory::{Actions, ActorBatch, EpisodeStats, Trajectory};
 use crate::rollout::{rollout, Decoding};
+use crate::trajectory::{Actions, ActorBatch, EpisodeStats, Trajectory};
 use crate::transport::{RunControl, TrajectorySink, WeightBoard};
 
 /// The part of an actor that must survive a checkpoint for an exact resume.

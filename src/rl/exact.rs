@@ -124,15 +124,15 @@ pub fn limit_policy(mu: &[f64], rewards: &[f64], v: f64) -> Option<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::EnvConfig;
+    use crate::env::bandit::BanditSpec;
     use crate::math::{entropy, support_size};
     use tch::{Kind, Tensor};
 
     fn bandit(arms: usize, seed: u64) -> Bandit {
         Bandit::new(
-            &EnvConfig {
+            &BanditSpec {
                 arms,
-                ..EnvConfig::default()
+                ..BanditSpec::default()
             },
             seed,
         )

@@ -14,8 +14,8 @@ use crate::policy::{sorted_vars, PolicyModel, WeightSnapshot};
 use crate::rl::loss;
 use crate::rl::optim::Optimizer;
 use crate::rl::replay::Replay;
-use crate::rl::trajectory::{ActorBatch, Trajectory};
 use crate::rng::{self, Role};
+use crate::trajectory::{ActorBatch, Trajectory};
 use crate::transport::{Received, RunControl, TrajectorySource, WeightBoard};
 
 /// What one learner step measured.
@@ -417,7 +417,7 @@ pub fn learner_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rl::trajectory::Actions;
+    use crate::trajectory::Actions;
     use proptest::prelude::*;
 
     const BANDIT_TOML: &str = include_str!("../../configs/bandit.toml");

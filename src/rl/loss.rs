@@ -9,7 +9,7 @@ use tch::{Kind, Tensor};
 
 use crate::config::{BaselineKind, Estimate, GrpoLevel, LossConfig, LossKind};
 use crate::error::Result;
-use crate::rl::trajectory::Trajectory;
+use crate::trajectory::Trajectory;
 
 /// −mean((reward − baseline) · target_logp). All arguments are [B]; the result is a scalar.
 pub fn asymre(target_logp: &Tensor, reward: &Tensor, baseline: &Tensor) -> Result<Tensor> {

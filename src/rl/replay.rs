@@ -15,7 +15,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ReplayConfig, Sampling};
-use crate::rl::trajectory::Trajectory;
+use crate::trajectory::Trajectory;
 
 /// The ring and its counters; serialisable whole for exact resumption.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -188,7 +188,7 @@ impl Replay {
     }
 
     /// How many arrivals (counted like [`Replay::inserted`]) learner step `step` needs before it
-    /// can run: the pacing point of [`admission_limit`].
+    /// can run: the pacing point of [`crate::transport::admission_limit`].
     pub fn needed(&self, step: u64) -> u64 {
         match self.sampling {
             Sampling::Fifo => {
@@ -230,20 +230,10 @@ impl Meta {
     }
 }
 
-/// Pacing for `max_policy_lag`: the arrival count up to which samples of a policy of version
-/// `version` are still fresh when the learner reaches them. The learner is at step `step` and
-/// needs `needed` arrivals for it; each later step consumes `per_step` more, so a sample arriving
-/// as number `a` is first trained around step `step + (a − needed) / per_step`, which must not be
-/// more than `max_lag` past `version`. Actors start a message only while the samples already
-/// claimed plus theirs stay under this limit, so a fast actor waits instead of producing samples
-/// that would be dropped.
-pub fn admission_limit(needed: u64, step: u64, per_step: f64, version: u64, max_lag: u64) -> u64 {
-    let steps_left = (version + max_lag).saturating_sub(step);
-    needed + (steps_left as f64 * per_step).floor() as u64
-}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::admission_limit;
     use rand::SeedableRng;
 
     fn traj(i: u64, version: u64) -> Trajectory {

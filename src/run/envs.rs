@@ -84,7 +84,7 @@ pub(super) fn sampled_env(
 ) -> Result<Box<dyn SampledEnv>> {
     Ok(match cfg.env.kind {
         EnvKind::Bandit => Box::new(BanditEnv {
-            bandit: Bandit::new(&cfg.env, cfg.seed),
+            bandit: Bandit::new(&cfg.env.bandit_spec(), cfg.seed),
             initial: initial.to_vec(),
             behaviour_probs: Vec::new(),
         }),
@@ -95,7 +95,7 @@ pub(super) fn sampled_env(
 /// The bandit's initial logits for the tabular policy (none for tool use).
 pub(super) fn initial_logits(cfg: &Config) -> Vec<f64> {
     match cfg.env.kind {
-        EnvKind::Bandit => crate::env::bandit::initial_logits(&cfg.env, cfg.seed),
+        EnvKind::Bandit => crate::env::bandit::initial_logits(&cfg.env.bandit_spec(), cfg.seed),
         EnvKind::ToolUse => Vec::new(),
     }
 }

@@ -25,8 +25,8 @@ pub(super) fn run_exact(
     opts: &RunOptions,
     resume: Option<Checkpoint>,
 ) -> Result<Outcome> {
-    let bandit = Bandit::new(&cfg.env, cfg.seed);
-    let initial = bandit::initial_logits(&cfg.env, cfg.seed);
+    let bandit = Bandit::new(&cfg.env.bandit_spec(), cfg.seed);
+    let initial = bandit::initial_logits(&cfg.env.bandit_spec(), cfg.seed);
     let total = cfg.env.total_steps();
     let per_round = cfg.env.steps_per_round;
     let (mut flow, mut step, wall) = match resume {

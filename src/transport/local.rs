@@ -9,7 +9,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::{Closed, Received, RunControl, TrajectorySink, TrajectorySource, WeightBoard};
 use crate::error::Error;
 use crate::policy::WeightSnapshot;
-use crate::rl::trajectory::ActorBatch;
+use crate::trajectory::ActorBatch;
 
 /// A bounded channel's two ends: `capacity` messages in flight at most.
 pub fn channel(capacity: usize) -> (ChannelSink, ChannelSource) {
@@ -78,7 +78,7 @@ impl SnapshotBoard {
 
 /// Pacing for `replay.max_policy_lag`, shared by the actors and the learner: an actor starts a
 /// message only when its samples will reach a learner step at most `max_policy_lag` past its
-/// weights' version ([`crate::rl::replay::admission_limit`]), counting the samples other actors
+/// weights' version ([`super::admission_limit`]), counting the samples other actors
 /// already claimed. Actors that out-produce the learner wait here instead of producing samples
 /// that the learner would have to drop.
 #[derive(Debug)]
@@ -117,8 +117,7 @@ impl Pacer {
             return true;
         }
         let (step, needed) = *self.learner.lock().unwrap_or_else(|e| e.into_inner());
-        let limit =
-            crate::rl::replay::admission_limit(needed, step, self.per_step, version, self.max_lag);
+        let limit = super::admission_limit(needed, step, self.per_step, version, self.max_lag);
         self.claimed
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |claimed| {
                 (claimed + n <= limit || claimed < needed).then_some(claimed + n)

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::policy::WeightSnapshot;
-use crate::rl::trajectory::ActorBatch;
+use crate::trajectory::ActorBatch;
 
 /// The learner is gone: an actor stops sending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,4 +64,16 @@ pub trait RunControl: Sync {
     fn try_claim(&self, version: u64, n: u64) -> bool;
     /// Waits until the learner steps again or `timeout` passes.
     fn wait_for_learner(&self, timeout: Duration);
+}
+
+/// Pacing for `max_policy_lag`: the arrival count up to which samples of a policy of version
+/// `version` are still fresh when the learner reaches them. The learner is at step `step` and
+/// needs `needed` arrivals for it; each later step consumes `per_step` more, so a sample arriving
+/// as number `a` is first trained around step `step + (a − needed) / per_step`, which must not be
+/// more than `max_lag` past `version`. Actors start a message only while the samples already
+/// claimed plus theirs stay under this limit, so a fast actor waits instead of producing samples
+/// that would be dropped.
+pub fn admission_limit(needed: u64, step: u64, per_step: f64, version: u64, max_lag: u64) -> u64 {
+    let steps_left = (version + max_lag).saturating_sub(step);
+    needed + (steps_left as f64 * per_step).floor() as u64
 }

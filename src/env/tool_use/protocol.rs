@@ -418,4 +418,29 @@ mod tests {
         assert!(ep.done && ep.tokens.len() <= limits.max_tokens);
         assert_eq!(ep.attempt.format_errors, 1);
     }
+
+    /// A tool whose result the vocabulary cannot spell: the call is a format error and the
+    /// policy sees `RES ERR /RES`, never a panic.
+    #[test]
+    fn a_result_the_vocabulary_cannot_spell_is_a_tool_error() {
+        struct Accented;
+        impl ToolSet<Item> for Accented {
+            fn execute(&self, _item: &Item, _call: &Call) -> Result<String, String> {
+                Ok("café".into())
+            }
+        }
+        let t = task(TaskKind::Calc);
+        let mut ep = Episode::new(&t, t.item(Split::Train, 0), LIMITS);
+        for tok in vocab::encode("CALL add a 1 b 2 /CALL").unwrap() {
+            ep.push_policy(tok, &Accented);
+        }
+        let mut forced = Vec::new();
+        while let Some(tok) = ep.take_forced() {
+            forced.push(tok);
+        }
+        assert_eq!(forced, [RES, ERR, END_RES]);
+        assert_eq!(ep.attempt.format_errors, 1);
+        assert_eq!(ep.attempt.results, [None]);
+        assert_eq!(ep.attempt.calls.len(), 1);
+    }
 }
