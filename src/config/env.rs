@@ -1,0 +1,166 @@
+//! `[env]`: the bandit's and the tool-use tasks' knobs.
+use serde::{Deserialize, Serialize};
+
+use super::{check, Result};
+use crate::env::bandit::{BanditSpec, BehaviourInit, RewardNoise};
+use crate::env::tool_use::tasks::{TaskKind, TaskSpec};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnvKind {
+    /// K-armed bandit with a tabular softmax policy (SPEC §3.1).
+    Bandit,
+    /// Verifiable tool-use tasks over a token protocol (SPEC §3.2).
+    ToolUse,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BanditMode {
+    /// The expected-gradient flow with policy-iteration rounds; no sampling, no threads.
+    Exact,
+    /// The actor/learner pipeline with sampled arms and a lagged behaviour policy.
+    Sampled,
+}
+
+/// The environment. Bandit keys are the paper's controlled setting (SPEC §3.1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvConfig {
+    /// Which environment: `bandit`.
+    pub kind: EnvKind,
+    /// Bandit: `exact` (expected-gradient flow) or `sampled` (actor/learner pipeline).
+    pub mode: BanditMode,
+    /// Bandit: number of arms K.
+    pub arms: usize,
+    /// Bandit: `none` (reward r(y)) or `bernoulli` (reward ~ Bernoulli(r(y))).
+    pub reward_noise: RewardNoise,
+    /// Bandit: initial logits of the policy, hence of the first behaviour policy.
+    pub behaviour_init: BehaviourInit,
+    /// Bandit: standard deviation of the `gaussian` initial logits.
+    pub init_scale: f64,
+    /// Bandit: policy-iteration rounds. The run lasts `rounds * steps_per_round` learner steps.
+    pub rounds: u64,
+    /// Bandit: steps per round. In exact mode μ ← π at the end of each round.
+    pub steps_per_round: u64,
+    /// Bandit, exact mode: step size η of the expected-gradient flow.
+    pub eta: f64,
+    /// Tool use: the task family (`calc`, `lookup`, `chain`, `fanout`, `menu`).
+    pub task: TaskKind,
+    /// Tool use (calc, menu): operands have up to this many digits.
+    pub digits: u32,
+    /// Tool use (calc, menu): share of items that need no call.
+    pub no_call_share: f64,
+    /// Tool use: entities in the seeded database.
+    pub entities: usize,
+    /// Tool use: share of entities (lookup, chain, fanout) held out for evaluation.
+    pub heldout_share: f64,
+    /// Tool use (chain): add a constant to the looked-up value, a third call.
+    pub chain_arith: bool,
+    /// Tool use (fanout): entities per question, 2 or 3.
+    pub width: usize,
+    /// Tool use (menu): tools listed beside the one needed.
+    pub distractors: usize,
+    /// Tool use: longest episode in tokens, prompt and tool results included.
+    pub max_tokens: usize,
+    /// Tool use: most calls per episode.
+    pub max_calls: usize,
+}
+
+impl Default for EnvConfig {
+    fn default() -> Self {
+        EnvConfig {
+            kind: EnvKind::Bandit,
+            mode: BanditMode::Sampled,
+            arms: 100,
+            reward_noise: RewardNoise::None,
+            behaviour_init: BehaviourInit::Uniform,
+            init_scale: 1.0,
+            rounds: 40,
+            steps_per_round: 500,
+            eta: 1.0,
+            task: TaskKind::Calc,
+            digits: 2,
+            no_call_share: 0.2,
+            entities: 200,
+            heldout_share: 0.2,
+            chain_arith: false,
+            width: 2,
+            distractors: 2,
+            max_tokens: 64,
+            max_calls: 4,
+        }
+    }
+}
+
+impl EnvConfig {
+    /// Total learner steps of a bandit run.
+    pub fn total_steps(&self) -> u64 {
+        self.rounds.saturating_mul(self.steps_per_round)
+    }
+
+    /// The bandit's knobs.
+    pub fn bandit_spec(&self) -> BanditSpec {
+        BanditSpec {
+            arms: self.arms,
+            reward_noise: self.reward_noise,
+            behaviour_init: self.behaviour_init,
+            init_scale: self.init_scale,
+        }
+    }
+
+    /// The task generators' knobs, seeded with the run's seed.
+    pub fn task_spec(&self, seed: u64) -> TaskSpec {
+        TaskSpec {
+            kind: self.task,
+            seed,
+            digits: self.digits,
+            no_call_share: self.no_call_share,
+            entities: self.entities,
+            heldout_share: self.heldout_share,
+            chain_arith: self.chain_arith,
+            width: self.width,
+            distractors: self.distractors,
+        }
+    }
+}
+
+impl EnvConfig {
+    /// Checks `[env]` on its own.
+    pub fn validate(&self) -> Result<()> {
+        let e = self;
+        check(
+            (2..=1_000_000).contains(&e.arms),
+            "env.arms",
+            "between 2 and 1000000",
+            e.arms,
+        )?;
+        check(
+            e.init_scale.is_finite() && e.init_scale >= 0.0,
+            "env.init_scale",
+            "finite and >= 0",
+            e.init_scale,
+        )?;
+        check(e.rounds >= 1, "env.rounds", ">= 1", e.rounds)?;
+        check(
+            e.steps_per_round >= 1,
+            "env.steps_per_round",
+            ">= 1",
+            e.steps_per_round,
+        )?;
+        check(
+            e.total_steps() <= 1_000_000_000,
+            "env.rounds",
+            "such that rounds * steps_per_round <= 1e9",
+            e.rounds,
+        )?;
+        check(
+            e.eta.is_finite() && e.eta > 0.0,
+            "env.eta",
+            "finite and > 0",
+            e.eta,
+        )?;
+
+        Ok(())
+    }
+}

@@ -1,0 +1,102 @@
+//! `[policy]`: which policy and its shape.
+use serde::{Deserialize, Serialize};
+
+use std::path::PathBuf;
+
+use super::{check, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyKind {
+    /// One logit per arm (bandit).
+    Tabular,
+    /// A small causal decoder (tool use).
+    Transformer,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// `tabular` (bandit) or `transformer` (tool use).
+    pub kind: PolicyKind,
+    /// Sampling temperature of the actors (1 = sample from π itself).
+    pub temperature: f64,
+    /// Transformer: decoder blocks.
+    pub layers: usize,
+    /// Transformer: model width.
+    pub d_model: usize,
+    /// Transformer: attention heads (must divide d_model).
+    pub heads: usize,
+    /// Transformer: the arithmetic of its matrix products (`f32`, or `bf16` with f32 weights,
+    /// optimiser state, norms, attention and log-probabilities).
+    pub precision: Precision,
+    /// Weights to start from instead of a random initialisation: a safetensors file with the
+    /// policy's variables, such as a run's `checkpoints/step_…/weights.safetensors` (a relative
+    /// path is taken from the working directory). The warm start, if any, continues from them; a
+    /// resumed run takes its checkpoint's weights instead.
+    pub init: Option<PathBuf>,
+}
+
+/// The number format of the transformer's matrix products.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Linear layers multiply bfloat16 copies of their inputs and weights and return f32; the
+    /// weights themselves, their gradients and the optimiser stay f32 (mixed precision).
+    Bf16,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            kind: PolicyKind::Tabular,
+            temperature: 1.0,
+            layers: 2,
+            d_model: 128,
+            heads: 4,
+            precision: Precision::F32,
+            init: None,
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// Checks `[policy]` on its own.
+    pub fn validate(&self) -> Result<()> {
+        let p = self;
+        check(
+            p.temperature.is_finite() && p.temperature > 0.0,
+            "policy.temperature",
+            "finite and > 0",
+            p.temperature,
+        )?;
+        check(
+            p.precision == Precision::F32 || p.kind == PolicyKind::Transformer,
+            "policy.precision",
+            "f32 for the tabular policy (bf16 applies to the transformer's products)",
+            format!("{:?}", p.precision).to_lowercase(),
+        )?;
+        check(
+            (1..=48).contains(&p.layers),
+            "policy.layers",
+            "between 1 and 48",
+            p.layers,
+        )?;
+        check(
+            (1..=64).contains(&p.heads),
+            "policy.heads",
+            "between 1 and 64",
+            p.heads,
+        )?;
+        check(
+            p.d_model >= p.heads && p.d_model.is_multiple_of(p.heads) && p.d_model <= 8192,
+            "policy.d_model",
+            &format!("a multiple of policy.heads ({}) up to 8192", p.heads),
+            p.d_model,
+        )?;
+        Ok(())
+    }
+}
