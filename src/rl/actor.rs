@@ -236,7 +236,7 @@ impl Actor for BanditActor {
         }
         fill_group_stats(&mut trajectories, group_size);
         Ok(ActorBatch {
-            actor: self.core.state.source.actor as usize,
+            actor: self.id(),
             trajectories,
         })
     }
@@ -345,7 +345,7 @@ impl Actor for ToolActor {
         }
         fill_group_stats(&mut trajectories, group_size);
         Ok(ActorBatch {
-            actor: source.actor as usize,
+            actor: self.id(),
             trajectories,
         })
     }

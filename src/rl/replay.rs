@@ -20,10 +20,8 @@ use crate::trajectory::Trajectory;
 /// The ring and its counters; serialisable whole for exact resumption.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Replay {
-    buf: VecDeque<Trajectory>,
-    /// Arrival number of each entry of `buf` (increasing; gaps where samples were removed) and
-    /// whether a batch has held it yet.
-    meta: VecDeque<Meta>,
+    /// The ring, in arrival order.
+    buf: VecDeque<Entry>,
     capacity: usize,
     sampling: Sampling,
     reuse: f64,
@@ -35,13 +33,15 @@ pub struct Replay {
     stale_dropped: u64,
     /// FIFO: the arrival number where the next window starts.
     window: u64,
+    /// At most the oldest policy version in the ring (`u64::MAX` when empty): while it is
+    /// within the lag limit, nothing needs to be scanned.
+    oldest: u64,
 }
 
 impl Replay {
     pub fn new(cfg: &ReplayConfig, batch_size: usize) -> Self {
         Replay {
             buf: VecDeque::with_capacity(cfg.capacity),
-            meta: VecDeque::with_capacity(cfg.capacity),
             capacity: cfg.capacity,
             sampling: cfg.sampling,
             reuse: cfg.reuse,
@@ -50,6 +50,7 @@ impl Replay {
             inserted: 0,
             stale_dropped: 0,
             window: 0,
+            oldest: u64::MAX,
         }
     }
 
@@ -73,10 +74,9 @@ impl Replay {
     pub fn push(&mut self, t: Trajectory) {
         if self.buf.len() == self.capacity {
             self.buf.pop_front();
-            self.meta.pop_front();
         }
-        self.buf.push_back(t);
-        self.meta.push_back(Meta::new(self.inserted));
+        self.oldest = self.oldest.min(t.policy_version);
+        self.buf.push_back(Entry::new(self.inserted, t));
         self.inserted += 1;
     }
 
@@ -88,10 +88,12 @@ impl Replay {
         let skip = incoming.saturating_sub(self.capacity);
         let evict = (self.buf.len() + incoming - skip).saturating_sub(self.capacity);
         self.buf.drain(..evict);
-        self.meta.drain(..evict);
-        self.buf.extend(batch.into_iter().skip(skip));
-        self.meta
-            .extend((self.inserted + skip as u64..self.inserted + incoming as u64).map(Meta::new));
+        let (first, oldest) = (self.inserted, &mut self.oldest);
+        self.buf
+            .extend(batch.into_iter().enumerate().skip(skip).map(|(i, t)| {
+                *oldest = (*oldest).min(t.policy_version);
+                Entry::new(first + i as u64, t)
+            }));
         self.inserted += incoming as u64;
     }
 
@@ -100,21 +102,21 @@ impl Replay {
     /// are counted in `stale_dropped`.
     pub fn evict_stale(&mut self, step: u64) {
         let max_lag = self.max_policy_lag;
-        if max_lag == 0 {
+        if max_lag == 0 || step.saturating_sub(self.oldest) <= max_lag {
             return;
         }
-        let stale = |t: &Trajectory| step.saturating_sub(t.policy_version) > max_lag;
-        if !self.buf.iter().any(stale) {
-            return;
-        }
-        let kept: Vec<bool> = self.buf.iter().map(|t| !stale(t)).collect();
-        self.stale_dropped += (kept.iter().zip(&self.meta))
-            .filter(|(&k, m)| !k && !m.trained)
-            .count() as u64;
-        let mut flags = kept.iter();
-        self.buf.retain(|_| *flags.next().unwrap_or(&true));
-        let mut flags = kept.iter();
-        self.meta.retain(|_| *flags.next().unwrap_or(&true));
+        let (mut dropped, mut oldest) = (0, u64::MAX);
+        self.buf.retain(|e| {
+            let keep = step.saturating_sub(e.t.policy_version) <= max_lag;
+            if keep {
+                oldest = oldest.min(e.t.policy_version);
+            } else if !e.trained {
+                dropped += 1;
+            }
+            keep
+        });
+        self.stale_dropped += dropped;
+        self.oldest = oldest;
     }
 
     /// FIFO: how many entries learner step `step`'s window moves on by (`batch_size / reuse`,
@@ -126,7 +128,7 @@ impl Replay {
 
     /// FIFO: the position in the ring where the next window starts.
     fn window_position(&self) -> usize {
-        self.meta.partition_point(|m| m.arrival < self.window)
+        self.buf.partition_point(|e| e.arrival < self.window)
     }
 
     /// Trajectories kept (pushed and not dropped as stale).
@@ -158,9 +160,9 @@ impl Replay {
                 let next = first + stride;
                 self.window = match next {
                     0 => self.window,
-                    n if n <= self.meta.len() => self.meta[n - 1].arrival + 1,
+                    n if n <= self.buf.len() => self.buf[n - 1].arrival + 1,
                     // reuse < 1 skips entries that have not arrived yet.
-                    n => self.inserted + (n - self.meta.len()) as u64,
+                    n => self.inserted + (n - self.buf.len()) as u64,
                 };
                 let positions: Vec<usize> =
                     (first..(first + self.batch_size).min(self.buf.len())).collect();
@@ -179,12 +181,12 @@ impl Replay {
 
     fn mark_trained(&mut self, positions: &[usize]) {
         for &p in positions {
-            self.meta[p].trained = true;
+            self.buf[p].trained = true;
         }
     }
 
     pub fn get(&self, pos: usize) -> &Trajectory {
-        &self.buf[pos]
+        &self.buf[pos].t
     }
 
     /// How many arrivals (counted like [`Replay::inserted`]) learner step `step` needs before it
@@ -195,7 +197,7 @@ impl Replay {
                 // The arrival that completes the window.
                 let present = self.buf.len() - self.window_position();
                 match present.checked_sub(self.batch_size) {
-                    Some(extra) => self.meta[self.buf.len() - 1 - extra].arrival + 1,
+                    Some(extra) => self.buf[self.buf.len() - 1 - extra].arrival + 1,
                     None => self.inserted + (self.batch_size - present) as u64,
                 }
             }
@@ -212,20 +214,23 @@ impl Replay {
     }
 }
 
-/// Bookkeeping of one entry of the ring.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-struct Meta {
-    /// Its arrival number, counted like [`Replay::inserted`].
+/// One entry of the ring: a trajectory and its bookkeeping.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Entry {
+    /// Its arrival number, counted like [`Replay::inserted`] (increasing along the ring, with
+    /// gaps where samples were removed).
     arrival: u64,
     /// Whether a batch held it.
     trained: bool,
+    t: Trajectory,
 }
 
-impl Meta {
-    fn new(arrival: u64) -> Self {
-        Meta {
+impl Entry {
+    fn new(arrival: u64, t: Trajectory) -> Self {
+        Entry {
             arrival,
             trained: false,
+            t,
         }
     }
 }

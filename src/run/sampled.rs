@@ -207,6 +207,12 @@ pub(super) fn run_sampled(
     };
     let rec = Recorder::new(cfg, run_dir, total, learner.step, wall)?;
     let last_baseline = saved.as_ref().map_or(0.0, |s| s.last_baseline);
+    // A parallel resume is a new session: its actors draw from streams of their own, so they
+    // repeat no prompt and no draw of the sessions before ([`crate::ids`]). A serial resume
+    // restores every actor's state instead, and continues the same session exactly.
+    let session = saved
+        .as_ref()
+        .map_or(0, |s| s.session + u32::from(!opts.serial));
     let mut run = SampledRun {
         cfg,
         env,
@@ -214,7 +220,7 @@ pub(super) fn run_sampled(
         behaviour: behaviour.clone(),
         last_baseline,
         rec,
-        session: 0,
+        session,
     };
     run.set_behaviour(behaviour.clone());
     if run.learner.step == 0 {
@@ -224,13 +230,6 @@ pub(super) fn run_sampled(
     }
     // Owned, so that actor threads can rebuild an actor mid-run.
     let new_actor = run.env.actors();
-    // A parallel resume is a new session: its actors draw from streams of their own, so they
-    // repeat no prompt and no draw of the sessions before ([`crate::ids`]). A serial resume
-    // restores every actor's state instead, and continues the same session exactly.
-    let session = saved
-        .as_ref()
-        .map_or(0, |s| s.session + u32::from(!opts.serial));
-    run.session = session;
     let build_actor = |id: usize, restart: u32| -> Result<Box<dyn Actor>> {
         new_actor(cfg, SourceId::new(session, id as u32, restart), &behaviour)
     };

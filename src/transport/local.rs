@@ -55,25 +55,6 @@ impl SnapshotBoard {
             version: AtomicU64::new(version),
         }
     }
-
-    fn publish_snapshot(&self, snapshot: WeightSnapshot) {
-        let version = snapshot.version;
-        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-        *latest = Arc::new(snapshot);
-        self.version.store(version, Ordering::Release);
-        drop(latest);
-    }
-
-    fn current_version(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
-    }
-
-    fn latest_snapshot(&self) -> Arc<WeightSnapshot> {
-        self.latest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
 }
 
 /// Pacing for `replay.max_policy_lag`, shared by the actors and the learner: an actor starts a
@@ -137,15 +118,21 @@ impl Pacer {
 
 impl WeightBoard for SnapshotBoard {
     fn publish(&self, snapshot: WeightSnapshot) {
-        self.publish_snapshot(snapshot)
+        let version = snapshot.version;
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        *latest = Arc::new(snapshot);
+        self.version.store(version, Ordering::Release);
     }
 
     fn version(&self) -> u64 {
-        self.current_version()
+        self.version.load(Ordering::Acquire)
     }
 
     fn latest(&self) -> Arc<WeightSnapshot> {
-        self.latest_snapshot()
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
