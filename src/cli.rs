@@ -56,6 +56,49 @@ pub enum Command {
         #[arg(long)]
         dump: Option<PathBuf>,
     },
+    /// Continue a prompt with a pretrained language model.
+    Generate {
+        /// A model name (smollm2-135m), a .gguf file or a Hugging Face directory.
+        #[arg(long)]
+        model: String,
+        /// The prompt text.
+        #[arg(long)]
+        prompt: String,
+        /// Render the prompt as one user message with the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        /// A system message before the user's (with --chat).
+        #[arg(long, requires = "chat")]
+        system: Option<String>,
+        /// New tokens at most (0: only tokenise).
+        #[arg(long, default_value_t = 64)]
+        max_new: usize,
+        /// Sampling temperature; 0 is greedy.
+        #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
+        temperature: f64,
+        /// Seed of the sampling.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print one JSON object {"prompt_tokens", "output_tokens", "text"}.
+        #[arg(long)]
+        json: bool,
+        /// Where to run.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+        /// Weights and arithmetic: f32, or bf16 (for CUDA).
+        #[arg(long, value_enum, default_value = "f32")]
+        precision: PrecisionArg,
+    },
+    /// Write a model as a Hugging Face directory (config, model.safetensors with any LoRA
+    /// adapters merged, tokenizer, chat template) that transformers and --model DIR load.
+    Export {
+        /// A model name, a .gguf file or a Hugging Face directory.
+        #[arg(long)]
+        model: String,
+        /// The directory to write (new or empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print the configuration.
     Config {
         /// Print the default configuration as TOML.
@@ -144,6 +187,19 @@ pub enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+fn non_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("must be a finite number >= 0, got {s:?}")),
+    }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PrecisionArg {
+    F32,
+    Bf16,
 }
 
 fn positive_seconds(s: &str) -> Result<f64, String> {

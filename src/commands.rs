@@ -208,6 +208,53 @@ pub fn run(cli: Cli) -> Result<u8> {
                 }
             }
         }
+        Command::Generate {
+            model,
+            prompt,
+            chat,
+            system,
+            max_new,
+            temperature,
+            seed,
+            json,
+            device,
+            precision,
+        } => {
+            let device = crate::device::resolve_device(device.into())?;
+            let kind = match precision {
+                crate::cli::PrecisionArg::F32 => tch::Kind::Float,
+                crate::cli::PrecisionArg::Bf16 => tch::Kind::BFloat16,
+            };
+            let out = crate::policy::lm::generate::generate(&crate::policy::lm::generate::Request {
+                model: &model,
+                prompt: &prompt,
+                chat,
+                system: system.as_deref(),
+                max_new,
+                temperature,
+                seed,
+                device,
+                kind,
+            })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "prompt_tokens": out.prompt_tokens,
+                        "output_tokens": out.output_tokens,
+                        "text": out.text,
+                    })
+                );
+            } else {
+                println!("{}", out.text);
+            }
+            Ok(0)
+        }
+        Command::Export { model, out } => {
+            let written = crate::policy::lm::export::export_model(&model, &out)?;
+            println!("{}", written.display());
+            Ok(0)
+        }
         Command::Bench {
             quick,
             seconds,

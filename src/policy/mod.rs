@@ -3,6 +3,7 @@
 //! A `tch::Tensor` never crosses a thread: the learner copies its variables into a
 //! [`WeightSnapshot`] (host `f32` data, variables in sorted-name order) and each actor loads it
 //! into its own `VarStore`.
+pub mod lm;
 pub mod prefix;
 pub mod tabular;
 pub mod transformer;

@@ -1,6 +1,8 @@
 //! Tokenizers: text to token ids and back. [`Tokenizer`] is what a policy's vocabulary comes
 //! from; [`words::Words`] is the 60-word vocabulary of the tool-use protocol (numbers spelled
 //! digit by digit), which the small transformer uses.
+pub mod chat;
+pub mod hf;
 pub mod words;
 
 /// Text to token ids and back, with the ids a sequence policy needs to know.

@@ -1,0 +1,542 @@
+//! Pretrained causal language models of the Llama family (Llama / SmolLM2 / TinyLlama, Qwen2 and
+//! Qwen2.5, Qwen3) as sequence policies, with Hugging Face's numerics.
+//!
+//! Shapes: B rows, T positions, D = hidden size, H query heads, K key/value heads (H a multiple
+//! of K), E = head size, V vocabulary. Each block is pre-norm: `x + attn(rms(x))`, then
+//! `x + down(silu(gate(h)) · up(h))` with `h = rms(x)`. Queries and keys get rotary position
+//! embeddings in Hugging Face's layout (the two halves of each head rotate together); a GGUF
+//! file's permuted Q and K rows are put back in that layout on load ([`weights`]), so one RoPE
+//! path serves both formats.
+pub mod config;
+pub mod export;
+pub mod generate;
+pub mod gguf;
+pub mod lora;
+pub mod source;
+pub mod weights;
+
+use tch::nn;
+use tch::{Device, Kind, Tensor};
+
+pub use config::{Arch, LmConfig};
+pub use lora::LoraConfig;
+pub use source::{load, resolve, ModelFiles};
+
+use crate::error::{Error, Result};
+use crate::policy::prefix::PrefixBatch;
+use crate::policy::transformer::TokenScores;
+use crate::policy::{DecodeCache, SequencePolicy};
+use weights::WeightSource;
+
+/// Rows of the output head computed at once when scoring: the [rows, V] logits of one chunk are
+/// the largest transient tensor of a learner step.
+const HEAD_CHUNK: i64 = 256;
+
+/// A linear layer `y = x Wᵀ + b`, with an optional low-rank adapter `+ s · (x Aᵀ) Bᵀ`.
+#[derive(Debug)]
+struct Linear {
+    w: Tensor,
+    b: Option<Tensor>,
+    /// (A [r, in], B [out, r], s = alpha / r)
+    lora: Option<(Tensor, Tensor, f64)>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let x = if x.kind() == self.w.kind() {
+            x.shallow_clone()
+        } else {
+            x.to_kind(self.w.kind())
+        };
+        let y = x.linear(&self.w, self.b.as_ref());
+        match &self.lora {
+            Some((a, b, s)) => y + x.linear::<&Tensor>(a, None).linear::<&Tensor>(b, None) * *s,
+            None => y,
+        }
+    }
+
+    /// W + s · B A: the weight with the adapter merged (for export).
+    fn merged(&self) -> Tensor {
+        match &self.lora {
+            Some((a, b, s)) => &self.w + b.matmul(a) * *s,
+            None => self.w.shallow_clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Layer {
+    attn_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    mlp_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A loaded model. Its tensors are variables of the `VarStore` it was built in, under their
+/// Hugging Face names (`model.layers.0.self_attn.q_proj.weight`, …; adapters add `.lora_A` and
+/// `.lora_B` beside the weight they adapt).
+#[derive(Debug)]
+pub struct Lm {
+    pub cfg: LmConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    head: Option<Tensor>,
+    /// [E/2] f32 rotary frequencies (Llama 3's scaling applied).
+    inv_freq: Tensor,
+    /// Whether the base weights are trained (false with LoRA: only the adapters are).
+    pub full: bool,
+    device: Device,
+}
+
+/// Registers `tensor` under the dotted Hugging Face `name` in `root`.
+fn add(root: &nn::Path, name: &str, tensor: Tensor, trainable: bool) -> Tensor {
+    let mut parts: Vec<&str> = name.split('.').collect();
+    let last = parts.pop().expect("a name");
+    let mut p = root.clone();
+    for part in parts {
+        p = &p / part;
+    }
+    p.add(last, tensor, trainable)
+}
+
+impl Lm {
+    /// Builds the model from `src` in `root` (on the store's device, weights of `kind`: f32 by
+    /// default, bf16 for decoding on CUDA). With `lora`, the base weights are frozen and the
+    /// adapted layers get trainable A (random) and B (zero) matrices, so the adapted model starts
+    /// equal to the base one.
+    pub fn new(
+        root: &nn::Path,
+        cfg: &LmConfig,
+        src: &dyn WeightSource,
+        kind: Kind,
+        lora: Option<&LoraConfig>,
+    ) -> Result<Self> {
+        let device = root.device();
+        let full = lora.is_none();
+        let load = |name: &str, shape: &[i64]| -> Result<Tensor> {
+            let t = src.get(name)?;
+            if t.size() != shape {
+                return Err(Error::input(format!(
+                    "tensor {name} has shape {:?}, the architecture needs {shape:?}",
+                    t.size()
+                )));
+            }
+            let t = t.f_to_kind(kind)?.f_to_device(device)?.f_contiguous()?;
+            Ok(add(root, name, t, full))
+        };
+        let (d, e) = (cfg.hidden as i64, cfg.head_dim as i64);
+        let (h, kv, f, v) = (
+            cfg.heads as i64,
+            cfg.kv_heads as i64,
+            cfg.ffn as i64,
+            cfg.vocab as i64,
+        );
+        let linear = |prefix: &str, out: i64, inp: i64, bias: bool, module: &str| -> Result<Linear> {
+            let w = load(&format!("{prefix}.weight"), &[out, inp])?;
+            let b = if bias {
+                Some(load(&format!("{prefix}.bias"), &[out])?)
+            } else {
+                None
+            };
+            let lora = match lora {
+                Some(l) if l.targets.iter().any(|t| t == module) => {
+                    let r = l.rank as i64;
+                    let bound = 1.0 / (inp as f64).sqrt();
+                    // Registered under dotted names like the base weights.
+                    let a_t = Tensor::f_empty([r, inp], (Kind::Float, device))?
+                        .f_uniform_(-bound, bound)?
+                        .f_to_kind(kind)?;
+                    let b_t = Tensor::f_zeros([out, r], (kind, device))?;
+                    let a = add(root, &format!("{prefix}.lora_A"), a_t, true);
+                    let b = add(root, &format!("{prefix}.lora_B"), b_t, true);
+                    Some((a, b, l.alpha / l.rank as f64))
+                }
+                _ => None,
+            };
+            Ok(Linear { w, b, lora })
+        };
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let p = format!("model.layers.{i}");
+            let norm = |n: &str, size: i64| load(&format!("{p}.{n}.weight"), &[size]);
+            layers.push(Layer {
+                attn_norm: norm("input_layernorm", d)?,
+                q: linear(&format!("{p}.self_attn.q_proj"), h * e, d, cfg.qkv_bias, "q_proj")?,
+                k: linear(&format!("{p}.self_attn.k_proj"), kv * e, d, cfg.qkv_bias, "k_proj")?,
+                v: linear(&format!("{p}.self_attn.v_proj"), kv * e, d, cfg.qkv_bias, "v_proj")?,
+                o: linear(&format!("{p}.self_attn.o_proj"), d, h * e, false, "o_proj")?,
+                q_norm: if cfg.qk_norm {
+                    Some(norm("self_attn.q_norm", e)?)
+                } else {
+                    None
+                },
+                k_norm: if cfg.qk_norm {
+                    Some(norm("self_attn.k_norm", e)?)
+                } else {
+                    None
+                },
+                mlp_norm: norm("post_attention_layernorm", d)?,
+                gate: linear(&format!("{p}.mlp.gate_proj"), f, d, false, "gate_proj")?,
+                up: linear(&format!("{p}.mlp.up_proj"), f, d, false, "up_proj")?,
+                down: linear(&format!("{p}.mlp.down_proj"), d, f, false, "down_proj")?,
+            });
+        }
+        let embed = load("model.embed_tokens.weight", &[v, d])?;
+        let head = if cfg.tied || !src.has("lm_head.weight") {
+            None
+        } else {
+            Some(load("lm_head.weight", &[v, d])?)
+        };
+        let norm = load("model.norm.weight", &[d])?;
+        let inv_freq = rope_frequencies(cfg, src)?.to_device(device);
+        Ok(Lm {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm,
+            head,
+            inv_freq,
+            full,
+            device,
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The kind of the weights (f32, or bf16 for decoding).
+    pub fn kind(&self) -> Kind {
+        self.embed.kind()
+    }
+
+    /// Hugging Face's RMSNorm: in f32, then back to the input's kind, times the weight.
+    fn rms(&self, x: &Tensor, w: &Tensor) -> Tensor {
+        let xf = x.to_kind(Kind::Float);
+        let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        let y = xf * (var + self.cfg.rms_eps).rsqrt();
+        y.to_kind(w.kind()) * w
+    }
+
+    /// cos and sin [.., E] for `positions` [..] (int64), in f32.
+    fn rope(&self, positions: &Tensor) -> (Tensor, Tensor) {
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        (emb.cos(), emb.sin())
+    }
+
+    /// Rotates `x` [.., heads, E] by (cos, sin) [.., 1, E].
+    fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let e = x.size()[x.dim() - 1];
+        let x1 = x.narrow(-1, 0, e / 2);
+        let x2 = x.narrow(-1, e / 2, e / 2);
+        let rotated = Tensor::cat(&[&x2.neg(), &x1], -1);
+        let kind = x.kind();
+        (x.to_kind(Kind::Float) * cos + rotated.to_kind(Kind::Float) * sin).to_kind(kind)
+    }
+
+    /// Queries [.., H, E] and keys and values [.., K, E] of `h` [.., D] (already normed) at
+    /// `positions` [..], RoPE applied.
+    fn qkv(&self, layer: &Layer, h: &Tensor, positions: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let e = self.cfg.head_dim as i64;
+        let heads = |t: Tensor| {
+            let mut shape = t.size();
+            let last = shape.pop().expect("a last axis");
+            shape.extend([last / e, e]);
+            t.view(shape.as_slice())
+        };
+        let mut q = heads(layer.q.forward(h));
+        let mut k = heads(layer.k.forward(h));
+        let v = heads(layer.v.forward(h));
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            q = self.rms(&q, qn);
+            k = self.rms(&k, kn);
+        }
+        let (cos, sin) = self.rope(positions);
+        let (cos, sin) = (cos.unsqueeze(-2), sin.unsqueeze(-2));
+        (
+            Self::rotate(&q, &cos, &sin),
+            Self::rotate(&k, &cos, &sin),
+            v,
+        )
+    }
+
+    /// The MLP half of a block, with its residual.
+    fn mlp(&self, layer: &Layer, x: &Tensor) -> Tensor {
+        let h = self.rms(x, &layer.mlp_norm);
+        let a = layer.gate.forward(&h).silu() * layer.up.forward(&h);
+        x + layer.down.forward(&a).to_kind(x.kind())
+    }
+
+    /// Attention of `q` [B, H, T, E] over `k`, `v` [B, K, S, E], grouped-query.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, causal: bool) -> Tensor {
+        let g = (self.cfg.heads / self.cfg.kv_heads) as i64;
+        let (k, v) = if g == 1 {
+            (k.shallow_clone(), v.shallow_clone())
+        } else {
+            (k.repeat_interleave_self_int(g, 1, None), v.repeat_interleave_self_int(g, 1, None))
+        };
+        Tensor::scaled_dot_product_attention(q, &k, &v, mask, 0.0, causal, None, false)
+    }
+
+    /// The output head: logits [.., V] in f32 of final hidden states `x` [.., D] (normed here).
+    fn logits(&self, x: &Tensor) -> Tensor {
+        let h = self.rms(x, &self.norm);
+        let w = self.head.as_ref().unwrap_or(&self.embed);
+        h.linear::<&Tensor>(w, None).to_kind(Kind::Float)
+    }
+
+    /// Logits [B, T, V] of every position of `tokens` [B, T] (no padding): the plain reference
+    /// the cached and shared paths are checked against.
+    pub fn forward(&self, tokens: &Tensor) -> Tensor {
+        let (b, t) = tokens.size2().expect("[B, T]");
+        let positions = Tensor::arange(t, (Kind::Int64, tokens.device()))
+            .unsqueeze(0)
+            .expand([b, t], false);
+        let mut x = self.embed.index_select(0, &tokens.view([-1])).view([b, t, -1]);
+        for layer in &self.layers {
+            let (q, k, v) = self.qkv(layer, &self.rms(&x, &layer.attn_norm), &positions);
+            let att = self.attend(
+                &q.transpose(1, 2),
+                &k.transpose(1, 2),
+                &v.transpose(1, 2),
+                None,
+                true,
+            );
+            let att = att.transpose(1, 2).contiguous().view([b, t, -1]);
+            x = &x + layer.o.forward(&att).to_kind(x.kind());
+            x = self.mlp(layer, &x);
+        }
+        self.logits(&x)
+    }
+
+    /// Runs `tokens` [B, T] at `positions` [B, T] through the blocks, writing their keys and
+    /// values into `cache` at `cache.len`; `mask` [B, 1, T, S] (true = may attend). Returns the
+    /// logits [B, V] of the last position.
+    fn run_cached(&self, tokens: &Tensor, positions: &Tensor, cache: &mut LmCache, mask: &Tensor) -> Tensor {
+        let (b, t) = tokens.size2().expect("[B, T]");
+        let start = cache.len;
+        let mut x = self.embed.index_select(0, &tokens.view([-1])).view([b, t, -1]);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (q, k, v) = self.qkv(layer, &self.rms(&x, &layer.attn_norm), positions);
+            let (kc, vc) = (&mut cache.k[i], &mut cache.v[i]);
+            kc.narrow(2, start, t).copy_(&k.transpose(1, 2));
+            vc.narrow(2, start, t).copy_(&v.transpose(1, 2));
+            let att = self.attend(
+                &q.transpose(1, 2),
+                &kc.narrow(2, 0, start + t),
+                &vc.narrow(2, 0, start + t),
+                Some(mask),
+                false,
+            );
+            let att = att.transpose(1, 2).contiguous().view([b, t, -1]);
+            x = &x + layer.o.forward(&att).to_kind(x.kind());
+            x = self.mlp(layer, &x);
+        }
+        self.logits(&x.narrow(1, t - 1, 1)).squeeze_dim(1)
+    }
+
+    /// log π of every policy-written token of a [`PrefixBatch`], each distinct prefix computed
+    /// once: the per-token layers see each node once and attention lays the nodes out as the
+    /// padded rows. The output head and its log-softmax over V run only at the nodes that
+    /// predict a policy-written token, [`HEAD_CHUNK`] rows at a time.
+    pub fn score_prefixes(&self, batch: &PrefixBatch, device: Device) -> Result<TokenScores> {
+        let index = |v: &[i64]| -> Result<Tensor> { Ok(Tensor::f_from_slice(v)?.f_to_device(self.device)?) };
+        let (b, w) = (batch.rows as i64, batch.width as i64);
+        let slots = index(&batch.slot_node)?;
+        let reps = index(&batch.node_slot)?;
+        let positions = index(&batch.node_pos)?;
+        let mut x = self.embed.f_index_select(0, &index(&batch.node_token)?)?;
+        for layer in &self.layers {
+            let (q, k, v) = self.qkv(layer, &self.rms(&x, &layer.attn_norm), &positions);
+            let rows = |t: &Tensor| {
+                let s = t.size();
+                t.index_select(0, &slots)
+                    .view([b, w, s[1], s[2]])
+                    .transpose(1, 2)
+            };
+            let att = self.attend(&rows(&q), &rows(&k), &rows(&v), None, true);
+            let att = att
+                .transpose(1, 2)
+                .contiguous()
+                .view([b * w, -1])
+                .index_select(0, &reps);
+            x = &x + layer.o.forward(&att).to_kind(x.kind());
+            x = self.mlp(layer, &x);
+        }
+        let heads = x.f_index_select(0, &index(&batch.head_nodes)?)?;
+        let m = heads.size()[0];
+        let mut parts = Vec::new();
+        let mut entropy_sum = 0.0;
+        let uses = Tensor::f_from_slice(&batch.head_uses)?.f_to_device(self.device)?;
+        let mut start = 0;
+        while start < m {
+            let n = HEAD_CHUNK.min(m - start);
+            let logp = self.logits(&heads.narrow(0, start, n)).f_log_softmax(-1, Kind::Float)?;
+            entropy_sum += tch::no_grad(|| -> Result<f64> {
+                let per_row = (logp.exp() * &logp).f_sum_dim_intlist(-1, false, Kind::Float)?;
+                Ok(-(per_row * uses.narrow(0, start, n)).f_sum(Kind::Double)?.double_value(&[]))
+            })?;
+            parts.push(logp);
+            start += n;
+        }
+        let logp = Tensor::f_cat(&parts, 0)?;
+        let vocab = self.cfg.vocab as i64;
+        let picked: Vec<i64> = batch
+            .slot_head
+            .iter()
+            .zip(&batch.slot_target)
+            .map(|(&h, &t)| h * vocab + t)
+            .collect();
+        let mask = Tensor::f_from_slice(&batch.mask)?.f_view([b, w])?.f_to_device(self.device)?;
+        let token_logp = logp.f_view([-1])?.f_index_select(0, &index(&picked)?)?.f_view([b, w])? * &mask;
+        let n_uses: f64 = batch.head_uses.iter().map(|&u| u as f64).sum();
+        Ok(TokenScores {
+            token_logp: token_logp.f_to_device(device)?,
+            mask: mask.f_to_device(device)?,
+            entropy: entropy_sum / n_uses.max(1.0),
+        })
+    }
+
+    /// Every tensor under its Hugging Face name with adapters merged into their weights: what
+    /// an export writes. A tied head is not repeated.
+    pub fn merged_tensors(&self) -> std::collections::BTreeMap<String, Tensor> {
+        let mut out = std::collections::BTreeMap::new();
+        out.insert("model.embed_tokens.weight".into(), self.embed.shallow_clone());
+        out.insert("model.norm.weight".into(), self.norm.shallow_clone());
+        if let Some(h) = &self.head {
+            out.insert("lm_head.weight".into(), h.shallow_clone());
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.insert(format!("{p}.input_layernorm.weight"), l.attn_norm.shallow_clone());
+            out.insert(format!("{p}.post_attention_layernorm.weight"), l.mlp_norm.shallow_clone());
+            for (name, lin) in [
+                ("self_attn.q_proj", &l.q),
+                ("self_attn.k_proj", &l.k),
+                ("self_attn.v_proj", &l.v),
+                ("self_attn.o_proj", &l.o),
+                ("mlp.gate_proj", &l.gate),
+                ("mlp.up_proj", &l.up),
+                ("mlp.down_proj", &l.down),
+            ] {
+                out.insert(format!("{p}.{name}.weight"), lin.merged());
+                if let Some(b) = &lin.b {
+                    out.insert(format!("{p}.{name}.bias"), b.shallow_clone());
+                }
+            }
+            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                out.insert(format!("{p}.self_attn.q_norm.weight"), qn.shallow_clone());
+                out.insert(format!("{p}.self_attn.k_norm.weight"), kn.shallow_clone());
+            }
+        }
+        out
+    }
+}
+
+/// RoPE's inverse frequencies [E/2] as Hugging Face computes them, with Llama 3's scaling from
+/// the config or, in a GGUF file, from its `rope_freqs` factors.
+fn rope_frequencies(cfg: &LmConfig, src: &dyn WeightSource) -> Result<Tensor> {
+    let e = cfg.head_dim as i64;
+    let exps = Tensor::arange_start_step(0, e, 2, (Kind::Int64, Device::Cpu)).to_kind(Kind::Float) / e as f64;
+    let inv = Tensor::from(cfg.rope_theta as f32).pow(&exps).reciprocal();
+    if let Some(s) = cfg.rope_llama3 {
+        let old = s.original_max_position_embeddings;
+        let low_wl = old / s.low_freq_factor;
+        let high_wl = old / s.high_freq_factor;
+        let wavelen = inv.reciprocal() * (2.0 * std::f64::consts::PI);
+        let scaled = inv.where_self(&wavelen.le(low_wl), &(&inv / s.factor));
+        let smooth = (wavelen.reciprocal() * old - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        let smoothed = (smooth.ones_like() - &smooth) * &scaled / s.factor + &smooth * &scaled;
+        let medium = wavelen.ge(high_wl).logical_and(&wavelen.le(low_wl));
+        return Ok(smoothed.where_self(&medium, &scaled));
+    }
+    if src.has(ROPE_FREQS) {
+        return Ok(inv / src.get(ROPE_FREQS)?);
+    }
+    Ok(inv)
+}
+
+/// The GGUF tensor of Llama 3's per-frequency RoPE divisors, under the name [`weights`] maps.
+pub const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// Keys and values of every layer, [B, K, capacity, E] each.
+pub struct LmCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    pub len: i64,
+    /// [B, capacity] bool: which cached positions are real tokens.
+    valid: Tensor,
+}
+
+impl DecodeCache for LmCache {
+    fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    fn keep_rows(&mut self, rows: &Tensor) {
+        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+            *t = t.index_select(0, rows);
+        }
+        self.valid = self.valid.index_select(0, rows);
+    }
+}
+
+impl SequencePolicy for Lm {
+    type Cache = LmCache;
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab
+    }
+
+    fn context_len(&self) -> usize {
+        self.cfg.max_positions
+    }
+
+    fn prefill(&self, prompts: &Tensor, valid: &Tensor, capacity: usize) -> (LmCache, Tensor) {
+        let (b, p) = prompts.size2().expect("[B, P]");
+        let device = prompts.device();
+        let capacity = capacity as i64;
+        let (kv, e) = (self.cfg.kv_heads as i64, self.cfg.head_dim as i64);
+        let zeros = || Tensor::zeros([b, kv, capacity, e], (self.kind(), device));
+        let mut cache = LmCache {
+            k: self.layers.iter().map(|_| zeros()).collect(),
+            v: self.layers.iter().map(|_| zeros()).collect(),
+            len: 0,
+            valid: Tensor::zeros([b, capacity], (Kind::Bool, device)),
+        };
+        cache.valid.narrow(1, 0, p).copy_(valid);
+        let positions = (valid.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
+        let causal = Tensor::ones([p, p], (Kind::Bool, device)).tril(0).view([1, 1, p, p]);
+        let eye = Tensor::eye(p, (Kind::Bool, device)).view([1, 1, p, p]);
+        let mask = causal.logical_and(&valid.view([b, 1, 1, p]).logical_or(&eye));
+        let logits = self.run_cached(prompts, &positions, &mut cache, &mask);
+        cache.len = p;
+        (cache, logits)
+    }
+
+    fn step(&self, tokens: &Tensor, positions: &Tensor, real: &Tensor, cache: &mut LmCache) -> Tensor {
+        let b = tokens.size()[0];
+        let s = cache.len + 1;
+        cache.valid.narrow(1, cache.len, 1).copy_(&real.view([b, 1]));
+        let keys = cache.valid.narrow(1, 0, s).view([b, 1, 1, s]);
+        let own = Tensor::zeros([1, 1, 1, s], (Kind::Bool, tokens.device()));
+        let _ = own.narrow(3, s - 1, 1).fill_(1);
+        let mask = keys.logical_or(&own);
+        let logits = self.run_cached(&tokens.view([b, 1]), &positions.view([b, 1]), cache, &mask);
+        cache.len = s;
+        logits
+    }
+
+    fn score_prefixes(&self, batch: &PrefixBatch, device: Device) -> Result<TokenScores> {
+        Lm::score_prefixes(self, batch, device)
+    }
+}

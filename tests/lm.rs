@@ -1,0 +1,294 @@
+//! The pretrained-LM path against the real references: tiny random Llama, Qwen2 and Qwen3 models
+//! written by transformers (as Hugging Face directories and as GGUF files through gguf-py), and
+//! the real SmolLM2-135M-Instruct GGUF that set-up installs. The reference numbers come from
+//! `tests/reference/lm_reference.py`, run with the project's `.venv` Python.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use asymre::policy::lm::{self, LoraConfig};
+use asymre::policy::{DecodeCache, PrefixBatch, SequencePolicy};
+use serde_json::Value;
+use tch::{Device, Kind, Tensor};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> PathBuf {
+    let p = root().join(".venv/bin/python");
+    assert!(p.exists(), "{} is missing: run scripts/setup.sh (make test does)", p.display());
+    p
+}
+
+fn run_reference(args: &[&str]) {
+    let out = Command::new(python())
+        .arg(root().join("tests/reference/lm_reference.py"))
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "lm_reference.py {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+static FIXTURES: Mutex<()> = Mutex::new(());
+
+/// The tiny `arch` model directory with its `reference.json`, written once per script version.
+fn fixture(arch: &str) -> (PathBuf, Value) {
+    let _guard = FIXTURES.lock().unwrap_or_else(|e| e.into_inner());
+    let script = root().join("tests/reference/lm_reference.py");
+    let dir = root().join("target/lm-fixtures").join(arch);
+    let reference = dir.join("reference.json");
+    let fresh = |p: &Path| {
+        let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        matches!((m(p), m(&script)), (Some(a), Some(b)) if a >= b)
+    };
+    if !fresh(&reference) {
+        let _ = std::fs::remove_dir_all(&dir);
+        run_reference(&["fixture", arch, dir.to_str().unwrap()]);
+    }
+    let text = std::fs::read_to_string(&reference).unwrap();
+    (dir, serde_json::from_str(&text).unwrap())
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    match v {
+        Value::Array(a) => a.iter().flat_map(floats).collect(),
+        Value::Number(n) => vec![n.as_f64().unwrap()],
+        _ => panic!("not numbers: {v}"),
+    }
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
+fn tensor_floats(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(&t.to_kind(Kind::Double).reshape([-1])).unwrap()
+}
+
+fn logits_of(model: &lm::Lm, tokens: &[u32]) -> Tensor {
+    let t: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
+    tch::no_grad(|| model.forward(&Tensor::from_slice(&t).view([1, -1])))
+}
+
+fn load(path: &Path, lora: Option<&LoraConfig>) -> lm::source::LoadedModel {
+    lm::load(path.to_str().unwrap(), Device::Cpu, Kind::Float, lora).unwrap()
+}
+
+fn check_arch(arch: &str) {
+    let (dir, r) = fixture(arch);
+    let tokens = ids(&r["ids"]);
+    let want = floats(&r["logits"]);
+    // The Hugging Face directory and the F32 GGUF file (Llama's Q/K rows permuted by the
+    // converter, Llama 3's RoPE scaling as rope_freqs) give transformers' logits.
+    for path in [dir.clone(), dir.join("tiny-F32.gguf")] {
+        let m = load(&path, None);
+        let got = tensor_floats(&logits_of(&m.lm, &tokens));
+        let d = max_diff(&got, &want);
+        assert!(d <= 1e-4, "{arch} {}: max |Δlogit| = {d}", path.display());
+    }
+    // Greedy decoding through the cache continues like transformers' generate.
+    let m = load(&dir, None);
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let got = lm::generate::decode(&m.lm, &[tokens.clone()], 8, 0.0, &[], 0, &mut rng, Device::Cpu).unwrap();
+    assert_eq!(got[0], ids(&r["greedy"]), "{arch}: greedy continuation");
+    // Dequantisation equals gguf-py's, value for value.
+    for q in ["Q8_0", "Q4_1", "F16"] {
+        let g = lm::gguf::Gguf::open(&dir.join(format!("tiny-{q}.gguf"))).unwrap();
+        let (_, data) = g.tensor_f32("blk.1.ffn_down.weight").unwrap();
+        let got: Vec<f64> = data.iter().map(|&x| x as f64).collect();
+        let d = max_diff(&got, &floats(&r["dequant"][q]));
+        assert!(d == 0.0, "{arch} {q}: dequantised values differ by {d}");
+    }
+    // A quantised file loads and runs; its logits stay near the f32 model's.
+    let q8 = load(&dir.join("tiny-Q8_0.gguf"), None);
+    let d = max_diff(&tensor_floats(&logits_of(&q8.lm, &tokens)), &want);
+    assert!(d < 0.5, "{arch} Q8_0: max |Δlogit| = {d}");
+}
+
+#[test]
+fn tiny_llama_matches_transformers() {
+    check_arch("llama");
+}
+
+#[test]
+fn tiny_qwen2_matches_transformers() {
+    check_arch("qwen2");
+}
+
+#[test]
+fn tiny_qwen3_matches_transformers() {
+    check_arch("qwen3");
+}
+
+#[test]
+fn tokenizer_and_chat_template_match_the_python_libraries() {
+    let (dir, r) = fixture("qwen2");
+    let m = lm::source::read_text(&lm::resolve(dir.to_str().unwrap()).unwrap()).unwrap().1;
+    for (s, want) in r["strings"].as_array().unwrap().iter().zip(r["string_ids"].as_array().unwrap()) {
+        let s = s.as_str().unwrap();
+        assert_eq!(m.tokenizer.encode_with(s, false).unwrap(), ids(want), "{s:?}");
+        assert_eq!(m.tokenizer.decode_with(&ids(want), false), s, "decoding {s:?}");
+    }
+    let template = m.template.as_ref().expect("a chat template");
+    let messages = r["messages"].as_array().unwrap();
+    let tools = r["tools"].as_array().unwrap();
+    assert_eq!(template.render(messages, Some(tools), true).unwrap(), r["chat"].as_str().unwrap());
+    assert_eq!(template.render(&messages[..2], None, false).unwrap(), r["chat_plain"].as_str().unwrap());
+    // The same template from the GGUF file's metadata, and the tokenizer rebuilt from it.
+    let g = lm::source::read_text(&lm::resolve(dir.join("tiny-F16.gguf").to_str().unwrap()).unwrap()).unwrap().1;
+    assert_eq!(
+        g.template.unwrap().render(messages, Some(tools), true).unwrap(),
+        r["chat"].as_str().unwrap()
+    );
+    for (s, want) in r["strings"].as_array().unwrap().iter().zip(r["string_ids"].as_array().unwrap()) {
+        assert_eq!(g.tokenizer.encode_with(s.as_str().unwrap(), false).unwrap(), ids(want));
+    }
+}
+
+#[test]
+fn cached_decoding_and_prefix_scoring_equal_the_full_pass() {
+    let (dir, _) = fixture("qwen3");
+    let m = load(&dir, None);
+    let rows: Vec<Vec<u32>> = vec![
+        vec![5, 6, 7, 8, 9, 10, 11],
+        vec![5, 6, 7, 20, 21],
+        vec![30, 31, 32, 33, 34, 35, 36, 37, 38],
+    ];
+    // Left-padded prefill of the first 3 tokens, then one token per step.
+    let p = 3usize;
+    let prompts: Vec<i64> = rows.iter().flat_map(|r| r[..p].iter().map(|&t| t as i64)).collect();
+    let prompts = Tensor::from_slice(&prompts).view([3, p as i64]);
+    let valid = Tensor::ones([3, p as i64], (Kind::Bool, Device::Cpu));
+    tch::no_grad(|| {
+        let (mut cache, mut logits) = m.lm.prefill(&prompts, &valid, 16);
+        let longest = rows.iter().map(Vec::len).max().unwrap();
+        for pos in p..=longest {
+            for (i, row) in rows.iter().enumerate() {
+                if pos <= row.len() {
+                    let full = logits_of(&m.lm, &row[..pos]);
+                    let last = full.get(0).get(pos as i64 - 1);
+                    let d = max_diff(&tensor_floats(&logits.get(i as i64)), &tensor_floats(&last));
+                    assert!(d <= 1e-4, "row {i} position {pos}: cached vs full {d}");
+                }
+            }
+            if pos == longest {
+                break;
+            }
+            let toks: Vec<i64> = rows.iter().map(|r| *r.get(pos).unwrap_or(&0) as i64).collect();
+            let real: Vec<bool> = rows.iter().map(|r| pos < r.len()).collect();
+            logits = m.lm.step(
+                &Tensor::from_slice(&toks),
+                &Tensor::from_slice(&vec![pos as i64; 3]),
+                &Tensor::from_slice(&real),
+                &mut cache,
+            );
+        }
+        // Forking rows: keep row 1 twice, then both copies continue alike.
+        cache.keep_rows(&Tensor::from_slice(&[1i64, 1]));
+        assert_eq!(cache.len(), longest);
+    });
+    // Prefix scoring: log π of the policy-written tokens equals the full pass's.
+    let masks: Vec<Vec<bool>> = rows.iter().map(|r| (0..r.len()).map(|j| j >= 3).collect()).collect();
+    let batch = PrefixBatch::new(rows.iter().zip(&masks).map(|(r, m)| (&r[..], &m[..])));
+    let scores = tch::no_grad(|| m.lm.score_prefixes(&batch, Device::Cpu)).unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        let logp = logits_of(&m.lm, row).log_softmax(-1, Kind::Double);
+        for j in 3..row.len() {
+            let want = logp.double_value(&[0, j as i64 - 1, row[j] as i64]);
+            let got = scores.token_logp.double_value(&[i as i64, j as i64 - 1]);
+            assert!((want - got).abs() <= 1e-4, "row {i} token {j}: {got} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn lora_starts_at_the_base_model_and_export_round_trips() {
+    let (dir, r) = fixture("llama");
+    let tokens = ids(&r["ids"]);
+    let lora = LoraConfig { rank: 4, alpha: 8.0, ..Default::default() };
+    let m = load(&dir, Some(&lora));
+    let base = floats(&r["logits"]);
+    let d = max_diff(&tensor_floats(&logits_of(&m.lm, &tokens)), &base);
+    assert!(d <= 1e-4, "zero-initialised B changed the logits by {d}");
+    // Only the adapters train.
+    let trainable = m.vs.trainable_variables().len();
+    assert_eq!(trainable, 2 * 7 * 2, "A and B for 7 modules in 2 layers");
+    // Move every B off zero, export (adapters merged), and load the export back, here and in
+    // transformers: the same logits as the adapted model.
+    tch::no_grad(|| {
+        for (name, mut v) in m.vs.variables() {
+            if name.ends_with("lora_B") {
+                v.copy_(&(v.randn_like() * 0.05));
+            }
+        }
+    });
+    let adapted = tensor_floats(&logits_of(&m.lm, &tokens));
+    assert!(max_diff(&adapted, &base) > 1e-3, "the adapters should now matter");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("export");
+    lm::export::write_hf_dir(&m.lm, &m.text, &out).unwrap();
+    let back = load(&out, None);
+    let d = max_diff(&tensor_floats(&logits_of(&back.lm, &tokens)), &adapted);
+    assert!(d <= 1e-4, "export read back: {d}");
+    let ids_json = serde_json::to_string(&tokens).unwrap();
+    let py = Command::new(python())
+        .arg(root().join("tests/reference/lm_reference.py"))
+        .args(["logits", out.to_str().unwrap(), &ids_json])
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let v: Value = serde_json::from_slice(&py.stdout).unwrap();
+    let d = max_diff(&floats(&v["logits"]), &adapted);
+    assert!(d <= 1e-4, "transformers on the export: {d}");
+}
+
+fn smollm2_file() -> PathBuf {
+    lm::resolve("smollm2-135m").expect("set-up installs SmolLM2").path().to_path_buf()
+}
+
+#[test]
+fn smollm2_gguf_matches_transformers() {
+    let file = smollm2_file();
+    let reference = root().join("target/lm-fixtures/smollm2.json");
+    {
+        let _guard = FIXTURES.lock().unwrap_or_else(|e| e.into_inner());
+        let script = root().join("tests/reference/lm_reference.py");
+        let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        if !matches!((m(&reference), m(&script)), (Some(a), Some(b)) if a >= b) {
+            std::fs::create_dir_all(reference.parent().unwrap()).unwrap();
+            run_reference(&["smollm2", file.to_str().unwrap(), reference.to_str().unwrap()]);
+        }
+    }
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&reference).unwrap()).unwrap();
+    let m = lm::load(file.to_str().unwrap(), Device::Cpu, Kind::Float, None).unwrap();
+    assert_eq!(m.cfg.layers, 30);
+    assert_eq!((m.cfg.heads, m.cfg.kv_heads, m.cfg.head_dim), (9, 3, 64));
+    assert!(m.cfg.tied);
+    // The tokenizer rebuilt from the file: digits one by one (the smollm pre-tokenizer).
+    assert_eq!(m.text.tokenizer.encode_with("x  1", false).unwrap(), vec![104, 256, 33]);
+    for (s, want) in r["strings"].as_array().unwrap().iter().zip(r["string_ids"].as_array().unwrap()) {
+        assert_eq!(m.text.tokenizer.encode_with(s.as_str().unwrap(), false).unwrap(), ids(want), "{s}");
+    }
+    let template = m.text.template.as_ref().unwrap();
+    let chat = template.render(r["messages"].as_array().unwrap(), None, true).unwrap();
+    assert_eq!(chat, r["chat"].as_str().unwrap());
+    let prompt = m.text.tokenizer.encode_with(&chat, false).unwrap();
+    assert_eq!(prompt, ids(&r["prompt"]));
+    let logits = logits_of(&m.lm, &prompt);
+    let last = tensor_floats(&logits.get(0).get(prompt.len() as i64 - 1));
+    let d = max_diff(&last, &floats(&r["last_logits"]));
+    assert!(d <= 1e-3, "last-position logits differ by {d}");
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let got = lm::generate::decode(&m.lm, &[prompt], 12, 0.0, &[], 2, &mut rng, Device::Cpu).unwrap();
+    assert_eq!(got[0], ids(&r["greedy"]), "greedy continuation");
+}
