@@ -186,6 +186,13 @@ pub enum Command {
         /// Also write the measurements as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Benchmark the pretrained LM instead (decoding and the learner step against
+        /// transformers on the same weights).
+        #[arg(long)]
+        lm: bool,
+        /// The LM to benchmark (with --lm): a name, a .gguf file or a Hugging Face directory.
+        #[arg(long, default_value = "smollm2-135m", requires = "lm")]
+        model: String,
     },
 }
 

@@ -262,12 +262,24 @@ pub fn run(cli: Cli) -> Result<u8> {
             no_baseline,
             device,
             json,
+            lm,
+            model,
         } => {
             let python = if no_baseline {
                 None
             } else {
                 Some(python.unwrap_or_else(bench::find_python))
             };
+            if lm {
+                crate::experiments::bench_lm::run(&crate::experiments::bench_lm::LmBench {
+                    model: &model,
+                    secs: seconds.unwrap_or(if quick { 3.0 } else { 15.0 }),
+                    python: python.as_deref(),
+                    device: crate::device::resolve_device(device.into())?,
+                    json: json.as_deref(),
+                })?;
+                return Ok(0);
+            }
             bench::run(&bench::BenchOptions {
                 quick,
                 python,

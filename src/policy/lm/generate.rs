@@ -24,22 +24,39 @@ pub fn decode<P: SequencePolicy>(
     if b == 0 || max_new == 0 {
         return Ok(out);
     }
+    // Rows with the same prompt (a prompt's G samples) share its prefill: each distinct prompt
+    // is computed once and its cache row forked.
+    let mut distinct: Vec<&Vec<u32>> = Vec::new();
+    let mut source: Vec<i64> = Vec::with_capacity(b);
+    for row in prompts {
+        let at = distinct.iter().position(|d| *d == row).unwrap_or_else(|| {
+            distinct.push(row);
+            distinct.len() - 1
+        });
+        source.push(at as i64);
+    }
+    let u = distinct.len();
     let p = prompts.iter().map(Vec::len).max().unwrap_or(0).max(1);
-    let mut tokens = vec![pad as i64; b * p];
-    let mut valid = vec![false; b * p];
-    for (i, row) in prompts.iter().enumerate() {
+    let mut tokens = vec![pad as i64; u * p];
+    let mut valid = vec![false; u * p];
+    for (i, row) in distinct.iter().enumerate() {
         let off = p - row.len();
         for (j, &t) in row.iter().enumerate() {
             tokens[i * p + off + j] = t as i64;
             valid[i * p + off + j] = true;
         }
     }
-    let shape = [b as i64, p as i64];
+    let shape = [u as i64, p as i64];
     let tokens = Tensor::f_from_slice(&tokens)?.f_view(shape)?.f_to_device(device)?;
     let valid = Tensor::f_from_slice(&valid)?.f_view(shape)?.f_to_device(device)?;
     let mut next_pos: Vec<i64> = prompts.iter().map(|r| r.len() as i64).collect();
     tch::no_grad(|| -> Result<()> {
         let (mut cache, mut logits) = policy.prefill(&tokens, &valid, p + max_new);
+        if u < b {
+            let fork = Tensor::f_from_slice(&source)?.f_to_device(device)?;
+            cache.keep_rows(&fork);
+            logits = logits.f_index_select(0, &fork)?;
+        }
         // Rows still decoding, as indices into `out`.
         let mut live: Vec<usize> = (0..b).collect();
         for step in 0..max_new {

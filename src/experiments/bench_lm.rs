@@ -1,0 +1,192 @@
+//! `asymre bench --lm`: the pretrained LM (SmolLM2-135M-Instruct unless `--model` says otherwise)
+//! against Hugging Face transformers on the same weights, in the same run: batched sampling
+//! (batch 16, every row writing `new` tokens), a full fine-tuning learner step over those
+//! sequences (the prompt shared by the rows, as the learner scores G samples of a prompt), the
+//! machine's matmul rate for scale, and each side's peak memory.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+use tch::nn::OptimizerConfig;
+use tch::{Device, Kind};
+
+use super::bench::{matmul_gflops, peak_rss_mib};
+use crate::error::{Error, IoContext, Result};
+use crate::policy::lm::{self, generate::decode, LmConfig};
+use crate::policy::PrefixBatch;
+
+/// Rows decoded together and scored together.
+pub const BATCH: usize = 16;
+/// Tokens each row writes.
+pub const NEW_TOKENS: usize = 48;
+const PROMPT: &str = "Write a short story about a robot who learns to paint.";
+
+/// What the LM section measures.
+pub struct LmBench<'a> {
+    pub model: &'a str,
+    pub secs: f64,
+    pub python: Option<&'a Path>,
+    pub device: Device,
+    pub json: Option<&'a Path>,
+}
+
+/// Floating-point operations of one forward pass: the blocks' products over `nodes` positions
+/// and the output head over `heads` positions (attention scores left out: short sequences).
+pub fn forward_flops(c: &LmConfig, nodes: f64, heads: f64) -> f64 {
+    let (d, e, f) = (c.hidden as f64, c.head_dim as f64, c.ffn as f64);
+    let (h, k) = (c.heads as f64, c.kv_heads as f64);
+    let per_layer = d * h * e * 2.0 + d * k * e * 2.0 + 3.0 * d * f;
+    2.0 * (c.layers as f64 * per_layer * nodes + d * c.vocab as f64 * heads)
+}
+
+fn progress(what: &str) {
+    eprintln!("bench: {what} …");
+}
+
+pub fn run(opts: &LmBench) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tch::set_num_threads(cores as i32);
+    progress("fp32 matmul through libtorch");
+    let matmul = matmul_gflops(1024, (opts.secs / 3.0).max(1.0), opts.device);
+    progress(&format!("loading {}", opts.model));
+    let model = lm::load(opts.model, opts.device, Kind::Float, None)?;
+    let tok = &model.text.tokenizer;
+    let chat = match &model.text.template {
+        Some(t) => t.render(&[json!({"role": "user", "content": PROMPT})], None, true)?,
+        None => PROMPT.to_string(),
+    };
+    let prompt = tok
+        .encode_with(&chat, model.text.template.is_none())
+        .map_err(Error::input)?;
+    let prompts = vec![prompt.clone(); BATCH];
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+
+    progress(&format!("decoding: batch {BATCH}, {NEW_TOKENS} new tokens per row, sampling"));
+    let mut outputs = decode(&model.lm, &prompts, 4, 1.0, &[], tok.pad_id(), &mut rng, opts.device)?;
+    let (mut tokens, mut spent, mut runs) = (0usize, 0.0, 0);
+    while runs < 2 || spent < opts.secs {
+        let t0 = Instant::now();
+        outputs = decode(&model.lm, &prompts, NEW_TOKENS, 1.0, &[], tok.pad_id(), &mut rng, opts.device)?;
+        spent += t0.elapsed().as_secs_f64();
+        tokens += outputs.iter().map(Vec::len).sum::<usize>();
+        runs += 1;
+    }
+    let decode_tps = tokens as f64 / spent;
+
+    progress(&format!("learner step: {BATCH} sequences, full fine-tuning, Adam"));
+    let rows: Vec<Vec<u32>> = outputs
+        .iter()
+        .map(|o| prompt.iter().chain(o).copied().collect())
+        .collect();
+    let masks: Vec<Vec<bool>> = rows
+        .iter()
+        .map(|r| (0..r.len()).map(|j| j >= prompt.len()).collect())
+        .collect();
+    let batch = PrefixBatch::new(rows.iter().zip(&masks).map(|(r, m)| (&r[..], &m[..])));
+    let mut opt = tch::nn::Adam::default().build(&model.vs, 1e-6)?;
+    let mut step = || -> Result<f64> {
+        let t0 = Instant::now();
+        let scores = model.lm.score_prefixes(&batch, opts.device)?;
+        let loss = -(scores.token_logp.f_sum(Kind::Float)?) / (BATCH as f64);
+        opt.zero_grad();
+        loss.backward();
+        opt.step();
+        let _ = loss.double_value(&[]);
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    step()?; // warm-up
+    let (mut steps, mut spent) = (0usize, 0.0);
+    while steps < 2 || spent < opts.secs {
+        spent += step()?;
+        steps += 1;
+    }
+    let step_s = spent / steps as f64;
+    let policy_tokens: usize = masks.iter().map(|m| m.iter().filter(|&&b| b).count()).sum();
+    let flops = 3.0 * forward_flops(&model.cfg, batch.nodes() as f64, batch.head_nodes.len() as f64);
+    let ours = json!({
+        "matmul_gflops": matmul,
+        "decode_tokens_per_s": decode_tps,
+        "learner_step_s": step_s,
+        "learner_tokens_per_s": policy_tokens as f64 / step_s,
+        "learner_gflops": flops / step_s / 1e9,
+        "learner_share_of_matmul": flops / step_s / 1e9 / matmul,
+        "peak_rss_mib": peak_rss_mib(),
+        "prompt_tokens": prompt.len(),
+    });
+    let base = match opts.python {
+        Some(python) => {
+            progress("transformers on the same file (scripts/reference/lm_baseline.py)");
+            Some(baseline(python, model.files.path(), &prompt, opts.secs)?)
+        }
+        None => None,
+    };
+    print_table(&ours, base.as_ref(), cores, opts.model);
+    if let Some(path) = opts.json {
+        let all = json!({"asymre": ours, "transformers": base, "cores": cores, "model": opts.model});
+        std::fs::write(path, serde_json::to_string_pretty(&all).unwrap_or_default()).at(path)?;
+    }
+    Ok(())
+}
+
+fn baseline(python: &Path, model: &Path, prompt: &[u32], secs: f64) -> Result<Value> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/lm_baseline.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(model)
+        .arg(serde_json::to_string(prompt).unwrap_or_default())
+        .args(["--batch", &BATCH.to_string(), "--new", &NEW_TOKENS.to_string()])
+        .args(["--seconds", &format!("{secs}")])
+        .output()
+        .map_err(|e| Error::io(python, e))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::input(format!(
+            "transformers baseline failed: {}",
+            err.lines().last().unwrap_or("no output")
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim().lines().last().unwrap_or(""))
+        .map_err(|e| Error::Corrupt(format!("transformers baseline output: {e}")))
+}
+
+fn print_table(ours: &Value, base: Option<&Value>, cores: usize, model: &str) {
+    let get = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let o = |k: &str| get(ours, k);
+    let b = |k: &str| base.map_or(f64::NAN, |v| get(v, k));
+    let ratio = |x: f64, y: f64| {
+        if y.is_finite() && y > 0.0 {
+            format!("{:.2}×", x / y)
+        } else {
+            "—".into()
+        }
+    };
+    println!("LM benchmark: {model}, f32, {cores} threads, batch {BATCH}, {NEW_TOKENS} new tokens per row");
+    println!("{:<52} {:>12} {:>13} {:>8}  goal", "", "asymre", "transformers", "ratio");
+    let rows = [
+        ("sampling, batch 16: generated tokens/s", "decode_tokens_per_s", "generate_tokens_per_s", "≥ 5×"),
+        ("learner step (fwd+bwd+Adam): policy tokens/s", "learner_tokens_per_s", "train_tokens_per_s", ""),
+    ];
+    for (what, k, bk, goal) in rows {
+        let (x, y) = (o(k), b(bk));
+        println!("{what:<52} {x:>12.1} {y:>13.1} {:>8}  {goal}", ratio(x, y));
+    }
+    println!(
+        "{:<52} {:>12.1} {:>13} {:>8}  ≥ 50% of matmul ({:.1} GFLOP/s, {:.0}%)",
+        "learner step: GFLOP/s",
+        o("learner_gflops"),
+        "",
+        "",
+        o("matmul_gflops"),
+        100.0 * o("learner_share_of_matmul")
+    );
+    println!(
+        "{:<52} {:>12.0} {:>13.0}",
+        "peak resident memory, MiB",
+        o("peak_rss_mib"),
+        b("peak_rss_mib")
+    );
+}
