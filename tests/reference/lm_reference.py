@@ -24,7 +24,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import numpy as np
 import torch
 
-torch.set_num_threads(1)
+torch.set_num_threads(os.cpu_count() or 1)
 
 CHAT_TEMPLATE = (
     "{%- if tools %}"
