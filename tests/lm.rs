@@ -310,3 +310,85 @@ fn smollm2_gguf_matches_transformers() {
     let got = lm::generate::decode(&m.lm, &[prompt.clone()], 12, 0.0, &[], 2, &mut rng, Device::Cpu).unwrap();
     assert_greedy_matches(&m.lm, &prompt, &got[0], &ids(&r["greedy"]), 1e-3);
 }
+
+fn asymre(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_asymre")).args(args).output().unwrap()
+}
+
+/// One line on stderr, exit 2.
+fn assert_input_error(out: &std::process::Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(needle), "{needle:?} not in {err}");
+}
+
+#[test]
+fn generate_and_export_on_the_command_line() {
+    let (dir, r) = fixture("qwen2");
+    let d = dir.to_str().unwrap();
+    // --max-new 0 only tokenises; --json prints the three fields.
+    let out = asymre(&["generate", "--model", d, "--prompt", "What is 123 * 45?", "--max-new", "0", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(&v["prompt_tokens"]), ids(&r["string_ids"][1]));
+    assert_eq!(v["output_tokens"], serde_json::json!([]));
+    // Greedy generation from the GGUF file gives what the library's greedy decoding gives.
+    let out = asymre(&["generate", "--model", dir.join("tiny-F32.gguf").to_str().unwrap(), "--prompt",
+        "What is 123 * 45?", "--chat", "--system", "Be brief.", "--max-new", "6", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = load(&dir, None);
+    let chat = m.text.template.as_ref().unwrap().render(
+        &[serde_json::json!({"role": "system", "content": "Be brief."}),
+          serde_json::json!({"role": "user", "content": "What is 123 * 45?"})],
+        None,
+        true,
+    ).unwrap();
+    let prompt = m.text.tokenizer.encode_with(&chat, false).unwrap();
+    assert_eq!(ids(&v["prompt_tokens"]), prompt);
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let want = lm::generate::decode(&m.lm, &[prompt], 6, 0.0, &m.text.tokenizer.stop, 0, &mut rng, Device::Cpu).unwrap();
+    assert_eq!(ids(&v["output_tokens"]), want[0]);
+    // Sampling is seeded.
+    let sample = |seed: &str| {
+        let o = asymre(&["generate", "--model", d, "--prompt", "e17 is", "--max-new", "8", "--temperature", "1",
+            "--seed", seed, "--json"]);
+        assert!(o.status.success());
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()["output_tokens"].clone()
+    };
+    assert_eq!(sample("3"), sample("3"));
+
+    // Export from GGUF, then generate from the export: the same tokens.
+    let tmp = tempfile::tempdir().unwrap();
+    let exported = tmp.path().join("hf");
+    let out = asymre(&["export", "--model", dir.join("tiny-F32.gguf").to_str().unwrap(), "--out", exported.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let again = asymre(&["generate", "--model", exported.to_str().unwrap(), "--prompt", "What is 123 * 45?",
+        "--chat", "--system", "Be brief.", "--max-new", "6", "--json"]);
+    let w: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(w["output_tokens"], v["output_tokens"]);
+    // Exporting into a non-empty directory is refused, and what is there stays.
+    let out = asymre(&["export", "--model", d, "--out", exported.to_str().unwrap()]);
+    assert_input_error(&out, "not empty");
+    assert!(exported.join("model.safetensors").exists());
+
+    // Bad input: one line, exit 2.
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    for f in ["tokenizer.json", "model.safetensors"] {
+        std::fs::copy(dir.join(f), bad.join(f)).unwrap();
+    }
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    cfg["model_type"] = "gpt_neox".into();
+    std::fs::write(bad.join("config.json"), cfg.to_string()).unwrap();
+    let b = bad.to_str().unwrap();
+    assert_input_error(&asymre(&["generate", "--model", b, "--prompt", "hi"]), "\"gpt_neox\" is not supported (supported: llama, qwen2, qwen3)");
+    assert_input_error(&asymre(&["generate", "--model", "no-such-model", "--prompt", "hi"]), "not a known name");
+    let junk = tmp.path().join("junk.gguf");
+    std::fs::write(&junk, b"GGUF\x03\x00\x00\x00 truncated").unwrap();
+    assert_input_error(&asymre(&["generate", "--model", junk.to_str().unwrap(), "--prompt", "hi"]), "not a readable GGUF file");
+    let out = asymre(&["generate", "--model", d, "--prompt", "hi", "--temperature=-1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be a finite number >= 0"));
+}
