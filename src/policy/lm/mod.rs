@@ -261,9 +261,9 @@ impl Lm {
         (x.to_kind(Kind::Float) * cos + rotated.to_kind(Kind::Float) * sin).to_kind(kind)
     }
 
-    /// Queries [.., H, E] and keys and values [.., K, E] of `h` [.., D] (already normed) at
-    /// `positions` [..], RoPE applied.
-    fn qkv(&self, layer: &Layer, h: &Tensor, positions: &Tensor) -> (Tensor, Tensor, Tensor) {
+    /// Queries [.., H, E] and keys and values [.., K, E] of `h` [.., D] (already normed), RoPE
+    /// applied with `rope` = (cos, sin) [.., 1, E] of their positions ([`Lm::rope_of`]).
+    fn qkv(&self, layer: &Layer, h: &Tensor, rope: &(Tensor, Tensor)) -> (Tensor, Tensor, Tensor) {
         let e = self.cfg.head_dim as i64;
         let heads = |t: Tensor| {
             let mut shape = t.size();
@@ -278,13 +278,14 @@ impl Lm {
             q = self.rms(&q, qn);
             k = self.rms(&k, kn);
         }
+        let (cos, sin) = rope;
+        (Self::rotate(&q, cos, sin), Self::rotate(&k, cos, sin), v)
+    }
+
+    /// (cos, sin) [.., 1, E] for `positions` [..]: computed once per pass, used by every layer.
+    fn rope_of(&self, positions: &Tensor) -> (Tensor, Tensor) {
         let (cos, sin) = self.rope(positions);
-        let (cos, sin) = (cos.unsqueeze(-2), sin.unsqueeze(-2));
-        (
-            Self::rotate(&q, &cos, &sin),
-            Self::rotate(&k, &cos, &sin),
-            v,
-        )
+        (cos.unsqueeze(-2), sin.unsqueeze(-2))
     }
 
     /// The MLP half of a block, with its residual.
@@ -336,8 +337,9 @@ impl Lm {
             .unsqueeze(0)
             .expand([b, t], false);
         let mut x = self.embed(&tokens.reshape([-1])).view([b, t, -1]);
+        let rope = self.rope_of(&positions);
         for layer in &self.layers {
-            let (q, k, v) = self.qkv(layer, &self.rms(&x, &layer.attn_norm), &positions);
+            let (q, k, v) = self.qkv(layer, &self.rms(&x, &layer.attn_norm), &rope);
             let att = self.attend(
                 &q.transpose(1, 2),
                 &k.transpose(1, 2),
@@ -359,8 +361,9 @@ impl Lm {
         let (b, t) = tokens.size2().expect("[B, T]");
         let start = cache.len;
         let mut x = self.embed(&tokens.reshape([-1])).view([b, t, -1]);
+        let rope = self.rope_of(positions);
         for (i, layer) in self.layers.iter().enumerate() {
-            let (q, k, v) = self.qkv(layer, &self.rms(&x, &layer.attn_norm), positions);
+            let (q, k, v) = self.qkv(layer, &self.rms(&x, &layer.attn_norm), &rope);
             let (kc, vc) = (&mut cache.k[i], &mut cache.v[i]);
             kc.narrow(2, start, t).copy_(&k.transpose(1, 2));
             vc.narrow(2, start, t).copy_(&v.transpose(1, 2));
@@ -389,8 +392,9 @@ impl Lm {
         let reps = index(&batch.node_slot)?;
         let positions = index(&batch.node_pos)?;
         let mut x = self.embed(&index(&batch.node_token)?);
+        let rope = self.rope_of(&positions);
         for layer in &self.layers {
-            let (q, k, v) = self.qkv(layer, &self.rms(&x, &layer.attn_norm), &positions);
+            let (q, k, v) = self.qkv(layer, &self.rms(&x, &layer.attn_norm), &rope);
             let rows = |t: &Tensor| {
                 let s = t.size();
                 t.index_select(0, &slots)
