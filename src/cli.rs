@@ -193,6 +193,9 @@ pub enum Command {
         /// The LM to benchmark (with --lm): a name, a .gguf file or a Hugging Face directory.
         #[arg(long, default_value = "smollm2-135m", requires = "lm")]
         model: String,
+        /// The LM's weights and arithmetic (with --lm): f32, or bf16 (for CUDA).
+        #[arg(long, value_enum, default_value = "f32", requires = "lm")]
+        precision: PrecisionArg,
     },
 }
 
@@ -207,6 +210,15 @@ fn non_negative(s: &str) -> Result<f64, String> {
 pub enum PrecisionArg {
     F32,
     Bf16,
+}
+
+impl PrecisionArg {
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            PrecisionArg::F32 => tch::Kind::Float,
+            PrecisionArg::Bf16 => tch::Kind::BFloat16,
+        }
+    }
 }
 
 fn positive_seconds(s: &str) -> Result<f64, String> {

@@ -221,10 +221,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             precision,
         } => {
             let device = crate::device::resolve_device(device.into())?;
-            let kind = match precision {
-                crate::cli::PrecisionArg::F32 => tch::Kind::Float,
-                crate::cli::PrecisionArg::Bf16 => tch::Kind::BFloat16,
-            };
+            let kind = precision.kind();
             let out = crate::policy::lm::generate::generate(&crate::policy::lm::generate::Request {
                 model: &model,
                 prompt: &prompt,
@@ -264,6 +261,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             json,
             lm,
             model,
+            precision,
         } => {
             let python = if no_baseline {
                 None
@@ -277,6 +275,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                     python: python.as_deref(),
                     device: crate::device::resolve_device(device.into())?,
                     json: json.as_deref(),
+                    kind: precision.kind(),
                 })?;
                 return Ok(0);
             }

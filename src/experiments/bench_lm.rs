@@ -31,6 +31,8 @@ pub struct LmBench<'a> {
     pub python: Option<&'a Path>,
     pub device: Device,
     pub json: Option<&'a Path>,
+    /// The weights' kind: f32, or bf16 (everything in bf16, for CUDA).
+    pub kind: Kind,
 }
 
 /// Floating-point operations of one forward pass: the blocks' products over `nodes` positions
@@ -52,7 +54,7 @@ pub fn run(opts: &LmBench) -> Result<()> {
     progress("fp32 matmul through libtorch");
     let matmul = matmul_gflops(1024, (opts.secs / 3.0).max(1.0), opts.device);
     progress(&format!("loading {}", opts.model));
-    let model = lm::load(opts.model, opts.device, Kind::Float, None)?;
+    let model = lm::load(opts.model, opts.device, opts.kind, None)?;
     let tok = &model.text.tokenizer;
     let chat = match &model.text.template {
         Some(t) => t.render(&[json!({"role": "user", "content": PROMPT})], None, true)?,
@@ -123,9 +125,11 @@ pub fn run(opts: &LmBench) -> Result<()> {
         }
         None => None,
     };
-    print_table(&ours, base.as_ref(), cores, opts.model);
+    let precision = if opts.kind == Kind::Float { "f32" } else { "bf16" };
+    print_table(&ours, base.as_ref(), cores, opts.model, precision, opts.device);
     if let Some(path) = opts.json {
-        let all = json!({"asymre": ours, "transformers": base, "cores": cores, "model": opts.model});
+        let all = json!({"asymre": ours, "transformers": base, "cores": cores, "model": opts.model,
+            "precision": precision, "device": crate::device::device_name(opts.device)});
         std::fs::write(path, serde_json::to_string_pretty(&all).unwrap_or_default()).at(path)?;
     }
     Ok(())
@@ -153,7 +157,7 @@ fn baseline(python: &Path, model: &Path, prompt: &[u32], secs: f64) -> Result<Va
         .map_err(|e| Error::Corrupt(format!("transformers baseline output: {e}")))
 }
 
-fn print_table(ours: &Value, base: Option<&Value>, cores: usize, model: &str) {
+fn print_table(ours: &Value, base: Option<&Value>, cores: usize, model: &str, precision: &str, device: Device) {
     let get = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
     let o = |k: &str| get(ours, k);
     let b = |k: &str| base.map_or(f64::NAN, |v| get(v, k));
@@ -164,7 +168,10 @@ fn print_table(ours: &Value, base: Option<&Value>, cores: usize, model: &str) {
             "—".into()
         }
     };
-    println!("LM benchmark: {model}, f32, {cores} threads, batch {BATCH}, {NEW_TOKENS} new tokens per row");
+    println!(
+        "LM benchmark: {model}, {precision} on {}, {cores} CPU threads, batch {BATCH}, {NEW_TOKENS} new tokens per row",
+        crate::device::device_name(device)
+    );
     println!("{:<52} {:>12} {:>13} {:>8}  goal", "", "asymre", "transformers", "ratio");
     let rows = [
         ("sampling, batch 16: generated tokens/s", "decode_tokens_per_s", "generate_tokens_per_s", "≥ 5×"),

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# CUDA checks of the pretrained LM, a few minutes on one GPU (nothing else in the project needs
+# one): greedy tokens on CUDA against the CPU's (f32, then bf16 weights), and decoding tokens/s and
+# the learner step on CUDA in f32 and bf16.
+#
+#   MODEL=smollm2-135m scripts/gpu_check.sh      # a name, a .gguf file or a Hugging Face directory
+#
+# Needs the release binary (BIN, default target/release/asymre) and libtorch with CUDA on
+# LD_LIBRARY_PATH, e.g. LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-./target/release/asymre}
+MODEL=${MODEL:-smollm2-135m}
+PROMPT="What is the capital of France? Answer in one sentence."
+export PYTHONDONTWRITEBYTECODE=1
+
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+
+gen() { "$BIN" generate --model "$MODEL" --chat --prompt "$PROMPT" --max-new 32 --json "$@"; }
+cpu=$(gen --device cpu)
+echo "cpu f32:   $cpu"
+for precision in f32 bf16; do
+    cuda=$(gen --device cuda --precision "$precision")
+    echo "cuda $precision: $cuda"
+    python3 - "$cpu" "$cuda" "$precision" <<'PY'
+import json, sys
+a, b = (json.loads(x)["output_tokens"] for x in sys.argv[1:3])
+same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+print(f"greedy tokens, cuda {sys.argv[3]} against cpu f32: first {same} of {len(a)} equal")
+PY
+done
+
+for precision in f32 bf16; do
+    "$BIN" bench --lm --model "$MODEL" --device cuda --precision "$precision" --seconds 10 --no-baseline
+done
