@@ -108,7 +108,16 @@ fn check_arch(arch: &str) {
     let want = floats(&r["logits"]);
     // The Hugging Face directory and the F32 GGUF file (Llama's Q/K rows permuted by the
     // converter, Llama 3's RoPE scaling as rope_freqs) give transformers' logits.
-    for path in [dir.clone(), dir.join("tiny-F32.gguf")] {
+    let shards = std::fs::read_dir(dir.join("sharded"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".safetensors"))
+        .count();
+    assert!(shards > 1, "the fixture's sharded copy has {shards} shard(s)");
+    assert!(!dir.join("sharded/config.json").exists() || {
+        let c = std::fs::read_to_string(dir.join("sharded/config.json")).unwrap();
+        c.contains("rope_theta") && !c.contains("rope_parameters")
+    });
+    for path in [dir.clone(), dir.join("sharded"), dir.join("tiny-F32.gguf")] {
         let m = load(&path, None);
         let got = tensor_floats(&logits_of(&m.lm, &tokens));
         let d = max_diff(&got, &want);

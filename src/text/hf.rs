@@ -262,3 +262,35 @@ impl Tokenizer for HfTokenizer {
         self.pad
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A byte-level BPE whose vocabulary lacks some bytes.
+    fn partial() -> HfTokenizer {
+        let spec = json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [{"id": 0, "content": "<eos>", "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true}],
+            "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": {"<eos>": 0, "a": 1, "b": 2, "Ġ": 3, "ab": 4}, "merges": ["a b"]},
+        });
+        HfTokenizer::from_json_str(&spec.to_string(), None, &[0], None, "test").unwrap()
+    }
+
+    #[test]
+    fn a_byte_the_vocabulary_lacks_is_an_error_not_a_drop() {
+        let t = partial();
+        assert_eq!(t.encode_with("ab a<eos>", false).unwrap(), vec![4, 3, 1, 0]);
+        let err = t.encode_with("ab c", false).unwrap_err();
+        assert!(err.contains("'c'") && err.contains("byte 3"), "{err}");
+        let err = t.encode_with("aé", false).unwrap_err();
+        assert!(err.contains("'é'") && err.contains("c3, a9"), "{err}");
+    }
+}

@@ -300,6 +300,23 @@ def fixture(arch, out_dir):
         r = gguf.GGUFReader(os.path.join(out_dir, f"tiny-{q}.gguf"))
         t = next(t for t in r.tensors if t.name == "blk.1.ffn_down.weight")
         deq[q] = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64).reshape(-1).tolist()
+    # The same weights as shards with an index, and config.json in the older form (rope_theta and
+    # rope_scaling at the top level, as transformers 4 wrote it).
+    sharded = os.path.join(out_dir, "sharded")
+    with contextlib.redirect_stdout(io.StringIO()):
+        model.save_pretrained(sharded, max_shard_size="40KB")
+    for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]:
+        if os.path.exists(os.path.join(out_dir, f)):
+            with open(os.path.join(out_dir, f), "rb") as src, open(os.path.join(sharded, f), "wb") as dst:
+                dst.write(src.read())
+    with open(os.path.join(sharded, "config.json")) as fh:
+        old = json.load(fh)
+    rope = old.pop("rope_parameters")
+    old["rope_theta"] = rope.pop("rope_theta")
+    if rope.get("rope_type", "default") != "default":
+        old["rope_scaling"] = rope
+    with open(os.path.join(sharded, "config.json"), "w") as fh:
+        json.dump(old, fh)
     tok = Tokenizer.from_file(os.path.join(out_dir, "tokenizer.json"))
     hf_tok = AutoTokenizer.from_pretrained(out_dir)
     ref = {
