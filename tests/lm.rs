@@ -17,7 +17,11 @@ fn root() -> PathBuf {
 
 fn python() -> PathBuf {
     let p = root().join(".venv/bin/python");
-    assert!(p.exists(), "{} is missing: run scripts/setup.sh (make test does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh (make test does)",
+        p.display()
+    );
     p
 }
 
@@ -63,12 +67,19 @@ fn floats(v: &Value) -> Vec<f64> {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn max_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 fn tensor_floats(t: &Tensor) -> Vec<f64> {
@@ -92,9 +103,25 @@ fn assert_greedy_matches(model: &lm::Lm, prompt: &[u32], got: &[u32], want: &[u3
         let prefix: Vec<u32> = prompt.iter().chain(&want[..k]).copied().collect();
         let l = logits_of(model, &prefix);
         let at = prefix.len() as i64 - 1;
-        let gap = (l.double_value(&[0, at, got[k] as i64]) - l.double_value(&[0, at, want[k] as i64])).abs();
-        assert!(gap <= tol, "greedy token {k}: {} against the reference's {} (logit gap {gap})", got[k], want[k]);
+        let gap = (l.double_value(&[0, at, got[k] as i64])
+            - l.double_value(&[0, at, want[k] as i64]))
+        .abs();
+        assert!(
+            gap <= tol,
+            "greedy token {k}: {} against the reference's {} (logit gap {gap})",
+            got[k],
+            want[k]
+        );
         return;
+    }
+}
+
+fn greedy(max_new: usize, stop: &[u32], pad: u32) -> lm::generate::Sampling<'_> {
+    lm::generate::Sampling {
+        max_new,
+        temperature: 0.0,
+        stop,
+        pad,
     }
 }
 
@@ -110,13 +137,24 @@ fn check_arch(arch: &str) {
     // converter, Llama 3's RoPE scaling as rope_freqs) give transformers' logits.
     let shards = std::fs::read_dir(dir.join("sharded"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".safetensors"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".safetensors")
+        })
         .count();
-    assert!(shards > 1, "the fixture's sharded copy has {shards} shard(s)");
-    assert!(!dir.join("sharded/config.json").exists() || {
-        let c = std::fs::read_to_string(dir.join("sharded/config.json")).unwrap();
-        c.contains("rope_theta") && !c.contains("rope_parameters")
-    });
+    assert!(
+        shards > 1,
+        "the fixture's sharded copy has {shards} shard(s)"
+    );
+    assert!(
+        !dir.join("sharded/config.json").exists() || {
+            let c = std::fs::read_to_string(dir.join("sharded/config.json")).unwrap();
+            c.contains("rope_theta") && !c.contains("rope_parameters")
+        }
+    );
     for path in [dir.clone(), dir.join("sharded"), dir.join("tiny-F32.gguf")] {
         let m = load(&path, None);
         let got = tensor_floats(&logits_of(&m.lm, &tokens));
@@ -126,7 +164,14 @@ fn check_arch(arch: &str) {
     // Greedy decoding through the cache continues like transformers' generate.
     let m = load(&dir, None);
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    let got = lm::generate::decode(&m.lm, &[tokens.clone()], 8, 0.0, &[], 0, &mut rng, Device::Cpu).unwrap();
+    let got = lm::generate::decode(
+        &m.lm,
+        std::slice::from_ref(&tokens),
+        &greedy(8, &[], 0),
+        &mut rng,
+        Device::Cpu,
+    )
+    .unwrap();
     assert_greedy_matches(&m.lm, &tokens, &got[0], &ids(&r["greedy"]), 1e-4);
     // Dequantisation equals gguf-py's, value for value.
     for q in ["Q8_0", "Q4_1", "F16"] {
@@ -160,25 +205,60 @@ fn tiny_qwen3_matches_transformers() {
 #[test]
 fn tokenizer_and_chat_template_match_the_python_libraries() {
     let (dir, r) = fixture("qwen2");
-    let m = lm::source::read_text(&lm::resolve(dir.to_str().unwrap()).unwrap()).unwrap().1;
-    for (s, want) in r["strings"].as_array().unwrap().iter().zip(r["string_ids"].as_array().unwrap()) {
+    let m = lm::source::read_text(&lm::resolve(dir.to_str().unwrap()).unwrap())
+        .unwrap()
+        .1;
+    for (s, want) in r["strings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(r["string_ids"].as_array().unwrap())
+    {
         let s = s.as_str().unwrap();
-        assert_eq!(m.tokenizer.encode_with(s, false).unwrap(), ids(want), "{s:?}");
-        assert_eq!(m.tokenizer.decode_with(&ids(want), false), s, "decoding {s:?}");
+        assert_eq!(
+            m.tokenizer.encode_with(s, false).unwrap(),
+            ids(want),
+            "{s:?}"
+        );
+        assert_eq!(
+            m.tokenizer.decode_with(&ids(want), false),
+            s,
+            "decoding {s:?}"
+        );
     }
     let template = m.template.as_ref().expect("a chat template");
     let messages = r["messages"].as_array().unwrap();
     let tools = r["tools"].as_array().unwrap();
-    assert_eq!(template.render(messages, Some(tools), true).unwrap(), r["chat"].as_str().unwrap());
-    assert_eq!(template.render(&messages[..2], None, false).unwrap(), r["chat_plain"].as_str().unwrap());
-    // The same template from the GGUF file's metadata, and the tokenizer rebuilt from it.
-    let g = lm::source::read_text(&lm::resolve(dir.join("tiny-F16.gguf").to_str().unwrap()).unwrap()).unwrap().1;
     assert_eq!(
-        g.template.unwrap().render(messages, Some(tools), true).unwrap(),
+        template.render(messages, Some(tools), true).unwrap(),
         r["chat"].as_str().unwrap()
     );
-    for (s, want) in r["strings"].as_array().unwrap().iter().zip(r["string_ids"].as_array().unwrap()) {
-        assert_eq!(g.tokenizer.encode_with(s.as_str().unwrap(), false).unwrap(), ids(want));
+    assert_eq!(
+        template.render(&messages[..2], None, false).unwrap(),
+        r["chat_plain"].as_str().unwrap()
+    );
+    // The same template from the GGUF file's metadata, and the tokenizer rebuilt from it.
+    let g =
+        lm::source::read_text(&lm::resolve(dir.join("tiny-F16.gguf").to_str().unwrap()).unwrap())
+            .unwrap()
+            .1;
+    assert_eq!(
+        g.template
+            .unwrap()
+            .render(messages, Some(tools), true)
+            .unwrap(),
+        r["chat"].as_str().unwrap()
+    );
+    for (s, want) in r["strings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(r["string_ids"].as_array().unwrap())
+    {
+        assert_eq!(
+            g.tokenizer.encode_with(s.as_str().unwrap(), false).unwrap(),
+            ids(want)
+        );
     }
 }
 
@@ -193,7 +273,10 @@ fn cached_decoding_and_prefix_scoring_equal_the_full_pass() {
     ];
     // Left-padded prefill of the first 3 tokens, then one token per step.
     let p = 3usize;
-    let prompts: Vec<i64> = rows.iter().flat_map(|r| r[..p].iter().map(|&t| t as i64)).collect();
+    let prompts: Vec<i64> = rows
+        .iter()
+        .flat_map(|r| r[..p].iter().map(|&t| t as i64))
+        .collect();
     let prompts = Tensor::from_slice(&prompts).view([3, p as i64]);
     let valid = Tensor::ones([3, p as i64], (Kind::Bool, Device::Cpu));
     tch::no_grad(|| {
@@ -211,11 +294,14 @@ fn cached_decoding_and_prefix_scoring_equal_the_full_pass() {
             if pos == longest {
                 break;
             }
-            let toks: Vec<i64> = rows.iter().map(|r| *r.get(pos).unwrap_or(&0) as i64).collect();
+            let toks: Vec<i64> = rows
+                .iter()
+                .map(|r| *r.get(pos).unwrap_or(&0) as i64)
+                .collect();
             let real: Vec<bool> = rows.iter().map(|r| pos < r.len()).collect();
             logits = m.lm.step(
                 &Tensor::from_slice(&toks),
-                &Tensor::from_slice(&vec![pos as i64; 3]),
+                &Tensor::from_slice(&[pos as i64; 3]),
                 &Tensor::from_slice(&real),
                 &mut cache,
             );
@@ -225,15 +311,21 @@ fn cached_decoding_and_prefix_scoring_equal_the_full_pass() {
         assert_eq!(cache.len(), longest);
     });
     // Prefix scoring: log π of the policy-written tokens equals the full pass's.
-    let masks: Vec<Vec<bool>> = rows.iter().map(|r| (0..r.len()).map(|j| j >= 3).collect()).collect();
+    let masks: Vec<Vec<bool>> = rows
+        .iter()
+        .map(|r| (0..r.len()).map(|j| j >= 3).collect())
+        .collect();
     let batch = PrefixBatch::new(rows.iter().zip(&masks).map(|(r, m)| (&r[..], &m[..])));
     let scores = tch::no_grad(|| m.lm.score_prefixes(&batch, Device::Cpu)).unwrap();
     for (i, row) in rows.iter().enumerate() {
         let logp = logits_of(&m.lm, row).log_softmax(-1, Kind::Double);
-        for j in 3..row.len() {
-            let want = logp.double_value(&[0, j as i64 - 1, row[j] as i64]);
+        for (j, &tok) in row.iter().enumerate().skip(3) {
+            let want = logp.double_value(&[0, j as i64 - 1, tok as i64]);
             let got = scores.token_logp.double_value(&[i as i64, j as i64 - 1]);
-            assert!((want - got).abs() <= 1e-4, "row {i} token {j}: {got} vs {want}");
+            assert!(
+                (want - got).abs() <= 1e-4,
+                "row {i} token {j}: {got} vs {want}"
+            );
         }
     }
 }
@@ -242,7 +334,11 @@ fn cached_decoding_and_prefix_scoring_equal_the_full_pass() {
 fn lora_starts_at_the_base_model_and_export_round_trips() {
     let (dir, r) = fixture("llama");
     let tokens = ids(&r["ids"]);
-    let lora = LoraConfig { rank: 4, alpha: 8.0, ..Default::default() };
+    let lora = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        ..Default::default()
+    };
     let m = load(&dir, Some(&lora));
     let base = floats(&r["logits"]);
     let d = max_diff(&tensor_floats(&logits_of(&m.lm, &tokens)), &base);
@@ -260,7 +356,10 @@ fn lora_starts_at_the_base_model_and_export_round_trips() {
         }
     });
     let adapted = tensor_floats(&logits_of(&m.lm, &tokens));
-    assert!(max_diff(&adapted, &base) > 1e-3, "the adapters should now matter");
+    assert!(
+        max_diff(&adapted, &base) > 1e-3,
+        "the adapters should now matter"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("export");
     lm::export::write_hf_dir(&m.lm, &m.text, &out).unwrap();
@@ -273,14 +372,21 @@ fn lora_starts_at_the_base_model_and_export_round_trips() {
         .args(["logits", out.to_str().unwrap(), &ids_json])
         .output()
         .unwrap();
-    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
     let v: Value = serde_json::from_slice(&py.stdout).unwrap();
     let d = max_diff(&floats(&v["logits"]), &adapted);
     assert!(d <= 1e-4, "transformers on the export: {d}");
 }
 
 fn smollm2_file() -> PathBuf {
-    lm::resolve("smollm2-135m").expect("set-up installs SmolLM2").path().to_path_buf()
+    lm::resolve("smollm2-135m")
+        .expect("set-up installs SmolLM2")
+        .path()
+        .to_path_buf()
 }
 
 #[test]
@@ -293,7 +399,11 @@ fn smollm2_gguf_matches_transformers() {
         let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         if !matches!((m(&reference), m(&script)), (Some(a), Some(b)) if a >= b) {
             std::fs::create_dir_all(reference.parent().unwrap()).unwrap();
-            run_reference(&["smollm2", file.to_str().unwrap(), reference.to_str().unwrap()]);
+            run_reference(&[
+                "smollm2",
+                file.to_str().unwrap(),
+                reference.to_str().unwrap(),
+            ]);
         }
     }
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&reference).unwrap()).unwrap();
@@ -302,12 +412,29 @@ fn smollm2_gguf_matches_transformers() {
     assert_eq!((m.cfg.heads, m.cfg.kv_heads, m.cfg.head_dim), (9, 3, 64));
     assert!(m.cfg.tied);
     // The tokenizer rebuilt from the file: digits one by one (the smollm pre-tokenizer).
-    assert_eq!(m.text.tokenizer.encode_with("x  1", false).unwrap(), vec![104, 256, 33]);
-    for (s, want) in r["strings"].as_array().unwrap().iter().zip(r["string_ids"].as_array().unwrap()) {
-        assert_eq!(m.text.tokenizer.encode_with(s.as_str().unwrap(), false).unwrap(), ids(want), "{s}");
+    assert_eq!(
+        m.text.tokenizer.encode_with("x  1", false).unwrap(),
+        vec![104, 256, 33]
+    );
+    for (s, want) in r["strings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(r["string_ids"].as_array().unwrap())
+    {
+        assert_eq!(
+            m.text
+                .tokenizer
+                .encode_with(s.as_str().unwrap(), false)
+                .unwrap(),
+            ids(want),
+            "{s}"
+        );
     }
     let template = m.text.template.as_ref().unwrap();
-    let chat = template.render(r["messages"].as_array().unwrap(), None, true).unwrap();
+    let chat = template
+        .render(r["messages"].as_array().unwrap(), None, true)
+        .unwrap();
     assert_eq!(chat, r["chat"].as_str().unwrap());
     let prompt = m.text.tokenizer.encode_with(&chat, false).unwrap();
     assert_eq!(prompt, ids(&r["prompt"]));
@@ -316,12 +443,22 @@ fn smollm2_gguf_matches_transformers() {
     let d = max_diff(&last, &floats(&r["last_logits"]));
     assert!(d <= 1e-3, "last-position logits differ by {d}");
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    let got = lm::generate::decode(&m.lm, &[prompt.clone()], 12, 0.0, &[], 2, &mut rng, Device::Cpu).unwrap();
+    let got = lm::generate::decode(
+        &m.lm,
+        std::slice::from_ref(&prompt),
+        &greedy(12, &[], 2),
+        &mut rng,
+        Device::Cpu,
+    )
+    .unwrap();
     assert_greedy_matches(&m.lm, &prompt, &got[0], &ids(&r["greedy"]), 1e-3);
 }
 
 fn asymre(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_asymre")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_asymre"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// One line on stderr, exit 2.
@@ -337,32 +474,87 @@ fn generate_and_export_on_the_command_line() {
     let (dir, r) = fixture("qwen2");
     let d = dir.to_str().unwrap();
     // --max-new 0 only tokenises; --json prints the three fields.
-    let out = asymre(&["generate", "--model", d, "--prompt", "What is 123 * 45?", "--max-new", "0", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = asymre(&[
+        "generate",
+        "--model",
+        d,
+        "--prompt",
+        "What is 123 * 45?",
+        "--max-new",
+        "0",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(ids(&v["prompt_tokens"]), ids(&r["string_ids"][1]));
     assert_eq!(v["output_tokens"], serde_json::json!([]));
     // Greedy generation from the GGUF file gives what the library's greedy decoding gives.
-    let out = asymre(&["generate", "--model", dir.join("tiny-F32.gguf").to_str().unwrap(), "--prompt",
-        "What is 123 * 45?", "--chat", "--system", "Be brief.", "--max-new", "6", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = asymre(&[
+        "generate",
+        "--model",
+        dir.join("tiny-F32.gguf").to_str().unwrap(),
+        "--prompt",
+        "What is 123 * 45?",
+        "--chat",
+        "--system",
+        "Be brief.",
+        "--max-new",
+        "6",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let m = load(&dir, None);
-    let chat = m.text.template.as_ref().unwrap().render(
-        &[serde_json::json!({"role": "system", "content": "Be brief."}),
-          serde_json::json!({"role": "user", "content": "What is 123 * 45?"})],
-        None,
-        true,
-    ).unwrap();
+    let chat = m
+        .text
+        .template
+        .as_ref()
+        .unwrap()
+        .render(
+            &[
+                serde_json::json!({"role": "system", "content": "Be brief."}),
+                serde_json::json!({"role": "user", "content": "What is 123 * 45?"}),
+            ],
+            None,
+            true,
+        )
+        .unwrap();
     let prompt = m.text.tokenizer.encode_with(&chat, false).unwrap();
     assert_eq!(ids(&v["prompt_tokens"]), prompt);
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    let want = lm::generate::decode(&m.lm, &[prompt], 6, 0.0, &m.text.tokenizer.stop, 0, &mut rng, Device::Cpu).unwrap();
+    let want = lm::generate::decode(
+        &m.lm,
+        &[prompt],
+        &greedy(6, &m.text.tokenizer.stop, 0),
+        &mut rng,
+        Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(ids(&v["output_tokens"]), want[0]);
     // Sampling is seeded.
     let sample = |seed: &str| {
-        let o = asymre(&["generate", "--model", d, "--prompt", "e17 is", "--max-new", "8", "--temperature", "1",
-            "--seed", seed, "--json"]);
+        let o = asymre(&[
+            "generate",
+            "--model",
+            d,
+            "--prompt",
+            "e17 is",
+            "--max-new",
+            "8",
+            "--temperature",
+            "1",
+            "--seed",
+            seed,
+            "--json",
+        ]);
         assert!(o.status.success());
         serde_json::from_slice::<Value>(&o.stdout).unwrap()["output_tokens"].clone()
     };
@@ -371,10 +563,31 @@ fn generate_and_export_on_the_command_line() {
     // Export from GGUF, then generate from the export: the same tokens.
     let tmp = tempfile::tempdir().unwrap();
     let exported = tmp.path().join("hf");
-    let out = asymre(&["export", "--model", dir.join("tiny-F32.gguf").to_str().unwrap(), "--out", exported.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let again = asymre(&["generate", "--model", exported.to_str().unwrap(), "--prompt", "What is 123 * 45?",
-        "--chat", "--system", "Be brief.", "--max-new", "6", "--json"]);
+    let out = asymre(&[
+        "export",
+        "--model",
+        dir.join("tiny-F32.gguf").to_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = asymre(&[
+        "generate",
+        "--model",
+        exported.to_str().unwrap(),
+        "--prompt",
+        "What is 123 * 45?",
+        "--chat",
+        "--system",
+        "Be brief.",
+        "--max-new",
+        "6",
+        "--json",
+    ]);
     let w: Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(w["output_tokens"], v["output_tokens"]);
     // Exporting into a non-empty directory is refused, and what is there stays.
@@ -388,16 +601,39 @@ fn generate_and_export_on_the_command_line() {
     for f in ["tokenizer.json", "model.safetensors"] {
         std::fs::copy(dir.join(f), bad.join(f)).unwrap();
     }
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     cfg["model_type"] = "gpt_neox".into();
     std::fs::write(bad.join("config.json"), cfg.to_string()).unwrap();
     let b = bad.to_str().unwrap();
-    assert_input_error(&asymre(&["generate", "--model", b, "--prompt", "hi"]), "\"gpt_neox\" is not supported (supported: llama, qwen2, qwen3)");
-    assert_input_error(&asymre(&["generate", "--model", "no-such-model", "--prompt", "hi"]), "not a known name");
+    assert_input_error(
+        &asymre(&["generate", "--model", b, "--prompt", "hi"]),
+        "\"gpt_neox\" is not supported (supported: llama, qwen2, qwen3)",
+    );
+    assert_input_error(
+        &asymre(&["generate", "--model", "no-such-model", "--prompt", "hi"]),
+        "not a known name",
+    );
     let junk = tmp.path().join("junk.gguf");
     std::fs::write(&junk, b"GGUF\x03\x00\x00\x00 truncated").unwrap();
-    assert_input_error(&asymre(&["generate", "--model", junk.to_str().unwrap(), "--prompt", "hi"]), "not a readable GGUF file");
-    let out = asymre(&["generate", "--model", d, "--prompt", "hi", "--temperature=-1"]);
+    assert_input_error(
+        &asymre(&[
+            "generate",
+            "--model",
+            junk.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ]),
+        "not a readable GGUF file",
+    );
+    let out = asymre(&[
+        "generate",
+        "--model",
+        d,
+        "--prompt",
+        "hi",
+        "--temperature=-1",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be a finite number >= 0"));
 }

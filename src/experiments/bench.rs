@@ -873,6 +873,18 @@ fn print_table(
     }
 }
 
+/// The Python that runs the baseline: the project's `.venv` (here or where the binary was
+/// built), else `python3` on the PATH.
+pub fn find_python() -> PathBuf {
+    [
+        PathBuf::from(".venv/bin/python"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -909,16 +921,4 @@ mod tests {
         assert_eq!(r.lag, 3.0);
         assert!(r.length.is_nan());
     }
-}
-
-/// The Python that runs the baseline: the project's `.venv` (here or where the binary was
-/// built), else `python3` on the PATH.
-pub fn find_python() -> PathBuf {
-    [
-        PathBuf::from(".venv/bin/python"),
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .unwrap_or_else(|| PathBuf::from("python3"))
 }

@@ -15,7 +15,8 @@ use tch::{Device, Kind};
 
 use super::bench::{matmul_gflops, peak_rss_mib};
 use crate::error::{Error, IoContext, Result};
-use crate::policy::lm::{self, generate::decode, LmConfig};
+use crate::policy::lm::generate::{decode, Sampling};
+use crate::policy::lm::{self, LmConfig};
 use crate::policy::PrefixBatch;
 
 /// Rows decoded together and scored together.
@@ -66,19 +67,29 @@ pub fn run(opts: &LmBench) -> Result<()> {
     let prompts = vec![prompt.clone(); BATCH];
     let mut rng = ChaCha8Rng::seed_from_u64(0);
 
-    progress(&format!("decoding: batch {BATCH}, {NEW_TOKENS} new tokens per row, sampling"));
-    let mut outputs = decode(&model.lm, &prompts, 4, 1.0, &[], tok.pad_id(), &mut rng, opts.device)?;
+    progress(&format!(
+        "decoding: batch {BATCH}, {NEW_TOKENS} new tokens per row, sampling"
+    ));
+    let how = |max_new| Sampling {
+        max_new,
+        temperature: 1.0,
+        stop: &[],
+        pad: tok.pad_id(),
+    };
+    let mut outputs = decode(&model.lm, &prompts, &how(4), &mut rng, opts.device)?;
     let (mut tokens, mut spent, mut runs) = (0usize, 0.0, 0);
     while runs < 2 || spent < opts.secs {
         let t0 = Instant::now();
-        outputs = decode(&model.lm, &prompts, NEW_TOKENS, 1.0, &[], tok.pad_id(), &mut rng, opts.device)?;
+        outputs = decode(&model.lm, &prompts, &how(NEW_TOKENS), &mut rng, opts.device)?;
         spent += t0.elapsed().as_secs_f64();
         tokens += outputs.iter().map(Vec::len).sum::<usize>();
         runs += 1;
     }
     let decode_tps = tokens as f64 / spent;
 
-    progress(&format!("learner step: {BATCH} sequences, full fine-tuning, Adam"));
+    progress(&format!(
+        "learner step: {BATCH} sequences, full fine-tuning, Adam"
+    ));
     let rows: Vec<Vec<u32>> = outputs
         .iter()
         .map(|o| prompt.iter().chain(o).copied().collect())
@@ -107,7 +118,12 @@ pub fn run(opts: &LmBench) -> Result<()> {
     }
     let step_s = spent / steps as f64;
     let policy_tokens: usize = masks.iter().map(|m| m.iter().filter(|&&b| b).count()).sum();
-    let flops = 3.0 * forward_flops(&model.cfg, batch.nodes() as f64, batch.head_nodes.len() as f64);
+    let flops = 3.0
+        * forward_flops(
+            &model.cfg,
+            batch.nodes() as f64,
+            batch.head_nodes.len() as f64,
+        );
     let ours = json!({
         "matmul_gflops": matmul,
         "decode_tokens_per_s": decode_tps,
@@ -125,8 +141,19 @@ pub fn run(opts: &LmBench) -> Result<()> {
         }
         None => None,
     };
-    let precision = if opts.kind == Kind::Float { "f32" } else { "bf16" };
-    print_table(&ours, base.as_ref(), cores, opts.model, precision, opts.device);
+    let precision = if opts.kind == Kind::Float {
+        "f32"
+    } else {
+        "bf16"
+    };
+    print_table(
+        &ours,
+        base.as_ref(),
+        cores,
+        opts.model,
+        precision,
+        opts.device,
+    );
     if let Some(path) = opts.json {
         let all = json!({"asymre": ours, "transformers": base, "cores": cores, "model": opts.model,
             "precision": precision, "device": crate::device::device_name(opts.device)});
@@ -141,7 +168,12 @@ fn baseline(python: &Path, model: &Path, prompt: &[u32], secs: f64) -> Result<Va
         .arg(&script)
         .arg(model)
         .arg(serde_json::to_string(prompt).unwrap_or_default())
-        .args(["--batch", &BATCH.to_string(), "--new", &NEW_TOKENS.to_string()])
+        .args([
+            "--batch",
+            &BATCH.to_string(),
+            "--new",
+            &NEW_TOKENS.to_string(),
+        ])
         .args(["--seconds", &format!("{secs}")])
         .output()
         .map_err(|e| Error::io(python, e))?;
@@ -157,7 +189,14 @@ fn baseline(python: &Path, model: &Path, prompt: &[u32], secs: f64) -> Result<Va
         .map_err(|e| Error::Corrupt(format!("transformers baseline output: {e}")))
 }
 
-fn print_table(ours: &Value, base: Option<&Value>, cores: usize, model: &str, precision: &str, device: Device) {
+fn print_table(
+    ours: &Value,
+    base: Option<&Value>,
+    cores: usize,
+    model: &str,
+    precision: &str,
+    device: Device,
+) {
     let get = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
     let o = |k: &str| get(ours, k);
     let b = |k: &str| base.map_or(f64::NAN, |v| get(v, k));
@@ -172,10 +211,23 @@ fn print_table(ours: &Value, base: Option<&Value>, cores: usize, model: &str, pr
         "LM benchmark: {model}, {precision} on {}, {cores} CPU threads, batch {BATCH}, {NEW_TOKENS} new tokens per row",
         crate::device::device_name(device)
     );
-    println!("{:<52} {:>12} {:>13} {:>8}  goal", "", "asymre", "transformers", "ratio");
+    println!(
+        "{:<52} {:>12} {:>13} {:>8}  goal",
+        "", "asymre", "transformers", "ratio"
+    );
     let rows = [
-        ("sampling, batch 16: generated tokens/s", "decode_tokens_per_s", "generate_tokens_per_s", "≥ 5×"),
-        ("learner step (fwd+bwd+Adam): policy tokens/s", "learner_tokens_per_s", "train_tokens_per_s", ""),
+        (
+            "sampling, batch 16: generated tokens/s",
+            "decode_tokens_per_s",
+            "generate_tokens_per_s",
+            "≥ 5×",
+        ),
+        (
+            "learner step (fwd+bwd+Adam): policy tokens/s",
+            "learner_tokens_per_s",
+            "train_tokens_per_s",
+            "",
+        ),
     ];
     for (what, k, bk, goal) in rows {
         let (x, y) = (o(k), b(bk));

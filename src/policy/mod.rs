@@ -55,6 +55,10 @@ pub trait SequencePolicy {
 pub trait DecodeCache {
     /// Positions filled so far.
     fn len(&self) -> usize;
+    /// Whether nothing has been fed yet.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Keeps the rows at `rows` ([R] int64, in their new order); an index given twice forks
     /// its row.
     fn keep_rows(&mut self, rows: &Tensor);

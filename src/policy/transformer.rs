@@ -245,7 +245,6 @@ impl Transformer {
 
     /// Logits for every position of right-padded sequences: `tokens` [B, T] int64 → [B, T, V].
     /// The padded reference of the tests (the learner uses [`Transformer::score_prefixes`]).
-
     #[cfg(test)]
     pub fn forward(&self, tokens: &Tensor) -> Tensor {
         let (b, t) = tokens.size2().expect("[B, T]");

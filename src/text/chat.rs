@@ -37,10 +37,15 @@ impl ChatTemplate {
         env.set_syntax(syntax);
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<Value, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        env.add_function("strftime_now", |fmt: String| -> String {
+            strftime_now(&fmt)
         });
-        env.add_function("strftime_now", |fmt: String| -> String { strftime_now(&fmt) });
         env.add_filter("tojson", tojson);
         env.add_template("chat", &self.source)
             .map_err(|e| Error::input(format!("chat template: {e}")))?;
@@ -53,7 +58,10 @@ impl ChatTemplate {
             eos_token => self.eos_token.clone(),
         };
         tmpl.render(ctx).map_err(|e| {
-            let detail = e.detail().map(str::to_string).unwrap_or_else(|| e.to_string());
+            let detail = e
+                .detail()
+                .map(str::to_string)
+                .unwrap_or_else(|| e.to_string());
             Error::input(format!("chat template: {detail}"))
         })
     }
@@ -80,8 +88,18 @@ fn strftime_now(fmt: &str) -> String {
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
     const FULL: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     fmt.replace("%d", &format!("{d:02}"))
         .replace("%m", &format!("{m:02}"))
@@ -101,10 +119,23 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja:
         .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     let (item, key) = match &separators {
         Some(s) if s.len() == 2 => (s[0].clone(), s[1].clone()),
-        _ => (if indent.is_some() { "," } else { ", " }.to_string(), ": ".to_string()),
+        _ => (
+            if indent.is_some() { "," } else { ", " }.to_string(),
+            ": ".to_string(),
+        ),
     };
     let mut out = String::new();
-    write_py_json(&json, &mut out, &PyJson { indent, item, key, sort_keys: sort_keys.unwrap_or(false) }, 0);
+    write_py_json(
+        &json,
+        &mut out,
+        &PyJson {
+            indent,
+            item,
+            key,
+            sort_keys: sort_keys.unwrap_or(false),
+        },
+        0,
+    );
     Ok(Value::from_safe_string(out))
 }
 
@@ -118,7 +149,12 @@ struct PyJson {
 /// `json.dumps` with `ensure_ascii=False`.
 pub fn py_dumps(v: &Json) -> String {
     let mut out = String::new();
-    let f = PyJson { indent: None, item: ", ".into(), key: ": ".into(), sort_keys: false };
+    let f = PyJson {
+        indent: None,
+        item: ", ".into(),
+        key: ": ".into(),
+        sort_keys: false,
+    };
     write_py_json(v, &mut out, &f, 0);
     out
 }
@@ -135,7 +171,6 @@ fn py_float(x: f64) -> String {
     if a != 0.0 && !(1e-4..1e16).contains(&a) {
         let s = format!("{x:e}");
         let (m, e) = s.split_once('e').expect("exponent form");
-        let m = if m.contains('.') { m.to_string() } else { m.to_string() };
         let e: i32 = e.parse().expect("an exponent");
         return format!("{m}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs());
     }
@@ -228,8 +263,12 @@ mod tests {
 
     #[test]
     fn tojson_writes_what_python_json_dumps_writes() {
-        let v: Json = serde_json::from_str(r#"{"b": [1, 2.5, 1e-7, 3.0], "a": "é<x>\n", "c": {}}"#).unwrap();
-        assert_eq!(py_dumps(&v), r#"{"b": [1, 2.5, 1e-07, 3.0], "a": "é<x>\n", "c": {}}"#);
+        let v: Json =
+            serde_json::from_str(r#"{"b": [1, 2.5, 1e-7, 3.0], "a": "é<x>\n", "c": {}}"#).unwrap();
+        assert_eq!(
+            py_dumps(&v),
+            r#"{"b": [1, 2.5, 1e-07, 3.0], "a": "é<x>\n", "c": {}}"#
+        );
     }
 
     #[test]

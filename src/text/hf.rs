@@ -69,7 +69,10 @@ impl HfTokenizer {
         let exact = json.get("normalizer").is_none_or(Json::is_null);
         // A template post-processor that puts BOS first (Llama's) adds it to plain prompts.
         let add_bos = add_bos.unwrap_or_else(|| {
-            let pp = json.get("post_processor").map(|p| p.to_string()).unwrap_or_default();
+            let pp = json
+                .get("post_processor")
+                .map(|p| p.to_string())
+                .unwrap_or_default();
             bos.and_then(|b| inner.id_to_token(b))
                 .is_some_and(|name| pp.contains(&format!("\"{}\"", name)) && pp.contains("single"))
         });
@@ -96,12 +99,8 @@ impl HfTokenizer {
             )));
         }
         let pre = s("tokenizer.ggml.pre").unwrap_or("default");
-        let split = |regex: &str| {
-            json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false})
-        };
-        let byte_level = |use_regex: bool| {
-            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-        };
+        let split = |regex: &str| json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false});
+        let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
         let (pre_tokenizer, normalizer) = match pre {
             "default" | "gpt2" | "gpt-2" => (byte_level(true), Json::Null),
             "smollm" => (
@@ -150,8 +149,10 @@ impl HfTokenizer {
                 .and_then(Value::as_u64)
                 .unwrap_or(1);
             if ty == 3 || ty == 4 {
-                added.push(json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": ty == 4, "special": ty == 3}));
+                added.push(
+                    json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": ty == 4, "special": ty == 3}),
+                );
             }
             vocab.insert(tok.to_string(), id.into());
         }
@@ -189,14 +190,15 @@ impl HfTokenizer {
 
     /// The ids of `text`. Special tokens written in the text (`<|im_start|>`) become their ids;
     /// with `add_special`, BOS is prepended when the model's convention asks for it.
-    pub fn encode_with(&self, text: &str, add_special: bool) -> std::result::Result<Vec<u32>, String> {
+    pub fn encode_with(
+        &self,
+        text: &str,
+        add_special: bool,
+    ) -> std::result::Result<Vec<u32>, String> {
         let enc = self.inner.encode(text, false).map_err(|e| e.to_string())?;
         let mut ids = enc.get_ids().to_vec();
         if self.exact {
-            let back = self
-                .inner
-                .decode(&ids, false)
-                .map_err(|e| e.to_string())?;
+            let back = self.inner.decode(&ids, false).map_err(|e| e.to_string())?;
             if back != text {
                 let at = text
                     .char_indices()

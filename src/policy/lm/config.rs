@@ -93,13 +93,20 @@ fn usize_of(cfg: &Json, key: &str, what: &str) -> Result<usize> {
     field(cfg, key, what)?
         .as_u64()
         .map(|v| v as usize)
-        .ok_or_else(|| Error::input(format!("{what}: config.json's {key:?} is not a whole number")))
+        .ok_or_else(|| {
+            Error::input(format!(
+                "{what}: config.json's {key:?} is not a whole number"
+            ))
+        })
 }
 
 fn ids(v: Option<&Json>) -> Vec<u32> {
     match v {
         Some(Json::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Json::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
+        Some(Json::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -155,11 +162,9 @@ impl LmConfig {
                             )?,
                         })
                     }
-                    other => {
-                        return Err(Error::input(format!(
-                            "{what}: rope type {other:?} is not supported (supported: default, llama3)"
-                        )))
-                    }
+                    other => return Err(Error::input(format!(
+                        "{what}: rope type {other:?} is not supported (supported: default, llama3)"
+                    ))),
                 }
             }
             None => None,
@@ -175,7 +180,10 @@ impl LmConfig {
             head_dim,
             rope_theta,
             rope_llama3,
-            rms_eps: cfg.get("rms_norm_eps").and_then(Json::as_f64).unwrap_or(1e-6),
+            rms_eps: cfg
+                .get("rms_norm_eps")
+                .and_then(Json::as_f64)
+                .unwrap_or(1e-6),
             tied: cfg
                 .get("tie_word_embeddings")
                 .and_then(Json::as_bool)

@@ -24,7 +24,10 @@ pub fn write_hf_dir(lm: &Lm, text: &ModelText, out: &Path) -> Result<()> {
         std::fs::write(&p, body).at(&p)
     };
     let cfg = lm.cfg.to_hf();
-    write("config.json", serde_json::to_string_pretty(&cfg).expect("JSON"))?;
+    write(
+        "config.json",
+        serde_json::to_string_pretty(&cfg).expect("JSON"),
+    )?;
     tch::no_grad(|| write_safetensors(&out.join("model.safetensors"), &lm.merged_tensors()))?;
     let tok = &text.tokenizer;
     write("tokenizer.json", tok.to_json()?)?;
@@ -43,12 +46,18 @@ pub fn write_hf_dir(lm: &Lm, text: &ModelText, out: &Path) -> Result<()> {
     if let Some(t) = &text.template {
         tc["chat_template"] = t.source.clone().into();
     }
-    write("tokenizer_config.json", serde_json::to_string_pretty(&tc).expect("JSON"))?;
+    write(
+        "tokenizer_config.json",
+        serde_json::to_string_pretty(&tc).expect("JSON"),
+    )?;
     let mut gen = json!({"do_sample": false, "eos_token_id": tok.stop});
     if let Some(b) = tok.bos {
         gen["bos_token_id"] = b.into();
     }
-    write("generation_config.json", serde_json::to_string_pretty(&gen).expect("JSON"))?;
+    write(
+        "generation_config.json",
+        serde_json::to_string_pretty(&gen).expect("JSON"),
+    )?;
     Ok(())
 }
 

@@ -7,18 +7,33 @@ use tch::{Kind, Tensor};
 use crate::error::Result;
 use crate::policy::{DecodeCache, SequencePolicy};
 
-/// The new tokens of each prompt, up to `max_new` each; a row stops after writing one of `stop`
-/// (which is kept). `prompts` may differ in length (they are left-padded with `pad`).
+/// How [`decode`] samples.
+#[derive(Debug, Clone, Copy)]
+pub struct Sampling<'a> {
+    /// New tokens per row, at most.
+    pub max_new: usize,
+    /// 0: greedy; otherwise softmax(logits / temperature).
+    pub temperature: f64,
+    /// A row ends after writing one of these (which is kept).
+    pub stop: &'a [u32],
+    /// The id left padding uses.
+    pub pad: u32,
+}
+
+/// The new tokens of each prompt. `prompts` may differ in length (they are left-padded).
 pub fn decode<P: SequencePolicy>(
     policy: &P,
     prompts: &[Vec<u32>],
-    max_new: usize,
-    temperature: f64,
-    stop: &[u32],
-    pad: u32,
+    how: &Sampling,
     rng: &mut ChaCha8Rng,
     device: tch::Device,
 ) -> Result<Vec<Vec<u32>>> {
+    let Sampling {
+        max_new,
+        temperature,
+        stop,
+        pad,
+    } = *how;
     let b = prompts.len();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
     if b == 0 || max_new == 0 {
@@ -47,8 +62,12 @@ pub fn decode<P: SequencePolicy>(
         }
     }
     let shape = [u as i64, p as i64];
-    let tokens = Tensor::f_from_slice(&tokens)?.f_view(shape)?.f_to_device(device)?;
-    let valid = Tensor::f_from_slice(&valid)?.f_view(shape)?.f_to_device(device)?;
+    let tokens = Tensor::f_from_slice(&tokens)?
+        .f_view(shape)?
+        .f_to_device(device)?;
+    let valid = Tensor::f_from_slice(&valid)?
+        .f_view(shape)?
+        .f_to_device(device)?;
     let mut next_pos: Vec<i64> = prompts.iter().map(|r| r.len() as i64).collect();
     tch::no_grad(|| -> Result<()> {
         let (mut cache, mut logits) = policy.prefill(&tokens, &valid, p + max_new);
@@ -105,7 +124,10 @@ pub fn decode<P: SequencePolicy>(
 fn pick(logits: &Tensor, temperature: f64, rng: &mut ChaCha8Rng) -> Result<Vec<u32>> {
     if temperature <= 0.0 {
         let ids = logits.f_argmax(-1, false)?.f_to_device(tch::Device::Cpu)?;
-        return Ok(Vec::<i64>::try_from(&ids)?.into_iter().map(|x| x as u32).collect());
+        return Ok(Vec::<i64>::try_from(&ids)?
+            .into_iter()
+            .map(|x| x as u32)
+            .collect());
     }
     let probs = (logits.f_to_kind(Kind::Float)? / temperature)
         .f_softmax(-1, Kind::Float)?
@@ -123,9 +145,7 @@ fn pick(logits: &Tensor, temperature: f64, rng: &mut ChaCha8Rng) -> Result<Vec<u
                     return j as u32;
                 }
             }
-            row.iter()
-                .rposition(|&p| p > 0.0)
-                .unwrap_or(0) as u32
+            row.iter().rposition(|&p| p > 0.0).unwrap_or(0) as u32
         })
         .collect())
 }
@@ -195,13 +215,16 @@ pub fn generate(req: &Request) -> Result<Generated> {
     }
     let tok = &model.text.tokenizer;
     let mut rng = ChaCha8Rng::seed_from_u64(req.seed);
+    let how = Sampling {
+        max_new: req.max_new,
+        temperature: req.temperature,
+        stop: &tok.stop,
+        pad: tok.pad_id(),
+    };
     let out = decode(
         &model.lm,
         std::slice::from_ref(&ids),
-        req.max_new,
-        req.temperature,
-        &tok.stop,
-        tok.pad_id(),
+        &how,
         &mut rng,
         req.device,
     )?

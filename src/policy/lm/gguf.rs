@@ -148,14 +148,18 @@ impl Cursor<'_> {
     fn len(&mut self) -> std::result::Result<usize, String> {
         let n = self.u64()?;
         if n > self.buf.len() as u64 {
-            return Err(format!("a length of {n} at byte {} is past the file's end", self.pos - 8));
+            return Err(format!(
+                "a length of {n} at byte {} is past the file's end",
+                self.pos - 8
+            ));
         }
         Ok(n as usize)
     }
     fn string(&mut self) -> std::result::Result<String, String> {
         let n = self.len()?;
         let bytes = self.take(n)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| format!("a string before byte {} is not UTF-8", self.pos))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| format!("a string before byte {} is not UTF-8", self.pos))
     }
     fn value(&mut self, ty: u32) -> std::result::Result<Value, String> {
         Ok(match ty {
@@ -180,7 +184,12 @@ impl Cursor<'_> {
             10 => Value::U64(self.u64()?),
             11 => Value::I64(self.u64()? as i64),
             12 => Value::F64(f64::from_le_bytes(self.take(8)?.try_into().unwrap())),
-            other => return Err(format!("unknown metadata type {other} at byte {}", self.pos - 4)),
+            other => {
+                return Err(format!(
+                    "unknown metadata type {other} at byte {}",
+                    self.pos - 4
+                ))
+            }
         })
     }
 }
@@ -201,7 +210,9 @@ impl Gguf {
         }
         let version = c.u32().map_err(&bad)?;
         if !(2..=3).contains(&version) {
-            return Err(bad(format!("version {version} (this reader knows 2 and 3)")));
+            return Err(bad(format!(
+                "version {version} (this reader knows 2 and 3)"
+            )));
         }
         let n_tensors = c.len().map_err(&bad)?;
         let n_kv = c.len().map_err(&bad)?;
@@ -226,7 +237,14 @@ impl Gguf {
             shape.reverse();
             let kind = GgmlType::from_id(c.u32().map_err(&bad)?);
             let offset = c.len().map_err(&bad)?;
-            tensors.insert(name, TensorInfo { shape, kind, offset });
+            tensors.insert(
+                name,
+                TensorInfo {
+                    shape,
+                    kind,
+                    offset,
+                },
+            );
         }
         let align = metadata
             .get("general.alignment")

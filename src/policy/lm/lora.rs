@@ -16,7 +16,13 @@ pub struct LoraConfig {
 
 /// The module names adapters may target.
 pub const MODULES: [&str; 7] = [
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
 ];
 
 impl Default for LoraConfig {
@@ -33,10 +39,16 @@ impl LoraConfig {
     /// Checks the rank, alpha and target names.
     pub fn validate(&self) -> Result<(), String> {
         if !(1..=1024).contains(&self.rank) {
-            return Err(format!("policy.lora.rank: expected between 1 and 1024, got {}", self.rank));
+            return Err(format!(
+                "policy.lora.rank: expected between 1 and 1024, got {}",
+                self.rank
+            ));
         }
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
-            return Err(format!("policy.lora.alpha: expected finite and > 0, got {}", self.alpha));
+            return Err(format!(
+                "policy.lora.alpha: expected finite and > 0, got {}",
+                self.alpha
+            ));
         }
         if self.targets.is_empty() {
             return Err("policy.lora.targets: expected at least one module".into());

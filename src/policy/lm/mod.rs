@@ -53,7 +53,7 @@ impl Linear {
         };
         let mut y = x.matmul(&self.wt);
         if let Some(b) = &self.b {
-            y = y + b;
+            y += b;
         }
         match &self.lora {
             Some((a, b, s)) => y + x.matmul(a).matmul(b) * *s,
@@ -152,39 +152,58 @@ impl Lm {
             cfg.ffn as i64,
             cfg.vocab as i64,
         );
-        let linear = |prefix: &str, out: i64, inp: i64, bias: bool, module: &str| -> Result<Linear> {
-            let w = load(&format!("{prefix}.weight"), &[out, inp])?;
-            let b = if bias {
-                Some(load(&format!("{prefix}.bias"), &[out])?)
-            } else {
-                None
+        let linear =
+            |prefix: &str, out: i64, inp: i64, bias: bool, module: &str| -> Result<Linear> {
+                let w = load(&format!("{prefix}.weight"), &[out, inp])?;
+                let b = if bias {
+                    Some(load(&format!("{prefix}.bias"), &[out])?)
+                } else {
+                    None
+                };
+                let lora = match lora {
+                    Some(l) if l.targets.iter().any(|t| t == module) => {
+                        let r = l.rank as i64;
+                        let bound = 1.0 / (inp as f64).sqrt();
+                        // Registered under dotted names like the base weights.
+                        let a_t = Tensor::f_empty([inp, r], (Kind::Float, device))?
+                            .f_uniform_(-bound, bound)?
+                            .f_to_kind(kind)?;
+                        let b_t = Tensor::f_zeros([r, out], (kind, device))?;
+                        let a = add(root, &format!("{prefix}.lora_A"), a_t, true);
+                        let b = add(root, &format!("{prefix}.lora_B"), b_t, true);
+                        Some((a, b, l.alpha / l.rank as f64))
+                    }
+                    _ => None,
+                };
+                Ok(Linear { wt: w, b, lora })
             };
-            let lora = match lora {
-                Some(l) if l.targets.iter().any(|t| t == module) => {
-                    let r = l.rank as i64;
-                    let bound = 1.0 / (inp as f64).sqrt();
-                    // Registered under dotted names like the base weights.
-                    let a_t = Tensor::f_empty([inp, r], (Kind::Float, device))?
-                        .f_uniform_(-bound, bound)?
-                        .f_to_kind(kind)?;
-                    let b_t = Tensor::f_zeros([r, out], (kind, device))?;
-                    let a = add(root, &format!("{prefix}.lora_A"), a_t, true);
-                    let b = add(root, &format!("{prefix}.lora_B"), b_t, true);
-                    Some((a, b, l.alpha / l.rank as f64))
-                }
-                _ => None,
-            };
-            Ok(Linear { wt: w, b, lora })
-        };
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let p = format!("model.layers.{i}");
             let norm = |n: &str, size: i64| load(&format!("{p}.{n}.weight"), &[size]);
             layers.push(Layer {
                 attn_norm: norm("input_layernorm", d)?,
-                q: linear(&format!("{p}.self_attn.q_proj"), h * e, d, cfg.qkv_bias, "q_proj")?,
-                k: linear(&format!("{p}.self_attn.k_proj"), kv * e, d, cfg.qkv_bias, "k_proj")?,
-                v: linear(&format!("{p}.self_attn.v_proj"), kv * e, d, cfg.qkv_bias, "v_proj")?,
+                q: linear(
+                    &format!("{p}.self_attn.q_proj"),
+                    h * e,
+                    d,
+                    cfg.qkv_bias,
+                    "q_proj",
+                )?,
+                k: linear(
+                    &format!("{p}.self_attn.k_proj"),
+                    kv * e,
+                    d,
+                    cfg.qkv_bias,
+                    "k_proj",
+                )?,
+                v: linear(
+                    &format!("{p}.self_attn.v_proj"),
+                    kv * e,
+                    d,
+                    cfg.qkv_bias,
+                    "v_proj",
+                )?,
                 o: linear(&format!("{p}.self_attn.o_proj"), d, h * e, false, "o_proj")?,
                 q_norm: if cfg.qk_norm {
                     Some(norm("self_attn.q_norm", e)?)
@@ -299,7 +318,14 @@ impl Lm {
     /// mask [B, 1, T, S], the H/K query heads of a key/value head become extra query rows
     /// ([B, K, H/K · T, E]), so the cache is read in place; the causal (mask-free) paths repeat
     /// the keys and values instead.
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, causal: bool) -> Tensor {
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        causal: bool,
+    ) -> Tensor {
         let g = (self.cfg.heads / self.cfg.kv_heads) as i64;
         if g == 1 {
             return Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, None, false);
@@ -317,7 +343,16 @@ impl Lm {
             None => {
                 let k = k.repeat_interleave_self_int(g, 1, None);
                 let v = v.repeat_interleave_self_int(g, 1, None);
-                Tensor::scaled_dot_product_attention(q, &k, &v, None::<&Tensor>, 0.0, causal, None, false)
+                Tensor::scaled_dot_product_attention(
+                    q,
+                    &k,
+                    &v,
+                    None::<&Tensor>,
+                    0.0,
+                    causal,
+                    None,
+                    false,
+                )
             }
         }
     }
@@ -357,7 +392,13 @@ impl Lm {
     /// Runs `tokens` [B, T] at `positions` [B, T] through the blocks, writing their keys and
     /// values into `cache` at `cache.len`; `mask` [B, 1, T, S] (true = may attend). Returns the
     /// logits [B, V] of the last position.
-    fn run_cached(&self, tokens: &Tensor, positions: &Tensor, cache: &mut LmCache, mask: &Tensor) -> Tensor {
+    fn run_cached(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        cache: &mut LmCache,
+        mask: &Tensor,
+    ) -> Tensor {
         let (b, t) = tokens.size2().expect("[B, T]");
         let start = cache.len;
         let mut x = self.embed(&tokens.reshape([-1])).view([b, t, -1]);
@@ -386,7 +427,9 @@ impl Lm {
     /// padded rows. The output head and its log-softmax over V run only at the nodes that
     /// predict a policy-written token, [`HEAD_CHUNK`] rows at a time.
     pub fn score_prefixes(&self, batch: &PrefixBatch, device: Device) -> Result<TokenScores> {
-        let index = |v: &[i64]| -> Result<Tensor> { Ok(Tensor::f_from_slice(v)?.f_to_device(self.device)?) };
+        let index = |v: &[i64]| -> Result<Tensor> {
+            Ok(Tensor::f_from_slice(v)?.f_to_device(self.device)?)
+        };
         let (b, w) = (batch.rows as i64, batch.width as i64);
         let slots = index(&batch.slot_node)?;
         let reps = index(&batch.node_slot)?;
@@ -418,10 +461,14 @@ impl Lm {
         let mut start = 0;
         while start < m {
             let n = HEAD_CHUNK.min(m - start);
-            let logp = self.logits(&heads.narrow(0, start, n)).f_log_softmax(-1, Kind::Float)?;
+            let logp = self
+                .logits(&heads.narrow(0, start, n))
+                .f_log_softmax(-1, Kind::Float)?;
             entropy_sum += tch::no_grad(|| -> Result<f64> {
                 let per_row = (logp.exp() * &logp).f_sum_dim_intlist(-1, false, Kind::Float)?;
-                Ok(-(per_row * uses.narrow(0, start, n)).f_sum(Kind::Double)?.double_value(&[]))
+                Ok(-(per_row * uses.narrow(0, start, n))
+                    .f_sum(Kind::Double)?
+                    .double_value(&[]))
             })?;
             parts.push(logp);
             start += n;
@@ -434,8 +481,14 @@ impl Lm {
             .zip(&batch.slot_target)
             .map(|(&h, &t)| h * vocab + t)
             .collect();
-        let mask = Tensor::f_from_slice(&batch.mask)?.f_view([b, w])?.f_to_device(self.device)?;
-        let token_logp = logp.f_view([-1])?.f_index_select(0, &index(&picked)?)?.f_view([b, w])? * &mask;
+        let mask = Tensor::f_from_slice(&batch.mask)?
+            .f_view([b, w])?
+            .f_to_device(self.device)?;
+        let token_logp = logp
+            .f_view([-1])?
+            .f_index_select(0, &index(&picked)?)?
+            .f_view([b, w])?
+            * &mask;
         let n_uses: f64 = batch.head_uses.iter().map(|&u| u as f64).sum();
         Ok(TokenScores {
             token_logp: token_logp.f_to_device(device)?,
@@ -448,15 +501,24 @@ impl Lm {
     /// an export writes. A tied head is not repeated.
     pub fn merged_tensors(&self) -> std::collections::BTreeMap<String, Tensor> {
         let mut out = std::collections::BTreeMap::new();
-        out.insert("model.embed_tokens.weight".into(), self.embed_t.tr().contiguous());
+        out.insert(
+            "model.embed_tokens.weight".into(),
+            self.embed_t.tr().contiguous(),
+        );
         out.insert("model.norm.weight".into(), self.norm.shallow_clone());
         if let Some(h) = &self.head_t {
             out.insert("lm_head.weight".into(), h.tr().contiguous());
         }
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            out.insert(format!("{p}.input_layernorm.weight"), l.attn_norm.shallow_clone());
-            out.insert(format!("{p}.post_attention_layernorm.weight"), l.mlp_norm.shallow_clone());
+            out.insert(
+                format!("{p}.input_layernorm.weight"),
+                l.attn_norm.shallow_clone(),
+            );
+            out.insert(
+                format!("{p}.post_attention_layernorm.weight"),
+                l.mlp_norm.shallow_clone(),
+            );
             for (name, lin) in [
                 ("self_attn.q_proj", &l.q),
                 ("self_attn.k_proj", &l.k),
@@ -484,7 +546,8 @@ impl Lm {
 /// the config or, in a GGUF file, from its `rope_freqs` factors.
 fn rope_frequencies(cfg: &LmConfig, src: &dyn WeightSource) -> Result<Tensor> {
     let e = cfg.head_dim as i64;
-    let exps = Tensor::arange_start_step(0, e, 2, (Kind::Int64, Device::Cpu)).to_kind(Kind::Float) / e as f64;
+    let exps = Tensor::arange_start_step(0, e, 2, (Kind::Int64, Device::Cpu)).to_kind(Kind::Float)
+        / e as f64;
     let inv = Tensor::from(cfg.rope_theta as f32).pow(&exps).reciprocal();
     if let Some(s) = cfg.rope_llama3 {
         let old = s.original_max_position_embeddings;
@@ -492,7 +555,8 @@ fn rope_frequencies(cfg: &LmConfig, src: &dyn WeightSource) -> Result<Tensor> {
         let high_wl = old / s.high_freq_factor;
         let wavelen = inv.reciprocal() * (2.0 * std::f64::consts::PI);
         let scaled = inv.where_self(&wavelen.le(low_wl), &(&inv / s.factor));
-        let smooth = (wavelen.reciprocal() * old - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        let smooth = (wavelen.reciprocal() * old - s.low_freq_factor)
+            / (s.high_freq_factor - s.low_freq_factor);
         let smoothed = (smooth.ones_like() - &smooth) * &scaled / s.factor + &smooth * &scaled;
         let medium = wavelen.ge(high_wl).logical_and(&wavelen.le(low_wl));
         return Ok(smoothed.where_self(&medium, &scaled));
@@ -553,7 +617,9 @@ impl SequencePolicy for Lm {
         };
         cache.valid.narrow(1, 0, p).copy_(valid);
         let positions = (valid.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
-        let causal = Tensor::ones([p, p], (Kind::Bool, device)).tril(0).view([1, 1, p, p]);
+        let causal = Tensor::ones([p, p], (Kind::Bool, device))
+            .tril(0)
+            .view([1, 1, p, p]);
         let eye = Tensor::eye(p, (Kind::Bool, device)).view([1, 1, p, p]);
         let mask = causal.logical_and(&valid.view([b, 1, 1, p]).logical_or(&eye));
         let logits = self.run_cached(prompts, &positions, &mut cache, &mask);
@@ -561,10 +627,19 @@ impl SequencePolicy for Lm {
         (cache, logits)
     }
 
-    fn step(&self, tokens: &Tensor, positions: &Tensor, real: &Tensor, cache: &mut LmCache) -> Tensor {
+    fn step(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        real: &Tensor,
+        cache: &mut LmCache,
+    ) -> Tensor {
         let b = tokens.size()[0];
         let s = cache.len + 1;
-        cache.valid.narrow(1, cache.len, 1).copy_(&real.view([b, 1]));
+        cache
+            .valid
+            .narrow(1, cache.len, 1)
+            .copy_(&real.view([b, 1]));
         let keys = cache.valid.narrow(1, 0, s).view([b, 1, 1, s]);
         let own = Tensor::zeros([1, 1, 1, s], (Kind::Bool, tokens.device()));
         let _ = own.narrow(3, s - 1, 1).fill_(1);

@@ -68,7 +68,9 @@ pub fn resolve(spec: &str) -> Result<ModelFiles> {
     let lower = lower.trim_end_matches("-instruct");
     if let Some((name, package, file)) = KNOWN.iter().find(|k| k.0 == lower) {
         for root in roots() {
-            let Ok(libs) = std::fs::read_dir(root.join(".venv/lib")) else { continue };
+            let Ok(libs) = std::fs::read_dir(root.join(".venv/lib")) else {
+                continue;
+            };
             for lib in libs.flatten() {
                 let candidate = lib.path().join("site-packages").join(package).join(file);
                 if candidate.is_file() {
@@ -104,7 +106,8 @@ pub struct LoadedModel {
 fn read_json(path: &Path) -> Result<Json> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
-    serde_json::from_str(&text).map_err(|e| Error::input(format!("{}: not JSON: {e}", path.display())))
+    serde_json::from_str(&text)
+        .map_err(|e| Error::input(format!("{}: not JSON: {e}", path.display())))
 }
 
 /// A special token's text in `tokenizer_config.json` (a string or `{"content": …}`).
@@ -131,14 +134,24 @@ pub fn read_text(files: &ModelFiles) -> Result<(LmConfig, ModelText)> {
             let cfg = LmConfig::from_hf(&read_json(&cfg_path)?, &cfg_path.display().to_string())?;
             let tok_path = dir.join("tokenizer.json");
             if !tok_path.exists() {
-                return Err(Error::input(format!("{}: no tokenizer.json", dir.display())));
+                return Err(Error::input(format!(
+                    "{}: no tokenizer.json",
+                    dir.display()
+                )));
             }
             let tokenizer = HfTokenizer::from_file(&tok_path, cfg.bos, &cfg.eos)?;
             let tc_path = dir.join("tokenizer_config.json");
-            let tc = if tc_path.exists() { Some(read_json(&tc_path)?) } else { None };
+            let tc = if tc_path.exists() {
+                Some(read_json(&tc_path)?)
+            } else {
+                None
+            };
             let jinja = dir.join("chat_template.jinja");
             let source = if jinja.exists() {
-                Some(std::fs::read_to_string(&jinja).map_err(|e| Error::input(format!("{}: {e}", jinja.display())))?)
+                Some(
+                    std::fs::read_to_string(&jinja)
+                        .map_err(|e| Error::input(format!("{}: {e}", jinja.display())))?,
+                )
             } else {
                 tc.as_ref().and_then(|tc| match tc.get("chat_template")? {
                     Json::String(s) => Some(s.clone()),
@@ -160,7 +173,13 @@ pub fn read_text(files: &ModelFiles) -> Result<(LmConfig, ModelText)> {
                 bos_token: name("bos_token", tokenizer.bos),
                 eos_token: name("eos_token", Some(tokenizer.eos)),
             });
-            Ok((cfg, ModelText { tokenizer, template }))
+            Ok((
+                cfg,
+                ModelText {
+                    tokenizer,
+                    template,
+                },
+            ))
         }
     }
 }
@@ -172,15 +191,26 @@ fn gguf_text(g: &Gguf, what: &str) -> Result<ModelText> {
         .and_then(|v| v.as_str())
         .map(|source| ChatTemplate {
             source: source.to_string(),
-            bos_token: tokenizer.bos.and_then(|b| tokenizer.id_to_token(b)).unwrap_or_default(),
+            bos_token: tokenizer
+                .bos
+                .and_then(|b| tokenizer.id_to_token(b))
+                .unwrap_or_default(),
             eos_token: tokenizer.id_to_token(tokenizer.eos).unwrap_or_default(),
         });
-    Ok(ModelText { tokenizer, template })
+    Ok(ModelText {
+        tokenizer,
+        template,
+    })
 }
 
 /// Loads `spec` onto `device` with weights of `kind` (f32, or bf16 for decoding on CUDA), LoRA
 /// adapters added when `lora` is given.
-pub fn load(spec: &str, device: Device, kind: Kind, lora: Option<&LoraConfig>) -> Result<LoadedModel> {
+pub fn load(
+    spec: &str,
+    device: Device,
+    kind: Kind,
+    lora: Option<&LoraConfig>,
+) -> Result<LoadedModel> {
     let files = resolve(spec)?;
     let vs = VarStore::new(device);
     let (cfg, text, lm) = match &files {
@@ -189,7 +219,10 @@ pub fn load(spec: &str, device: Device, kind: Kind, lora: Option<&LoraConfig>) -
             let g = Gguf::open(p)?;
             let cfg = LmConfig::from_gguf(&g, &what)?;
             let text = gguf_text(&g, &what)?;
-            let src = GgufWeights { file: &g, cfg: &cfg };
+            let src = GgufWeights {
+                file: &g,
+                cfg: &cfg,
+            };
             let lm = tch::no_grad(|| Lm::new(&vs.root(), &cfg, &src, kind, lora))?;
             (cfg, text, lm)
         }
@@ -200,5 +233,11 @@ pub fn load(spec: &str, device: Device, kind: Kind, lora: Option<&LoraConfig>) -
             (cfg, text, lm)
         }
     };
-    Ok(LoadedModel { files, cfg, vs, lm, text })
+    Ok(LoadedModel {
+        files,
+        cfg,
+        vs,
+        lm,
+        text,
+    })
 }

@@ -126,15 +126,12 @@ impl SafetensorsWeights {
             vec![single]
         } else if index_file.exists() {
             let text = std::fs::read_to_string(&index_file).at(&index_file)?;
-            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                Error::input(format!("{}: not JSON: {e}", index_file.display()))
-            })?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::input(format!("{}: not JSON: {e}", index_file.display())))?;
             let map = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())
-                .ok_or_else(|| {
-                    Error::input(format!("{}: no weight_map", index_file.display()))
-                })?;
+                .ok_or_else(|| Error::input(format!("{}: no weight_map", index_file.display())))?;
             let shards: std::collections::BTreeSet<&str> =
                 map.values().filter_map(|v| v.as_str()).collect();
             shards.into_iter().map(|s| dir.join(s)).collect()
@@ -200,7 +197,10 @@ impl WeightSource for SafetensorsWeights {
 pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
     let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, t) in tensors {
-        let t = t.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
+        let t = t
+            .f_to_kind(Kind::Float)?
+            .f_to_device(tch::Device::Cpu)?
+            .f_contiguous()?;
         let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
         let data = Vec::<f32>::try_from(&t.f_view([-1])?)?;
         let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
