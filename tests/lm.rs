@@ -116,13 +116,40 @@ fn assert_greedy_matches(model: &lm::Lm, prompt: &[u32], got: &[u32], want: &[u3
     }
 }
 
-fn greedy(max_new: usize, stop: &[u32], pad: u32) -> lm::generate::Sampling<'_> {
-    lm::generate::Sampling {
+/// `tokenizer` gives the reference's ids for each of its strings (and decodes them back).
+fn assert_encodes_like(tokenizer: &asymre::text::hf::HfTokenizer, r: &Value, decode_too: bool) {
+    let strings = r["strings"].as_array().unwrap();
+    for (s, want) in strings.iter().zip(r["string_ids"].as_array().unwrap()) {
+        let s = s.as_str().unwrap();
+        assert_eq!(tokenizer.encode_with(s, false).unwrap(), ids(want), "{s:?}");
+        if decode_too {
+            assert_eq!(
+                tokenizer.decode_with(&ids(want), false),
+                s,
+                "decoding {s:?}"
+            );
+        }
+    }
+}
+
+/// Greedy decoding of one prompt through the KV cache.
+fn greedy_decode(
+    model: &lm::Lm,
+    prompt: &[u32],
+    max_new: usize,
+    stop: &[u32],
+    pad: u32,
+) -> Vec<u32> {
+    let how = lm::generate::Sampling {
         max_new,
         temperature: 0.0,
         stop,
         pad,
-    }
+    };
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let mut out =
+        lm::generate::decode(model, &[prompt.to_vec()], &how, &mut rng, Device::Cpu).unwrap();
+    out.pop().unwrap()
 }
 
 fn load(path: &Path, lora: Option<&LoraConfig>) -> lm::source::LoadedModel {
@@ -163,16 +190,8 @@ fn check_arch(arch: &str) {
     }
     // Greedy decoding through the cache continues like transformers' generate.
     let m = load(&dir, None);
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    let got = lm::generate::decode(
-        &m.lm,
-        std::slice::from_ref(&tokens),
-        &greedy(8, &[], 0),
-        &mut rng,
-        Device::Cpu,
-    )
-    .unwrap();
-    assert_greedy_matches(&m.lm, &tokens, &got[0], &ids(&r["greedy"]), 1e-4);
+    let got = greedy_decode(&m.lm, &tokens, 8, &[], 0);
+    assert_greedy_matches(&m.lm, &tokens, &got, &ids(&r["greedy"]), 1e-4);
     // Dequantisation equals gguf-py's, value for value.
     for q in ["Q8_0", "Q4_1", "F16"] {
         let g = lm::gguf::Gguf::open(&dir.join(format!("tiny-{q}.gguf"))).unwrap();
@@ -208,24 +227,7 @@ fn tokenizer_and_chat_template_match_the_python_libraries() {
     let m = lm::source::read_text(&lm::resolve(dir.to_str().unwrap()).unwrap())
         .unwrap()
         .1;
-    for (s, want) in r["strings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(r["string_ids"].as_array().unwrap())
-    {
-        let s = s.as_str().unwrap();
-        assert_eq!(
-            m.tokenizer.encode_with(s, false).unwrap(),
-            ids(want),
-            "{s:?}"
-        );
-        assert_eq!(
-            m.tokenizer.decode_with(&ids(want), false),
-            s,
-            "decoding {s:?}"
-        );
-    }
+    assert_encodes_like(&m.tokenizer, &r, true);
     let template = m.template.as_ref().expect("a chat template");
     let messages = r["messages"].as_array().unwrap();
     let tools = r["tools"].as_array().unwrap();
@@ -249,17 +251,7 @@ fn tokenizer_and_chat_template_match_the_python_libraries() {
             .unwrap(),
         r["chat"].as_str().unwrap()
     );
-    for (s, want) in r["strings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(r["string_ids"].as_array().unwrap())
-    {
-        assert_eq!(
-            g.tokenizer.encode_with(s.as_str().unwrap(), false).unwrap(),
-            ids(want)
-        );
-    }
+    assert_encodes_like(&g.tokenizer, &r, false);
 }
 
 #[test]
@@ -416,21 +408,7 @@ fn smollm2_gguf_matches_transformers() {
         m.text.tokenizer.encode_with("x  1", false).unwrap(),
         vec![104, 256, 33]
     );
-    for (s, want) in r["strings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(r["string_ids"].as_array().unwrap())
-    {
-        assert_eq!(
-            m.text
-                .tokenizer
-                .encode_with(s.as_str().unwrap(), false)
-                .unwrap(),
-            ids(want),
-            "{s}"
-        );
-    }
+    assert_encodes_like(&m.text.tokenizer, &r, true);
     let template = m.text.template.as_ref().unwrap();
     let chat = template
         .render(r["messages"].as_array().unwrap(), None, true)
@@ -442,16 +420,8 @@ fn smollm2_gguf_matches_transformers() {
     let last = tensor_floats(&logits.get(0).get(prompt.len() as i64 - 1));
     let d = max_diff(&last, &floats(&r["last_logits"]));
     assert!(d <= 1e-3, "last-position logits differ by {d}");
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    let got = lm::generate::decode(
-        &m.lm,
-        std::slice::from_ref(&prompt),
-        &greedy(12, &[], 2),
-        &mut rng,
-        Device::Cpu,
-    )
-    .unwrap();
-    assert_greedy_matches(&m.lm, &prompt, &got[0], &ids(&r["greedy"]), 1e-3);
+    let got = greedy_decode(&m.lm, &prompt, 12, &[], 2);
+    assert_greedy_matches(&m.lm, &prompt, &got, &ids(&r["greedy"]), 1e-3);
 }
 
 fn asymre(args: &[&str]) -> std::process::Output {
@@ -459,6 +429,17 @@ fn asymre(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .unwrap()
+}
+
+/// The JSON the command prints, after checking that it succeeded.
+fn asymre_json(args: &[&str]) -> Value {
+    let out = asymre(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// One line on stderr, exit 2.
@@ -474,7 +455,7 @@ fn generate_and_export_on_the_command_line() {
     let (dir, r) = fixture("qwen2");
     let d = dir.to_str().unwrap();
     // --max-new 0 only tokenises; --json prints the three fields.
-    let out = asymre(&[
+    let v = asymre_json(&[
         "generate",
         "--model",
         d,
@@ -484,34 +465,26 @@ fn generate_and_export_on_the_command_line() {
         "0",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(ids(&v["prompt_tokens"]), ids(&r["string_ids"][1]));
     assert_eq!(v["output_tokens"], serde_json::json!([]));
     // Greedy generation from the GGUF file gives what the library's greedy decoding gives.
-    let out = asymre(&[
-        "generate",
-        "--model",
-        dir.join("tiny-F32.gguf").to_str().unwrap(),
-        "--prompt",
-        "What is 123 * 45?",
-        "--chat",
-        "--system",
-        "Be brief.",
-        "--max-new",
-        "6",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let chat_generate = |model: &Path| {
+        let m = model.to_str().unwrap();
+        asymre_json(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "What is 123 * 45?",
+            "--chat",
+            "--system",
+            "Be brief.",
+            "--max-new",
+            "6",
+            "--json",
+        ])
+    };
+    let v = chat_generate(&dir.join("tiny-F32.gguf"));
     let m = load(&dir, None);
     let chat = m
         .text
@@ -529,22 +502,11 @@ fn generate_and_export_on_the_command_line() {
         .unwrap();
     let prompt = m.text.tokenizer.encode_with(&chat, false).unwrap();
     assert_eq!(ids(&v["prompt_tokens"]), prompt);
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    let want = lm::generate::decode(
-        &m.lm,
-        &[prompt],
-        &greedy(6, &m.text.tokenizer.stop, 0),
-        &mut rng,
-        Device::Cpu,
-    )
-    .unwrap();
-    assert_eq!(ids(&v["output_tokens"]), want[0]);
+    let want = greedy_decode(&m.lm, &prompt, 6, &m.text.tokenizer.stop, 0);
+    assert_eq!(ids(&v["output_tokens"]), want);
     // Sampling is seeded.
     let sample = |seed: &str| {
-        let o = asymre(&[
-            "generate",
-            "--model",
-            d,
+        let args = [
             "--prompt",
             "e17 is",
             "--max-new",
@@ -553,10 +515,10 @@ fn generate_and_export_on_the_command_line() {
             "1",
             "--seed",
             seed,
-            "--json",
-        ]);
-        assert!(o.status.success());
-        serde_json::from_slice::<Value>(&o.stdout).unwrap()["output_tokens"].clone()
+        ];
+        let mut all = vec!["generate", "--model", d, "--json"];
+        all.extend(args);
+        asymre_json(&all)["output_tokens"].clone()
     };
     assert_eq!(sample("3"), sample("3"));
 
@@ -575,20 +537,7 @@ fn generate_and_export_on_the_command_line() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let again = asymre(&[
-        "generate",
-        "--model",
-        exported.to_str().unwrap(),
-        "--prompt",
-        "What is 123 * 45?",
-        "--chat",
-        "--system",
-        "Be brief.",
-        "--max-new",
-        "6",
-        "--json",
-    ]);
-    let w: Value = serde_json::from_slice(&again.stdout).unwrap();
+    let w = chat_generate(&exported);
     assert_eq!(w["output_tokens"], v["output_tokens"]);
     // Exporting into a non-empty directory is refused, and what is there stays.
     let out = asymre(&["export", "--model", d, "--out", exported.to_str().unwrap()]);

@@ -51,6 +51,118 @@ pub trait SequencePolicy {
     fn score_prefixes(&self, batch: &PrefixBatch, device: Device) -> Result<TokenScores>;
 }
 
+/// The positions [B, P] (counting real tokens only) and the attention mask [B, 1, P, P] (true =
+/// may attend) of left-padded prompts with `valid` [B, P] bool: causal, never onto padding, and a
+/// padding query attends to itself so that no row is fully masked.
+fn prefill_mask(valid: &Tensor) -> (Tensor, Tensor) {
+    let (b, p) = valid.size2().expect("[B, P]");
+    let device = valid.device();
+    let positions = (valid.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
+    let causal = Tensor::ones([p, p], (Kind::Bool, device))
+        .tril(0)
+        .view([1, 1, p, p]);
+    let eye = Tensor::eye(p, (Kind::Bool, device)).view([1, 1, p, p]);
+    let mask = causal.logical_and(&valid.view([b, 1, 1, p]).logical_or(&eye));
+    (positions, mask)
+}
+
+/// Records in a cache's `valid` [B, capacity] whether the token fed at position `len` is `real`
+/// [B], and returns that step's attention mask [B, 1, 1, len + 1]: the real cached positions and
+/// the token itself.
+fn step_mask(valid: &Tensor, len: i64, real: &Tensor) -> Tensor {
+    let b = real.size()[0];
+    let s = len + 1;
+    valid.narrow(1, len, 1).copy_(&real.view([b, 1]));
+    let keys = valid.narrow(1, 0, s).view([b, 1, 1, s]);
+    let own = Tensor::zeros([1, 1, 1, s], (Kind::Bool, real.device()));
+    let _ = own.narrow(3, s - 1, 1).fill_(1);
+    keys.logical_or(&own)
+}
+
+/// Keys and values of every layer for the tokens decoded so far, [B, heads, capacity, head size]
+/// each (the small transformer's heads, or an LM's key/value heads), with which cached positions
+/// hold real tokens.
+pub struct KvCache {
+    pub(crate) k: Vec<Tensor>,
+    pub(crate) v: Vec<Tensor>,
+    /// Positions filled.
+    pub len: i64,
+    /// [B, capacity] bool: which cached positions are real tokens (not left padding).
+    pub(crate) valid: Tensor,
+}
+
+impl KvCache {
+    /// An empty cache of `layers` layers for the left-padded prompts whose real tokens `valid`
+    /// [B, P] marks, with room for `capacity` positions of `heads` × `head_size` of `kind`.
+    pub fn for_prompts(
+        layers: usize,
+        valid: &Tensor,
+        capacity: usize,
+        heads: i64,
+        head_size: i64,
+        kind: Kind,
+    ) -> Self {
+        let (b, p) = valid.size2().expect("[B, P]");
+        let device = valid.device();
+        let capacity = capacity as i64;
+        let zeros = || Tensor::zeros([b, heads, capacity, head_size], (kind, device));
+        let cache = KvCache {
+            k: (0..layers).map(|_| zeros()).collect(),
+            v: (0..layers).map(|_| zeros()).collect(),
+            len: 0,
+            valid: Tensor::zeros([b, capacity], (Kind::Bool, device)),
+        };
+        cache.valid.narrow(1, 0, p).copy_(valid);
+        cache
+    }
+
+    /// Runs the prompts [B, P] (left-padded; `valid` as given to [`KvCache::for_prompts`])
+    /// through `run(tokens, positions, cache, mask)`, which writes each layer's keys and values
+    /// at `self.len` and returns the last position's logits.
+    pub fn prefill(
+        mut self,
+        prompts: &Tensor,
+        valid: &Tensor,
+        run: impl FnOnce(&Tensor, &Tensor, &mut KvCache, &Tensor) -> Tensor,
+    ) -> (KvCache, Tensor) {
+        let (positions, mask) = prefill_mask(valid);
+        let logits = run(prompts, &positions, &mut self, &mask);
+        self.len = prompts.size()[1];
+        (self, logits)
+    }
+
+    /// Feeds one token per row (`tokens` [B] at `positions` [B]; `real` [B] false for padding)
+    /// through `run` like [`KvCache::prefill`]; returns the next-token logits [B, V].
+    pub fn step(
+        &mut self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        real: &Tensor,
+        run: impl FnOnce(&Tensor, &Tensor, &mut KvCache, &Tensor) -> Tensor,
+    ) -> Tensor {
+        let b = tokens.size()[0];
+        let mask = step_mask(&self.valid, self.len, real);
+        let logits = run(&tokens.view([b, 1]), &positions.view([b, 1]), self, &mask);
+        self.len += 1;
+        logits
+    }
+}
+
+impl DecodeCache for KvCache {
+    fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Keeps the sequences at `rows`, so that later steps compute nothing for the others; an
+    /// index given twice copies its sequence, and the copies then decode on their own (a fork).
+    fn keep_rows(&mut self, rows: &Tensor) {
+        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+            *t = t.index_select(0, rows);
+        }
+        self.valid = self.valid.index_select(0, rows);
+    }
+}
+
 /// A decoding cache's rows: one per sequence being decoded.
 pub trait DecodeCache {
     /// Positions filled so far.

@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::Precision;
 use crate::error::Result;
 use crate::policy::prefix::PrefixBatch;
-use crate::policy::{DecodeCache, SequencePolicy};
+use crate::policy::{KvCache, SequencePolicy};
 
 /// With bf16 products, the learner rounds its node count up to a multiple of this.
 const NODE_ROWS: usize = 64;
@@ -72,28 +72,6 @@ pub struct Transformer {
     /// Token ids: 0..vocab.
     vocab: i64,
     pub max_len: i64,
-}
-
-/// Keys and values of every layer for the tokens decoded so far: [B, H, T_max, D/H] each.
-pub struct KvCache {
-    k: Vec<Tensor>,
-    v: Vec<Tensor>,
-    /// Positions filled.
-    pub len: i64,
-    /// [B, T_max] bool: which cached positions are real tokens (not left padding).
-    valid: Tensor,
-}
-
-impl KvCache {
-    /// Keeps the sequences at `rows` ([R] int64 indices into the batch, in their new order), so
-    /// that later steps compute nothing for the others. An index given twice copies its
-    /// sequence: the copies then decode on their own (a fork).
-    pub fn keep_rows(&mut self, rows: &Tensor) {
-        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
-            *t = t.index_select(0, rows);
-        }
-        self.valid = self.valid.index_select(0, rows);
-    }
 }
 
 impl Transformer {
@@ -382,28 +360,13 @@ impl SequencePolicy for Transformer {
     }
 
     fn prefill(&self, prompts: &Tensor, valid: &Tensor, capacity: usize) -> (KvCache, Tensor) {
-        let (b, p) = prompts.size2().expect("[B, P]");
-        let device = prompts.device();
         let dh = self.d_model / self.heads;
-        let capacity = capacity as i64;
-        let zeros = || Tensor::zeros([b, self.heads, capacity, dh], (Kind::Float, device));
-        let mut cache = KvCache {
-            k: self.blocks.iter().map(|_| zeros()).collect(),
-            v: self.blocks.iter().map(|_| zeros()).collect(),
-            len: 0,
-            valid: Tensor::zeros([b, capacity], (Kind::Bool, device)),
-        };
-        cache.valid.narrow(1, 0, p).copy_(valid);
-        let positions = (valid.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
-        let causal = Tensor::ones([p, p], (Kind::Bool, device))
-            .tril(0)
-            .view([1, 1, p, p]);
-        let eye = Tensor::eye(p, (Kind::Bool, device)).view([1, 1, p, p]);
-        // A padding query may attend to itself, so no row is fully masked.
-        let mask = causal.logical_and(&valid.view([b, 1, 1, p]).logical_or(&eye));
-        let logits = self.run_cached(prompts, &positions, &mut cache, &mask);
-        cache.len = p;
-        (cache, logits)
+        let layers = self.blocks.len();
+        KvCache::for_prompts(layers, valid, capacity, self.heads, dh, Kind::Float).prefill(
+            prompts,
+            valid,
+            |t, p, c, m| self.run_cached(t, p, c, m),
+        )
     }
 
     fn step(
@@ -413,33 +376,13 @@ impl SequencePolicy for Transformer {
         real: &Tensor,
         cache: &mut KvCache,
     ) -> Tensor {
-        let b = tokens.size()[0];
-        let s = cache.len + 1;
-        cache
-            .valid
-            .narrow(1, cache.len, 1)
-            .copy_(&real.view([b, 1]));
-        let keys = cache.valid.narrow(1, 0, s).view([b, 1, 1, s]);
-        let own = Tensor::zeros([1, 1, 1, s], (Kind::Bool, tokens.device()));
-        let _ = own.narrow(3, s - 1, 1).fill_(1);
-        let mask = keys.logical_or(&own);
-        let logits = self.run_cached(&tokens.view([b, 1]), &positions.view([b, 1]), cache, &mask);
-        cache.len = s;
-        logits
+        cache.step(tokens, positions, real, |t, p, c, m| {
+            self.run_cached(t, p, c, m)
+        })
     }
 
     fn score_prefixes(&self, batch: &PrefixBatch, device: Device) -> Result<TokenScores> {
         Transformer::score_prefixes(self, batch, device)
-    }
-}
-
-impl DecodeCache for KvCache {
-    fn len(&self) -> usize {
-        self.len as usize
-    }
-
-    fn keep_rows(&mut self, rows: &Tensor) {
-        KvCache::keep_rows(self, rows)
     }
 }
 

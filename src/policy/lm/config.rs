@@ -162,9 +162,11 @@ impl LmConfig {
                             )?,
                         })
                     }
-                    other => return Err(Error::input(format!(
+                    other => {
+                        return Err(Error::input(format!(
                         "{what}: rope type {other:?} is not supported (supported: default, llama3)"
-                    ))),
+                    )))
+                    }
                 }
             }
             None => None,

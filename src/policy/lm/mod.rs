@@ -25,7 +25,7 @@ pub use source::{load, resolve, ModelFiles};
 use crate::error::{Error, Result};
 use crate::policy::prefix::PrefixBatch;
 use crate::policy::transformer::TokenScores;
-use crate::policy::{DecodeCache, SequencePolicy};
+use crate::policy::{KvCache, SequencePolicy};
 use weights::WeightSource;
 
 /// Rows of the output head computed at once when scoring: the [rows, V] logits of one chunk are
@@ -396,7 +396,7 @@ impl Lm {
         &self,
         tokens: &Tensor,
         positions: &Tensor,
-        cache: &mut LmCache,
+        cache: &mut KvCache,
         mask: &Tensor,
     ) -> Tensor {
         let (b, t) = tokens.size2().expect("[B, T]");
@@ -570,30 +570,8 @@ fn rope_frequencies(cfg: &LmConfig, src: &dyn WeightSource) -> Result<Tensor> {
 /// The GGUF tensor of Llama 3's per-frequency RoPE divisors, under the name [`weights`] maps.
 pub const ROPE_FREQS: &str = "rope_freqs.weight";
 
-/// Keys and values of every layer, [B, K, capacity, E] each.
-pub struct LmCache {
-    k: Vec<Tensor>,
-    v: Vec<Tensor>,
-    pub len: i64,
-    /// [B, capacity] bool: which cached positions are real tokens.
-    valid: Tensor,
-}
-
-impl DecodeCache for LmCache {
-    fn len(&self) -> usize {
-        self.len as usize
-    }
-
-    fn keep_rows(&mut self, rows: &Tensor) {
-        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
-            *t = t.index_select(0, rows);
-        }
-        self.valid = self.valid.index_select(0, rows);
-    }
-}
-
 impl SequencePolicy for Lm {
-    type Cache = LmCache;
+    type Cache = KvCache;
 
     fn vocab_size(&self) -> usize {
         self.cfg.vocab
@@ -603,28 +581,13 @@ impl SequencePolicy for Lm {
         self.cfg.max_positions
     }
 
-    fn prefill(&self, prompts: &Tensor, valid: &Tensor, capacity: usize) -> (LmCache, Tensor) {
-        let (b, p) = prompts.size2().expect("[B, P]");
-        let device = prompts.device();
-        let capacity = capacity as i64;
+    fn prefill(&self, prompts: &Tensor, valid: &Tensor, capacity: usize) -> (KvCache, Tensor) {
         let (kv, e) = (self.cfg.kv_heads as i64, self.cfg.head_dim as i64);
-        let zeros = || Tensor::zeros([b, kv, capacity, e], (self.kind(), device));
-        let mut cache = LmCache {
-            k: self.layers.iter().map(|_| zeros()).collect(),
-            v: self.layers.iter().map(|_| zeros()).collect(),
-            len: 0,
-            valid: Tensor::zeros([b, capacity], (Kind::Bool, device)),
-        };
-        cache.valid.narrow(1, 0, p).copy_(valid);
-        let positions = (valid.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
-        let causal = Tensor::ones([p, p], (Kind::Bool, device))
-            .tril(0)
-            .view([1, 1, p, p]);
-        let eye = Tensor::eye(p, (Kind::Bool, device)).view([1, 1, p, p]);
-        let mask = causal.logical_and(&valid.view([b, 1, 1, p]).logical_or(&eye));
-        let logits = self.run_cached(prompts, &positions, &mut cache, &mask);
-        cache.len = p;
-        (cache, logits)
+        KvCache::for_prompts(self.layers.len(), valid, capacity, kv, e, self.kind()).prefill(
+            prompts,
+            valid,
+            |t, p, c, m| self.run_cached(t, p, c, m),
+        )
     }
 
     fn step(
@@ -632,21 +595,11 @@ impl SequencePolicy for Lm {
         tokens: &Tensor,
         positions: &Tensor,
         real: &Tensor,
-        cache: &mut LmCache,
+        cache: &mut KvCache,
     ) -> Tensor {
-        let b = tokens.size()[0];
-        let s = cache.len + 1;
-        cache
-            .valid
-            .narrow(1, cache.len, 1)
-            .copy_(&real.view([b, 1]));
-        let keys = cache.valid.narrow(1, 0, s).view([b, 1, 1, s]);
-        let own = Tensor::zeros([1, 1, 1, s], (Kind::Bool, tokens.device()));
-        let _ = own.narrow(3, s - 1, 1).fill_(1);
-        let mask = keys.logical_or(&own);
-        let logits = self.run_cached(&tokens.view([b, 1]), &positions.view([b, 1]), cache, &mask);
-        cache.len = s;
-        logits
+        cache.step(tokens, positions, real, |t, p, c, m| {
+            self.run_cached(t, p, c, m)
+        })
     }
 
     fn score_prefixes(&self, batch: &PrefixBatch, device: Device) -> Result<TokenScores> {
