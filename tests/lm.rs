@@ -586,3 +586,91 @@ fn generate_and_export_on_the_command_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be a finite number >= 0"));
 }
+
+#[test]
+fn a_learner_step_on_the_lm_trains_only_the_adapters_and_its_snapshot_reaches_an_actor() {
+    use asymre::ids::{PromptId, SourceId};
+    use asymre::policy::PolicyModel;
+    use asymre::rl::learner::Learner;
+    use asymre::trajectory::{ActorBatch, Trajectory};
+
+    let (dir, _) = fixture("llama");
+    let lora = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        ..Default::default()
+    };
+    let m = load(&dir, Some(&lora));
+    let mut cfg = asymre::config::Config::default();
+    cfg.learner.batch_size = 4;
+    cfg.learner.lr = 1e-2;
+    let mut learner = Learner::with_policy(&cfg, m.vs, PolicyModel::Lm(Box::new(m.lm)));
+    // Four samples of one prompt (the prompt's tokens forced, four written by the policy).
+    let prompt = PromptId {
+        source: SourceId::new(0, 0, 0),
+        message: 0,
+        slot: 0,
+    };
+    let trajectories = (0..4u32)
+        .map(|i| {
+            let actions: Vec<u32> = vec![5, 6, 7, 8, 20 + i, 30, 40 + i, 2];
+            let policy_mask: Vec<bool> = (0..actions.len()).map(|j| j >= 4).collect();
+            Trajectory {
+                prompt,
+                behaviour_token_logp: policy_mask
+                    .iter()
+                    .map(|&p| if p { -5.0 } else { 0.0 })
+                    .collect(),
+                actions: actions.into(),
+                reward: if i % 2 == 0 { 1.0 } else { -1.0 },
+                behaviour_logp: -20.0,
+                group_mean: 0.0,
+                behaviour_value: None,
+                policy_version: 0,
+                policy_mask,
+                stats: None,
+                group_std: 1.0,
+            }
+        })
+        .collect();
+    learner.ingest(ActorBatch {
+        actor: 0,
+        trajectories,
+    });
+    assert!(learner.ready());
+    learner.train_step().unwrap();
+
+    // What the learner trains, snapshots and checkpoints: the 28 adapters, nothing else.
+    let snapshot = learner.snapshot().unwrap();
+    assert_eq!(snapshot.tensors.len(), 2 * 7 * 2);
+    assert!(snapshot
+        .tensors
+        .iter()
+        .all(|t| t.name.ends_with(".lora_A") || t.name.ends_with(".lora_B")));
+    assert!(
+        snapshot
+            .tensors
+            .iter()
+            .any(|t| t.name.ends_with(".lora_B") && t.data.iter().any(|&x| x != 0.0)),
+        "a step moves B off zero"
+    );
+    // The frozen base did not move.
+    let fresh = load(&dir, Some(&lora));
+    let name = "model.layers.1.mlp.down_proj.weight";
+    let (now, then) = (
+        learner.vs.variables()[name].copy(),
+        fresh.vs.variables()[name].copy(),
+    );
+    assert_eq!(max_diff(&tensor_floats(&now), &tensor_floats(&then)), 0.0);
+    // An actor with its own copy of the base takes the snapshot and then computes the learner's
+    // logits.
+    let tokens = [5u32, 6, 7, 8, 20, 30];
+    let learner_lm = match &learner.policy {
+        PolicyModel::Lm(lm) => lm,
+        _ => unreachable!(),
+    };
+    let want = tensor_floats(&logits_of(learner_lm, &tokens));
+    assert!(max_diff(&tensor_floats(&logits_of(&fresh.lm, &tokens)), &want) > 1e-6);
+    snapshot.load_into(&fresh.vs).unwrap();
+    assert!(max_diff(&tensor_floats(&logits_of(&fresh.lm, &tokens)), &want) <= 1e-6);
+}

@@ -183,6 +183,8 @@ pub trait DecodeCache {
 pub enum PolicyModel {
     Tabular(TabularPolicy),
     Transformer(Transformer),
+    /// A pretrained LM (boxed: it holds a tensor list per layer).
+    Lm(Box<lm::Lm>),
 }
 
 impl PolicyModel {
@@ -220,9 +222,9 @@ impl PolicyModel {
     pub fn transformer(&self) -> Result<&Transformer> {
         match self {
             PolicyModel::Transformer(m) => Ok(m),
-            PolicyModel::Tabular(_) => {
-                Err(Error::input("policy.kind: tool use needs a transformer"))
-            }
+            _ => Err(Error::input(
+                "policy.kind: the tool-use protocol needs the small transformer",
+            )),
         }
     }
 
@@ -230,9 +232,9 @@ impl PolicyModel {
     pub fn into_transformer(self) -> Result<Transformer> {
         match self {
             PolicyModel::Transformer(m) => Ok(m),
-            PolicyModel::Tabular(_) => {
-                Err(Error::input("policy.kind: tool use needs a transformer"))
-            }
+            _ => Err(Error::input(
+                "policy.kind: the tool-use protocol needs the small transformer",
+            )),
         }
     }
 
@@ -250,12 +252,14 @@ impl PolicyModel {
                     entropy: p.entropy()?,
                 })
             }
-            PolicyModel::Transformer(m) => {
-                let rows =
-                    PrefixBatch::new(batch.iter().map(|t| (&t.actions[..], &t.policy_mask[..])));
-                m.score_prefixes(&rows, device)
-            }
+            PolicyModel::Transformer(m) => m.score_prefixes(&Self::prefix_batch(batch), device),
+            PolicyModel::Lm(m) => m.score_prefixes(&Self::prefix_batch(batch), device),
         }
+    }
+
+    /// The token rows of a batch as a prefix tree.
+    fn prefix_batch(batch: &[&Trajectory]) -> PrefixBatch {
+        PrefixBatch::new(batch.iter().map(|t| (&t.actions[..], &t.policy_mask[..])))
     }
 
     /// The behaviour policy's stored log μ per position, laid out like [`PolicyModel::score`]'s
@@ -263,7 +267,7 @@ impl PolicyModel {
     pub fn behaviour_token_logp(&self, batch: &[&Trajectory], device: Device) -> Result<Tensor> {
         let rows: Vec<Vec<f32>> = match self {
             PolicyModel::Tabular(_) => batch.iter().map(|t| vec![t.behaviour_logp]).collect(),
-            PolicyModel::Transformer(_) => {
+            PolicyModel::Transformer(_) | PolicyModel::Lm(_) => {
                 let t = batch
                     .iter()
                     .map(|t| t.actions.len())
@@ -345,9 +349,15 @@ impl NamedTensor {
     }
 }
 
-/// The variables of a `VarStore` in sorted-name order; the tensors share storage with the store.
+/// The trained variables of a `VarStore` in sorted-name order; the tensors share storage with the
+/// store. Frozen ones (an LM's base weights under LoRA) are left out: they come from the model's
+/// files, so snapshots, checkpoints and the optimiser carry only what is trained.
 pub fn sorted_vars(vs: &VarStore) -> Vec<(String, Tensor)> {
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    let mut vars: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     vars
 }

@@ -101,6 +101,14 @@ impl Learner {
     pub fn new(cfg: &Config, device: Device, init_logits: &[f64]) -> Self {
         let vs = VarStore::new(device);
         let policy = PolicyModel::build(cfg, &vs.root(), init_logits);
+        Self::with_policy(cfg, vs, policy)
+    }
+
+    /// A learner for a policy already built in `vs` (a pretrained LM, loaded from its files);
+    /// `cfg` gives the optimiser, the replay, the loss and the seed. Only the variables that
+    /// train (all of them, or an LM's LoRA adapters) get optimiser state.
+    pub fn with_policy(cfg: &Config, vs: VarStore, policy: PolicyModel) -> Self {
+        let device = vs.device();
         let vars = sorted_vars(&vs);
         let optimizer = Optimizer::new(&cfg.learner, &vars);
         Learner {
@@ -329,9 +337,9 @@ impl Learner {
     pub fn logits(&self) -> Result<Vec<f64>> {
         match &self.policy {
             PolicyModel::Tabular(p) => p.logits(),
-            PolicyModel::Transformer(_) => {
-                Err(Error::Corrupt("a transformer has no logit table".into()))
-            }
+            PolicyModel::Transformer(_) | PolicyModel::Lm(_) => Err(Error::Corrupt(
+                "a sequence policy has no logit table".into(),
+            )),
         }
     }
 
