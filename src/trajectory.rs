@@ -87,6 +87,39 @@ pub struct EpisodeStats {
     pub length: u32,
 }
 
+impl Trajectory {
+    /// A token trajectory written by policy version 0 with log μ = `token_logp` at each token
+    /// the policy wrote (`policy_mask`), as the benchmarks and tests build them.
+    pub fn synthetic(
+        prompt: crate::ids::PromptId,
+        actions: Vec<u32>,
+        first_policy_token: usize,
+        token_logp: f32,
+        reward: f32,
+    ) -> Self {
+        let policy_mask: Vec<bool> = (0..actions.len())
+            .map(|i| i >= first_policy_token)
+            .collect();
+        let written = policy_mask.iter().filter(|&&m| m).count();
+        Trajectory {
+            prompt,
+            behaviour_token_logp: policy_mask
+                .iter()
+                .map(|&m| if m { token_logp } else { 0.0 })
+                .collect(),
+            actions: actions.into(),
+            reward,
+            behaviour_logp: token_logp * written as f32,
+            group_mean: 0.0,
+            behaviour_value: None,
+            policy_version: 0,
+            policy_mask,
+            stats: None,
+            group_std: 1.0,
+        }
+    }
+}
+
 /// One actor message: a batch of trajectories, so the channel carries few, large messages.
 #[derive(Debug, Clone)]
 pub struct ActorBatch {

@@ -614,23 +614,8 @@ fn a_learner_step_on_the_lm_trains_only_the_adapters_and_its_snapshot_reaches_an
     let trajectories = (0..4u32)
         .map(|i| {
             let actions: Vec<u32> = vec![5, 6, 7, 8, 20 + i, 30, 40 + i, 2];
-            let policy_mask: Vec<bool> = (0..actions.len()).map(|j| j >= 4).collect();
-            Trajectory {
-                prompt,
-                behaviour_token_logp: policy_mask
-                    .iter()
-                    .map(|&p| if p { -5.0 } else { 0.0 })
-                    .collect(),
-                actions: actions.into(),
-                reward: if i % 2 == 0 { 1.0 } else { -1.0 },
-                behaviour_logp: -20.0,
-                group_mean: 0.0,
-                behaviour_value: None,
-                policy_version: 0,
-                policy_mask,
-                stats: None,
-                group_std: 1.0,
-            }
+            let reward = if i % 2 == 0 { 1.0 } else { -1.0 };
+            Trajectory::synthetic(prompt, actions, 4, -5.0, reward)
         })
         .collect();
     learner.ingest(ActorBatch {

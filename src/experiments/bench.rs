@@ -302,23 +302,7 @@ fn synthetic_trajectory(rng: &mut impl Rng, len: usize, prompt: PromptId) -> Tra
     let actions: Vec<u32> = (0..len)
         .map(|_| rng.gen_range(3..vocab::size() as u32))
         .collect();
-    let policy_mask: Vec<bool> = (0..len).map(|i| i >= 8).collect();
-    Trajectory {
-        prompt,
-        behaviour_token_logp: policy_mask
-            .iter()
-            .map(|&m| if m { -3.0 } else { 0.0 })
-            .collect(),
-        actions: actions.into(),
-        reward: rng.gen_range(-1.0..1.0),
-        behaviour_logp: -3.0 * (len - 8) as f32,
-        group_mean: 0.0,
-        behaviour_value: None,
-        policy_version: 0,
-        policy_mask,
-        stats: None,
-        group_std: 1.0,
-    }
+    Trajectory::synthetic(prompt, actions, 8, -3.0, rng.gen_range(-1.0..1.0))
 }
 
 /// Seconds per learner step (AsymRE, Adam) at `d_model` on a batch of `b` trajectories of `t`
