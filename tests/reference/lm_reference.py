@@ -131,7 +131,7 @@ def tiny(arch, out_dir):
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out_dir)
     ggufs = {}
-    for qtype in ["F32", "F16", "Q8_0", "Q4_1"]:
+    for qtype in ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"]:
         path = os.path.join(out_dir, f"tiny-{qtype}.gguf")
         write_gguf(model, cfg, arch, tok, path, qtype)
         ggufs[qtype] = path
@@ -296,7 +296,7 @@ def fixture(arch, out_dir):
         gen = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
     import gguf
     deq = {}
-    for q in ["Q8_0", "Q4_1", "F16"]:
+    for q in ["Q8_0", "Q4_0", "Q4_1", "F16", "BF16"]:
         r = gguf.GGUFReader(os.path.join(out_dir, f"tiny-{q}.gguf"))
         t = next(t for t in r.tensors if t.name == "blk.1.ffn_down.weight")
         deq[q] = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64).reshape(-1).tolist()
