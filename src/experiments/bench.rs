@@ -621,26 +621,44 @@ pub fn peak_rss_mib() -> f64 {
 
 /// Runs `scripts/reference/baseline.py` and returns its JSON.
 fn baseline(python: &Path, secs: f64, init: &Path, warm: &Path) -> Result<Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/baseline.py");
+    let secs = format!("{}", secs / 2.0);
+    let args = [
+        "--seconds".as_ref(),
+        secs.as_ref(),
+        "--init".as_ref(),
+        init.as_os_str(),
+        "--warm".as_ref(),
+        warm.as_os_str(),
+    ];
+    run_reference(python, "baseline.py", &args, "baseline")
+}
+
+/// Runs `scripts/reference/SCRIPT ARGS…` with `python` and returns the JSON object on the last
+/// line it prints; `what` names it in errors (its last stderr line when it fails).
+pub fn run_reference(
+    python: &Path,
+    script: &str,
+    args: &[&std::ffi::OsStr],
+    what: &str,
+) -> Result<Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts/reference")
+        .join(script);
     let out = Command::new(python)
         .arg(&script)
-        .args(["--seconds", &format!("{}", secs / 2.0)])
-        .arg("--init")
-        .arg(init)
-        .arg("--warm")
-        .arg(warm)
+        .args(args)
         .output()
         .map_err(|e| Error::io(python, e))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(Error::input(format!(
-            "baseline failed: {}",
+            "{what} failed: {}",
             err.lines().last().unwrap_or("no output")
         )));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.trim().lines().last().unwrap_or(""))
-        .map_err(|e| Error::Corrupt(format!("baseline output: {e}")))
+        .map_err(|e| Error::Corrupt(format!("{what} output: {e}")))
 }
 
 fn fmt_rate(v: f64) -> String {

@@ -3,8 +3,7 @@
 //! (batch 16, every row writing `new` tokens), a full fine-tuning learner step over those
 //! sequences (the prompt shared by the rows, as the learner scores G samples of a prompt), the
 //! machine's matmul rate for scale, and each side's peak memory.
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Instant;
 
 use rand::SeedableRng;
@@ -13,7 +12,7 @@ use serde_json::{json, Value};
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind};
 
-use super::bench::{matmul_gflops, peak_rss_mib};
+use super::bench::{matmul_gflops, peak_rss_mib, run_reference};
 use crate::error::{Error, IoContext, Result};
 use crate::policy::lm::generate::{decode, Sampling};
 use crate::policy::lm::{self, LmConfig};
@@ -163,30 +162,19 @@ pub fn run(opts: &LmBench) -> Result<()> {
 }
 
 fn baseline(python: &Path, model: &Path, prompt: &[u32], secs: f64) -> Result<Value> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/lm_baseline.py");
-    let out = Command::new(python)
-        .arg(&script)
-        .arg(model)
-        .arg(serde_json::to_string(prompt).unwrap_or_default())
-        .args([
-            "--batch",
-            &BATCH.to_string(),
-            "--new",
-            &NEW_TOKENS.to_string(),
-        ])
-        .args(["--seconds", &format!("{secs}")])
-        .output()
-        .map_err(|e| Error::io(python, e))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(Error::input(format!(
-            "transformers baseline failed: {}",
-            err.lines().last().unwrap_or("no output")
-        )));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim().lines().last().unwrap_or(""))
-        .map_err(|e| Error::Corrupt(format!("transformers baseline output: {e}")))
+    let prompt = serde_json::to_string(prompt).unwrap_or_default();
+    let (batch, new, secs) = (BATCH.to_string(), NEW_TOKENS.to_string(), format!("{secs}"));
+    let args = [
+        model.as_os_str(),
+        prompt.as_ref(),
+        "--batch".as_ref(),
+        batch.as_ref(),
+        "--new".as_ref(),
+        new.as_ref(),
+        "--seconds".as_ref(),
+        secs.as_ref(),
+    ];
+    run_reference(python, "lm_baseline.py", &args, "transformers baseline")
 }
 
 fn print_table(
