@@ -110,11 +110,12 @@ pub fn permute(t: &Tensor, heads: i64) -> Result<Tensor> {
         .f_contiguous()?)
 }
 
-/// The safetensors files of a Hugging Face directory, memory-mapped.
+/// The safetensors files of a Hugging Face directory, memory-mapped; each file's header is
+/// parsed once, on opening.
 pub struct SafetensorsWeights {
     maps: Vec<(PathBuf, Mmap)>,
-    /// tensor name → index into `maps`
-    index: HashMap<String, usize>,
+    /// tensor name → (index into `maps`, where its data starts in that file, its description)
+    index: HashMap<String, (usize, usize, safetensors::tensor::TensorInfo)>,
 }
 
 impl SafetensorsWeights {
@@ -147,13 +148,20 @@ impl SafetensorsWeights {
             let file = File::open(&path).at(&path)?;
             // SAFETY: read-only map of a checkpoint file.
             let map = unsafe { Mmap::map(&file) }.at(&path)?;
-            let st = SafeTensors::deserialize(&map).map_err(|e| {
+            let (header, meta) = SafeTensors::read_metadata(&map).map_err(|e| {
                 Error::input(format!("{}: not a safetensors file: {e}", path.display()))
             })?;
-            for name in st.names() {
-                index.insert(name.to_string(), maps.len());
+            let data_start = 8 + header;
+            for (name, info) in meta.tensors() {
+                let end = data_start + info.data_offsets.1;
+                if end > map.len() {
+                    return Err(Error::input(format!(
+                        "{}: tensor {name} runs past the end of the file",
+                        path.display()
+                    )));
+                }
+                index.insert(name, (maps.len(), data_start, info.clone()));
             }
-            drop(st);
             maps.push((path, map));
         }
         Ok(SafetensorsWeights { maps, index })
@@ -166,17 +174,14 @@ impl WeightSource for SafetensorsWeights {
     }
 
     fn get(&self, name: &str) -> Result<Tensor> {
-        let &i = self
+        let (i, data_start, info) = self
             .index
             .get(name)
             .ok_or_else(|| Error::input(format!("checkpoint has no tensor {name}")))?;
-        let (path, map) = &self.maps[i];
-        let st = SafeTensors::deserialize(map)
-            .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
-        let view = st
-            .tensor(name)
-            .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
-        let kind = match view.dtype() {
+        let (path, map) = &self.maps[*i];
+        let (from, to) = info.data_offsets;
+        let data = &map[data_start + from..data_start + to];
+        let kind = match info.dtype {
             Dtype::F32 => Kind::Float,
             Dtype::F16 => Kind::Half,
             Dtype::BF16 => Kind::BFloat16,
@@ -188,8 +193,8 @@ impl WeightSource for SafetensorsWeights {
                 )))
             }
         };
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        Ok(Tensor::f_from_data_size(view.data(), &shape, kind)?.f_to_kind(Kind::Float)?)
+        let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        Ok(Tensor::f_from_data_size(data, &shape, kind)?.f_to_kind(Kind::Float)?)
     }
 }
 
