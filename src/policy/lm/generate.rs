@@ -203,7 +203,7 @@ pub fn generate(req: &Request) -> Result<Generated> {
             text: String::new(),
         });
     }
-    let model = super::load(req.model, req.device, req.kind, None)?;
+    let model = super::source::load_files(files, req.device, req.kind, None)?;
     let ids = prompt_ids(&model.text)?;
     if ids.len() + req.max_new > model.cfg.max_positions {
         return Err(crate::error::Error::input(format!(

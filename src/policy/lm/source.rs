@@ -211,7 +211,16 @@ pub fn load(
     kind: Kind,
     lora: Option<&LoraConfig>,
 ) -> Result<LoadedModel> {
-    let files = resolve(spec)?;
+    load_files(resolve(spec)?, device, kind, lora)
+}
+
+/// [`load`] of files already resolved.
+pub fn load_files(
+    files: ModelFiles,
+    device: Device,
+    kind: Kind,
+    lora: Option<&LoraConfig>,
+) -> Result<LoadedModel> {
     let vs = VarStore::new(device);
     let (cfg, text, lm) = match &files {
         ModelFiles::Gguf(p) => {
