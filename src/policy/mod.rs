@@ -315,6 +315,47 @@ pub fn pad_batch<'a>(rows: impl Iterator<Item = (&'a [u32], &'a [bool])>) -> (Te
     )
 }
 
+/// Overwrites a freshly built model's random weights with draws from a seeded ChaCha stream, in
+/// name order, for tests. Torch's global generator is shared by every test running at the same
+/// time, so weights drawn from it after `tch::manual_seed` still depend on the interleaving.
+/// The distributions are those of construction: embedding tables (2-D weights without a bias)
+/// N(0, 0.02), linear weights U(±√6/√fan_in) (Kaiming), their biases U(±1/√fan_in); constant
+/// tensors (layer-norm gains and shifts) stay as they are.
+#[cfg(test)]
+pub fn seeded_init(vs: &VarStore, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    use rand_distr::{Distribution, Normal};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let vars = vs.variables();
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    let normal = Normal::new(0.0f32, 0.02).unwrap();
+    tch::no_grad(|| {
+        for name in names {
+            let t = &vars[name];
+            let n = t.numel();
+            let constant = t.min().double_value(&[]) == t.max().double_value(&[]);
+            let embedding = name
+                .strip_suffix(".weight")
+                .is_some_and(|stem| t.dim() == 2 && !vars.contains_key(&format!("{stem}.bias")));
+            let values: Vec<f32> = if embedding {
+                (0..n).map(|_| normal.sample(&mut rng)).collect()
+            } else if constant {
+                continue;
+            } else {
+                let (weight, gain) = match name.strip_suffix(".bias") {
+                    Some(stem) => (&vars[&format!("{stem}.weight")], 1.0),
+                    None => (t, 6f32.sqrt()),
+                };
+                let bound = gain / (weight.size()[1] as f32).sqrt();
+                (0..n).map(|_| rng.gen_range(-bound..bound)).collect()
+            };
+            let mut t = t.shallow_clone();
+            t.copy_(&Tensor::from_slice(&values).view(t.size().as_slice()));
+        }
+    });
+}
+
 /// One named tensor as plain host data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NamedTensor {

@@ -393,7 +393,6 @@ mod tests {
     /// A small decoder, with `like`'s weights when given. Tests run in parallel threads that
     /// share libtorch's generator, so two models meant to be equal must not both draw from it.
     fn small(precision: Precision, like: Option<&nn::VarStore>) -> (nn::VarStore, Transformer) {
-        tch::manual_seed(0);
         let mut vs = nn::VarStore::new(tch::Device::Cpu);
         let cfg = TransformerConfig {
             layers: 2,
@@ -402,6 +401,7 @@ mod tests {
             precision,
         };
         let model = Transformer::new(&vs.root(), &cfg, 20, 16);
+        crate::policy::seeded_init(&vs, 0);
         if let Some(src) = like {
             vs.copy(src).expect("same architecture");
         }
