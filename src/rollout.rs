@@ -90,7 +90,7 @@ where
     let episodes = items
         .into_iter()
         .map(|it| protocol.start(task, it))
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     let max_tokens = protocol.max_tokens().min(model.context_len());
     decode(
         model, task, episodes, max_tokens, decoding, streams, device, BATCHING,
@@ -311,33 +311,53 @@ pub fn evaluate<P: SequencePolicy>(
     limits: Limits,
     reward: &crate::env::tool_use::reward::RewardConfig,
     device: Device,
-    mut on_episode: impl FnMut(&Episode),
+    on_episode: impl FnMut(&Episode),
+) -> Result<ScoreMeans> {
+    let protocol = TokenProtocol { limits };
+    evaluate_with(
+        model, task, &protocol, split, episodes, 256, reward, device, on_episode,
+    )
+}
+
+/// [`evaluate`] in any protocol (the chat format of a pretrained LM), `batch` episodes at a
+/// time.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_with<P: SequencePolicy, R: Protocol<Task>>(
+    model: &P,
+    task: &Task,
+    protocol: &R,
+    split: crate::env::tool_use::tasks::Split,
+    episodes: usize,
+    batch: usize,
+    reward: &crate::env::tool_use::reward::RewardConfig,
+    device: Device,
+    mut on_episode: impl FnMut(&R::Episode),
 ) -> Result<ScoreMeans> {
     let mut stats = ScoreMeans::default();
     let indices: Vec<u64> = (0..episodes as u64).collect();
-    for chunk in indices.chunks(256) {
+    for chunk in indices.chunks(batch.max(1)) {
         let items = chunk.iter().map(|&i| task.item(split, i)).collect();
         // Greedy decoding draws nothing from its streams.
         let streams = chunk
             .iter()
             .map(|&i| crate::rng::keyed(0, crate::rng::Role::Eval, 0, 0, i))
             .collect();
-        for r in rollout(
+        for r in rollout_with(
             model,
             task,
+            protocol,
             items,
-            limits,
             Decoding::Greedy,
             streams,
             device,
         )? {
             let ep = &r.episode;
             let gold = task
-                .gold(&ep.item)
+                .gold(ep.item())
                 .ok_or_else(|| crate::error::Error::Corrupt("an item has no gold".into()))?;
             stats.add(
-                &crate::env::tool_use::reward::score(reward, &ep.attempt, &gold),
-                ep.tokens.len() - ep.prompt_len,
+                &crate::env::tool_use::reward::score(reward, ep.attempt(), &gold),
+                ep.tokens().len() - ep.prompt_len(),
             );
             on_episode(ep);
         }
@@ -436,7 +456,10 @@ mod tests {
             let mut lengths: Vec<usize> = padded.iter().map(|r| r.episode.tokens.len()).collect();
             lengths.sort_unstable();
             lengths.dedup();
-            assert!(lengths.len() > 2, "{decoding:?}: episodes end together {lengths:?}");
+            assert!(
+                lengths.len() > 2,
+                "{decoding:?}: episodes end together {lengths:?}"
+            );
             for (a, b) in padded.iter().zip(&dropped) {
                 assert_eq!(a.episode.tokens, b.episode.tokens, "{decoding:?}");
                 assert_eq!(a.episode.policy_mask, b.episode.policy_mask);

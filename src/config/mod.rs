@@ -210,14 +210,17 @@ impl Config {
     /// What one section requires of another.
     fn validate_across(&self) -> Result<()> {
         let (e, p, r, l) = (&self.env, &self.policy, &self.replay, &self.learner);
-        let wanted = match e.kind {
-            EnvKind::Bandit => PolicyKind::Tabular,
-            EnvKind::ToolUse => PolicyKind::Transformer,
+        let (fits, wanted) = match e.kind {
+            EnvKind::Bandit => (p.kind == PolicyKind::Tabular, "tabular"),
+            EnvKind::ToolUse => (
+                matches!(p.kind, PolicyKind::Transformer | PolicyKind::Lm),
+                "transformer or lm",
+            ),
         };
         check(
-            p.kind == wanted,
+            fits,
             "policy.kind",
-            &format!("{wanted:?} for env.kind = {:?}", e.kind).to_lowercase(),
+            &format!("{wanted} for env.kind = {:?}", e.kind).to_lowercase(),
             format!("{:?}", p.kind).to_lowercase(),
         )?;
         if self.loss.baseline.estimate == Estimate::Exact {

@@ -3,6 +3,8 @@ use serde::{Deserialize, Serialize};
 
 use std::path::PathBuf;
 
+pub use crate::policy::lm::lora::LoraConfig;
+
 use super::{check, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -10,15 +12,22 @@ use super::{check, Result};
 pub enum PolicyKind {
     /// One logit per arm (bandit).
     Tabular,
-    /// A small causal decoder (tool use).
+    /// A small causal decoder (tool use on the 60-word protocol).
     Transformer,
+    /// A pretrained language model (`policy.model`): tool use in its chat format.
+    Lm,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
-    /// `tabular` (bandit) or `transformer` (tool use).
+    /// `tabular` (bandit), `transformer` (tool use on the 60-word protocol) or `lm` (a
+    /// pretrained language model, tool use in its chat format).
     pub kind: PolicyKind,
+    /// LM: a model name (`smollm2-135m`), a `.gguf` file or a Hugging Face directory.
+    pub model: Option<String>,
+    /// LM: LoRA adapters with the base frozen; absent, every weight trains (full fine-tuning).
+    pub lora: Option<LoraConfig>,
     /// Sampling temperature of the actors (1 = sample from π itself).
     pub temperature: f64,
     /// Transformer: decoder blocks.
@@ -28,7 +37,8 @@ pub struct PolicyConfig {
     /// Transformer: attention heads (must divide d_model).
     pub heads: usize,
     /// Transformer: the arithmetic of its matrix products (`f32`, or `bf16` with f32 weights,
-    /// optimiser state, norms, attention and log-probabilities).
+    /// optimiser state, norms, attention and log-probabilities). LM: the weights' type (`bf16`
+    /// is for CUDA; on the CPU it is slower than f32).
     pub precision: Precision,
     /// Weights to start from instead of a random initialisation: a safetensors file with the
     /// policy's variables, such as a run's `checkpoints/step_…/weights.safetensors` (a relative
@@ -59,6 +69,8 @@ impl Default for PolicyConfig {
             heads: 4,
             precision: Precision::F32,
             init: None,
+            model: None,
+            lora: None,
         }
     }
 }
@@ -74,11 +86,26 @@ impl PolicyConfig {
             p.temperature,
         )?;
         check(
-            p.precision == Precision::F32 || p.kind == PolicyKind::Transformer,
+            p.precision == Precision::F32 || p.kind != PolicyKind::Tabular,
             "policy.precision",
-            "f32 for the tabular policy (bf16 applies to the transformer's products)",
+            "f32 for the tabular policy (bf16 applies to the transformer and the LM)",
             format!("{:?}", p.precision).to_lowercase(),
         )?;
+        check(
+            p.model.is_some() == (p.kind == PolicyKind::Lm),
+            "policy.model",
+            "set exactly when policy.kind = \"lm\" (a model name, .gguf file or HF directory)",
+            p.model.as_deref().unwrap_or("(unset)"),
+        )?;
+        if let Some(lora) = &p.lora {
+            check(
+                p.kind == PolicyKind::Lm,
+                "policy.lora",
+                "only with policy.kind = \"lm\"",
+                format!("rank {}", lora.rank),
+            )?;
+            lora.validate().map_err(crate::error::Error::input)?;
+        }
         check(
             (1..=48).contains(&p.layers),
             "policy.layers",

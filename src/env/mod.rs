@@ -45,6 +45,10 @@ pub trait TaskSource: Send + Sync {
     fn item(&self, split: Split, index: u64) -> Self::Item;
     /// The prompt text.
     fn prompt(&self, item: &Self::Item) -> String;
+    /// The prompt as a chat user message (natural language); the prompt text by default.
+    fn question(&self, item: &Self::Item) -> String {
+        self.prompt(item)
+    }
     /// The tools offered with `item`.
     fn tools(&self, item: &Self::Item) -> Vec<ToolSpec>;
     /// Gold calls and answer; `None` when the item has no answer.
@@ -60,8 +64,9 @@ pub trait ToolSet<I>: Send + Sync {
 pub trait Protocol<T: TaskSource + ToolSet<T::Item>>: Send + Sync {
     type Episode: ProtocolEpisode<T>;
 
-    /// The episode of `item`, its prompt tokens in place.
-    fn start(&self, task: &T, item: T::Item) -> Self::Episode;
+    /// The episode of `item`, its prompt tokens in place; an error when the prompt cannot be
+    /// written in the policy's vocabulary.
+    fn start(&self, task: &T, item: T::Item) -> crate::error::Result<Self::Episode>;
     /// The longest episode, prompt and forced tokens included.
     fn max_tokens(&self) -> usize;
 }

@@ -536,7 +536,8 @@ fn warm_start_weights(dir: &Path) -> Result<PathBuf> {
     let learner = new_learner_for(&cfg, Device::Cpu)?;
     let task = Task::new(cfg.env.task_spec(cfg.seed));
     let model = learner.policy.transformer()?;
-    warm_start(&cfg, model, &learner.vs, &task, Device::Cpu)?;
+    let demos = crate::rl::warmstart::token_demos(&cfg, &task)?;
+    warm_start(&cfg, model, &learner.vs, &demos, Device::Cpu)?;
     let path = dir.join("warm_start.safetensors");
     save_weights(&learner, &path)?;
     Ok(path)

@@ -188,10 +188,24 @@ pub enum PolicyModel {
 }
 
 impl PolicyModel {
+    /// The configured policy with its variables on `device`: built fresh (`init_logits` seeds
+    /// the tabular one), or, for an LM, loaded from its files with its LoRA adapters.
+    pub fn load(cfg: &Config, device: Device, init_logits: &[f64]) -> Result<(VarStore, Self)> {
+        if cfg.policy.kind == PolicyKind::Lm {
+            let files = lm::source::resolve(cfg.policy.model.as_deref().unwrap_or_default())?;
+            let m = lm::source::load_files(files, device, lm_kind(cfg), cfg.policy.lora.as_ref())?;
+            return Ok((m.vs, PolicyModel::Lm(Box::new(m.lm))));
+        }
+        let vs = VarStore::new(device);
+        let policy = Self::build(cfg, &vs.root(), init_logits)?;
+        Ok((vs, policy))
+    }
+
     /// Registers the configured policy under `path`; `init_logits` seeds the tabular one. A
     /// transformer's vocabulary is the tool-use protocol's tokenizer's ([`Words`]); its learned
     /// positions cover the longest episode (`env.max_tokens`), since it is trained from scratch.
-    pub fn build(cfg: &Config, path: &tch::nn::Path, init_logits: &[f64]) -> Self {
+    /// An LM is loaded from its files instead ([`PolicyModel::load`]).
+    pub fn build(cfg: &Config, path: &tch::nn::Path, init_logits: &[f64]) -> Result<Self> {
         Self::build_with(cfg, path, init_logits, &Words)
     }
 
@@ -201,8 +215,13 @@ impl PolicyModel {
         path: &tch::nn::Path,
         init_logits: &[f64],
         tokenizer: &dyn Tokenizer,
-    ) -> Self {
-        match cfg.policy.kind {
+    ) -> Result<Self> {
+        Ok(match cfg.policy.kind {
+            PolicyKind::Lm => {
+                return Err(Error::input(
+                    "policy.kind = \"lm\": a pretrained model is loaded from its files",
+                ))
+            }
             PolicyKind::Tabular => PolicyModel::Tabular(TabularPolicy::new(path, init_logits)),
             PolicyKind::Transformer => PolicyModel::Transformer(Transformer::new(
                 path,
@@ -215,7 +234,7 @@ impl PolicyModel {
                 tokenizer.vocab_size(),
                 cfg.env.max_tokens,
             )),
-        }
+        })
     }
 
     /// The transformer, for tool use (the config's validation pairs it with `env.kind`).
@@ -313,6 +332,14 @@ pub fn pad_batch<'a>(rows: impl Iterator<Item = (&'a [u32], &'a [bool])>) -> (Te
         Tensor::from_slice(&tokens).view(shape),
         Tensor::from_slice(&mask).view(shape),
     )
+}
+
+/// The type an LM's weights are kept in: `policy.precision`.
+pub fn lm_kind(cfg: &Config) -> Kind {
+    match cfg.policy.precision {
+        crate::config::Precision::F32 => Kind::Float,
+        crate::config::Precision::Bf16 => Kind::BFloat16,
+    }
 }
 
 /// Overwrites a freshly built model's random weights with draws from a seeded ChaCha stream, in

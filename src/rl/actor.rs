@@ -11,15 +11,19 @@ use tch::nn::VarStore;
 use tch::Device;
 
 use crate::config::{Config, RewardConfig};
-use crate::env::tool_use::protocol::Limits;
+use crate::env::tool_use::protocol::chat::ChatProtocol;
+use crate::env::tool_use::protocol::{Limits, TokenProtocol};
 use crate::env::tool_use::reward;
 use crate::env::tool_use::tasks::Task;
 use crate::env::Bandit;
+use crate::env::{Protocol, ProtocolEpisode};
 use crate::error::{Error, Result};
 use crate::ids::SourceId;
+use crate::policy::lm::source::ModelFiles;
+use crate::policy::lm::Lm;
 use crate::policy::tabular::sampling_probs;
-use crate::policy::{PolicyModel, TabularPolicy, Transformer, WeightSnapshot};
-use crate::rollout::{rollout, Decoding};
+use crate::policy::{PolicyModel, SequencePolicy, TabularPolicy, Transformer, WeightSnapshot};
+use crate::rollout::{rollout_with, Decoding};
 use crate::trajectory::{Actions, ActorBatch, EpisodeStats, Trajectory};
 use crate::transport::{RunControl, TrajectorySink, WeightBoard};
 
@@ -243,12 +247,13 @@ impl Actor for BanditActor {
 }
 
 /// A tool-use actor: decodes `batch_size / group_size` train-split prompts, G episodes each, in
-/// lockstep with its own copy of the transformer on the CPU.
-pub struct ToolActor {
+/// lockstep with its own copy of the policy on `actor.device`: the small transformer on the
+/// token protocol, or a pretrained LM in its chat format.
+pub struct ToolActor<M = Transformer, R = TokenProtocol> {
     core: ActorCore,
-    model: Transformer,
+    model: M,
+    protocol: R,
     task: Task,
-    limits: Limits,
     reward: RewardConfig,
 }
 
@@ -260,23 +265,66 @@ impl ToolActor {
         snapshot: &WeightSnapshot,
     ) -> Result<Self> {
         let core = ActorCore::new(cfg, source)?;
-        let model = PolicyModel::build(cfg, &core.vs.root(), &[]).into_transformer()?;
-        let mut actor = ToolActor {
-            core,
-            model,
-            task,
+        let model = PolicyModel::build(cfg, &core.vs.root(), &[])?.into_transformer()?;
+        let protocol = TokenProtocol {
             limits: Limits {
                 max_tokens: cfg.env.max_tokens,
                 max_calls: cfg.env.max_calls,
             },
+        };
+        Self::assemble(cfg, core, model, protocol, task, snapshot)
+    }
+}
+
+impl ToolActor<Lm, ChatProtocol> {
+    /// An actor sampling from the LM of `files` (its own copy of the base, loaded once; the
+    /// snapshots it loads hold only what trains) in the chat format `protocol`.
+    pub fn lm(
+        cfg: &Config,
+        source: SourceId,
+        task: Task,
+        files: &ModelFiles,
+        protocol: ChatProtocol,
+        snapshot: &WeightSnapshot,
+    ) -> Result<Self> {
+        let mut core = ActorCore::new(cfg, source)?;
+        let loaded = crate::policy::lm::source::load_files(
+            files.clone(),
+            core.device,
+            crate::policy::lm_kind(cfg),
+            cfg.policy.lora.as_ref(),
+        )?;
+        core.vs = loaded.vs;
+        Self::assemble(cfg, core, loaded.lm, protocol, task, snapshot)
+    }
+}
+
+impl<M, R> ToolActor<M, R> {
+    fn assemble(
+        cfg: &Config,
+        core: ActorCore,
+        model: M,
+        protocol: R,
+        task: Task,
+        snapshot: &WeightSnapshot,
+    ) -> Result<Self> {
+        let mut actor = ToolActor {
+            core,
+            model,
+            protocol,
+            task,
             reward: cfg.reward.clone(),
         };
-        actor.load(snapshot)?;
+        actor.core.load(snapshot)?;
         Ok(actor)
     }
 }
 
-impl Actor for ToolActor {
+impl<M, R> Actor for ToolActor<M, R>
+where
+    M: SequencePolicy + Send,
+    R: Protocol<Task> + Send,
+{
     fn core(&self) -> &ActorCore {
         &self.core
     }
@@ -309,23 +357,23 @@ impl Actor for ToolActor {
         let decoding = Decoding::Sample {
             temperature: self.core.temperature,
         };
-        let rollouts = rollout(
+        let rollouts = rollout_with(
             &self.model,
             &self.task,
+            &self.protocol,
             items,
-            self.limits,
             decoding,
             streams,
             self.core.device,
         )?;
         let mut trajectories = Vec::with_capacity(rollouts.len());
         for (r, prompt) in rollouts.into_iter().zip(prompts) {
+            let ep = &r.episode;
             let gold = self
                 .task
-                .gold(&r.episode.item)
+                .gold(ep.item())
                 .ok_or_else(|| Error::Corrupt("a generated item has no gold answer".into()))?;
-            let s = reward::score(&self.reward, &r.episode.attempt, &gold);
-            let ep = r.episode;
+            let s = reward::score(&self.reward, ep.attempt(), &gold);
             trajectories.push(Trajectory {
                 prompt,
                 reward: s.reward as f32,
@@ -335,10 +383,10 @@ impl Actor for ToolActor {
                 policy_version: self.core.version,
                 stats: Some(Box::new(EpisodeStats {
                     score: s,
-                    length: (ep.tokens.len() - ep.prompt_len) as u32,
+                    length: (ep.tokens().len() - ep.prompt_len()) as u32,
                 })),
-                actions: ep.tokens.into(),
-                policy_mask: ep.policy_mask,
+                actions: ep.tokens().to_vec().into(),
+                policy_mask: ep.policy_mask().to_vec(),
                 behaviour_token_logp: r.token_logp,
                 group_std: 0.0,
             });

@@ -97,11 +97,11 @@ pub struct Learner {
 }
 
 impl Learner {
-    /// A learner for the configured policy (`init_logits` seeds a tabular one).
-    pub fn new(cfg: &Config, device: Device, init_logits: &[f64]) -> Self {
-        let vs = VarStore::new(device);
-        let policy = PolicyModel::build(cfg, &vs.root(), init_logits);
-        Self::with_policy(cfg, vs, policy)
+    /// A learner for the configured policy (`init_logits` seeds a tabular one; an LM is loaded
+    /// from its files).
+    pub fn new(cfg: &Config, device: Device, init_logits: &[f64]) -> Result<Self> {
+        let (vs, policy) = PolicyModel::load(cfg, device, init_logits)?;
+        Ok(Self::with_policy(cfg, vs, policy))
     }
 
     /// A learner for a policy already built in `vs` (a pretrained LM, loaded from its files);
@@ -480,8 +480,8 @@ mod tests {
             ),
         ) {
             let cfg = config(loss, if adam { "adam" } else { "sgd" }, 6, 8);
-            let mut host = Learner::new(&cfg, Device::Cpu, &init);
-            let mut autograd = Learner::new(&cfg, Device::Cpu, &init);
+            let mut host = Learner::new(&cfg, Device::Cpu, &init).unwrap();
+            let mut autograd = Learner::new(&cfg, Device::Cpu, &init).unwrap();
             autograd.host_tabular = false;
             for l in [&mut host, &mut autograd] {
                 l.ingest(ActorBatch {
@@ -549,7 +549,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let mut learner = Learner::new(&cfg, Device::Cpu, &[]);
+        let mut learner = Learner::new(&cfg, Device::Cpu, &[]).unwrap();
         let task = Task::new(cfg.env.task_spec(cfg.seed));
         let snapshot = learner.snapshot().unwrap();
         let mut actor = ToolActor::new(&cfg, SourceId::new(0, 0, 0), task, &snapshot).unwrap();

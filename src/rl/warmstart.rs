@@ -9,7 +9,7 @@ use crate::config::{Config, LearnerConfig, OptimizerKind};
 use crate::env::tool_use::protocol::{demonstration, prompt_tokens};
 use crate::env::tool_use::tasks::{Split, Task};
 use crate::error::{Error, Result};
-use crate::policy::{sorted_vars, PrefixBatch, Transformer};
+use crate::policy::{sorted_vars, PrefixBatch, SequencePolicy};
 use crate::rl::optim::Optimizer;
 use crate::rng::{self, Role};
 
@@ -24,33 +24,52 @@ pub struct WarmstartReport {
     pub final_nll: f64,
 }
 
-/// Trains `model` (whose variables are in `vs`, on `device`) to imitate demonstrations.
-pub fn warm_start(
+/// A demonstration: the whole sequence, prompt included, and which tokens the policy writes.
+pub type Demo = (Vec<u32>, Vec<bool>);
+
+/// `warmstart.demos` demonstrations in the token protocol.
+pub fn token_demos(cfg: &Config, task: &Task) -> Result<Vec<Demo>> {
+    demos(cfg, task, |item| {
+        let (tokens, mask) = demonstration(task, item)?;
+        let mut all = prompt_tokens(task, item);
+        let mut all_mask = vec![false; all.len()];
+        all.extend(tokens);
+        all_mask.extend(mask);
+        Some((all, all_mask))
+    })
+}
+
+/// `warmstart.demos` demonstrations written by `demo` on train-split items of their own, those
+/// that fit in `env.max_tokens`.
+pub fn demos(
     cfg: &Config,
-    model: &Transformer,
-    vs: &VarStore,
     task: &Task,
-    device: Device,
-) -> Result<WarmstartReport> {
-    let w = &cfg.warmstart;
-    if w.demos == 0 || w.steps == 0 {
-        return Ok(WarmstartReport::default());
-    }
-    let demos: Vec<(Vec<u32>, Vec<bool>)> = (0..w.demos as u64)
-        .filter_map(|i| {
-            let item = task.item(Split::Train, DEMO_BASE + i);
-            let (tokens, mask) = demonstration(task, &item)?;
-            let mut all = prompt_tokens(task, &item);
-            let mut all_mask = vec![false; all.len()];
-            all.extend(tokens);
-            all_mask.extend(mask);
-            (all.len() <= cfg.env.max_tokens).then_some((all, all_mask))
-        })
+    demo: impl Fn(&crate::env::tool_use::tasks::Item) -> Option<Demo>,
+) -> Result<Vec<Demo>> {
+    let demos: Vec<Demo> = (0..cfg.warmstart.demos as u64)
+        .filter_map(|i| demo(&task.item(Split::Train, DEMO_BASE + i)))
+        .filter(|(all, _)| all.len() <= cfg.env.max_tokens)
         .collect();
-    if demos.is_empty() {
+    if demos.is_empty() && cfg.warmstart.demos > 0 {
         return Err(Error::input(
             "warmstart: no demonstration fits in env.max_tokens",
         ));
+    }
+    Ok(demos)
+}
+
+/// Trains `model` (whose variables are in `vs`, on `device`) to imitate `demos`: the negative
+/// log-likelihood of the tokens the policy writes (tool results and prompts masked out).
+pub fn warm_start<P: SequencePolicy>(
+    cfg: &Config,
+    model: &P,
+    vs: &VarStore,
+    demos: &[Demo],
+    device: Device,
+) -> Result<WarmstartReport> {
+    let w = &cfg.warmstart;
+    if w.demos == 0 || w.steps == 0 || demos.is_empty() {
+        return Ok(WarmstartReport::default());
     }
     let vars = sorted_vars(vs);
     let opt_cfg = LearnerConfig {
@@ -62,8 +81,9 @@ pub fn warm_start(
     let mut optimizer = Optimizer::new(&opt_cfg, &vars);
     let mut rng = rng::stream(cfg.seed, Role::Init, 1);
     let mut report = WarmstartReport::default();
+    let mut shown = std::time::Instant::now();
     for step in 0..w.steps {
-        let batch: Vec<&(Vec<u32>, Vec<bool>)> = (0..w.batch_size)
+        let batch: Vec<&Demo> = (0..w.batch_size)
             .map(|_| &demos[rng.gen_range(0..demos.len())])
             .collect();
         let rows = PrefixBatch::new(batch.iter().map(|(t, m)| (&t[..], &m[..])));
@@ -83,6 +103,11 @@ pub fn warm_start(
             steps: step + 1,
             final_nll: value,
         };
+        // Long warm starts (a pretrained LM) show progress.
+        if shown.elapsed().as_secs() >= 10 {
+            eprintln!("warm start: step {}/{}, nll {value:.3}", step + 1, w.steps);
+            shown = std::time::Instant::now();
+        }
     }
     Ok(report)
 }

@@ -18,8 +18,7 @@ use super::envs::initial_logits;
 pub fn create_run_dir(dir: &Path, cfg: &Config, serial: bool) -> Result<()> {
     let mut cfg = cfg.clone();
     if let Some(init) = &cfg.policy.init {
-        let vs = tch::nn::VarStore::new(Device::Cpu);
-        let _policy = PolicyModel::build(&cfg, &vs.root(), &initial_logits(&cfg));
+        let (vs, _policy) = PolicyModel::load(&cfg, Device::Cpu, &initial_logits(&cfg))?;
         load_init(&vs, init)?;
         let full = init.canonicalize().map_err(|e| init_error(init, e))?;
         cfg.policy.init = Some(full);
@@ -33,13 +32,38 @@ pub fn create_run_dir(dir: &Path, cfg: &Config, serial: bool) -> Result<()> {
     }
     std::fs::create_dir_all(dir).at(dir)?;
     checkpoint::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-    let meta = serde_json::json!({ "serial": serial, "version": env!("CARGO_PKG_VERSION") });
+    let mut meta = serde_json::json!({ "serial": serial, "version": env!("CARGO_PKG_VERSION") });
+    if let Some(model) = &cfg.policy.model {
+        // The base the checkpoints' weights apply to (they hold only what trains).
+        meta["base_model"] = base_reference(model)?;
+    }
     checkpoint::write_atomic(&dir.join("run.json"), meta.to_string().as_bytes())
+}
+
+/// What a run records of its base model: the name it was given, the file or directory it
+/// resolved to, and that file's size (or the directory's weight files' total).
+pub fn base_reference(model: &str) -> Result<serde_json::Value> {
+    use crate::policy::lm::source::{resolve, ModelFiles};
+    let files = resolve(model)?;
+    let path = match &files {
+        ModelFiles::Gguf(p) | ModelFiles::HfDir(p) => p.canonicalize().at(p)?,
+    };
+    let bytes: u64 = match &files {
+        ModelFiles::Gguf(p) => std::fs::metadata(p).at(p)?.len(),
+        ModelFiles::HfDir(d) => std::fs::read_dir(d)
+            .at(d)?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum(),
+    };
+    Ok(serde_json::json!({ "model": model, "path": path, "bytes": bytes }))
 }
 
 /// A learner for a new run: [`Learner::new`], then the weights of `policy.init` if it is set.
 pub fn new_learner(cfg: &Config, device: Device, init_logits: &[f64]) -> Result<Learner> {
-    let learner = Learner::new(cfg, device, init_logits);
+    let learner = Learner::new(cfg, device, init_logits)?;
     if let Some(init) = &cfg.policy.init {
         load_init(&learner.vs, init)?;
     }

@@ -9,18 +9,21 @@ use tch::Device;
 
 use crate::config::{Config, EnvKind};
 use crate::env::bandit::Bandit;
+use crate::env::tool_use::protocol::chat::{demonstration, ChatFormat, ChatProtocol};
 use crate::env::tool_use::protocol::Limits;
 use crate::env::tool_use::reward::ScoreMeans;
 use crate::env::tool_use::tasks::{Split, Task};
 use crate::error::{Error, Result};
 use crate::ids::SourceId;
 use crate::math::softmax;
+use crate::policy::lm::source::{read_text, resolve, ModelFiles};
 use crate::policy::tabular::sampling_probs;
+use crate::policy::PolicyModel;
 use crate::policy::WeightSnapshot;
 use crate::rl::actor::{Actor, BanditActor, ToolActor};
 use crate::rl::learner::Learner;
-use crate::rl::warmstart::{warm_start, WarmstartReport};
-use crate::rollout::evaluate;
+use crate::rl::warmstart::{demos, token_demos, warm_start, WarmstartReport};
+use crate::rollout::{evaluate, evaluate_with};
 use crate::store::metrics::{tags, Row};
 
 use super::device_name;
@@ -163,12 +166,18 @@ impl SampledEnv for BanditEnv {
     }
 }
 
-/// A tool-use task family on the token protocol.
+/// A tool-use task family: on the token protocol with the small transformer, or in a pretrained
+/// LM's chat format.
 struct ToolUseEnv {
     task: Task,
     limits: Limits,
     warmstart: WarmstartRecord,
+    /// The LM's files and chat format (`policy.kind = "lm"`).
+    chat: Option<(ModelFiles, ChatProtocol)>,
 }
+
+/// Episodes an LM evaluates at a time (a bound on its KV cache).
+const LM_EVAL_BATCH: usize = 32;
 
 impl ToolUseEnv {
     fn new(
@@ -182,41 +191,84 @@ impl ToolUseEnv {
             max_tokens: cfg.env.max_tokens,
             max_calls: cfg.env.max_calls,
         };
-        let warmstart = match saved {
-            Some(w) => w,
-            None => {
-                let started = Instant::now();
-                let model = learner.policy.transformer()?;
-                let report = warm_start(cfg, model, &learner.vs, &task, device)?;
-                let seconds = started.elapsed().as_secs_f64();
-                let heldout = evaluate(
-                    model,
-                    &task,
-                    Split::Heldout,
-                    cfg.logging.eval_episodes,
+        let chat = match &cfg.policy.model {
+            Some(model) => {
+                let files = resolve(model)?;
+                let (_, text) = read_text(&files)?;
+                let format = ChatFormat::new(text, model)?;
+                let protocol = ChatProtocol {
+                    format: Arc::new(format),
                     limits,
-                    &cfg.reward,
-                    device,
-                    |_| {},
-                )?;
-                eprintln!(
-                    "warm start: {} steps in {seconds:.1} s; held-out completion {:.3}, tool F1 {:.3}",
-                    report.steps, heldout.completion, heldout.f1
-                );
-                (report, heldout, seconds)
+                };
+                Some((files, protocol))
             }
+            None => None,
         };
-        Ok(ToolUseEnv {
+        let mut env = ToolUseEnv {
             task,
             limits,
-            warmstart,
-        })
+            warmstart: Default::default(),
+            chat,
+        };
+        env.warmstart = match saved {
+            Some(w) => w,
+            None => env.warm_start(cfg, learner, device)?,
+        };
+        Ok(env)
+    }
+
+    /// Behaviour cloning on scripted demonstrations, then a held-out evaluation.
+    fn warm_start(
+        &self,
+        cfg: &Config,
+        learner: &Learner,
+        device: Device,
+    ) -> Result<WarmstartRecord> {
+        let task = &self.task;
+        let started = Instant::now();
+        if self.chat.is_some() {
+            let before = self.evaluate(cfg, learner, Split::Heldout, cfg.logging.eval_episodes)?;
+            eprintln!(
+                "before the warm start: held-out completion {:.3}, tool F1 {:.3}",
+                before.completion, before.f1
+            );
+        }
+        let report = match (&learner.policy, &self.chat) {
+            (PolicyModel::Lm(model), Some((_, protocol))) => {
+                let demos = demos(cfg, task, |item| demonstration(protocol, task, item))?;
+                warm_start(cfg, model.as_ref(), &learner.vs, &demos, device)?
+            }
+            (policy, _) => {
+                let demos = token_demos(cfg, task)?;
+                warm_start(cfg, policy.transformer()?, &learner.vs, &demos, device)?
+            }
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        let heldout = self.evaluate(cfg, learner, Split::Heldout, cfg.logging.eval_episodes)?;
+        eprintln!(
+            "warm start: {} steps in {seconds:.1} s; held-out completion {:.3}, tool F1 {:.3}",
+            report.steps, heldout.completion, heldout.f1
+        );
+        Ok((report, heldout, seconds))
     }
 }
 
 impl SampledEnv for ToolUseEnv {
     fn actors(&self) -> ActorBuilder {
         let task = self.task.clone();
+        if let Some((files, protocol)) = &self.chat {
+            let (files, protocol) = (files.clone(), protocol.clone());
+            return Arc::new(move |cfg, source, behaviour| {
+                Ok(Box::new(ToolActor::lm(
+                    cfg,
+                    source,
+                    task.clone(),
+                    &files,
+                    protocol.clone(),
+                    behaviour,
+                )?))
+            });
+        }
         Arc::new(move |cfg, source, behaviour| {
             Ok(Box::new(ToolActor::new(
                 cfg,
@@ -249,6 +301,19 @@ impl SampledEnv for ToolUseEnv {
         split: Split,
         episodes: usize,
     ) -> Result<ScoreMeans> {
+        if let (PolicyModel::Lm(model), Some((_, protocol))) = (&learner.policy, &self.chat) {
+            return evaluate_with(
+                model.as_ref(),
+                &self.task,
+                protocol,
+                split,
+                episodes,
+                LM_EVAL_BATCH,
+                &cfg.reward,
+                learner.device(),
+                |_| {},
+            );
+        }
         evaluate(
             learner.policy.transformer()?,
             &self.task,

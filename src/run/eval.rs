@@ -40,7 +40,7 @@ pub fn evaluate_run(
     tch::set_num_threads(cfg.learner.intra_op_threads as i32);
     let device = resolve_device(cfg.device)?;
     let vs = tch::nn::VarStore::new(device);
-    let model = PolicyModel::build(&cfg, &vs.root(), &[]).into_transformer()?;
+    let model = PolicyModel::build(&cfg, &vs.root(), &[])?.into_transformer()?;
     WeightSnapshot {
         version: ckpt.step,
         tensors: ckpt.tensors("weights")?.to_vec(),

@@ -167,7 +167,7 @@ pub(super) fn run_sampled(
     let initial = initial_logits(cfg);
     tch::manual_seed(cfg.seed as i64);
     let mut learner = if resume.is_some() {
-        Learner::new(cfg, device, &initial)
+        Learner::new(cfg, device, &initial)?
     } else {
         new_learner(cfg, device, &initial)?
     };

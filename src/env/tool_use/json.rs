@@ -39,7 +39,7 @@ fn call_json(call: &Call) -> Value {
 /// Reads a call in either common form: `{"name": …, "arguments": {…}}` (arguments may also be a
 /// JSON string), or OpenAI Chat Completions' `{"id": …, "type": "function", "function":
 /// {"name": …, "arguments": "<JSON string>"}}`. Unknown keys are errors.
-fn parse_call_json(v: &Value) -> Result<Call, String> {
+pub(crate) fn parse_call_json(v: &Value) -> Result<Call, String> {
     let obj = v.as_object().ok_or("a call must be a JSON object")?;
     if let Some(function) = obj.get("function") {
         for key in obj.keys() {

@@ -7,6 +7,8 @@
 //! The policy writes the CALL and ANS parts. At `/CALL` the environment executes the call and queues
 //! `RES value /RES` (or `RES ERR /RES` for a malformed call) as forced tokens, masked out of the loss.
 //! Anything malformed is a format error, never a panic.
+pub mod chat;
+
 use std::collections::VecDeque;
 
 use super::tasks::Item;
@@ -245,8 +247,8 @@ pub struct TokenProtocol {
 impl<T: TaskSource + ToolSet<T::Item>> Protocol<T> for TokenProtocol {
     type Episode = Episode<T::Item>;
 
-    fn start(&self, task: &T, item: T::Item) -> Episode<T::Item> {
-        Episode::new(task, item, self.limits)
+    fn start(&self, task: &T, item: T::Item) -> crate::error::Result<Episode<T::Item>> {
+        Ok(Episode::new(task, item, self.limits))
     }
 
     fn max_tokens(&self) -> usize {

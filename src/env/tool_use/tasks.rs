@@ -429,8 +429,60 @@ impl Task {
         s
     }
 
-    /// Reads a prompt written by [`Task::prompt`] back into an item.
+    /// The prompt as a chat user message: `What is 123 * 45?`, `What is the age of e17?`, `What
+    /// is the age of the boss of e3 plus 5?`. A menu item names its tools first (`Tools: t3 =
+    /// add, t1 = mul.`); the tools' schemas reach the model through the chat format.
+    pub fn question(&self, item: &Item) -> String {
+        let prompt = self.prompt(item);
+        let body = match prompt.split_once(" ; ") {
+            Some((_, body)) => body,
+            None => &prompt,
+        };
+        let body = body.strip_prefix("what is ").unwrap_or(body);
+        let body = body
+            .strip_suffix(" ?")
+            .unwrap_or(body)
+            .replace(" + ", " plus ");
+        let mut s = String::new();
+        if !item.menu.is_empty() {
+            let menu: Vec<String> = item
+                .menu
+                .iter()
+                .map(|(id, tool)| format!("{id} = {}", tool.name()))
+                .collect();
+            s.push_str(&format!("Tools: {}. ", menu.join(", ")));
+        }
+        s.push_str(&format!("What is {body}?"));
+        s
+    }
+
+    /// Reads a prompt back into an item: the token protocol's text ([`Task::prompt`]) or the
+    /// chat question ([`Task::question`]).
     pub fn parse_prompt(&self, text: &str) -> Option<Item> {
+        self.parse_words(text)
+            .or_else(|| self.parse_words(&Self::question_to_words(text)?))
+    }
+
+    /// A chat question in the token protocol's words.
+    fn question_to_words(text: &str) -> Option<String> {
+        let text = text.trim();
+        let (menu, rest) = match text.strip_prefix("Tools: ") {
+            Some(rest) => {
+                let (menu, rest) = rest.split_once(". ")?;
+                (Some(menu.replace(',', "")), rest)
+            }
+            None => (None, text),
+        };
+        let body = rest.strip_prefix("What is ")?.strip_suffix('?')?;
+        let body = body.replace(" plus ", " + ");
+        Some(match menu {
+            Some(m) => format!("tools {m} ; what is {body} ?"),
+            None => format!("what is {body} ?"),
+        })
+    }
+
+    /// Reads a prompt written by [`Task::prompt`] back into an item.
+    fn parse_words(&self, text: &str) -> Option<Item> {
         let words: Vec<&str> = text.split_whitespace().collect();
         let (menu, rest) = match words.iter().position(|w| *w == ";") {
             Some(semi) if words.first() == Some(&"tools") => {
@@ -690,6 +742,10 @@ impl TaskSource for Task {
 
     fn prompt(&self, item: &Item) -> String {
         Task::prompt(self, item)
+    }
+
+    fn question(&self, item: &Item) -> String {
+        Task::question(self, item)
     }
 
     /// The family's tools by name, or the item's menu under its ids.

@@ -1,0 +1,610 @@
+//! Tool use in a pretrained LM's own chat format (the Hermes / Qwen2.5 convention):
+//!
+//! ```text
+//! <|im_start|>system … <tools>{…json schema…}</tools> …<|im_end|>
+//! <|im_start|>user\nWhat is 123 * 45?<|im_end|>
+//! <|im_start|>assistant\n<tool_call>\n{"name": "mul", "arguments": {"a": 123, "b": 45}}\n</tool_call><|im_end|>
+//! <|im_start|>user\n<tool_response>\n5535\n</tool_response><|im_end|>
+//! <|im_start|>assistant\nThe answer is 5535.<|im_end|>
+//! ```
+//!
+//! The tools reach the model through its template's `tools` variable when the template has one,
+//! otherwise through a system message listing their JSON schemas inside `<tools></tools>`.
+//! When the policy ends its turn (an end-of-turn token) the turn's `<tool_call>` blocks are
+//! parsed and executed, and their results come back as forced tokens (masked out of the loss and
+//! of log μ): a user turn of `<tool_response>` blocks, then the assistant turn re-opened. Several
+//! calls in one turn are allowed. A turn without a call ends the episode; its text is the answer
+//! ([`answer_of`]). Token in, token out: what the policy wrote is never re-tokenised.
+//!
+//! Malformed JSON, an unknown tool, missing, extra or mistyped arguments, a `<tool_call>` left
+//! open or opened twice: a format error, with the error's text as that call's response.
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use serde_json::{json, Value as Json};
+
+use crate::env::tool_use::json::parse_call_json;
+use crate::env::tool_use::protocol::Limits;
+use crate::env::tool_use::reward::{Attempt, Call};
+use crate::env::{Protocol, ProtocolEpisode, TaskSource, ToolSet, ToolSpec};
+use crate::error::{Error, Result};
+use crate::policy::lm::source::ModelText;
+use crate::text::chat::{py_dumps, ChatTemplate};
+use crate::text::hf::HfTokenizer;
+
+const OPEN: &str = "<tool_call>";
+const CLOSE: &str = "</tool_call>";
+
+/// A model's chat format for tool use: its tokenizer, template and turn markers.
+pub struct ChatFormat {
+    pub tokenizer: HfTokenizer,
+    template: ChatTemplate,
+    /// The template renders the `tools` variable itself.
+    template_tools: bool,
+    /// Ids that end the assistant's turn (`<|im_end|>`, the end-of-sequence token).
+    end_of_turn: Vec<u32>,
+    /// The id the policy writes to end its turn in a demonstration.
+    im_end: u32,
+}
+
+impl std::fmt::Debug for ChatFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatFormat")
+            .field("template_tools", &self.template_tools)
+            .field("end_of_turn", &self.end_of_turn)
+            .finish()
+    }
+}
+
+impl ChatFormat {
+    /// The chat format of a model's tokenizer and template: a ChatML template
+    /// (`<|im_start|>`/`<|im_end|>`), as SmolLM2, Qwen2/2.5/3 and Hermes models use.
+    pub fn new(text: ModelText, what: &str) -> Result<Self> {
+        let template = text.template.ok_or_else(|| {
+            Error::input(format!(
+                "{what}: the model has no chat template, and tool use is played in its chat format"
+            ))
+        })?;
+        let tokenizer = text.tokenizer;
+        let (Some(_), Some(im_end)) = (
+            tokenizer.token_to_id("<|im_start|>"),
+            tokenizer.token_to_id("<|im_end|>"),
+        ) else {
+            return Err(Error::input(format!(
+                "{what}: tool use needs a ChatML chat format (<|im_start|>, <|im_end|>), which this model's vocabulary lacks"
+            )));
+        };
+        let mut end_of_turn = tokenizer.stop.clone();
+        if !end_of_turn.contains(&im_end) {
+            end_of_turn.push(im_end);
+        }
+        Ok(ChatFormat {
+            template_tools: template.source.contains("tools"),
+            template,
+            tokenizer,
+            end_of_turn,
+            im_end,
+        })
+    }
+
+    /// The tools as function-calling APIs list them.
+    fn tool_json(tools: &[ToolSpec]) -> Vec<Json> {
+        tools
+            .iter()
+            .map(|t| {
+                json!({"type": "function", "function": {
+                    "name": t.name, "description": t.description, "parameters": t.parameters,
+                }})
+            })
+            .collect()
+    }
+
+    /// The system message that offers `tools` to a template without a `tools` variable.
+    fn tool_system(tools: &[ToolSpec]) -> String {
+        let mut s = String::from(
+            "You are a helpful assistant that can call tools.\n\n\
+             The tools are described by these JSON signatures:\n<tools>\n",
+        );
+        for t in Self::tool_json(tools) {
+            s.push_str(&py_dumps(&t));
+            s.push('\n');
+        }
+        s.push_str(
+            "</tools>\n\nTo call a tool, write a JSON object with its name and arguments \
+             between <tool_call> and </tool_call> tags:\n<tool_call>\n\
+             {\"name\": <tool name>, \"arguments\": <arguments object>}\n</tool_call>\n\
+             The results come back between <tool_response> and </tool_response> tags. When \
+             you know the answer, reply with it in plain text.",
+        );
+        s
+    }
+
+    /// The opening messages of an episode: the tools (unless the template lists them) and the
+    /// question.
+    pub fn opening(&self, question: &str, tools: &[ToolSpec]) -> Vec<Json> {
+        let mut messages = Vec::new();
+        if !self.template_tools {
+            messages.push(json!({"role": "system", "content": Self::tool_system(tools)}));
+        }
+        messages.push(json!({"role": "user", "content": question}));
+        messages
+    }
+
+    /// The prompt's ids: the opening messages rendered with the generation prompt.
+    pub fn prompt_ids(&self, messages: &[Json], tools: &[ToolSpec]) -> Result<Vec<u32>> {
+        let listed = self.template_tools.then(|| Self::tool_json(tools));
+        let text = self.template.render(messages, listed.as_deref(), true)?;
+        self.encode(&text)
+    }
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer
+            .encode_with(text, false)
+            .map_err(|e| Error::input(format!("chat text: {e}")))
+    }
+
+    /// What follows the policy's end-of-turn token after a turn of calls: the results as a
+    /// user turn of `<tool_response>` blocks, then the assistant's turn re-opened.
+    pub fn tool_turn(results: &[String]) -> String {
+        let blocks: Vec<String> = results
+            .iter()
+            .map(|r| format!("<tool_response>\n{r}\n</tool_response>"))
+            .collect();
+        format!(
+            "\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+            blocks.join("\n")
+        )
+    }
+
+    /// Whether `id` ends the assistant's turn.
+    pub fn ends_turn(&self, id: u32) -> bool {
+        self.end_of_turn.contains(&id)
+    }
+}
+
+/// The chat protocol as a [`Protocol`].
+#[derive(Debug, Clone)]
+pub struct ChatProtocol {
+    pub format: Arc<ChatFormat>,
+    pub limits: Limits,
+}
+
+impl<T: TaskSource + ToolSet<T::Item>> Protocol<T> for ChatProtocol {
+    type Episode = ChatEpisode<T::Item>;
+
+    fn start(&self, task: &T, item: T::Item) -> Result<ChatEpisode<T::Item>> {
+        let tools: Arc<[ToolSpec]> = task.tools(&item).into();
+        let messages = self.format.opening(&task.question(&item), &tools);
+        let tokens = self.format.prompt_ids(&messages, &tools)?;
+        let prompt_len = tokens.len();
+        Ok(ChatEpisode {
+            item,
+            policy_mask: vec![false; prompt_len],
+            tokens,
+            prompt_len,
+            attempt: Attempt::default(),
+            done: prompt_len >= self.limits.max_tokens,
+            forced: VecDeque::new(),
+            turn_start: prompt_len,
+            messages,
+            format: self.format.clone(),
+            tools,
+            limits: self.limits,
+        })
+    }
+
+    fn max_tokens(&self) -> usize {
+        self.limits.max_tokens
+    }
+}
+
+/// One chat episode in progress.
+#[derive(Debug, Clone)]
+pub struct ChatEpisode<I> {
+    pub item: I,
+    /// The prompt's ids, then everything written or forced.
+    pub tokens: Vec<u32>,
+    /// True where the policy chose the token.
+    pub policy_mask: Vec<bool>,
+    pub prompt_len: usize,
+    pub attempt: Attempt,
+    pub done: bool,
+    forced: VecDeque<u32>,
+    /// Where the assistant's current turn starts.
+    turn_start: usize,
+    /// The conversation so far in OpenAI's `messages` form (calls' `arguments` as JSON text).
+    pub messages: Vec<Json>,
+    format: Arc<ChatFormat>,
+    tools: Arc<[ToolSpec]>,
+    limits: Limits,
+}
+
+impl<I> ChatEpisode<I> {
+    /// The next forced token, appended masked out.
+    pub fn take_forced(&mut self) -> Option<u32> {
+        let t = self.forced.pop_front()?;
+        self.tokens.push(t);
+        self.policy_mask.push(false);
+        if !self.done && self.tokens.len() >= self.limits.max_tokens {
+            self.truncate();
+        }
+        Some(t)
+    }
+
+    /// Ends the episode where it is (a format error when it had not finished).
+    pub fn truncate(&mut self) {
+        if !self.done {
+            self.attempt.format_errors += 1;
+            self.done = true;
+            self.forced.clear();
+        }
+    }
+
+    /// Appends a token the policy chose; at the end of a turn, runs its calls or takes its
+    /// answer.
+    pub fn push_policy(&mut self, t: u32, tools: &(impl ToolSet<I> + ?Sized)) {
+        if self.done {
+            return;
+        }
+        self.tokens.push(t);
+        self.policy_mask.push(true);
+        if self.format.ends_turn(t) {
+            self.end_turn(tools);
+        }
+        if !self.done && self.tokens.len() >= self.limits.max_tokens {
+            self.truncate();
+        }
+    }
+
+    fn end_turn(&mut self, tools: &(impl ToolSet<I> + ?Sized)) {
+        let end = self.tokens.len() - 1;
+        let text = self
+            .format
+            .tokenizer
+            .decode_with(&self.tokens[self.turn_start..end], false);
+        let turn = split_turn(&text);
+        if turn.calls.is_empty() {
+            self.attempt.answer = answer_of(&turn.prose);
+            if self.attempt.answer.is_none() {
+                self.attempt.format_errors += 1; // no answer
+            }
+            self.messages
+                .push(json!({"role": "assistant", "content": turn.prose.trim()}));
+            self.done = true;
+            return;
+        }
+        if self.attempt.calls.len() + turn.calls.len() > self.limits.max_calls {
+            self.attempt.format_errors += 1;
+            self.done = true;
+            return;
+        }
+        let mut results = Vec::new();
+        let mut tool_calls = Vec::new();
+        for body in turn.calls {
+            let call = body.and_then(|b| parse_tool_call(&b, &self.tools));
+            let result = match call {
+                Ok((call, arguments)) => {
+                    tool_calls.push(json!({"type": "function", "function": {
+                        "name": call.name, "arguments": arguments,
+                    }}));
+                    let r = tools.execute(&self.item, &call);
+                    self.attempt.calls.push(call);
+                    self.attempt.results.push(r.as_ref().ok().cloned());
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            results.push(result.unwrap_or_else(|e| {
+                self.attempt.format_errors += 1;
+                format!("error: {e}")
+            }));
+        }
+        let mut assistant = json!({"role": "assistant", "content": turn.prose.trim()});
+        if !tool_calls.is_empty() {
+            assistant["tool_calls"] = Json::Array(tool_calls);
+        }
+        self.messages.push(assistant);
+        for r in &results {
+            self.messages.push(json!({"role": "tool", "content": r}));
+        }
+        match self.format.encode(&ChatFormat::tool_turn(&results)) {
+            Ok(ids) => {
+                self.turn_start = self.tokens.len() + ids.len();
+                self.forced.extend(ids);
+            }
+            // A result the vocabulary cannot spell ends the episode, never a panic.
+            Err(_) => {
+                self.attempt.format_errors += 1;
+                self.done = true;
+            }
+        }
+    }
+}
+
+/// A turn's text split into its prose and its `<tool_call>` blocks (each the text inside the
+/// tags, or what is wrong with it).
+struct Turn {
+    prose: String,
+    calls: Vec<Result<String, String>>,
+}
+
+fn split_turn(text: &str) -> Turn {
+    let mut prose = String::new();
+    let mut calls = Vec::new();
+    let mut rest = text;
+    loop {
+        let open = rest.find(OPEN);
+        let close = rest.find(CLOSE);
+        match (open, close) {
+            (None, None) => {
+                prose.push_str(rest);
+                break;
+            }
+            (_, Some(c)) if open.is_none_or(|o| c < o) => {
+                prose.push_str(&rest[..c]);
+                calls.push(Err(format!("{CLOSE} without an opening {OPEN}")));
+                rest = &rest[c + CLOSE.len()..];
+            }
+            (Some(o), _) => {
+                prose.push_str(&rest[..o]);
+                let after = &rest[o + OPEN.len()..];
+                match (after.find(CLOSE), after.find(OPEN)) {
+                    (Some(c), reopen) if reopen.is_none_or(|r| c < r) => {
+                        calls.push(Ok(after[..c].trim().to_string()));
+                        rest = &after[c + CLOSE.len()..];
+                    }
+                    (_, Some(r)) => {
+                        calls.push(Err(format!("a second {OPEN} before the first closed")));
+                        rest = &after[r..];
+                    }
+                    (None, None) => {
+                        calls.push(Err(format!("{OPEN} not closed with {CLOSE}")));
+                        break;
+                    }
+                    (Some(_), None) => unreachable!("handled by the first arm"),
+                }
+            }
+            (None, Some(_)) => unreachable!("handled above"),
+        }
+    }
+    Turn { prose, calls }
+}
+
+/// Reads the JSON of one `<tool_call>` against the offered tools: the call (values in canonical
+/// text) and its arguments as JSON text (OpenAI's form), or what is wrong with it.
+fn parse_tool_call(body: &str, tools: &[ToolSpec]) -> Result<(Call, String), String> {
+    let v: Json =
+        serde_json::from_str(body).map_err(|e| format!("the call is not valid JSON: {e}"))?;
+    let call = parse_call_json(&v)?;
+    let spec = tools
+        .iter()
+        .find(|t| t.name == call.name)
+        .ok_or_else(|| format!("unknown tool {:?}", call.name))?;
+    let args = match v.get("arguments") {
+        Some(Json::String(s)) => serde_json::from_str(s).unwrap_or(Json::Null),
+        Some(a) => a.clone(),
+        None => Json::Null,
+    };
+    let empty = serde_json::Map::new();
+    let given = args.as_object().unwrap_or(&empty);
+    let props = spec.parameters["properties"].as_object().unwrap_or(&empty);
+    for (name, schema) in props {
+        let value = given
+            .get(name)
+            .ok_or_else(|| format!("{} needs argument {name:?}", spec.name))?;
+        let fits = match schema["type"].as_str() {
+            Some("integer") => value.is_i64() || value.is_u64(),
+            Some("number") => value.is_number(),
+            Some("string") => value.is_string(),
+            Some("boolean") => value.is_boolean(),
+            _ => true,
+        };
+        if !fits {
+            return Err(format!(
+                "argument {name:?} of {} must be of type {}, got {value}",
+                spec.name, schema["type"]
+            ));
+        }
+        if let Some(allowed) = schema["enum"].as_array() {
+            if !allowed.contains(value) {
+                return Err(format!(
+                    "argument {name:?} of {} must be one of {}",
+                    spec.name, schema["enum"]
+                ));
+            }
+        }
+    }
+    if let Some(extra) = given.keys().find(|k| !props.contains_key(*k)) {
+        return Err(format!("{} has no argument {extra:?}", spec.name));
+    }
+    Ok((call, Json::Object(given.clone()).to_string()))
+}
+
+/// The answer rule: what part of the final assistant text is compared with the gold answer.
+/// The text outside `<tool_call>` blocks is read, and the answer is its last number (an optional
+/// minus sign, digits with optional `,` thousands separators, optional decimals: `1,234` → `1234`,
+/// and scoring reads `12.0` as `12`) or its last entity id (`e17`), whichever comes last. Text
+/// with neither answers itself, trimmed; empty text gives no answer.
+pub fn answer_of(text: &str) -> Option<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut last: Option<String> = None;
+    let mut i = 0;
+    while i < chars.len() {
+        let prev_word = i > 0 && chars[i - 1].is_alphanumeric();
+        let c = chars[i];
+        let starts_number = c.is_ascii_digit()
+            || (c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit()));
+        let starts_entity =
+            (c == 'e' || c == 'E') && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit());
+        if prev_word || !(starts_number || starts_entity) {
+            i += 1;
+            continue;
+        }
+        let mut j = i + 1;
+        let mut token = String::from(c.to_ascii_lowercase());
+        while j < chars.len() {
+            let d = chars[j];
+            let digit_follows = chars.get(j + 1).is_some_and(|x| x.is_ascii_digit());
+            if d.is_ascii_digit() {
+                token.push(d);
+            } else if d == ',' && starts_number && digit_follows {
+                // a thousands separator: exactly three digits follow
+                let group: String = chars[j + 1..]
+                    .iter()
+                    .take_while(|x| x.is_ascii_digit())
+                    .collect();
+                if group.len() != 3 {
+                    break;
+                }
+            } else if d == '.' && starts_number && digit_follows && !token.contains('.') {
+                token.push('.');
+            } else {
+                break;
+            }
+            j += 1;
+        }
+        if !chars.get(j).is_some_and(|x| x.is_alphabetic()) {
+            last = Some(token);
+        }
+        i = j;
+    }
+    last.or_else(|| {
+        let t = text.trim();
+        (!t.is_empty()).then(|| t.to_string())
+    })
+}
+
+/// The scripted demonstration of `item` in the chat format: each gold call in its own turn, its
+/// result forced, then `The answer is …`. Returns the whole sequence (prompt included) and which
+/// tokens the policy writes; `None` when the item has no gold answer or does not fit.
+pub fn demonstration<T: TaskSource + ToolSet<T::Item>>(
+    protocol: &ChatProtocol,
+    task: &T,
+    item: &T::Item,
+) -> Option<(Vec<u32>, Vec<bool>)> {
+    let gold = task.gold(item)?;
+    let mut ep: ChatEpisode<T::Item> = protocol.start(task, item.clone()).ok()?;
+    let fmt = &protocol.format;
+    let mut turns: Vec<String> = gold
+        .calls
+        .iter()
+        .map(|c| format!("{OPEN}\n{}\n{CLOSE}", call_text(c, &ep.tools)))
+        .collect();
+    turns.push(format!("The answer is {}.", gold.answer));
+    for turn in turns {
+        let mut ids = fmt.encode(&turn).ok()?;
+        ids.push(fmt.im_end);
+        for id in ids {
+            while ep.take_forced().is_some() {}
+            ep.push_policy(id, task);
+        }
+    }
+    let ok = ep.done && ep.attempt.format_errors == 0 && ep.attempt.calls == gold.calls;
+    ok.then_some((ep.tokens, ep.policy_mask))
+}
+
+/// A call as `{"name": …, "arguments": {…}}` with its arguments in schema order, integers as
+/// JSON numbers.
+fn call_text(call: &Call, tools: &[ToolSpec]) -> String {
+    let spec = tools.iter().find(|t| t.name == call.name);
+    let mut names: Vec<&String> = call.arguments.keys().collect();
+    if let Some(order) = spec.and_then(|s| s.parameters["required"].as_array()) {
+        names.sort_by_key(|n| order.iter().position(|o| o.as_str() == Some(n.as_str())));
+    }
+    let mut args = serde_json::Map::new();
+    for n in names {
+        let v = &call.arguments[n];
+        let integer = spec.is_some_and(|s| s.parameters["properties"][n]["type"] == "integer");
+        let value = match v.parse::<i64>() {
+            Ok(i) if integer => Json::from(i),
+            _ => Json::from(v.clone()),
+        };
+        args.insert(n.clone(), value);
+    }
+    py_dumps(&json!({"name": call.name, "arguments": args}))
+}
+
+impl<T: TaskSource + ToolSet<T::Item>> ProtocolEpisode<T> for ChatEpisode<T::Item> {
+    fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    fn policy_mask(&self) -> &[bool] {
+        &self.policy_mask
+    }
+
+    fn prompt_len(&self) -> usize {
+        self.prompt_len
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn take_forced(&mut self) -> Option<u32> {
+        ChatEpisode::take_forced(self)
+    }
+
+    fn push_policy(&mut self, token: u32, tools: &T) {
+        ChatEpisode::push_policy(self, token, tools)
+    }
+
+    fn truncate(&mut self) {
+        ChatEpisode::truncate(self)
+    }
+
+    fn attempt(&self) -> &Attempt {
+        &self.attempt
+    }
+
+    fn item(&self) -> &T::Item {
+        &self.item
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answer_is_the_last_number_or_entity() {
+        let cases = [
+            ("The answer is 5535.", Some("5535")),
+            ("123 * 45 = 5,535", Some("5535")),
+            ("It is -12.", Some("-12")),
+            ("About 3.50 units", Some("3.50")),
+            ("The boss of e17 is e5.", Some("e5")),
+            ("The age of e17 is 34", Some("34")),
+            (
+                "x2 and a2b are not numbers",
+                Some("x2 and a2b are not numbers"),
+            ),
+            ("1,23 is two numbers", Some("23")),
+            ("Paris", Some("Paris")),
+            ("  ", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(answer_of(text).as_deref(), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_turn_splits_into_prose_and_calls() {
+        let t = split_turn(
+            "Let me see.<tool_call>\n{\"a\": 1}\n</tool_call> then <tool_call>{}</tool_call>",
+        );
+        assert_eq!(t.prose, "Let me see. then ");
+        assert_eq!(
+            t.calls,
+            vec![Ok("{\"a\": 1}".to_string()), Ok("{}".to_string())]
+        );
+        let t = split_turn("<tool_call>{<tool_call>{}</tool_call>");
+        assert!(t.calls[0].as_ref().unwrap_err().contains("second"));
+        assert_eq!(t.calls[1], Ok("{}".to_string()));
+        let t = split_turn("<tool_call>{\"name\"");
+        assert!(t.calls[0].as_ref().unwrap_err().contains("not closed"));
+        let t = split_turn("oops</tool_call>");
+        assert!(t.calls[0].as_ref().unwrap_err().contains("without"));
+        assert_eq!(t.prose, "oops");
+    }
+}
