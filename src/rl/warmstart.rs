@@ -46,10 +46,22 @@ pub fn demos(
     task: &Task,
     demo: impl Fn(&crate::env::tool_use::tasks::Item) -> Option<Demo>,
 ) -> Result<Vec<Demo>> {
-    let demos: Vec<Demo> = (0..cfg.warmstart.demos as u64)
+    let written: Vec<Demo> = (0..cfg.warmstart.demos as u64)
         .filter_map(|i| demo(&task.item(Split::Train, DEMO_BASE + i)))
+        .collect();
+    let longest = written.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
+    let n = written.len();
+    let demos: Vec<Demo> = written
+        .into_iter()
         .filter(|(all, _)| all.len() <= cfg.env.max_tokens)
         .collect();
+    if demos.len() < n {
+        eprintln!(
+            "warm start: {} of {n} demonstrations fit in env.max_tokens = {} (the longest has {longest} tokens)",
+            demos.len(),
+            cfg.env.max_tokens
+        );
+    }
     if demos.is_empty() && cfg.warmstart.demos > 0 {
         return Err(Error::input(
             "warmstart: no demonstration fits in env.max_tokens",
