@@ -97,7 +97,8 @@ where
     )
 }
 
-/// Decodes `episodes` (each at most `max_tokens` past the longest prompt) to their end.
+/// Decodes `episodes` (each ending by its own limit, at most `max_tokens` tokens prompt
+/// included) to their end.
 #[allow(clippy::too_many_arguments)]
 fn decode<P, T, E>(
     model: &P,
@@ -144,22 +145,34 @@ where
     }
     let prompt = |r: &Vec<usize>| episodes[r[0]].tokens();
     let u = rows.len();
+    // The prefix every prompt shares (a chat template's system message and tool list) is
+    // prefilled once; each row's rest follows it, left-padded: [shared | pad … rest].
+    let first = prompt(&rows[0]);
+    let shared = rows.iter().map(prompt).fold(first.len(), |n, t| {
+        n.min(first.iter().zip(t).take_while(|(a, b)| a == b).count())
+    });
+    let shared = if u > 1 { shared } else { 0 };
+    let shortest = rows.iter().map(|r| prompt(r).len()).min().unwrap_or(1);
     let p = rows.iter().map(|r| prompt(r).len()).max().unwrap_or(1);
-    let mut prompts = vec![PAD as i64; u * p];
-    let mut valid = vec![false; u * p];
+    let width = p.max(1);
+    let mut prompts = vec![PAD as i64; u * width];
+    let mut valid = vec![false; u * width];
     for (i, tokens) in rows.iter().map(prompt).enumerate() {
         let off = p - tokens.len();
         for (j, &t) in tokens.iter().enumerate() {
-            prompts[i * p + off + j] = t as i64;
-            valid[i * p + off + j] = true;
+            let col = if j < shared { j } else { off + j };
+            prompts[i * width + col] = t as i64;
+            valid[i * width + col] = true;
         }
     }
-    let shape = [u as i64, p as i64];
-    let capacity = p + max_tokens;
+    let shape = [u as i64, width as i64];
+    // Every episode ends within `max_tokens` tokens of its own start (prompt included).
+    let capacity = p + max_tokens.saturating_sub(shortest).max(1);
     let (mut cache, mut logits) = tch::no_grad(|| {
-        model.prefill(
+        model.prefill_shared(
             &Tensor::from_slice(&prompts).view(shape).to_device(device),
             &Tensor::from_slice(&valid).view(shape).to_device(device),
+            shared,
             capacity,
         )
     });

@@ -77,7 +77,10 @@ fn demonstrations_of_every_family_score_perfectly() {
             let mut ep = p.start(&task, item.clone()).unwrap();
             for (&t, &by_policy) in tokens.iter().zip(&mask).skip(ep.prompt_len) {
                 if by_policy {
-                    assert!(ep.take_forced().is_none(), "{kind:?}: a forced token was skipped");
+                    assert!(
+                        ep.take_forced().is_none(),
+                        "{kind:?}: a forced token was skipped"
+                    );
                     ep.push_policy(t, &task);
                 } else {
                     assert_eq!(ep.take_forced(), Some(t), "{kind:?}");
@@ -86,7 +89,11 @@ fn demonstrations_of_every_family_score_perfectly() {
             assert!(ep.done, "{kind:?} {i}");
             assert_eq!(ep.tokens, tokens);
             let s = score(&RewardConfig::default(), &ep.attempt, &gold);
-            assert_eq!((s.completion, s.f1, s.format_errors), (1.0, 1.0, 0), "{kind:?} {i}");
+            assert_eq!(
+                (s.completion, s.f1, s.format_errors),
+                (1.0, 1.0, 0),
+                "{kind:?} {i}"
+            );
             let text = text_of(&f, &tokens[ep.prompt_len..]);
             assert_eq!(
                 text.matches("<tool_response>").count(),
@@ -173,7 +180,8 @@ fn malformed_calls_are_format_errors_with_the_error_as_the_response() {
         let content = errors[0];
         assert!(content.contains(error), "{text}: {content}");
         // The forced tool turn holds the error text, and the policy can still answer.
-        assert!(text_of(&f, &ep.tokens).contains(&format!("<tool_response>\n{content}\n</tool_response>")));
+        assert!(text_of(&f, &ep.tokens)
+            .contains(&format!("<tool_response>\n{content}\n</tool_response>")));
         say(&mut ep, &task, &f, "The answer is 7.");
         assert!(ep.done);
         assert_eq!(ep.attempt.answer.as_deref(), Some("7"));
@@ -194,12 +202,21 @@ fn parallel_calls_limits_and_token_in_token_out() {
         &f,
         "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 2, \"b\": 3}}\n</tool_call>\n<tool_call>\n{\"name\": \"mul\", \"arguments\": {\"b\": 4, \"a\": 5}}\n</tool_call>",
     );
-    assert_eq!(ep.attempt.results, vec![Some("5".into()), Some("20".into())]);
+    assert_eq!(
+        ep.attempt.results,
+        vec![Some("5".into()), Some("20".into())]
+    );
     assert!(text_of(&f, &ep.tokens).ends_with(
         "<|im_start|>user\n<tool_response>\n5\n</tool_response>\n<tool_response>\n20\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
     ));
     assert_eq!(ep.messages.last().unwrap()["role"], "tool");
-    assert_eq!(ep.messages[ep.messages.len() - 3]["tool_calls"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        ep.messages[ep.messages.len() - 3]["tool_calls"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 
     // Token in, token out: "12" written as two one-digit tokens stays two tokens.
     let mut ep = protocol(&f, 2048).start(&task, item.clone()).unwrap();
@@ -214,7 +231,9 @@ fn parallel_calls_limits_and_token_in_token_out() {
 
     // The limit: a prompt plus 5 tokens.
     let short = protocol(&f, 1024).start(&task, item.clone()).unwrap();
-    let mut ep = protocol(&f, short.prompt_len + 5).start(&task, item).unwrap();
+    let mut ep = protocol(&f, short.prompt_len + 5)
+        .start(&task, item)
+        .unwrap();
     for _ in 0..10 {
         ep.push_policy(one[0], &task);
     }

@@ -302,6 +302,55 @@ fn cached_decoding_and_prefix_scoring_equal_the_full_pass() {
         cache.keep_rows(&Tensor::from_slice(&[1i64, 1]));
         assert_eq!(cache.len(), longest);
     });
+    // A prefill whose first columns all rows share ([shared | pad … rest]) computes them once;
+    // the logits after it and after a step equal the full pass's.
+    let prompts: Vec<Vec<u32>> = vec![
+        vec![5, 6, 7, 8, 9, 10, 11],
+        vec![5, 6, 7, 8, 20],
+        vec![5, 6, 7, 8, 30, 31],
+    ];
+    let (shared, width) = (4usize, 7usize);
+    let mut flat = vec![0i64; 3 * width];
+    let mut valid = vec![false; 3 * width];
+    for (i, r) in prompts.iter().enumerate() {
+        let off = width - r.len();
+        for (j, &t) in r.iter().enumerate() {
+            let col = if j < shared { j } else { off + j };
+            flat[i * width + col] = t as i64;
+            valid[i * width + col] = true;
+        }
+    }
+    let shape = [3, width as i64];
+    tch::no_grad(|| {
+        let (mut cache, logits) = m.lm.prefill_shared(
+            &Tensor::from_slice(&flat).view(shape),
+            &Tensor::from_slice(&valid).view(shape),
+            shared,
+            12,
+        );
+        let next = [40u32, 41, 42];
+        for (i, r) in prompts.iter().enumerate() {
+            let full = logits_of(&m.lm, r);
+            let last = full.get(0).get(r.len() as i64 - 1);
+            let d = max_diff(&tensor_floats(&logits.get(i as i64)), &tensor_floats(&last));
+            assert!(d <= 1e-4, "shared prefill, row {i}: {d}");
+        }
+        let positions: Vec<i64> = prompts.iter().map(|r| r.len() as i64).collect();
+        let logits = m.lm.step(
+            &Tensor::from_slice(&next.map(|t| t as i64)),
+            &Tensor::from_slice(&positions),
+            &Tensor::from_slice(&[true; 3]),
+            &mut cache,
+        );
+        for (i, r) in prompts.iter().enumerate() {
+            let mut row = r.clone();
+            row.push(next[i]);
+            let full = logits_of(&m.lm, &row);
+            let last = full.get(0).get(row.len() as i64 - 1);
+            let d = max_diff(&tensor_floats(&logits.get(i as i64)), &tensor_floats(&last));
+            assert!(d <= 1e-4, "step after a shared prefill, row {i}: {d}");
+        }
+    });
     // Prefix scoring: log π of the policy-written tokens equals the full pass's.
     let masks: Vec<Vec<bool>> = rows
         .iter()

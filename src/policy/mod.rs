@@ -37,6 +37,18 @@ pub trait SequencePolicy {
     /// Starts decoding `prompts` [B, P] (left-padded, `valid` [B, P] bool) in a cache of
     /// `capacity` positions; returns the cache and the next-token logits [B, V].
     fn prefill(&self, prompts: &Tensor, valid: &Tensor, capacity: usize) -> (Self::Cache, Tensor);
+    /// [`SequencePolicy::prefill`] of prompts whose first `shared` columns are the same tokens
+    /// in every row (all real): a model may compute them once for the batch. The rest of each
+    /// row is left-padded after them.
+    fn prefill_shared(
+        &self,
+        prompts: &Tensor,
+        valid: &Tensor,
+        _shared: usize,
+        capacity: usize,
+    ) -> (Self::Cache, Tensor) {
+        self.prefill(prompts, valid, capacity)
+    }
     /// Feeds one token per row (`tokens` [B] at `positions` [B]; `real` [B] false for rows that
     /// feed padding); returns the next-token logits [B, V].
     fn step(
@@ -128,6 +140,53 @@ impl KvCache {
         let (positions, mask) = prefill_mask(valid);
         let logits = run(prompts, &positions, &mut self, &mask);
         self.len = prompts.size()[1];
+        (self, logits)
+    }
+
+    /// [`KvCache::prefill`] of prompts whose first `shared` columns are the same real tokens in
+    /// every row: they run once, for row 0, and their keys and values are copied to the other
+    /// rows; then the rest of every row runs against them.
+    pub fn prefill_shared(
+        mut self,
+        prompts: &Tensor,
+        valid: &Tensor,
+        shared: usize,
+        mut run: impl FnMut(&Tensor, &Tensor, &mut KvCache, &Tensor) -> Tensor,
+    ) -> (KvCache, Tensor) {
+        let (b, p) = prompts.size2().expect("[B, P]");
+        // At least one column stays per row: the logits come from each row's last one.
+        let l = (shared as i64).min(p - 1);
+        if b == 1 || l <= 0 {
+            return self.prefill(prompts, valid, run);
+        }
+        let (positions, mask) = prefill_mask(valid);
+        let mut head = KvCache {
+            k: self.k.iter().map(|t| t.narrow(0, 0, 1)).collect(),
+            v: self.v.iter().map(|t| t.narrow(0, 0, 1)).collect(),
+            len: 0,
+            valid: self.valid.narrow(0, 0, 1),
+        };
+        let first = |t: &Tensor| t.narrow(0, 0, 1).narrow(1, 0, l);
+        let _ = run(
+            &first(prompts),
+            &first(&positions),
+            &mut head,
+            &mask.narrow(0, 0, 1).narrow(2, 0, l).narrow(3, 0, l),
+        );
+        for t in self.k.iter().chain(&self.v) {
+            t.narrow(0, 1, b - 1)
+                .narrow(2, 0, l)
+                .copy_(&t.narrow(0, 0, 1).narrow(2, 0, l));
+        }
+        self.len = l;
+        let s = p - l;
+        let logits = run(
+            &prompts.narrow(1, l, s),
+            &positions.narrow(1, l, s),
+            &mut self,
+            &mask.narrow(2, l, s),
+        );
+        self.len = p;
         (self, logits)
     }
 

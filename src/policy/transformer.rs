@@ -360,11 +360,22 @@ impl SequencePolicy for Transformer {
     }
 
     fn prefill(&self, prompts: &Tensor, valid: &Tensor, capacity: usize) -> (KvCache, Tensor) {
+        self.prefill_shared(prompts, valid, 0, capacity)
+    }
+
+    fn prefill_shared(
+        &self,
+        prompts: &Tensor,
+        valid: &Tensor,
+        shared: usize,
+        capacity: usize,
+    ) -> (KvCache, Tensor) {
         let dh = self.d_model / self.heads;
         let layers = self.blocks.len();
-        KvCache::for_prompts(layers, valid, capacity, self.heads, dh, Kind::Float).prefill(
+        KvCache::for_prompts(layers, valid, capacity, self.heads, dh, Kind::Float).prefill_shared(
             prompts,
             valid,
+            shared,
             |t, p, c, m| self.run_cached(t, p, c, m),
         )
     }

@@ -508,7 +508,7 @@ mod tests {
     #[test]
     fn host_tabular_step_rejects_an_arm_out_of_range_and_skips_an_injected_nan() {
         let mut cfg = config("asymre", "sgd", 4, 2);
-        let mut learner = Learner::new(&cfg, Device::Cpu, &[0.0; 4]);
+        let mut learner = Learner::new(&cfg, Device::Cpu, &[0.0; 4]).unwrap();
         learner.ingest(ActorBatch {
             actor: 0,
             trajectories: vec![trajectory(0, &(9, 1.0, -1.0, 0.5, 0.1, 0.5)); 2],
@@ -519,7 +519,7 @@ mod tests {
 
         cfg.learner.skip_nonfinite = true;
         cfg.faults.nonfinite_loss_every = 1;
-        let mut learner = Learner::new(&cfg, Device::Cpu, &[0.0; 4]);
+        let mut learner = Learner::new(&cfg, Device::Cpu, &[0.0; 4]).unwrap();
         learner.ingest(ActorBatch {
             actor: 0,
             trajectories: vec![trajectory(0, &(1, 1.0, -1.0, 0.5, 0.1, 0.5)); 2],

@@ -177,7 +177,25 @@ struct ToolUseEnv {
 }
 
 /// Episodes an LM evaluates at a time (a bound on its KV cache).
-const LM_EVAL_BATCH: usize = 32;
+pub(super) const LM_EVAL_BATCH: usize = 32;
+
+/// The LM's files and chat protocol, when the policy is a pretrained LM.
+pub(super) fn chat_protocol(cfg: &Config) -> Result<Option<(ModelFiles, ChatProtocol)>> {
+    let Some(model) = &cfg.policy.model else {
+        return Ok(None);
+    };
+    let files = resolve(model)?;
+    let (_, text) = read_text(&files)?;
+    let format = ChatFormat::new(text, model)?;
+    let protocol = ChatProtocol {
+        format: Arc::new(format),
+        limits: Limits {
+            max_tokens: cfg.env.max_tokens,
+            max_calls: cfg.env.max_calls,
+        },
+    };
+    Ok(Some((files, protocol)))
+}
 
 impl ToolUseEnv {
     fn new(
@@ -191,19 +209,7 @@ impl ToolUseEnv {
             max_tokens: cfg.env.max_tokens,
             max_calls: cfg.env.max_calls,
         };
-        let chat = match &cfg.policy.model {
-            Some(model) => {
-                let files = resolve(model)?;
-                let (_, text) = read_text(&files)?;
-                let format = ChatFormat::new(text, model)?;
-                let protocol = ChatProtocol {
-                    format: Arc::new(format),
-                    limits,
-                };
-                Some((files, protocol))
-            }
-            None => None,
-        };
+        let chat = chat_protocol(cfg)?;
         let mut env = ToolUseEnv {
             task,
             limits,
@@ -225,7 +231,6 @@ impl ToolUseEnv {
         device: Device,
     ) -> Result<WarmstartRecord> {
         let task = &self.task;
-        let started = Instant::now();
         if self.chat.is_some() {
             let before = self.evaluate(cfg, learner, Split::Heldout, cfg.logging.eval_episodes)?;
             eprintln!(
@@ -233,6 +238,7 @@ impl ToolUseEnv {
                 before.completion, before.f1
             );
         }
+        let started = Instant::now();
         let report = match (&learner.policy, &self.chat) {
             (PolicyModel::Lm(model), Some((_, protocol))) => {
                 let demos = demos(cfg, task, |item| demonstration(protocol, task, item))?;

@@ -7,12 +7,11 @@ use crate::env::tool_use::reward::ScoreMeans;
 use crate::env::tool_use::tasks::{Split, Task};
 use crate::error::{Error, IoContext, Result};
 use crate::policy::{PolicyModel, WeightSnapshot};
-use crate::rollout::evaluate;
+use crate::rollout::{evaluate, evaluate_with};
 use crate::store::checkpoint;
 
 use super::*;
 
-/// Greedy evaluation of a tool-use run's last checkpoint on `episodes` items of `split`.
 /// Greedy evaluation of a tool-use run's last checkpoint on `episodes` items of `split`; with
 /// `dump`, every episode is also written there as a JSON line (the form `asymre score` reads).
 pub fn evaluate_run(
@@ -39,8 +38,7 @@ pub fn evaluate_run(
     })?;
     tch::set_num_threads(cfg.learner.intra_op_threads as i32);
     let device = resolve_device(cfg.device)?;
-    let vs = tch::nn::VarStore::new(device);
-    let model = PolicyModel::build(&cfg, &vs.root(), &[])?.into_transformer()?;
+    let (vs, policy) = PolicyModel::load(&cfg, device, &[])?;
     WeightSnapshot {
         version: ckpt.step,
         tensors: ckpt.tensors("weights")?.to_vec(),
@@ -52,21 +50,36 @@ pub fn evaluate_run(
         max_calls: cfg.env.max_calls,
     };
     let mut lines = String::new();
-    let stats = evaluate(
-        &model,
-        &task,
-        split,
-        episodes,
-        limits,
-        &cfg.reward,
-        device,
-        |ep| {
-            if dump.is_some() {
-                lines.push_str(&crate::env::tool_use::episode_json(&task, ep).to_string());
-                lines.push('\n');
-            }
-        },
-    )?;
+    let mut line = |v: serde_json::Value| {
+        if dump.is_some() {
+            lines.push_str(&v.to_string());
+            lines.push('\n');
+        }
+    };
+    let stats = match (&policy, super::envs::chat_protocol(&cfg)?) {
+        // A pretrained LM: its chat episodes, dumped as OpenAI `messages` logs.
+        (PolicyModel::Lm(model), Some((_, protocol))) => evaluate_with(
+            model.as_ref(),
+            &task,
+            &protocol,
+            split,
+            episodes,
+            super::envs::LM_EVAL_BATCH,
+            &cfg.reward,
+            device,
+            |ep| line(serde_json::json!({ "messages": ep.messages })),
+        )?,
+        (policy, _) => evaluate(
+            policy.transformer()?,
+            &task,
+            split,
+            episodes,
+            limits,
+            &cfg.reward,
+            device,
+            |ep| line(crate::env::tool_use::episode_json(&task, ep)),
+        )?,
+    };
     if let Some(path) = dump {
         std::fs::write(path, lines).at(path)?;
     }

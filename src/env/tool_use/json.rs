@@ -135,7 +135,8 @@ fn message_text(v: Option<&Value>) -> Result<Option<String>, String> {
 }
 
 /// Reads a whole OpenAI `messages` log: the first user message is the prompt, every assistant
-/// `tool_calls` entry a call (in order), the last assistant message with text the answer. Tool
+/// `tool_calls` entry a call (in order), the last assistant message with text the answer (read
+/// with the chat answer rule, [`super::protocol::chat::answer_of`]: `The answer is 42.` is 42). Tool
 /// results are not read: the calls are executed again.
 fn parse_messages(messages: &Value) -> Result<Transcript, String> {
     let messages = messages.as_array().ok_or("\"messages\" must be an array")?;
@@ -181,7 +182,8 @@ fn parse_messages(messages: &Value) -> Result<Transcript, String> {
     Ok(Transcript {
         prompt: prompt.ok_or("\"messages\" has no user message")?,
         calls,
-        answer,
+        // Chat text is read with the chat protocol's answer rule.
+        answer: answer.and_then(|a| super::protocol::chat::answer_of(&a)),
     })
 }
 

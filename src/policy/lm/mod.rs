@@ -45,20 +45,27 @@ struct Linear {
 }
 
 impl Linear {
+    /// `x` [.., in] → [.., out]. The leading dimensions are folded into one explicitly: left to
+    /// itself, `matmul` of a 3-D input by a frozen weight may broadcast the weight into a
+    /// batched product instead (three times slower decoding with LoRA's frozen base).
     fn forward(&self, x: &Tensor) -> Tensor {
         let x = if x.kind() == self.wt.kind() {
             x.shallow_clone()
         } else {
             x.to_kind(self.wt.kind())
         };
-        let mut y = x.matmul(&self.wt);
+        let mut shape = x.size();
+        let inp = *shape.last().expect("an input with features");
+        let x = x.reshape([-1, inp]);
+        let mut y = x.mm(&self.wt);
         if let Some(b) = &self.b {
             y += b;
         }
-        match &self.lora {
-            Some((a, b, s)) => y + x.matmul(a).matmul(b) * *s,
-            None => y,
+        if let Some((a, b, s)) = &self.lora {
+            y = y + x.mm(a).mm(b) * *s;
         }
+        *shape.last_mut().expect("an input with features") = self.wt.size()[1];
+        y.view(shape.as_slice())
     }
 
     /// W + s · B A in Hugging Face's [out, in] layout: the weight with the adapter merged.
@@ -361,7 +368,14 @@ impl Lm {
     fn logits(&self, x: &Tensor) -> Tensor {
         let h = self.rms(x, &self.norm);
         let w = self.head_t.as_ref().unwrap_or(&self.embed_t);
-        h.matmul(w).to_kind(Kind::Float)
+        // A 2-D product, whatever the leading dimensions (see `Linear::forward`).
+        let mut shape = h.size();
+        let d = *shape.last().expect("hidden states");
+        *shape.last_mut().expect("hidden states") = w.size()[1];
+        h.reshape([-1, d])
+            .mm(w)
+            .view(shape.as_slice())
+            .to_kind(Kind::Float)
     }
 
     /// Logits [B, T, V] of every position of `tokens` [B, T] (no padding): the plain reference
@@ -586,6 +600,22 @@ impl SequencePolicy for Lm {
         KvCache::for_prompts(self.layers.len(), valid, capacity, kv, e, self.kind()).prefill(
             prompts,
             valid,
+            |t, p, c, m| self.run_cached(t, p, c, m),
+        )
+    }
+
+    fn prefill_shared(
+        &self,
+        prompts: &Tensor,
+        valid: &Tensor,
+        shared: usize,
+        capacity: usize,
+    ) -> (KvCache, Tensor) {
+        let (kv, e) = (self.cfg.kv_heads as i64, self.cfg.head_dim as i64);
+        KvCache::for_prompts(self.layers.len(), valid, capacity, kv, e, self.kind()).prefill_shared(
+            prompts,
+            valid,
+            shared,
             |t, p, c, m| self.run_cached(t, p, c, m),
         )
     }
