@@ -92,9 +92,13 @@ pub enum Command {
     /// Write a model as a Hugging Face directory (config, model.safetensors with any LoRA
     /// adapters merged, tokenizer, chat template) that transformers and --model DIR load.
     Export {
+        /// A run directory of a pretrained LM: its last checkpoint is exported (on its base
+        /// model, adapters merged). Give this or --model.
+        #[arg(required_unless_present = "model", conflicts_with = "model")]
+        run_dir: Option<PathBuf>,
         /// A model name, a .gguf file or a Hugging Face directory.
         #[arg(long)]
-        model: String,
+        model: Option<String>,
         /// The directory to write (new or empty).
         #[arg(long)]
         out: PathBuf,

@@ -248,9 +248,22 @@ pub fn run(cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Export { model, out } => {
-            let written = crate::policy::lm::export::export_model(&model, &out)?;
-            println!("{}", written.display());
+        Command::Export {
+            run_dir,
+            model,
+            out,
+        } => {
+            match (run_dir, model) {
+                (Some(run), _) => {
+                    let step = crate::run::export_run(&run, &out)?;
+                    eprintln!("{} at step {step}", run.display());
+                }
+                (None, Some(model)) => {
+                    crate::policy::lm::export::export_model(&model, &out)?;
+                }
+                (None, None) => unreachable!("clap requires RUN_DIR or --model"),
+            }
+            println!("{}", out.display());
             Ok(0)
         }
         Command::Bench {

@@ -25,6 +25,9 @@ pub(super) struct Recorder {
     checkpoint_pause: Duration,
     total: u64,
     last_row: Option<Row>,
+    /// When `metrics.jsonl` was last flushed: rows reach it within seconds, not only at
+    /// checkpoints (an LM step can take tens of seconds).
+    last_flush: Instant,
 }
 
 impl Recorder {
@@ -55,6 +58,7 @@ impl Recorder {
             checkpoint_pause: Duration::from_millis(cfg.faults.checkpoint_pause_ms),
             total,
             last_row: None,
+            last_flush: now,
         })
     }
 
@@ -88,6 +92,10 @@ impl Recorder {
         use crate::store::metrics::MetricsSink;
         self.progress.write(&row)?;
         self.last_row = Some(row);
+        if self.last_flush.elapsed() >= Duration::from_secs(5) {
+            self.metrics.flush()?;
+            self.last_flush = Instant::now();
+        }
         Ok(())
     }
 

@@ -172,9 +172,13 @@ impl MetricsSink for TensorboardSink {
     }
 }
 
-/// A progress bar on stderr showing reward, steps/s and policy lag; drawn only on a terminal.
+/// A progress bar on stderr showing reward, steps/s and policy lag, drawn on a terminal;
+/// elsewhere (a log file) one line every 30 seconds instead.
 pub struct ProgressSink {
     bar: ProgressBar,
+    /// Not a terminal: when the last plain line was printed (None when disabled).
+    plain: Option<std::time::Instant>,
+    total: u64,
 }
 
 impl ProgressSink {
@@ -194,7 +198,9 @@ impl ProgressSink {
         );
         bar.set_position(start);
         bar.enable_steady_tick(Duration::from_millis(500));
-        ProgressSink { bar }
+        use std::io::IsTerminal;
+        let plain = (enabled && !std::io::stderr().is_terminal()).then(std::time::Instant::now);
+        ProgressSink { bar, plain, total }
     }
 
     pub fn finish(&self) {
@@ -217,6 +223,13 @@ impl MetricsSink for ProgressSink {
         }
         if let Some(l) = row.get(tags::POLICY_LAG_MEAN) {
             msg.push_str(&format!(" lag {l:.0}"));
+        }
+        if let Some(last) = &mut self.plain {
+            if last.elapsed() >= Duration::from_secs(30) {
+                let wall = row.get(tags::WALL_TIME).unwrap_or(0.0);
+                eprintln!("step {}/{} {msg} ({wall:.0} s)", row.step, self.total);
+                *last = std::time::Instant::now();
+            }
         }
         self.bar.set_message(msg);
         Ok(())
