@@ -351,22 +351,30 @@ fn cached_decoding_and_prefix_scoring_equal_the_full_pass() {
             assert!(d <= 1e-4, "step after a shared prefill, row {i}: {d}");
         }
     });
-    // Prefix scoring: log π of the policy-written tokens equals the full pass's.
-    let masks: Vec<Vec<bool>> = rows
-        .iter()
-        .map(|r| (0..r.len()).map(|j| j >= 3).collect())
-        .collect();
-    let batch = PrefixBatch::new(rows.iter().zip(&masks).map(|(r, m)| (&r[..], &m[..])));
-    let scores = tch::no_grad(|| m.lm.score_prefixes(&batch, Device::Cpu)).unwrap();
-    for (i, row) in rows.iter().enumerate() {
-        let logp = logits_of(&m.lm, row).log_softmax(-1, Kind::Double);
-        for (j, &tok) in row.iter().enumerate().skip(3) {
-            let want = logp.double_value(&[0, j as i64 - 1, tok as i64]);
-            let got = scores.token_logp.double_value(&[i as i64, j as i64 - 1]);
-            assert!(
-                (want - got).abs() <= 1e-4,
-                "row {i} token {j}: {got} vs {want}"
-            );
+    // Prefix scoring: log π of the policy-written tokens equals the full pass's, for rows with
+    // no common start and for rows whose trunk (here [5, 6, 7, 8]) attends once.
+    let trunked: Vec<Vec<u32>> = vec![
+        vec![5, 6, 7, 8, 9, 10, 11],
+        vec![5, 6, 7, 8, 20, 21],
+        vec![5, 6, 7, 8, 9, 12, 13, 14],
+    ];
+    for rows in [&rows, &trunked] {
+        let masks: Vec<Vec<bool>> = rows
+            .iter()
+            .map(|r| (0..r.len()).map(|j| j >= 3).collect())
+            .collect();
+        let batch = PrefixBatch::new(rows.iter().zip(&masks).map(|(r, m)| (&r[..], &m[..])));
+        let scores = tch::no_grad(|| m.lm.score_prefixes(&batch, Device::Cpu)).unwrap();
+        for (i, row) in rows.iter().enumerate() {
+            let logp = logits_of(&m.lm, row).log_softmax(-1, Kind::Double);
+            for (j, &tok) in row.iter().enumerate().skip(3) {
+                let want = logp.double_value(&[0, j as i64 - 1, tok as i64]);
+                let got = scores.token_logp.double_value(&[i as i64, j as i64 - 1]);
+                assert!(
+                    (want - got).abs() <= 1e-4,
+                    "row {i} token {j}: {got} vs {want}"
+                );
+            }
         }
     }
 }

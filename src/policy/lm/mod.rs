@@ -438,7 +438,7 @@ impl Lm {
 
     /// log π of every policy-written token of a [`PrefixBatch`], each distinct prefix computed
     /// once: the per-token layers see each node once and attention lays the nodes out as the
-    /// padded rows. The output head and its log-softmax over V run only at the nodes that
+    /// padded rows, the rows' common trunk attending once. The output head and its log-softmax over V run only at the nodes that
     /// predict a policy-written token, [`HEAD_CHUNK`] rows at a time.
     pub fn score_prefixes(&self, batch: &PrefixBatch, device: Device) -> Result<TokenScores> {
         let index = |v: &[i64]| -> Result<Tensor> {
@@ -446,8 +446,35 @@ impl Lm {
         };
         let (b, w) = (batch.rows as i64, batch.width as i64);
         let slots = index(&batch.slot_node)?;
-        let reps = index(&batch.node_slot)?;
         let positions = index(&batch.node_pos)?;
+        // The trunk: the leading slots every row shares (a chat prompt's system message and tool
+        // list). Its queries run once, as one row; the other slots' queries run per row against
+        // the row's keys. Each node's output is read from its first slot, remapped into
+        // [trunk slots | rows × rest].
+        let (bu, wu) = (batch.rows, batch.width);
+        let trunk = (0..wu)
+            .take_while(|&i| (1..bu).all(|r| batch.slot_node[r * wu + i] == batch.slot_node[i]))
+            .count() as i64;
+        let rest = w - trunk;
+        let reps: Vec<i64> = batch
+            .node_slot
+            .iter()
+            .map(|&slot| {
+                let (r, i) = (slot / w, slot % w);
+                if i < trunk {
+                    i
+                } else {
+                    trunk + r * rest + (i - trunk)
+                }
+            })
+            .collect();
+        let reps = index(&reps)?;
+        let rest_mask = (trunk > 0 && rest > 0).then(|| {
+            // The query at slot trunk + j sees the keys at slots ≤ trunk + j.
+            let q = Tensor::arange_start(trunk, w, (Kind::Int64, self.device)).view([rest, 1]);
+            let k = Tensor::arange(w, (Kind::Int64, self.device)).view([1, w]);
+            k.le_tensor(&q).view([1, 1, rest, w])
+        });
         let mut x = self.embed(&index(&batch.node_token)?);
         let rope = self.rope_of(&positions);
         for layer in &self.layers {
@@ -458,12 +485,18 @@ impl Lm {
                     .view([b, w, s[1], s[2]])
                     .transpose(1, 2)
             };
-            let att = self.attend(&rows(&q), &rows(&k), &rows(&v), None, true);
-            let att = att
-                .transpose(1, 2)
-                .contiguous()
-                .view([b * w, -1])
-                .index_select(0, &reps);
+            let (q, k, v) = (rows(&q), rows(&k), rows(&v));
+            let flat = |t: Tensor, n: i64| t.transpose(1, 2).contiguous().view([n, -1]);
+            let att = match &rest_mask {
+                None => flat(self.attend(&q, &k, &v, None, true), b * w),
+                Some(mask) => {
+                    let head = |t: &Tensor| t.narrow(0, 0, 1).narrow(2, 0, trunk);
+                    let shared = self.attend(&head(&q), &head(&k), &head(&v), None, true);
+                    let own = self.attend(&q.narrow(2, trunk, rest), &k, &v, Some(mask), false);
+                    Tensor::cat(&[flat(shared, trunk), flat(own, b * rest)], 0)
+                }
+            };
+            let att = att.index_select(0, &reps);
             x = &x + layer.o.forward(&att).to_kind(x.kind());
             x = self.mlp(layer, &x);
         }
