@@ -135,7 +135,8 @@ fn message_text(v: Option<&Value>) -> Result<Option<String>, String> {
 }
 
 /// Reads a whole OpenAI `messages` log: the first user message is the prompt, every assistant
-/// `tool_calls` entry a call (in order), the last assistant message with text the answer (read
+/// `tool_calls` entry a call (in order), the last assistant message with text and no calls after
+/// it the answer (read
 /// with the chat answer rule, [`super::protocol::chat::answer_of`]: `The answer is 42.` is 42). Tool
 /// results are not read: the calls are executed again.
 fn parse_messages(messages: &Value) -> Result<Transcript, String> {
@@ -171,10 +172,14 @@ fn parse_messages(messages: &Value) -> Result<Transcript, String> {
                 }
             }
             "assistant" => {
-                calls.extend(parse_calls(obj.get("tool_calls"), "tool_calls").map_err(at)?);
-                if let Some(t) = text.filter(|t| !t.trim().is_empty()) {
+                let made = parse_calls(obj.get("tool_calls"), "tool_calls").map_err(at)?;
+                if !made.is_empty() {
+                    // A turn that calls tools is not the final answer, whatever text it has.
+                    answer = None;
+                } else if let Some(t) = text.filter(|t| !t.trim().is_empty()) {
                     answer = Some(t.trim().to_string());
                 }
+                calls.extend(made);
             }
             other => return Err(at(format!("unknown role {other:?}"))),
         }
@@ -411,6 +416,15 @@ mod tests {
             let s = score(line.clone()).unwrap_or_else(|e| panic!("{line}: {e}"));
             assert_eq!(s, plain, "{line}");
         }
+        // A log that ends on calls (an episode cut short) has no answer, whatever text came
+        // with them or before them.
+        let cut = json!({"messages": [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": gold.answer.clone()},
+            {"role": "assistant", "content": gold.answer.clone(), "tool_calls": [openai]},
+            {"role": "tool", "content": "whatever"},
+        ]});
+        assert_eq!(score(cut).unwrap().completion, 0.0);
         // A wrong call in the OpenAI form is scored as wrong, not dropped.
         let wrong = json!({"type": "function",
                            "function": {"name": "nope", "arguments": "{}"}});
