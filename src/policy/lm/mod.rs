@@ -629,12 +629,7 @@ impl SequencePolicy for Lm {
     }
 
     fn prefill(&self, prompts: &Tensor, valid: &Tensor, capacity: usize) -> (KvCache, Tensor) {
-        let (kv, e) = (self.cfg.kv_heads as i64, self.cfg.head_dim as i64);
-        KvCache::for_prompts(self.layers.len(), valid, capacity, kv, e, self.kind()).prefill(
-            prompts,
-            valid,
-            |t, p, c, m| self.run_cached(t, p, c, m),
-        )
+        self.prefill_shared(prompts, valid, 0, capacity)
     }
 
     fn prefill_shared(
