@@ -120,7 +120,8 @@ pub enum Command {
         /// The task family the prompts come from.
         #[arg(long, value_enum)]
         task: TaskArg,
-        /// The episodes: one JSON object per line with "prompt", "calls" and "answer".
+        /// The episodes, one JSON object per line: "prompt" with "calls" and "answer", an OpenAI
+        /// "messages" log, or "prompt" with a raw "completion" (Hermes <tool_call> blocks).
         file: PathBuf,
         /// Take the task's knobs, seed and reward weights from this config (e.g. a run's config.toml).
         #[arg(long)]

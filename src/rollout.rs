@@ -407,10 +407,7 @@ mod tests {
         assert_eq!(choose(&row, Decoding::Greedy, &mut rng).0, 1);
     }
 
-    const LIMITS: Limits = Limits {
-        max_tokens: 48,
-        max_calls: 2,
-    };
+    const LIMITS: Limits = Limits::new(48, 2);
 
     /// An untrained one-block decoder and the chain task.
     fn untrained() -> (tch::nn::VarStore, crate::policy::Transformer, Task) {

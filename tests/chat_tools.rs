@@ -32,10 +32,7 @@ fn task(kind: TaskKind) -> Task {
 fn protocol(format: &Arc<ChatFormat>, max_tokens: usize) -> ChatProtocol {
     ChatProtocol {
         format: format.clone(),
-        limits: Limits {
-            max_tokens,
-            max_calls: 4,
-        },
+        limits: Limits::new(max_tokens, 4),
     }
 }
 
@@ -241,4 +238,43 @@ fn parallel_calls_limits_and_token_in_token_out() {
     assert_eq!(ep.tokens.len(), ep.prompt_len + 5);
     assert_eq!(ep.attempt.format_errors, 1);
     assert_eq!(ep.attempt.answer, None);
+
+    // Written tokens: the fifth the policy writes ends the episode, forced tokens not counted.
+    let limits = Limits {
+        max_new: 5,
+        ..Limits::new(2048, 4)
+    };
+    let p = ChatProtocol {
+        format: f.clone(),
+        limits,
+    };
+    let mut ep = p.start(&task, item.clone()).unwrap();
+    for _ in 0..10 {
+        ep.push_policy(one[0], &task);
+    }
+    assert!(ep.done);
+    assert_eq!(ep.tokens.len(), ep.prompt_len + 5);
+    assert_eq!(ep.attempt.format_errors, 1);
+
+    // One turn: its calls run and count, their results are not shown, and nothing is an error.
+    let p = ChatProtocol {
+        format: f.clone(),
+        limits: Limits {
+            max_turns: 1,
+            ..Limits::new(2048, 4)
+        },
+    };
+    let mut ep = p.start(&task, item).unwrap();
+    say(
+        &mut ep,
+        &task,
+        &f,
+        "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 2, \"b\": 3}}\n</tool_call>",
+    );
+    assert!(ep.done);
+    assert_eq!(ep.attempt.calls.len(), 1);
+    assert_eq!(ep.attempt.results, vec![Some("5".into())]);
+    assert_eq!(ep.attempt.format_errors, 0);
+    assert!(text_of(&f, &ep.tokens).ends_with("</tool_call><|im_end|>"));
+    assert_eq!(ep.messages.last().unwrap()["role"], "assistant");
 }

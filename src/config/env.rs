@@ -65,6 +65,12 @@ pub struct EnvConfig {
     pub max_tokens: usize,
     /// Tool use: most calls per episode.
     pub max_calls: usize,
+    /// Tool use: most tokens the policy writes in an episode (0: no limit besides
+    /// `max_tokens`); reaching it truncates the episode, a format error.
+    pub max_new_tokens: usize,
+    /// Tool use on an LM: most assistant turns (0: no limit). A last turn that calls tools
+    /// has its calls run and scored and ends the episode without their results.
+    pub max_turns: usize,
 }
 
 impl Default for EnvConfig {
@@ -89,6 +95,8 @@ impl Default for EnvConfig {
             distractors: 2,
             max_tokens: 64,
             max_calls: 4,
+            max_new_tokens: 0,
+            max_turns: 0,
         }
     }
 }

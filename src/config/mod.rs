@@ -223,6 +223,14 @@ impl Config {
             &format!("{wanted} for env.kind = {:?}", e.kind).to_lowercase(),
             format!("{:?}", p.kind).to_lowercase(),
         )?;
+        if e.max_turns != 0 {
+            check(
+                p.kind == PolicyKind::Lm,
+                "env.max_turns",
+                "0 unless policy.kind = lm (the token protocol has no turns)",
+                e.max_turns,
+            )?;
+        }
         if self.loss.baseline.estimate == Estimate::Exact {
             check(
                 e.kind == EnvKind::Bandit,
@@ -358,6 +366,15 @@ mod tests {
             msg.starts_with("policy.precision: must be f32 for the tabular policy"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn turn_limits_need_an_lm() {
+        let tool = "[env]\nkind = \"tool_use\"\n[policy]\nkind = \"transformer\"\n";
+        let c = from_toml_str(tool, &["env.max_new_tokens=48".into()]).unwrap();
+        assert_eq!(c.env.max_new_tokens, 48);
+        let msg = err(tool, &["env.max_turns=1"]);
+        assert!(msg.starts_with("env.max_turns: must be 0 unless"), "{msg}");
     }
 
     #[test]

@@ -267,10 +267,7 @@ impl ToolActor {
         let core = ActorCore::new(cfg, source)?;
         let model = PolicyModel::build(cfg, &core.vs.root(), &[])?.into_transformer()?;
         let protocol = TokenProtocol {
-            limits: Limits {
-                max_tokens: cfg.env.max_tokens,
-                max_calls: cfg.env.max_calls,
-            },
+            limits: Limits::of(&cfg.env),
         };
         Self::assemble(cfg, core, model, protocol, task, snapshot)
     }

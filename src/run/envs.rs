@@ -189,10 +189,7 @@ pub(super) fn chat_protocol(cfg: &Config) -> Result<Option<(ModelFiles, ChatProt
     let format = ChatFormat::new(text, model)?;
     let protocol = ChatProtocol {
         format: Arc::new(format),
-        limits: Limits {
-            max_tokens: cfg.env.max_tokens,
-            max_calls: cfg.env.max_calls,
-        },
+        limits: Limits::of(&cfg.env),
     };
     Ok(Some((files, protocol)))
 }
@@ -205,10 +202,7 @@ impl ToolUseEnv {
         saved: Option<WarmstartRecord>,
     ) -> Result<Self> {
         let task = Task::new(cfg.env.task_spec(cfg.seed));
-        let limits = Limits {
-            max_tokens: cfg.env.max_tokens,
-            max_calls: cfg.env.max_calls,
-        };
+        let limits = Limits::of(&cfg.env);
         let chat = chat_protocol(cfg)?;
         let mut env = ToolUseEnv {
             task,

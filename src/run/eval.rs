@@ -45,10 +45,7 @@ pub fn evaluate_run(
     }
     .load_into(&vs)?;
     let task = Task::new(cfg.env.task_spec(cfg.seed));
-    let limits = Limits {
-        max_tokens: cfg.env.max_tokens,
-        max_calls: cfg.env.max_calls,
-    };
+    let limits = Limits::of(&cfg.env);
     let mut lines = String::new();
     let mut line = |v: serde_json::Value| {
         if dump.is_some() {

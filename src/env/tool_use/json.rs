@@ -90,9 +90,10 @@ pub(crate) fn parse_call_json(v: &Value) -> Result<Call, String> {
 }
 
 /// The top-level keys a scored line may have.
-const LINE_KEYS: [&str; 7] = [
+const LINE_KEYS: [&str; 8] = [
     "id",
     "prompt",
+    "completion",
     "calls",
     "tool_calls",
     "results",
@@ -105,6 +106,8 @@ struct Transcript {
     prompt: String,
     calls: Vec<Call>,
     answer: Option<String>,
+    /// Calls written that are not a call (a raw completion's bad `<tool_call>` JSON).
+    bad_calls: u32,
 }
 
 fn parse_calls(v: Option<&Value>, key: &str) -> Result<Vec<Call>, String> {
@@ -189,6 +192,7 @@ fn parse_messages(messages: &Value) -> Result<Transcript, String> {
         calls,
         // Chat text is read with the chat protocol's answer rule.
         answer: answer.and_then(|a| super::protocol::chat::answer_of(&a)),
+        bad_calls: 0,
     })
 }
 
@@ -213,6 +217,29 @@ fn parse_transcript(v: &Value) -> Result<Transcript, String> {
         }
         return parse_messages(messages);
     }
+    if let Some(completion) = obj.get("completion") {
+        for key in ["calls", "tool_calls", "answer"] {
+            if obj.contains_key(key) {
+                return Err(format!(
+                    "\"completion\" and \"{key}\" on one line: give one form"
+                ));
+            }
+        }
+        let prompt = obj
+            .get("prompt")
+            .and_then(Value::as_str)
+            .ok_or("missing string \"prompt\" beside \"completion\"")?;
+        let text = completion
+            .as_str()
+            .ok_or("\"completion\" must be a string")?;
+        let (calls, answer, bad_calls) = super::protocol::chat::read_turn(text);
+        return Ok(Transcript {
+            prompt: prompt.to_string(),
+            calls,
+            answer,
+            bad_calls,
+        });
+    }
     if obj.contains_key("calls") && obj.contains_key("tool_calls") {
         return Err("\"calls\" and \"tool_calls\" on one line: give one".into());
     }
@@ -234,11 +261,14 @@ fn parse_transcript(v: &Value) -> Result<Transcript, String> {
         prompt: prompt.to_string(),
         calls,
         answer,
+        bad_calls: 0,
     })
 }
 
 /// Scores one JSON line. Accepted forms: `{"prompt", "calls" | "tool_calls", "answer"}` with
-/// calls in the plain or the OpenAI form, or a whole OpenAI `{"messages": [...]}` log; `id` and
+/// calls in the plain or the OpenAI form, a whole OpenAI `{"messages": [...]}` log, or
+/// `{"prompt", "completion"}` with one assistant turn's raw text in the Hermes form
+/// (`<tool_call>{…}</tool_call>` blocks, else an answer); `id` and
 /// `results` may be present (results are ignored). Any other key is an error. The prompt names
 /// the item, the calls are re-executed with the task's tools, the answer is compared exactly.
 pub fn score_line(task: &Task, cfg: &RewardConfig, line: &str) -> Result<Score, String> {
@@ -247,6 +277,7 @@ pub fn score_line(task: &Task, cfg: &RewardConfig, line: &str) -> Result<Score, 
         prompt,
         calls,
         answer,
+        bad_calls,
     } = parse_transcript(&v)?;
     let item = task
         .parse_prompt(&prompt)
@@ -255,8 +286,9 @@ pub fn score_line(task: &Task, cfg: &RewardConfig, line: &str) -> Result<Score, 
         "the task has no answer for this prompt (an unknown entity or invalid arithmetic)",
     )?;
     let results: Vec<Option<String>> = calls.iter().map(|c| task.execute(&item, c).ok()).collect();
-    let format_errors =
-        results.iter().filter(|r| r.is_none()).count() as u32 + u32::from(answer.is_none());
+    let format_errors = results.iter().filter(|r| r.is_none()).count() as u32
+        + u32::from(answer.is_none())
+        + bad_calls;
     let attempt = Attempt {
         calls,
         results,
@@ -329,10 +361,7 @@ mod tests {
         let task = lookup();
         let item = task.item(Split::Train, 3);
         let (tokens, mask) = protocol::demonstration(&task, &item).unwrap();
-        let limits = protocol::Limits {
-            max_tokens: 64,
-            max_calls: 4,
-        };
+        let limits = protocol::Limits::new(64, 4);
         let mut ep = Episode::new(&task, item.clone(), limits);
         for (t, m) in tokens.iter().zip(mask) {
             if m {
@@ -464,5 +493,38 @@ mod tests {
             let e = score(line.clone()).unwrap_err();
             assert!(e.contains(says), "{line}: {e}");
         }
+    }
+
+    /// A raw Hermes-form completion scores as its calls (read from the `<tool_call>` blocks) or
+    /// its answer (read with the chat answer rule); a block that is not a call's JSON is a
+    /// format error.
+    #[test]
+    fn raw_completions_score_by_their_tool_call_blocks_or_their_answer() {
+        let task = lookup();
+        let item = task.item(Split::Train, 0);
+        let prompt = task.prompt(&item);
+        let gold = task.gold(&item).unwrap();
+        let call = &gold.calls[0];
+        let cfg = RewardConfig::default();
+        let score = |line: Value| score_line(&task, &cfg, &line.to_string());
+        let body = json!({"name": call.name, "arguments": call.arguments}).to_string();
+        let calls = score(json!({"prompt": prompt,
+            "completion": format!("Let me look.\n<tool_call>\n{body}\n</tool_call>")}))
+        .unwrap();
+        let plain = score(json!({"prompt": prompt, "calls": [{"name": call.name,
+                   "arguments": call.arguments}]}))
+        .unwrap();
+        assert_eq!(calls, plain);
+        assert_eq!((calls.f1, calls.completion), (1.0, 0.0));
+        let answered = score(json!({"prompt": prompt,
+            "completion": format!("It is {}.", gold.answer)}))
+        .unwrap();
+        assert_eq!(answered.completion, 1.0);
+        let bad = score(json!({"prompt": prompt,
+            "completion": format!("<tool_call>{{oops</tool_call><tool_call>{body}</tool_call>")}))
+        .unwrap();
+        assert_eq!(bad.format_errors, plain.format_errors + 1);
+        let e = score(json!({"prompt": prompt, "completion": "1", "answer": "1"})).unwrap_err();
+        assert!(e.contains("give one form"), "{e}");
     }
 }

@@ -23,6 +23,38 @@ pub struct Limits {
     pub max_tokens: usize,
     /// Most calls; starting one more ends the episode with a format error.
     pub max_calls: usize,
+    /// Most tokens the policy writes; reaching it truncates (a format error).
+    pub max_new: usize,
+    /// Chat: most assistant turns; the last one's calls are run and scored, their results
+    /// not shown.
+    pub max_turns: usize,
+}
+
+impl Limits {
+    /// `max_tokens` and `max_calls`, no limit on written tokens or turns.
+    pub const fn new(max_tokens: usize, max_calls: usize) -> Self {
+        Limits {
+            max_tokens,
+            max_calls,
+            max_new: usize::MAX,
+            max_turns: usize::MAX,
+        }
+    }
+
+    /// The limits `[env]` sets (0 in `max_new_tokens` or `max_turns`: no limit).
+    pub fn of(env: &crate::config::EnvConfig) -> Self {
+        let or_none = |n: usize| if n == 0 { usize::MAX } else { n };
+        Limits {
+            max_new: or_none(env.max_new_tokens),
+            max_turns: or_none(env.max_turns),
+            ..Limits::new(env.max_tokens, env.max_calls)
+        }
+    }
+
+    /// Whether an episode of `len` tokens, `written` of them by the policy, must stop.
+    pub fn reached(&self, len: usize, written: usize) -> bool {
+        len >= self.max_tokens || written >= self.max_new
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +80,8 @@ pub struct Episode<I = Item> {
     forced: VecDeque<u32>,
     phase: Phase,
     stray: bool,
+    /// Tokens the policy wrote.
+    written: usize,
     limits: Limits,
 }
 
@@ -65,6 +99,7 @@ impl<I> Episode<I> {
             forced: VecDeque::new(),
             phase: Phase::Free,
             stray: false,
+            written: 0,
             limits,
         }
     }
@@ -74,7 +109,7 @@ impl<I> Episode<I> {
         let t = self.forced.pop_front()?;
         self.tokens.push(t);
         self.policy_mask.push(false);
-        if !self.done && self.tokens.len() >= self.limits.max_tokens {
+        if !self.done && self.limits.reached(self.tokens.len(), self.written) {
             self.truncate();
         }
         Some(t)
@@ -97,6 +132,7 @@ impl<I> Episode<I> {
         let pos = self.tokens.len();
         self.tokens.push(t);
         self.policy_mask.push(true);
+        self.written += 1;
         match (self.phase, t) {
             (Phase::Free, CALL) if self.attempt.calls.len() >= self.limits.max_calls => {
                 self.attempt.format_errors += 1;
@@ -124,7 +160,7 @@ impl<I> Episode<I> {
             }
             (Phase::InAnswer(_), _) => {}
         }
-        if !self.done && self.tokens.len() >= self.limits.max_tokens {
+        if !self.done && self.limits.reached(self.tokens.len(), self.written) {
             self.truncate();
         }
     }
@@ -314,10 +350,7 @@ mod tests {
         })
     }
 
-    const LIMITS: Limits = Limits {
-        max_tokens: 96,
-        max_calls: 4,
-    };
+    const LIMITS: Limits = Limits::new(96, 4);
 
     /// Plays `tokens` as the policy, feeding forced tokens as the actor does.
     fn play(task: &Task, ep: &mut Episode, tokens: &[u32]) {
@@ -398,10 +431,7 @@ mod tests {
     fn limits_end_episodes() {
         let t = task(TaskKind::Calc);
         let item = t.item(Split::Train, 0);
-        let limits = Limits {
-            max_tokens: 96,
-            max_calls: 1,
-        };
+        let limits = Limits::new(96, 1);
         let mut ep = Episode::new(&t, item.clone(), limits);
         play(
             &t,
@@ -411,13 +441,22 @@ mod tests {
         assert!(ep.done);
         assert_eq!(ep.attempt.format_errors, 1);
 
-        let limits = Limits {
-            max_tokens: ep.prompt_len + 3,
-            max_calls: 4,
-        };
-        let mut ep = Episode::new(&t, item, limits);
+        let limits = Limits::new(ep.prompt_len + 3, 4);
+        let mut ep = Episode::new(&t, item.clone(), limits);
         play(&t, &mut ep, &vocab::encode("CALL add a 1 b 2").unwrap());
         assert!(ep.done && ep.tokens.len() <= limits.max_tokens);
+
+        // Written tokens: forced results do not count against `max_new`.
+        let limits = Limits {
+            max_new: 9,
+            ..Limits::new(96, 4)
+        };
+        let mut ep = Episode::new(&t, item, limits);
+        play(&t, &mut ep, &vocab::encode("CALL add a 1 b 2 /CALL ANS").unwrap());
+        assert!(!ep.done, "8 written, the result forced");
+        play(&t, &mut ep, &vocab::encode("3 4").unwrap());
+        assert!(ep.done && ep.attempt.format_errors == 1);
+        assert_eq!(ep.policy_mask.iter().filter(|&&m| m).count(), 9);
         assert_eq!(ep.attempt.format_errors, 1);
     }
 

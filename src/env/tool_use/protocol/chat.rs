@@ -186,6 +186,8 @@ impl<T: TaskSource + ToolSet<T::Item>> Protocol<T> for ChatProtocol {
             done: prompt_len >= self.limits.max_tokens,
             forced: VecDeque::new(),
             turn_start: prompt_len,
+            written: 0,
+            turns: 0,
             messages,
             format: self.format.clone(),
             tools,
@@ -212,6 +214,9 @@ pub struct ChatEpisode<I> {
     forced: VecDeque<u32>,
     /// Where the assistant's current turn starts.
     turn_start: usize,
+    /// Tokens the policy wrote, and assistant turns it ended.
+    written: usize,
+    turns: usize,
     /// The conversation so far in OpenAI's `messages` form (calls' `arguments` as JSON text).
     pub messages: Vec<Json>,
     format: Arc<ChatFormat>,
@@ -225,7 +230,7 @@ impl<I> ChatEpisode<I> {
         let t = self.forced.pop_front()?;
         self.tokens.push(t);
         self.policy_mask.push(false);
-        if !self.done && self.tokens.len() >= self.limits.max_tokens {
+        if !self.done && self.limits.reached(self.tokens.len(), self.written) {
             self.truncate();
         }
         Some(t)
@@ -248,10 +253,11 @@ impl<I> ChatEpisode<I> {
         }
         self.tokens.push(t);
         self.policy_mask.push(true);
+        self.written += 1;
         if self.format.ends_turn(t) {
             self.end_turn(tools);
         }
-        if !self.done && self.tokens.len() >= self.limits.max_tokens {
+        if !self.done && self.limits.reached(self.tokens.len(), self.written) {
             self.truncate();
         }
     }
@@ -263,6 +269,7 @@ impl<I> ChatEpisode<I> {
             .tokenizer
             .decode_with(&self.tokens[self.turn_start..end], false);
         let turn = split_turn(&text);
+        self.turns += 1;
         if turn.calls.is_empty() {
             self.attempt.answer = answer_of(&turn.prose);
             if self.attempt.answer.is_none() {
@@ -304,6 +311,10 @@ impl<I> ChatEpisode<I> {
             assistant["tool_calls"] = Json::Array(tool_calls);
         }
         self.messages.push(assistant);
+        if self.turns >= self.limits.max_turns {
+            self.done = true; // the calls count; their results are not shown
+            return;
+        }
         for r in &results {
             self.messages.push(json!({"role": "tool", "content": r}));
         }
@@ -368,6 +379,31 @@ fn split_turn(text: &str) -> Turn {
         }
     }
     Turn { prose, calls }
+}
+
+/// What one assistant turn's raw text says, read as an episode's last turn is: its
+/// `<tool_call>` blocks as calls (those that are not a call's JSON counted as format errors) and,
+/// when it makes no call, its answer by [`answer_of`].
+pub fn read_turn(text: &str) -> (Vec<Call>, Option<String>, u32) {
+    let turn = split_turn(text);
+    let mut errors = 0;
+    let mut calls = Vec::new();
+    for body in &turn.calls {
+        let call = body.as_ref().ok().and_then(|b| {
+            let v: Json = serde_json::from_str(b).ok()?;
+            parse_call_json(&v).ok()
+        });
+        match call {
+            Some(c) => calls.push(c),
+            None => errors += 1,
+        }
+    }
+    let answer = if turn.calls.is_empty() {
+        answer_of(&turn.prose)
+    } else {
+        None
+    };
+    (calls, answer, errors)
 }
 
 /// Reads the JSON of one `<tool_call>` against the offered tools: the call (values in canonical
