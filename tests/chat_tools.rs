@@ -229,7 +229,7 @@ fn parallel_calls_limits_and_token_in_token_out() {
     // The limit: a prompt plus 5 tokens.
     let short = protocol(&f, 1024).start(&task, item.clone()).unwrap();
     let mut ep = protocol(&f, short.prompt_len + 5)
-        .start(&task, item)
+        .start(&task, item.clone())
         .unwrap();
     for _ in 0..10 {
         ep.push_policy(one[0], &task);
