@@ -201,6 +201,10 @@ pub enum Command {
         /// The LM's weights and arithmetic (with --lm): f32, or bf16 (for CUDA).
         #[arg(long, value_enum, default_value = "f32", requires = "lm")]
         precision: PrecisionArg,
+        /// With --lm: the GRPO workload end to end, asymre's training loop against Hugging
+        /// Face TRL's GRPOTrainer (needs trl in the baseline's Python).
+        #[arg(long, requires = "lm", conflicts_with = "no_baseline")]
+        trl: bool,
     },
 }
 

@@ -276,12 +276,22 @@ pub fn run(cli: Cli) -> Result<u8> {
             lm,
             model,
             precision,
+            trl,
         } => {
             let python = if no_baseline {
                 None
             } else {
                 Some(python.unwrap_or_else(bench::find_python))
             };
+            if trl {
+                crate::experiments::bench_grpo::run(&crate::experiments::bench_grpo::GrpoBench {
+                    model: &model,
+                    python: python.as_deref().unwrap_or(Path::new("python3")),
+                    quick,
+                    json: json.as_deref(),
+                })?;
+                return Ok(0);
+            }
             if lm {
                 crate::experiments::bench_lm::run(&crate::experiments::bench_lm::LmBench {
                     model: &model,

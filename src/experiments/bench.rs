@@ -472,14 +472,14 @@ fn learner_rates(cfg: &Config, secs: f64) -> Result<(f64, f64)> {
     Ok((per_s, per_s * mean_len))
 }
 
-struct EndToEnd {
+pub(super) struct EndToEnd {
     /// Samples (episodes, arm pulls) the learner consumed per second.
-    samples_per_s: f64,
-    lag: f64,
+    pub samples_per_s: f64,
+    pub lag: f64,
     /// Tool use: mean generated tokens per episode (NaN for the bandit).
-    length: f64,
+    pub length: f64,
     /// Mean reward of the learner's batches.
-    reward: f64,
+    pub reward: f64,
 }
 
 /// The real training loop (actor threads, channel, replay, learner) in a scratch run directory,
@@ -555,11 +555,11 @@ fn save_weights(learner: &Learner, path: &Path) -> Result<()> {
 }
 
 /// A scratch directory, removed with everything in it when dropped.
-struct ScratchDir(PathBuf);
+pub(super) struct ScratchDir(pub PathBuf);
 
 impl ScratchDir {
     /// A new, empty directory under the temp dir.
-    fn new() -> Result<Self> {
+    pub fn new() -> Result<Self> {
         let base = std::env::temp_dir();
         for i in 0..1000u32 {
             let dir = base.join(format!("asymre-bench-{}-{i}", std::process::id()));
@@ -579,7 +579,7 @@ impl Drop for ScratchDir {
 }
 
 /// Samples per second between the first and last logged rows, and the mean policy lag.
-fn read_rates(path: &Path, batch: usize) -> Result<EndToEnd> {
+pub(super) fn read_rates(path: &Path, batch: usize) -> Result<EndToEnd> {
     let text = std::fs::read_to_string(path).at(path)?;
     let rows: Vec<Value> = text
         .lines()

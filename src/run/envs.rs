@@ -180,7 +180,7 @@ struct ToolUseEnv {
 pub(super) const LM_EVAL_BATCH: usize = 32;
 
 /// The LM's files and chat protocol, when the policy is a pretrained LM.
-pub(super) fn chat_protocol(cfg: &Config) -> Result<Option<(ModelFiles, ChatProtocol)>> {
+pub fn chat_protocol(cfg: &Config) -> Result<Option<(ModelFiles, ChatProtocol)>> {
     let Some(model) = &cfg.policy.model else {
         return Ok(None);
     };
@@ -225,7 +225,8 @@ impl ToolUseEnv {
         device: Device,
     ) -> Result<WarmstartRecord> {
         let task = &self.task;
-        if self.chat.is_some() {
+        let trains = cfg.warmstart.steps > 0 && cfg.warmstart.demos > 0;
+        if self.chat.is_some() && trains {
             let before = self.evaluate(cfg, learner, Split::Heldout, cfg.logging.eval_episodes)?;
             eprintln!(
                 "before the warm start: held-out completion {:.3}, tool F1 {:.3}",
