@@ -2,9 +2,19 @@
 # The benchmarks: `asymre bench` (throughput against the PyTorch baseline, one table), then the
 # memory soak (ASYMRE_SOAK_SECS seconds, 600 by default). Pass --quick for a short bench and a
 # 60-second soak.
+# `scripts/bench.sh --trl [--quick]` instead runs the GRPO workload against Hugging Face TRL
+# (`asymre bench --lm --trl`), installing trl==1.16.0 into .venv first when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make -s build >/dev/null
+if [[ "${1:-}" == "--trl" ]]; then
+    shift
+    if ! .venv/bin/python -c 'import trl' 2>/dev/null; then
+        echo "installing trl==1.16.0 into .venv"
+        .venv/bin/pip install -q trl==1.16.0
+    fi
+    exec ./target/release/asymre bench --lm --trl "$@" --json "${BENCH_JSON:-/dev/null}"
+fi
 quick=()
 if [[ "${1:-}" == "--quick" ]]; then
     quick=(--quick)
