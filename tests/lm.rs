@@ -884,3 +884,116 @@ fn an_lm_run_trains_evaluates_scores_and_exports() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A serial tool-use run of an LM (the tiny Llama, with LoRA, chat episodes) SIGKILLed twice
+/// right after checkpoints and resumed ends with the metrics of the uninterrupted run: the warm
+/// start's record, the adapters and their Adam moments, the behaviour copy, the replay of chat
+/// trajectories and the actors' streams all come back from a checkpoint.
+#[test]
+fn a_killed_serial_lm_run_resumes_to_the_uninterrupted_metrics() {
+    let (dir, _) = fixture("llama");
+    let tmp = tempfile::tempdir().unwrap();
+    let model = format!("policy.model={}", dir.display());
+    let cfg = root().join("configs/lm_calc.toml");
+    let sets: Vec<&str> = vec![
+        "--serial",
+        "--set",
+        &model,
+        "--set",
+        "env.max_tokens=3000",
+        "--set",
+        "env.max_new_tokens=24",
+        "--set",
+        "warmstart.demos=8",
+        "--set",
+        "warmstart.steps=2",
+        "--set",
+        "warmstart.batch_size=4",
+        "--set",
+        "env.rounds=2",
+        "--set",
+        "env.steps_per_round=6",
+        "--set",
+        "actor.batch_size=4",
+        "--set",
+        "actor.group_size=2",
+        "--set",
+        "learner.batch_size=4",
+        "--set",
+        "learner.lr=0.001",
+        "--set",
+        "replay.capacity=16",
+        "--set",
+        "logging.eval_episodes=4",
+        "--set",
+        "logging.eval_every=4",
+        "--set",
+        "checkpoint.every=3",
+    ];
+    let train = |out: &Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_asymre"));
+        cmd.args(["train", "--config", cfg.to_str().unwrap(), "--out"])
+            .arg(out)
+            .args(&sets);
+        cmd
+    };
+    let metrics = |run: &Path| -> Vec<serde_json::Map<String, Value>> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut row: serde_json::Map<String, Value> = serde_json::from_str(l).unwrap();
+                row.remove("samples_per_sec");
+                row.remove("wall_time");
+                row
+            })
+            .collect()
+    };
+    let reference = tmp.path().join("reference");
+    let o = train(&reference).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = metrics(&reference);
+    assert_eq!(want.last().unwrap()["step"].as_u64(), Some(12));
+    // The adapters moved: the losses are not all zero and the entropy changed.
+    assert!(want.iter().any(|r| r.get("loss").and_then(Value::as_f64).unwrap_or(0.0) != 0.0));
+
+    let run = tmp.path().join("killed");
+    let mut last_step = 0;
+    for round in 0..3 {
+        let mut cmd = if round == 0 {
+            train(&run)
+        } else {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_asymre"));
+            c.arg("resume").arg(&run);
+            c
+        };
+        if round == 2 {
+            let o = cmd.output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            break;
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        loop {
+            let step = std::fs::read_to_string(run.join("checkpoints/latest"))
+                .ok()
+                .and_then(|n| n.trim().trim_start_matches("step_").parse::<u64>().ok())
+                .unwrap_or(0);
+            if step > last_step {
+                last_step = step;
+                break;
+            }
+            assert!(child.try_wait().unwrap().is_none(), "round {round}: ended first");
+            assert!(start.elapsed().as_secs() < 300, "no checkpoint");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        child.kill().unwrap();
+        assert!(!child.wait().unwrap().success());
+    }
+    assert!(last_step > 0 && last_step < 12, "{last_step}");
+    assert_eq!(metrics(&run), want, "resumed metrics differ");
+}

@@ -105,7 +105,7 @@ def tiny(arch, out_dir):
     tok = tiny_tokenizer(out_dir)
     vocab = tok.get_vocab_size()
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                   rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=2, tie_word_embeddings=(arch != "llama"))
     if arch == "llama":
         cfg = AutoConfig.for_model("llama", rope_parameters={
