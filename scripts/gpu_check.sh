@@ -33,3 +33,20 @@ done
 for precision in f32 bf16; do
     "$BIN" bench --lm --model "$MODEL" --device cuda --precision "$precision" --seconds 10 --no-baseline
 done
+
+# A short lm_calc run with the actor and the learner on CUDA in bf16 (LoRA, a 2-step warm start, 10
+# AsymRE steps, no evaluation): episodes/s from its metrics. The learner's share of the GPU's bf16
+# rate is the bench's "learner step: GFLOP/s" row above (bf16) against its matmul row.
+run=$(mktemp -d)/lm_calc_cuda
+"$BIN" train --config configs/lm_calc.toml --out "$run" --set policy.model="$MODEL" \
+    --set device=cuda --set actor.device=cuda --set policy.precision=bf16 \
+    --set warmstart.steps=2 --set env.rounds=1 --set env.steps_per_round=10 \
+    --set logging.eval_every=0 --set logging.eval_episodes=32 --set checkpoint.every=0
+python3 - "$run/metrics.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"loss"' in l]
+dt = rows[-1]["wall_time"] - rows[0]["wall_time"]
+steps = rows[-1]["step"] - rows[0]["step"]
+print(f"lm_calc on CUDA (bf16): {steps} steps of 16 episodes in {dt:.1f} s: {16 * steps / dt:.2f} episodes/s, "
+      f"batch reward {rows[-1]['batch_reward']:.3f}")
+PY
