@@ -23,5 +23,5 @@ fi
 ./target/release/asymre bench "${quick[@]}" --json "${BENCH_JSON:-/dev/null}"
 echo
 echo "soak: fast actors, slow learner, ${ASYMRE_SOAK_SECS:=600} s"
-ASYMRE_SOAK_SECS=$ASYMRE_SOAK_SECS cargo test --release --test faults -- --ignored soak --nocapture 2>&1 \
+ASYMRE_SOAK_SECS=$ASYMRE_SOAK_SECS cargo test --release --test faults -- --ignored soak_fast --nocapture 2>&1 \
     | grep -E '^(soak|  t |test result)'
