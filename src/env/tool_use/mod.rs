@@ -2,7 +2,8 @@
 //! ([`crate::text::words`]), the task
 //! families with their tools ([`tasks`]), the verifiable rewards ([`reward`]), and the JSON
 //! function-call form external models write ([`json`]: episodes render to it, and such lines are
-//! scored with the same rewards).
+//! scored with the same rewards), and tools run as external programs ([`external`]).
+pub mod external;
 pub mod json;
 pub mod protocol;
 pub mod reward;
