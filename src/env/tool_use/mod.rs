@@ -2,7 +2,9 @@
 //! ([`crate::text::words`]), the task
 //! families with their tools ([`tasks`]), the verifiable rewards ([`reward`]), and the JSON
 //! function-call form external models write ([`json`]: episodes render to it, and such lines are
-//! scored with the same rewards), and tools run as external programs ([`external`]).
+//! scored with the same rewards), users' own tasks ([`dataset`]) and tools run as external
+//! programs ([`external`]).
+pub mod dataset;
 pub mod external;
 pub mod json;
 pub mod protocol;

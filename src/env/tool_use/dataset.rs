@@ -1,0 +1,508 @@
+//! Users' own tasks (SPEC §3.4): a JSON-lines file, one task per line.
+//!
+//! ```text
+//! {"id": "geo-1", "split": "train", "prompt": "How far is Paris from Lyon, in km?",
+//!  "tools": ["distance"], "answer": "392", "rule": "number", "tolerance": 5,
+//!  "calls": [{"name": "distance", "arguments": {"from": "Paris", "to": "Lyon"}}]}
+//! ```
+//!
+//! - `id` (string or number, unique) and `split` (`train` or `heldout`);
+//! - the prompt: `prompt` (the user's text) or `messages` (OpenAI-style, with at least one user
+//!   message; a system message is kept);
+//! - `tools`: names of the config's tools this task may use (may be empty);
+//! - `answer` (string or number) and its `rule`: `exact` (the default: equal after trimming),
+//!   `number` (within `tolerance`, 0 by default; `1,234` reads as 1234), `regex` (`pattern` must
+//!   match the whole answer) or `one_of` (`accept`: the answers taken besides `answer`);
+//! - `calls` (optional): the gold calls, for tool precision and recall; each must use one of the
+//!   task's tools.
+//!
+//! Loading checks every line and reports every bad one as `FILE:LINE: reason` (nothing starts
+//! with a bad file). The loaded set is shared, not copied, by the actors that use it.
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use super::json::parse_call_json;
+use super::reward::Call;
+use crate::env::Split;
+use crate::error::{Error, Result};
+
+/// How an answer is compared with the gold answer.
+#[derive(Debug, Clone)]
+pub enum AnswerRule {
+    /// Equal after trimming white space.
+    Exact,
+    /// Both read as numbers (`,` thousands separators dropped), within `tolerance`.
+    Number { tolerance: f64 },
+    /// The pattern matches the whole (trimmed) answer.
+    Regex(regex::Regex),
+    /// Equal after trimming to the gold answer or to one of these.
+    OneOf(Vec<String>),
+}
+
+impl PartialEq for AnswerRule {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (AnswerRule::Exact, AnswerRule::Exact) => true,
+            (AnswerRule::Number { tolerance: a }, AnswerRule::Number { tolerance: b }) => a == b,
+            (AnswerRule::Regex(a), AnswerRule::Regex(b)) => a.as_str() == b.as_str(),
+            (AnswerRule::OneOf(a), AnswerRule::OneOf(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// A number as people write it: `-1,234.5` → -1234.5.
+fn read_number(s: &str) -> Option<f64> {
+    let t: String = s.trim().chars().filter(|&c| c != ',').collect();
+    t.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+impl AnswerRule {
+    /// Whether `answer` counts as the gold answer `gold`.
+    pub fn accepts(&self, gold: &str, answer: &str) -> bool {
+        let answer = answer.trim();
+        match self {
+            AnswerRule::Exact => answer == gold.trim(),
+            AnswerRule::Number { tolerance } => match (read_number(gold), read_number(answer)) {
+                (Some(g), Some(a)) => (g - a).abs() <= *tolerance,
+                _ => false,
+            },
+            AnswerRule::Regex(re) => re
+                .find(answer)
+                .is_some_and(|m| m.start() == 0 && m.end() == answer.len()),
+            AnswerRule::OneOf(accept) => {
+                answer == gold.trim() || accept.iter().any(|a| a.trim() == answer)
+            }
+        }
+    }
+}
+
+/// The prompt of a dataset task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// The user's message.
+    Text(String),
+    /// OpenAI-style messages (system and user, in order).
+    Messages(Vec<Value>),
+}
+
+impl Prompt {
+    /// The text of the last user message (the question).
+    pub fn question(&self) -> &str {
+        match self {
+            Prompt::Text(t) => t,
+            Prompt::Messages(m) => m
+                .iter()
+                .rev()
+                .find(|m| m["role"] == "user")
+                .and_then(|m| m["content"].as_str())
+                .unwrap_or(""),
+        }
+    }
+}
+
+/// One task of a dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetTask {
+    pub id: String,
+    pub split: Split,
+    pub prompt: Prompt,
+    /// Names of the tools offered.
+    pub tools: Vec<String>,
+    pub answer: String,
+    pub rule: AnswerRule,
+    /// Gold calls, when given.
+    pub calls: Option<Vec<Call>>,
+    /// The line it came from (1-based).
+    pub line: usize,
+}
+
+/// A loaded dataset: its tasks by split, and an index by id.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub train: Vec<DatasetTask>,
+    pub heldout: Vec<DatasetTask>,
+    by_id: HashMap<String, (Split, usize)>,
+}
+
+/// Most bad lines named in one error.
+const MAX_REPORTED: usize = 20;
+
+const KEYS: [&str; 11] = [
+    "id",
+    "split",
+    "prompt",
+    "messages",
+    "tools",
+    "answer",
+    "rule",
+    "tolerance",
+    "pattern",
+    "accept",
+    "calls",
+];
+
+impl Dataset {
+    /// Reads `path`; `tools` are the names of the tools the config defines.
+    pub fn load(path: &Path, tools: &[&str]) -> Result<Dataset> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::input(format!("cannot read {}: {e}", path.display())))?;
+        Self::parse(&text, &path.display().to_string(), tools)
+    }
+
+    /// Parses the text of a dataset file named `file` (for its messages).
+    pub fn parse(text: &str, file: &str, tools: &[&str]) -> Result<Dataset> {
+        let mut train = Vec::new();
+        let mut heldout = Vec::new();
+        let mut by_id: HashMap<String, (Split, usize)> = HashMap::new();
+        let mut first_line: HashMap<String, usize> = HashMap::new();
+        let mut bad = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let n = i + 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let task = parse_task(line, n, tools).and_then(|t| match first_line.get(&t.id) {
+                Some(first) => Err(format!("id {:?} is already used on line {first}", t.id)),
+                None => Ok(t),
+            });
+            match task {
+                Ok(t) => {
+                    first_line.insert(t.id.clone(), n);
+                    let list = match t.split {
+                        Split::Train => &mut train,
+                        Split::Heldout => &mut heldout,
+                    };
+                    by_id.insert(t.id.clone(), (t.split, list.len()));
+                    list.push(t);
+                }
+                Err(reason) => bad.push(format!("{file}:{n}: {reason}")),
+            }
+        }
+        if !bad.is_empty() {
+            let more = bad.len().saturating_sub(MAX_REPORTED);
+            let mut msg = bad
+                .iter()
+                .take(MAX_REPORTED)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n");
+            if more > 0 {
+                msg.push_str(&format!("\n… and {more} more bad lines in {file}"));
+            }
+            return Err(Error::input(msg));
+        }
+        if train.is_empty() {
+            return Err(Error::input(format!("{file}: no task with split \"train\"")));
+        }
+        Ok(Dataset {
+            train,
+            heldout,
+            by_id,
+        })
+    }
+
+    /// The tasks of `split`.
+    pub fn split(&self, split: Split) -> &[DatasetTask] {
+        match split {
+            Split::Train => &self.train,
+            Split::Heldout => &self.heldout,
+        }
+    }
+
+    /// The task with this id.
+    pub fn get(&self, id: &str) -> Option<&DatasetTask> {
+        let &(split, i) = self.by_id.get(id)?;
+        self.split(split).get(i)
+    }
+
+    /// Tasks in all.
+    pub fn len(&self) -> usize {
+        self.train.len() + self.heldout.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn text_of(v: &Value, key: &str) -> std::result::Result<String, String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => Err(format!("\"{key}\" must be a string or a number")),
+    }
+}
+
+fn strings(v: &Value, key: &str) -> std::result::Result<Vec<String>, String> {
+    let list = v
+        .as_array()
+        .ok_or_else(|| format!("\"{key}\" must be a list of strings"))?;
+    list.iter()
+        .map(|x| {
+            x.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| format!("\"{key}\" must be a list of strings"))
+        })
+        .collect()
+}
+
+fn parse_task(line: &str, n: usize, known: &[&str]) -> std::result::Result<DatasetTask, String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let obj: &Map<String, Value> = v.as_object().ok_or("a task must be a JSON object")?;
+    if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(format!("unknown key {k:?} (allowed: {})", KEYS.join(", ")));
+    }
+    let id = text_of(obj.get("id").ok_or("missing \"id\"")?, "id")?;
+    if id.is_empty() {
+        return Err("\"id\" is empty".into());
+    }
+    let split = match obj.get("split").and_then(Value::as_str) {
+        Some("train") => Split::Train,
+        Some("heldout") => Split::Heldout,
+        _ => return Err("\"split\" must be \"train\" or \"heldout\"".into()),
+    };
+    let prompt = match (obj.get("prompt"), obj.get("messages")) {
+        (Some(Value::String(p)), None) if !p.trim().is_empty() => Prompt::Text(p.clone()),
+        (Some(Value::String(_)), None) => return Err("\"prompt\" is empty".into()),
+        (Some(_), None) => return Err("\"prompt\" must be a string".into()),
+        (None, Some(m)) => Prompt::Messages(parse_messages(m)?),
+        (Some(_), Some(_)) => return Err("give \"prompt\" or \"messages\", not both".into()),
+        (None, None) => return Err("missing \"prompt\" (or \"messages\")".into()),
+    };
+    let tools = match obj.get("tools") {
+        None => Vec::new(),
+        Some(v) => strings(v, "tools")?,
+    };
+    if let Some(t) = tools.iter().find(|t| !known.contains(&t.as_str())) {
+        return Err(format!(
+            "unknown tool {t:?} (the config's tools: {})",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ));
+    }
+    let answer = text_of(obj.get("answer").ok_or("missing \"answer\"")?, "answer")?;
+    let rule_name = match obj.get("rule") {
+        None => "exact",
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err("\"rule\" must be a string".into()),
+    };
+    let only = |key: &str, rule: &str| -> std::result::Result<(), String> {
+        if obj.contains_key(key) && rule_name != rule {
+            Err(format!("\"{key}\" belongs to rule \"{rule}\""))
+        } else {
+            Ok(())
+        }
+    };
+    only("tolerance", "number")?;
+    only("pattern", "regex")?;
+    only("accept", "one_of")?;
+    let rule = match rule_name {
+        "exact" => AnswerRule::Exact,
+        "number" => {
+            let tolerance = match obj.get("tolerance") {
+                None => 0.0,
+                Some(t) => t
+                    .as_f64()
+                    .filter(|t| t.is_finite() && *t >= 0.0)
+                    .ok_or("\"tolerance\" must be a number >= 0")?,
+            };
+            if read_number(&answer).is_none() {
+                return Err(format!("rule \"number\" needs a numeric answer, got {answer:?}"));
+            }
+            AnswerRule::Number { tolerance }
+        }
+        "regex" => {
+            let pattern = obj
+                .get("pattern")
+                .and_then(Value::as_str)
+                .ok_or("rule \"regex\" needs a string \"pattern\"")?;
+            let re = regex::Regex::new(pattern)
+                .map_err(|e| format!("bad \"pattern\": {}", e.to_string().replace('\n', " ")))?;
+            AnswerRule::Regex(re)
+        }
+        "one_of" => AnswerRule::OneOf(strings(
+            obj.get("accept").ok_or("rule \"one_of\" needs \"accept\"")?,
+            "accept",
+        )?),
+        other => {
+            return Err(format!(
+                "unknown rule {other:?} (exact, number, regex, one_of)"
+            ))
+        }
+    };
+    let calls = match obj.get("calls") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(list)) => {
+            let mut calls = Vec::new();
+            for (j, c) in list.iter().enumerate() {
+                let call = parse_call_json(c).map_err(|e| format!("calls[{j}]: {e}"))?;
+                if !tools.contains(&call.name) {
+                    return Err(format!(
+                        "calls[{j}] uses {:?}, which is not in the task's \"tools\"",
+                        call.name
+                    ));
+                }
+                calls.push(call);
+            }
+            Some(calls)
+        }
+        Some(_) => return Err("\"calls\" must be a list".into()),
+    };
+    Ok(DatasetTask {
+        id,
+        split,
+        prompt,
+        tools,
+        answer,
+        rule,
+        calls,
+        line: n,
+    })
+}
+
+fn parse_messages(v: &Value) -> std::result::Result<Vec<Value>, String> {
+    let list = v.as_array().ok_or("\"messages\" must be a list")?;
+    let mut users = 0;
+    for (j, m) in list.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str);
+        let content = m.get("content").and_then(Value::as_str);
+        match (role, content) {
+            (Some("user"), Some(_)) => users += 1,
+            (Some("system"), Some(_)) => {}
+            (Some(r), Some(_)) => {
+                return Err(format!(
+                    "messages[{j}]: role {r:?} (a prompt has system and user messages)"
+                ))
+            }
+            _ => return Err(format!("messages[{j}] needs string \"role\" and \"content\"")),
+        }
+    }
+    if users == 0 {
+        return Err("\"messages\" has no user message".into());
+    }
+    Ok(list.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOOLS: [&str; 2] = ["distance", "area"];
+
+    fn parse(text: &str) -> Result<Dataset> {
+        Dataset::parse(text, "tasks.jsonl", &TOOLS)
+    }
+
+    #[test]
+    fn a_good_file_loads_with_its_rules_prompts_and_calls() {
+        let text = r#"{"id": "a", "split": "train", "prompt": "How far?", "tools": ["distance"], "answer": 392, "rule": "number", "tolerance": 5, "calls": [{"name": "distance", "arguments": {"from": "Paris", "to": "Lyon"}}]}
+
+{"id": 7, "split": "heldout", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital?"}], "answer": "Paris", "rule": "one_of", "accept": ["paris", "Paris, France"]}
+{"id": "c", "split": "train", "prompt": "Code?", "answer": "x", "rule": "regex", "pattern": "[A-Z]{3}-\\d+"}
+"#;
+        let d = parse(text).unwrap();
+        assert_eq!((d.train.len(), d.heldout.len(), d.len()), (2, 1, 3));
+        let a = d.get("a").unwrap();
+        assert_eq!(a.rule, AnswerRule::Number { tolerance: 5.0 });
+        assert_eq!(a.answer, "392");
+        assert_eq!(
+            a.calls.as_ref().unwrap()[0],
+            Call::new("distance", &[("from", "Paris"), ("to", "Lyon")])
+        );
+        let b = d.get("7").unwrap();
+        assert_eq!((b.split, b.line), (Split::Heldout, 3));
+        assert_eq!(b.prompt.question(), "Capital?");
+        assert_eq!(b.tools, Vec::<String>::new());
+        assert!(d.get("nope").is_none());
+    }
+
+    #[test]
+    fn answer_rules_accept_what_they_say() {
+        let n = AnswerRule::Number { tolerance: 0.5 };
+        assert!(n.accepts("1234", " 1,234.4 "));
+        assert!(!n.accepts("1234", "1235"));
+        assert!(!n.accepts("1234", "about 1234"));
+        let e = AnswerRule::Exact;
+        assert!(e.accepts("Paris", " Paris\n") && !e.accepts("Paris", "paris"));
+        let r = AnswerRule::Regex(regex::Regex::new(r"[A-Z]{3}-\d+").unwrap());
+        assert!(r.accepts("", "ABC-12"));
+        assert!(!r.accepts("", "xABC-12"), "the whole answer must match");
+        let o = AnswerRule::OneOf(vec!["paris".into()]);
+        assert!(o.accepts("Paris", "Paris") && o.accepts("Paris", "paris"));
+        assert!(!o.accepts("Paris", "PARIS"));
+    }
+
+    #[test]
+    fn every_bad_line_is_reported_with_file_and_line() {
+        let lines = [
+            r#"{"id": "ok", "split": "train", "prompt": "p", "answer": "1"}"#,
+            r#"not json"#,
+            r#"{"id": "ok", "split": "train", "prompt": "p", "answer": "1"}"#,
+            r#"{"id": "x", "split": "test", "prompt": "p", "answer": "1"}"#,
+            r#"{"id": "y", "split": "train", "answer": "1"}"#,
+            r#"{"id": "z", "split": "train", "prompt": "p", "tools": ["geo"], "answer": "1"}"#,
+            r#"{"id": "w", "split": "train", "prompt": "p", "answer": "one", "rule": "number"}"#,
+            r#"{"id": "v", "split": "train", "prompt": "p", "answer": "1", "rule": "regex", "pattern": "("}"#,
+            r#"{"id": "u", "split": "train", "prompt": "p", "tools": ["area"], "answer": "1", "calls": [{"name": "distance"}]}"#,
+            r#"{"id": "t", "split": "train", "prompt": "p", "answer": "1", "colour": 1}"#,
+            r#"{"id": "s", "split": "train", "messages": [{"role": "system", "content": "x"}], "answer": "1"}"#,
+            r#"{"id": "r", "split": "train", "prompt": "p", "answer": "1", "tolerance": 1}"#,
+        ];
+        let msg = parse(&lines.join("\n")).unwrap_err().to_string();
+        let got: Vec<&str> = msg.lines().collect();
+        let want = [
+            ("tasks.jsonl:2: ", "not JSON"),
+            ("tasks.jsonl:3: ", "already used on line 1"),
+            ("tasks.jsonl:4: ", "\"split\""),
+            ("tasks.jsonl:5: ", "missing \"prompt\""),
+            ("tasks.jsonl:6: ", "unknown tool \"geo\""),
+            ("tasks.jsonl:7: ", "numeric answer"),
+            ("tasks.jsonl:8: ", "bad \"pattern\""),
+            ("tasks.jsonl:9: ", "not in the task's \"tools\""),
+            ("tasks.jsonl:10: ", "unknown key \"colour\""),
+            ("tasks.jsonl:11: ", "no user message"),
+            ("tasks.jsonl:12: ", "belongs to rule \"number\""),
+        ];
+        assert_eq!(got.len(), want.len(), "{msg}");
+        for (line, (at, says)) in got.iter().zip(want) {
+            assert!(line.starts_with(at) && line.contains(says), "{line:?}: {says}");
+        }
+    }
+
+    #[test]
+    fn many_bad_lines_are_counted_after_the_first_twenty() {
+        let text = "x\n".repeat(25);
+        let msg = parse(&text).unwrap_err().to_string();
+        assert_eq!(msg.lines().count(), 21);
+        assert!(msg.ends_with("… and 5 more bad lines in tasks.jsonl"), "{msg}");
+    }
+
+    #[test]
+    fn a_file_without_training_tasks_is_refused() {
+        let msg = parse(r#"{"id": 1, "split": "heldout", "prompt": "p", "answer": "1"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("no task with split \"train\""), "{msg}");
+    }
+
+    #[test]
+    fn a_hundred_thousand_lines_load() {
+        let mut text = String::new();
+        for i in 0..100_000 {
+            let split = if i % 10 == 0 { "heldout" } else { "train" };
+            text.push_str(&format!(
+                "{{\"id\": {i}, \"split\": \"{split}\", \"prompt\": \"What is the area of a {i} by 2 rectangle?\", \"tools\": [\"area\"], \"answer\": {}, \"rule\": \"number\", \"calls\": [{{\"name\": \"area\", \"arguments\": {{\"w\": {i}, \"h\": 2}}}}]}}\n",
+                2 * i
+            ));
+        }
+        let d = parse(&text).unwrap();
+        assert_eq!((d.train.len(), d.heldout.len()), (90_000, 10_000));
+        assert_eq!(d.get("99999").unwrap().answer, "199998");
+    }
+}
