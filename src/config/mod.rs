@@ -19,6 +19,7 @@ mod logging;
 mod loss;
 mod policy;
 mod replay;
+mod tools;
 mod warmstart;
 
 pub use actor::*;
@@ -30,6 +31,7 @@ pub use logging::*;
 pub use loss::*;
 pub use policy::*;
 pub use replay::*;
+pub use tools::{ToolConfig, BUILTINS};
 pub use warmstart::*;
 
 /// The root of a run's configuration (`config.toml`).
@@ -52,6 +54,9 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     pub collapse: CollapseConfig,
     pub faults: FaultsConfig,
+    /// `[[tools]]`: the tools of a dataset's tasks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolConfig>,
 }
 
 impl Default for Config {
@@ -71,6 +76,7 @@ impl Default for Config {
             checkpoint: CheckpointConfig::default(),
             collapse: CollapseConfig::default(),
             faults: FaultsConfig::default(),
+            tools: Vec::new(),
         }
     }
 }
@@ -204,6 +210,7 @@ impl Config {
         self.loss.validate()?;
         self.collapse.validate()?;
         self.checkpoint.validate()?;
+        tools::validate(&self.tools)?;
         self.validate_across()
     }
 
@@ -366,6 +373,36 @@ mod tests {
             msg.starts_with("policy.precision: must be f32 for the tabular policy"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn tools_are_read_checked_and_written_back() {
+        let text = r#"
+[[tools]]
+name = "geo"
+description = "Distance between two cities, km."
+parameters = { type = "object", properties = { from = { type = "string" }, to = { type = "string" } } }
+command = ["python3", "tools/geo.py"]
+
+[[tools]]
+name = "add"
+parameters = { type = "object", properties = { a = { type = "integer" }, b = { type = "integer" } } }
+builtin = "add"
+"#;
+        let c = from_toml_str(text, &[]).unwrap();
+        assert_eq!(c.tools.len(), 2);
+        assert_eq!(c.tools[0].timeout_ms, 10_000);
+        assert_eq!(c.tools[0].parameters["properties"]["to"]["type"], "string");
+        assert_eq!(from_toml_str(&c.to_toml(), &[]).unwrap(), c);
+        let bad = |extra: &str| err(&format!("{text}{extra}"), &[]);
+        let m = bad("[[tools]]\nname = \"geo\"\nparameters = { type = \"object\" }\nbuiltin = \"add\"\n");
+        assert!(m.contains("used twice"), "{m}");
+        let m = bad("[[tools]]\nname = \"x\"\nparameters = { type = \"object\" }\nbuiltin = \"pow\"\n");
+        assert!(m.contains("unknown builtin \"pow\""), "{m}");
+        let m = bad("[[tools]]\nname = \"x\"\nparameters = { type = \"string\" }\ncommand = [\"t\"]\n");
+        assert!(m.starts_with("tools[2] (\"x\"): parameters"), "{m}");
+        let m = bad("[[tools]]\nname = \"x\"\nparameters = { type = \"object\" }\n");
+        assert!(m.contains("needs builtin or command"), "{m}");
     }
 
     #[test]
