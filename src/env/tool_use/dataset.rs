@@ -10,9 +10,10 @@
 //! - the prompt: `prompt` (the user's text) or `messages` (OpenAI-style, with at least one user
 //!   message; a system message is kept);
 //! - `tools`: names of the config's tools this task may use (may be empty);
-//! - `answer` (string or number) and its `rule`: `exact` (the default: equal after trimming),
-//!   `number` (within `tolerance`, 0 by default; `1,234` reads as 1234), `regex` (`pattern` must
-//!   match the whole answer) or `one_of` (`accept`: the answers taken besides `answer`);
+//! - `answer` (string or number) and its `rule` ([`AnswerRule`]): `exact` (the default: equal as
+//!   the built-in tasks compare, trimmed, case-insensitive, `12.0` = `12`), `number` (within
+//!   `tolerance`, 0 by default; `1,234` reads as 1234), `regex` (`pattern` must match the whole
+//!   answer) or `one_of` (`accept`: the answers taken besides `answer`);
 //! - `calls` (optional): the gold calls, for tool precision and recall; each must use one of the
 //!   task's tools.
 //!
@@ -24,60 +25,9 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::json::parse_call_json;
-use super::reward::Call;
+use super::reward::{read_number, AnswerRule, Call};
 use crate::env::Split;
 use crate::error::{Error, Result};
-
-/// How an answer is compared with the gold answer.
-#[derive(Debug, Clone)]
-pub enum AnswerRule {
-    /// Equal after trimming white space.
-    Exact,
-    /// Both read as numbers (`,` thousands separators dropped), within `tolerance`.
-    Number { tolerance: f64 },
-    /// The pattern matches the whole (trimmed) answer.
-    Regex(regex::Regex),
-    /// Equal after trimming to the gold answer or to one of these.
-    OneOf(Vec<String>),
-}
-
-impl PartialEq for AnswerRule {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (AnswerRule::Exact, AnswerRule::Exact) => true,
-            (AnswerRule::Number { tolerance: a }, AnswerRule::Number { tolerance: b }) => a == b,
-            (AnswerRule::Regex(a), AnswerRule::Regex(b)) => a.as_str() == b.as_str(),
-            (AnswerRule::OneOf(a), AnswerRule::OneOf(b)) => a == b,
-            _ => false,
-        }
-    }
-}
-
-/// A number as people write it: `-1,234.5` → -1234.5.
-fn read_number(s: &str) -> Option<f64> {
-    let t: String = s.trim().chars().filter(|&c| c != ',').collect();
-    t.parse::<f64>().ok().filter(|v| v.is_finite())
-}
-
-impl AnswerRule {
-    /// Whether `answer` counts as the gold answer `gold`.
-    pub fn accepts(&self, gold: &str, answer: &str) -> bool {
-        let answer = answer.trim();
-        match self {
-            AnswerRule::Exact => answer == gold.trim(),
-            AnswerRule::Number { tolerance } => match (read_number(gold), read_number(answer)) {
-                (Some(g), Some(a)) => (g - a).abs() <= *tolerance,
-                _ => false,
-            },
-            AnswerRule::Regex(re) => re
-                .find(answer)
-                .is_some_and(|m| m.start() == 0 && m.end() == answer.len()),
-            AnswerRule::OneOf(accept) => {
-                answer == gold.trim() || accept.iter().any(|a| a.trim() == answer)
-            }
-        }
-    }
-}
 
 /// The prompt of a dataset task.
 #[derive(Debug, Clone, PartialEq)]
@@ -429,13 +379,14 @@ mod tests {
         assert!(!n.accepts("1234", "1235"));
         assert!(!n.accepts("1234", "about 1234"));
         let e = AnswerRule::Exact;
-        assert!(e.accepts("Paris", " Paris\n") && !e.accepts("Paris", "paris"));
+        assert!(e.accepts("Paris", " paris\n") && e.accepts("12", "12.0"));
+        assert!(!e.accepts("Paris", "Paris, France"));
         let r = AnswerRule::Regex(regex::Regex::new(r"[A-Z]{3}-\d+").unwrap());
         assert!(r.accepts("", "ABC-12"));
         assert!(!r.accepts("", "xABC-12"), "the whole answer must match");
-        let o = AnswerRule::OneOf(vec!["paris".into()]);
-        assert!(o.accepts("Paris", "Paris") && o.accepts("Paris", "paris"));
-        assert!(!o.accepts("Paris", "PARIS"));
+        let o = AnswerRule::OneOf(vec!["Paris, France".into()]);
+        assert!(o.accepts("Paris", "PARIS") && o.accepts("Paris", "paris, france"));
+        assert!(!o.accepts("Paris", "Lyon"));
     }
 
     #[test]

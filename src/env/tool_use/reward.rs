@@ -48,6 +48,59 @@ pub fn canonical_value(v: &str) -> String {
     t.to_lowercase()
 }
 
+/// How an answer is compared with the gold answer.
+#[derive(Debug, Clone, Default)]
+pub enum AnswerRule {
+    /// Equal as [`canonical_value`]s: trimmed, case-insensitive, `12.0` = `12`.
+    #[default]
+    Exact,
+    /// Both read as numbers (`,` thousands separators dropped), within `tolerance`.
+    Number { tolerance: f64 },
+    /// The pattern matches the whole (trimmed) answer.
+    Regex(regex::Regex),
+    /// Equal (as `Exact`) to the gold answer or to one of these.
+    OneOf(Vec<String>),
+}
+
+impl PartialEq for AnswerRule {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (AnswerRule::Exact, AnswerRule::Exact) => true,
+            (AnswerRule::Number { tolerance: a }, AnswerRule::Number { tolerance: b }) => a == b,
+            (AnswerRule::Regex(a), AnswerRule::Regex(b)) => a.as_str() == b.as_str(),
+            (AnswerRule::OneOf(a), AnswerRule::OneOf(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// A number as people write it: `-1,234.5` → -1234.5.
+pub fn read_number(s: &str) -> Option<f64> {
+    let t: String = s.trim().chars().filter(|&c| c != ',').collect();
+    t.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+impl AnswerRule {
+    /// Whether `answer` counts as the gold answer `gold`.
+    pub fn accepts(&self, gold: &str, answer: &str) -> bool {
+        let answer = answer.trim();
+        match self {
+            AnswerRule::Exact => canonical_value(answer) == canonical_value(gold),
+            AnswerRule::Number { tolerance } => match (read_number(gold), read_number(answer)) {
+                (Some(g), Some(a)) => (g - a).abs() <= *tolerance,
+                _ => false,
+            },
+            AnswerRule::Regex(re) => re
+                .find(answer)
+                .is_some_and(|m| m.start() == 0 && m.end() == answer.len()),
+            AnswerRule::OneOf(accept) => {
+                let a = canonical_value(answer);
+                a == canonical_value(gold) || accept.iter().any(|x| canonical_value(x) == a)
+            }
+        }
+    }
+}
+
 /// What an episode did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Attempt {
@@ -64,6 +117,8 @@ pub struct Attempt {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Gold {
     pub calls: Vec<Call>,
+    /// How the answer is compared (the built-in tasks: `Exact`).
+    pub rule: AnswerRule,
     pub answer: String,
     /// Intermediate values the task needs (execution-based credit).
     pub needed: Vec<String>,
@@ -227,7 +282,7 @@ pub fn execution_f1(results: &[Option<String>], needed: &[String]) -> (f64, f64,
 /// Scores an attempt against the gold.
 pub fn score(cfg: &RewardConfig, attempt: &Attempt, gold: &Gold) -> Score {
     let completion = match &attempt.answer {
-        Some(a) if canonical_value(a) == canonical_value(&gold.answer) => 1.0,
+        Some(a) if gold.rule.accepts(&gold.answer, a) => 1.0,
         _ => 0.0,
     };
     let (precision, recall, f1) = match cfg.tool_match {
@@ -263,6 +318,7 @@ mod tests {
                 Call::new("get", &[("ent", "e1"), ("attr", "age")]),
                 Call::new("get", &[("ent", "e2"), ("attr", "age")]),
             ],
+            rule: AnswerRule::Exact,
             answer: "70".into(),
             needed: vec!["30".into(), "40".into()],
         }
@@ -340,6 +396,7 @@ mod tests {
     fn a_correct_answer_without_calls_when_none_are_needed_is_perfect() {
         let g = Gold {
             calls: vec![],
+            rule: AnswerRule::Exact,
             answer: "5".into(),
             needed: vec![],
         };

@@ -622,6 +622,7 @@ impl Task {
         };
         Some(Gold {
             calls,
+            rule: Default::default(),
             answer,
             needed,
         })
