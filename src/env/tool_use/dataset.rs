@@ -457,3 +457,143 @@ mod tests {
         assert_eq!(d.get("99999").unwrap().answer, "199998");
     }
 }
+
+/// A dataset as a task source: its tasks, the tools of `[[tools]]` that run their calls, and
+/// the seed that picks an actor's training tasks. Items are (split, index) pairs.
+#[derive(Debug, Clone)]
+pub struct DatasetSource {
+    pub data: std::sync::Arc<Dataset>,
+    pub tools: super::toolbox::ToolBox,
+    pub seed: u64,
+}
+
+/// A task of a [`DatasetSource`]: its split and index there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskRef {
+    pub split: Split,
+    pub index: usize,
+}
+
+impl DatasetSource {
+    /// The task `item` points at.
+    pub fn task(&self, item: &TaskRef) -> &DatasetTask {
+        let list = self.data.split(item.split);
+        &list[item.index % list.len()]
+    }
+}
+
+impl crate::env::TaskSource for DatasetSource {
+    type Item = TaskRef;
+
+    /// A training task drawn uniformly from the prompt's own stream.
+    fn prompt_item(&self, id: &crate::ids::PromptId) -> TaskRef {
+        use rand::Rng;
+        let n = self.data.train.len();
+        TaskRef {
+            split: Split::Train,
+            index: id.item_stream(self.seed).gen_range(0..n),
+        }
+    }
+
+    /// Task `index` of `split`, cycling; a dataset without held-out tasks evaluates on its
+    /// training tasks.
+    fn item(&self, split: Split, index: u64) -> TaskRef {
+        let split = if self.data.split(split).is_empty() {
+            Split::Train
+        } else {
+            split
+        };
+        let n = self.data.split(split).len() as u64;
+        TaskRef {
+            split,
+            index: (index % n) as usize,
+        }
+    }
+
+    fn prompt(&self, item: &TaskRef) -> String {
+        self.task(item).prompt.question().to_string()
+    }
+
+    fn tools(&self, item: &TaskRef) -> Vec<crate::env::ToolSpec> {
+        self.task(item)
+            .tools
+            .iter()
+            .filter_map(|name| self.tools.spec(name))
+            .collect()
+    }
+
+    fn gold(&self, item: &TaskRef) -> Option<super::reward::Gold> {
+        let t = self.task(item);
+        Some(super::reward::Gold {
+            calls: t.calls.clone().unwrap_or_default(),
+            rule: t.rule.clone(),
+            answer: t.answer.clone(),
+            needed: Vec::new(),
+        })
+    }
+}
+
+impl crate::env::ToolSet<TaskRef> for DatasetSource {
+    /// Runs a call to one of the task's tools (a tool it was not offered is an error).
+    fn execute(&self, item: &TaskRef, call: &Call) -> std::result::Result<String, String> {
+        if !self.task(item).tools.contains(&call.name) {
+            return Err(format!("unknown tool {:?}", call.name));
+        }
+        self.tools.execute(call)
+    }
+}
+
+#[cfg(test)]
+mod source_tests {
+    use super::*;
+    use crate::config::ToolConfig;
+    use crate::env::{TaskSource, ToolSet};
+    use crate::ids::SourceId;
+
+    fn source() -> DatasetSource {
+        let text = r#"{"id": "a", "split": "train", "prompt": "What is 2 plus 40?", "tools": ["plus"], "answer": "42", "calls": [{"name": "plus", "arguments": {"a": 2, "b": 40}}]}
+{"id": "b", "split": "train", "prompt": "Say hi.", "answer": "hi", "rule": "one_of", "accept": ["hello"]}
+{"id": "c", "split": "heldout", "prompt": "What is 1 plus 1?", "tools": ["plus"], "answer": 2, "rule": "number", "tolerance": 0.5}
+"#;
+        let tools: std::sync::Arc<[ToolConfig]> = vec![ToolConfig {
+            name: "plus".into(),
+            description: "a + b".into(),
+            parameters: serde_json::json!({"type": "object", "properties": {
+                "a": {"type": "integer"}, "b": {"type": "integer"}}}),
+            builtin: Some("add".into()),
+            command: None,
+            timeout_ms: 1000,
+        }]
+        .into();
+        DatasetSource {
+            data: std::sync::Arc::new(Dataset::parse(text, "t.jsonl", &["plus"]).unwrap()),
+            tools: super::super::toolbox::ToolBox::new(tools, None),
+            seed: 3,
+        }
+    }
+
+    #[test]
+    fn a_dataset_serves_items_tools_gold_and_calls() {
+        let s = source();
+        let a = s.item(Split::Train, 0);
+        assert_eq!(s.prompt(&a), "What is 2 plus 40?");
+        assert_eq!(s.tools(&a)[0].name, "plus");
+        let gold = s.gold(&a).unwrap();
+        assert_eq!(gold.calls, vec![Call::new("plus", &[("a", "2"), ("b", "40")])]);
+        assert_eq!(s.execute(&a, &gold.calls[0]), Ok("42".into()));
+        let b = s.item(Split::Train, 1);
+        assert!(s.tools(&b).is_empty());
+        assert!(s.execute(&b, &gold.calls[0]).unwrap_err().contains("unknown tool"));
+        assert!(s.gold(&b).unwrap().rule.accepts("hi", "Hello"));
+        let c = s.item(Split::Heldout, 7);
+        assert_eq!(s.task(&c).id, "c");
+        assert!(s.gold(&c).unwrap().rule.accepts("2", "2.4"));
+        // Training draws are the prompt's own: the same id, the same task.
+        let id = SourceId::new(0, 1, 0).prompt(5, 2);
+        assert_eq!(s.prompt_item(&id), s.prompt_item(&id));
+        let drawn: std::collections::HashSet<usize> = (0..40)
+            .map(|m| s.prompt_item(&SourceId::new(0, 1, 0).prompt(m, 0)).index)
+            .collect();
+        assert_eq!(drawn.len(), 2, "both training tasks are drawn, no other");
+    }
+}

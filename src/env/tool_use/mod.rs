@@ -10,5 +10,6 @@ pub mod json;
 pub mod protocol;
 pub mod reward;
 pub mod tasks;
+pub mod toolbox;
 
 pub use json::{episode_json, score_jsonl, score_line, ScoreTotals};
