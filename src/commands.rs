@@ -42,6 +42,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             run::resolve_device(cfg.device)?;
             run::resolve_device(cfg.actor.device)
                 .map_err(|e| Error::input(format!("actor.{e}")))?;
+            run::check_inputs(&cfg)?;
             let dir = out.unwrap_or_else(|| default_dir("runs", &path));
             run::create_run_dir(&dir, &cfg, serial)?;
             eprintln!("run: {}", dir.display());

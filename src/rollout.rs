@@ -335,9 +335,9 @@ pub fn evaluate<P: SequencePolicy>(
 /// [`evaluate`] in any protocol (the chat format of a pretrained LM), `batch` episodes at a
 /// time.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate_with<P: SequencePolicy, R: Protocol<Task>>(
+pub fn evaluate_with<P, T, R>(
     model: &P,
-    task: &Task,
+    task: &T,
     protocol: &R,
     split: crate::env::tool_use::tasks::Split,
     episodes: usize,
@@ -345,7 +345,12 @@ pub fn evaluate_with<P: SequencePolicy, R: Protocol<Task>>(
     reward: &crate::env::tool_use::reward::RewardConfig,
     device: Device,
     mut on_episode: impl FnMut(&R::Episode),
-) -> Result<ScoreMeans> {
+) -> Result<ScoreMeans>
+where
+    P: SequencePolicy,
+    T: TaskSource + ToolSet<T::Item>,
+    R: Protocol<T>,
+{
     let mut stats = ScoreMeans::default();
     let indices: Vec<u64> = (0..episodes as u64).collect();
     for chunk in indices.chunks(batch.max(1)) {

@@ -997,3 +997,87 @@ fn a_killed_serial_lm_run_resumes_to_the_uninterrupted_metrics() {
     assert!(last_step > 0 && last_step < 12, "{last_step}");
     assert_eq!(metrics(&run), want, "resumed metrics differ");
 }
+
+/// Users' own tasks and tools: `examples/shop` (a JSON-lines dataset, a Python tool program
+/// served by `scripts/pytools.py`, the built-in `mul`) trains on the tiny Llama. The warm start's
+/// demonstrations run the gold calls through the tools, so a run that starts at all has had the
+/// external program answer. A dataset with bad lines is refused before anything is written,
+/// each bad line named.
+#[test]
+fn a_dataset_with_an_external_tool_trains_and_bad_lines_are_refused() {
+    let (dir, _) = fixture("llama");
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let model = format!("policy.model={}", dir.display());
+    let mut args = vec![
+        "train",
+        "--config",
+        "examples/shop/config.toml",
+        "--serial",
+        "--set",
+        &model,
+        "--set",
+        "env.max_tokens=4000",
+        "--set",
+        "env.max_new_tokens=300",
+        "--set",
+        "warmstart.demos=8",
+        "--set",
+        "warmstart.steps=2",
+        "--set",
+        "warmstart.batch_size=4",
+        "--set",
+        "env.rounds=1",
+        "--set",
+        "env.steps_per_round=2",
+        "--set",
+        "actor.batch_size=4",
+        "--set",
+        "actor.group_size=2",
+        "--set",
+        "learner.batch_size=4",
+        "--set",
+        "replay.capacity=16",
+        "--set",
+        "logging.eval_episodes=4",
+        "--set",
+        "logging.eval_every=0",
+    ];
+    let run_s = run.to_str().unwrap().to_string();
+    let mut ok = args.clone();
+    ok.extend(["--out", run_s.as_str()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_asymre"))
+        .current_dir(root())
+        .args(&ok)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("warm start: 2 steps"), "{err}");
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["task"], "dataset", "{summary}");
+    assert!(run.join("tools.log").exists());
+
+    // Two bad lines: both named, exit 2, no run directory.
+    let bad = tmp.path().join("bad.jsonl");
+    let good = std::fs::read_to_string(root().join("examples/shop/tasks.jsonl")).unwrap();
+    let mut lines: Vec<&str> = good.lines().take(3).collect();
+    lines.push(r#"{"id": "x", "split": "train", "prompt": "p", "tools": ["nope"], "answer": 1}"#);
+    lines.push("{oops");
+    std::fs::write(&bad, lines.join("\n")).unwrap();
+    let path = format!("env.path={}", bad.display());
+    let refused = tmp.path().join("refused");
+    let refused_s = refused.to_str().unwrap().to_string();
+    args.extend(["--set", path.as_str(), "--out", refused_s.as_str()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_asymre"))
+        .current_dir(root())
+        .args(&args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("bad.jsonl:4: unknown tool \"nope\""), "{err}");
+    assert!(err.contains("bad.jsonl:5: not JSON"), "{err}");
+    assert!(!refused.exists());
+}

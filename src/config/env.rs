@@ -12,6 +12,9 @@ pub enum EnvKind {
     Bandit,
     /// Verifiable tool-use tasks over a token protocol (SPEC §3.2).
     ToolUse,
+    /// Users' own tasks from a JSON-lines file (`env.path`) with the tools of `[[tools]]`
+    /// (SPEC §3.4); needs `policy.kind = "lm"`.
+    Dataset,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +48,8 @@ pub struct EnvConfig {
     pub steps_per_round: u64,
     /// Bandit, exact mode: step size η of the expected-gradient flow.
     pub eta: f64,
+    /// Dataset: the JSON-lines file of tasks (relative to the working directory).
+    pub path: String,
     /// Tool use: the task family (`calc`, `lookup`, `chain`, `fanout`, `menu`).
     pub task: TaskKind,
     /// Tool use (calc, menu): operands have up to this many digits.
@@ -85,6 +90,7 @@ impl Default for EnvConfig {
             rounds: 40,
             steps_per_round: 500,
             eta: 1.0,
+            path: String::new(),
             task: TaskKind::Calc,
             digits: 2,
             no_call_share: 0.2,

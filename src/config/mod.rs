@@ -223,6 +223,8 @@ impl Config {
                 matches!(p.kind, PolicyKind::Transformer | PolicyKind::Lm),
                 "transformer or lm",
             ),
+            // A dataset's prompts are free text: they need a model's own tokenizer.
+            EnvKind::Dataset => (p.kind == PolicyKind::Lm, "lm"),
         };
         check(
             fits,
@@ -230,6 +232,14 @@ impl Config {
             &format!("{wanted} for env.kind = {:?}", e.kind).to_lowercase(),
             format!("{:?}", p.kind).to_lowercase(),
         )?;
+        if e.kind == EnvKind::Dataset {
+            check(
+                !e.path.trim().is_empty(),
+                "env.path",
+                "the JSON-lines file of tasks for env.kind = dataset",
+                "\"\"",
+            )?;
+        }
         if e.max_turns != 0 {
             check(
                 p.kind == PolicyKind::Lm,

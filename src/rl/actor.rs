@@ -16,7 +16,7 @@ use crate::env::tool_use::protocol::{Limits, TokenProtocol};
 use crate::env::tool_use::reward;
 use crate::env::tool_use::tasks::Task;
 use crate::env::Bandit;
-use crate::env::{Protocol, ProtocolEpisode};
+use crate::env::{Protocol, ProtocolEpisode, TaskSource, ToolSet};
 use crate::error::{Error, Result};
 use crate::ids::SourceId;
 use crate::policy::lm::source::ModelFiles;
@@ -249,11 +249,11 @@ impl Actor for BanditActor {
 /// A tool-use actor: decodes `batch_size / group_size` train-split prompts, G episodes each, in
 /// lockstep with its own copy of the policy on `actor.device`: the small transformer on the
 /// token protocol, or a pretrained LM in its chat format.
-pub struct ToolActor<M = Transformer, R = TokenProtocol> {
+pub struct ToolActor<M = Transformer, R = TokenProtocol, T = Task> {
     core: ActorCore,
     model: M,
     protocol: R,
-    task: Task,
+    task: T,
     reward: RewardConfig,
 }
 
@@ -273,13 +273,14 @@ impl ToolActor {
     }
 }
 
-impl ToolActor<Lm, ChatProtocol> {
+impl<T> ToolActor<Lm, ChatProtocol, T> {
     /// An actor sampling from the LM of `files` (its own copy of the base, loaded once; the
-    /// snapshots it loads hold only what trains) in the chat format `protocol`.
+    /// snapshots it loads hold only what trains) in the chat format `protocol`, on the tasks of
+    /// `task` (the built-in families or a dataset).
     pub fn lm(
         cfg: &Config,
         source: SourceId,
-        task: Task,
+        task: T,
         files: &ModelFiles,
         protocol: ChatProtocol,
         snapshot: &WeightSnapshot,
@@ -296,13 +297,13 @@ impl ToolActor<Lm, ChatProtocol> {
     }
 }
 
-impl<M, R> ToolActor<M, R> {
+impl<M, R, T> ToolActor<M, R, T> {
     fn assemble(
         cfg: &Config,
         core: ActorCore,
         model: M,
         protocol: R,
-        task: Task,
+        task: T,
         snapshot: &WeightSnapshot,
     ) -> Result<Self> {
         let mut actor = ToolActor {
@@ -317,10 +318,11 @@ impl<M, R> ToolActor<M, R> {
     }
 }
 
-impl<M, R> Actor for ToolActor<M, R>
+impl<M, R, T> Actor for ToolActor<M, R, T>
 where
     M: SequencePolicy + Send,
-    R: Protocol<Task> + Send,
+    T: TaskSource + ToolSet<T::Item> + Send,
+    R: Protocol<T> + Send,
 {
     fn core(&self) -> &ActorCore {
         &self.core

@@ -41,10 +41,10 @@ pub fn token_demos(cfg: &Config, task: &Task) -> Result<Vec<Demo>> {
 
 /// `warmstart.demos` demonstrations written by `demo` on train-split items of their own, those
 /// that fit in `env.max_tokens`.
-pub fn demos(
+pub fn demos<T: crate::env::TaskSource>(
     cfg: &Config,
-    task: &Task,
-    demo: impl Fn(&crate::env::tool_use::tasks::Item) -> Option<Demo>,
+    task: &T,
+    demo: impl Fn(&T::Item) -> Option<Demo>,
 ) -> Result<Vec<Demo>> {
     let written: Vec<Demo> = (0..cfg.warmstart.demos as u64)
         .filter_map(|i| demo(&task.item(Split::Train, DEMO_BASE + i)))

@@ -1,7 +1,8 @@
 //! What a sampled run needs of its environment, behind one trait: its actors, its part of the
 //! metrics rows, evaluation, what a checkpoint keeps of it, and its summary. [`sampled_env`] and
 //! [`initial_logits`] are where a run looks at `env.kind` (besides choosing the bandit's exact
-//! flow, and `eval`, which is for tool use); the bandit and the tool-use tasks implement it.
+//! flow, and `eval`, which is for tool use); the bandit, the tool-use tasks and users' datasets
+//! implement it.
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,6 +10,8 @@ use tch::Device;
 
 use crate::config::{Config, EnvKind};
 use crate::env::bandit::Bandit;
+use crate::env::tool_use::dataset::{Dataset, DatasetSource};
+use crate::env::tool_use::toolbox::ToolBox;
 use crate::env::tool_use::protocol::chat::{demonstration, ChatFormat, ChatProtocol};
 use crate::env::tool_use::protocol::Limits;
 use crate::env::tool_use::reward::ScoreMeans;
@@ -84,6 +87,7 @@ pub(super) fn sampled_env(
     device: Device,
     initial: &[f64],
     saved: Option<WarmstartRecord>,
+    run_dir: &std::path::Path,
 ) -> Result<Box<dyn SampledEnv>> {
     Ok(match cfg.env.kind {
         EnvKind::Bandit => Box::new(BanditEnv {
@@ -92,6 +96,7 @@ pub(super) fn sampled_env(
             behaviour_probs: Vec::new(),
         }),
         EnvKind::ToolUse => Box::new(ToolUseEnv::new(cfg, learner, device, saved)?),
+        EnvKind::Dataset => Box::new(DatasetEnv::new(cfg, learner, device, saved, run_dir)?),
     })
 }
 
@@ -99,7 +104,7 @@ pub(super) fn sampled_env(
 pub(super) fn initial_logits(cfg: &Config) -> Vec<f64> {
     match cfg.env.kind {
         EnvKind::Bandit => crate::env::bandit::initial_logits(&cfg.env.bandit_spec(), cfg.seed),
-        EnvKind::ToolUse => Vec::new(),
+        EnvKind::ToolUse | EnvKind::Dataset => Vec::new(),
     }
 }
 
@@ -357,6 +362,188 @@ impl SampledEnv for ToolUseEnv {
             bandit: None,
             tool_use: Some(ToolUseSummary {
                 task: format!("{:?}", self.task.spec.kind).to_lowercase(),
+                warmstart_heldout,
+                final_heldout,
+                final_train,
+                warmstart,
+                warmstart_seconds,
+            }),
+        })
+    }
+}
+
+/// Users' tasks from a JSON-lines file (`env.kind = "dataset"`), played by a pretrained LM in its
+/// chat format with the tools of `[[tools]]`. Each actor's copy of the source runs its own tool
+/// workers; their stderr goes to the run's `tools.log`.
+struct DatasetEnv {
+    source: DatasetSource,
+    files: ModelFiles,
+    protocol: ChatProtocol,
+    warmstart: WarmstartRecord,
+}
+
+impl DatasetEnv {
+    fn new(
+        cfg: &Config,
+        learner: &Learner,
+        device: Device,
+        saved: Option<WarmstartRecord>,
+        run_dir: &std::path::Path,
+    ) -> Result<Self> {
+        let (files, protocol) = chat_protocol(cfg)?
+            .ok_or_else(|| Error::input("env.kind = dataset needs policy.model"))?;
+        let source = dataset_source(cfg, Some(run_dir.join("tools.log")))?;
+        let mut env = DatasetEnv {
+            source,
+            files,
+            protocol,
+            warmstart: Default::default(),
+        };
+        env.warmstart = match saved {
+            Some(w) => w,
+            None => env.warm_start(cfg, learner, device)?,
+        };
+        Ok(env)
+    }
+
+    /// Supervised fine-tuning on the tasks that have gold calls or need none (their calls run
+    /// for real, then the gold answer), then a held-out evaluation.
+    fn warm_start(
+        &self,
+        cfg: &Config,
+        learner: &Learner,
+        device: Device,
+    ) -> Result<WarmstartRecord> {
+        let PolicyModel::Lm(model) = &learner.policy else {
+            return Err(Error::input("env.kind = dataset needs policy.kind = lm"));
+        };
+        let trains = cfg.warmstart.steps > 0 && cfg.warmstart.demos > 0;
+        if trains {
+            let before = self.evaluate(cfg, learner, Split::Heldout, cfg.logging.eval_episodes)?;
+            eprintln!(
+                "before the warm start: held-out completion {:.3}, tool F1 {:.3}",
+                before.completion, before.f1
+            );
+        }
+        let started = Instant::now();
+        let source = &self.source;
+        let demos = demos(cfg, source, |item| demonstration(&self.protocol, source, item))?;
+        let report = warm_start(cfg, model.as_ref(), &learner.vs, &demos, device)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let heldout = self.evaluate(cfg, learner, Split::Heldout, cfg.logging.eval_episodes)?;
+        eprintln!(
+            "warm start: {} steps in {seconds:.1} s; held-out completion {:.3}, tool F1 {:.3}",
+            report.steps, heldout.completion, heldout.f1
+        );
+        Ok((report, heldout, seconds))
+    }
+}
+
+/// Checks what a run reads besides its config before anything is written: a dataset's every
+/// line (`FILE:LINE: reason` for each bad one).
+pub fn check_inputs(cfg: &Config) -> Result<()> {
+    if cfg.env.kind == EnvKind::Dataset {
+        dataset_source(cfg, None)?;
+    }
+    Ok(())
+}
+
+/// The dataset of `cfg` with its tools; external tools' stderr goes to `tools_log`.
+pub fn dataset_source(cfg: &Config, tools_log: Option<std::path::PathBuf>) -> Result<DatasetSource> {
+    let tools: Arc<[crate::config::ToolConfig]> = cfg.tools.clone().into();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+    let data = Dataset::load(std::path::Path::new(&cfg.env.path), &names)?;
+    Ok(DatasetSource {
+        data: Arc::new(data),
+        tools: ToolBox::new(tools.clone(), tools_log),
+        seed: cfg.seed,
+    })
+}
+
+impl SampledEnv for DatasetEnv {
+    fn actors(&self) -> ActorBuilder {
+        let (source, files, protocol) =
+            (self.source.clone(), self.files.clone(), self.protocol.clone());
+        Arc::new(move |cfg, id, behaviour| {
+            Ok(Box::new(ToolActor::lm(
+                cfg,
+                id,
+                source.clone(),
+                &files,
+                protocol.clone(),
+                behaviour,
+            )?))
+        })
+    }
+
+    fn row(&self, cfg: &Config, learner: &Learner, _last_baseline: f64) -> Result<Row> {
+        let mut row = Row::new(learner.step);
+        row.push(tags::ROUND, (learner.step / cfg.env.steps_per_round) as f64);
+        Ok(row)
+    }
+
+    fn first_row(&self, row: &mut Row) {
+        row.push(tags::HELDOUT_COMPLETION, self.warmstart.1.completion)
+            .push(tags::HELDOUT_F1, self.warmstart.1.f1);
+    }
+
+    fn evaluates(&self) -> bool {
+        true
+    }
+
+    fn evaluate(
+        &self,
+        cfg: &Config,
+        learner: &Learner,
+        split: Split,
+        episodes: usize,
+    ) -> Result<ScoreMeans> {
+        let PolicyModel::Lm(model) = &learner.policy else {
+            return Err(Error::input("env.kind = dataset needs policy.kind = lm"));
+        };
+        evaluate_with(
+            model.as_ref(),
+            &self.source,
+            &self.protocol,
+            split,
+            episodes.min(self.source.data.split(split).len().max(1)),
+            LM_EVAL_BATCH,
+            &cfg.reward,
+            learner.device(),
+            |_| {},
+        )
+    }
+
+    fn warmstart(&self) -> Option<WarmstartRecord> {
+        Some(self.warmstart)
+    }
+
+    fn summary(
+        &self,
+        cfg: &Config,
+        device: Device,
+        learner: &Learner,
+        rec: &mut Recorder,
+        _last_baseline: f64,
+    ) -> Result<Summary> {
+        let episodes = cfg.logging.eval_episodes;
+        let final_heldout = self.evaluate(cfg, learner, Split::Heldout, episodes)?;
+        let final_train = self.evaluate(cfg, learner, Split::Train, episodes)?;
+        let mut row = Row::new(learner.step);
+        row.push(tags::HELDOUT_COMPLETION, final_heldout.completion)
+            .push(tags::HELDOUT_F1, final_heldout.f1);
+        rec.log(row, 0)?;
+        rec.finish()?;
+        let (warmstart, warmstart_heldout, warmstart_seconds) = self.warmstart;
+        Ok(Summary {
+            mode: "tool_use".into(),
+            device: device_name(device),
+            steps: learner.step,
+            wall_time: rec.wall_time(),
+            last: rec.last_row_json(),
+            bandit: None,
+            tool_use: Some(ToolUseSummary {
+                task: "dataset".into(),
                 warmstart_heldout,
                 final_heldout,
                 final_train,

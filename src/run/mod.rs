@@ -24,7 +24,7 @@ mod summary;
 
 pub use dir::{create_run_dir, default_dir, new_learner, open_run_dir};
 use envs::initial_logits;
-pub use envs::chat_protocol;
+pub use envs::{chat_protocol, check_inputs, dataset_source};
 pub use eval::evaluate_run;
 pub use export::export_run;
 use flow::run_exact;

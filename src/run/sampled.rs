@@ -200,6 +200,7 @@ pub(super) fn run_sampled(
         device,
         &initial,
         saved.as_ref().and_then(|s| s.warmstart),
+        run_dir,
     )?;
     let behaviour = match behaviour {
         Some(b) => b,
