@@ -117,9 +117,10 @@ pub enum Command {
     },
     /// Score JSON-lines episodes from any model with the task's verifiable rewards.
     Score {
-        /// The task family the prompts come from.
-        #[arg(long, value_enum)]
-        task: TaskArg,
+        /// The task family the prompts come from (not with a dataset config, whose lines are
+        /// matched to its tasks by "id").
+        #[arg(long, value_enum, required_unless_present = "config")]
+        task: Option<TaskArg>,
         /// The episodes, one JSON object per line: "prompt" with "calls" and "answer", an OpenAI
         /// "messages" log, or "prompt" with a raw "completion" (Hermes <tool_call> blocks).
         file: PathBuf,

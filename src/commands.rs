@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 use crate::cli::{Cli, Command};
-use crate::env::tool_use::{score_jsonl, tasks::Task};
+use crate::env::tool_use::dataset::TaskRef;
+use crate::env::tool_use::json::{score_line, score_line_with, score_lines};
+use crate::env::tool_use::tasks::Task;
 use crate::experiments::{bench, plot, sweep};
 use crate::run::{self, default_dir, print_summary, Outcome, RunOptions};
 use crate::store::checkpoint;
@@ -131,15 +133,42 @@ pub fn run(cli: Cli) -> Result<u8> {
                 Some(p) => config::load(&p, &[])?,
                 None => config::Config::default(),
             };
-            cfg.env.task = task.into();
-            let task = Task::new(cfg.env.task_spec(seed.unwrap_or(cfg.seed)));
             let input = std::fs::File::open(&file)
                 .map_err(|e| Error::input(format!("cannot read {}: {e}", file.display())))?;
+            let dataset = if cfg.env.kind == config::EnvKind::Dataset {
+                if task.is_some() {
+                    return Err(Error::input(
+                        "--task: not with a dataset config (its lines are matched by \"id\")",
+                    ));
+                }
+                Some(run::dataset_source(&cfg, None)?)
+            } else {
+                let Some(task) = task else {
+                    return Err(Error::input("--task: needed unless the config is a dataset's"));
+                };
+                cfg.env.task = task.into();
+                None
+            };
+            let task = Task::new(cfg.env.task_spec(seed.unwrap_or(cfg.seed)));
+            let score = |line: &str| match &dataset {
+                Some(source) => score_line_with(source, &cfg.reward, line, |id, _| {
+                    let id = match id {
+                        Some(serde_json::Value::String(s)) => s.clone(),
+                        Some(serde_json::Value::Number(n)) => n.to_string(),
+                        _ => return Err("a dataset's line needs its task's \"id\"".to_string()),
+                    };
+                    let (split, index) = source
+                        .data
+                        .position(&id)
+                        .ok_or_else(|| format!("no task {id:?} in {}", cfg.env.path))?;
+                    Ok(TaskRef { split, index })
+                }),
+                None => score_line(&task, &cfg.reward, line),
+            };
             println!("line\treward\tcompletion\tprecision\trecall\tf1\tformat_errors\tcalls");
-            let totals = score_jsonl(
-                &task,
-                &cfg.reward,
+            let totals = score_lines(
                 std::io::BufReader::new(input),
+                score,
                 |n, r| match r {
                     Ok(s) => println!(
                         "{n}\t{:.4}\t{}\t{:.3}\t{:.3}\t{:.3}\t{}\t{}",

@@ -617,3 +617,33 @@ fn bench_prints_its_table_and_writes_json() {
     let bad = bin().args(["bench", "--seconds", "-1"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// `score --config` of a dataset run matches lines to its tasks by `id`, re-runs their calls
+/// with the config's tools (the external Python tool included) and applies each task's answer
+/// rule; an unknown id or a line without one is reported, the rest scored.
+#[test]
+fn score_matches_a_datasets_lines_by_id() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = bin()
+        .current_dir(root)
+        .args([
+            "score",
+            "--config",
+            "examples/shop/config.toml",
+            "tests/data/shop_episodes.jsonl",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let rows: Vec<Vec<&str>> = stdout.lines().skip(1).map(|l| l.split('\t').collect()).collect();
+    // Two calls and the right answer: completion 1, F1 1.
+    assert_eq!(&rows[0][..3], &["1", "1.5000", "1"], "{stdout}");
+    assert_eq!(rows[0][5], "1.000");
+    // 961 for 960 under the `number` rule with no tolerance.
+    assert_eq!(&rows[1][..3], &["2", "0.0000", "0"], "{stdout}");
+    assert!(stderr.contains(":3: no task \"nope\""), "{stderr}");
+    assert!(stderr.contains(":4: a dataset's line needs its task's \"id\""), "{stderr}");
+    assert!(stdout.contains("scored 2 of 4 lines (2 bad)"), "{stdout}");
+}

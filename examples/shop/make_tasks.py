@@ -1,4 +1,4 @@
-"""Writes examples/shop/tasks.jsonl: "What do N ITEMs cost, in cents?" for every item and
+"""Writes examples/shop/tasks.jsonl: "How much are N units of ITEM, in cents?" for every item and
 N in 1..6; the held-out split is the items rice, tea, soap and candle (tools generalise, answers
 cannot be memorised). Gold calls: price(item), then mul(a=N, b=price) when N > 1."""
 import json
@@ -15,10 +15,9 @@ for item, cents in PRICES.items():
         calls = [{"name": "price", "arguments": {"item": item}}]
         if n > 1:
             calls.append({"name": "mul", "arguments": {"a": n, "b": cents}})
-        noun = item if n == 1 else item + "s"
         lines.append({"id": "%s-%d" % (item, n), "split": "heldout" if item in HELDOUT else "train",
-                      "prompt": "What do %d %s cost, in cents?" % (n, noun) if n > 1 else
-                      "What does one %s cost, in cents?" % item,
+                      "prompt": "How much are %d units of %s, in cents?" % (n, item) if n > 1 else
+                      "How much is one unit of %s, in cents?" % item,
                       "tools": ["price", "mul"], "answer": n * cents, "rule": "number", "calls": calls})
 with open(os.path.join(os.path.dirname(__file__), "tasks.jsonl"), "w") as f:
     for line in lines:

@@ -21,7 +21,7 @@ pub fn evaluate_run(
     dump: Option<&Path>,
 ) -> Result<(u64, ScoreMeans)> {
     let (cfg, _) = open_run_dir(run_dir)?;
-    if cfg.env.kind != EnvKind::ToolUse {
+    if cfg.env.kind == EnvKind::Bandit {
         return Err(Error::input(format!(
             "{}: eval is for tool-use runs",
             run_dir.display()
@@ -54,6 +54,24 @@ pub fn evaluate_run(
         }
     };
     let stats = match (&policy, super::envs::chat_protocol(&cfg)?) {
+        // A dataset's tasks: chat episodes, dumped with the task's id.
+        (PolicyModel::Lm(model), Some((_, protocol))) if cfg.env.kind == EnvKind::Dataset => {
+            let source = super::envs::dataset_source(&cfg, None)?;
+            evaluate_with(
+                model.as_ref(),
+                &source,
+                &protocol,
+                split,
+                episodes,
+                super::envs::LM_EVAL_BATCH,
+                &cfg.reward,
+                device,
+                |ep| {
+                    let id = &source.task(&ep.item).id;
+                    line(serde_json::json!({ "id": id, "messages": ep.messages }))
+                },
+            )?
+        }
         // A pretrained LM: its chat episodes, dumped as OpenAI `messages` logs.
         (PolicyModel::Lm(model), Some((_, protocol))) => evaluate_with(
             model.as_ref(),

@@ -162,6 +162,11 @@ impl Dataset {
         }
     }
 
+    /// Where the task with this id is: its split and index there.
+    pub fn position(&self, id: &str) -> Option<(Split, usize)> {
+        self.by_id.get(id).copied()
+    }
+
     /// The task with this id.
     pub fn get(&self, id: &str) -> Option<&DatasetTask> {
         let &(split, i) = self.by_id.get(id)?;

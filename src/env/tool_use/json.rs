@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 use super::protocol::Episode;
 use super::reward::{self, canonical_value, Attempt, Call, RewardConfig, Score, ScoreMeans};
 use super::tasks::Task;
+use crate::env::{TaskSource, ToolSet};
 
 /// An episode in the common JSON function-call form.
 pub fn episode_json(task: &Task, ep: &Episode) -> Value {
@@ -272,6 +273,20 @@ fn parse_transcript(v: &Value) -> Result<Transcript, String> {
 /// `results` may be present (results are ignored). Any other key is an error. The prompt names
 /// the item, the calls are re-executed with the task's tools, the answer is compared exactly.
 pub fn score_line(task: &Task, cfg: &RewardConfig, line: &str) -> Result<Score, String> {
+    score_line_with(task, cfg, line, |_, prompt| {
+        task.parse_prompt(prompt)
+            .ok_or_else(|| format!("not a {:?} prompt: {prompt:?}", task.spec.kind))
+    })
+}
+
+/// [`score_line`] for any task source: `item_of` finds the item from the line's `id` and its
+/// prompt (a dataset looks the id up; the built-in tasks read the prompt).
+pub fn score_line_with<T: TaskSource + ToolSet<T::Item>>(
+    task: &T,
+    cfg: &RewardConfig,
+    line: &str,
+    item_of: impl Fn(Option<&Value>, &str) -> Result<T::Item, String>,
+) -> Result<Score, String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
     let Transcript {
         prompt,
@@ -279,9 +294,7 @@ pub fn score_line(task: &Task, cfg: &RewardConfig, line: &str) -> Result<Score, 
         answer,
         bad_calls,
     } = parse_transcript(&v)?;
-    let item = task
-        .parse_prompt(&prompt)
-        .ok_or_else(|| format!("not a {:?} prompt: {prompt:?}", task.spec.kind))?;
+    let item = item_of(v.get("id"), &prompt)?;
     let gold = task.gold(&item).ok_or(
         "the task has no answer for this prompt (an unknown entity or invalid arithmetic)",
     )?;
@@ -313,6 +326,16 @@ pub fn score_jsonl(
     task: &Task,
     cfg: &RewardConfig,
     input: impl BufRead,
+    each: impl FnMut(usize, &Result<Score, String>),
+) -> std::io::Result<ScoreTotals> {
+    score_lines(input, |line| score_line(task, cfg, line), each)
+}
+
+/// Scores every line of `input` with `score`, calling `each` with (line number, result); bad
+/// lines are reported and skipped. Returns the means over the scored lines.
+pub fn score_lines(
+    input: impl BufRead,
+    score: impl Fn(&str) -> Result<Score, String>,
     mut each: impl FnMut(usize, &Result<Score, String>),
 ) -> std::io::Result<ScoreTotals> {
     let mut t = ScoreTotals::default();
@@ -323,7 +346,7 @@ pub fn score_jsonl(
         }
         t.lines += 1;
         let result = match std::str::from_utf8(&bytes) {
-            Ok(text) => score_line(task, cfg, text),
+            Ok(text) => score(text),
             Err(_) => Err("not valid UTF-8".to_string()),
         };
         each(i + 1, &result);
