@@ -144,7 +144,9 @@ pub fn run(cli: Cli) -> Result<u8> {
                 Some(run::dataset_source(&cfg, None)?)
             } else {
                 let Some(task) = task else {
-                    return Err(Error::input("--task: needed unless the config is a dataset's"));
+                    return Err(Error::input(
+                        "--task: needed unless the config is a dataset's",
+                    ));
                 };
                 cfg.env.task = task.into();
                 None
@@ -166,23 +168,13 @@ pub fn run(cli: Cli) -> Result<u8> {
                 None => score_line(&task, &cfg.reward, line),
             };
             println!("line\treward\tcompletion\tprecision\trecall\tf1\tformat_errors\tcalls");
-            let totals = score_lines(
-                std::io::BufReader::new(input),
-                score,
-                |n, r| match r {
-                    Ok(s) => println!(
-                        "{n}\t{:.4}\t{}\t{:.3}\t{:.3}\t{:.3}\t{}\t{}",
-                        s.reward,
-                        s.completion,
-                        s.precision,
-                        s.recall,
-                        s.f1,
-                        s.format_errors,
-                        s.calls
-                    ),
-                    Err(e) => eprintln!("{}:{n}: {e}", file.display()),
-                },
-            )
+            let totals = score_lines(std::io::BufReader::new(input), score, |n, r| match r {
+                Ok(s) => println!(
+                    "{n}\t{:.4}\t{}\t{:.3}\t{:.3}\t{:.3}\t{}\t{}",
+                    s.reward, s.completion, s.precision, s.recall, s.f1, s.format_errors, s.calls
+                ),
+                Err(e) => eprintln!("{}:{n}: {e}", file.display()),
+            })
             .map_err(|e| Error::io(&file, e))?;
             println!(
                 "scored {} of {} lines ({} bad): mean reward {:.4}, completion {:.3}, tool precision {:.3} recall {:.3} F1 {:.3}, format errors {:.3}, calls {:.2}",

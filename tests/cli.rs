@@ -637,13 +637,20 @@ fn score_matches_a_datasets_lines_by_id() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let rows: Vec<Vec<&str>> = stdout.lines().skip(1).map(|l| l.split('\t').collect()).collect();
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').collect())
+        .collect();
     // Two calls and the right answer: completion 1, F1 1.
     assert_eq!(&rows[0][..3], &["1", "1.5000", "1"], "{stdout}");
     assert_eq!(rows[0][5], "1.000");
     // 961 for 960 under the `number` rule with no tolerance.
     assert_eq!(&rows[1][..3], &["2", "0.0000", "0"], "{stdout}");
     assert!(stderr.contains(":3: no task \"nope\""), "{stderr}");
-    assert!(stderr.contains(":4: a dataset's line needs its task's \"id\""), "{stderr}");
+    assert!(
+        stderr.contains(":4: a dataset's line needs its task's \"id\""),
+        "{stderr}"
+    );
     assert!(stdout.contains("scored 2 of 4 lines (2 bad)"), "{stdout}");
 }

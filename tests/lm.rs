@@ -955,7 +955,9 @@ fn a_killed_serial_lm_run_resumes_to_the_uninterrupted_metrics() {
     let want = metrics(&reference);
     assert_eq!(want.last().unwrap()["step"].as_u64(), Some(12));
     // The adapters moved: the losses are not all zero and the entropy changed.
-    assert!(want.iter().any(|r| r.get("loss").and_then(Value::as_f64).unwrap_or(0.0) != 0.0));
+    assert!(want
+        .iter()
+        .any(|r| r.get("loss").and_then(Value::as_f64).unwrap_or(0.0) != 0.0));
 
     let run = tmp.path().join("killed");
     let mut last_step = 0;
@@ -987,7 +989,10 @@ fn a_killed_serial_lm_run_resumes_to_the_uninterrupted_metrics() {
                 last_step = step;
                 break;
             }
-            assert!(child.try_wait().unwrap().is_none(), "round {round}: ended first");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "round {round}: ended first"
+            );
             assert!(start.elapsed().as_secs() < 300, "no checkpoint");
             std::thread::sleep(std::time::Duration::from_millis(2));
         }

@@ -405,11 +405,15 @@ builtin = "add"
         assert_eq!(c.tools[0].parameters["properties"]["to"]["type"], "string");
         assert_eq!(from_toml_str(&c.to_toml(), &[]).unwrap(), c);
         let bad = |extra: &str| err(&format!("{text}{extra}"), &[]);
-        let m = bad("[[tools]]\nname = \"geo\"\nparameters = { type = \"object\" }\nbuiltin = \"add\"\n");
+        let m = bad(
+            "[[tools]]\nname = \"geo\"\nparameters = { type = \"object\" }\nbuiltin = \"add\"\n",
+        );
         assert!(m.contains("used twice"), "{m}");
-        let m = bad("[[tools]]\nname = \"x\"\nparameters = { type = \"object\" }\nbuiltin = \"pow\"\n");
+        let m =
+            bad("[[tools]]\nname = \"x\"\nparameters = { type = \"object\" }\nbuiltin = \"pow\"\n");
         assert!(m.contains("unknown builtin \"pow\""), "{m}");
-        let m = bad("[[tools]]\nname = \"x\"\nparameters = { type = \"string\" }\ncommand = [\"t\"]\n");
+        let m =
+            bad("[[tools]]\nname = \"x\"\nparameters = { type = \"string\" }\ncommand = [\"t\"]\n");
         assert!(m.starts_with("tools[2] (\"x\"): parameters"), "{m}");
         let m = bad("[[tools]]\nname = \"x\"\nparameters = { type = \"object\" }\n");
         assert!(m.contains("needs builtin or command"), "{m}");

@@ -41,8 +41,7 @@ pub fn validate(tools: &[ToolConfig]) -> Result<()> {
     for (i, t) in tools.iter().enumerate() {
         let at = |what: &str| Error::input(format!("tools[{i}] ({:?}): {what}", t.name));
         let name_ok = !t.name.is_empty()
-            && t
-                .name
+            && t.name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
         if !name_ok {
@@ -65,10 +64,7 @@ pub fn validate(tools: &[ToolConfig]) -> Result<()> {
             (None, None) => return Err(at("needs builtin or command")),
         }
         let schema_ok = t.parameters.get("type").and_then(|v| v.as_str()) == Some("object")
-            && t
-                .parameters
-                .get("properties")
-                .is_none_or(|p| p.is_object());
+            && t.parameters.get("properties").is_none_or(|p| p.is_object());
         if !schema_ok {
             return Err(at(
                 "parameters must be a JSON schema of type \"object\" (with \"properties\")",

@@ -113,7 +113,10 @@ fn progress(what: &str) {
 pub fn config_text(model: &Path, steps: u64) -> String {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     CONFIG
-        .replace("{model}", &model.display().to_string().replace('\\', "\\\\"))
+        .replace(
+            "{model}",
+            &model.display().to_string().replace('\\', "\\\\"),
+        )
         .replace("{steps}", &steps.to_string())
         .replace("{new}", &NEW_TOKENS.to_string())
         .replace("{batch}", &BATCH.to_string())
@@ -141,7 +144,8 @@ pub fn run(opts: &GrpoBench) -> Result<()> {
     let prompts = dir.join("prompts.jsonl");
     write_prompts(&cfg, &prompts)?;
 
-    let exe = std::env::current_exe().map_err(|e| Error::input(format!("no asymre binary: {e}")))?;
+    let exe =
+        std::env::current_exe().map_err(|e| Error::input(format!("no asymre binary: {e}")))?;
     let mut ours = Vec::new();
     for serial in [false, true] {
         let mode = if serial { "serial" } else { "parallel" };

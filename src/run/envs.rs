@@ -11,11 +11,11 @@ use tch::Device;
 use crate::config::{Config, EnvKind};
 use crate::env::bandit::Bandit;
 use crate::env::tool_use::dataset::{Dataset, DatasetSource};
-use crate::env::tool_use::toolbox::ToolBox;
 use crate::env::tool_use::protocol::chat::{demonstration, ChatFormat, ChatProtocol};
 use crate::env::tool_use::protocol::Limits;
 use crate::env::tool_use::reward::ScoreMeans;
 use crate::env::tool_use::tasks::{Split, Task};
+use crate::env::tool_use::toolbox::ToolBox;
 use crate::error::{Error, Result};
 use crate::ids::SourceId;
 use crate::math::softmax;
@@ -427,7 +427,9 @@ impl DatasetEnv {
         }
         let started = Instant::now();
         let source = &self.source;
-        let demos = demos(cfg, source, |item| demonstration(&self.protocol, source, item))?;
+        let demos = demos(cfg, source, |item| {
+            demonstration(&self.protocol, source, item)
+        })?;
         let report = warm_start(cfg, model.as_ref(), &learner.vs, &demos, device)?;
         let seconds = started.elapsed().as_secs_f64();
         let heldout = self.evaluate(cfg, learner, Split::Heldout, cfg.logging.eval_episodes)?;
@@ -449,7 +451,10 @@ pub fn check_inputs(cfg: &Config) -> Result<()> {
 }
 
 /// The dataset of `cfg` with its tools; external tools' stderr goes to `tools_log`.
-pub fn dataset_source(cfg: &Config, tools_log: Option<std::path::PathBuf>) -> Result<DatasetSource> {
+pub fn dataset_source(
+    cfg: &Config,
+    tools_log: Option<std::path::PathBuf>,
+) -> Result<DatasetSource> {
     let tools: Arc<[crate::config::ToolConfig]> = cfg.tools.clone().into();
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
     let data = Dataset::load(std::path::Path::new(&cfg.env.path), &names)?;
@@ -462,8 +467,11 @@ pub fn dataset_source(cfg: &Config, tools_log: Option<std::path::PathBuf>) -> Re
 
 impl SampledEnv for DatasetEnv {
     fn actors(&self) -> ActorBuilder {
-        let (source, files, protocol) =
-            (self.source.clone(), self.files.clone(), self.protocol.clone());
+        let (source, files, protocol) = (
+            self.source.clone(),
+            self.files.clone(),
+            self.protocol.clone(),
+        );
         Arc::new(move |cfg, id, behaviour| {
             Ok(Box::new(ToolActor::lm(
                 cfg,

@@ -145,7 +145,9 @@ impl Dataset {
             return Err(Error::input(msg));
         }
         if train.is_empty() {
-            return Err(Error::input(format!("{file}: no task with split \"train\"")));
+            return Err(Error::input(format!(
+                "{file}: no task with split \"train\""
+            )));
         }
         Ok(Dataset {
             train,
@@ -268,7 +270,9 @@ fn parse_task(line: &str, n: usize, known: &[&str]) -> std::result::Result<Datas
                     .ok_or("\"tolerance\" must be a number >= 0")?,
             };
             if read_number(&answer).is_none() {
-                return Err(format!("rule \"number\" needs a numeric answer, got {answer:?}"));
+                return Err(format!(
+                    "rule \"number\" needs a numeric answer, got {answer:?}"
+                ));
             }
             AnswerRule::Number { tolerance }
         }
@@ -282,7 +286,8 @@ fn parse_task(line: &str, n: usize, known: &[&str]) -> std::result::Result<Datas
             AnswerRule::Regex(re)
         }
         "one_of" => AnswerRule::OneOf(strings(
-            obj.get("accept").ok_or("rule \"one_of\" needs \"accept\"")?,
+            obj.get("accept")
+                .ok_or("rule \"one_of\" needs \"accept\"")?,
             "accept",
         )?),
         other => {
@@ -335,7 +340,11 @@ fn parse_messages(v: &Value) -> std::result::Result<Vec<Value>, String> {
                     "messages[{j}]: role {r:?} (a prompt has system and user messages)"
                 ))
             }
-            _ => return Err(format!("messages[{j}] needs string \"role\" and \"content\"")),
+            _ => {
+                return Err(format!(
+                    "messages[{j}] needs string \"role\" and \"content\""
+                ))
+            }
         }
     }
     if users == 0 {
@@ -427,7 +436,10 @@ mod tests {
         ];
         assert_eq!(got.len(), want.len(), "{msg}");
         for (line, (at, says)) in got.iter().zip(want) {
-            assert!(line.starts_with(at) && line.contains(says), "{line:?}: {says}");
+            assert!(
+                line.starts_with(at) && line.contains(says),
+                "{line:?}: {says}"
+            );
         }
     }
 
@@ -436,7 +448,10 @@ mod tests {
         let text = "x\n".repeat(25);
         let msg = parse(&text).unwrap_err().to_string();
         assert_eq!(msg.lines().count(), 21);
-        assert!(msg.ends_with("… and 5 more bad lines in tasks.jsonl"), "{msg}");
+        assert!(
+            msg.ends_with("… and 5 more bad lines in tasks.jsonl"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -584,11 +599,17 @@ mod source_tests {
         assert_eq!(s.prompt(&a), "What is 2 plus 40?");
         assert_eq!(s.tools(&a)[0].name, "plus");
         let gold = s.gold(&a).unwrap();
-        assert_eq!(gold.calls, vec![Call::new("plus", &[("a", "2"), ("b", "40")])]);
+        assert_eq!(
+            gold.calls,
+            vec![Call::new("plus", &[("a", "2"), ("b", "40")])]
+        );
         assert_eq!(s.execute(&a, &gold.calls[0]), Ok("42".into()));
         let b = s.item(Split::Train, 1);
         assert!(s.tools(&b).is_empty());
-        assert!(s.execute(&b, &gold.calls[0]).unwrap_err().contains("unknown tool"));
+        assert!(s
+            .execute(&b, &gold.calls[0])
+            .unwrap_err()
+            .contains("unknown tool"));
         assert!(s.gold(&b).unwrap().rule.accepts("hi", "Hello"));
         let c = s.item(Split::Heldout, 7);
         assert_eq!(s.task(&c).id, "c");

@@ -134,7 +134,10 @@ impl ToolWorker {
         out: &mut [Option<Result<String, String>>],
     ) -> Result<(), String> {
         let timeout = self.timeout;
-        let r = self.running.as_mut().ok_or("the tool program is not running")?;
+        let r = self
+            .running
+            .as_mut()
+            .ok_or("the tool program is not running")?;
         let mut requests = String::new();
         for (i, (name, arguments)) in calls.iter().enumerate() {
             let line = json!({"id": first + i as u64, "name": name, "arguments": arguments});
@@ -149,17 +152,26 @@ impl ToolWorker {
         while left > 0 {
             let line = read_line(r, timeout)?;
             let answer: Value = serde_json::from_str(&line).map_err(|_| {
-                format!("the tool program wrote a line that is not JSON: {:.80}", line)
+                format!(
+                    "the tool program wrote a line that is not JSON: {:.80}",
+                    line
+                )
             })?;
             let id = answer.get("id").and_then(Value::as_u64);
             let Some(slot) = id
                 .and_then(|id| id.checked_sub(first))
                 .and_then(|i| out.get_mut(i as usize))
             else {
-                return Err(format!("the tool program answered an unknown id: {:.80}", line));
+                return Err(format!(
+                    "the tool program answered an unknown id: {:.80}",
+                    line
+                ));
             };
             if slot.is_some() {
-                return Err(format!("the tool program answered id {} twice", id.unwrap_or(0)));
+                return Err(format!(
+                    "the tool program answered id {} twice",
+                    id.unwrap_or(0)
+                ));
             }
             *slot = Some(match (answer.get("result"), answer.get("error")) {
                 (Some(Value::String(s)), None) => Ok(s.clone()),
@@ -324,7 +336,10 @@ for line in sys.stdin:
         let slow = json!({"s": 30});
         let t0 = Instant::now();
         let got = w.call_batch(&[("slow", &slow)]);
-        assert!(got[0].as_ref().unwrap_err().contains("within 1500 ms"), "{got:?}");
+        assert!(
+            got[0].as_ref().unwrap_err().contains("within 1500 ms"),
+            "{got:?}"
+        );
         assert!(t0.elapsed() < Duration::from_secs(20));
         assert_eq!(w.call_batch(&[("add", &a)]), vec![Ok("2".to_string())]);
         assert_eq!(w.starts, 3);
@@ -345,6 +360,9 @@ for line in sys.stdin:
         let v = json!({});
         let got = w.call_batch(&[("x", &v), ("y", &v)]);
         assert_eq!(got.len(), 2);
-        assert!(got[0].as_ref().unwrap_err().contains("cannot start"), "{got:?}");
+        assert!(
+            got[0].as_ref().unwrap_err().contains("cannot start"),
+            "{got:?}"
+        );
     }
 }

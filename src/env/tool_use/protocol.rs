@@ -452,7 +452,11 @@ mod tests {
             ..Limits::new(96, 4)
         };
         let mut ep = Episode::new(&t, item, limits);
-        play(&t, &mut ep, &vocab::encode("CALL add a 1 b 2 /CALL ANS").unwrap());
+        play(
+            &t,
+            &mut ep,
+            &vocab::encode("CALL add a 1 b 2 /CALL ANS").unwrap(),
+        );
         assert!(!ep.done, "8 written, the result forced");
         play(&t, &mut ep, &vocab::encode("3 4").unwrap());
         assert!(ep.done && ep.attempt.format_errors == 1);

@@ -139,7 +139,10 @@ fn typed_arguments(call: &Call, schema: &Value) -> Value {
             Some("boolean") => text.parse::<bool>().map(Value::Bool).ok(),
             _ => None,
         };
-        args.insert(name.clone(), v.unwrap_or_else(|| Value::String(text.clone())));
+        args.insert(
+            name.clone(),
+            v.unwrap_or_else(|| Value::String(text.clone())),
+        );
     }
     Value::Object(args)
 }
@@ -208,7 +211,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tb = ToolBox::new(tools(dir.path()), None);
         assert_eq!(tb.names(), vec!["plus", "shout"]);
-        assert_eq!(tb.spec("shout").unwrap().description, "text in capitals, repeated");
+        assert_eq!(
+            tb.spec("shout").unwrap().description,
+            "text in capitals, repeated"
+        );
         let calls = [
             Call::new("shout", &[("text", "hi"), ("times", "2")]),
             Call::new("plus", &[("a", "2"), ("b", "40")]),
@@ -237,7 +243,9 @@ mod tests {
         assert_eq!(builtin("sub", &c("2", "5")), Ok("-3".into()));
         assert_eq!(builtin("mul", &c("-4", "5")), Ok("-20".into()));
         assert_eq!(builtin("div", &c("20", "5")), Ok("4".into()));
-        assert!(builtin("div", &c("7", "2")).unwrap_err().contains("not divisible"));
+        assert!(builtin("div", &c("7", "2"))
+            .unwrap_err()
+            .contains("not divisible"));
         assert!(builtin("div", &c("7", "0")).unwrap_err().contains("zero"));
         assert!(builtin("add", &c(&i64::MAX.to_string(), "1"))
             .unwrap_err()
