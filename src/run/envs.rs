@@ -344,31 +344,14 @@ impl SampledEnv for ToolUseEnv {
         rec: &mut Recorder,
         _last_baseline: f64,
     ) -> Result<Summary> {
-        let episodes = cfg.logging.eval_episodes;
-        let final_heldout = self.evaluate(cfg, learner, Split::Heldout, episodes)?;
-        let final_train = self.evaluate(cfg, learner, Split::Train, episodes)?;
-        let mut row = Row::new(learner.step);
-        row.push(tags::HELDOUT_COMPLETION, final_heldout.completion)
-            .push(tags::HELDOUT_F1, final_heldout.f1);
-        rec.log(row, 0)?;
-        rec.finish()?;
-        let (warmstart, warmstart_heldout, warmstart_seconds) = self.warmstart;
-        Ok(Summary {
-            mode: "tool_use".into(),
-            device: device_name(device),
-            steps: learner.step,
-            wall_time: rec.wall_time(),
-            last: rec.last_row_json(),
-            bandit: None,
-            tool_use: Some(ToolUseSummary {
-                task: format!("{:?}", self.task.spec.kind).to_lowercase(),
-                warmstart_heldout,
-                final_heldout,
-                final_train,
-                warmstart,
-                warmstart_seconds,
-            }),
-        })
+        tool_use_summary(
+            self,
+            format!("{:?}", self.task.spec.kind).to_lowercase(),
+            cfg,
+            device,
+            learner,
+            rec,
+        )
     }
 }
 
@@ -534,30 +517,43 @@ impl SampledEnv for DatasetEnv {
         rec: &mut Recorder,
         _last_baseline: f64,
     ) -> Result<Summary> {
-        let episodes = cfg.logging.eval_episodes;
-        let final_heldout = self.evaluate(cfg, learner, Split::Heldout, episodes)?;
-        let final_train = self.evaluate(cfg, learner, Split::Train, episodes)?;
-        let mut row = Row::new(learner.step);
-        row.push(tags::HELDOUT_COMPLETION, final_heldout.completion)
-            .push(tags::HELDOUT_F1, final_heldout.f1);
-        rec.log(row, 0)?;
-        rec.finish()?;
-        let (warmstart, warmstart_heldout, warmstart_seconds) = self.warmstart;
-        Ok(Summary {
-            mode: "tool_use".into(),
-            device: device_name(device),
-            steps: learner.step,
-            wall_time: rec.wall_time(),
-            last: rec.last_row_json(),
-            bandit: None,
-            tool_use: Some(ToolUseSummary {
-                task: "dataset".into(),
-                warmstart_heldout,
-                final_heldout,
-                final_train,
-                warmstart,
-                warmstart_seconds,
-            }),
-        })
+        tool_use_summary(self, "dataset".into(), cfg, device, learner, rec)
     }
+}
+
+/// The end of a tool-use run (built-in tasks or a dataset): greedy held-out and train
+/// evaluations, the last metrics row, and the summary naming `task`.
+fn tool_use_summary(
+    env: &dyn SampledEnv,
+    task: String,
+    cfg: &Config,
+    device: Device,
+    learner: &Learner,
+    rec: &mut Recorder,
+) -> Result<Summary> {
+    let episodes = cfg.logging.eval_episodes;
+    let final_heldout = env.evaluate(cfg, learner, Split::Heldout, episodes)?;
+    let final_train = env.evaluate(cfg, learner, Split::Train, episodes)?;
+    let mut row = Row::new(learner.step);
+    row.push(tags::HELDOUT_COMPLETION, final_heldout.completion)
+        .push(tags::HELDOUT_F1, final_heldout.f1);
+    rec.log(row, 0)?;
+    rec.finish()?;
+    let (warmstart, warmstart_heldout, warmstart_seconds) = env.warmstart().unwrap_or_default();
+    Ok(Summary {
+        mode: "tool_use".into(),
+        device: device_name(device),
+        steps: learner.step,
+        wall_time: rec.wall_time(),
+        last: rec.last_row_json(),
+        bandit: None,
+        tool_use: Some(ToolUseSummary {
+            task,
+            warmstart_heldout,
+            final_heldout,
+            final_train,
+            warmstart,
+            warmstart_seconds,
+        }),
+    })
 }
