@@ -210,7 +210,7 @@ where
                         let at = ep.tokens().len();
                         token_logps[i].resize(at, 0.0);
                         token_logps[i].push(logp as f32);
-                        ep.push_policy(tok, task);
+                        ep.push_token(tok);
                         tok
                     }
                 };
@@ -231,6 +231,7 @@ where
             }
             forks.extend(children.map(|(tok, members)| (r, tok, members)));
         }
+        run_pending_calls(&mut episodes, task);
         let running = real.iter().filter(|&&x| x).count() + forks.len();
         if running == 0 {
             break;
@@ -276,6 +277,36 @@ where
             }
         })
         .collect())
+}
+
+/// Runs the calls the episodes completed in this decoding step, all in one
+/// [`ToolSet::execute_batch`], and delivers each episode its results.
+fn run_pending_calls<T, E>(episodes: &mut [E], task: &T)
+where
+    T: TaskSource + ToolSet<T::Item>,
+    E: ProtocolEpisode<T>,
+{
+    let waiting: Vec<usize> = (0..episodes.len())
+        .filter(|&i| !episodes[i].pending_calls().is_empty())
+        .collect();
+    if waiting.is_empty() {
+        return;
+    }
+    let mut results = {
+        let calls: Vec<(&T::Item, &crate::env::tool_use::reward::Call)> = waiting
+            .iter()
+            .flat_map(|&i| {
+                let ep = &episodes[i];
+                ep.pending_calls().iter().map(move |c| (ep.item(), c))
+            })
+            .collect();
+        task.execute_batch(&calls).into_iter()
+    };
+    for i in waiting {
+        let n = episodes[i].pending_calls().len();
+        let mine: Vec<_> = results.by_ref().take(n).collect();
+        episodes[i].deliver(mine);
+    }
 }
 
 /// Picks a token from one row of logits; returns it with its log-probability under the sampling
@@ -413,6 +444,107 @@ mod tests {
     }
 
     const LIMITS: Limits = Limits::new(48, 2);
+
+    /// The task's tools, counting how many batches they were asked to run and of what size.
+    struct Counting<'a> {
+        task: &'a Task,
+        batches: std::sync::Mutex<Vec<usize>>,
+    }
+
+    impl ToolSet<Item> for Counting<'_> {
+        fn execute(
+            &self,
+            item: &Item,
+            call: &crate::env::tool_use::reward::Call,
+        ) -> std::result::Result<String, String> {
+            self.task.execute(item, call)
+        }
+
+        fn execute_batch(
+            &self,
+            calls: &[(&Item, &crate::env::tool_use::reward::Call)],
+        ) -> Vec<std::result::Result<String, String>> {
+            self.batches.lock().unwrap().push(calls.len());
+            calls.iter().map(|(i, c)| self.task.execute(i, c)).collect()
+        }
+    }
+
+    impl TaskSource for Counting<'_> {
+        type Item = Item;
+        fn prompt_item(&self, id: &crate::ids::PromptId) -> Item {
+            self.task.prompt_item(id)
+        }
+        fn item(&self, split: crate::env::Split, index: u64) -> Item {
+            self.task.item(split, index)
+        }
+        fn prompt(&self, item: &Item) -> String {
+            self.task.prompt(item)
+        }
+        fn tools(&self, item: &Item) -> Vec<crate::env::ToolSpec> {
+            TaskSource::tools(self.task, item)
+        }
+        fn gold(&self, item: &Item) -> Option<crate::env::tool_use::reward::Gold> {
+            self.task.gold(item)
+        }
+    }
+
+    /// The calls that episodes complete in one decoding step go to the tools in one batch, and
+    /// each episode gets what running its own call alone would have given it.
+    #[test]
+    fn a_steps_calls_run_as_one_batch() {
+        use crate::env::tool_use::tasks::{tests::spec, Split, TaskKind};
+        let task = Task::new(spec(TaskKind::Calc));
+        let counting = Counting {
+            task: &task,
+            batches: Default::default(),
+        };
+        let texts = [
+            "CALL add a 1 b 2 /CALL",
+            "CALL mul a 3 b 4 /CALL",
+            "CALL get a 3 b 4 /CALL", // a wrong call: an error, still in the batch
+            "CALL add a 1 /CALL b",   // a call closed two steps earlier
+            "ANS 5",                  // no call
+        ];
+        let item = task.item(Split::Train, 0);
+        let mut batched: Vec<Episode> = texts
+            .iter()
+            .map(|_| Episode::new(&counting, item.clone(), LIMITS))
+            .collect();
+        let mut alone = batched.clone();
+        let tokens: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| crate::text::words::encode(t).unwrap())
+            .collect();
+        let steps = tokens.iter().map(Vec::len).max().unwrap();
+        for step in 0..steps {
+            for (ep, toks) in batched.iter_mut().zip(&tokens) {
+                if let Some(&t) = toks.get(step) {
+                    ep.push_token(t);
+                }
+            }
+            run_pending_calls(&mut batched, &counting);
+            for (ep, toks) in alone.iter_mut().zip(&tokens) {
+                if let Some(&t) = toks.get(step) {
+                    ep.push_policy(t, &task);
+                }
+            }
+        }
+        // Step 4 closes the short call; step 6 closes three calls at once.
+        assert_eq!(*counting.batches.lock().unwrap(), [1, 3]);
+        for (b, a) in batched.iter_mut().zip(&mut alone) {
+            assert_eq!(b.attempt, a.attempt);
+            let (mut fb, mut fa) = (Vec::new(), Vec::new());
+            while let Some(t) = b.take_forced() {
+                fb.push(t);
+            }
+            while let Some(t) = a.take_forced() {
+                fa.push(t);
+            }
+            assert_eq!(fb, fa);
+        }
+        assert_eq!(batched[0].attempt.results, [Some("3".to_string())]);
+        assert_eq!(batched[2].attempt.results, [None]);
+    }
 
     /// An untrained one-block decoder and the chain task.
     fn untrained() -> (tch::nn::VarStore, crate::policy::Transformer, Task) {

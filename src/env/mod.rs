@@ -58,6 +58,16 @@ pub trait TaskSource: Send + Sync {
 /// Executes a call made for `item`: its result, or the error text the policy sees.
 pub trait ToolSet<I>: Send + Sync {
     fn execute(&self, item: &I, call: &Call) -> Result<String, String>;
+
+    /// Runs the calls of one decoding step (several episodes' calls) and returns each one's
+    /// result, in order. One at a time by default; a tool set whose tools are worker processes
+    /// sends each worker its calls together.
+    fn execute_batch(&self, calls: &[(&I, &Call)]) -> Vec<Result<String, String>> {
+        calls
+            .iter()
+            .map(|(item, call)| self.execute(item, call))
+            .collect()
+    }
 }
 
 /// Turns an item into an episode the policy plays token by token.
@@ -81,8 +91,29 @@ pub trait ProtocolEpisode<T: TaskSource + ToolSet<T::Item>>: Clone + Send {
     fn done(&self) -> bool;
     /// The next forced token (a tool result), appended masked out, if one is queued.
     fn take_forced(&mut self) -> Option<u32>;
-    /// Appends a token the policy chose; a finished call is executed with `tools`.
-    fn push_policy(&mut self, token: u32, tools: &T);
+    /// Appends a token the policy chose. The calls it completes are not run: they wait in
+    /// [`ProtocolEpisode::pending_calls`] until [`ProtocolEpisode::deliver`] brings their
+    /// results, so that a decoding step can run every episode's calls together.
+    fn push_token(&mut self, token: u32);
+    /// Calls waiting for their results (empty when none are).
+    fn pending_calls(&self) -> &[Call];
+    /// The results of [`ProtocolEpisode::pending_calls`], in order: queued as forced tokens
+    /// (unless the episode has ended) and recorded in the attempt.
+    fn deliver(&mut self, results: Vec<Result<String, String>>);
+    /// Appends a token the policy chose and runs the calls it completes with `tools`.
+    fn push_policy(&mut self, token: u32, tools: &T) {
+        self.push_token(token);
+        if self.pending_calls().is_empty() {
+            return;
+        }
+        let results = {
+            let item = self.item();
+            let calls: Vec<(&T::Item, &Call)> =
+                self.pending_calls().iter().map(|c| (item, c)).collect();
+            tools.execute_batch(&calls)
+        };
+        self.deliver(results);
+    }
     /// Ends the episode where it is (a format error when it had not finished).
     fn truncate(&mut self);
     /// The calls, results, answer and format errors so far.

@@ -561,6 +561,32 @@ impl crate::env::ToolSet<TaskRef> for DatasetSource {
         }
         self.tools.execute(call)
     }
+
+    /// Runs the calls together: each external tool gets its calls in one exchange.
+    fn execute_batch(
+        &self,
+        calls: &[(&TaskRef, &Call)],
+    ) -> Vec<std::result::Result<String, String>> {
+        let offered: Vec<bool> = calls
+            .iter()
+            .map(|(item, call)| self.task(item).tools.contains(&call.name))
+            .collect();
+        let run: Vec<Call> = calls
+            .iter()
+            .zip(&offered)
+            .filter(|(_, &ok)| ok)
+            .map(|((_, call), _)| (*call).clone())
+            .collect();
+        let mut results = self.tools.execute_many(&run).into_iter();
+        calls
+            .iter()
+            .zip(offered)
+            .map(|((_, call), ok)| match ok {
+                true => results.next().unwrap_or_else(|| Err("no result".into())),
+                false => Err(format!("unknown tool {:?}", call.name)),
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -621,5 +647,43 @@ mod source_tests {
             .map(|m| s.prompt_item(&SourceId::new(0, 1, 0).prompt(m, 0)).index)
             .collect();
         assert_eq!(drawn.len(), 2, "both training tasks are drawn, no other");
+    }
+
+    #[test]
+    fn the_calls_of_a_decoding_step_reach_an_external_tool_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("plus.py");
+        std::fs::write(
+            &script,
+            "import json, sys\nfor line in sys.stdin:\n    r = json.loads(line)\n    a = r['arguments']\n    print(json.dumps({'id': r['id'], 'result': a['a'] + a['b']}), flush=True)\n",
+        )
+        .unwrap();
+        let mut s = source();
+        let tool = ToolConfig {
+            name: "plus".into(),
+            description: "a + b".into(),
+            parameters: serde_json::json!({"type": "object", "properties": {
+                "a": {"type": "integer"}, "b": {"type": "integer"}}}),
+            builtin: None,
+            command: Some(vec!["python3".into(), script.display().to_string()]),
+            timeout_ms: 20_000,
+        };
+        s.tools = super::super::toolbox::ToolBox::new(vec![tool].into(), None);
+        let (a, b) = (s.item(Split::Train, 0), s.item(Split::Train, 1));
+        let (x, y) = (
+            Call::new("plus", &[("a", "2"), ("b", "40")]),
+            Call::new("plus", &[("a", "1"), ("b", "1")]),
+        );
+        let got = s.execute_batch(&[(&a, &x), (&b, &x), (&a, &y)]);
+        assert_eq!(got[0], Ok("42".into()));
+        assert!(
+            got[1].as_ref().unwrap_err().contains("unknown tool"),
+            "{got:?}"
+        );
+        assert_eq!(got[2], Ok("2".into()));
+        assert_eq!(s.tools.exchanges(), 1, "one exchange for the step's calls");
+        // One at a time, as before: the same answers.
+        assert_eq!(s.execute(&a, &y), Ok("2".into()));
+        assert_eq!(s.tools.exchanges(), 2);
     }
 }

@@ -38,6 +38,8 @@ pub struct ToolWorker {
     next_id: u64,
     /// Workers started so far (the first start included).
     pub starts: u64,
+    /// Batches of calls sent so far (one exchange each).
+    pub exchanges: u64,
 }
 
 impl ToolWorker {
@@ -51,6 +53,7 @@ impl ToolWorker {
             running: None,
             next_id: 0,
             starts: 0,
+            exchanges: 0,
         }
     }
 
@@ -110,6 +113,7 @@ impl ToolWorker {
         }
         let first = self.next_id;
         self.next_id += calls.len() as u64;
+        self.exchanges += 1;
         let mut out: Vec<Option<Result<String, String>>> = vec![None; calls.len()];
         match self.exchange(first, calls, &mut out) {
             Ok(()) => {}

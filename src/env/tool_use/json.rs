@@ -1,13 +1,12 @@
 //! The common JSON function-call form: episodes render to it, and lines in it (plain calls,
 //! OpenAI tool calls, whole `messages` logs) are scored with the task's rewards.
-use std::collections::BTreeMap;
 use std::io::BufRead;
 
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::protocol::Episode;
-use super::reward::{self, canonical_value, Attempt, Call, RewardConfig, Score, ScoreMeans};
+use super::reward::{self, Attempt, Call, RewardConfig, Score, ScoreMeans};
 use super::tasks::Task;
 use crate::env::{TaskSource, ToolSet};
 
@@ -74,7 +73,7 @@ pub(crate) fn parse_call_json(v: &Value) -> Result<Call, String> {
         },
         Some(_) => return Err("\"arguments\" must be an object".into()),
     };
-    let mut arguments = BTreeMap::new();
+    let mut pairs = Vec::new();
     for (k, v) in args {
         let text = match v {
             Value::String(s) => s,
@@ -82,12 +81,13 @@ pub(crate) fn parse_call_json(v: &Value) -> Result<Call, String> {
             Value::Bool(b) => b.to_string(),
             other => return Err(format!("argument {k:?} has a non-scalar value {other}")),
         };
-        arguments.insert(k, canonical_value(&text));
+        pairs.push((k, text));
     }
-    Ok(Call {
-        name: name.to_string(),
-        arguments,
-    })
+    let pairs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    Ok(Call::new(name, &pairs))
 }
 
 /// The top-level keys a scored line may have.

@@ -78,6 +78,8 @@ pub struct Episode<I = Item> {
     pub attempt: Attempt,
     pub done: bool,
     forced: VecDeque<u32>,
+    /// A call the policy completed, waiting for its result.
+    pending: Vec<Call>,
     phase: Phase,
     stray: bool,
     /// Tokens the policy wrote.
@@ -97,6 +99,7 @@ impl<I> Episode<I> {
             attempt: Attempt::default(),
             done: prompt_len >= limits.max_tokens,
             forced: VecDeque::new(),
+            pending: Vec::new(),
             phase: Phase::Free,
             stray: false,
             written: 0,
@@ -124,8 +127,19 @@ impl<I> Episode<I> {
         }
     }
 
-    /// Appends a token the policy chose and reacts to it.
+    /// Appends a token the policy chose and reacts to it; a call it completes is run with
+    /// `task`.
     pub fn push_policy(&mut self, t: u32, task: &(impl ToolSet<I> + ?Sized)) {
+        self.push_token(t);
+        if let Some(call) = self.pending.first() {
+            let r = task.execute(&self.item, call);
+            self.deliver(vec![r]);
+        }
+    }
+
+    /// Appends a token the policy chose and reacts to it; a call it completes waits in
+    /// `pending` for [`Episode::deliver`].
+    pub fn push_token(&mut self, t: u32) {
         if self.done {
             return;
         }
@@ -134,7 +148,9 @@ impl<I> Episode<I> {
         self.policy_mask.push(true);
         self.written += 1;
         match (self.phase, t) {
-            (Phase::Free, CALL) if self.attempt.calls.len() >= self.limits.max_calls => {
+            (Phase::Free, CALL)
+                if self.attempt.calls.len() + self.pending.len() >= self.limits.max_calls =>
+            {
                 self.attempt.format_errors += 1;
                 self.finish();
             }
@@ -147,7 +163,13 @@ impl<I> Episode<I> {
             (Phase::Free, _) => self.stray = true,
             (Phase::InCall(start), END_CALL) => {
                 self.phase = Phase::Free;
-                self.execute(start, pos, task);
+                match parse_call(&self.tokens[start + 1..pos]) {
+                    Ok(call) => self.pending.push(call),
+                    Err(_) => {
+                        self.attempt.format_errors += 1;
+                        self.forced.extend([RES, ERR, END_RES]);
+                    }
+                }
             }
             (Phase::InCall(_), EOS) => {
                 self.attempt.format_errors += 1; // unterminated call
@@ -165,34 +187,35 @@ impl<I> Episode<I> {
         }
     }
 
+    /// The results of the pending calls: recorded in the attempt, and queued as
+    /// `RES value /RES` (`RES ERR /RES` for an error or a value the vocabulary cannot spell)
+    /// unless the episode has ended.
+    pub fn deliver(&mut self, results: Vec<Result<String, String>>) {
+        let calls = std::mem::take(&mut self.pending);
+        for (call, r) in calls.into_iter().zip(results) {
+            // A result the vocabulary cannot spell is the tool's error, never a panic.
+            let r = r.and_then(|value| vocab::encode(&value).map(|ids| (value, ids)));
+            self.attempt.calls.push(call);
+            self.attempt
+                .results
+                .push(r.as_ref().ok().map(|(value, _)| value.clone()));
+            let ids = r.map(|(_, ids)| ids).unwrap_or_else(|_| {
+                self.attempt.format_errors += 1;
+                vec![ERR]
+            });
+            if !self.done {
+                self.forced.push_back(RES);
+                self.forced.extend(ids);
+                self.forced.push_back(END_RES);
+            }
+        }
+    }
+
     fn finish(&mut self) {
         if self.stray {
             self.attempt.format_errors += 1;
         }
         self.done = true;
-    }
-
-    fn execute(&mut self, start: usize, end: usize, task: &(impl ToolSet<I> + ?Sized)) {
-        let result = parse_call(&self.tokens[start + 1..end]).and_then(|call| {
-            // A result the vocabulary cannot spell is the tool's error, never a panic.
-            let r = task
-                .execute(&self.item, &call)
-                .and_then(|value| vocab::encode(&value).map(|ids| (value, ids)));
-            self.attempt.calls.push(call);
-            self.attempt
-                .results
-                .push(r.as_ref().ok().map(|(value, _)| value.clone()));
-            r.map(|(_, ids)| ids)
-        });
-        self.forced.push_back(RES);
-        match result {
-            Ok(ids) => self.forced.extend(ids),
-            Err(_) => {
-                self.attempt.format_errors += 1;
-                self.forced.push_back(ERR);
-            }
-        }
-        self.forced.push_back(END_RES);
     }
 
     /// The policy's generated part as text (after the prompt).
@@ -313,8 +336,16 @@ impl<T: TaskSource + ToolSet<T::Item>> ProtocolEpisode<T> for Episode<T::Item> {
         Episode::take_forced(self)
     }
 
-    fn push_policy(&mut self, token: u32, tools: &T) {
-        Episode::push_policy(self, token, tools)
+    fn push_token(&mut self, token: u32) {
+        Episode::push_token(self, token)
+    }
+
+    fn pending_calls(&self) -> &[Call] {
+        &self.pending
+    }
+
+    fn deliver(&mut self, results: Vec<Result<String, String>>) {
+        Episode::deliver(self, results)
     }
 
     fn truncate(&mut self) {

@@ -13,11 +13,16 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// One tool call: a name and named arguments, values in canonical text form.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// One tool call: a name and named arguments. Calls compare by name and the values' canonical
+/// text ([`canonical_value`]); a tool receives the values as they were written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Call {
     pub name: String,
+    /// The values in canonical text form.
     pub arguments: BTreeMap<String, String>,
+    /// The values as written (trimmed), which a tool receives: `Paris`, not `paris`.
+    #[serde(skip)]
+    pub written: BTreeMap<String, String>,
 }
 
 impl Call {
@@ -28,7 +33,43 @@ impl Call {
                 .iter()
                 .map(|(k, v)| (k.to_string(), canonical_value(v)))
                 .collect(),
+            written: args
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+                .collect(),
         }
+    }
+
+    /// The value of argument `name` as written (its canonical text when that is all there is).
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.written
+            .get(name)
+            .or_else(|| self.arguments.get(name))
+            .map(String::as_str)
+    }
+
+    fn key(&self) -> (&String, &BTreeMap<String, String>) {
+        (&self.name, &self.arguments)
+    }
+}
+
+impl PartialEq for Call {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Call {}
+
+impl PartialOrd for Call {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Call {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
     }
 }
 

@@ -115,6 +115,15 @@ impl ToolBox {
             .collect()
     }
 
+    /// Batches of calls sent to the external programs so far.
+    pub fn exchanges(&self) -> u64 {
+        self.workers
+            .iter()
+            .flatten()
+            .map(|w| w.lock().map_or(0, |w| w.exchanges))
+            .sum()
+    }
+
     /// Runs one call.
     pub fn execute(&self, call: &Call) -> Result<String, String> {
         self.execute_many(std::slice::from_ref(call))
@@ -124,25 +133,24 @@ impl ToolBox {
 }
 
 /// A call's arguments as JSON typed by the tool's schema: `integer` and `number` properties as
-/// numbers, `boolean` as booleans, everything else as the text the policy wrote.
+/// numbers, `boolean` as booleans (read from their canonical text), everything else as the text
+/// the policy wrote.
 fn typed_arguments(call: &Call, schema: &Value) -> Value {
     let mut args = Map::new();
-    for (name, text) in &call.arguments {
+    for (name, canonical) in &call.arguments {
         let kind = schema["properties"][name.as_str()]["type"].as_str();
         let v = match kind {
-            Some("integer") => text.parse::<i64>().map(Value::from).ok(),
-            Some("number") => text
+            Some("integer") => canonical.parse::<i64>().map(Value::from).ok(),
+            Some("number") => canonical
                 .parse::<f64>()
                 .ok()
                 .and_then(serde_json::Number::from_f64)
                 .map(Value::Number),
-            Some("boolean") => text.parse::<bool>().map(Value::Bool).ok(),
+            Some("boolean") => canonical.parse::<bool>().map(Value::Bool).ok(),
             _ => None,
         };
-        args.insert(
-            name.clone(),
-            v.unwrap_or_else(|| Value::String(text.clone())),
-        );
+        let text = || Value::String(call.value(name).unwrap_or(canonical).to_string());
+        args.insert(name.clone(), v.unwrap_or_else(text));
     }
     Value::Object(args)
 }
@@ -204,6 +212,37 @@ mod tests {
             },
         ]
         .into()
+    }
+
+    /// Calls compare case-insensitively, but a tool gets the text as the policy wrote it.
+    #[test]
+    fn a_tool_receives_string_arguments_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("echo.py");
+        std::fs::write(
+            &script,
+            "import json, sys\nfor l in sys.stdin:\n    r = json.loads(l)\n    print(json.dumps({'id': r['id'], 'result': r['arguments']['city']}), flush=True)\n",
+        )
+        .unwrap();
+        let echo = ToolConfig {
+            name: "echo".into(),
+            description: "the city".into(),
+            parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+            builtin: None,
+            command: Some(vec!["python3".into(), script.display().to_string()]),
+            timeout_ms: 20_000,
+        };
+        let tb = ToolBox::new(vec![echo].into(), None);
+        let call = crate::env::tool_use::json::parse_call_json(
+            &json!({"name": "echo", "arguments": {"city": " New York "}}),
+        )
+        .unwrap();
+        assert_eq!(call, Call::new("echo", &[("city", "new york")]));
+        assert_eq!(tb.execute(&call), Ok("New York".to_string()));
+        assert_eq!(
+            tb.execute(&Call::new("echo", &[("city", "Paris")])),
+            Ok("Paris".to_string())
+        );
     }
 
     #[test]

@@ -188,6 +188,7 @@ impl<T: TaskSource + ToolSet<T::Item>> Protocol<T> for ChatProtocol {
             turn_start: prompt_len,
             written: 0,
             turns: 0,
+            awaiting: None,
             messages,
             format: self.format.clone(),
             tools,
@@ -217,6 +218,8 @@ pub struct ChatEpisode<I> {
     /// Tokens the policy wrote, and assistant turns it ended.
     written: usize,
     turns: usize,
+    /// The calls of the turn that ended, waiting for their results.
+    awaiting: Option<Awaiting>,
     /// The conversation so far in OpenAI's `messages` form (calls' `arguments` as JSON text).
     pub messages: Vec<Json>,
     format: Arc<ChatFormat>,
@@ -245,9 +248,23 @@ impl<I> ChatEpisode<I> {
         }
     }
 
-    /// Appends a token the policy chose; at the end of a turn, runs its calls or takes its
-    /// answer.
+    /// Appends a token the policy chose; at the end of a turn, runs its calls with `tools` or
+    /// takes its answer.
     pub fn push_policy(&mut self, t: u32, tools: &(impl ToolSet<I> + ?Sized)) {
+        self.push_token(t);
+        if let Some(turn) = &self.awaiting {
+            let results = turn
+                .calls
+                .iter()
+                .map(|c| tools.execute(&self.item, c))
+                .collect();
+            self.deliver(results);
+        }
+    }
+
+    /// Appends a token the policy chose; at the end of a turn, takes its answer or parses its
+    /// calls, which wait in `awaiting` for [`ChatEpisode::deliver`].
+    pub fn push_token(&mut self, t: u32) {
         if self.done {
             return;
         }
@@ -255,14 +272,19 @@ impl<I> ChatEpisode<I> {
         self.policy_mask.push(true);
         self.written += 1;
         if self.format.ends_turn(t) {
-            self.end_turn(tools);
+            self.end_turn();
         }
         if !self.done && self.limits.reached(self.tokens.len(), self.written) {
             self.truncate();
         }
     }
 
-    fn end_turn(&mut self, tools: &(impl ToolSet<I> + ?Sized)) {
+    /// The calls of the turn that ended, waiting for their results.
+    pub fn pending_calls(&self) -> &[Call] {
+        self.awaiting.as_ref().map_or(&[], |t| &t.calls)
+    }
+
+    fn end_turn(&mut self) {
         let end = self.tokens.len() - 1;
         let text = self
             .format
@@ -285,40 +307,76 @@ impl<I> ChatEpisode<I> {
             self.done = true;
             return;
         }
-        let mut results = Vec::new();
+        let mut waiting = Awaiting::default();
         let mut tool_calls = Vec::new();
         for body in turn.calls {
-            let call = body.and_then(|b| parse_tool_call(&b, &self.tools));
-            let result = match call {
+            match body.and_then(|b| parse_tool_call(&b, &self.tools)) {
                 Ok((call, arguments)) => {
                     tool_calls.push(json!({"type": "function", "function": {
                         "name": call.name, "arguments": arguments,
                     }}));
-                    let r = tools.execute(&self.item, &call);
-                    self.attempt.calls.push(call);
-                    self.attempt.results.push(r.as_ref().ok().cloned());
-                    r
+                    waiting.slots.push(Ok(waiting.calls.len()));
+                    waiting.calls.push(call);
                 }
-                Err(e) => Err(e),
-            };
-            results.push(result.unwrap_or_else(|e| {
-                self.attempt.format_errors += 1;
-                format!("error: {e}")
-            }));
+                Err(e) => waiting.slots.push(Err(e)),
+            }
         }
         let mut assistant = json!({"role": "assistant", "content": turn.prose.trim()});
         if !tool_calls.is_empty() {
             assistant["tool_calls"] = Json::Array(tool_calls);
         }
         self.messages.push(assistant);
+        if waiting.calls.is_empty() {
+            // Nothing to run: the errors answer at once.
+            self.awaiting = Some(waiting);
+            self.deliver(Vec::new());
+        } else {
+            self.awaiting = Some(waiting);
+        }
+    }
+
+    /// The results of the pending calls: recorded in the attempt and, unless the episode has
+    /// ended or this was its last turn, shown as a user turn of `<tool_response>` blocks (the
+    /// turn's malformed calls answered by their errors) before the assistant's turn re-opens.
+    pub fn deliver(&mut self, results: Vec<Result<String, String>>) {
+        let Some(turn) = self.awaiting.take() else {
+            return;
+        };
+        let mut results: Vec<Option<Result<String, String>>> =
+            results.into_iter().map(Some).collect();
+        let mut calls = turn.calls.into_iter();
+        let mut shown = Vec::new();
+        for slot in turn.slots {
+            let result = match slot {
+                Ok(i) => {
+                    let r = results
+                        .get_mut(i)
+                        .and_then(Option::take)
+                        .unwrap_or_else(|| Err("no result".into()));
+                    if let Some(call) = calls.next() {
+                        self.attempt.calls.push(call);
+                    }
+                    self.attempt.results.push(r.as_ref().ok().cloned());
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            shown.push(result.unwrap_or_else(|e| {
+                self.attempt.format_errors += 1;
+                format!("error: {e}")
+            }));
+        }
+        if self.done {
+            return;
+        }
         if self.turns >= self.limits.max_turns {
             self.done = true; // the calls count; their results are not shown
             return;
         }
-        for r in &results {
+        for r in &shown {
             self.messages.push(json!({"role": "tool", "content": r}));
         }
-        match self.format.encode(&ChatFormat::tool_turn(&results)) {
+        match self.format.encode(&ChatFormat::tool_turn(&shown)) {
             Ok(ids) => {
                 self.turn_start = self.tokens.len() + ids.len();
                 self.forced.extend(ids);
@@ -330,6 +388,14 @@ impl<I> ChatEpisode<I> {
             }
         }
     }
+}
+
+/// A turn's calls waiting for their results: each `<tool_call>` block in order, as the index
+/// of its parsed call or what is wrong with it.
+#[derive(Debug, Clone, Default)]
+struct Awaiting {
+    calls: Vec<Call>,
+    slots: Vec<std::result::Result<usize, String>>,
 }
 
 /// A turn's text split into its prose and its `<tool_call>` blocks (each the text inside the
@@ -549,11 +615,11 @@ fn call_text(call: &Call, tools: &[ToolSpec]) -> String {
     }
     let mut args = serde_json::Map::new();
     for n in names {
-        let v = &call.arguments[n];
+        let v = call.value(n).unwrap_or_default();
         let integer = spec.is_some_and(|s| s.parameters["properties"][n]["type"] == "integer");
         let value = match v.parse::<i64>() {
             Ok(i) if integer => Json::from(i),
-            _ => Json::from(v.clone()),
+            _ => Json::from(v),
         };
         args.insert(n.clone(), value);
     }
@@ -581,8 +647,16 @@ impl<T: TaskSource + ToolSet<T::Item>> ProtocolEpisode<T> for ChatEpisode<T::Ite
         ChatEpisode::take_forced(self)
     }
 
-    fn push_policy(&mut self, token: u32, tools: &T) {
-        ChatEpisode::push_policy(self, token, tools)
+    fn push_token(&mut self, token: u32) {
+        ChatEpisode::push_token(self, token)
+    }
+
+    fn pending_calls(&self) -> &[Call] {
+        ChatEpisode::pending_calls(self)
+    }
+
+    fn deliver(&mut self, results: Vec<Result<String, String>>) {
+        ChatEpisode::deliver(self, results)
     }
 
     fn truncate(&mut self) {
