@@ -260,6 +260,7 @@ pub enum TaskArg {
     Chain,
     Fanout,
     Menu,
+    Recall,
 }
 
 impl From<TaskArg> for TaskKind {
@@ -270,6 +271,7 @@ impl From<TaskArg> for TaskKind {
             TaskArg::Chain => TaskKind::Chain,
             TaskArg::Fanout => TaskKind::Fanout,
             TaskArg::Menu => TaskKind::Menu,
+            TaskArg::Recall => TaskKind::Recall,
         }
     }
 }

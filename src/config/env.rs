@@ -42,7 +42,8 @@ pub struct EnvConfig {
     pub behaviour_init: BehaviourInit,
     /// Bandit: standard deviation of the `gaussian` initial logits.
     pub init_scale: f64,
-    /// Bandit: policy-iteration rounds. The run lasts `rounds * steps_per_round` learner steps.
+    /// Bandit: policy-iteration rounds. The run lasts `rounds * steps_per_round` learner steps
+    /// (tool use and datasets: 0 runs the warm start and the final evaluations only).
     pub rounds: u64,
     /// Bandit: steps per round. In exact mode μ ← π at the end of each round.
     pub steps_per_round: u64,
@@ -155,7 +156,12 @@ impl EnvConfig {
             "finite and >= 0",
             e.init_scale,
         )?;
-        check(e.rounds >= 1, "env.rounds", ">= 1", e.rounds)?;
+        check(
+            e.rounds >= 1 || e.kind != EnvKind::Bandit,
+            "env.rounds",
+            ">= 1 (0 is for tool use and datasets: the warm start only)",
+            e.rounds,
+        )?;
         check(
             e.steps_per_round >= 1,
             "env.steps_per_round",

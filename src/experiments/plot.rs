@@ -470,6 +470,7 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
         ));
     } else {
         metrics.push(("final held-out completion", |r| r.final_completion, None));
+        metrics.push(("final train completion", |r| r.final_train_completion, None));
     }
     metrics.push(("final entropy (nats)", |r| Some(r.final_entropy), None));
     let mut panels: Vec<(String, Vec<SweepLine>)> = Vec::new();
@@ -477,7 +478,12 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
         let mut lines: Vec<SweepLine> = Vec::new();
         for g in &groups {
             let name = group_label(&g.values, x_key.as_deref(), &g.cfg);
-            let ys: Vec<f64> = g.rows.iter().filter_map(pick).collect();
+            let ys: Vec<f64> = g
+                .rows
+                .iter()
+                .filter_map(pick)
+                .filter(|y| y.is_finite())
+                .collect();
             if ys.is_empty() {
                 continue;
             }
@@ -516,7 +522,9 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
             l.points.sort_by(|a, b| a.0.total_cmp(&b.0));
             l.theory.sort_by(|a, b| a.0.total_cmp(&b.0));
         }
-        panels.push((label.to_string(), lines));
+        if !lines.is_empty() {
+            panels.push((label.to_string(), lines));
+        }
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let final_png = out.join("final.png");

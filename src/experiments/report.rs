@@ -142,6 +142,8 @@ pub struct RunRow {
     /// Tool use: held-out greedy completion at the end and at its best evaluation.
     pub final_completion: Option<f64>,
     pub best_completion: Option<f64>,
+    /// Tool use: greedy completion on train-split items at the end (recall of what was taught).
+    pub final_train_completion: Option<f64>,
     pub final_entropy: f64,
     /// Bandit: arms with π > 1e-3 at the end, and the theory's limit from the last round's μ.
     pub support: Option<f64>,
@@ -185,23 +187,36 @@ pub fn read_run(dir: &Path, point: Point) -> Result<RunRow> {
     };
     let window = cfg.collapse.window;
     let smoothed = moving_average(&series(reward_key), window);
-    let final_reward = *smoothed.last().ok_or_else(|| {
-        Error::Corrupt(format!(
-            "{}: no {reward_key} in metrics.jsonl",
-            dir.display()
-        ))
-    })?;
+    // A run without RL steps (the warm start only) reports its final train evaluation.
+    let final_reward = smoothed
+        .last()
+        .copied()
+        .or_else(|| {
+            summary
+                .pointer("/final_train/reward")
+                .and_then(serde_json::Value::as_f64)
+        })
+        .ok_or_else(|| {
+            Error::Corrupt(format!(
+                "{}: no {reward_key} in metrics.jsonl",
+                dir.display()
+            ))
+        })?;
     let best_reward = smoothed.iter().cloned().fold(f64::MIN, f64::max);
     let entropy = series(tags::ENTROPY);
     let final_entropy = if bandit {
         num("final_entropy").unwrap_or(f64::NAN)
     } else {
+        // NaN when the run took no RL step (nothing was sampled).
         let tail = &entropy[entropy.len().saturating_sub(window)..];
-        tail.iter().sum::<f64>() / tail.len().max(1) as f64
+        tail.iter().sum::<f64>() / tail.len() as f64
     };
     let heldout = series(tags::HELDOUT_COMPLETION);
     let final_completion = summary
         .pointer("/final_heldout/completion")
+        .and_then(serde_json::Value::as_f64);
+    let final_train_completion = summary
+        .pointer("/final_train/completion")
         .and_then(serde_json::Value::as_f64);
     let best_completion =
         (!heldout.is_empty()).then(|| heldout.iter().cloned().fold(0.0, f64::max));
@@ -220,6 +235,7 @@ pub fn read_run(dir: &Path, point: Point) -> Result<RunRow> {
         best_reward,
         final_completion,
         best_completion,
+        final_train_completion,
         final_entropy,
         support: num("final_support_size"),
         predicted_support: num("predicted_limit_support"),
@@ -278,7 +294,7 @@ pub fn write_reports(out: &Path) -> Result<(usize, String)> {
         let _ = write!(csv, "{k},");
     }
     csv.push_str(
-        "seed,final_reward,best_reward,final_completion,best_completion,final_entropy,support,predicted_support,predicted_reward,collapsed,wall_time\n",
+        "seed,final_reward,best_reward,final_completion,best_completion,final_train_completion,final_entropy,support,predicted_support,predicted_reward,collapsed,wall_time\n",
     );
     for r in &rows {
         for (_, v) in &r.point.values {
@@ -286,12 +302,13 @@ pub fn write_reports(out: &Path) -> Result<(usize, String)> {
         }
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{}",
             r.point.seed,
             r.final_reward,
             r.best_reward,
             opt(r.final_completion),
             opt(r.best_completion),
+            opt(r.final_train_completion),
             r.final_entropy,
             opt(r.support),
             opt(r.predicted_support),
@@ -308,6 +325,7 @@ pub fn write_reports(out: &Path) -> Result<(usize, String)> {
     header.extend(["seeds".into(), "final reward".into(), "best reward".into()]);
     if tool {
         header.push("held-out completion".into());
+        header.push("train completion".into());
     }
     if bandit {
         header.push("support".into());
@@ -326,6 +344,10 @@ pub fn write_reports(out: &Path) -> Result<(usize, String)> {
         line.push(pm(g.iter().map(|r| r.best_reward).collect(), 3));
         if tool {
             line.push(pm(g.iter().filter_map(|r| r.final_completion).collect(), 3));
+            line.push(pm(
+                g.iter().filter_map(|r| r.final_train_completion).collect(),
+                3,
+            ));
         }
         if bandit {
             line.push(pm(g.iter().filter_map(|r| r.support).collect(), 1));

@@ -22,6 +22,9 @@ pub enum TaskKind {
     Fanout,
     /// Tools listed in the prompt under shuffled ids, with distractors and no-tool items.
     Menu,
+    /// `lookup`'s questions with no tool offered: the answer must come from the weights (the
+    /// in-weight side of in-tool against in-weight learning).
+    Recall,
 }
 
 pub use crate::env::Split;
@@ -318,7 +321,7 @@ impl Task {
                 Query::Echo(rng.gen_range(0..max))
             }
             TaskKind::Calc => arith(rng),
-            TaskKind::Lookup => Query::Lookup {
+            TaskKind::Lookup | TaskKind::Recall => Query::Lookup {
                 ent: ents[rng.gen_range(0..ents.len())],
                 attr: NUMERIC[rng.gen_range(0..4)],
             },
@@ -577,8 +580,10 @@ impl Task {
             }
             Query::Lookup { ent, attr } => {
                 let v = self.db.get(*ent, *attr)?;
-                calls.push(call(Tool::Get, &[format!("e{ent}"), attr.name().into()]));
-                needed.push(v.clone());
+                if self.spec.kind != TaskKind::Recall {
+                    calls.push(call(Tool::Get, &[format!("e{ent}"), attr.name().into()]));
+                    needed.push(v.clone());
+                }
                 v
             }
             Query::Chain {
@@ -631,7 +636,9 @@ impl Task {
     /// Executes a call: the tool must exist (by id when the item lists a menu), the argument
     /// names must be exactly the schema's, and the values of the right type.
     pub fn execute(&self, item: &Item, call: &Call) -> Result<String, String> {
-        let tool = if item.menu.is_empty() {
+        let tool = if self.spec.kind == TaskKind::Recall {
+            None // nothing is offered
+        } else if item.menu.is_empty() {
             Tool::from_name(&call.name)
         } else {
             item.menu
@@ -765,6 +772,7 @@ impl TaskSource for Task {
             TaskKind::Chain if self.spec.chain_arith => &[Tool::Get, Tool::Add],
             TaskKind::Chain => &[Tool::Get],
             TaskKind::Fanout => &[Tool::Get, Tool::Sum, Tool::Max],
+            TaskKind::Recall => &[],
         };
         tools.iter().map(|t| t.spec(t.name(), width)).collect()
     }
@@ -785,12 +793,13 @@ pub(crate) mod tests {
     use super::*;
 
     /// Every task family.
-    pub(crate) const FAMILIES: [TaskKind; 5] = [
+    pub(crate) const FAMILIES: [TaskKind; 6] = [
         TaskKind::Calc,
         TaskKind::Lookup,
         TaskKind::Chain,
         TaskKind::Fanout,
         TaskKind::Menu,
+        TaskKind::Recall,
     ];
 
     pub fn spec(kind: TaskKind) -> TaskSpec {
@@ -879,6 +888,24 @@ pub(crate) mod tests {
                 &Call::new("get", &[("ent", "e1"), ("attr", "colour")])
             )
             .is_err());
+    }
+
+    #[test]
+    fn recall_asks_lookup_questions_with_no_tool() {
+        let (lookup, recall) = (
+            Task::new(spec(TaskKind::Lookup)),
+            Task::new(spec(TaskKind::Recall)),
+        );
+        for i in 0..50 {
+            let item = recall.item(Split::Train, i);
+            assert_eq!(item, lookup.item(Split::Train, i), "the same questions");
+            let (g, want) = (recall.gold(&item).unwrap(), lookup.gold(&item).unwrap());
+            assert_eq!(g.answer, want.answer);
+            assert!(g.calls.is_empty() && g.needed.is_empty());
+            assert!(TaskSource::tools(&recall, &item).is_empty());
+            // The lookup tool exists elsewhere, not here.
+            assert!(recall.execute(&item, &want.calls[0]).is_err());
+        }
     }
 
     #[test]
