@@ -2,6 +2,7 @@
 # Installs what the build needs on a fresh machine, idempotently:
 #   .venv/         a project-local Python environment with PyTorch 2.11.0 (libtorch for tch 0.24)
 #   .libtorch      a python-version-free symlink to the torch package, read by .cargo/config.toml
+#   redis-server   from Debian's packages when missing (root), for the multi-host transport
 # Re-running it when everything is present costs a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,4 +50,17 @@ fi
 torch_dir=$(.venv/bin/python -c "import torch,os;print(os.path.relpath(os.path.dirname(torch.__file__)))" 2>/dev/null)
 if [ "$(readlink .libtorch 2>/dev/null)" != "$torch_dir" ]; then
     ln -sfn "$torch_dir" .libtorch
+fi
+
+# Redis (the multi-host transport and its tests start their own redis-server on a loopback
+# port). Installed from Debian's packages when running as root; otherwise say what is missing.
+if ! command -v redis-server >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing redis-server (Debian package)" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server >/dev/null ||
+            { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server >/dev/null; }
+        # Packaging may start a service on the default port; the tests never use it.
+    else
+        echo "setup: redis-server not found; install it (Debian/Ubuntu: sudo apt-get install redis-server): the multi-host transport's tests need it" >&2
+    fi
 fi

@@ -6,7 +6,9 @@
 //! [`local`] implements them in one process: a bounded crossbeam channel (its bound is the
 //! back-pressure), a snapshot board, and atomics. The learner owns versions and staleness
 //! whatever the transport: it drops any sample past the lag limit on arrival order alone.
+pub mod codec;
 pub mod local;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,932 @@
+//! The transport through Redis (SPEC §4.3), for actors on other hosts: trajectories through one
+//! bounded stream per run, read by the learner through a consumer group; weights as chunks under
+//! versioned keys with a notification stream; the run's stop flag, failure and the learner's
+//! position (the pacing for `replay.max_policy_lag`) as plain keys. Every key of run `NAME` starts
+//! with `asymre:NAME:`.
+//!
+//! - **Trajectories**: `XADD …:trajectories` with the message ([`super::codec`]) and the actor's
+//!   name. The stream holds only what the learner has not taken yet: the learner acknowledges
+//!   and deletes each message once ingested, and an actor waits while `capacity` messages are
+//!   queued (the back-pressure of the in-process channel, across hosts). `MAXLEN ~` bounds it
+//!   even so. A message that does not decode is counted, reported with the actor that sent it,
+//!   and skipped. A learner that restarts first re-reads what it had taken but not acknowledged.
+//! - **Weights**: version `v` is `…:weights:v:0 … :k-1` (chunks of at most `chunk_bytes`) and
+//!   `…:weights:v` (the chunk count); `…:latest` names the newest complete version, written
+//!   after its chunks, and `…:versions` is a short stream actors may block on. The newest `keep`
+//!   versions stay; older ones are deleted, so Redis holds a bounded number of copies. A reader
+//!   that finds a chunk gone (deleted under it) reads the newer version instead.
+//! - **Connection loss** (Redis restarted, network cut): each operation reconnects with backoff
+//!   for up to `patience`, saying so on stderr, then fails with one line naming the URL.
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::Value;
+
+use super::codec::{decode_batch, decode_snapshot, encode_batch, encode_snapshot};
+use super::{Closed, Received, RunControl, TrajectorySink, TrajectorySource, WeightBoard};
+use crate::error::{Error, Result};
+use crate::policy::WeightSnapshot;
+use crate::trajectory::ActorBatch;
+
+/// The learner's consumer group (and its one consumer).
+const GROUP: &str = "learner";
+
+/// The names of one run's keys.
+#[derive(Debug, Clone)]
+pub struct RunKeys {
+    prefix: String,
+}
+
+impl RunKeys {
+    pub fn new(run: &str) -> Self {
+        RunKeys {
+            prefix: format!("asymre:{run}"),
+        }
+    }
+    fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.prefix)
+    }
+    pub fn trajectories(&self) -> String {
+        self.key("trajectories")
+    }
+    fn chunk(&self, version: u64, i: usize) -> String {
+        self.key(&format!("weights:{version}:{i}"))
+    }
+    fn chunks(&self, version: u64) -> String {
+        self.key(&format!("weights:{version}"))
+    }
+    fn latest(&self) -> String {
+        self.key("latest")
+    }
+    fn versions(&self) -> String {
+        self.key("versions")
+    }
+    fn stop(&self) -> String {
+        self.key("stop")
+    }
+    fn failure(&self) -> String {
+        self.key("failure")
+    }
+    fn learner(&self) -> String {
+        self.key("learner")
+    }
+    fn claimed(&self) -> String {
+        self.key("claimed")
+    }
+}
+
+/// One connection to Redis that reconnects when it is lost.
+pub struct Link {
+    url: String,
+    client: redis::Client,
+    con: Option<redis::Connection>,
+    /// How long an operation keeps reconnecting before it fails.
+    patience: Duration,
+    /// Reconnections so far.
+    pub reconnects: u64,
+}
+
+impl Link {
+    /// Opens `url` (`redis://HOST:PORT/DB`) and checks that the server answers; an unreachable or
+    /// malformed URL is one line naming it.
+    pub fn open(url: &str, patience: Duration) -> Result<Self> {
+        let client =
+            redis::Client::open(url).map_err(|e| Error::input(format!("transport {url}: {e}")))?;
+        let mut link = Link {
+            url: url.to_string(),
+            client,
+            con: None,
+            patience,
+            reconnects: 0,
+        };
+        link.connect()
+            .map_err(|e| Error::input(format!("transport {url}: cannot reach Redis: {e}")))?;
+        Ok(link)
+    }
+
+    fn connect(&mut self) -> redis::RedisResult<()> {
+        let mut con = self
+            .client
+            .get_connection_with_timeout(Duration::from_secs(2))?;
+        let _: String = redis::cmd("PING").query(&mut con)?;
+        self.con = Some(con);
+        Ok(())
+    }
+
+    /// Runs `f` on the connection, reconnecting with backoff while Redis cannot be reached.
+    /// Errors the server returns (a wrong type, a missing group) are not retried.
+    pub fn run<T>(
+        &mut self,
+        mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T> {
+        let start = Instant::now();
+        let mut wait = Duration::from_millis(50);
+        let mut said = false;
+        loop {
+            if self.con.is_none() {
+                match self
+                    .client
+                    .get_connection_with_timeout(Duration::from_secs(2))
+                {
+                    Ok(con) => {
+                        if said {
+                            eprintln!("redis {}: reconnected", self.url);
+                            self.reconnects += 1;
+                        }
+                        self.con = Some(con);
+                    }
+                    Err(e) => {
+                        if start.elapsed() > self.patience {
+                            return Err(Error::Corrupt(format!(
+                                "redis {}: unreachable for {:.0} s: {e}",
+                                self.url,
+                                self.patience.as_secs_f64()
+                            )));
+                        }
+                        if !said {
+                            eprintln!("redis {}: connection lost ({e}); reconnecting", self.url);
+                            said = true;
+                        }
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                }
+            }
+            let con = self.con.as_mut().expect("connected above");
+            match f(con) {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+                    self.con = None;
+                    if !said {
+                        eprintln!("redis {}: connection lost ({e}); reconnecting", self.url);
+                        said = true;
+                    }
+                }
+                Err(e) => return Err(Error::Corrupt(format!("redis {}: {e}", self.url))),
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn text(v: &Value) -> String {
+    bytes(v)
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default()
+}
+
+/// An actor's end: sends each batch to the run's stream, waiting while `capacity` are queued.
+pub struct RedisSink {
+    link: Mutex<Link>,
+    keys: RunKeys,
+    capacity: usize,
+    /// Who sends (named when a message does not decode).
+    actor: String,
+}
+
+impl RedisSink {
+    pub fn new(link: Link, keys: RunKeys, capacity: usize, actor: &str) -> Self {
+        RedisSink {
+            link: Mutex::new(link),
+            keys,
+            capacity: capacity.max(1),
+            actor: actor.to_string(),
+        }
+    }
+
+    /// Sends raw bytes as a message (the tests send damaged ones).
+    pub fn send_bytes(&self, message: &[u8]) -> Result<()> {
+        let mut link = lock(&self.link);
+        let (stream, stop) = (self.keys.trajectories(), self.keys.stop());
+        loop {
+            let (queued, stopped): (usize, Option<String>) = link.run(|c| {
+                redis::pipe()
+                    .cmd("XLEN")
+                    .arg(&stream)
+                    .cmd("GET")
+                    .arg(&stop)
+                    .query(c)
+            })?;
+            if stopped.is_some() {
+                return Err(Error::Corrupt("the run has stopped".into()));
+            }
+            if queued < self.capacity {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let bound = (self.capacity * 4).max(64);
+        link.run(|c| {
+            redis::cmd("XADD")
+                .arg(&stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(bound)
+                .arg("*")
+                .arg("b")
+                .arg(message)
+                .arg("a")
+                .arg(&self.actor)
+                .query::<String>(c)
+        })?;
+        Ok(())
+    }
+}
+
+impl TrajectorySink for RedisSink {
+    fn send(&self, batch: ActorBatch) -> std::result::Result<(), Closed> {
+        self.send_bytes(&encode_batch(&batch)).map_err(|_| Closed)
+    }
+}
+
+/// The learner's end: reads the stream through the consumer group, acknowledging and deleting
+/// each message as it takes it.
+pub struct RedisSource {
+    link: Mutex<Link>,
+    keys: RunKeys,
+    /// Messages that did not decode, skipped.
+    pub undecodable: AtomicU64,
+    /// Re-read what an earlier learner took but did not acknowledge, first.
+    backlog: Mutex<bool>,
+}
+
+impl RedisSource {
+    /// Joins (or creates) the run's consumer group.
+    pub fn new(mut link: Link, keys: RunKeys) -> Result<Self> {
+        let stream = keys.trajectories();
+        let created = link.run(|c| {
+            match redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&stream)
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query::<()>(c)
+            {
+                Ok(()) => Ok(true),
+                Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
+                Err(e) => Err(e),
+            }
+        })?;
+        let _ = created;
+        Ok(RedisSource {
+            link: Mutex::new(link),
+            keys,
+            undecodable: AtomicU64::new(0),
+            backlog: Mutex::new(true),
+        })
+    }
+
+    /// One read: `(id, fields)` of the next message, if any came within `timeout`.
+    fn read(&self, timeout: Duration) -> Result<Option<(String, Vec<u8>, String)>> {
+        let stream = self.keys.trajectories();
+        let mut backlog = lock(&self.backlog);
+        let from = if *backlog { "0" } else { ">" };
+        let block = timeout.as_millis().max(1) as u64;
+        let reply: Value = lock(&self.link).run(|c| {
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP").arg(GROUP).arg(GROUP).arg("COUNT").arg(1);
+            if !*backlog {
+                cmd.arg("BLOCK").arg(block);
+            }
+            cmd.arg("STREAMS").arg(&stream).arg(from).query(c)
+        })?;
+        // [[stream, [[id, [field, value, …]], …]]]
+        let entry = match &reply {
+            Value::Array(streams) => streams.first().and_then(|s| match s {
+                Value::Array(kv) => kv.get(1).and_then(|e| match e {
+                    Value::Array(entries) => entries.first().cloned(),
+                    _ => None,
+                }),
+                _ => None,
+            }),
+            _ => None,
+        };
+        let Some(Value::Array(entry)) = entry else {
+            if *backlog {
+                *backlog = false; // nothing left from before: read new messages from now on
+            }
+            return Ok(None);
+        };
+        let id = entry.first().map(text).unwrap_or_default();
+        let (mut body, mut actor) = (Vec::new(), String::new());
+        if let Some(Value::Array(fields)) = entry.get(1) {
+            for pair in fields.chunks(2) {
+                match (pair.first().map(text).as_deref(), pair.get(1)) {
+                    (Some("b"), Some(v)) => body = bytes(v).unwrap_or_default().to_vec(),
+                    (Some("a"), Some(v)) => actor = text(v),
+                    _ => {}
+                }
+            }
+        }
+        Ok(Some((id, body, actor)))
+    }
+
+    fn done_with(&self, id: &str) -> Result<()> {
+        let stream = self.keys.trajectories();
+        lock(&self.link).run(|c| {
+            redis::pipe()
+                .cmd("XACK")
+                .arg(&stream)
+                .arg(GROUP)
+                .arg(id)
+                .ignore()
+                .cmd("XDEL")
+                .arg(&stream)
+                .arg(id)
+                .ignore()
+                .query::<()>(c)
+        })
+    }
+
+    /// The next batch within `timeout`, or why there is none.
+    pub fn recv(&self, timeout: Duration) -> Result<Option<ActorBatch>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some((id, body, actor)) = self.read(left)? else {
+                if Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                continue;
+            };
+            let decoded = decode_batch(&body);
+            self.done_with(&id)?;
+            match decoded {
+                Ok(batch) => return Ok(Some(batch)),
+                Err(e) => {
+                    let n = self.undecodable.fetch_add(1, Ordering::Relaxed) + 1;
+                    eprintln!(
+                        "skipped a message from actor {actor:?} that does not decode ({e}); {n} so far"
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl TrajectorySource for RedisSource {
+    fn recv_timeout(&self, timeout: Duration) -> Received {
+        match self.recv(timeout) {
+            Ok(Some(batch)) => Received::Batch(batch),
+            Ok(None) => Received::Empty,
+            Err(e) => {
+                eprintln!("{e}");
+                Received::Closed
+            }
+        }
+    }
+}
+
+/// The weights, chunked under versioned keys.
+pub struct RedisBoard {
+    link: Mutex<Link>,
+    keys: RunKeys,
+    chunk_bytes: usize,
+    keep: usize,
+    /// Versions this board published, oldest first (the learner's side deletes from it).
+    published: Mutex<VecDeque<(u64, usize)>>,
+    /// The last snapshot read (actors' side), so an unchanged version is not read again.
+    cache: Mutex<Option<Arc<WeightSnapshot>>>,
+}
+
+impl RedisBoard {
+    pub fn new(link: Link, keys: RunKeys, chunk_bytes: usize, keep: usize) -> Self {
+        RedisBoard {
+            link: Mutex::new(link),
+            keys,
+            chunk_bytes: chunk_bytes.max(1),
+            keep: keep.max(1),
+            published: Mutex::new(VecDeque::new()),
+            cache: Mutex::new(None),
+        }
+    }
+
+    /// Writes `snapshot` and deletes the versions past `keep`.
+    pub fn try_publish(&self, snapshot: &WeightSnapshot) -> Result<()> {
+        let body = encode_snapshot(snapshot);
+        let v = snapshot.version;
+        let chunks: Vec<&[u8]> = body.chunks(self.chunk_bytes).collect();
+        let mut link = lock(&self.link);
+        for (i, chunk) in chunks.iter().enumerate() {
+            let key = self.keys.chunk(v, i);
+            link.run(|c| redis::cmd("SET").arg(&key).arg(*chunk).query::<()>(c))?;
+        }
+        let (count_key, latest, versions) = (
+            self.keys.chunks(v),
+            self.keys.latest(),
+            self.keys.versions(),
+        );
+        link.run(|c| {
+            redis::pipe()
+                .cmd("SET")
+                .arg(&count_key)
+                .arg(chunks.len())
+                .ignore()
+                .cmd("SET")
+                .arg(&latest)
+                .arg(v)
+                .ignore()
+                .cmd("XADD")
+                .arg(&versions)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(16)
+                .arg("*")
+                .arg("v")
+                .arg(v)
+                .ignore()
+                .query::<()>(c)
+        })?;
+        let mut published = lock(&self.published);
+        published.retain(|&(old, _)| old != v);
+        published.push_back((v, chunks.len()));
+        while published.len() > self.keep {
+            let (old, n) = published.pop_front().expect("longer than keep");
+            let mut doomed: Vec<String> = (0..n).map(|i| self.keys.chunk(old, i)).collect();
+            doomed.push(self.keys.chunks(old));
+            link.run(|c| redis::cmd("DEL").arg(&doomed).query::<()>(c))?;
+        }
+        Ok(())
+    }
+
+    /// The newest complete version's number, if any was published.
+    pub fn try_version(&self) -> Result<Option<u64>> {
+        let latest = self.keys.latest();
+        lock(&self.link).run(|c| redis::cmd("GET").arg(&latest).query::<Option<u64>>(c))
+    }
+
+    /// The newest snapshot (read again only when its version changed).
+    pub fn try_latest(&self) -> Result<Option<Arc<WeightSnapshot>>> {
+        for _ in 0..10 {
+            let Some(v) = self.try_version()? else {
+                return Ok(None);
+            };
+            if let Some(snap) = lock(&self.cache).as_ref().filter(|s| s.version == v) {
+                return Ok(Some(snap.clone()));
+            }
+            let count_key = self.keys.chunks(v);
+            let n: Option<usize> =
+                lock(&self.link).run(|c| redis::cmd("GET").arg(&count_key).query(c))?;
+            let Some(n) = n else { continue }; // deleted meanwhile: read the newer one
+            let keys: Vec<String> = (0..n).map(|i| self.keys.chunk(v, i)).collect();
+            let parts: Vec<Option<Vec<u8>>> = lock(&self.link).run(|c| {
+                let mut p = redis::pipe();
+                for k in &keys {
+                    p.cmd("GET").arg(k);
+                }
+                p.query(c)
+            })?;
+            let Some(parts) = parts.into_iter().collect::<Option<Vec<_>>>() else {
+                continue;
+            };
+            let snap = decode_snapshot(&parts.concat())
+                .map_err(|e| Error::Corrupt(format!("weights version {v}: {e}")))?;
+            let snap = Arc::new(snap);
+            *lock(&self.cache) = Some(snap.clone());
+            return Ok(Some(snap));
+        }
+        Err(Error::Corrupt(
+            "the weights kept changing while being read".into(),
+        ))
+    }
+}
+
+impl WeightBoard for RedisBoard {
+    fn publish(&self, snapshot: WeightSnapshot) {
+        if let Err(e) = self.try_publish(&snapshot) {
+            eprintln!("publishing weights version {}: {e}", snapshot.version);
+        }
+    }
+
+    fn version(&self) -> u64 {
+        self.try_version().ok().flatten().unwrap_or(0)
+    }
+
+    fn latest(&self) -> Arc<WeightSnapshot> {
+        loop {
+            match self.try_latest() {
+                Ok(Some(s)) => return s,
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => {
+                    eprintln!("reading weights: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+}
+
+/// Stop, failure and pacing shared through Redis by the learner and every actor process.
+pub struct RedisControl {
+    link: Mutex<Link>,
+    keys: RunKeys,
+    max_lag: u64,
+    per_step: f64,
+    /// Seen stopped (it never un-stops).
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+impl RedisControl {
+    pub fn new(link: Link, keys: RunKeys, max_lag: u64, per_step: f64) -> Self {
+        RedisControl {
+            link: Mutex::new(link),
+            keys,
+            max_lag,
+            per_step,
+            stopped: Default::default(),
+        }
+    }
+
+    /// The learner's start: a fresh run state at `step`, `inserted` arrivals so far, `needed`
+    /// for the next step.
+    pub fn start_learner(&self, step: u64, inserted: u64, needed: u64) -> Result<()> {
+        let k = &self.keys;
+        let (stop, failure, learner, claimed) = (k.stop(), k.failure(), k.learner(), k.claimed());
+        lock(&self.link).run(|c| {
+            redis::pipe()
+                .cmd("DEL")
+                .arg(&stop)
+                .arg(&failure)
+                .ignore()
+                .cmd("HSET")
+                .arg(&learner)
+                .arg("step")
+                .arg(step)
+                .arg("needed")
+                .arg(needed)
+                .ignore()
+                .cmd("SET")
+                .arg(&claimed)
+                .arg(inserted)
+                .ignore()
+                .query::<()>(c)
+        })
+    }
+
+    fn learner_position(&self) -> Result<(u64, u64)> {
+        let learner = self.keys.learner();
+        let (step, needed): (Option<u64>, Option<u64>) = lock(&self.link).run(|c| {
+            redis::cmd("HMGET")
+                .arg(&learner)
+                .arg("step")
+                .arg("needed")
+                .query(c)
+        })?;
+        Ok((step.unwrap_or(0), needed.unwrap_or(0)))
+    }
+}
+
+impl RunControl for RedisControl {
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        let stop = self.keys.stop();
+        if let Err(e) = lock(&self.link).run(|c| redis::cmd("SET").arg(&stop).arg(1).query::<()>(c))
+        {
+            eprintln!("{e}");
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        if self.stopped.load(Ordering::Relaxed) {
+            return true;
+        }
+        let stop = self.keys.stop();
+        let now = lock(&self.link)
+            .run(|c| redis::cmd("EXISTS").arg(&stop).query::<bool>(c))
+            .unwrap_or(true);
+        if now {
+            self.stopped.store(true, Ordering::Relaxed);
+        }
+        now
+    }
+
+    fn fail(&self, error: Error) {
+        let failure = self.keys.failure();
+        let message = error.to_string();
+        let _ = lock(&self.link).run(|c| {
+            redis::cmd("SET")
+                .arg(&failure)
+                .arg(&message)
+                .arg("NX")
+                .query::<()>(c)
+        });
+        self.stop();
+    }
+
+    fn take_failure(&self) -> Option<Error> {
+        let failure = self.keys.failure();
+        let message: Option<String> = lock(&self.link)
+            .run(|c| redis::cmd("GETDEL").arg(&failure).query(c))
+            .ok()
+            .flatten();
+        message.map(Error::Corrupt)
+    }
+
+    fn learner_advanced(&self, step: u64, needed: u64) {
+        let learner = self.keys.learner();
+        if let Err(e) = lock(&self.link).run(|c| {
+            redis::cmd("HSET")
+                .arg(&learner)
+                .arg("step")
+                .arg(step)
+                .arg("needed")
+                .arg(needed)
+                .query::<()>(c)
+        }) {
+            eprintln!("{e}");
+        }
+    }
+
+    fn try_claim(&self, version: u64, n: u64) -> bool {
+        if self.max_lag == 0 {
+            return true;
+        }
+        let Ok((step, needed)) = self.learner_position() else {
+            return false;
+        };
+        let limit = super::admission_limit(needed, step, self.per_step, version, self.max_lag);
+        let claimed = self.keys.claimed();
+        let mut link = lock(&self.link);
+        let Ok(after) = link.run(|c| redis::cmd("INCRBY").arg(&claimed).arg(n).query::<u64>(c))
+        else {
+            return false;
+        };
+        let before = after - n;
+        if after <= limit || before < needed {
+            return true;
+        }
+        let _ = link.run(|c| redis::cmd("DECRBY").arg(&claimed).arg(n).query::<()>(c));
+        false
+    }
+
+    fn wait_for_learner(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let seen = self.learner_position().ok();
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            if self.learner_position().ok() != seen || self.stopped() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::ids::SourceId;
+    use crate::policy::NamedTensor;
+    use crate::trajectory::Trajectory;
+
+    /// A `redis-server` of the test's own on a free loopback port, stopped when dropped.
+    pub(crate) struct Server {
+        pub port: u16,
+        child: std::process::Child,
+    }
+
+    impl Server {
+        pub fn start() -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            Server::on(port)
+        }
+
+        pub fn on(port: u16) -> Self {
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--protected-mode",
+                    "yes",
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server is missing: scripts/setup.sh installs it");
+            let server = Server { port, child };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Link::open(&server.url(), Duration::ZERO).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            server
+        }
+
+        pub fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}/0", self.port)
+        }
+
+        pub fn link(&self) -> Link {
+            Link::open(&self.url(), Duration::from_secs(20)).unwrap()
+        }
+
+        pub fn kill(mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn batch(actor: usize, n: usize) -> ActorBatch {
+        ActorBatch {
+            actor,
+            trajectories: (0..n)
+                .map(|i| {
+                    Trajectory::synthetic(
+                        SourceId::new(0, actor as u32, 0).prompt(i as u64, 0),
+                        vec![1, 2, 3, i as u32],
+                        2,
+                        -0.5,
+                        i as f32,
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn batches_go_through_the_stream_in_order_and_bad_ones_are_skipped() {
+        let server = Server::start();
+        let keys = RunKeys::new("t1");
+        let source = RedisSource::new(server.link(), keys.clone()).unwrap();
+        let sink = RedisSink::new(server.link(), keys.clone(), 8, "host-a/0");
+        for i in 0..3 {
+            sink.send(batch(i, i + 1)).unwrap();
+        }
+        sink.send_bytes(b"not a batch").unwrap();
+        sink.send(batch(7, 2)).unwrap();
+        let mut got = Vec::new();
+        while let Some(b) = source.recv(Duration::from_millis(200)).unwrap() {
+            got.push(b);
+        }
+        let ids: Vec<usize> = got.iter().map(|b| b.actor).collect();
+        assert_eq!(ids, [0, 1, 2, 7]);
+        assert_eq!(got[2].trajectories, batch(2, 3).trajectories);
+        assert_eq!(source.undecodable.load(Ordering::Relaxed), 1);
+        // What was taken is gone from Redis: the stream holds only what waits.
+        let mut link = server.link();
+        let len: usize = link
+            .run(|c| redis::cmd("XLEN").arg(keys.trajectories()).query(c))
+            .unwrap();
+        assert_eq!(len, 0);
+    }
+
+    #[test]
+    fn a_full_stream_holds_the_actor_until_the_learner_takes() {
+        let server = Server::start();
+        let keys = RunKeys::new("t2");
+        let source = RedisSource::new(server.link(), keys.clone()).unwrap();
+        let sink = Arc::new(RedisSink::new(server.link(), keys.clone(), 2, "a"));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (s, n) = (sink.clone(), sent.clone());
+        let actor = std::thread::spawn(move || {
+            for i in 0..5 {
+                s.send(batch(i, 1)).unwrap();
+                n.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            sent.load(Ordering::SeqCst),
+            2,
+            "two queued, the third waits"
+        );
+        let mut got = 0;
+        while got < 5 {
+            if source.recv(Duration::from_millis(500)).unwrap().is_some() {
+                got += 1;
+            }
+        }
+        actor.join().unwrap();
+        assert_eq!(sent.load(Ordering::SeqCst), 5);
+    }
+
+    #[test]
+    fn weights_go_in_chunks_and_old_versions_are_deleted() {
+        let server = Server::start();
+        let keys = RunKeys::new("t3");
+        let learner = RedisBoard::new(server.link(), keys.clone(), 100, 2);
+        let actor = RedisBoard::new(server.link(), keys.clone(), 100, 2);
+        assert!(actor.try_latest().unwrap().is_none());
+        let snap = |v: u64| WeightSnapshot {
+            version: v,
+            tensors: vec![NamedTensor {
+                name: "w".into(),
+                shape: vec![10, 20],
+                data: (0..200).map(|i| i as f32 * 0.5 + v as f32).collect(),
+            }],
+        };
+        for v in [1, 2, 3, 4] {
+            learner.publish(snap(v));
+            let got = actor.latest();
+            assert_eq!(got.version, v);
+            assert_eq!(got.tensors[0].data, snap(v).tensors[0].data);
+        }
+        // 200 values are 800 bytes plus the header: 9 chunks a version, 2 versions kept.
+        let mut link = server.link();
+        let stored: Vec<String> = link
+            .run(|c| redis::cmd("KEYS").arg("asymre:t3:weights:*").query(c))
+            .unwrap();
+        assert_eq!(stored.len(), 2 * (9 + 1), "{stored:?}");
+        assert!(stored.iter().all(|k| k.contains(":3") || k.contains(":4")));
+    }
+
+    #[test]
+    fn stop_failure_and_pacing_are_shared() {
+        let server = Server::start();
+        let keys = RunKeys::new("t4");
+        let learner = RedisControl::new(server.link(), keys.clone(), 2, 4.0);
+        let actor = RedisControl::new(server.link(), keys.clone(), 2, 4.0);
+        learner.start_learner(0, 0, 4).unwrap();
+        assert!(!actor.stopped());
+        // Version 0 may fill the next 2 steps past the first: 4 + 2 × 4 = 12 samples.
+        assert!(actor.try_claim(0, 8));
+        assert!(actor.try_claim(0, 4));
+        assert!(!actor.try_claim(0, 4), "past the lag limit");
+        // The learner steps: version 0 is no fresher, version 1 may fill up to 8 + 2 × 4.
+        learner.learner_advanced(1, 8);
+        assert!(!actor.try_claim(0, 4));
+        assert!(actor.try_claim(1, 4));
+        assert!(!actor.try_claim(1, 1));
+        actor.fail(Error::Corrupt("actor 3 broke".into()));
+        assert!(learner.stopped());
+        assert!(learner
+            .take_failure()
+            .unwrap()
+            .to_string()
+            .contains("actor 3 broke"));
+        assert!(learner.take_failure().is_none());
+    }
+
+    #[test]
+    fn a_restarted_redis_is_reconnected_to() {
+        let server = Server::start();
+        let port = server.port;
+        let keys = RunKeys::new("t5");
+        let source = RedisSource::new(server.link(), keys.clone()).unwrap();
+        let sink = RedisSink::new(server.link(), keys.clone(), 8, "a");
+        sink.send(batch(1, 1)).unwrap();
+        assert!(source.recv(Duration::from_millis(500)).unwrap().is_some());
+        server.kill();
+        let restarted = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            Server::on(port)
+        });
+        // The send waits for the server, then goes through; the new server has no group yet,
+        // so the learner's side makes it again.
+        sink.send(batch(2, 1)).unwrap();
+        let _server = restarted.join().unwrap();
+        let source = RedisSource::new(_server.link(), keys.clone()).unwrap();
+        let got = source.recv(Duration::from_secs(2)).unwrap().unwrap();
+        assert_eq!(got.actor, 2);
+        assert!(lock(&sink.link).reconnects >= 1);
+    }
+
+    #[test]
+    fn an_unreachable_url_is_one_line() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = Link::open(&format!("redis://127.0.0.1:{port}/0"), Duration::ZERO)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("cannot reach Redis") && !err.contains('\n'),
+            "{err}"
+        );
+        let err = Link::open("http://nowhere", Duration::ZERO)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("http://nowhere"), "{err}");
+    }
+}
