@@ -202,7 +202,7 @@ pub fn read_run(dir: &Path, point: Point) -> Result<RunRow> {
                 dir.display()
             ))
         })?;
-    let best_reward = smoothed.iter().cloned().fold(f64::MIN, f64::max);
+    let best_reward = smoothed.iter().cloned().fold(final_reward, f64::max);
     let entropy = series(tags::ENTROPY);
     let final_entropy = if bandit {
         num("final_entropy").unwrap_or(f64::NAN)
