@@ -36,11 +36,34 @@ pub enum Command {
         /// Run directory (default: runs/<config name>-<UTC time>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Send trajectories and weights through Redis (redis://HOST:PORT/DB), so that actor
+        /// processes on other hosts can join (`asymre actor`); the run is named by its directory.
+        #[arg(long, value_name = "URL")]
+        transport: Option<String>,
     },
     /// Continue a run from its last checkpoint.
     Resume {
         /// The run directory.
         run_dir: PathBuf,
+        /// As for train: through Redis, where the run's actors wait.
+        #[arg(long, value_name = "URL")]
+        transport: Option<String>,
+    },
+    /// Join a run from any host: read its config from Redis, load the latest weights, and send
+    /// trajectories until the run ends.
+    Actor {
+        /// The Redis the run uses (redis://HOST:PORT/DB).
+        #[arg(long, value_name = "URL")]
+        transport: String,
+        /// The run's name (its directory's name on the learner's host).
+        #[arg(long)]
+        run: String,
+        /// Actor threads in this process.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Where this process decodes (default: the config's actor.device).
+        #[arg(long, value_enum)]
+        device: Option<DeviceArg>,
     },
     /// Evaluate a tool-use run's last checkpoint with greedy decoding.
     Eval {

@@ -27,6 +27,30 @@ fn install_signal_handlers() -> Result<Arc<AtomicUsize>> {
     Ok(code)
 }
 
+/// A transport URL must reach Redis (checked before anything is written), and needs parallel
+/// mode.
+fn check_transport(url: Option<&str>, serial: bool) -> Result<()> {
+    let Some(url) = url else { return Ok(()) };
+    if serial {
+        return Err(Error::input(
+            "--transport needs parallel mode (a serial run has no actors to share)",
+        ));
+    }
+    crate::transport::redis::Link::open(url, std::time::Duration::ZERO).map(|_| ())
+}
+
+/// `actor.threads = 0` leaves the sampling to actor processes: it needs a transport.
+fn check_actors(cfg: &config::Config, transport: Option<&str>, serial: bool) -> Result<()> {
+    let sampled =
+        cfg.env.kind != config::EnvKind::Bandit || cfg.env.mode == config::BanditMode::Sampled;
+    if cfg.actor.threads == 0 && sampled && (serial || transport.is_none()) {
+        return Err(Error::input(
+            "actor.threads = 0 needs --transport (actor processes elsewhere do the sampling)",
+        ));
+    }
+    Ok(())
+}
+
 /// Runs one command; returns the process exit code.
 pub fn run(cli: Cli) -> Result<u8> {
     match cli.command {
@@ -36,7 +60,9 @@ pub fn run(cli: Cli) -> Result<u8> {
             device,
             serial,
             out,
+            transport,
         } => {
+            check_transport(transport.as_deref(), serial)?;
             let mut cfg = config::load(&path, &overrides)?;
             if let Some(d) = device {
                 cfg.device = d.into();
@@ -45,6 +71,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             run::resolve_device(cfg.actor.device)
                 .map_err(|e| Error::input(format!("actor.{e}")))?;
             run::check_inputs(&cfg)?;
+            check_actors(&cfg, transport.as_deref(), serial)?;
             let dir = out.unwrap_or_else(|| default_dir("runs", &path));
             run::create_run_dir(&dir, &cfg, serial)?;
             eprintln!("run: {}", dir.display());
@@ -56,13 +83,28 @@ pub fn run(cli: Cli) -> Result<u8> {
                     serial,
                     interrupt: &interrupt,
                     progress: None,
+                    transport: transport.as_deref(),
                 },
                 None,
             )?;
             Ok(report(&dir, outcome))
         }
-        Command::Resume { run_dir } => {
+        Command::Actor {
+            transport,
+            run,
+            threads,
+            device,
+        } => {
+            if threads == 0 {
+                return Err(Error::input("--threads must be at least 1"));
+            }
+            run::remote_actors(&transport, &run, threads, device.map(Into::into))?;
+            Ok(0)
+        }
+        Command::Resume { run_dir, transport } => {
             let (cfg, serial) = run::open_run_dir(&run_dir)?;
+            check_transport(transport.as_deref(), serial)?;
+            check_actors(&cfg, transport.as_deref(), serial)?;
             let ckpt = checkpoint::load_latest(&run_dir)?;
             let total = cfg.env.total_steps();
             if ckpt.as_ref().is_some_and(|c| c.step >= total)
@@ -86,6 +128,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                     serial,
                     interrupt: &interrupt,
                     progress: None,
+                    transport: transport.as_deref(),
                 },
                 ckpt,
             )?;

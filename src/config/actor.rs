@@ -6,7 +6,8 @@ use super::{check, DeviceChoice, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActorConfig {
-    /// Number of actor threads (parallel mode); serial mode steps the same actors in turn.
+    /// Number of actor threads (parallel mode); serial mode steps the same actors in turn. 0:
+    /// none in the learner's process (only actor processes joining through `--transport`).
     pub threads: usize,
     /// Trajectories an actor produces per message.
     pub batch_size: usize,
@@ -40,9 +41,9 @@ impl ActorConfig {
     pub fn validate(&self) -> Result<()> {
         let a = self;
         check(
-            (1..=256).contains(&a.threads),
+            a.threads <= 256,
             "actor.threads",
-            "between 1 and 256",
+            "between 0 (only actor processes through --transport) and 256",
             a.threads,
         )?;
         check(a.batch_size >= 1, "actor.batch_size", ">= 1", a.batch_size)?;

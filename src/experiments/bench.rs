@@ -516,6 +516,7 @@ fn end_to_end(cfg: &Config, secs: f64) -> Result<EndToEnd> {
                 serial: false,
                 interrupt: &interrupt,
                 progress: Some(&progress),
+                transport: None,
             },
             None,
         );

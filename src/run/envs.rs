@@ -100,6 +100,73 @@ pub(super) fn sampled_env(
     })
 }
 
+/// How to build the actors of `cfg` without a learner or a warm start: what an actor process
+/// on another host needs (its weights come from the learner).
+pub fn actor_builder(cfg: &Config) -> Result<ActorBuilder> {
+    Ok(match cfg.env.kind {
+        EnvKind::Bandit => bandit_actors(Bandit::new(&cfg.env.bandit_spec(), cfg.seed)),
+        EnvKind::ToolUse => {
+            tool_actors(Task::new(cfg.env.task_spec(cfg.seed)), chat_protocol(cfg)?)
+        }
+        EnvKind::Dataset => {
+            let (files, protocol) = chat_protocol(cfg)?
+                .ok_or_else(|| Error::input("env.kind = \"dataset\" needs policy.kind = \"lm\""))?;
+            dataset_actors(dataset_source(cfg, None)?, files, protocol)
+        }
+    })
+}
+
+fn bandit_actors(bandit: Bandit) -> ActorBuilder {
+    Arc::new(move |cfg, source, behaviour| {
+        Ok(Box::new(BanditActor::new(
+            cfg,
+            source,
+            bandit.clone(),
+            behaviour,
+        )?))
+    })
+}
+
+fn tool_actors(task: Task, chat: Option<(ModelFiles, ChatProtocol)>) -> ActorBuilder {
+    if let Some((files, protocol)) = chat {
+        return Arc::new(move |cfg, source, behaviour| {
+            Ok(Box::new(ToolActor::lm(
+                cfg,
+                source,
+                task.clone(),
+                &files,
+                protocol.clone(),
+                behaviour,
+            )?))
+        });
+    }
+    Arc::new(move |cfg, source, behaviour| {
+        Ok(Box::new(ToolActor::new(
+            cfg,
+            source,
+            task.clone(),
+            behaviour,
+        )?))
+    })
+}
+
+fn dataset_actors(
+    source: DatasetSource,
+    files: ModelFiles,
+    protocol: ChatProtocol,
+) -> ActorBuilder {
+    Arc::new(move |cfg, id, behaviour| {
+        Ok(Box::new(ToolActor::lm(
+            cfg,
+            id,
+            source.clone(),
+            &files,
+            protocol.clone(),
+            behaviour,
+        )?))
+    })
+}
+
 /// The bandit's initial logits for the tabular policy (none for tool use).
 pub(super) fn initial_logits(cfg: &Config) -> Vec<f64> {
     match cfg.env.kind {
@@ -118,15 +185,7 @@ struct BanditEnv {
 
 impl SampledEnv for BanditEnv {
     fn actors(&self) -> ActorBuilder {
-        let bandit = self.bandit.clone();
-        Arc::new(move |cfg, source, behaviour| {
-            Ok(Box::new(BanditActor::new(
-                cfg,
-                source,
-                bandit.clone(),
-                behaviour,
-            )?))
-        })
+        bandit_actors(self.bandit.clone())
     }
 
     fn set_behaviour(&mut self, cfg: &Config, snapshot: &WeightSnapshot) {
@@ -261,28 +320,7 @@ impl ToolUseEnv {
 
 impl SampledEnv for ToolUseEnv {
     fn actors(&self) -> ActorBuilder {
-        let task = self.task.clone();
-        if let Some((files, protocol)) = &self.chat {
-            let (files, protocol) = (files.clone(), protocol.clone());
-            return Arc::new(move |cfg, source, behaviour| {
-                Ok(Box::new(ToolActor::lm(
-                    cfg,
-                    source,
-                    task.clone(),
-                    &files,
-                    protocol.clone(),
-                    behaviour,
-                )?))
-            });
-        }
-        Arc::new(move |cfg, source, behaviour| {
-            Ok(Box::new(ToolActor::new(
-                cfg,
-                source,
-                task.clone(),
-                behaviour,
-            )?))
-        })
+        tool_actors(self.task.clone(), self.chat.clone())
     }
 
     fn row(&self, cfg: &Config, learner: &Learner, _last_baseline: f64) -> Result<Row> {
@@ -450,21 +488,11 @@ pub fn dataset_source(
 
 impl SampledEnv for DatasetEnv {
     fn actors(&self) -> ActorBuilder {
-        let (source, files, protocol) = (
+        dataset_actors(
             self.source.clone(),
             self.files.clone(),
             self.protocol.clone(),
-        );
-        Arc::new(move |cfg, id, behaviour| {
-            Ok(Box::new(ToolActor::lm(
-                cfg,
-                id,
-                source.clone(),
-                &files,
-                protocol.clone(),
-                behaviour,
-            )?))
-        })
+        )
     }
 
     fn row(&self, cfg: &Config, learner: &Learner, _last_baseline: f64) -> Result<Row> {

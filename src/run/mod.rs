@@ -18,6 +18,7 @@ mod export;
 mod flow;
 mod parallel;
 mod recorder;
+mod remote;
 mod sampled;
 mod serial;
 mod summary;
@@ -30,6 +31,7 @@ pub use export::export_run;
 use flow::run_exact;
 use parallel::parallel_loop;
 use recorder::Recorder;
+pub use remote::remote_actors;
 use sampled::run_sampled;
 use sampled::SampledRun;
 use serial::serial_loop;
@@ -45,6 +47,9 @@ pub struct RunOptions<'a> {
     pub interrupt: &'a AtomicUsize,
     /// When given, the learner stores its step here after every step (for a watcher).
     pub progress: Option<&'a AtomicU64>,
+    /// `redis://HOST:PORT/DB`: trajectories and weights go through Redis, and actor processes
+    /// on other hosts may join (`asymre actor`); `None`: the in-process transport.
+    pub transport: Option<&'a str>,
 }
 
 /// How a run ended.

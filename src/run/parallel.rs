@@ -9,7 +9,7 @@ use crate::policy::WeightSnapshot;
 use crate::rl::actor::{actor_loop, Actor, ActorLinks};
 use crate::rl::learner::{learner_loop, Learner, LearnerHost, StepStats};
 use crate::transport::local::{self, LocalControl, Pacer, SnapshotBoard};
-use crate::transport::RunControl;
+use crate::transport::{RunControl, TrajectorySink, TrajectorySource, WeightBoard};
 
 use super::*;
 
@@ -86,14 +86,43 @@ pub(super) fn parallel_loop(
         run.learner.replay.needed(run.learner.step),
     ));
     let (sink, source) = local::channel(run.cfg.actor.channel_capacity);
+    let sinks: Vec<Box<dyn TrajectorySink>> = actors
+        .iter()
+        .map(|_| Box::new(sink.clone()) as Box<dyn TrajectorySink>)
+        .collect();
+    // The learner hears "every actor stopped" once the actors' senders are gone.
+    drop(sink);
+    threads(
+        run,
+        actors,
+        factory,
+        opts,
+        sinks,
+        Box::new(source),
+        &board,
+        &control,
+    )
+}
+
+/// The actor threads (each with its own sink) and the learner thread, over any transport.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn threads(
+    run: &mut SampledRun,
+    actors: Vec<Box<dyn Actor>>,
+    factory: &ActorFactory,
+    opts: &RunOptions,
+    sinks: Vec<Box<dyn TrajectorySink>>,
+    source: Box<dyn TrajectorySource + Send>,
+    board: &dyn WeightBoard,
+    control: &dyn RunControl,
+) -> Result<Option<i32>> {
     let restart = run.cfg.actor.restart;
     let panic_after = run.cfg.faults.actor_panic_after;
     let delay = Duration::from_millis(run.cfg.faults.actor_delay_ms);
     std::thread::scope(|scope| {
         let mut handles = Vec::new();
-        for actor in actors {
+        for (actor, sink) in actors.into_iter().zip(sinks) {
             let id = actor.id();
-            let (sink, board, control) = (sink.clone(), &board, &control);
             let handle = std::thread::Builder::new()
                 .name(format!("actor-{id}"))
                 .spawn_scoped(scope, move || {
@@ -108,7 +137,7 @@ pub(super) fn parallel_loop(
                             },
                         };
                         let links = ActorLinks {
-                            sink: &sink,
+                            sink: sink.as_ref(),
                             board,
                             control,
                             panic_after,
@@ -137,15 +166,12 @@ pub(super) fn parallel_loop(
                 .map_err(|e| Error::io("actor thread", e))?;
             handles.push(handle);
         }
-        // The learner hears "every actor stopped" once the actors' senders are gone.
-        drop(sink);
-        let (board, control_ref) = (&board, &control);
         let result = std::thread::Builder::new()
             .name("learner".into())
             .spawn_scoped(scope, move || {
                 let mut host = ParallelHost { run, opts };
                 // `source` goes with the learner: actors blocked on a full channel see it close.
-                learner_loop(&mut host, &source, board, control_ref)
+                learner_loop(&mut host, source.as_ref(), board, control)
             })
             .map_err(|e| Error::io("learner thread", e))?
             .join()

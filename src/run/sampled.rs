@@ -53,6 +53,9 @@ pub(super) struct SampledRun<'a> {
     pub(super) rec: Recorder,
     /// The session of this process's actors ([`crate::ids::SourceId`]).
     pub(super) session: u32,
+    /// Parallel mode: rows count the actors heard from (serial rows stay those of a resumed
+    /// run exactly).
+    pub(super) parallel: bool,
 }
 
 impl SampledRun<'_> {
@@ -107,6 +110,12 @@ impl SampledRun<'_> {
                 tags::NONFINITE_SKIPPED,
                 self.learner.nonfinite_skipped as f64,
             );
+        if self.parallel {
+            row.push(
+                tags::ACTORS,
+                std::mem::take(&mut self.learner.senders).len() as f64,
+            );
+        }
         if eval_due {
             let episodes = self.cfg.logging.eval_episodes;
             let e = self
@@ -222,6 +231,7 @@ pub(super) fn run_sampled(
         last_baseline,
         rec,
         session,
+        parallel: !opts.serial,
     };
     run.set_behaviour(behaviour.clone());
     if run.learner.step == 0 {
@@ -243,7 +253,16 @@ pub(super) fn run_sampled(
     } else {
         // A restarted actor is a new source: fresh streams, no prompt of its earlier life.
         let factory = |id: usize, restart: u64| build_actor(id, restart as u32);
-        parallel_loop(&mut run, actors, &factory, opts)?
+        match opts.transport {
+            Some(url) => {
+                let name = run_dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "run".into());
+                super::remote::redis_loop(&mut run, actors, &factory, opts, url, &name)?
+            }
+            None => parallel_loop(&mut run, actors, &factory, opts)?,
+        }
     };
     if let Some(code) = interrupted_at {
         run.rec.finish()?;

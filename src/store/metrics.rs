@@ -31,6 +31,8 @@ pub mod tags {
     pub const POLICY_LAG_MEAN: &str = "policy_lag_mean";
     pub const POLICY_LAG_MAX: &str = "policy_lag_max";
     pub const REPLAY_SIZE: &str = "replay_size";
+    /// Actors whose messages arrived since the previous row.
+    pub const ACTORS: &str = "actors";
     pub const STALE_DROPPED: &str = "stale_dropped";
     /// Batches skipped so far for a non-finite loss or gradient.
     pub const NONFINITE_SKIPPED: &str = "nonfinite_skipped";

@@ -75,6 +75,18 @@ impl RunKeys {
     fn claimed(&self) -> String {
         self.key("claimed")
     }
+    /// The run's resolved config (TOML), for actors that join.
+    pub fn config(&self) -> String {
+        self.key("config")
+    }
+    /// The learner's session (actors' prompt ids carry it).
+    pub fn session(&self) -> String {
+        self.key("session")
+    }
+    /// The next actor id to hand out (local actors take the first ones).
+    pub fn actor_ids(&self) -> String {
+        self.key("actor_ids")
+    }
 }
 
 /// One connection to Redis that reconnects when it is lost.

@@ -1,0 +1,200 @@
+//! Runs whose actors may live on other hosts (SPEC §4.3): the learner's side of
+//! `asymre train --transport redis://…`, and `asymre actor`, which joins a run from any host.
+//!
+//! The learner publishes the run under its name (the run directory's name): the resolved config,
+//! its session and the first weights; then its own actor threads (`actor.threads`, possibly 0)
+//! and any actor process that joins send through Redis, and the learner reads through it. Actor
+//! ids are handed out by Redis (local actors take the first ones), so prompt ids never collide.
+//! The learner owns versions and staleness exactly as in one process.
+use std::time::{Duration, Instant};
+
+use super::envs::actor_builder;
+use super::parallel::{threads, ActorFactory};
+use super::*;
+use crate::config::DeviceChoice;
+use crate::error::Error;
+use crate::ids::SourceId;
+use crate::rl::actor::{actor_loop, Actor, ActorLinks};
+use crate::transport::redis::{Link, RedisBoard, RedisControl, RedisSink, RedisSource, RunKeys};
+use crate::transport::{RunControl, TrajectorySink};
+
+/// How long an operation keeps reconnecting to a Redis that went away.
+const PATIENCE: Duration = Duration::from_secs(120);
+/// Weight chunks: 4 MiB values.
+const CHUNK_BYTES: usize = 4 << 20;
+/// Weight versions kept in Redis.
+const KEEP_VERSIONS: usize = 2;
+
+/// Who is sending: `host/actor id`, named when a message does not decode.
+fn sender(id: usize) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("{host}/{id}")
+}
+
+/// The learner's side of a run through Redis at `url`, named `name`.
+pub(super) fn redis_loop(
+    run: &mut SampledRun,
+    actors: Vec<Box<dyn Actor>>,
+    factory: &ActorFactory,
+    opts: &RunOptions,
+    url: &str,
+    name: &str,
+) -> Result<Option<i32>> {
+    let keys = RunKeys::new(name);
+    let link = || Link::open(url, PATIENCE);
+    let mut meta = link()?;
+    let (config, session, ids, stream) = (
+        keys.config(),
+        keys.session(),
+        keys.actor_ids(),
+        keys.trajectories(),
+    );
+    let (text, fresh) = (run.cfg.to_toml(), run.learner.step == 0);
+    meta.run(|c| {
+        let mut p = redis::pipe();
+        if fresh {
+            // A new run under an old name starts from an empty stream.
+            p.cmd("DEL").arg(&stream).ignore();
+        }
+        p.cmd("SET")
+            .arg(&config)
+            .arg(&text)
+            .ignore()
+            .cmd("SET")
+            .arg(&session)
+            .arg(run.session)
+            .ignore()
+            .cmd("SET")
+            .arg(&ids)
+            .arg(actors.len())
+            .ignore()
+            .query::<()>(c)
+    })?;
+    let board = RedisBoard::new(link()?, keys.clone(), CHUNK_BYTES, KEEP_VERSIONS);
+    board.try_publish(&run.behaviour)?;
+    let control = RedisControl::new(
+        link()?,
+        keys.clone(),
+        run.cfg.replay.max_policy_lag,
+        run.learner.replay.per_step(),
+    );
+    control.start_learner(
+        run.learner.step,
+        run.learner.replay.inserted(),
+        run.learner.replay.needed(run.learner.step),
+    )?;
+    let source = RedisSource::new(link()?, keys.clone())?;
+    let capacity = run.cfg.actor.channel_capacity;
+    let sinks = actors
+        .iter()
+        .map(|a| {
+            Ok(Box::new(RedisSink::new(
+                link()?,
+                keys.clone(),
+                capacity,
+                &sender(a.id()),
+            )) as Box<dyn TrajectorySink>)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    eprintln!("run {name} on {url}: join with `asymre actor --transport {url} --run {name}`");
+    threads(
+        run,
+        actors,
+        factory,
+        opts,
+        sinks,
+        Box::new(source),
+        &board,
+        &control,
+    )
+}
+
+/// `asymre actor`: joins run `name` at `url` with `threads` actor threads and sends until the
+/// run ends. Waits for the run to be published when it is not yet.
+pub fn remote_actors(
+    url: &str,
+    name: &str,
+    threads: usize,
+    device: Option<DeviceChoice>,
+) -> Result<()> {
+    let keys = RunKeys::new(name);
+    let link = || Link::open(url, PATIENCE);
+    let mut meta = link()?;
+    let (config, session) = (keys.config(), keys.session());
+    let started = Instant::now();
+    let (text, session) = loop {
+        let (text, session): (Option<String>, Option<u32>) = meta.run(|c| {
+            redis::pipe()
+                .cmd("GET")
+                .arg(&config)
+                .cmd("GET")
+                .arg(&session)
+                .query(c)
+        })?;
+        if let (Some(t), Some(s)) = (text, session) {
+            break (t, s);
+        }
+        if started.elapsed() < Duration::from_millis(1100) {
+            eprintln!("waiting for run {name:?} to start at {url}");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let mut cfg = crate::config::from_toml_str(&text, &[])
+        .map_err(|e| Error::Corrupt(format!("run {name}'s config in Redis: {e}")))?;
+    if let Some(d) = device {
+        cfg.actor.device = d;
+    }
+    resolve_device(cfg.actor.device).map_err(|e| Error::input(format!("actor.{e}")))?;
+    let ids = keys.actor_ids();
+    let last: usize = meta.run(|c| redis::cmd("INCRBY").arg(&ids).arg(threads).query(c))?;
+    let first = last - threads;
+    let build = actor_builder(&cfg)?;
+    let board = RedisBoard::new(link()?, keys.clone(), CHUNK_BYTES, KEEP_VERSIONS);
+    let control = RedisControl::new(
+        link()?,
+        keys.clone(),
+        cfg.replay.max_policy_lag,
+        cfg.learner.batch_size as f64 / cfg.replay.reuse.max(1e-9),
+    );
+    let behaviour = crate::transport::WeightBoard::latest(&board);
+    eprintln!(
+        "joined run {name} as actor(s) {first}..{last} (session {session}, weights version {})",
+        behaviour.version
+    );
+    let capacity = cfg.actor.channel_capacity;
+    std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        for id in first..last {
+            let actor = build(&cfg, SourceId::new(session, id as u32, 0), &behaviour)?;
+            let sink = RedisSink::new(link()?, keys.clone(), capacity, &sender(id));
+            let (board, control) = (&board, &control);
+            handles.push(scope.spawn(move || {
+                actor_loop(
+                    actor,
+                    ActorLinks {
+                        sink: &sink,
+                        board,
+                        control,
+                        panic_after: 0,
+                        delay: Duration::ZERO,
+                    },
+                )
+            }));
+        }
+        let mut result = Ok(());
+        for h in handles {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(Error::Corrupt("an actor thread panicked".into())));
+            if let Err(e) = r {
+                control.fail(Error::Corrupt(format!("actor process: {e}")));
+                result = Err(e);
+            }
+        }
+        result
+    })?;
+    eprintln!("run {name} stopped; actor(s) {first}..{last} leave");
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! Actors in other processes through Redis (`train --transport`, `asymre actor`), against a real
+//! `redis-server` the test starts on a free loopback port (scripts/setup.sh installs it).
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A `redis-server` of the test's own, stopped when dropped.
+struct Server {
+    port: u16,
+    child: Child,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is missing: scripts/setup.sh installs it");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rows(run: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn actors_in(row: &serde_json::Map<String, serde_json::Value>) -> Option<f64> {
+    row.get("actors").and_then(|v| v.as_f64())
+}
+
+fn wait(child: &mut Child, secs: u64) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut s);
+    }
+    s
+}
+
+/// A learner with no actor of its own and two actor processes: both send, one is SIGKILLed,
+/// the run finishes on the other, which then leaves by itself.
+#[test]
+fn a_learner_and_two_actor_processes_finish_a_run_when_one_is_killed() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        tmp.path(),
+        &(TINY_TOOL
+            .replace("rounds = 2\n", "rounds = 16\n")
+            .replace("threads = 2\n", "threads = 0\n")
+            .replace("every = 5\neval_every = 5", "every = 2\neval_every = 0")
+            + "[faults]\nlearner_delay_ms = 30\n"),
+    );
+    let run = tmp.path().join("shared_run");
+    let url = server.url();
+    let mut learner = bin()
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&run)
+        .args(["--transport", &url])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let actor = || {
+        bin()
+            .args(["actor", "--transport", &url, "--run", "shared_run"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (actor(), actor());
+    // Both send.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !rows(&run).iter().any(|r| actors_in(r) == Some(2.0)) {
+        assert!(
+            Instant::now() < deadline,
+            "no row from both actors: {:?}\n{}",
+            rows(&run).last(),
+            stderr_of(&mut learner)
+        );
+        assert!(
+            learner.try_wait().unwrap().is_none(),
+            "{}",
+            stderr_of(&mut learner)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.kill().unwrap();
+    let _ = a.wait();
+    let status = wait(&mut learner, 300);
+    let log = stderr_of(&mut learner);
+    assert!(status.is_some_and(|s| s.success()), "{log}");
+    assert!(run.join("summary.json").exists(), "{log}");
+    let all = rows(&run);
+    let last_step = all.iter().filter_map(|r| r["step"].as_u64()).max();
+    assert_eq!(last_step, Some(80), "{log}");
+    // Once what the killed actor had queued is used up, rows come from one actor only.
+    let later: Vec<f64> = all.iter().filter_map(actors_in).collect();
+    let tail = &later[later.len().saturating_sub(5)..];
+    assert!(
+        tail.len() == 5 && tail.iter().all(|&n| n == 1.0),
+        "{later:?}"
+    );
+    // The survivor leaves once the run has stopped.
+    let status = wait(&mut b, 60);
+    let blog = stderr_of(&mut b);
+    assert!(status.is_some_and(|s| s.success()), "{blog}");
+    assert!(blog.contains("joined run shared_run"), "{blog}");
+    assert!(blog.contains("stopped"), "{blog}");
+}
+
+/// An unreachable Redis is one line and exit 2, before anything is written.
+#[test]
+fn an_unreachable_transport_is_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), TINY_TOOL);
+    let run = tmp.path().join("r");
+    let url = format!("redis://127.0.0.1:{}/0", free_port());
+    let out = bin()
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&run)
+        .args(["--transport", &url])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot reach Redis") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    assert!(!run.exists());
+    let out = bin()
+        .args(["actor", "--transport", &url, "--run", "r"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // Without a transport, a learner with no actor of its own is refused.
+    let cfg = write_config(
+        tmp.path(),
+        &TINY_TOOL.replace("threads = 2\n", "threads = 0\n"),
+    );
+    let out = bin()
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("needs --transport"), "{err}");
+    assert!(!run.exists());
+}
