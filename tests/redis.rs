@@ -98,7 +98,7 @@ fn a_learner_and_two_actor_processes_finish_a_run_when_one_is_killed() {
             .replace("rounds = 2\n", "rounds = 16\n")
             .replace("threads = 2\n", "threads = 0\n")
             .replace("every = 5\neval_every = 5", "every = 2\neval_every = 0")
-            + "[faults]\nlearner_delay_ms = 30\n"),
+            + "[faults]\nlearner_delay_ms = 200\n"),
     );
     let run = tmp.path().join("shared_run");
     let url = server.url();
@@ -151,6 +151,17 @@ fn a_learner_and_two_actor_processes_finish_a_run_when_one_is_killed() {
         tail.len() == 5 && tail.iter().all(|&n| n == 1.0),
         "{later:?}"
     );
+    // Heartbeats: both joined, the killed one was lost once its heartbeat expired.
+    assert_eq!(log.matches(") joined").count(), 2, "{log}");
+    assert!(log.contains("was lost (no heartbeat for 10 s)"), "{log}");
+    let alive: Vec<f64> = all
+        .iter()
+        .filter_map(|r| r.get("actors_alive")?.as_f64())
+        .collect();
+    assert!(
+        alive.contains(&2.0) && alive.last() == Some(&1.0),
+        "{alive:?}"
+    );
     // The survivor leaves once the run has stopped.
     let status = wait(&mut b, 60);
     let blog = stderr_of(&mut b);
@@ -202,4 +213,60 @@ fn an_unreachable_transport_is_refused_before_anything_is_written() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("needs --transport"), "{err}");
     assert!(!run.exists());
+}
+
+/// The learner SIGKILLed mid-run and resumed: the actor process waits for it and continues,
+/// and the run finishes.
+#[test]
+fn a_killed_learner_resumes_and_its_actor_process_continues() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        tmp.path(),
+        &(TINY_TOOL
+            .replace("rounds = 2\n", "rounds = 16\n")
+            .replace("threads = 2\n", "threads = 0\n")
+            .replace("every = 5\neval_every = 5", "every = 2\neval_every = 0")
+            + "[faults]\nlearner_delay_ms = 30\n"),
+    );
+    let run = tmp.path().join("again");
+    let url = server.url();
+    let train = |args: &[&str]| {
+        bin()
+            .args(args)
+            .args(["--transport", &url])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let cfg_s = cfg.display().to_string();
+    let run_s = run.display().to_string();
+    let mut learner = train(&["train", "--config", &cfg_s, "--out", &run_s]);
+    let mut actor = bin()
+        .args(["actor", "--transport", &url, "--run", "again"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Killed after its first checkpoint (step 5).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !run.join("checkpoints").join("latest").exists() {
+        assert!(Instant::now() < deadline, "{}", stderr_of(&mut learner));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    learner.kill().unwrap();
+    let _ = learner.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        actor.try_wait().unwrap().is_none(),
+        "the actor waits for the learner"
+    );
+    let mut resumed = train(&["resume", &run_s]);
+    let status = wait(&mut resumed, 300);
+    let log = stderr_of(&mut resumed);
+    assert!(status.is_some_and(|s| s.success()), "{log}");
+    let last_step = rows(&run).iter().filter_map(|r| r["step"].as_u64()).max();
+    assert_eq!(last_step, Some(80), "{log}");
+    let status = wait(&mut actor, 60);
+    let alog = stderr_of(&mut actor);
+    assert!(status.is_some_and(|s| s.success()), "{alog}");
 }

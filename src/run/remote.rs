@@ -6,6 +6,8 @@
 //! and any actor process that joins send through Redis, and the learner reads through it. Actor
 //! ids are handed out by Redis (local actors take the first ones), so prompt ids never collide.
 //! The learner owns versions and staleness exactly as in one process.
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::envs::actor_builder;
@@ -15,7 +17,9 @@ use crate::config::DeviceChoice;
 use crate::error::Error;
 use crate::ids::SourceId;
 use crate::rl::actor::{actor_loop, Actor, ActorLinks};
-use crate::transport::redis::{Link, RedisBoard, RedisControl, RedisSink, RedisSource, RunKeys};
+use crate::transport::redis::{
+    self as rds, Link, RedisBoard, RedisControl, RedisSink, RedisSource, RunKeys,
+};
 use crate::transport::{RunControl, TrajectorySink};
 
 /// How long an operation keeps reconnecting to a Redis that went away.
@@ -99,16 +103,54 @@ pub(super) fn redis_loop(
         })
         .collect::<Result<Vec<_>>>()?;
     eprintln!("run {name} on {url}: join with `asymre actor --transport {url} --run {name}`");
-    threads(
-        run,
-        actors,
-        factory,
-        opts,
-        sinks,
-        Box::new(source),
-        &board,
-        &control,
-    )
+    let alive = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    run.alive = Some(alive.clone());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut watch = link()?;
+    std::thread::scope(|scope| {
+        // Actor processes' heartbeats: who joined, who left, who was lost.
+        let monitor = scope.spawn(|| {
+            let mut known = std::collections::BTreeMap::new();
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(now) = rds::alive(&mut watch, &keys) {
+                    for (id, who) in &now {
+                        if !known.contains_key(id) {
+                            eprintln!("actor {id} ({who}) joined");
+                        }
+                    }
+                    for (id, who) in &known {
+                        if !now.contains_key(id) {
+                            eprintln!(
+                                "actor {id} ({who}) left or was lost (no heartbeat for {} s)",
+                                rds::HEARTBEAT_TTL.as_secs()
+                            );
+                        }
+                    }
+                    alive.store(now.len() as u64, Ordering::Relaxed);
+                    known = now;
+                }
+                for _ in 0..10 {
+                    if done.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        });
+        let result = threads(
+            run,
+            actors,
+            factory,
+            opts,
+            sinks,
+            Box::new(source),
+            &board,
+            &control,
+        );
+        done.store(true, Ordering::Relaxed);
+        let _ = monitor.join();
+        result
+    })
 }
 
 /// `asymre actor`: joins run `name` at `url` with `threads` actor threads and sends until the
@@ -164,7 +206,12 @@ pub fn remote_actors(
         behaviour.version
     );
     let capacity = cfg.actor.channel_capacity;
+    let named: Vec<(usize, String)> = (first..last).map(|id| (id, sender(id))).collect();
+    let mut beat = link()?;
     std::thread::scope(|scope| {
+        let (control_ref, keys_ref) = (&control, &keys);
+        let heart = scope
+            .spawn(move || rds::heartbeat(&mut beat, keys_ref, &named, &|| control_ref.stopped()));
         let mut handles = Vec::new();
         for id in first..last {
             let actor = build(&cfg, SourceId::new(session, id as u32, 0), &behaviour)?;
@@ -192,6 +239,9 @@ pub fn remote_actors(
                 control.fail(Error::Corrupt(format!("actor process: {e}")));
                 result = Err(e);
             }
+        }
+        if let Ok(Err(e)) = heart.join() {
+            eprintln!("heartbeat: {e}");
         }
         result
     })?;

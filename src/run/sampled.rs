@@ -56,6 +56,8 @@ pub(super) struct SampledRun<'a> {
     /// Parallel mode: rows count the actors heard from (serial rows stay those of a resumed
     /// run exactly).
     pub(super) parallel: bool,
+    /// Through Redis: the actor processes whose heartbeat is alive (rows' `actors_alive`).
+    pub(super) alive: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl SampledRun<'_> {
@@ -114,6 +116,12 @@ impl SampledRun<'_> {
             row.push(
                 tags::ACTORS,
                 std::mem::take(&mut self.learner.senders).len() as f64,
+            );
+        }
+        if let Some(alive) = &self.alive {
+            row.push(
+                tags::ACTORS_ALIVE,
+                alive.load(std::sync::atomic::Ordering::Relaxed) as f64,
             );
         }
         if eval_due {
@@ -232,6 +240,7 @@ pub(super) fn run_sampled(
         rec,
         session,
         parallel: !opts.serial,
+        alive: None,
     };
     run.set_behaviour(behaviour.clone());
     if run.learner.step == 0 {

@@ -33,6 +33,8 @@ pub mod tags {
     pub const REPLAY_SIZE: &str = "replay_size";
     /// Actors whose messages arrived since the previous row.
     pub const ACTORS: &str = "actors";
+    /// Through Redis: actor processes whose heartbeat is alive.
+    pub const ACTORS_ALIVE: &str = "actors_alive";
     pub const STALE_DROPPED: &str = "stale_dropped";
     /// Batches skipped so far for a non-finite loss or gradient.
     pub const NONFINITE_SKIPPED: &str = "nonfinite_skipped";

@@ -87,6 +87,84 @@ impl RunKeys {
     pub fn actor_ids(&self) -> String {
         self.key("actor_ids")
     }
+    /// Actor `id`'s heartbeat: its sender's name, with a time to live.
+    pub fn alive(&self, id: usize) -> String {
+        self.key(&format!("alive:{id}"))
+    }
+    /// Every heartbeat of the run (a `SCAN` pattern).
+    pub fn alive_pattern(&self) -> String {
+        self.key("alive:*")
+    }
+}
+
+/// How long a heartbeat lives: an actor process silent for this long is lost.
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(10);
+
+/// Refreshes the heartbeats of `ids` (named `names`) every second until `done`, then deletes
+/// them: a clean leave.
+pub fn heartbeat(
+    link: &mut Link,
+    keys: &RunKeys,
+    actors: &[(usize, String)],
+    done: &dyn Fn() -> bool,
+) -> Result<()> {
+    let ttl = HEARTBEAT_TTL.as_secs();
+    while !done() {
+        link.run(|c| {
+            let mut p = redis::pipe();
+            for (id, name) in actors {
+                p.cmd("SET")
+                    .arg(keys.alive(*id))
+                    .arg(name)
+                    .arg("EX")
+                    .arg(ttl)
+                    .ignore();
+            }
+            p.query::<()>(c)
+        })?;
+        for _ in 0..10 {
+            if done() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let doomed: Vec<String> = actors.iter().map(|(id, _)| keys.alive(*id)).collect();
+    link.run(|c| redis::cmd("DEL").arg(&doomed).query::<()>(c))
+}
+
+/// The actors whose heartbeat is alive: id → sender's name.
+pub fn alive(link: &mut Link, keys: &RunKeys) -> Result<std::collections::BTreeMap<usize, String>> {
+    let pattern = keys.alive_pattern();
+    let found: Vec<String> = link.run(|c| {
+        let mut out = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query(c)?;
+            out.extend(batch);
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    })?;
+    let mut map = std::collections::BTreeMap::new();
+    for key in found {
+        let Some(id) = key.rsplit(':').next().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let name: Option<String> = link.run(|c| redis::cmd("GET").arg(&key).query(c))?;
+        if let Some(name) = name {
+            map.insert(id, name);
+        }
+    }
+    Ok(map)
 }
 
 /// One connection to Redis that reconnects when it is lost.
