@@ -178,7 +178,7 @@ pub fn remote_actors(
         if let (Some(t), Some(s)) = (text, session) {
             break (t, s);
         }
-        if started.elapsed() < Duration::from_millis(1100) {
+        if started.elapsed() < Duration::from_millis(500) {
             eprintln!("waiting for run {name:?} to start at {url}");
         }
         std::thread::sleep(Duration::from_secs(1));
