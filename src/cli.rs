@@ -229,6 +229,10 @@ pub enum Command {
         /// Face TRL's GRPOTrainer (needs trl in the baseline's Python).
         #[arg(long, requires = "lm", conflicts_with = "no_baseline")]
         trl: bool,
+        /// Benchmark the Redis transport instead (against redis-benchmark's XADD rate on a
+        /// redis-server of its own, and weight publishing).
+        #[arg(long, conflicts_with = "lm")]
+        transport: bool,
     },
 }
 

@@ -342,7 +342,17 @@ pub fn run(cli: Cli) -> Result<u8> {
             model,
             precision,
             trl,
+            transport,
         } => {
+            if transport {
+                crate::experiments::bench_transport::run(
+                    &crate::experiments::bench_transport::TransportBench {
+                        secs: seconds.unwrap_or(if quick { 3.0 } else { 10.0 }),
+                        json: json.as_deref(),
+                    },
+                )?;
+                return Ok(0);
+            }
             let python = if no_baseline {
                 None
             } else {

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_grpo;
 pub mod bench_lm;
+pub mod bench_transport;
 pub mod plot;
 pub mod report;
 pub mod sweep;

@@ -286,6 +286,8 @@ pub struct RedisSink {
     capacity: usize,
     /// Who sends (named when a message does not decode).
     actor: String,
+    /// The stream's length after this sink's last message.
+    queued: AtomicU64,
 }
 
 impl RedisSink {
@@ -295,15 +297,20 @@ impl RedisSink {
             keys,
             capacity: capacity.max(1),
             actor: actor.to_string(),
+            queued: AtomicU64::new(0),
         }
     }
 
-    /// Sends raw bytes as a message (the tests send damaged ones).
+    /// Sends raw bytes as a message (the tests send damaged ones). One round trip: the message
+    /// goes in with the stream's length and the stop flag read back; when that length reached
+    /// `capacity`, the next send first waits until the learner has taken some.
     pub fn send_bytes(&self, message: &[u8]) -> Result<()> {
         let mut link = lock(&self.link);
         let (stream, stop) = (self.keys.trajectories(), self.keys.stop());
-        loop {
-            let (queued, stopped): (usize, Option<String>) = link.run(|c| {
+        let mut queued = self.queued.load(Ordering::Relaxed) as usize;
+        while queued >= self.capacity {
+            std::thread::sleep(Duration::from_millis(1));
+            let (n, stopped): (usize, Option<String>) = link.run(|c| {
                 redis::pipe()
                     .cmd("XLEN")
                     .arg(&stream)
@@ -314,14 +321,12 @@ impl RedisSink {
             if stopped.is_some() {
                 return Err(Error::Corrupt("the run has stopped".into()));
             }
-            if queued < self.capacity {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+            queued = n;
         }
         let bound = (self.capacity * 4).max(64);
-        link.run(|c| {
-            redis::cmd("XADD")
+        let (_, n, stopped): (String, usize, Option<String>) = link.run(|c| {
+            redis::pipe()
+                .cmd("XADD")
                 .arg(&stream)
                 .arg("MAXLEN")
                 .arg("~")
@@ -331,8 +336,16 @@ impl RedisSink {
                 .arg(message)
                 .arg("a")
                 .arg(&self.actor)
-                .query::<String>(c)
+                .cmd("XLEN")
+                .arg(&stream)
+                .cmd("GET")
+                .arg(&stop)
+                .query(c)
         })?;
+        self.queued.store(n as u64, Ordering::Relaxed);
+        if stopped.is_some() {
+            return Err(Error::Corrupt("the run has stopped".into()));
+        }
         Ok(())
     }
 }
@@ -343,75 +356,40 @@ impl TrajectorySink for RedisSink {
     }
 }
 
-/// The learner's end: reads the stream through the consumer group, acknowledging and deleting
-/// each message as it takes it.
+/// The learner's end: reads the stream through the consumer group, up to 16 messages a round
+/// trip, and acknowledges and deletes what it took with the next read, once the learner has
+/// ingested it.
 pub struct RedisSource {
     link: Mutex<Link>,
     keys: RunKeys,
     /// Messages that did not decode, skipped.
     pub undecodable: AtomicU64,
-    /// Re-read what an earlier learner took but did not acknowledge, first.
-    backlog: Mutex<bool>,
+    state: Mutex<SourceState>,
 }
 
-impl RedisSource {
-    /// Joins (or creates) the run's consumer group.
-    pub fn new(mut link: Link, keys: RunKeys) -> Result<Self> {
-        let stream = keys.trajectories();
-        let created = link.run(|c| {
-            match redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(&stream)
-                .arg(GROUP)
-                .arg("0")
-                .arg("MKSTREAM")
-                .query::<()>(c)
-            {
-                Ok(()) => Ok(true),
-                Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
-                Err(e) => Err(e),
-            }
-        })?;
-        let _ = created;
-        Ok(RedisSource {
-            link: Mutex::new(link),
-            keys,
-            undecodable: AtomicU64::new(0),
-            backlog: Mutex::new(true),
-        })
-    }
+/// Read but not yet taken, and taken but not yet acknowledged.
+struct SourceState {
+    /// Re-read what an earlier learner took but did not acknowledge, first.
+    backlog: bool,
+    buffer: VecDeque<(String, Vec<u8>, String)>,
+    taken: Vec<String>,
+}
 
-    /// One read: `(id, fields)` of the next message, if any came within `timeout`.
-    fn read(&self, timeout: Duration) -> Result<Option<(String, Vec<u8>, String)>> {
-        let stream = self.keys.trajectories();
-        let mut backlog = lock(&self.backlog);
-        let from = if *backlog { "0" } else { ">" };
-        let block = timeout.as_millis().max(1) as u64;
-        let reply: Value = lock(&self.link).run(|c| {
-            let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP").arg(GROUP).arg(GROUP).arg("COUNT").arg(1);
-            if !*backlog {
-                cmd.arg("BLOCK").arg(block);
-            }
-            cmd.arg("STREAMS").arg(&stream).arg(from).query(c)
-        })?;
-        // [[stream, [[id, [field, value, …]], …]]]
-        let entry = match &reply {
-            Value::Array(streams) => streams.first().and_then(|s| match s {
-                Value::Array(kv) => kv.get(1).and_then(|e| match e {
-                    Value::Array(entries) => entries.first().cloned(),
-                    _ => None,
-                }),
+/// `[[stream, [[id, [field, value, …]], …]]]` → `(id, body, actor)` of each entry.
+fn entries(reply: &Value) -> Vec<(String, Vec<u8>, String)> {
+    let list = match reply {
+        Value::Array(streams) => streams.first().and_then(|s| match s {
+            Value::Array(kv) => match kv.get(1) {
+                Some(Value::Array(entries)) => Some(entries),
                 _ => None,
-            }),
+            },
             _ => None,
-        };
-        let Some(Value::Array(entry)) = entry else {
-            if *backlog {
-                *backlog = false; // nothing left from before: read new messages from now on
-            }
-            return Ok(None);
-        };
+        }),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for entry in list.into_iter().flatten() {
+        let Value::Array(entry) = entry else { continue };
         let id = entry.first().map(text).unwrap_or_default();
         let (mut body, mut actor) = (Vec::new(), String::new());
         if let Some(Value::Array(fields)) = entry.get(1) {
@@ -423,40 +401,87 @@ impl RedisSource {
                 }
             }
         }
-        Ok(Some((id, body, actor)))
+        out.push((id, body, actor));
     }
+    out
+}
 
-    fn done_with(&self, id: &str) -> Result<()> {
-        let stream = self.keys.trajectories();
-        lock(&self.link).run(|c| {
-            redis::pipe()
-                .cmd("XACK")
+impl RedisSource {
+    /// Joins (or creates) the run's consumer group.
+    pub fn new(mut link: Link, keys: RunKeys) -> Result<Self> {
+        let stream = keys.trajectories();
+        link.run(|c| {
+            match redis::cmd("XGROUP")
+                .arg("CREATE")
                 .arg(&stream)
                 .arg(GROUP)
-                .arg(id)
-                .ignore()
-                .cmd("XDEL")
-                .arg(&stream)
-                .arg(id)
-                .ignore()
+                .arg("0")
+                .arg("MKSTREAM")
                 .query::<()>(c)
+            {
+                Ok(()) => Ok(()),
+                Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+                Err(e) => Err(e),
+            }
+        })?;
+        Ok(RedisSource {
+            link: Mutex::new(link),
+            keys,
+            undecodable: AtomicU64::new(0),
+            state: Mutex::new(SourceState {
+                backlog: true,
+                buffer: VecDeque::new(),
+                taken: Vec::new(),
+            }),
         })
     }
 
-    /// The next batch within `timeout`, or why there is none.
+    /// One round trip: acknowledge and delete what was taken, read up to 16 more.
+    fn fill(&self, st: &mut SourceState, timeout: Duration) -> Result<()> {
+        let stream = self.keys.trajectories();
+        let from = if st.backlog { "0" } else { ">" };
+        let block = timeout.as_millis().max(1) as u64;
+        let taken = std::mem::take(&mut st.taken);
+        let backlog = st.backlog;
+        let reply: Value = lock(&self.link).run(|c| {
+            let mut p = redis::pipe();
+            if !taken.is_empty() {
+                p.cmd("XACK").arg(&stream).arg(GROUP).arg(&taken).ignore();
+                p.cmd("XDEL").arg(&stream).arg(&taken).ignore();
+            }
+            let cmd = p.cmd("XREADGROUP");
+            cmd.arg("GROUP").arg(GROUP).arg(GROUP).arg("COUNT").arg(16);
+            if !backlog {
+                cmd.arg("BLOCK").arg(block);
+            }
+            cmd.arg("STREAMS").arg(&stream).arg(from);
+            let (reply,): (Value,) = p.query(c)?;
+            Ok(reply)
+        })?;
+        let got = entries(&reply);
+        if st.backlog && got.is_empty() {
+            st.backlog = false; // nothing left from before: read new messages from now on
+        }
+        st.buffer.extend(got);
+        Ok(())
+    }
+
+    /// The next batch within `timeout`, or none.
     pub fn recv(&self, timeout: Duration) -> Result<Option<ActorBatch>> {
         let deadline = Instant::now() + timeout;
+        let mut st = lock(&self.state);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some((id, body, actor)) = self.read(left)? else {
-                if Instant::now() >= deadline {
+            let Some((id, body, actor)) = st.buffer.pop_front() else {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let was_backlog = st.backlog;
+                self.fill(&mut st, left)?;
+                if st.buffer.is_empty() && !was_backlog && Instant::now() >= deadline {
                     return Ok(None);
                 }
                 continue;
             };
-            let decoded = decode_batch(&body);
-            self.done_with(&id)?;
-            match decoded {
+            st.taken.push(id);
+            match decode_batch(&body) {
                 Ok(batch) => return Ok(Some(batch)),
                 Err(e) => {
                     let n = self.undecodable.fetch_add(1, Ordering::Relaxed) + 1;
@@ -773,6 +798,51 @@ impl RunControl for RedisControl {
                 return;
             }
         }
+    }
+}
+
+/// A `redis-server` of our own on a free loopback port (benchmarks), stopped when dropped.
+pub struct LocalServer {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl LocalServer {
+    pub fn start() -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| Error::io("a free port", e))?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                Error::input(format!(
+                    "cannot start redis-server ({e}); scripts/setup.sh installs it"
+                ))
+            })?;
+        let server = LocalServer { port, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Link::open(&server.url(), Duration::ZERO).is_err() {
+            if Instant::now() > deadline {
+                return Err(Error::Corrupt("redis-server did not start".into()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
