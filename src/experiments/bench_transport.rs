@@ -122,6 +122,99 @@ fn weights(url: &str, params: usize) -> Result<(f64, f64)> {
     Ok((publish, read))
 }
 
+/// The sleep-bound run: the bandit, whose sampling costs microseconds, with every actor
+/// sleeping 20 ms after each message of 256 arms, so each actor process offers at most 12,800
+/// samples a second whatever this machine's cores, and the learner takes a step per message.
+const SLEEPY: &str = r#"
+[env]
+kind = "bandit"
+mode = "sampled"
+arms = 100
+rounds = 1
+steps_per_round = 600
+[actor]
+threads = 0
+batch_size = 256
+group_size = 8
+[replay]
+capacity = 4096
+max_policy_lag = 0
+[learner]
+optimizer = "sgd"
+lr = 1.0
+batch_size = 256
+sync_interval = 10
+[logging]
+every = 20
+progress = false
+[checkpoint]
+every = 100000
+[faults]
+actor_delay_ms = 20
+"#;
+
+/// Samples per second of the sleep-bound run with `n` actor processes, between its rows at
+/// step 100 and its last.
+fn scaling(url: &str, n: usize) -> Result<f64> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("the benchmark's binary", e))?;
+    let dir = std::env::temp_dir().join(format!("asymre-bench-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let cfg = dir.join("sleepy.toml");
+    std::fs::write(&cfg, SLEEPY).map_err(|e| Error::io(&cfg, e))?;
+    let name = format!("sleepy{n}");
+    let run = dir.join(&name);
+    let quiet = || std::process::Stdio::null();
+    let mut learner = std::process::Command::new(&exe)
+        .arg("train")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&run)
+        .args(["--transport", url])
+        .stdout(quiet())
+        .stderr(quiet())
+        .spawn()
+        .map_err(|e| Error::io("the learner", e))?;
+    let mut actors = (0..n)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .args(["actor", "--transport", url, "--run", &name])
+                .stdout(quiet())
+                .stderr(quiet())
+                .spawn()
+                .map_err(|e| Error::io("an actor", e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let status = learner.wait().map_err(|e| Error::io("the learner", e))?;
+    for a in &mut actors {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while a.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    if !status.success() {
+        return Err(Error::Corrupt(format!(
+            "the sleep-bound run failed ({status})"
+        )));
+    }
+    let text = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .map_err(|e| Error::io(run.join("metrics.jsonl"), e))?;
+    let rows: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|r| Some((r["step"].as_f64()?, r["wall_time"].as_f64()?)))
+        .filter(|&(step, _)| step >= 100.0)
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return Err(Error::Corrupt("the sleep-bound run logged no rows".into()));
+    };
+    Ok((last.0 - first.0) * 256.0 / (last.1 - first.1).max(1e-9))
+}
+
 pub fn run(b: &TransportBench) -> Result<()> {
     let server = LocalServer::start()?;
     let url = server.url();
@@ -162,8 +255,23 @@ pub fn run(b: &TransportBench) -> Result<()> {
         );
         rows.push(serde_json::json!({"what": what, "params": params, "publish_s": publish, "read_s": read}));
     }
+    println!("| actor processes (sleep-bound) | samples/s | × one process | × the half |");
+    println!("|---|---:|---:|---:|");
+    let mut curve: Vec<(usize, f64)> = Vec::new();
+    for n in [1usize, 2, 4] {
+        let rate = scaling(&url, n)?;
+        let one = curve.first().map_or(rate, |c| c.1);
+        let half = curve.last().map_or(rate, |c| c.1);
+        println!(
+            "| {n} | {rate:.0} | {:.2}× | {:.2}× |",
+            rate / one,
+            rate / half
+        );
+        curve.push((n, rate));
+    }
     if let Some(path) = b.json {
         let j = serde_json::json!({
+            "scaling": curve.iter().map(|(n, r)| serde_json::json!({"actors": n, "samples_per_s": r})).collect::<Vec<_>>(),
             "message_bytes": size,
             "asymre_messages_per_s": rate,
             "redis_benchmark_1_client": rb1,

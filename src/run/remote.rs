@@ -225,7 +225,7 @@ pub fn remote_actors(
                         board,
                         control,
                         panic_after: 0,
-                        delay: Duration::ZERO,
+                        delay: Duration::from_millis(cfg.faults.actor_delay_ms),
                     },
                 )
             }));
