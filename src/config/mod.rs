@@ -20,6 +20,7 @@ mod loss;
 mod policy;
 mod replay;
 mod tools;
+mod transport;
 mod warmstart;
 
 pub use actor::*;
@@ -32,6 +33,7 @@ pub use loss::*;
 pub use policy::*;
 pub use replay::*;
 pub use tools::{ToolConfig, BUILTINS};
+pub use transport::TransportConfig;
 pub use warmstart::*;
 
 /// The root of a run's configuration (`config.toml`).
@@ -54,6 +56,8 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     pub collapse: CollapseConfig,
     pub faults: FaultsConfig,
+    /// `[transport]`: used with `--transport`.
+    pub transport: TransportConfig,
     /// `[[tools]]`: the tools of a dataset's tasks.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<ToolConfig>,
@@ -76,6 +80,7 @@ impl Default for Config {
             checkpoint: CheckpointConfig::default(),
             collapse: CollapseConfig::default(),
             faults: FaultsConfig::default(),
+            transport: TransportConfig::default(),
             tools: Vec::new(),
         }
     }
@@ -210,6 +215,7 @@ impl Config {
         self.loss.validate()?;
         self.collapse.validate()?;
         self.checkpoint.validate()?;
+        self.transport.validate()?;
         tools::validate(&self.tools)?;
         self.validate_across()
     }

@@ -76,7 +76,8 @@ pub(super) fn redis_loop(
             .ignore()
             .query::<()>(c)
     })?;
-    let board = RedisBoard::new(link()?, keys.clone(), CHUNK_BYTES, KEEP_VERSIONS);
+    let shared = run.cfg.transport.weights_dir().unwrap_or(None);
+    let board = RedisBoard::new(link()?, keys.clone(), CHUNK_BYTES, KEEP_VERSIONS).in_dir(shared);
     board.try_publish(&run.behaviour)?;
     let control = RedisControl::new(
         link()?,
@@ -94,12 +95,9 @@ pub(super) fn redis_loop(
     let sinks = actors
         .iter()
         .map(|a| {
-            Ok(Box::new(RedisSink::new(
-                link()?,
-                keys.clone(),
-                capacity,
-                &sender(a.id()),
-            )) as Box<dyn TrajectorySink>)
+            let sink = RedisSink::new(link()?, keys.clone(), capacity, &sender(a.id()))
+                .with_maxlen(run.cfg.transport.maxlen);
+            Ok(Box::new(sink) as Box<dyn TrajectorySink>)
         })
         .collect::<Result<Vec<_>>>()?;
     eprintln!("run {name} on {url}: join with `asymre actor --transport {url} --run {name}`");
@@ -193,7 +191,8 @@ pub fn remote_actors(
     let last: usize = meta.run(|c| redis::cmd("INCRBY").arg(&ids).arg(threads).query(c))?;
     let first = last - threads;
     let build = actor_builder(&cfg)?;
-    let board = RedisBoard::new(link()?, keys.clone(), CHUNK_BYTES, KEEP_VERSIONS);
+    let shared = cfg.transport.weights_dir().unwrap_or(None);
+    let board = RedisBoard::new(link()?, keys.clone(), CHUNK_BYTES, KEEP_VERSIONS).in_dir(shared);
     let control = RedisControl::new(
         link()?,
         keys.clone(),
@@ -215,7 +214,8 @@ pub fn remote_actors(
         let mut handles = Vec::new();
         for id in first..last {
             let actor = build(&cfg, SourceId::new(session, id as u32, 0), &behaviour)?;
-            let sink = RedisSink::new(link()?, keys.clone(), capacity, &sender(id));
+            let sink = RedisSink::new(link()?, keys.clone(), capacity, &sender(id))
+                .with_maxlen(cfg.transport.maxlen);
             let (board, control) = (&board, &control);
             handles.push(scope.spawn(move || {
                 actor_loop(

@@ -91,6 +91,10 @@ impl RunKeys {
     pub fn alive(&self, id: usize) -> String {
         self.key(&format!("alive:{id}"))
     }
+    /// Version `version`'s file name, for weights on a shared filesystem.
+    fn weights_file(&self, version: u64) -> String {
+        format!("{}-weights-{version}.bin", self.prefix.replace(':', "-"))
+    }
     /// Every heartbeat of the run (a `SCAN` pattern).
     pub fn alive_pattern(&self) -> String {
         self.key("alive:*")
@@ -288,6 +292,8 @@ pub struct RedisSink {
     actor: String,
     /// The stream's length after this sink's last message.
     queued: AtomicU64,
+    /// `XADD … MAXLEN ~` bound.
+    maxlen: usize,
 }
 
 impl RedisSink {
@@ -298,7 +304,14 @@ impl RedisSink {
             capacity: capacity.max(1),
             actor: actor.to_string(),
             queued: AtomicU64::new(0),
+            maxlen: (capacity * 4).max(64),
         }
+    }
+
+    /// Bounds the stream at about `maxlen` messages (`transport.maxlen`).
+    pub fn with_maxlen(mut self, maxlen: usize) -> Self {
+        self.maxlen = maxlen.max(self.capacity);
+        self
     }
 
     /// Sends raw bytes as a message (the tests send damaged ones). One round trip: the message
@@ -323,7 +336,7 @@ impl RedisSink {
             }
             queued = n;
         }
-        let bound = (self.capacity * 4).max(64);
+        let bound = self.maxlen;
         let (_, n, stopped): (String, usize, Option<String>) = link.run(|c| {
             redis::pipe()
                 .cmd("XADD")
@@ -517,6 +530,8 @@ pub struct RedisBoard {
     published: Mutex<VecDeque<(u64, usize)>>,
     /// The last snapshot read (actors' side), so an unchanged version is not read again.
     cache: Mutex<Option<Arc<WeightSnapshot>>>,
+    /// Weights as files in this shared directory instead of Redis values.
+    dir: Option<std::path::PathBuf>,
 }
 
 impl RedisBoard {
@@ -528,14 +543,37 @@ impl RedisBoard {
             keep: keep.max(1),
             published: Mutex::new(VecDeque::new()),
             cache: Mutex::new(None),
+            dir: None,
         }
+    }
+
+    /// Weights as one file per version in `dir` (a filesystem every host mounts); Redis carries
+    /// only the version number.
+    pub fn in_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.dir = dir;
+        self
+    }
+
+    /// Writes version `v` into the shared directory: a temporary file, then a rename.
+    fn write_file(&self, dir: &std::path::Path, v: u64, body: &[u8]) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(self.keys.weights_file(v));
+        let tmp = dir.join(format!(".{}.tmp", self.keys.weights_file(v)));
+        std::fs::write(&tmp, body).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
     }
 
     /// Writes `snapshot` and deletes the versions past `keep`.
     pub fn try_publish(&self, snapshot: &WeightSnapshot) -> Result<()> {
         let body = encode_snapshot(snapshot);
         let v = snapshot.version;
-        let chunks: Vec<&[u8]> = body.chunks(self.chunk_bytes).collect();
+        let chunks: Vec<&[u8]> = match &self.dir {
+            Some(dir) => {
+                self.write_file(dir, v, &body)?;
+                Vec::new()
+            }
+            None => body.chunks(self.chunk_bytes).collect(),
+        };
         let mut link = lock(&self.link);
         for (i, chunk) in chunks.iter().enumerate() {
             let key = self.keys.chunk(v, i);
@@ -572,6 +610,9 @@ impl RedisBoard {
         published.push_back((v, chunks.len()));
         while published.len() > self.keep {
             let (old, n) = published.pop_front().expect("longer than keep");
+            if let Some(dir) = &self.dir {
+                let _ = std::fs::remove_file(dir.join(self.keys.weights_file(old)));
+            }
             let mut doomed: Vec<String> = (0..n).map(|i| self.keys.chunk(old, i)).collect();
             doomed.push(self.keys.chunks(old));
             link.run(|c| redis::cmd("DEL").arg(&doomed).query::<()>(c))?;
@@ -593,6 +634,16 @@ impl RedisBoard {
             };
             if let Some(snap) = lock(&self.cache).as_ref().filter(|s| s.version == v) {
                 return Ok(Some(snap.clone()));
+            }
+            if let Some(dir) = &self.dir {
+                let Ok(body) = std::fs::read(dir.join(self.keys.weights_file(v))) else {
+                    continue; // deleted meanwhile: read the newer one
+                };
+                let snap = decode_snapshot(&body)
+                    .map_err(|e| Error::Corrupt(format!("weights version {v}: {e}")))?;
+                let snap = Arc::new(snap);
+                *lock(&self.cache) = Some(snap.clone());
+                return Ok(Some(snap));
             }
             let count_key = self.keys.chunks(v);
             let n: Option<usize> =
@@ -1015,6 +1066,43 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(stored.len(), 2 * (9 + 1), "{stored:?}");
         assert!(stored.iter().all(|k| k.contains(":3") || k.contains(":4")));
+    }
+
+    #[test]
+    fn weights_can_go_through_a_shared_directory() {
+        let server = Server::start();
+        let dir = tempfile::tempdir().unwrap();
+        let keys = RunKeys::new("t6");
+        let shared = Some(dir.path().to_path_buf());
+        let learner = RedisBoard::new(server.link(), keys.clone(), 100, 2).in_dir(shared.clone());
+        let actor = RedisBoard::new(server.link(), keys.clone(), 100, 2).in_dir(shared);
+        for v in [1, 2, 3] {
+            learner.publish(WeightSnapshot {
+                version: v,
+                tensors: vec![NamedTensor {
+                    name: "w".into(),
+                    shape: vec![300],
+                    data: vec![v as f32; 300],
+                }],
+            });
+            let got = actor.latest();
+            assert_eq!((got.version, got.tensors[0].data[299]), (v, v as f32));
+        }
+        let mut files: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            ["asymre-t6-weights-2.bin", "asymre-t6-weights-3.bin"]
+        );
+        // Redis holds the version only, no chunk.
+        let mut link = server.link();
+        let chunks: Vec<String> = link
+            .run(|c| redis::cmd("KEYS").arg("asymre:t6:weights:*:*").query(c))
+            .unwrap();
+        assert!(chunks.is_empty(), "{chunks:?}");
     }
 
     #[test]
