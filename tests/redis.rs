@@ -4,16 +4,11 @@ mod common;
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use asymre::transport::redis::LocalServer;
 use common::*;
-
-/// A `redis-server` of the test's own, stopped when dropped.
-struct Server {
-    port: u16,
-    child: Child,
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -23,33 +18,19 @@ fn free_port() -> u16 {
         .port()
 }
 
-impl Server {
-    fn start() -> Self {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is missing: scripts/setup.sh installs it");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server { port, child }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
+/// A `redis-server` of the test's own on a free loopback port, stopped when dropped.
+fn server() -> LocalServer {
+    LocalServer::start().unwrap()
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The shared test run with no actor of the learner's own, its learner slowed by `delay_ms` per
+/// step: 80 steps, a row every 2.
+fn remote_only(delay_ms: u64) -> String {
+    TINY_TOOL
+        .replace("rounds = 2\n", "rounds = 16\n")
+        .replace("threads = 2\n", "threads = 0\n")
+        .replace("every = 5\neval_every = 5", "every = 2\neval_every = 0")
+        + &format!("[faults]\nlearner_delay_ms = {delay_ms}\n")
 }
 
 fn rows(run: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
@@ -90,16 +71,9 @@ fn stderr_of(child: &mut Child) -> String {
 /// the run finishes on the other, which then leaves by itself.
 #[test]
 fn a_learner_and_two_actor_processes_finish_a_run_when_one_is_killed() {
-    let server = Server::start();
+    let server = server();
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        tmp.path(),
-        &(TINY_TOOL
-            .replace("rounds = 2\n", "rounds = 16\n")
-            .replace("threads = 2\n", "threads = 0\n")
-            .replace("every = 5\neval_every = 5", "every = 2\neval_every = 0")
-            + "[faults]\nlearner_delay_ms = 200\n"),
-    );
+    let cfg = write_config(tmp.path(), &remote_only(200));
     let run = tmp.path().join("shared_run");
     let url = server.url();
     let mut learner = bin()
@@ -219,16 +193,9 @@ fn an_unreachable_transport_is_refused_before_anything_is_written() {
 /// and the run finishes.
 #[test]
 fn a_killed_learner_resumes_and_its_actor_process_continues() {
-    let server = Server::start();
+    let server = server();
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        tmp.path(),
-        &(TINY_TOOL
-            .replace("rounds = 2\n", "rounds = 16\n")
-            .replace("threads = 2\n", "threads = 0\n")
-            .replace("every = 5\neval_every = 5", "every = 2\neval_every = 0")
-            + "[faults]\nlearner_delay_ms = 30\n"),
-    );
+    let cfg = write_config(tmp.path(), &remote_only(30));
     let run = tmp.path().join("again");
     let url = server.url();
     let train = |args: &[&str]| {

@@ -859,11 +859,17 @@ pub struct LocalServer {
 }
 
 impl LocalServer {
+    /// A server on a free loopback port.
     pub fn start() -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| Error::io("a free port", e))?
             .port();
+        LocalServer::on(port)
+    }
+
+    /// A server on `port` (a restart on the same port, say), once it answers.
+    pub fn on(port: u16) -> Result<Self> {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -905,62 +911,31 @@ pub(crate) mod tests {
     use crate::trajectory::Trajectory;
 
     /// A `redis-server` of the test's own on a free loopback port, stopped when dropped.
-    pub(crate) struct Server {
-        pub port: u16,
-        child: std::process::Child,
-    }
+    pub(crate) struct Server(LocalServer);
 
     impl Server {
         pub fn start() -> Self {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            Server::on(port)
+            Server(LocalServer::start().unwrap())
         }
 
         pub fn on(port: u16) -> Self {
-            let child = std::process::Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args([
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--protected-mode",
-                    "yes",
-                ])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server is missing: scripts/setup.sh installs it");
-            let server = Server { port, child };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Link::open(&server.url(), Duration::ZERO).is_err() {
-                assert!(Instant::now() < deadline, "redis-server did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            server
+            Server(LocalServer::on(port).unwrap())
+        }
+
+        pub fn port(&self) -> u16 {
+            self.0.port
         }
 
         pub fn url(&self) -> String {
-            format!("redis://127.0.0.1:{}/0", self.port)
+            self.0.url()
         }
 
         pub fn link(&self) -> Link {
             Link::open(&self.url(), Duration::from_secs(20)).unwrap()
         }
 
-        pub fn kill(mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        pub fn kill(self) {
+            drop(self.0);
         }
     }
 
@@ -1135,7 +1110,7 @@ pub(crate) mod tests {
     #[test]
     fn a_restarted_redis_is_reconnected_to() {
         let server = Server::start();
-        let port = server.port;
+        let port = server.port();
         let keys = RunKeys::new("t5");
         let source = RedisSource::new(server.link(), keys.clone()).unwrap();
         let sink = RedisSink::new(server.link(), keys.clone(), 8, "a");
