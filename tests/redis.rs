@@ -237,3 +237,59 @@ fn a_killed_learner_resumes_and_its_actor_process_continues() {
     let alog = stderr_of(&mut actor);
     assert!(status.is_some_and(|s| s.success()), "{alog}");
 }
+
+/// Redis itself restarted mid-run, empty: the learner and the actor process reconnect and say
+/// so, the learner publishes the run again (config, weights, its position, the consumer group),
+/// and the run finishes.
+#[test]
+fn a_redis_restarted_mid_run_is_reconnected_to_and_the_run_finishes() {
+    let server = server();
+    let port = server.port;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), &remote_only(30));
+    let run = tmp.path().join("restarted");
+    let url = server.url();
+    let mut learner = bin()
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&run)
+        .args(["--transport", &url])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut actor = bin()
+        .args(["actor", "--transport", &url, "--run", "restarted"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let step = |run: &Path| rows(run).iter().filter_map(|r| r["step"].as_u64()).max();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while step(&run).unwrap_or(0) < 10 {
+        assert!(Instant::now() < deadline, "{}", stderr_of(&mut learner));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(server);
+    let at_restart = step(&run).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let _server = LocalServer::on(port).unwrap();
+    let status = wait(&mut learner, 300);
+    let log = stderr_of(&mut learner);
+    assert!(status.is_some_and(|s| s.success()), "{log}");
+    assert_eq!(step(&run), Some(80), "{log}");
+    assert!(at_restart < 80);
+    assert!(log.contains("connection lost") && log.contains("reconnected"), "{log}");
+    assert!(log.contains("published it again"), "{log}");
+    // Steps after the restart were trained on the actor's samples (the only actor there is).
+    assert!(
+        rows(&run)
+            .iter()
+            .filter(|r| r["step"].as_u64() > Some(at_restart + 2))
+            .any(|r| actors_in(r) == Some(1.0)),
+        "{log}"
+    );
+    let status = wait(&mut actor, 60);
+    let alog = stderr_of(&mut actor);
+    assert!(status.is_some_and(|s| s.success()), "{alog}");
+    assert!(alog.contains("reconnected"), "{alog}");
+}

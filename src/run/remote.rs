@@ -37,6 +37,51 @@ fn sender(id: usize) -> String {
     format!("{host}/{id}")
 }
 
+/// What the learner publishes of its run for actor processes to join it.
+struct Published<'a> {
+    keys: &'a RunKeys,
+    config: String,
+    session: u32,
+}
+
+impl Published<'_> {
+    /// Writes the session, the next free actor id and, last (actors wait for it), the config.
+    fn write(&self, link: &mut Link, next_id: usize) -> Result<()> {
+        let k = self.keys;
+        let (config, session, ids) = (k.config(), k.session(), k.actor_ids());
+        link.run(|c| {
+            redis::pipe()
+                .cmd("SET")
+                .arg(&session)
+                .arg(self.session)
+                .ignore()
+                .cmd("SET")
+                .arg(&ids)
+                .arg(next_id)
+                .ignore()
+                .cmd("SET")
+                .arg(&config)
+                .arg(&self.config)
+                .ignore()
+                .query::<()>(c)
+        })
+    }
+
+    /// The next free actor id, or none when the run is gone from Redis.
+    fn check(&self, link: &mut Link) -> Result<Option<usize>> {
+        let (config, ids) = (self.keys.config(), self.keys.actor_ids());
+        let (there, next): (bool, Option<usize>) = link.run(|c| {
+            redis::pipe()
+                .cmd("EXISTS")
+                .arg(&config)
+                .cmd("GET")
+                .arg(&ids)
+                .query(c)
+        })?;
+        Ok(there.then(|| next.unwrap_or(0)))
+    }
+}
+
 /// The learner's side of a run through Redis at `url`, named `name`.
 pub(super) fn redis_loop(
     run: &mut SampledRun,
@@ -49,33 +94,18 @@ pub(super) fn redis_loop(
     let keys = RunKeys::new(name);
     let link = || Link::open(url, PATIENCE);
     let mut meta = link()?;
-    let (config, session, ids, stream) = (
-        keys.config(),
-        keys.session(),
-        keys.actor_ids(),
-        keys.trajectories(),
-    );
     let (text, fresh) = (run.cfg.to_toml(), run.learner.step == 0);
-    meta.run(|c| {
-        let mut p = redis::pipe();
-        if fresh {
-            // A new run under an old name starts from an empty stream.
-            p.cmd("DEL").arg(&stream).ignore();
-        }
-        p.cmd("SET")
-            .arg(&config)
-            .arg(&text)
-            .ignore()
-            .cmd("SET")
-            .arg(&session)
-            .arg(run.session)
-            .ignore()
-            .cmd("SET")
-            .arg(&ids)
-            .arg(actors.len())
-            .ignore()
-            .query::<()>(c)
-    })?;
+    if fresh {
+        // A new run under an old name starts from an empty stream.
+        let stream = keys.trajectories();
+        meta.run(|c| redis::cmd("DEL").arg(&stream).query::<()>(c))?;
+    }
+    let published = Published {
+        keys: &keys,
+        config: text,
+        session: run.session,
+    };
+    published.write(&mut meta, actors.len())?;
     let shared = run.cfg.transport.weights_dir().unwrap_or(None);
     let board = RedisBoard::new(link()?, keys.clone(), CHUNK_BYTES, KEEP_VERSIONS).in_dir(shared);
     board.try_publish(&run.behaviour)?;
@@ -101,16 +131,44 @@ pub(super) fn redis_loop(
         })
         .collect::<Result<Vec<_>>>()?;
     eprintln!("run {name} on {url}: join with `asymre actor --transport {url} --run {name}`");
+    let local = actors.len();
     let alive = Arc::new(std::sync::atomic::AtomicU64::new(0));
     run.alive = Some(alive.clone());
     let done = std::sync::atomic::AtomicBool::new(false);
     let mut watch = link()?;
     std::thread::scope(|scope| {
-        // Actor processes' heartbeats: who joined, who left, who was lost.
+        // Actor processes' heartbeats: who joined, who left, who was lost. And a Redis that
+        // restarted empty gets the run again: config, ids, the learner's position, the weights.
         let monitor = scope.spawn(|| {
-            let mut known = std::collections::BTreeMap::new();
+            let mut known = std::collections::BTreeMap::<usize, String>::new();
+            let mut ids_seen = 0;
+            let mut grace = Instant::now();
             while !done.load(Ordering::Relaxed) {
-                if let Ok(now) = rds::alive(&mut watch, &keys) {
+                match published.check(&mut watch) {
+                    Ok(Some(ids)) => ids_seen = ids_seen.max(ids),
+                    Ok(None) if !control.stopped() => {
+                        let next = known.keys().next_back().map_or(0, |&id| id + 1);
+                        let restored = published
+                            .write(&mut watch, ids_seen.max(next).max(local))
+                            .and_then(|()| control.restore_learner())
+                            .and_then(|()| board.republish());
+                        match restored {
+                            Ok(()) => eprintln!(
+                                "run {name} was gone from {url} (Redis restarted?): published it again"
+                            ),
+                            Err(e) => eprintln!("publishing run {name} again: {e}"),
+                        }
+                        // Heartbeats come back within a second or two: nobody is lost meanwhile.
+                        grace = Instant::now() + Duration::from_secs(3);
+                    }
+                    _ => {}
+                }
+                if let Ok(mut now) = rds::alive(&mut watch, &keys) {
+                    if Instant::now() < grace {
+                        for (id, who) in &known {
+                            now.entry(*id).or_insert_with(|| who.clone());
+                        }
+                    }
                     for (id, who) in &now {
                         if !known.contains_key(id) {
                             eprintln!("actor {id} ({who}) joined");

@@ -419,24 +419,28 @@ fn entries(reply: &Value) -> Vec<(String, Vec<u8>, String)> {
     out
 }
 
+/// Makes the learner's consumer group on `stream` (and the stream), reading from its start;
+/// one that exists is kept.
+fn create_group(c: &mut redis::Connection, stream: &str) -> redis::RedisResult<()> {
+    match redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query::<()>(c)
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl RedisSource {
     /// Joins (or creates) the run's consumer group.
     pub fn new(mut link: Link, keys: RunKeys) -> Result<Self> {
         let stream = keys.trajectories();
-        link.run(|c| {
-            match redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(&stream)
-                .arg(GROUP)
-                .arg("0")
-                .arg("MKSTREAM")
-                .query::<()>(c)
-            {
-                Ok(()) => Ok(()),
-                Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-                Err(e) => Err(e),
-            }
-        })?;
+        link.run(|c| create_group(c, &stream))?;
         Ok(RedisSource {
             link: Mutex::new(link),
             keys,
@@ -456,6 +460,7 @@ impl RedisSource {
         let block = timeout.as_millis().max(1) as u64;
         let taken = std::mem::take(&mut st.taken);
         let backlog = st.backlog;
+        let mut made_again = false;
         let reply: Value = lock(&self.link).run(|c| {
             let mut p = redis::pipe();
             if !taken.is_empty() {
@@ -468,9 +473,24 @@ impl RedisSource {
                 cmd.arg("BLOCK").arg(block);
             }
             cmd.arg("STREAMS").arg(&stream).arg(from);
-            let (reply,): (Value,) = p.query(c)?;
-            Ok(reply)
+            match p.query::<(Value,)>(c) {
+                Ok((reply,)) => Ok(reply),
+                // Redis restarted without the stream or its group: make the group again, from
+                // the stream's start, so what actors sent since is read too.
+                // (Inside a pipeline the code is only in the message.)
+                Err(e) if e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP") => {
+                    create_group(c, &stream)?;
+                    made_again = true;
+                    Ok(Value::Nil)
+                }
+                Err(e) => Err(e),
+            }
         })?;
+        if made_again {
+            eprintln!("the run's stream had no consumer group (Redis restarted?): made it again");
+            st.backlog = false;
+            return Ok(());
+        }
         let got = entries(&reply);
         if st.backlog && got.is_empty() {
             st.backlog = false; // nothing left from before: read new messages from now on
@@ -532,6 +552,9 @@ pub struct RedisBoard {
     cache: Mutex<Option<Arc<WeightSnapshot>>>,
     /// Weights as files in this shared directory instead of Redis values.
     dir: Option<std::path::PathBuf>,
+    /// The newest snapshot this board published (the learner's side), to publish again into a
+    /// Redis that restarted empty.
+    last: Mutex<Option<WeightSnapshot>>,
 }
 
 impl RedisBoard {
@@ -544,6 +567,7 @@ impl RedisBoard {
             published: Mutex::new(VecDeque::new()),
             cache: Mutex::new(None),
             dir: None,
+            last: Mutex::new(None),
         }
     }
 
@@ -672,11 +696,24 @@ impl RedisBoard {
     }
 }
 
+impl RedisBoard {
+    /// Publishes the newest snapshot again (after a Redis restart lost it). The shared
+    /// directory's file, if any, is written again too.
+    pub fn republish(&self) -> Result<()> {
+        let last = lock(&self.last);
+        let Some(snapshot) = last.as_ref() else {
+            return Ok(());
+        };
+        self.try_publish(snapshot)
+    }
+}
+
 impl WeightBoard for RedisBoard {
     fn publish(&self, snapshot: WeightSnapshot) {
         if let Err(e) = self.try_publish(&snapshot) {
             eprintln!("publishing weights version {}: {e}", snapshot.version);
         }
+        *lock(&self.last) = Some(snapshot);
     }
 
     fn version(&self) -> u64 {
@@ -705,6 +742,8 @@ pub struct RedisControl {
     per_step: f64,
     /// Seen stopped (it never un-stops).
     stopped: std::sync::atomic::AtomicBool,
+    /// The learner's side: its last `(step, needed)`, to write again after a Redis restart.
+    position: Mutex<(u64, u64)>,
 }
 
 impl RedisControl {
@@ -715,12 +754,14 @@ impl RedisControl {
             max_lag,
             per_step,
             stopped: Default::default(),
+            position: Mutex::new((0, 0)),
         }
     }
 
     /// The learner's start: a fresh run state at `step`, `inserted` arrivals so far, `needed`
     /// for the next step.
     pub fn start_learner(&self, step: u64, inserted: u64, needed: u64) -> Result<()> {
+        *lock(&self.position) = (step, needed);
         let k = &self.keys;
         let (stop, failure, learner, claimed) = (k.stop(), k.failure(), k.learner(), k.claimed());
         lock(&self.link).run(|c| {
@@ -739,6 +780,29 @@ impl RedisControl {
                 .cmd("SET")
                 .arg(&claimed)
                 .arg(inserted)
+                .ignore()
+                .query::<()>(c)
+        })
+    }
+
+    /// Writes the learner's position again into a Redis that restarted empty. The claims actors
+    /// had in flight are lost with it: admission starts again from what the step needs, and the
+    /// learner still drops anything that arrives too stale.
+    pub fn restore_learner(&self) -> Result<()> {
+        let (step, needed) = *lock(&self.position);
+        let (learner, claimed) = (self.keys.learner(), self.keys.claimed());
+        lock(&self.link).run(|c| {
+            redis::pipe()
+                .cmd("HSET")
+                .arg(&learner)
+                .arg("step")
+                .arg(step)
+                .arg("needed")
+                .arg(needed)
+                .ignore()
+                .cmd("SET")
+                .arg(&claimed)
+                .arg(needed)
                 .ignore()
                 .query::<()>(c)
         })
@@ -804,6 +868,7 @@ impl RunControl for RedisControl {
     }
 
     fn learner_advanced(&self, step: u64, needed: u64) {
+        *lock(&self.position) = (step, needed);
         let learner = self.keys.learner();
         if let Err(e) = lock(&self.link).run(|c| {
             redis::cmd("HSET")
@@ -1122,10 +1187,9 @@ pub(crate) mod tests {
             Server::on(port)
         });
         // The send waits for the server, then goes through; the new server has no group yet,
-        // so the learner's side makes it again.
+        // so the learner's side makes it again and reads what was sent before it did.
         sink.send(batch(2, 1)).unwrap();
         let _server = restarted.join().unwrap();
-        let source = RedisSource::new(_server.link(), keys.clone()).unwrap();
         let got = source.recv(Duration::from_secs(2)).unwrap().unwrap();
         assert_eq!(got.actor, 2);
         assert!(lock(&sink.link).reconnects >= 1);
