@@ -73,6 +73,24 @@ impl<'a> Reader<'a> {
         Ok(f64::from_le_bytes(self.array(what)?))
     }
 
+    /// `n` little-endian u32 values, in one bounds check.
+    fn u32s(&mut self, n: usize, what: &str) -> Decoded<Vec<u32>> {
+        let raw = self.take(n.saturating_mul(4), what)?;
+        Ok(raw
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .collect())
+    }
+
+    /// `n` little-endian f32 values, in one bounds check.
+    fn f32s(&mut self, n: usize, what: &str) -> Decoded<Vec<f32>> {
+        let raw = self.take(n.saturating_mul(4), what)?;
+        Ok(raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .collect())
+    }
+
     fn flag(&mut self, what: &str) -> Decoded<bool> {
         match self.u8(what)? {
             0 => Ok(false),
@@ -213,9 +231,7 @@ pub fn decode_batch(bytes: &[u8]) -> Decoded<ActorBatch> {
             slot: r.u32("the slot")?,
         };
         let len = r.count(4, "the action count")?;
-        let actions = (0..len)
-            .map(|_| r.u32("an action"))
-            .collect::<Decoded<Vec<u32>>>()?;
+        let actions = r.u32s(len, "the actions")?;
         let reward = r.f32("the reward")?;
         let behaviour_logp = r.f32("log μ")?;
         let group_mean = r.f32("the group mean")?;
@@ -231,9 +247,7 @@ pub fn decode_batch(bytes: &[u8]) -> Decoded<ActorBatch> {
             .map(|i| bytes[i / 8] >> (i % 8) & 1 == 1)
             .collect();
         let k = r.count(4, "the token log μ count")?;
-        let behaviour_token_logp = (0..k)
-            .map(|_| r.f32("a token log μ"))
-            .collect::<Decoded<Vec<f32>>>()?;
+        let behaviour_token_logp = r.f32s(k, "the token log μ")?;
         let stats = match r.flag("the stats flag")? {
             true => {
                 let score = Score {

@@ -388,28 +388,30 @@ struct SourceState {
     taken: Vec<String>,
 }
 
-/// `[[stream, [[id, [field, value, …]], …]]]` → `(id, body, actor)` of each entry.
-fn entries(reply: &Value) -> Vec<(String, Vec<u8>, String)> {
-    let list = match reply {
-        Value::Array(streams) => streams.first().and_then(|s| match s {
-            Value::Array(kv) => match kv.get(1) {
-                Some(Value::Array(entries)) => Some(entries),
-                _ => None,
-            },
-            _ => None,
-        }),
-        _ => None,
+/// `[[stream, [[id, [field, value, …]], …]]]` → `(id, body, actor)` of each entry; the bodies
+/// are moved out of the reply, not copied.
+fn entries(reply: Value) -> Vec<(String, Vec<u8>, String)> {
+    let Value::Array(streams) = reply else {
+        return Vec::new();
     };
-    let mut out = Vec::new();
-    for entry in list.into_iter().flatten() {
+    let Some(Value::Array(kv)) = streams.into_iter().next() else {
+        return Vec::new();
+    };
+    let Some(Value::Array(list)) = kv.into_iter().nth(1) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for entry in list {
         let Value::Array(entry) = entry else { continue };
-        let id = entry.first().map(text).unwrap_or_default();
+        let mut entry = entry.into_iter();
+        let id = entry.next().as_ref().map(text).unwrap_or_default();
         let (mut body, mut actor) = (Vec::new(), String::new());
-        if let Some(Value::Array(fields)) = entry.get(1) {
-            for pair in fields.chunks(2) {
-                match (pair.first().map(text).as_deref(), pair.get(1)) {
-                    (Some("b"), Some(v)) => body = bytes(v).unwrap_or_default().to_vec(),
-                    (Some("a"), Some(v)) => actor = text(v),
+        if let Some(Value::Array(fields)) = entry.next() {
+            let mut fields = fields.into_iter();
+            while let (Some(k), Some(v)) = (fields.next(), fields.next()) {
+                match (text(&k).as_str(), v) {
+                    ("b", Value::BulkString(b)) => body = b,
+                    ("a", v) => actor = text(&v),
                     _ => {}
                 }
             }
@@ -491,7 +493,7 @@ impl RedisSource {
             st.backlog = false;
             return Ok(());
         }
-        let got = entries(&reply);
+        let got = entries(reply);
         if st.backlog && got.is_empty() {
             st.backlog = false; // nothing left from before: read new messages from now on
         }
