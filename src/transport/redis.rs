@@ -308,9 +308,11 @@ impl RedisSink {
         }
     }
 
-    /// Bounds the stream at about `maxlen` messages (`transport.maxlen`).
+    /// Bounds the stream at about `maxlen` messages (`transport.maxlen`): a hard bound on Redis's
+    /// memory. Back-pressure keeps the stream near `capacity` plus one message per sender, so
+    /// only a bound below that trims messages the learner has not read (they are lost).
     pub fn with_maxlen(mut self, maxlen: usize) -> Self {
-        self.maxlen = maxlen.max(self.capacity);
+        self.maxlen = maxlen.max(1);
         self
     }
 
@@ -1078,6 +1080,41 @@ pub(crate) mod tests {
         }
         actor.join().unwrap();
         assert_eq!(sent.load(Ordering::SeqCst), 5);
+    }
+
+    /// With nobody reading (a learner gone for a while) and senders that do not wait, the
+    /// stream, and so Redis's memory, stays bounded by `maxlen`.
+    #[test]
+    fn the_stream_is_bounded_by_maxlen() {
+        let server = Server::start();
+        let keys = RunKeys::new("t6");
+        let mut link = server.link();
+        let used = |link: &mut Link| -> u64 {
+            let info: String = link
+                .run(|c| redis::cmd("INFO").arg("memory").query(c))
+                .unwrap();
+            info.lines()
+                .find_map(|l| l.strip_prefix("used_memory:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap()
+        };
+        let before = used(&mut link);
+        let sink = RedisSink::new(server.link(), keys.clone(), 100_000, "a").with_maxlen(50);
+        let message = vec![7u8; 20_000];
+        for _ in 0..1000 {
+            sink.send_bytes(&message).unwrap();
+        }
+        let stream = keys.trajectories();
+        let len: usize = link
+            .run(|c| redis::cmd("XLEN").arg(&stream).query(c))
+            .unwrap();
+        // `MAXLEN ~` trims whole nodes of the stream (100 entries by default).
+        assert!((50..=150).contains(&len), "{len} messages kept");
+        let grown = used(&mut link).saturating_sub(before);
+        assert!(
+            grown < 150 * 20_000 * 2,
+            "Redis grew by {grown} bytes for 1000 messages of 20 kB"
+        );
     }
 
     #[test]
