@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use asymre::transport::redis::LocalServer;
+use asymre::transport::redis::{Link, LocalServer, RunKeys};
 use common::*;
 
 fn free_port() -> u16 {
@@ -111,9 +111,27 @@ fn a_learner_and_two_actor_processes_finish_a_run_when_one_is_killed() {
     }
     a.kill().unwrap();
     let _ = a.wait();
+    // A message that does not decode, from a sender of its own: counted, named and skipped.
+    let mut link = Link::open(&url, Duration::from_secs(5)).unwrap();
+    let stream = RunKeys::new("shared_run").trajectories();
+    link.run(|c| {
+        redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("b")
+            .arg(&b"ASYB\x01\x00garbage"[..])
+            .arg("a")
+            .arg("intruder/9")
+            .query::<String>(c)
+    })
+    .unwrap();
     let status = wait(&mut learner, 300);
     let log = stderr_of(&mut learner);
     assert!(status.is_some_and(|s| s.success()), "{log}");
+    assert!(
+        log.contains("skipped a message from actor \"intruder/9\" that does not decode"),
+        "{log}"
+    );
     assert!(run.join("summary.json").exists(), "{log}");
     let all = rows(&run);
     let last_step = all.iter().filter_map(|r| r["step"].as_u64()).max();
@@ -136,6 +154,11 @@ fn a_learner_and_two_actor_processes_finish_a_run_when_one_is_killed() {
         alive.contains(&2.0) && alive.last() == Some(&1.0),
         "{alive:?}"
     );
+    let skipped: Vec<f64> = all
+        .iter()
+        .filter_map(|r| r.get("messages_undecodable")?.as_f64())
+        .collect();
+    assert_eq!(skipped.last(), Some(&1.0), "{skipped:?}");
     // The survivor leaves once the run has stopped.
     let status = wait(&mut b, 60);
     let blog = stderr_of(&mut b);

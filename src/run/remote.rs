@@ -133,7 +133,10 @@ pub(super) fn redis_loop(
     eprintln!("run {name} on {url}: join with `asymre actor --transport {url} --run {name}`");
     let local = actors.len();
     let alive = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    run.alive = Some(alive.clone());
+    run.remote = Some(super::sampled::RemoteGauges {
+        alive: alive.clone(),
+        undecodable: source.undecodable.clone(),
+    });
     let done = std::sync::atomic::AtomicBool::new(false);
     let mut watch = link()?;
     std::thread::scope(|scope| {

@@ -56,8 +56,16 @@ pub(super) struct SampledRun<'a> {
     /// Parallel mode: rows count the actors heard from (serial rows stay those of a resumed
     /// run exactly).
     pub(super) parallel: bool,
-    /// Through Redis: the actor processes whose heartbeat is alive (rows' `actors_alive`).
-    pub(super) alive: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Through Redis: the actor processes whose heartbeat is alive (rows' `actors_alive`) and
+    /// the messages skipped because they did not decode (`messages_undecodable`).
+    pub(super) remote: Option<RemoteGauges>,
+}
+
+/// What a run through Redis counts for its rows.
+#[derive(Clone)]
+pub(super) struct RemoteGauges {
+    pub alive: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub undecodable: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SampledRun<'_> {
@@ -118,11 +126,12 @@ impl SampledRun<'_> {
                 std::mem::take(&mut self.learner.senders).len() as f64,
             );
         }
-        if let Some(alive) = &self.alive {
-            row.push(
-                tags::ACTORS_ALIVE,
-                alive.load(std::sync::atomic::Ordering::Relaxed) as f64,
-            );
+        if let Some(g) = &self.remote {
+            let get = |n: &std::sync::atomic::AtomicU64| {
+                n.load(std::sync::atomic::Ordering::Relaxed) as f64
+            };
+            row.push(tags::ACTORS_ALIVE, get(&g.alive))
+                .push(tags::UNDECODABLE, get(&g.undecodable));
         }
         if eval_due {
             let episodes = self.cfg.logging.eval_episodes;
@@ -240,7 +249,7 @@ pub(super) fn run_sampled(
         rec,
         session,
         parallel: !opts.serial,
-        alive: None,
+        remote: None,
     };
     run.set_behaviour(behaviour.clone());
     if run.learner.step == 0 {

@@ -35,6 +35,8 @@ pub mod tags {
     pub const ACTORS: &str = "actors";
     /// Through Redis: actor processes whose heartbeat is alive.
     pub const ACTORS_ALIVE: &str = "actors_alive";
+    /// Through Redis: messages that did not decode and were skipped, so far.
+    pub const UNDECODABLE: &str = "messages_undecodable";
     pub const STALE_DROPPED: &str = "stale_dropped";
     /// Batches skipped so far for a non-finite loss or gradient.
     pub const NONFINITE_SKIPPED: &str = "nonfinite_skipped";

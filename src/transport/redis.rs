@@ -378,7 +378,7 @@ pub struct RedisSource {
     link: Mutex<Link>,
     keys: RunKeys,
     /// Messages that did not decode, skipped.
-    pub undecodable: AtomicU64,
+    pub undecodable: Arc<AtomicU64>,
     state: Mutex<SourceState>,
 }
 
@@ -448,7 +448,7 @@ impl RedisSource {
         Ok(RedisSource {
             link: Mutex::new(link),
             keys,
-            undecodable: AtomicU64::new(0),
+            undecodable: Arc::new(AtomicU64::new(0)),
             state: Mutex::new(SourceState {
                 backlog: true,
                 buffer: VecDeque::new(),
