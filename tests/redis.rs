@@ -301,7 +301,10 @@ fn a_redis_restarted_mid_run_is_reconnected_to_and_the_run_finishes() {
     assert!(status.is_some_and(|s| s.success()), "{log}");
     assert_eq!(step(&run), Some(80), "{log}");
     assert!(at_restart < 80);
-    assert!(log.contains("connection lost") && log.contains("reconnected"), "{log}");
+    assert!(
+        log.contains("connection lost") && log.contains("reconnected"),
+        "{log}"
+    );
     assert!(log.contains("published it again"), "{log}");
     // Steps after the restart were trained on the actor's samples (the only actor there is).
     assert!(
