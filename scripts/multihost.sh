@@ -19,8 +19,10 @@ hosts=(redis learner actor-a actor-b)
 out=$(mktemp -d /tmp/multihost.XXXXXX)
 run=runs/multihost-$(date -u +%Y%m%d-%H%M%S)
 
+pids=()
 cleanup() {
-    jobs -p | xargs -r kill 2>/dev/null || true
+    # Every process started here, by pid (a trap's `jobs` may list none), then the namespaces.
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     sleep 0.2
     for h in "${hosts[@]}"; do ip netns del "asy-$h" 2>/dev/null || true; done
     for i in "${!hosts[@]}"; do ip link del "asy-v$((i + 1))" 2>/dev/null || true; done
@@ -45,21 +47,26 @@ done
 on() {
     local h=$1
     shift
-    ip netns exec "asy-$h" unshare --uts sh -c 'hostname "$0"; exec "$@"' "$h" "$@"
+    # Only ever run in a subshell (`&` or a pipeline): `exec` makes the pid recorded in `pids`
+    # the program's own.
+    exec ip netns exec "asy-$h" unshare --uts sh -c 'hostname "$0"; exec "$@"' "$h" "$@"
 }
 
 on redis redis-server --bind 10.77.0.1 --port 6379 --save "" --appendonly no \
     --protected-mode no >"$out/redis.log" 2>&1 &
+pids+=($!)
 ip netns exec asy-learner bash -c \
     'for _ in $(seq 100); do (echo > /dev/tcp/10.77.0.1/6379) 2>/dev/null && exit 0; sleep 0.1; done; exit 1'
 url=redis://10.77.0.1:6379/0
 name=$(basename "$run")
 on actor-a "$bin" actor --transport "$url" --run "$name" >"$out/actor-a.log" 2>&1 &
+pids+=($!)
 on actor-b "$bin" actor --transport "$url" --run "$name" >"$out/actor-b.log" 2>&1 &
+pids+=($!)
 on learner "$bin" train --config configs/tool_calc.toml --out "$run" --transport "$url" \
     --set actor.threads=0 --set env.rounds=2 --set env.steps_per_round=100 \
     --set warmstart.steps=60 2>&1 | grep -v '^step ' | tee "$out/learner.log"
-wait %2 %3 2>/dev/null || true
+wait "${pids[1]}" "${pids[2]}" 2>/dev/null || true
 for h in actor-a actor-b; do
     echo "--- $h"
     cat "$out/$h.log"

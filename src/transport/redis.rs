@@ -75,6 +75,11 @@ impl RunKeys {
     fn claimed(&self) -> String {
         self.key("claimed")
     }
+    /// A short stream with an entry at every learner step and at the stop: what paced actors
+    /// block on.
+    fn steps(&self) -> String {
+        self.key("steps")
+    }
     /// The run's resolved config (TOML), for actors that join.
     pub fn config(&self) -> String {
         self.key("config")
@@ -198,6 +203,11 @@ impl Link {
         link.connect()
             .map_err(|e| Error::input(format!("transport {url}: cannot reach Redis: {e}")))?;
         Ok(link)
+    }
+
+    /// Another connection to the same server, as patient as this one.
+    pub fn another(&self) -> Result<Link> {
+        Link::open(&self.url, self.patience)
     }
 
     fn connect(&mut self) -> redis::RedisResult<()> {
@@ -748,6 +758,22 @@ pub struct RedisControl {
     stopped: std::sync::atomic::AtomicBool,
     /// The learner's side: its last `(step, needed)`, to write again after a Redis restart.
     position: Mutex<(u64, u64)>,
+    /// The connection a paced actor blocks on (made on first use, so that blocking never holds
+    /// up the others' calls on `link`).
+    waiter: Mutex<Option<Link>>,
+}
+
+/// `XADD` of a notification to the run's `steps` stream into `p`.
+fn notify(p: &mut redis::Pipeline, keys: &RunKeys, what: &str) {
+    p.cmd("XADD")
+        .arg(keys.steps())
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(16)
+        .arg("*")
+        .arg("e")
+        .arg(what)
+        .ignore();
 }
 
 impl RedisControl {
@@ -759,6 +785,7 @@ impl RedisControl {
             per_step,
             stopped: Default::default(),
             position: Mutex::new((0, 0)),
+            waiter: Mutex::new(None),
         }
     }
 
@@ -769,8 +796,8 @@ impl RedisControl {
         let k = &self.keys;
         let (stop, failure, learner, claimed) = (k.stop(), k.failure(), k.learner(), k.claimed());
         lock(&self.link).run(|c| {
-            redis::pipe()
-                .cmd("DEL")
+            let mut p = redis::pipe();
+            p.cmd("DEL")
                 .arg(&stop)
                 .arg(&failure)
                 .ignore()
@@ -784,8 +811,9 @@ impl RedisControl {
                 .cmd("SET")
                 .arg(&claimed)
                 .arg(inserted)
-                .ignore()
-                .query::<()>(c)
+                .ignore();
+            notify(&mut p, k, "start");
+            p.query::<()>(c)
         })
     }
 
@@ -796,8 +824,8 @@ impl RedisControl {
         let (step, needed) = *lock(&self.position);
         let (learner, claimed) = (self.keys.learner(), self.keys.claimed());
         lock(&self.link).run(|c| {
-            redis::pipe()
-                .cmd("HSET")
+            let mut p = redis::pipe();
+            p.cmd("HSET")
                 .arg(&learner)
                 .arg("step")
                 .arg(step)
@@ -807,8 +835,9 @@ impl RedisControl {
                 .cmd("SET")
                 .arg(&claimed)
                 .arg(needed)
-                .ignore()
-                .query::<()>(c)
+                .ignore();
+            notify(&mut p, &self.keys, "restore");
+            p.query::<()>(c)
         })
     }
 
@@ -829,8 +858,12 @@ impl RunControl for RedisControl {
     fn stop(&self) {
         self.stopped.store(true, Ordering::Relaxed);
         let stop = self.keys.stop();
-        if let Err(e) = lock(&self.link).run(|c| redis::cmd("SET").arg(&stop).arg(1).query::<()>(c))
-        {
+        if let Err(e) = lock(&self.link).run(|c| {
+            let mut p = redis::pipe();
+            p.cmd("SET").arg(&stop).arg(1).ignore();
+            notify(&mut p, &self.keys, "stop");
+            p.query::<()>(c)
+        }) {
             eprintln!("{e}");
         }
     }
@@ -875,13 +908,16 @@ impl RunControl for RedisControl {
         *lock(&self.position) = (step, needed);
         let learner = self.keys.learner();
         if let Err(e) = lock(&self.link).run(|c| {
-            redis::cmd("HSET")
+            let mut p = redis::pipe();
+            p.cmd("HSET")
                 .arg(&learner)
                 .arg("step")
                 .arg(step)
                 .arg("needed")
                 .arg(needed)
-                .query::<()>(c)
+                .ignore();
+            notify(&mut p, &self.keys, "step");
+            p.query::<()>(c)
         }) {
             eprintln!("{e}");
         }
@@ -909,14 +945,51 @@ impl RunControl for RedisControl {
         false
     }
 
+    /// Blocks on the run's `steps` stream (`XREAD BLOCK`) until the learner steps or stops,
+    /// or `timeout` passes: no polling.
     fn wait_for_learner(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let seen = self.learner_position().ok();
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-            if self.learner_position().ok() != seen || self.stopped() {
-                return;
+        if self.stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut waiter = lock(&self.waiter);
+        if waiter.is_none() {
+            *waiter = lock(&self.link).another().ok();
+        }
+        let Some(link) = waiter.as_mut() else {
+            std::thread::sleep(timeout.min(Duration::from_millis(10)));
+            return;
+        };
+        let steps = self.keys.steps();
+        let ms = timeout.as_millis().max(1) as u64;
+        let waited = link.run(|c| {
+            // The newest notification, then wait for one after it.
+            let last: Value = redis::cmd("XREVRANGE")
+                .arg(&steps)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query(c)?;
+            let id = match &last {
+                Value::Array(entries) => match entries.first() {
+                    Some(Value::Array(entry)) => entry.first().map(text),
+                    _ => None,
+                },
+                _ => None,
             }
+            .unwrap_or_else(|| "0-0".into());
+            redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(ms)
+                .arg("STREAMS")
+                .arg(&steps)
+                .arg(&id)
+                .query::<Value>(c)
+        });
+        if waited.is_err() {
+            std::thread::sleep(timeout.min(Duration::from_millis(10)));
         }
     }
 }
@@ -1201,6 +1274,27 @@ pub(crate) mod tests {
         assert!(!actor.try_claim(0, 4));
         assert!(actor.try_claim(1, 4));
         assert!(!actor.try_claim(1, 1));
+        // A paced actor blocks until the learner steps (a notification, not the timeout)...
+        let woke = |after: &dyn Fn()| {
+            std::thread::scope(|scope| {
+                let waiting = scope.spawn(|| {
+                    let t = Instant::now();
+                    actor.wait_for_learner(Duration::from_secs(30));
+                    t.elapsed()
+                });
+                std::thread::sleep(Duration::from_millis(300));
+                after();
+                waiting.join().unwrap()
+            })
+        };
+        let waited = woke(&|| learner.learner_advanced(2, 12));
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        assert!(waited < Duration::from_secs(20), "{waited:?}");
+        // ... or stops.
+        let other = RedisControl::new(server.link(), keys.clone(), 2, 4.0);
+        let waited = woke(&|| other.stop());
+        assert!(waited < Duration::from_secs(20), "{waited:?}");
+        assert!(actor.stopped());
         actor.fail(Error::Corrupt("actor 3 broke".into()));
         assert!(learner.stopped());
         assert!(learner
