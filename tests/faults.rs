@@ -714,49 +714,14 @@ fn a_killed_serial_tool_use_run_resumes_to_the_uninterrupted_metrics() {
     assert_eq!(want.last().unwrap()["step"].as_u64(), Some(120));
 
     let run = tmp.path().join("killed");
-    let mut last_step = 0;
-    for round in 0..3 {
-        let mut cmd = bin();
-        if round == 0 {
-            cmd.args(["train", "--config"])
-                .arg(&cfg)
-                .arg("--out")
-                .arg(&run)
-                .args(sets);
-        } else {
-            cmd.arg("resume").arg(&run);
-        }
-        if round == 2 {
-            let o = cmd.output().unwrap();
-            assert!(o.status.success(), "{}", stderr(&o));
-            break;
-        }
-        let mut child = cmd
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        // Kill once a checkpoint past the previous one is written.
-        let start = Instant::now();
-        loop {
-            let step = std::fs::read_to_string(run.join("checkpoints/latest"))
-                .ok()
-                .and_then(|name| name.trim().trim_start_matches("step_").parse::<u64>().ok())
-                .unwrap_or(0);
-            if step > last_step {
-                last_step = step;
-                break;
-            }
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "round {round}: ended first"
-            );
-            assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        child.kill().unwrap();
-        assert!(!child.wait().unwrap().success());
-    }
+    let mut first = bin();
+    first
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&run)
+        .args(sets);
+    let last_step = kill_twice_then_finish(first, &run, Duration::from_secs(120));
     assert!(last_step > 0 && last_step < 120);
     assert_eq!(metrics(&run), want, "resumed metrics differ");
 }

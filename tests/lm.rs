@@ -2,9 +2,12 @@
 //! written by transformers (as Hugging Face directories and as GGUF files through gguf-py), and
 //! the real SmolLM2-135M-Instruct GGUF that set-up installs. The reference numbers come from
 //! `tests/reference/lm_reference.py`, run with the project's `.venv` Python.
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use asymre::policy::lm::{self, LoraConfig};
 use asymre::policy::{DecodeCache, PrefixBatch, SequencePolicy};
@@ -937,22 +940,10 @@ fn a_killed_serial_lm_run_resumes_to_the_uninterrupted_metrics() {
             .args(&sets);
         cmd
     };
-    let metrics = |run: &Path| -> Vec<serde_json::Map<String, Value>> {
-        std::fs::read_to_string(run.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let mut row: serde_json::Map<String, Value> = serde_json::from_str(l).unwrap();
-                row.remove("samples_per_sec");
-                row.remove("wall_time");
-                row
-            })
-            .collect()
-    };
     let reference = tmp.path().join("reference");
     let o = train(&reference).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let want = metrics(&reference);
+    let want = common::metrics(&reference);
     assert_eq!(want.last().unwrap()["step"].as_u64(), Some(12));
     // The adapters moved: the losses are not all zero and the entropy changed.
     assert!(want
@@ -960,47 +951,9 @@ fn a_killed_serial_lm_run_resumes_to_the_uninterrupted_metrics() {
         .any(|r| r.get("loss").and_then(Value::as_f64).unwrap_or(0.0) != 0.0));
 
     let run = tmp.path().join("killed");
-    let mut last_step = 0;
-    for round in 0..3 {
-        let mut cmd = if round == 0 {
-            train(&run)
-        } else {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_asymre"));
-            c.arg("resume").arg(&run);
-            c
-        };
-        if round == 2 {
-            let o = cmd.output().unwrap();
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            break;
-        }
-        let mut child = cmd
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = std::time::Instant::now();
-        loop {
-            let step = std::fs::read_to_string(run.join("checkpoints/latest"))
-                .ok()
-                .and_then(|n| n.trim().trim_start_matches("step_").parse::<u64>().ok())
-                .unwrap_or(0);
-            if step > last_step {
-                last_step = step;
-                break;
-            }
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "round {round}: ended first"
-            );
-            assert!(start.elapsed().as_secs() < 300, "no checkpoint");
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        child.kill().unwrap();
-        assert!(!child.wait().unwrap().success());
-    }
+    let last_step = common::kill_twice_then_finish(train(&run), &run, Duration::from_secs(300));
     assert!(last_step > 0 && last_step < 12, "{last_step}");
-    assert_eq!(metrics(&run), want, "resumed metrics differ");
+    assert_eq!(common::metrics(&run), want, "resumed metrics differ");
 }
 
 /// Users' own tasks and tools: `examples/shop` (a JSON-lines dataset, a Python tool program

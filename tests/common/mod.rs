@@ -1,7 +1,8 @@
 //! Helpers shared by the integration tests: the real binary, a tiny config, metrics reading.
 #![allow(dead_code)]
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
@@ -111,4 +112,52 @@ pub fn metrics(run: &Path) -> Vec<Map<String, Value>> {
             row
         })
         .collect()
+}
+
+/// The checkpoint step `checkpoints/latest` names, or 0.
+fn latest_checkpoint(run: &Path) -> u64 {
+    std::fs::read_to_string(run.join("checkpoints/latest"))
+        .ok()
+        .and_then(|name| name.trim().trim_start_matches("step_").parse().ok())
+        .unwrap_or(0)
+}
+
+/// Starts `first` (a `train` into `run`), SIGKILLs it as soon as a checkpoint is written,
+/// `asymre resume`s it and kills it again once a later checkpoint is written, then resumes it
+/// to the end, which must succeed. Each round waits at most `patience` for its checkpoint.
+/// Returns the last checkpoint step written before a kill.
+pub fn kill_twice_then_finish(first: Command, run: &Path, patience: Duration) -> u64 {
+    let mut last_step = 0;
+    let mut first = Some(first);
+    for round in 0..2 {
+        let mut cmd = first.take().unwrap_or_else(|| {
+            let mut c = bin();
+            c.arg("resume").arg(run);
+            c
+        });
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            let step = latest_checkpoint(run);
+            if step > last_step {
+                last_step = step;
+                break;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "round {round}: ended first"
+            );
+            assert!(start.elapsed() < patience, "round {round}: no checkpoint");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        child.kill().unwrap();
+        assert!(!child.wait().unwrap().success());
+    }
+    let o = resume(run);
+    assert!(o.status.success(), "{}", stderr(&o));
+    last_step
 }
