@@ -48,8 +48,13 @@ pub(super) trait SampledEnv: Send {
     fn set_behaviour(&mut self, _cfg: &Config, _snapshot: &WeightSnapshot) {}
     /// The environment's part of a metrics row at the learner's step.
     fn row(&self, cfg: &Config, learner: &Learner, last_baseline: f64) -> Result<Row>;
-    /// The first row's additions (the warm start's evaluation).
-    fn first_row(&self, _row: &mut Row) {}
+    /// The first row's additions: the warm start's held-out evaluation, if it had one.
+    fn first_row(&self, row: &mut Row) {
+        if let Some((_, heldout, _)) = self.warmstart() {
+            row.push(tags::HELDOUT_COMPLETION, heldout.completion)
+                .push(tags::HELDOUT_F1, heldout.f1);
+        }
+    }
     /// Whether it is evaluated every `logging.eval_every` steps.
     fn evaluates(&self) -> bool {
         false
@@ -324,14 +329,7 @@ impl SampledEnv for ToolUseEnv {
     }
 
     fn row(&self, cfg: &Config, learner: &Learner, _last_baseline: f64) -> Result<Row> {
-        let mut row = Row::new(learner.step);
-        row.push(tags::ROUND, (learner.step / cfg.env.steps_per_round) as f64);
-        Ok(row)
-    }
-
-    fn first_row(&self, row: &mut Row) {
-        row.push(tags::HELDOUT_COMPLETION, self.warmstart.1.completion)
-            .push(tags::HELDOUT_F1, self.warmstart.1.f1);
+        Ok(round_row(cfg, learner))
     }
 
     fn evaluates(&self) -> bool {
@@ -496,14 +494,7 @@ impl SampledEnv for DatasetEnv {
     }
 
     fn row(&self, cfg: &Config, learner: &Learner, _last_baseline: f64) -> Result<Row> {
-        let mut row = Row::new(learner.step);
-        row.push(tags::ROUND, (learner.step / cfg.env.steps_per_round) as f64);
-        Ok(row)
-    }
-
-    fn first_row(&self, row: &mut Row) {
-        row.push(tags::HELDOUT_COMPLETION, self.warmstart.1.completion)
-            .push(tags::HELDOUT_F1, self.warmstart.1.f1);
+        Ok(round_row(cfg, learner))
     }
 
     fn evaluates(&self) -> bool {
@@ -547,6 +538,13 @@ impl SampledEnv for DatasetEnv {
     ) -> Result<Summary> {
         tool_use_summary(self, "dataset".into(), cfg, device, learner, rec)
     }
+}
+
+/// A tool-use row's own part: the step and its round.
+fn round_row(cfg: &Config, learner: &Learner) -> Row {
+    let mut row = Row::new(learner.step);
+    row.push(tags::ROUND, (learner.step / cfg.env.steps_per_round) as f64);
+    row
 }
 
 /// The end of a tool-use run (built-in tasks or a dataset): greedy held-out and train
