@@ -1275,6 +1275,8 @@ pub(crate) mod tests {
         assert!(actor.try_claim(1, 4));
         assert!(!actor.try_claim(1, 1));
         // A paced actor blocks until the learner steps (a notification, not the timeout)...
+        // (Notified again every 300 ms until it wakes: a waiter that only began after a
+        // notification waits for the next one.)
         let woke = |after: &dyn Fn()| {
             std::thread::scope(|scope| {
                 let waiting = scope.spawn(|| {
@@ -1282,8 +1284,10 @@ pub(crate) mod tests {
                     actor.wait_for_learner(Duration::from_secs(30));
                     t.elapsed()
                 });
-                std::thread::sleep(Duration::from_millis(300));
-                after();
+                while !waiting.is_finished() {
+                    std::thread::sleep(Duration::from_millis(300));
+                    after();
+                }
                 waiting.join().unwrap()
             })
         };
