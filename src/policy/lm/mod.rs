@@ -62,7 +62,7 @@ impl Linear {
             y += b;
         }
         if let Some((a, b, s)) = &self.lora {
-            y = y + x.mm(a).mm(b) * *s;
+            y += x.mm(a).mm(b) * *s;
         }
         *shape.last_mut().expect("an input with features") = self.wt.size()[1];
         y.view(shape.as_slice())
