@@ -2,6 +2,7 @@
 //! `redis-server` the test starts on a free loopback port (scripts/setup.sh installs it).
 mod common;
 
+use std::ffi::OsStr;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -59,6 +60,38 @@ fn wait(child: &mut Child, secs: u64) -> Option<std::process::ExitStatus> {
     }
 }
 
+/// The highest step the run's metrics show so far.
+fn last_step(run: &Path) -> Option<u64> {
+    rows(run).iter().filter_map(|r| r["step"].as_u64()).max()
+}
+
+/// `asymre ARGS… --transport URL`, its stderr kept for the test's messages.
+fn spawn_with(args: &[&OsStr], url: &str) -> Child {
+    bin()
+        .args(args)
+        .args(["--transport", url])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A learner training `cfg` into `run` through Redis at `url`.
+fn learner(cfg: &Path, run: &Path, url: &str) -> Child {
+    let args = [
+        "train".as_ref(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "--out".as_ref(),
+        run.as_os_str(),
+    ];
+    spawn_with(&args, url)
+}
+
+/// An actor process joining run `name` at `url`.
+fn actor(url: &str, name: &str) -> Child {
+    spawn_with(&["actor".as_ref(), "--run".as_ref(), name.as_ref()], url)
+}
+
 fn stderr_of(child: &mut Child) -> String {
     let mut s = String::new();
     if let Some(mut e) = child.stderr.take() {
@@ -76,23 +109,8 @@ fn a_learner_and_two_actor_processes_finish_a_run_when_one_is_killed() {
     let cfg = write_config(tmp.path(), &remote_only(200));
     let run = tmp.path().join("shared_run");
     let url = server.url();
-    let mut learner = bin()
-        .args(["train", "--config"])
-        .arg(&cfg)
-        .arg("--out")
-        .arg(&run)
-        .args(["--transport", &url])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let actor = || {
-        bin()
-            .args(["actor", "--transport", &url, "--run", "shared_run"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let (mut a, mut b) = (actor(), actor());
+    let mut learner = learner(&cfg, &run, &url);
+    let (mut a, mut b) = (actor(&url, "shared_run"), actor(&url, "shared_run"));
     // Both send.
     let deadline = Instant::now() + Duration::from_secs(120);
     while !rows(&run).iter().any(|r| actors_in(r) == Some(2.0)) {
@@ -133,9 +151,8 @@ fn a_learner_and_two_actor_processes_finish_a_run_when_one_is_killed() {
         "{log}"
     );
     assert!(run.join("summary.json").exists(), "{log}");
+    assert_eq!(last_step(&run), Some(80), "{log}");
     let all = rows(&run);
-    let last_step = all.iter().filter_map(|r| r["step"].as_u64()).max();
-    assert_eq!(last_step, Some(80), "{log}");
     // Once what the killed actor had queued is used up, rows come from one actor only.
     let later: Vec<f64> = all.iter().filter_map(actors_in).collect();
     let tail = &later[later.len().saturating_sub(5)..];
@@ -174,14 +191,7 @@ fn an_unreachable_transport_is_refused_before_anything_is_written() {
     let cfg = write_config(tmp.path(), TINY_TOOL);
     let run = tmp.path().join("r");
     let url = format!("redis://127.0.0.1:{}/0", free_port());
-    let out = bin()
-        .args(["train", "--config"])
-        .arg(&cfg)
-        .arg("--out")
-        .arg(&run)
-        .args(["--transport", &url])
-        .output()
-        .unwrap();
+    let out = train(&cfg, &run, &["--transport", &url]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
@@ -199,13 +209,7 @@ fn an_unreachable_transport_is_refused_before_anything_is_written() {
         tmp.path(),
         &TINY_TOOL.replace("threads = 2\n", "threads = 0\n"),
     );
-    let out = bin()
-        .args(["train", "--config"])
-        .arg(&cfg)
-        .arg("--out")
-        .arg(&run)
-        .output()
-        .unwrap();
+    let out = train(&cfg, &run, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("needs --transport"), "{err}");
@@ -221,22 +225,8 @@ fn a_killed_learner_resumes_and_its_actor_process_continues() {
     let cfg = write_config(tmp.path(), &remote_only(30));
     let run = tmp.path().join("again");
     let url = server.url();
-    let train = |args: &[&str]| {
-        bin()
-            .args(args)
-            .args(["--transport", &url])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let cfg_s = cfg.display().to_string();
-    let run_s = run.display().to_string();
-    let mut learner = train(&["train", "--config", &cfg_s, "--out", &run_s]);
-    let mut actor = bin()
-        .args(["actor", "--transport", &url, "--run", "again"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut learner = learner(&cfg, &run, &url);
+    let mut actor = actor(&url, "again");
     // Killed after its first checkpoint (step 5).
     let deadline = Instant::now() + Duration::from_secs(120);
     while !run.join("checkpoints").join("latest").exists() {
@@ -250,12 +240,11 @@ fn a_killed_learner_resumes_and_its_actor_process_continues() {
         actor.try_wait().unwrap().is_none(),
         "the actor waits for the learner"
     );
-    let mut resumed = train(&["resume", &run_s]);
+    let mut resumed = spawn_with(&["resume".as_ref(), run.as_os_str()], &url);
     let status = wait(&mut resumed, 300);
     let log = stderr_of(&mut resumed);
     assert!(status.is_some_and(|s| s.success()), "{log}");
-    let last_step = rows(&run).iter().filter_map(|r| r["step"].as_u64()).max();
-    assert_eq!(last_step, Some(80), "{log}");
+    assert_eq!(last_step(&run), Some(80), "{log}");
     let status = wait(&mut actor, 60);
     let alog = stderr_of(&mut actor);
     assert!(status.is_some_and(|s| s.success()), "{alog}");
@@ -272,34 +261,21 @@ fn a_redis_restarted_mid_run_is_reconnected_to_and_the_run_finishes() {
     let cfg = write_config(tmp.path(), &remote_only(30));
     let run = tmp.path().join("restarted");
     let url = server.url();
-    let mut learner = bin()
-        .args(["train", "--config"])
-        .arg(&cfg)
-        .arg("--out")
-        .arg(&run)
-        .args(["--transport", &url])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut actor = bin()
-        .args(["actor", "--transport", &url, "--run", "restarted"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let step = |run: &Path| rows(run).iter().filter_map(|r| r["step"].as_u64()).max();
+    let mut learner = learner(&cfg, &run, &url);
+    let mut actor = actor(&url, "restarted");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while step(&run).unwrap_or(0) < 10 {
+    while last_step(&run).unwrap_or(0) < 10 {
         assert!(Instant::now() < deadline, "{}", stderr_of(&mut learner));
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(server);
-    let at_restart = step(&run).unwrap();
+    let at_restart = last_step(&run).unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let _server = LocalServer::on(port).unwrap();
     let status = wait(&mut learner, 300);
     let log = stderr_of(&mut learner);
     assert!(status.is_some_and(|s| s.success()), "{log}");
-    assert_eq!(step(&run), Some(80), "{log}");
+    assert_eq!(last_step(&run), Some(80), "{log}");
     assert!(at_restart < 80);
     assert!(
         log.contains("connection lost") && log.contains("reconnected"),
