@@ -73,21 +73,12 @@ impl<'a> Reader<'a> {
         Ok(f64::from_le_bytes(self.array(what)?))
     }
 
-    /// `n` little-endian u32 values, in one bounds check.
-    fn u32s(&mut self, n: usize, what: &str) -> Decoded<Vec<u32>> {
+    /// `n` little-endian 4-byte values, in one bounds check.
+    fn words<T>(&mut self, n: usize, what: &str, read: fn([u8; 4]) -> T) -> Decoded<Vec<T>> {
         let raw = self.take(n.saturating_mul(4), what)?;
         Ok(raw
             .chunks_exact(4)
-            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-            .collect())
-    }
-
-    /// `n` little-endian f32 values, in one bounds check.
-    fn f32s(&mut self, n: usize, what: &str) -> Decoded<Vec<f32>> {
-        let raw = self.take(n.saturating_mul(4), what)?;
-        Ok(raw
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .map(|b| read(b.try_into().expect("4 bytes")))
             .collect())
     }
 
@@ -231,7 +222,7 @@ pub fn decode_batch(bytes: &[u8]) -> Decoded<ActorBatch> {
             slot: r.u32("the slot")?,
         };
         let len = r.count(4, "the action count")?;
-        let actions = r.u32s(len, "the actions")?;
+        let actions = r.words(len, "the actions", u32::from_le_bytes)?;
         let reward = r.f32("the reward")?;
         let behaviour_logp = r.f32("log μ")?;
         let group_mean = r.f32("the group mean")?;
@@ -247,7 +238,7 @@ pub fn decode_batch(bytes: &[u8]) -> Decoded<ActorBatch> {
             .map(|i| bytes[i / 8] >> (i % 8) & 1 == 1)
             .collect();
         let k = r.count(4, "the token log μ count")?;
-        let behaviour_token_logp = r.f32s(k, "the token log μ")?;
+        let behaviour_token_logp = r.words(k, "the token log μ", f32::from_le_bytes)?;
         let stats = match r.flag("the stats flag")? {
             true => {
                 let score = Score {
@@ -335,11 +326,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Decoded<WeightSnapshot> {
                 "{name}: {count} values for shape {shape:?}"
             )));
         }
-        let raw = r.take(count.saturating_mul(4), "a tensor's values")?;
-        let data = raw
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
+        let data = r.words(count, "a tensor's values", f32::from_le_bytes)?;
         tensors.push(NamedTensor { name, shape, data });
     }
     r.end()?;
