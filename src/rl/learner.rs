@@ -94,10 +94,8 @@ pub struct Learner {
     /// Tabular policies on the CPU take their step in closed form on the host
     /// ([`Learner::train_step`]); false forces the autograd path (tests compare the two).
     pub host_tabular: bool,
-    /// Actors whose messages arrived since the last metrics row (the row's `actors`), and
-    /// every actor heard from so far.
+    /// Actors whose messages arrived since the last metrics row (the row's `actors`).
     pub senders: std::collections::BTreeSet<usize>,
-    pub heard: std::collections::BTreeSet<usize>,
 }
 
 impl Learner {
@@ -130,14 +128,12 @@ impl Learner {
             nonfinite_skipped: 0,
             host_tabular: true,
             senders: Default::default(),
-            heard: Default::default(),
         }
     }
 
     /// Moves an actor message into the replay buffer.
     pub fn ingest(&mut self, batch: ActorBatch) {
         self.senders.insert(batch.actor);
-        self.heard.insert(batch.actor);
         self.replay.push_many(batch.trajectories);
     }
 
