@@ -208,10 +208,16 @@ impl Replay {
         }
     }
 
-    /// Arrivals consumed per learner step, on average (`batch_size / reuse`).
+    /// Arrivals consumed per learner step, on average ([`per_step`]).
     pub fn per_step(&self) -> f64 {
-        self.batch_size as f64 / self.reuse
+        per_step(self.batch_size, self.reuse)
     }
+}
+
+/// Arrivals a learner step of `batch_size` samples, each used `reuse` times, consumes on
+/// average: `batch_size / reuse` (the actors' pacing needs it without a replay of its own).
+pub fn per_step(batch_size: usize, reuse: f64) -> f64 {
+    batch_size as f64 / reuse
 }
 
 /// One entry of the ring: a trajectory and its bookkeeping.
