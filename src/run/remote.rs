@@ -37,6 +37,19 @@ fn sender(id: usize) -> String {
     format!("{host}/{id}")
 }
 
+/// The run's weights as `cfg` keeps them: chunks in Redis, or files in the shared directory of
+/// `transport.weights`.
+fn weight_board(link: Link, keys: &RunKeys, cfg: &crate::config::Config) -> RedisBoard {
+    let shared = cfg.transport.weights_dir().unwrap_or(None);
+    RedisBoard::new(link, keys.clone(), CHUNK_BYTES, KEEP_VERSIONS).in_dir(shared)
+}
+
+/// Actor `id`'s end of the trajectory stream, with the run's back-pressure and bound.
+fn actor_sink(link: Link, keys: &RunKeys, cfg: &crate::config::Config, id: usize) -> RedisSink {
+    RedisSink::new(link, keys.clone(), cfg.actor.channel_capacity, &sender(id))
+        .with_maxlen(cfg.transport.maxlen)
+}
+
 /// What the learner publishes of its run for actor processes to join it.
 struct Published<'a> {
     keys: &'a RunKeys,
@@ -106,8 +119,7 @@ pub(super) fn redis_loop(
         session: run.session,
     };
     published.write(&mut meta, actors.len())?;
-    let shared = run.cfg.transport.weights_dir().unwrap_or(None);
-    let board = RedisBoard::new(link()?, keys.clone(), CHUNK_BYTES, KEEP_VERSIONS).in_dir(shared);
+    let board = weight_board(link()?, &keys, run.cfg);
     board.try_publish(&run.behaviour)?;
     let control = RedisControl::new(
         link()?,
@@ -121,12 +133,10 @@ pub(super) fn redis_loop(
         run.learner.replay.needed(run.learner.step),
     )?;
     let source = RedisSource::new(link()?, keys.clone())?;
-    let capacity = run.cfg.actor.channel_capacity;
     let sinks = actors
         .iter()
         .map(|a| {
-            let sink = RedisSink::new(link()?, keys.clone(), capacity, &sender(a.id()))
-                .with_maxlen(run.cfg.transport.maxlen);
+            let sink = actor_sink(link()?, &keys, run.cfg, a.id());
             Ok(Box::new(sink) as Box<dyn TrajectorySink>)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -188,12 +198,7 @@ pub(super) fn redis_loop(
                     alive.store(now.len() as u64, Ordering::Relaxed);
                     known = now;
                 }
-                for _ in 0..10 {
-                    if done.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+                rds::sleep_unless(&|| done.load(Ordering::Relaxed), Duration::from_secs(1));
             }
         });
         let result = threads(
@@ -252,20 +257,18 @@ pub fn remote_actors(
     let last: usize = meta.run(|c| redis::cmd("INCRBY").arg(&ids).arg(threads).query(c))?;
     let first = last - threads;
     let build = actor_builder(&cfg)?;
-    let shared = cfg.transport.weights_dir().unwrap_or(None);
-    let board = RedisBoard::new(link()?, keys.clone(), CHUNK_BYTES, KEEP_VERSIONS).in_dir(shared);
+    let board = weight_board(link()?, &keys, &cfg);
     let control = RedisControl::new(
         link()?,
         keys.clone(),
         cfg.replay.max_policy_lag,
-        cfg.learner.batch_size as f64 / cfg.replay.reuse.max(1e-9),
+        crate::rl::replay::per_step(cfg.learner.batch_size, cfg.replay.reuse),
     );
     let behaviour = crate::transport::WeightBoard::latest(&board);
     eprintln!(
         "joined run {name} as actor(s) {first}..{last} (session {session}, weights version {})",
         behaviour.version
     );
-    let capacity = cfg.actor.channel_capacity;
     let named: Vec<(usize, String)> = (first..last).map(|id| (id, sender(id))).collect();
     let mut beat = link()?;
     std::thread::scope(|scope| {
@@ -275,8 +278,7 @@ pub fn remote_actors(
         let mut handles = Vec::new();
         for id in first..last {
             let actor = build(&cfg, SourceId::new(session, id as u32, 0), &behaviour)?;
-            let sink = RedisSink::new(link()?, keys.clone(), capacity, &sender(id))
-                .with_maxlen(cfg.transport.maxlen);
+            let sink = actor_sink(link()?, &keys, &cfg, id);
             let (board, control) = (&board, &control);
             handles.push(scope.spawn(move || {
                 actor_loop(

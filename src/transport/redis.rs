@@ -131,15 +131,20 @@ pub fn heartbeat(
             }
             p.query::<()>(c)
         })?;
-        for _ in 0..10 {
-            if done() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        sleep_unless(done, Duration::from_secs(1));
     }
     let doomed: Vec<String> = actors.iter().map(|(id, _)| keys.alive(*id)).collect();
     link.run(|c| redis::cmd("DEL").arg(&doomed).query::<()>(c))
+}
+
+/// Sleeps for `total` in tenths, waking early once `done`.
+pub fn sleep_unless(done: &dyn Fn() -> bool, total: Duration) {
+    for _ in 0..10 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(total / 10);
+    }
 }
 
 /// The actors whose heartbeat is alive: id → sender's name.
@@ -163,17 +168,19 @@ pub fn alive(link: &mut Link, keys: &RunKeys) -> Result<std::collections::BTreeM
             cursor = next;
         }
     })?;
-    let mut map = std::collections::BTreeMap::new();
-    for key in found {
-        let Some(id) = key.rsplit(':').next().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let name: Option<String> = link.run(|c| redis::cmd("GET").arg(&key).query(c))?;
-        if let Some(name) = name {
-            map.insert(id, name);
-        }
+    if found.is_empty() {
+        return Ok(Default::default());
     }
-    Ok(map)
+    // Their names in one round trip (a key that expired since the scan reads as none).
+    let names: Vec<Option<String>> = link.run(|c| redis::cmd("MGET").arg(&found).query(c))?;
+    Ok(found
+        .iter()
+        .zip(names)
+        .filter_map(|(key, name)| {
+            let id = key.rsplit(':').next()?.parse().ok()?;
+            Some((id, name?))
+        })
+        .collect())
 }
 
 /// One connection to Redis that reconnects when it is lost.
@@ -792,29 +799,7 @@ impl RedisControl {
     /// The learner's start: a fresh run state at `step`, `inserted` arrivals so far, `needed`
     /// for the next step.
     pub fn start_learner(&self, step: u64, inserted: u64, needed: u64) -> Result<()> {
-        *lock(&self.position) = (step, needed);
-        let k = &self.keys;
-        let (stop, failure, learner, claimed) = (k.stop(), k.failure(), k.learner(), k.claimed());
-        lock(&self.link).run(|c| {
-            let mut p = redis::pipe();
-            p.cmd("DEL")
-                .arg(&stop)
-                .arg(&failure)
-                .ignore()
-                .cmd("HSET")
-                .arg(&learner)
-                .arg("step")
-                .arg(step)
-                .arg("needed")
-                .arg(needed)
-                .ignore()
-                .cmd("SET")
-                .arg(&claimed)
-                .arg(inserted)
-                .ignore();
-            notify(&mut p, k, "start");
-            p.query::<()>(c)
-        })
+        self.write_position(step, needed, Some(inserted), true, "start")
     }
 
     /// Writes the learner's position again into a Redis that restarted empty. The claims actors
@@ -822,21 +807,38 @@ impl RedisControl {
     /// learner still drops anything that arrives too stale.
     pub fn restore_learner(&self) -> Result<()> {
         let (step, needed) = *lock(&self.position);
-        let (learner, claimed) = (self.keys.learner(), self.keys.claimed());
+        self.write_position(step, needed, Some(needed), false, "restore")
+    }
+
+    /// The learner's side, in one round trip: its position `(step, needed)` (also kept here),
+    /// the claim counter set to `claimed` when given, the stop flag and failure cleared when
+    /// `fresh` (a new learner), and a `what` notification for paced actors.
+    fn write_position(
+        &self,
+        step: u64,
+        needed: u64,
+        claimed: Option<u64>,
+        fresh: bool,
+        what: &str,
+    ) -> Result<()> {
+        *lock(&self.position) = (step, needed);
+        let k = &self.keys;
         lock(&self.link).run(|c| {
             let mut p = redis::pipe();
+            if fresh {
+                p.cmd("DEL").arg(k.stop()).arg(k.failure()).ignore();
+            }
             p.cmd("HSET")
-                .arg(&learner)
+                .arg(k.learner())
                 .arg("step")
                 .arg(step)
                 .arg("needed")
                 .arg(needed)
-                .ignore()
-                .cmd("SET")
-                .arg(&claimed)
-                .arg(needed)
                 .ignore();
-            notify(&mut p, &self.keys, "restore");
+            if let Some(n) = claimed {
+                p.cmd("SET").arg(k.claimed()).arg(n).ignore();
+            }
+            notify(&mut p, k, what);
             p.query::<()>(c)
         })
     }
@@ -905,20 +907,7 @@ impl RunControl for RedisControl {
     }
 
     fn learner_advanced(&self, step: u64, needed: u64) {
-        *lock(&self.position) = (step, needed);
-        let learner = self.keys.learner();
-        if let Err(e) = lock(&self.link).run(|c| {
-            let mut p = redis::pipe();
-            p.cmd("HSET")
-                .arg(&learner)
-                .arg("step")
-                .arg(step)
-                .arg("needed")
-                .arg(needed)
-                .ignore();
-            notify(&mut p, &self.keys, "step");
-            p.query::<()>(c)
-        }) {
+        if let Err(e) = self.write_position(step, needed, None, false, "step") {
             eprintln!("{e}");
         }
     }
