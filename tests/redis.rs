@@ -100,6 +100,27 @@ fn stderr_of(child: &mut Child) -> String {
     s
 }
 
+/// Polls until `done` holds; fails, with the run's last row and the learner's stderr, when the
+/// learner exits first or 120 s pass.
+fn wait_until(learner: &mut Child, run: &Path, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "no {what} in 120 s: {:?}\n{}",
+            rows(run).last(),
+            stderr_of(learner)
+        );
+        assert!(
+            learner.try_wait().unwrap().is_none(),
+            "the learner exited before {what}: {:?}\n{}",
+            rows(run).last(),
+            stderr_of(learner)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A learner with no actor of its own and two actor processes: both send, one is SIGKILLed,
 /// the run finishes on the other, which then leaves by itself.
 #[test]
@@ -112,21 +133,9 @@ fn a_learner_and_two_actor_processes_finish_a_run_when_one_is_killed() {
     let mut learner = learner(&cfg, &run, &url);
     let (mut a, mut b) = (actor(&url, "shared_run"), actor(&url, "shared_run"));
     // Both send.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !rows(&run).iter().any(|r| actors_in(r) == Some(2.0)) {
-        assert!(
-            Instant::now() < deadline,
-            "no row from both actors: {:?}\n{}",
-            rows(&run).last(),
-            stderr_of(&mut learner)
-        );
-        assert!(
-            learner.try_wait().unwrap().is_none(),
-            "{}",
-            stderr_of(&mut learner)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(&mut learner, &run, "row from both actors", || {
+        rows(&run).iter().any(|r| actors_in(r) == Some(2.0))
+    });
     a.kill().unwrap();
     let _ = a.wait();
     // A message that does not decode, from a sender of its own: counted, named and skipped.
@@ -228,11 +237,9 @@ fn a_killed_learner_resumes_and_its_actor_process_continues() {
     let mut learner = learner(&cfg, &run, &url);
     let mut actor = actor(&url, "again");
     // Killed after its first checkpoint (step 5).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !run.join("checkpoints").join("latest").exists() {
-        assert!(Instant::now() < deadline, "{}", stderr_of(&mut learner));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(&mut learner, &run, "checkpoint", || {
+        run.join("checkpoints").join("latest").exists()
+    });
     learner.kill().unwrap();
     let _ = learner.wait();
     std::thread::sleep(Duration::from_millis(500));
@@ -263,11 +270,9 @@ fn a_redis_restarted_mid_run_is_reconnected_to_and_the_run_finishes() {
     let url = server.url();
     let mut learner = learner(&cfg, &run, &url);
     let mut actor = actor(&url, "restarted");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while last_step(&run).unwrap_or(0) < 10 {
-        assert!(Instant::now() < deadline, "{}", stderr_of(&mut learner));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(&mut learner, &run, "step 10", || {
+        last_step(&run).unwrap_or(0) >= 10
+    });
     drop(server);
     let at_restart = last_step(&run).unwrap();
     std::thread::sleep(Duration::from_secs(1));
