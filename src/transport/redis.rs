@@ -715,9 +715,7 @@ impl RedisBoard {
             "the weights kept changing while being read".into(),
         ))
     }
-}
 
-impl RedisBoard {
     /// Publishes the newest snapshot again (after a Redis restart lost it). The shared
     /// directory's file, if any, is written again too.
     pub fn republish(&self) -> Result<()> {
