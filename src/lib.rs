@@ -24,6 +24,7 @@ pub mod device;
 pub mod env;
 pub mod error;
 pub mod experiments;
+pub mod formats;
 pub mod ids;
 pub mod math;
 pub mod policy;

@@ -197,7 +197,7 @@ fn check_arch(arch: &str) {
     assert_greedy_matches(&m.lm, &tokens, &got, &ids(&r["greedy"]), 1e-4);
     // Dequantisation equals gguf-py's, value for value.
     for q in ["Q8_0", "Q4_0", "Q4_1", "F16", "BF16"] {
-        let g = lm::gguf::Gguf::open(&dir.join(format!("tiny-{q}.gguf"))).unwrap();
+        let g = asymre::formats::gguf::Gguf::open(&dir.join(format!("tiny-{q}.gguf"))).unwrap();
         let (_, data) = g.tensor_f32("blk.1.ffn_down.weight").unwrap();
         let got: Vec<f64> = data.iter().map(|&x| x as f64).collect();
         let d = max_diff(&got, &floats(&r["dequant"][q]));

@@ -3,6 +3,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{check, Result};
 use crate::env::bandit::{BanditSpec, BehaviourInit, RewardNoise};
+use crate::env::tool_use::protocol::Limits;
 use crate::env::tool_use::tasks::{TaskKind, TaskSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +110,16 @@ impl Default for EnvConfig {
 }
 
 impl EnvConfig {
+    /// The episode limits these keys set (0 in `max_new_tokens` or `max_turns`: no limit).
+    pub fn limits(&self) -> Limits {
+        let or_none = |n: usize| if n == 0 { usize::MAX } else { n };
+        Limits {
+            max_new: or_none(self.max_new_tokens),
+            max_turns: or_none(self.max_turns),
+            ..Limits::new(self.max_tokens, self.max_calls)
+        }
+    }
+
     /// Total learner steps of a bandit run.
     pub fn total_steps(&self) -> u64 {
         self.rounds.saturating_mul(self.steps_per_round)

@@ -16,6 +16,7 @@ mod env;
 mod faults;
 mod learner;
 mod logging;
+mod lora;
 mod loss;
 mod policy;
 mod replay;

@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 
 use std::path::PathBuf;
 
-pub use crate::policy::lm::lora::LoraConfig;
+pub use super::lora::LoraConfig;
 
 use super::{check, Result};
 

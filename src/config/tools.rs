@@ -1,39 +1,9 @@
 //! `[[tools]]`: the tools a dataset's tasks may call (SPEC §3.4), each a built-in implementation
-//! or an external program speaking JSON lines ([`crate::env::tool_use::external`]).
-use serde::{Deserialize, Serialize};
-
+//! or an external program speaking JSON lines ([`crate::env::tool_use::external`]); the entry's
+//! type is the toolbox's ([`ToolConfig`]), checked here.
 use super::Result;
+pub use crate::env::tool_use::toolbox::{ToolConfig, BUILTINS};
 use crate::error::Error;
-
-/// The built-in implementations a `[[tools]]` entry may name.
-pub const BUILTINS: [&str; 4] = ["add", "sub", "mul", "div"];
-
-/// One tool offered to the policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ToolConfig {
-    /// The name the policy calls it by.
-    pub name: String,
-    /// What it does, shown to the policy with its parameters.
-    #[serde(default)]
-    pub description: String,
-    /// JSON schema of its arguments: an object schema with `properties`.
-    pub parameters: serde_json::Value,
-    /// A built-in implementation (`add`, `sub`, `mul`, `div`: integer arithmetic on `a`, `b`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub builtin: Option<String>,
-    /// Or a program and its arguments, e.g. `["python3", "tools/geo.py"]`: one worker process
-    /// per actor, JSON lines on stdin and stdout.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub command: Option<Vec<String>>,
-    /// Longest wait for one answer of an external tool, in milliseconds.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-fn default_timeout_ms() -> u64 {
-    10_000
-}
 
 /// Checks `[[tools]]`: unique names, exactly one implementation each, known built-ins, object
 /// schemas, positive timeouts.

@@ -12,7 +12,7 @@ use tch::Device;
 
 use crate::config::{Config, RewardConfig};
 use crate::env::tool_use::protocol::chat::ChatProtocol;
-use crate::env::tool_use::protocol::{Limits, TokenProtocol};
+use crate::env::tool_use::protocol::TokenProtocol;
 use crate::env::tool_use::reward;
 use crate::env::tool_use::tasks::Task;
 use crate::env::Bandit;
@@ -267,7 +267,7 @@ impl ToolActor {
         let core = ActorCore::new(cfg, source)?;
         let model = PolicyModel::build(cfg, &core.vs.root(), &[])?.into_transformer()?;
         let protocol = TokenProtocol {
-            limits: Limits::of(&cfg.env),
+            limits: cfg.env.limits(),
         };
         Self::assemble(cfg, core, model, protocol, task, snapshot)
     }

@@ -258,7 +258,7 @@ pub fn chat_protocol(cfg: &Config) -> Result<Option<(ModelFiles, ChatProtocol)>>
     let format = ChatFormat::new(text, model)?;
     let protocol = ChatProtocol {
         format: Arc::new(format),
-        limits: Limits::of(&cfg.env),
+        limits: cfg.env.limits(),
     };
     Ok(Some((files, protocol)))
 }
@@ -271,7 +271,7 @@ impl ToolUseEnv {
         saved: Option<WarmstartRecord>,
     ) -> Result<Self> {
         let task = Task::new(cfg.env.task_spec(cfg.seed));
-        let limits = Limits::of(&cfg.env);
+        let limits = cfg.env.limits();
         let chat = chat_protocol(cfg)?;
         let mut env = ToolUseEnv {
             task,

@@ -2,7 +2,6 @@
 use std::path::Path;
 
 use crate::config::EnvKind;
-use crate::env::tool_use::protocol::Limits;
 use crate::env::tool_use::reward::ScoreMeans;
 use crate::env::tool_use::tasks::{Split, Task};
 use crate::error::{Error, IoContext, Result};
@@ -45,7 +44,7 @@ pub fn evaluate_run(
     }
     .load_into(&vs)?;
     let task = Task::new(cfg.env.task_spec(cfg.seed));
-    let limits = Limits::of(&cfg.env);
+    let limits = cfg.env.limits();
     let mut lines = String::new();
     let mut line = |v: serde_json::Value| {
         if dump.is_some() {

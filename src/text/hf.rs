@@ -6,7 +6,7 @@ use serde_json::{json, Value as Json};
 
 use super::Tokenizer;
 use crate::error::{Error, Result};
-use crate::policy::lm::gguf::{Gguf, Value};
+use crate::formats::gguf::{Gguf, Value};
 
 /// Names of end-of-turn tokens that stop generation when the vocabulary has them.
 const END_OF_TURN: [&str; 6] = [

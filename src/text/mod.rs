@@ -18,3 +18,9 @@ pub trait Tokenizer: Send + Sync {
     /// The id that pads a batch.
     fn pad(&self) -> u32;
 }
+
+/// The text side of a pretrained model: its tokenizer and chat template (if it has one).
+pub struct ModelText {
+    pub tokenizer: hf::HfTokenizer,
+    pub template: Option<chat::ChatTemplate>,
+}

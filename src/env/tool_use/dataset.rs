@@ -24,7 +24,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::json::parse_call_json;
+use super::calls::parse_call_json;
 use super::reward::{read_number, AnswerRule, Call};
 use crate::env::Split;
 use crate::error::{Error, Result};
@@ -592,7 +592,7 @@ impl crate::env::ToolSet<TaskRef> for DatasetSource {
 #[cfg(test)]
 mod source_tests {
     use super::*;
-    use crate::config::ToolConfig;
+    use crate::env::tool_use::toolbox::ToolConfig;
     use crate::env::{TaskSource, ToolSet};
     use crate::ids::SourceId;
 

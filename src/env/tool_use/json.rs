@@ -3,8 +3,9 @@
 use std::io::BufRead;
 
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
+use super::calls::{call_json, parse_call_json};
 use super::protocol::Episode;
 use super::reward::{self, Attempt, Call, RewardConfig, Score, ScoreMeans};
 use super::tasks::Task;
@@ -19,75 +20,6 @@ pub fn episode_json(task: &Task, ep: &Episode) -> Value {
         "results": ep.attempt.results,
         "answer": ep.attempt.answer,
     })
-}
-
-fn call_json(call: &Call) -> Value {
-    let args: Map<String, Value> = call
-        .arguments
-        .iter()
-        .map(|(k, v)| {
-            let value = v
-                .parse::<i64>()
-                .map(Value::from)
-                .unwrap_or_else(|_| Value::from(v.clone()));
-            (k.clone(), value)
-        })
-        .collect();
-    json!({ "name": call.name, "arguments": args })
-}
-
-/// Reads a call in either common form: `{"name": …, "arguments": {…}}` (arguments may also be a
-/// JSON string), or OpenAI Chat Completions' `{"id": …, "type": "function", "function":
-/// {"name": …, "arguments": "<JSON string>"}}`. Unknown keys are errors.
-pub(crate) fn parse_call_json(v: &Value) -> Result<Call, String> {
-    let obj = v.as_object().ok_or("a call must be a JSON object")?;
-    if let Some(function) = obj.get("function") {
-        for key in obj.keys() {
-            if !["id", "type", "function", "index"].contains(&key.as_str()) {
-                return Err(format!("unknown key {key:?} in a tool call"));
-            }
-        }
-        match obj.get("type") {
-            None => {}
-            Some(Value::String(t)) if t == "function" => {}
-            Some(other) => return Err(format!("a tool call of type {other} (only \"function\")")),
-        }
-        return parse_call_json(function);
-    }
-    for key in obj.keys() {
-        if !["name", "arguments"].contains(&key.as_str()) {
-            return Err(format!("unknown key {key:?} in a call"));
-        }
-    }
-    let name = obj
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or("a call needs a string \"name\"")?;
-    let args = match obj.get("arguments") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(m)) => m.clone(),
-        Some(Value::String(s)) if s.trim().is_empty() => Map::new(),
-        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
-            Ok(Value::Object(m)) => m,
-            _ => return Err("\"arguments\" is a string that is not a JSON object".into()),
-        },
-        Some(_) => return Err("\"arguments\" must be an object".into()),
-    };
-    let mut pairs = Vec::new();
-    for (k, v) in args {
-        let text = match v {
-            Value::String(s) => s,
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
-            other => return Err(format!("argument {k:?} has a non-scalar value {other}")),
-        };
-        pairs.push((k, text));
-    }
-    let pairs: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    Ok(Call::new(name, &pairs))
 }
 
 /// The top-level keys a scored line may have.

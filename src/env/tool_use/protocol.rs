@@ -41,16 +41,6 @@ impl Limits {
         }
     }
 
-    /// The limits `[env]` sets (0 in `max_new_tokens` or `max_turns`: no limit).
-    pub fn of(env: &crate::config::EnvConfig) -> Self {
-        let or_none = |n: usize| if n == 0 { usize::MAX } else { n };
-        Limits {
-            max_new: or_none(env.max_new_tokens),
-            max_turns: or_none(env.max_turns),
-            ..Limits::new(env.max_tokens, env.max_calls)
-        }
-    }
-
     /// Whether an episode of `len` tokens, `written` of them by the policy, must stop.
     pub fn reached(&self, len: usize, written: usize) -> bool {
         len >= self.max_tokens || written >= self.max_new

@@ -6,12 +6,42 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::external::ToolWorker;
 use super::reward::Call;
-use crate::config::ToolConfig;
 use crate::env::ToolSpec;
+
+/// The built-in implementations a `[[tools]]` entry may name.
+pub const BUILTINS: [&str; 4] = ["add", "sub", "mul", "div"];
+
+/// One tool offered to the policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolConfig {
+    /// The name the policy calls it by.
+    pub name: String,
+    /// What it does, shown to the policy with its parameters.
+    #[serde(default)]
+    pub description: String,
+    /// JSON schema of its arguments: an object schema with `properties`.
+    pub parameters: serde_json::Value,
+    /// A built-in implementation (`add`, `sub`, `mul`, `div`: integer arithmetic on `a`, `b`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<String>,
+    /// Or a program and its arguments, e.g. `["python3", "tools/geo.py"]`: one worker process
+    /// per actor, JSON lines on stdin and stdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Longest wait for one answer of an external tool, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
 
 /// The configured tools.
 pub struct ToolBox {
@@ -233,7 +263,7 @@ mod tests {
             timeout_ms: 20_000,
         };
         let tb = ToolBox::new(vec![echo].into(), None);
-        let call = crate::env::tool_use::json::parse_call_json(
+        let call = crate::env::tool_use::calls::parse_call_json(
             &json!({"name": "echo", "arguments": {"city": " New York "}}),
         )
         .unwrap();

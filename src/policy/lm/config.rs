@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use super::gguf::Gguf;
 use crate::error::{Error, Result};
+use crate::formats::gguf::Gguf;
 
 /// The supported architectures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::source::ModelText;
 use super::weights::write_safetensors;
 use super::Lm;
 use crate::error::{Error, IoContext, Result};
+use crate::text::ModelText;
 
 /// Writes `lm` with its tokenizer and template into `out` (created; it must be empty or absent).
 pub fn write_hf_dir(lm: &Lm, text: &ModelText, out: &Path) -> Result<()> {

@@ -174,7 +174,7 @@ pub struct Generated {
 pub fn generate(req: &Request) -> Result<Generated> {
     use rand::SeedableRng;
     let files = super::resolve(req.model)?;
-    let prompt_ids = |text: &super::source::ModelText| -> Result<Vec<u32>> {
+    let prompt_ids = |text: &crate::text::ModelText| -> Result<Vec<u32>> {
         let tok = &text.tokenizer;
         let (rendered, add_special) = if req.chat {
             let template = text.template.as_ref().ok_or_else(|| {

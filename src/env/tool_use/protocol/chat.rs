@@ -23,14 +23,14 @@ use std::sync::Arc;
 
 use serde_json::{json, Value as Json};
 
-use crate::env::tool_use::json::parse_call_json;
+use crate::env::tool_use::calls::parse_call_json;
 use crate::env::tool_use::protocol::Limits;
 use crate::env::tool_use::reward::{Attempt, Call};
 use crate::env::{Protocol, ProtocolEpisode, TaskSource, ToolSet, ToolSpec};
 use crate::error::{Error, Result};
-use crate::policy::lm::source::ModelText;
 use crate::text::chat::{py_dumps, ChatTemplate};
 use crate::text::hf::HfTokenizer;
+use crate::text::ModelText;
 
 const OPEN: &str = "<tool_call>";
 const CLOSE: &str = "</tool_call>";

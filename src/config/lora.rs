@@ -1,5 +1,4 @@
-//! Low-rank adapters (LoRA): `W x + (alpha / r) · B A x` with the base weight W frozen, A [r, in]
-//! drawn uniformly in ±1/√in and B [out, r] zero, so training starts from the base model.
+//! `[policy.lora]`: low-rank adapters on the pretrained LM's linear layers ([`crate::policy::lm`]).
 use serde::{Deserialize, Serialize};
 
 /// `[policy.lora]`.
