@@ -287,18 +287,17 @@ pub fn run(cli: Cli) -> Result<u8> {
         } => {
             let device = crate::device::resolve_device(device.into())?;
             let kind = precision.kind();
-            let out =
-                crate::policy::lm::generate::generate(&crate::policy::lm::generate::Request {
-                    model: &model,
-                    prompt: &prompt,
-                    chat,
-                    system: system.as_deref(),
-                    max_new,
-                    temperature,
-                    seed,
-                    device,
-                    kind,
-                })?;
+            let out = crate::rollout::generate::generate(&crate::rollout::generate::Request {
+                model: &model,
+                prompt: &prompt,
+                chat,
+                system: system.as_deref(),
+                max_new,
+                temperature,
+                seed,
+                device,
+                kind,
+            })?;
             if json {
                 println!(
                     "{}",

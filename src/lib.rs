@@ -18,6 +18,7 @@
 //!   threads are spawned;
 //! - [`experiments`]: sweeps, reports, plots and the benchmark; [`cli`]: the command line.
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod device;

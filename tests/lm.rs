@@ -141,17 +141,15 @@ fn greedy_decode(
     prompt: &[u32],
     max_new: usize,
     stop: &[u32],
-    pad: u32,
 ) -> Vec<u32> {
-    let how = lm::generate::Sampling {
+    let how = asymre::rollout::generate::Sampling {
         max_new,
         temperature: 0.0,
         stop,
-        pad,
     };
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
     let mut out =
-        lm::generate::decode(model, &[prompt.to_vec()], &how, &mut rng, Device::Cpu).unwrap();
+        asymre::rollout::generate::decode(model, &[prompt.to_vec()], &how, 0, Device::Cpu)
+            .unwrap();
     out.pop().unwrap()
 }
 
@@ -193,7 +191,7 @@ fn check_arch(arch: &str) {
     }
     // Greedy decoding through the cache continues like transformers' generate.
     let m = load(&dir, None);
-    let got = greedy_decode(&m.lm, &tokens, 8, &[], 0);
+    let got = greedy_decode(&m.lm, &tokens, 8, &[]);
     assert_greedy_matches(&m.lm, &tokens, &got, &ids(&r["greedy"]), 1e-4);
     // Dequantisation equals gguf-py's, value for value.
     for q in ["Q8_0", "Q4_0", "Q4_1", "F16", "BF16"] {
@@ -480,7 +478,7 @@ fn smollm2_gguf_matches_transformers() {
     let last = tensor_floats(&logits.get(0).get(prompt.len() as i64 - 1));
     let d = max_diff(&last, &floats(&r["last_logits"]));
     assert!(d <= 1e-3, "last-position logits differ by {d}");
-    let got = greedy_decode(&m.lm, &prompt, 12, &[], 2);
+    let got = greedy_decode(&m.lm, &prompt, 12, &[]);
     assert_greedy_matches(&m.lm, &prompt, &got, &ids(&r["greedy"]), 1e-3);
 }
 
@@ -562,7 +560,7 @@ fn generate_and_export_on_the_command_line() {
         .unwrap();
     let prompt = m.text.tokenizer.encode_with(&chat, false).unwrap();
     assert_eq!(ids(&v["prompt_tokens"]), prompt);
-    let want = greedy_decode(&m.lm, &prompt, 6, &m.text.tokenizer.stop, 0);
+    let want = greedy_decode(&m.lm, &prompt, 6, &m.text.tokenizer.stop);
     assert_eq!(ids(&v["output_tokens"]), want);
     // Sampling is seeded.
     let sample = |seed: &str| {
@@ -703,17 +701,14 @@ fn a_learner_step_on_the_lm_trains_only_the_adapters_and_its_snapshot_reaches_an
     let fresh = load(&dir, Some(&lora));
     let name = "model.layers.1.mlp.down_proj.weight";
     let (now, then) = (
-        learner.vs.variables()[name].copy(),
+        learner.vs().variables()[name].copy(),
         fresh.vs.variables()[name].copy(),
     );
     assert_eq!(max_diff(&tensor_floats(&now), &tensor_floats(&then)), 0.0);
     // An actor with its own copy of the base takes the snapshot and then computes the learner's
     // logits.
     let tokens = [5u32, 6, 7, 8, 20, 30];
-    let learner_lm = match &learner.policy {
-        PolicyModel::Lm(lm) => lm,
-        _ => unreachable!(),
-    };
+    let learner_lm = <lm::Lm as asymre::policy::ToolPolicy>::of(learner.policy()).unwrap();
     let want = tensor_floats(&logits_of(learner_lm, &tokens));
     assert!(max_diff(&tensor_floats(&logits_of(&fresh.lm, &tokens)), &want) > 1e-6);
     snapshot.load_into(&fresh.vs).unwrap();

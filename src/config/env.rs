@@ -120,6 +120,20 @@ impl EnvConfig {
         }
     }
 
+    /// Whether the run is the bandit's expected-gradient flow (no actors, no learner).
+    pub fn exact_flow(&self) -> bool {
+        self.kind == EnvKind::Bandit && self.mode == BanditMode::Exact
+    }
+
+    /// The tabular policy's initial logits (the bandit's `behaviour_init`); none for a sequence
+    /// task, whose policy starts from its own initialisation or files.
+    pub fn initial_logits(&self, seed: u64) -> Vec<f64> {
+        match self.kind {
+            EnvKind::Bandit => crate::env::bandit::initial_logits(&self.bandit_spec(), seed),
+            EnvKind::ToolUse | EnvKind::Dataset => Vec::new(),
+        }
+    }
+
     /// Total learner steps of a bandit run.
     pub fn total_steps(&self) -> u64 {
         self.rounds.saturating_mul(self.steps_per_round)

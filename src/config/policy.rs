@@ -76,6 +76,14 @@ impl Default for PolicyConfig {
 }
 
 impl PolicyConfig {
+    /// The pretrained model this policy is (`policy.model` of an `lm` policy).
+    pub fn pretrained(&self) -> Option<&str> {
+        match self.kind {
+            PolicyKind::Lm => self.model.as_deref(),
+            PolicyKind::Tabular | PolicyKind::Transformer => None,
+        }
+    }
+
     /// Checks `[policy]` on its own.
     pub fn validate(&self) -> Result<()> {
         let p = self;

@@ -53,6 +53,64 @@ pub trait TaskSource: Send + Sync {
     fn tools(&self, item: &Self::Item) -> Vec<ToolSpec>;
     /// Gold calls and answer; `None` when the item has no answer.
     fn gold(&self, item: &Self::Item) -> Option<Gold>;
+    /// What a run's summary calls this source (a task family's name, `dataset`).
+    fn name(&self) -> String;
+    /// Items in `split` when the source holds a fixed list (a dataset); `None` when items are
+    /// generated, as many as asked for.
+    fn split_len(&self, _split: Split) -> Option<usize> {
+        None
+    }
+    /// The id an item has in its source's files, if it has one (written beside an evaluated
+    /// episode, so that `asymre score` finds the task again).
+    fn item_id(&self, _item: &Self::Item) -> Option<String> {
+        None
+    }
+}
+
+/// A scripted demonstration: the whole sequence, prompt included, and which tokens the policy
+/// writes (the warm start's negative log-likelihood is taken over those).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Demonstration {
+    pub tokens: Vec<u32>,
+    pub policy_mask: Vec<bool>,
+}
+
+/// Why an item gives no demonstration.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NoDemonstration {
+    /// The item has no gold answer.
+    NoGold,
+    /// A gold call's tool answered with an error.
+    CallFailed { call: String, error: String },
+    /// The prompt or a turn cannot be written in the policy's vocabulary.
+    Unwritable(String),
+    /// Replaying the gold turns did not give the gold calls and answer (`why`).
+    Replay(String),
+}
+
+impl NoDemonstration {
+    /// A short name for counting reasons.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            NoDemonstration::NoGold => "no gold answer",
+            NoDemonstration::CallFailed { .. } => "a gold call failed",
+            NoDemonstration::Unwritable(_) => "not writable in the vocabulary",
+            NoDemonstration::Replay(_) => "replay differs from the gold",
+        }
+    }
+}
+
+impl std::fmt::Display for NoDemonstration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoDemonstration::NoGold => write!(f, "the item has no gold answer"),
+            NoDemonstration::CallFailed { call, error } => {
+                write!(f, "the gold call {call} failed: {error}")
+            }
+            NoDemonstration::Unwritable(why) => write!(f, "cannot be written: {why}"),
+            NoDemonstration::Replay(why) => write!(f, "replaying the gold {why}"),
+        }
+    }
 }
 
 /// Executes a call made for `item`: its result, or the error text the policy sees.
@@ -79,23 +137,40 @@ pub trait Protocol<T: TaskSource + ToolSet<T::Item>>: Send + Sync {
     fn start(&self, task: &T, item: T::Item) -> crate::error::Result<Self::Episode>;
     /// The longest episode, prompt and forced tokens included.
     fn max_tokens(&self) -> usize;
+    /// The scripted demonstration of `item`: its gold calls run for real with `task`'s tools,
+    /// then its gold answer, in this protocol's tokens.
+    fn demonstration(
+        &self,
+        task: &T,
+        item: &T::Item,
+    ) -> std::result::Result<Demonstration, NoDemonstration>;
+    /// An episode as one JSON line, in a form `asymre score` reads back.
+    fn episode_json(&self, task: &T, episode: &Self::Episode) -> serde_json::Value;
 }
 
-/// One episode in progress: the tokens so far, who wrote them, and what they amount to.
-pub trait ProtocolEpisode<T: TaskSource + ToolSet<T::Item>>: Clone + Send {
+/// A sequence being decoded, as the decoding loop sees it: the tokens so far, whether it has
+/// ended, the environment's forced tokens, and the policy's next token.
+pub trait Decodable: Clone + Send {
     /// The prompt's tokens, then everything written or forced.
     fn tokens(&self) -> &[u32];
-    /// True where the policy chose the token.
-    fn policy_mask(&self) -> &[bool];
-    fn prompt_len(&self) -> usize;
     fn done(&self) -> bool;
     /// The next forced token (a tool result), appended masked out, if one is queued.
     fn take_forced(&mut self) -> Option<u32>;
-    /// Appends a token the policy chose. The calls it completes are not run: they wait in
-    /// [`ProtocolEpisode::pending_calls`] until [`ProtocolEpisode::deliver`] brings their
-    /// results, so that a decoding step can run every episode's calls together.
+    /// Appends a token the policy chose.
     fn push_token(&mut self, token: u32);
-    /// Calls waiting for their results (empty when none are).
+    /// Ends the sequence where it is (a format error when it had not finished).
+    fn truncate(&mut self);
+}
+
+/// One episode in progress: the tokens so far, who wrote them, and what they amount to.
+pub trait ProtocolEpisode<T: TaskSource + ToolSet<T::Item>>: Decodable {
+    /// True where the policy chose the token.
+    fn policy_mask(&self) -> &[bool];
+    fn prompt_len(&self) -> usize;
+    /// Calls waiting for their results (empty when none are). The calls a token completes
+    /// are not run by [`Decodable::push_token`]: they wait here until
+    /// [`ProtocolEpisode::deliver`] brings their results, so that a decoding step can run every
+    /// episode's calls together.
     fn pending_calls(&self) -> &[Call];
     /// The results of [`ProtocolEpisode::pending_calls`], in order: queued as forced tokens
     /// (unless the episode has ended) and recorded in the attempt.
@@ -114,8 +189,6 @@ pub trait ProtocolEpisode<T: TaskSource + ToolSet<T::Item>>: Clone + Send {
         };
         self.deliver(results);
     }
-    /// Ends the episode where it is (a format error when it had not finished).
-    fn truncate(&mut self);
     /// The calls, results, answer and format errors so far.
     fn attempt(&self) -> &Attempt;
     fn item(&self) -> &T::Item;

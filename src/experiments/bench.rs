@@ -21,13 +21,14 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{self, Config, Precision};
+use crate::env::tool_use::protocol::TokenProtocol;
 use crate::env::tool_use::tasks::Task;
 use crate::error::{Error, IoContext, Result};
 use crate::ids::{PromptId, SourceId};
-use crate::policy::PrefixBatch;
+use crate::policy::{PrefixBatch, ToolPolicy, Transformer};
 use crate::rl::actor::{Actor, ToolActor};
 use crate::rl::learner::Learner;
-use crate::rl::warmstart::warm_start;
+use crate::rl::warmstart::{demos, warm_start};
 use crate::run::{self, Outcome, RunOptions};
 use crate::store::checkpoint;
 use crate::text::words as vocab;
@@ -406,9 +407,7 @@ fn actor_rates(cfg: &Config, threads: usize, secs: f64) -> Result<ActorRates> {
             .map(|id| {
                 let (snapshot, barrier) = (&snapshot, &barrier);
                 s.spawn(move || -> Result<(u64, u64, f64)> {
-                    let task = Task::new(cfg.env.task_spec(cfg.seed));
-                    let mut actor =
-                        ToolActor::new(cfg, SourceId::new(0, id as u32, 0), task, snapshot)?;
+                    let mut actor = token_actor(cfg, SourceId::new(0, id as u32, 0), snapshot)?;
                     actor.act()?; // warm-up
                     barrier.wait();
                     let start = Instant::now();
@@ -451,8 +450,7 @@ fn actor_rates(cfg: &Config, threads: usize, secs: f64) -> Result<ActorRates> {
 fn learner_rates(cfg: &Config, secs: f64) -> Result<(f64, f64)> {
     let device = run::resolve_device(cfg.device)?;
     let snapshot = new_learner_for(cfg, Device::Cpu)?.snapshot()?;
-    let task = Task::new(cfg.env.task_spec(cfg.seed));
-    let mut actor = ToolActor::new(cfg, SourceId::new(0, 0, 0), task, &snapshot)?;
+    let mut actor = token_actor(cfg, SourceId::new(0, 0, 0), &snapshot)?;
     let mut tokens = 0usize;
     let mut count = 0usize;
     let mut batches = Vec::new();
@@ -536,12 +534,36 @@ fn warm_start_weights(dir: &Path) -> Result<PathBuf> {
     let cfg = config::from_toml_str(CALC_TOML, &[])?;
     let learner = new_learner_for(&cfg, Device::Cpu)?;
     let task = Task::new(cfg.env.task_spec(cfg.seed));
-    let model = learner.policy.transformer()?;
-    let demos = crate::rl::warmstart::token_demos(&cfg, &task)?;
-    warm_start(&cfg, model, &learner.vs, &demos, Device::Cpu)?;
+    let model = Transformer::of(learner.policy())?;
+    let demos = demos(
+        &cfg,
+        &task,
+        &TokenProtocol {
+            limits: cfg.env.limits(),
+        },
+    )?;
+    warm_start(&cfg, model, learner.vs(), &demos, Device::Cpu)?;
     let path = dir.join("warm_start.safetensors");
     save_weights(&learner, &path)?;
     Ok(path)
+}
+
+/// A tool-use actor of the small transformer on the tasks of `cfg`.
+fn token_actor(
+    cfg: &Config,
+    source: SourceId,
+    snapshot: &crate::policy::WeightSnapshot,
+) -> Result<ToolActor<Transformer, TokenProtocol, Task>> {
+    let task = Task::new(cfg.env.task_spec(cfg.seed));
+    ToolActor::new(
+        cfg,
+        source,
+        task,
+        TokenProtocol {
+            limits: cfg.env.limits(),
+        },
+        snapshot,
+    )
 }
 
 /// The learner a run of `cfg` starts with: the seeded initialisation (or `policy.init`).

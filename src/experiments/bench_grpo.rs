@@ -173,8 +173,7 @@ pub fn run(opts: &GrpoBench) -> Result<()> {
 /// The chat prompts of the first train items, rendered as the run renders them: the text (with
 /// special tokens), its ids, and the question `asymre score` reads.
 fn write_prompts(cfg: &config::Config, path: &Path) -> Result<()> {
-    let (_, protocol) = crate::run::chat_protocol(cfg)?
-        .ok_or_else(|| Error::input("the bench config has no LM policy"))?;
+    let protocol = crate::run::chat_protocol(cfg)?;
     let f = &protocol.format;
     let task = Task::new(cfg.env.task_spec(cfg.seed));
     let mut lines = String::new();

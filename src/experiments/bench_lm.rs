@@ -6,17 +6,15 @@
 use std::path::Path;
 use std::time::Instant;
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind};
 
 use super::bench::{matmul_gflops, peak_rss_mib, run_reference};
 use crate::error::{Error, IoContext, Result};
-use crate::policy::lm::generate::{decode, Sampling};
 use crate::policy::lm::{self, LmConfig};
 use crate::policy::PrefixBatch;
+use crate::rollout::generate::{decode, Sampling};
 
 /// Rows decoded together and scored together.
 pub const BATCH: usize = 16;
@@ -64,7 +62,6 @@ pub fn run(opts: &LmBench) -> Result<()> {
         .encode_with(&chat, model.text.template.is_none())
         .map_err(Error::input)?;
     let prompts = vec![prompt.clone(); BATCH];
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
 
     progress(&format!(
         "decoding: batch {BATCH}, {NEW_TOKENS} new tokens per row, sampling"
@@ -73,13 +70,18 @@ pub fn run(opts: &LmBench) -> Result<()> {
         max_new,
         temperature: 1.0,
         stop: &[],
-        pad: tok.pad_id(),
     };
-    let mut outputs = decode(&model.lm, &prompts, &how(4), &mut rng, opts.device)?;
+    let mut outputs = decode(&model.lm, &prompts, &how(4), 0, opts.device)?;
     let (mut tokens, mut spent, mut runs) = (0usize, 0.0, 0);
     while runs < 2 || spent < opts.secs {
         let t0 = Instant::now();
-        outputs = decode(&model.lm, &prompts, &how(NEW_TOKENS), &mut rng, opts.device)?;
+        outputs = decode(
+            &model.lm,
+            &prompts,
+            &how(NEW_TOKENS),
+            runs as u64 + 1,
+            opts.device,
+        )?;
         spent += t0.elapsed().as_secs_f64();
         tokens += outputs.iter().map(Vec::len).sum::<usize>();
         runs += 1;

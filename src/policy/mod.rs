@@ -296,26 +296,6 @@ impl PolicyModel {
         })
     }
 
-    /// The transformer, for tool use (the config's validation pairs it with `env.kind`).
-    pub fn transformer(&self) -> Result<&Transformer> {
-        match self {
-            PolicyModel::Transformer(m) => Ok(m),
-            _ => Err(Error::input(
-                "policy.kind: the tool-use protocol needs the small transformer",
-            )),
-        }
-    }
-
-    /// Like [`PolicyModel::transformer`], taking ownership.
-    pub fn into_transformer(self) -> Result<Transformer> {
-        match self {
-            PolicyModel::Transformer(m) => Ok(m),
-            _ => Err(Error::input(
-                "policy.kind: the tool-use protocol needs the small transformer",
-            )),
-        }
-    }
-
     /// log π of each trajectory's actions per position ([B, L] on `device`; the bandit has
     /// L = 1), with the policy's entropy over those positions. A transformer computes each
     /// prefix the batch shares once ([`PrefixBatch`]).
@@ -332,6 +312,16 @@ impl PolicyModel {
             }
             PolicyModel::Transformer(m) => m.score_prefixes(&Self::prefix_batch(batch), device),
             PolicyModel::Lm(m) => m.score_prefixes(&Self::prefix_batch(batch), device),
+        }
+    }
+
+    /// π's logits on the host (the tabular policy's table).
+    pub fn logits(&self) -> Result<Vec<f64>> {
+        match self {
+            PolicyModel::Tabular(p) => p.logits(),
+            PolicyModel::Transformer(_) | PolicyModel::Lm(_) => Err(Error::Corrupt(
+                "a sequence policy has no logit table".into(),
+            )),
         }
     }
 
@@ -369,6 +359,59 @@ impl PolicyModel {
         Ok(Tensor::f_from_slice(&flat)?
             .f_view([b, l])?
             .f_to_device(device)?)
+    }
+}
+
+/// A sequence policy that plays tool-use episodes (the small transformer, a pretrained LM): how
+/// a run finds it in the learner's [`PolicyModel`], and how an actor takes a copy of its own.
+pub trait ToolPolicy: SequencePolicy + Sized + Send {
+    /// Episodes evaluated at a time (a bound on the KV cache's memory).
+    const EVAL_BATCH: usize;
+    /// The policy inside `model`, if it is of this kind.
+    fn of(model: &PolicyModel) -> Result<&Self>;
+    /// Like [`ToolPolicy::of`], taking ownership.
+    fn from_model(model: PolicyModel) -> Result<Self>;
+}
+
+/// The error of a policy of another kind than a run's environment plays (the config's
+/// validation pairs them first).
+fn other_kind(want: &str) -> Error {
+    Error::input(format!("policy.kind: this environment is played by {want}"))
+}
+
+impl ToolPolicy for Transformer {
+    const EVAL_BATCH: usize = 256;
+
+    fn of(model: &PolicyModel) -> Result<&Self> {
+        match model {
+            PolicyModel::Transformer(m) => Ok(m),
+            _ => Err(other_kind("the small transformer")),
+        }
+    }
+
+    fn from_model(model: PolicyModel) -> Result<Self> {
+        match model {
+            PolicyModel::Transformer(m) => Ok(m),
+            _ => Err(other_kind("the small transformer")),
+        }
+    }
+}
+
+impl ToolPolicy for lm::Lm {
+    const EVAL_BATCH: usize = 32;
+
+    fn of(model: &PolicyModel) -> Result<&Self> {
+        match model {
+            PolicyModel::Lm(m) => Ok(m),
+            _ => Err(other_kind("a pretrained LM")),
+        }
+    }
+
+    fn from_model(model: PolicyModel) -> Result<Self> {
+        match model {
+            PolicyModel::Lm(m) => Ok(*m),
+            _ => Err(other_kind("a pretrained LM")),
+        }
     }
 }
 

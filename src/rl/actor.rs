@@ -11,19 +11,14 @@ use tch::nn::VarStore;
 use tch::Device;
 
 use crate::config::{Config, RewardConfig};
-use crate::env::tool_use::protocol::chat::ChatProtocol;
-use crate::env::tool_use::protocol::TokenProtocol;
 use crate::env::tool_use::reward;
-use crate::env::tool_use::tasks::Task;
 use crate::env::Bandit;
-use crate::env::{Protocol, ProtocolEpisode, TaskSource, ToolSet};
+use crate::env::{Decodable, Protocol, ProtocolEpisode, TaskSource, ToolSet};
 use crate::error::{Error, Result};
 use crate::ids::SourceId;
-use crate::policy::lm::source::ModelFiles;
-use crate::policy::lm::Lm;
 use crate::policy::tabular::sampling_probs;
-use crate::policy::{PolicyModel, SequencePolicy, TabularPolicy, Transformer, WeightSnapshot};
-use crate::rollout::{rollout_with, Decoding};
+use crate::policy::{PolicyModel, TabularPolicy, ToolPolicy, WeightSnapshot};
+use crate::rollout::{Decoding, Player};
 use crate::trajectory::{Actions, ActorBatch, EpisodeStats, Trajectory};
 use crate::transport::{RunControl, TrajectorySink, WeightBoard};
 
@@ -247,9 +242,9 @@ impl Actor for BanditActor {
 }
 
 /// A tool-use actor: decodes `batch_size / group_size` train-split prompts, G episodes each, in
-/// lockstep with its own copy of the policy on `actor.device`: the small transformer on the
-/// token protocol, or a pretrained LM in its chat format.
-pub struct ToolActor<M = Transformer, R = TokenProtocol, T = Task> {
+/// lockstep with its own copy of the policy on `actor.device` (the small transformer on the
+/// token protocol, or a pretrained LM in its chat format), playing the items of `task`.
+pub struct ToolActor<M, R, T> {
     core: ActorCore,
     model: M,
     protocol: R,
@@ -257,58 +252,23 @@ pub struct ToolActor<M = Transformer, R = TokenProtocol, T = Task> {
     reward: RewardConfig,
 }
 
-impl ToolActor {
+impl<M: ToolPolicy, R, T> ToolActor<M, R, T> {
+    /// Actor `source` with its own copy of the configured policy (a pretrained LM's base is
+    /// loaded from its files; the snapshots it loads hold only what trains), playing `task` in
+    /// `protocol`, sampling from the weights of `snapshot`.
     pub fn new(
         cfg: &Config,
         source: SourceId,
-        task: Task,
-        snapshot: &WeightSnapshot,
-    ) -> Result<Self> {
-        let core = ActorCore::new(cfg, source)?;
-        let model = PolicyModel::build(cfg, &core.vs.root(), &[])?.into_transformer()?;
-        let protocol = TokenProtocol {
-            limits: cfg.env.limits(),
-        };
-        Self::assemble(cfg, core, model, protocol, task, snapshot)
-    }
-}
-
-impl<T> ToolActor<Lm, ChatProtocol, T> {
-    /// An actor sampling from the LM of `files` (its own copy of the base, loaded once; the
-    /// snapshots it loads hold only what trains) in the chat format `protocol`, on the tasks of
-    /// `task` (the built-in families or a dataset).
-    pub fn lm(
-        cfg: &Config,
-        source: SourceId,
         task: T,
-        files: &ModelFiles,
-        protocol: ChatProtocol,
+        protocol: R,
         snapshot: &WeightSnapshot,
     ) -> Result<Self> {
         let mut core = ActorCore::new(cfg, source)?;
-        let loaded = crate::policy::lm::source::load_files(
-            files.clone(),
-            core.device,
-            crate::policy::lm_kind(cfg),
-            cfg.policy.lora.as_ref(),
-        )?;
-        core.vs = loaded.vs;
-        Self::assemble(cfg, core, loaded.lm, protocol, task, snapshot)
-    }
-}
-
-impl<M, R, T> ToolActor<M, R, T> {
-    fn assemble(
-        cfg: &Config,
-        core: ActorCore,
-        model: M,
-        protocol: R,
-        task: T,
-        snapshot: &WeightSnapshot,
-    ) -> Result<Self> {
+        let (vs, model) = PolicyModel::load(cfg, core.device, &[])?;
+        core.vs = vs;
         let mut actor = ToolActor {
             core,
-            model,
+            model: M::from_model(model)?,
             protocol,
             task,
             reward: cfg.reward.clone(),
@@ -320,7 +280,7 @@ impl<M, R, T> ToolActor<M, R, T> {
 
 impl<M, R, T> Actor for ToolActor<M, R, T>
 where
-    M: SequencePolicy + Send,
+    M: ToolPolicy,
     T: TaskSource + ToolSet<T::Item> + Send,
     R: Protocol<T> + Send,
 {
@@ -356,15 +316,13 @@ where
         let decoding = Decoding::Sample {
             temperature: self.core.temperature,
         };
-        let rollouts = rollout_with(
-            &self.model,
-            &self.task,
-            &self.protocol,
-            items,
-            decoding,
-            streams,
-            self.core.device,
-        )?;
+        let player = Player {
+            model: &self.model,
+            task: &self.task,
+            protocol: &self.protocol,
+            device: self.core.device,
+        };
+        let rollouts = player.rollout(items, decoding, streams)?;
         let mut trajectories = Vec::with_capacity(rollouts.len());
         for (r, prompt) in rollouts.into_iter().zip(prompts) {
             let ep = &r.episode;

@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use crate::config::{Config, LossConfig};
 use crate::env::tool_use::reward::ScoreMeans;
 use crate::error::{Error, Result};
-use crate::policy::{sorted_vars, PolicyModel, WeightSnapshot};
+use crate::policy::{sorted_vars, NamedTensor, PolicyModel, WeightSnapshot};
 use crate::rl::loss;
 use crate::rl::optim::Optimizer;
 use crate::rl::replay::Replay;
@@ -77,25 +78,36 @@ impl BatchTally {
 }
 
 pub struct Learner {
-    pub vs: VarStore,
-    pub policy: PolicyModel,
+    vs: VarStore,
+    policy: PolicyModel,
     vars: Vec<(String, Tensor)>,
     optimizer: Optimizer,
-    pub replay: Replay,
-    pub rng: ChaCha8Rng,
+    replay: Replay,
+    rng: ChaCha8Rng,
     loss_cfg: LossConfig,
     device: Device,
     /// Learner steps taken so far.
-    pub step: u64,
+    step: u64,
     skip_nonfinite: bool,
     nonfinite_loss_every: u64,
     /// Batches skipped because their loss or gradient was not finite.
-    pub nonfinite_skipped: u64,
+    nonfinite_skipped: u64,
     /// Tabular policies on the CPU take their step in closed form on the host
     /// ([`Learner::train_step`]); false forces the autograd path (tests compare the two).
-    pub host_tabular: bool,
+    host_tabular: bool,
     /// Actors whose messages arrived since the last metrics row (the row's `actors`).
-    pub senders: std::collections::BTreeSet<usize>,
+    senders: std::collections::BTreeSet<usize>,
+}
+
+/// What a checkpoint keeps of a learner besides its weights and its optimiser's moments (the
+/// field names are those of checkpoints written before this type existed).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct LearnerState {
+    pub learner_rng: ChaCha8Rng,
+    pub replay: Replay,
+    pub optimizer_t: u64,
+    #[serde(default)]
+    pub nonfinite_skipped: u64,
 }
 
 impl Learner {
@@ -339,24 +351,70 @@ impl Learner {
 
     /// π's logits on the host (tabular policies).
     pub fn logits(&self) -> Result<Vec<f64>> {
-        match &self.policy {
-            PolicyModel::Tabular(p) => p.logits(),
-            PolicyModel::Transformer(_) | PolicyModel::Lm(_) => Err(Error::Corrupt(
-                "a sequence policy has no logit table".into(),
-            )),
-        }
+        self.policy.logits()
     }
 
-    pub fn optimizer_state(&self) -> Result<(u64, Vec<crate::policy::NamedTensor>)> {
-        self.optimizer.state(&self.vars)
+    /// Learner steps taken so far.
+    pub fn step(&self) -> u64 {
+        self.step
     }
 
-    pub fn load_optimizer_state(
+    /// The trained policy π and the store of its variables.
+    pub fn policy(&self) -> &PolicyModel {
+        &self.policy
+    }
+
+    pub fn vs(&self) -> &VarStore {
+        &self.vs
+    }
+
+    pub fn replay(&self) -> &Replay {
+        &self.replay
+    }
+
+    /// Batches skipped so far because their loss or gradient was not finite.
+    pub fn nonfinite_skipped(&self) -> u64 {
+        self.nonfinite_skipped
+    }
+
+    /// The actors heard from since the last call.
+    pub fn take_senders(&mut self) -> std::collections::BTreeSet<usize> {
+        std::mem::take(&mut self.senders)
+    }
+
+    /// What a checkpoint keeps besides the weights, and the optimiser's moments.
+    pub fn state(&self) -> Result<(LearnerState, Vec<NamedTensor>)> {
+        let (optimizer_t, moments) = self.optimizer.state(&self.vars)?;
+        let state = LearnerState {
+            learner_rng: self.rng.clone(),
+            replay: self.replay.clone(),
+            optimizer_t,
+            nonfinite_skipped: self.nonfinite_skipped,
+        };
+        Ok((state, moments))
+    }
+
+    /// Puts the learner back where a checkpoint taken at `step` left it: its `weights`, its
+    /// `state` and the optimiser's `moments`.
+    pub fn restore(
         &mut self,
-        t: u64,
-        saved: &[crate::policy::NamedTensor],
+        step: u64,
+        weights: &[NamedTensor],
+        state: LearnerState,
+        moments: &[NamedTensor],
     ) -> Result<()> {
-        self.optimizer.load_state(&self.vars, t, saved)
+        WeightSnapshot {
+            version: step,
+            tensors: weights.to_vec(),
+        }
+        .load_into(&self.vs)?;
+        self.optimizer
+            .load_state(&self.vars, state.optimizer_t, moments)?;
+        self.rng = state.learner_rng;
+        self.replay = state.replay;
+        self.nonfinite_skipped = state.nonfinite_skipped;
+        self.step = step;
+        Ok(())
     }
 }
 
@@ -556,7 +614,11 @@ mod tests {
         let mut learner = Learner::new(&cfg, Device::Cpu, &[]).unwrap();
         let task = Task::new(cfg.env.task_spec(cfg.seed));
         let snapshot = learner.snapshot().unwrap();
-        let mut actor = ToolActor::new(&cfg, SourceId::new(0, 0, 0), task, &snapshot).unwrap();
+        let protocol = crate::env::tool_use::protocol::TokenProtocol {
+            limits: cfg.env.limits(),
+        };
+        let mut actor: ToolActor<crate::policy::Transformer, _, _> =
+            ToolActor::new(&cfg, SourceId::new(0, 0, 0), task, protocol, &snapshot).unwrap();
         learner.ingest(actor.act().unwrap());
         assert!(learner.ready());
         let positions = learner.replay.sample(0, &mut learner.rng);

@@ -1,13 +1,14 @@
 //! Behaviour cloning on scripted demonstrations, so RL starts from a policy that knows the
 //! protocol (as the paper's LLMs did) but is far from perfect: the loss is the negative
 //! log-likelihood of the tokens the policy writes in a demonstration (tool results masked out).
+use std::collections::BTreeMap;
+
 use rand::Rng;
 use tch::nn::VarStore;
 use tch::{Device, Kind};
 
 use crate::config::{Config, LearnerConfig, OptimizerKind};
-use crate::env::tool_use::protocol::{demonstration, prompt_tokens};
-use crate::env::tool_use::tasks::{Split, Task};
+use crate::env::{Demonstration, Protocol, Split, TaskSource, ToolSet};
 use crate::error::{Error, Result};
 use crate::policy::{sorted_vars, PrefixBatch, SequencePolicy};
 use crate::rl::optim::Optimizer;
@@ -24,50 +25,55 @@ pub struct WarmstartReport {
     pub final_nll: f64,
 }
 
-/// A demonstration: the whole sequence, prompt included, and which tokens the policy writes.
-pub type Demo = (Vec<u32>, Vec<bool>);
-
-/// `warmstart.demos` demonstrations in the token protocol.
-pub fn token_demos(cfg: &Config, task: &Task) -> Result<Vec<Demo>> {
-    demos(cfg, task, |item| {
-        let (tokens, mask) = demonstration(task, item)?;
-        let mut all = prompt_tokens(task, item);
-        let mut all_mask = vec![false; all.len()];
-        all.extend(tokens);
-        all_mask.extend(mask);
-        Some((all, all_mask))
-    })
-}
-
-/// `warmstart.demos` demonstrations written by `demo` on train-split items of their own, those
-/// that fit in `env.max_tokens`.
-pub fn demos<T: crate::env::TaskSource>(
-    cfg: &Config,
-    task: &T,
-    demo: impl Fn(&T::Item) -> Option<Demo>,
-) -> Result<Vec<Demo>> {
-    let written: Vec<Demo> = (0..cfg.warmstart.demos as u64)
-        .filter_map(|i| demo(&task.item(Split::Train, DEMO_BASE + i)))
-        .collect();
-    let longest = written.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
-    let n = written.len();
-    let demos: Vec<Demo> = written
-        .into_iter()
-        .filter(|(all, _)| all.len() <= cfg.env.max_tokens)
-        .collect();
-    if demos.len() < n {
+/// `warmstart.demos` demonstrations of `protocol` on train-split items of their own, those that
+/// can be written and fit in `env.max_tokens`. Dropped items are counted by reason (the first of
+/// each named); when none is left, the error says why.
+pub fn demos<T, R>(cfg: &Config, task: &T, protocol: &R) -> Result<Vec<Demonstration>>
+where
+    T: TaskSource + ToolSet<T::Item>,
+    R: Protocol<T>,
+{
+    let n = cfg.warmstart.demos as u64;
+    let mut kept = Vec::new();
+    // Reason → (count, the first case's text).
+    let mut dropped: BTreeMap<&'static str, (usize, String)> = BTreeMap::new();
+    let mut drop = |reason: &'static str, detail: String| {
+        dropped.entry(reason).or_insert((0, detail)).0 += 1;
+    };
+    let mut longest = 0;
+    for i in 0..n {
+        match protocol.demonstration(task, &task.item(Split::Train, DEMO_BASE + i)) {
+            Ok(d) if d.tokens.len() <= cfg.env.max_tokens => kept.push(d),
+            Ok(d) => {
+                longest = longest.max(d.tokens.len());
+                drop("longer than env.max_tokens", String::new());
+            }
+            Err(e) => drop(e.reason(), e.to_string()),
+        }
+    }
+    let why = dropped
+        .iter()
+        .map(|(reason, (count, first))| match *reason {
+            "longer than env.max_tokens" => format!(
+                "{count} longer than env.max_tokens = {} (the longest has {longest} tokens)",
+                cfg.env.max_tokens
+            ),
+            _ => format!("{count}: {reason} (first: {first})"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    if kept.is_empty() && n > 0 {
+        return Err(Error::input(format!(
+            "warmstart: none of the {n} demonstrations can be used: {why}"
+        )));
+    }
+    if !dropped.is_empty() {
         eprintln!(
-            "warm start: {} of {n} demonstrations fit in env.max_tokens = {} (the longest has {longest} tokens)",
-            demos.len(),
-            cfg.env.max_tokens
+            "warm start: {} of {n} demonstrations kept; dropped {why}",
+            kept.len()
         );
     }
-    if demos.is_empty() && cfg.warmstart.demos > 0 {
-        return Err(Error::input(
-            "warmstart: no demonstration fits in env.max_tokens",
-        ));
-    }
-    Ok(demos)
+    Ok(kept)
 }
 
 /// Trains `model` (whose variables are in `vs`, on `device`) to imitate `demos`: the negative
@@ -76,7 +82,7 @@ pub fn warm_start<P: SequencePolicy>(
     cfg: &Config,
     model: &P,
     vs: &VarStore,
-    demos: &[Demo],
+    demos: &[Demonstration],
     device: Device,
 ) -> Result<WarmstartReport> {
     let w = &cfg.warmstart;
@@ -95,10 +101,10 @@ pub fn warm_start<P: SequencePolicy>(
     let mut report = WarmstartReport::default();
     let mut shown = std::time::Instant::now();
     for step in 0..w.steps {
-        let batch: Vec<&Demo> = (0..w.batch_size)
+        let batch: Vec<&Demonstration> = (0..w.batch_size)
             .map(|_| &demos[rng.gen_range(0..demos.len())])
             .collect();
-        let rows = PrefixBatch::new(batch.iter().map(|(t, m)| (&t[..], &m[..])));
+        let rows = PrefixBatch::new(batch.iter().map(|d| (&d.tokens[..], &d.policy_mask[..])));
         let scores = model.score_prefixes(&rows, device)?;
         let n = scores.mask.sum(Kind::Float);
         let nll = scores.token_logp.sum(Kind::Float).neg() / &n;

@@ -10,15 +10,14 @@ use crate::policy::{PolicyModel, WeightSnapshot};
 use crate::rl::learner::Learner;
 use crate::store::checkpoint;
 
-use super::envs::initial_logits;
-
 /// Writes a run's `config.toml` and `run.json` in a new directory. A `policy.init` file must
 /// load into the configured policy before anything is written; the run's config records its
 /// full path.
 pub fn create_run_dir(dir: &Path, cfg: &Config, serial: bool) -> Result<()> {
     let mut cfg = cfg.clone();
     if let Some(init) = &cfg.policy.init {
-        let (vs, _policy) = PolicyModel::load(&cfg, Device::Cpu, &initial_logits(&cfg))?;
+        let (vs, _policy) =
+            PolicyModel::load(&cfg, Device::Cpu, &cfg.env.initial_logits(cfg.seed))?;
         load_init(&vs, init)?;
         let full = init.canonicalize().map_err(|e| init_error(init, e))?;
         cfg.policy.init = Some(full);
@@ -33,7 +32,7 @@ pub fn create_run_dir(dir: &Path, cfg: &Config, serial: bool) -> Result<()> {
     std::fs::create_dir_all(dir).at(dir)?;
     checkpoint::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
     let mut meta = serde_json::json!({ "serial": serial, "version": env!("CARGO_PKG_VERSION") });
-    if let Some(model) = &cfg.policy.model {
+    if let Some(model) = cfg.policy.pretrained() {
         // The base the checkpoints' weights apply to (they hold only what trains).
         meta["base_model"] = base_reference(model)?;
     }
@@ -65,7 +64,7 @@ pub fn base_reference(model: &str) -> Result<serde_json::Value> {
 pub fn new_learner(cfg: &Config, device: Device, init_logits: &[f64]) -> Result<Learner> {
     let learner = Learner::new(cfg, device, init_logits)?;
     if let Some(init) = &cfg.policy.init {
-        load_init(&learner.vs, init)?;
+        load_init(learner.vs(), init)?;
     }
     Ok(learner)
 }
@@ -117,17 +116,10 @@ pub fn default_dir(root: &str, config: &Path) -> PathBuf {
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "run".into());
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
+    let t = crate::clock::now_utc();
     let base = format!(
-        "{root}/{stem}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
+        "{root}/{stem}-{:04}{:02}{:02}-{:02}{:02}{:02}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     );
     let mut dir = PathBuf::from(&base);
     let mut n = 1;
@@ -136,29 +128,4 @@ pub fn default_dir(root: &str, config: &Path) -> PathBuf {
         dir = PathBuf::from(format!("{base}-{n}"));
     }
     dir
-}
-
-/// Days since 1970-01-01 to a (year, month, day) date (proleptic Gregorian).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::civil_from_days;
-
-    #[test]
-    fn civil_dates_on_known_days() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(20_787), (2026, 11, 30));
-    }
 }

@@ -9,9 +9,12 @@ use crate::env::bandit::{self, Bandit};
 use crate::error::{Error, Result};
 use crate::math::softmax;
 use crate::rl::exact::{self, ExactFlow};
+use crate::store::checkpoint::Checkpoint;
 use crate::store::metrics::tags;
 
-use super::*;
+use super::options::{Outcome, RunOptions};
+use super::recorder::Recorder;
+use super::summary::{bandit_row, bandit_summary};
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct ExactState {
@@ -63,7 +66,7 @@ pub(super) fn run_exact(
         })
     };
     while step < total {
-        if let Some(code) = interrupted(opts) {
+        if let Some(code) = opts.interrupted() {
             save(&mut rec, &flow, step)?;
             rec.finish()?;
             return Ok(Outcome::Interrupted { step, code });

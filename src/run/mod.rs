@@ -1,93 +1,45 @@
 //! Runs a training job; the only place that spawns threads.
 //!
-//! `run_serial` steps the actors and the learner in a fixed order on one thread (bit-identical for
-//! a seed on CPU, and across a checkpoint/resume); `run_parallel` runs the same components with N
-//! actor threads and a learner thread joined by a bounded channel. `run_exact` is the bandit's
-//! expected-gradient flow.
+//! A sampled run's learner side ([`sampled`]) is driven by one of three loops: [`serial`]
+//! (actors and learner in a fixed order on one thread, bit-identical for a seed on CPU and
+//! across a checkpoint and resume), [`parallel`] (N actor threads and a learner thread joined by
+//! a bounded channel) or [`remote`] (the same through Redis, with actor processes on other
+//! hosts). What it trains on is a [`runner::Runner`], chosen once in [`kinds`]. [`flow`] is the
+//! bandit's expected-gradient flow.
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::config::{BanditMode, Config, EnvKind};
+use tch::Device;
+
+use crate::config::Config;
 use crate::error::{IoContext, Result};
+use crate::ids::SourceId;
+use crate::rl::actor::Actor;
 use crate::store::checkpoint::{self, Checkpoint};
 
+mod bandit_run;
 mod dir;
-mod envs;
 mod eval;
 mod export;
 mod flow;
+mod kinds;
+mod options;
 mod parallel;
 mod recorder;
 mod remote;
+mod runner;
 mod sampled;
 mod serial;
 mod summary;
-
-pub use dir::{create_run_dir, default_dir, new_learner, open_run_dir};
-use envs::initial_logits;
-pub use envs::{chat_protocol, check_inputs, dataset_source};
-pub use eval::evaluate_run;
-pub use export::export_run;
-use flow::run_exact;
-use parallel::parallel_loop;
-use recorder::Recorder;
-pub use remote::remote_actors;
-use sampled::run_sampled;
-use sampled::SampledRun;
-use serial::serial_loop;
-use summary::{bandit_row, bandit_summary};
-pub use summary::{print_summary, BanditSummary, Summary, ToolUseSummary};
-
-/// How a run is driven, beside its config.
-#[derive(Debug, Clone, Copy)]
-pub struct RunOptions<'a> {
-    /// One thread, deterministic.
-    pub serial: bool,
-    /// Set to a signal's exit code (130, 143) to stop after the current step with a checkpoint.
-    pub interrupt: &'a AtomicUsize,
-    /// When given, the learner stores its step here after every step (for a watcher).
-    pub progress: Option<&'a AtomicU64>,
-    /// `redis://HOST:PORT/DB`: trajectories and weights go through Redis, and actor processes
-    /// on other hosts may join (`asymre actor`); `None`: the in-process transport.
-    pub transport: Option<&'a str>,
-}
-
-/// How a run ended.
-// Returned once per run, so the size gap between the variants costs nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum Outcome {
-    Finished(Summary),
-    /// Stopped by a signal after checkpointing `step`; the code is the process exit code.
-    Interrupted {
-        step: u64,
-        code: i32,
-    },
-}
+mod tool_run;
 
 pub use crate::device::{device_name, resolve_device};
-
-/// Threads a run of `cfg` keeps busy: its actors and learner, or one in serial mode and for the
-/// bandit's exact flow.
-pub fn threads_used(cfg: &Config, serial: bool) -> usize {
-    if serial || exact_flow(cfg) {
-        1
-    } else {
-        cfg.actor.threads + 1
-    }
-}
-
-/// Whether `cfg` runs the bandit's expected-gradient flow rather than actors and a learner.
-fn exact_flow(cfg: &Config) -> bool {
-    cfg.env.kind == EnvKind::Bandit && cfg.env.mode == BanditMode::Exact
-}
-
-pub(crate) fn interrupted(opts: &RunOptions) -> Option<i32> {
-    match opts.interrupt.load(Ordering::Relaxed) {
-        0 => None,
-        code => Some(code as i32),
-    }
-}
+pub use dir::{create_run_dir, default_dir, new_learner, open_run_dir};
+pub use eval::evaluate_run;
+pub use export::export_run;
+pub use kinds::{chat_protocol, check_inputs, dataset_source};
+pub use options::{threads_used, Outcome, RunOptions};
+pub use remote::remote_actors;
+pub use summary::{print_summary, BanditSummary, Summary, ToolUseSummary};
 
 /// Trains `cfg` in `run_dir`, from `resume` when given.
 pub fn train(
@@ -116,8 +68,8 @@ pub fn train(
             std::fs::remove_file(&path).at(&path)?;
         }
     }
-    let outcome = if exact_flow(cfg) {
-        run_exact(cfg, run_dir, &opts, resume)?
+    let outcome = if cfg.env.exact_flow() {
+        flow::run_exact(cfg, run_dir, &opts, resume)?
     } else {
         run_sampled(cfg, run_dir, device, &opts, resume)?
     };
@@ -127,4 +79,45 @@ pub fn train(
         checkpoint::write_atomic(&path, text.as_bytes())?;
     }
     Ok(outcome)
+}
+
+/// A sampled run: its learner side, its actors, and the loop `opts` asks for.
+fn run_sampled(
+    cfg: &Config,
+    run_dir: &Path,
+    device: Device,
+    opts: &RunOptions,
+    resume: Option<Checkpoint>,
+) -> Result<Outcome> {
+    let (mut run, saved) = sampled::SampledRun::start(cfg, run_dir, device, opts.serial, resume)?;
+    // Owned, so that actor threads can rebuild an actor mid-run.
+    let new_actor = run.runner.actors();
+    let (session, behaviour) = (run.session, run.behaviour.clone());
+    let build_actor = |id: usize, restart: u32| -> Result<Box<dyn Actor>> {
+        new_actor(cfg, SourceId::new(session, id as u32, restart), &behaviour)
+    };
+    let actors: Vec<Box<dyn Actor>> = (0..cfg.actor.threads)
+        .map(|id| build_actor(id, 0))
+        .collect::<Result<Vec<_>>>()?;
+    // A restarted actor is a new source: fresh streams, no prompt of its earlier life.
+    let factory = |id: usize, restart: u64| build_actor(id, restart as u32);
+    let interrupted_at = match (opts.serial, opts.transport) {
+        (true, _) => serial::serial_loop(&mut run, actors, saved, opts)?,
+        (false, Some(url)) => {
+            let name = run_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "run".into());
+            remote::redis_loop(&mut run, actors, &factory, opts, url, &name)?
+        }
+        (false, None) => parallel::parallel_loop(&mut run, actors, &factory, opts)?,
+    };
+    if let Some(code) = interrupted_at {
+        run.rec.finish()?;
+        return Ok(Outcome::Interrupted {
+            step: run.learner.step(),
+            code,
+        });
+    }
+    Ok(Outcome::Finished(run.summary(device)?))
 }

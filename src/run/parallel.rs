@@ -11,7 +11,8 @@ use crate::rl::learner::{learner_loop, Learner, LearnerHost, StepStats};
 use crate::transport::local::{self, LocalControl, Pacer, SnapshotBoard};
 use crate::transport::{RunControl, TrajectorySink, TrajectorySource, WeightBoard};
 
-use super::*;
+use super::options::RunOptions;
+use super::sampled::SampledRun;
 
 pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
@@ -49,7 +50,7 @@ impl LearnerHost for ParallelHost<'_, '_, '_> {
 
     fn after_step(&mut self, stats: &StepStats) -> Result<()> {
         if let Some(progress) = self.opts.progress {
-            progress.store(self.run.learner.step, Ordering::Relaxed);
+            progress.store(self.run.learner.step(), Ordering::Relaxed);
         }
         if self.run.cfg.faults.learner_delay_ms > 0 {
             std::thread::sleep(Duration::from_millis(self.run.cfg.faults.learner_delay_ms));
@@ -58,7 +59,7 @@ impl LearnerHost for ParallelHost<'_, '_, '_> {
     }
 
     fn checkpoint(&mut self, now: bool) -> Result<()> {
-        if now || self.run.rec.should_checkpoint(self.run.learner.step) {
+        if now || self.run.rec.should_checkpoint(self.run.learner.step()) {
             // Parallel actors are not restored on resume: their states are not saved.
             self.run.checkpoint(Vec::new(), 0)?;
         }
@@ -66,7 +67,7 @@ impl LearnerHost for ParallelHost<'_, '_, '_> {
     }
 
     fn interrupted(&self) -> Option<i32> {
-        interrupted(self.opts)
+        self.opts.interrupted()
     }
 }
 
@@ -78,12 +79,13 @@ pub(super) fn parallel_loop(
     opts: &RunOptions,
 ) -> Result<Option<i32>> {
     let board = SnapshotBoard::new(run.behaviour.clone());
+    let (replay, step) = (run.learner.replay(), run.learner.step());
     let control = LocalControl::new(Pacer::new(
         run.cfg.replay.max_policy_lag,
-        run.learner.replay.per_step(),
-        run.learner.replay.inserted(),
-        run.learner.step,
-        run.learner.replay.needed(run.learner.step),
+        replay.per_step(),
+        replay.inserted(),
+        step,
+        replay.needed(step),
     ));
     let (sink, source) = local::channel(run.cfg.actor.channel_capacity);
     let sinks: Vec<Box<dyn TrajectorySink>> = actors

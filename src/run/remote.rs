@@ -10,15 +10,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::envs::actor_builder;
+use super::kinds;
+use super::options::RunOptions;
 use super::parallel::{threads, ActorFactory};
-use super::*;
+use super::sampled::SampledRun;
 use crate::config::DeviceChoice;
-use crate::error::Error;
+use crate::device::resolve_device;
+use crate::error::{Error, Result};
 use crate::ids::SourceId;
 use crate::rl::actor::{actor_loop, Actor, ActorLinks};
 use crate::transport::redis::{
-    self as rds, Link, RedisBoard, RedisControl, RedisSink, RedisSource, RunKeys,
+    self as rds, Gauges, Link, RedisBoard, RedisControl, RedisSink, RedisSource, RunKeys,
 };
 use crate::transport::{RunControl, TrajectorySink};
 
@@ -107,7 +109,7 @@ pub(super) fn redis_loop(
     let keys = RunKeys::new(name);
     let link = || Link::open(url, PATIENCE);
     let mut meta = link()?;
-    let (text, fresh) = (run.cfg.to_toml(), run.learner.step == 0);
+    let (text, fresh) = (run.cfg.to_toml(), run.learner.step() == 0);
     if fresh {
         // A new run under an old name starts from an empty stream.
         let stream = keys.trajectories();
@@ -125,12 +127,12 @@ pub(super) fn redis_loop(
         link()?,
         keys.clone(),
         run.cfg.replay.max_policy_lag,
-        run.learner.replay.per_step(),
+        run.learner.replay().per_step(),
     );
     control.start_learner(
-        run.learner.step,
-        run.learner.replay.inserted(),
-        run.learner.replay.needed(run.learner.step),
+        run.learner.step(),
+        run.learner.replay().inserted(),
+        run.learner.replay().needed(run.learner.step()),
     )?;
     let source = RedisSource::new(link()?, keys.clone())?;
     let sinks = actors
@@ -143,7 +145,7 @@ pub(super) fn redis_loop(
     eprintln!("run {name} on {url}: join with `asymre actor --transport {url} --run {name}`");
     let local = actors.len();
     let alive = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    run.remote = Some(super::sampled::RemoteGauges {
+    run.remote = Some(Gauges {
         alive: alive.clone(),
         undecodable: source.undecodable.clone(),
     });
@@ -256,7 +258,7 @@ pub fn remote_actors(
     let ids = keys.actor_ids();
     let last: usize = meta.run(|c| redis::cmd("INCRBY").arg(&ids).arg(threads).query(c))?;
     let first = last - threads;
-    let build = actor_builder(&cfg)?;
+    let build = kinds::runner(&cfg, None)?.actors();
     let board = weight_board(link()?, &keys, &cfg);
     let control = RedisControl::new(
         link()?,

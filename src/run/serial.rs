@@ -2,20 +2,23 @@
 //! for a seed on CPU and across a checkpoint and resume.
 use std::sync::atomic::Ordering;
 
+use super::options::RunOptions;
+use super::sampled::{SampledRun, SavedActors};
 use crate::error::{Error, Result};
-use crate::rl::actor::{Actor, ActorState};
-
-use super::*;
+use crate::rl::actor::Actor;
 
 /// Actors and learner interleaved on one thread in a fixed order. Returns the signal code when
 /// interrupted (after checkpointing).
 pub(super) fn serial_loop(
     run: &mut SampledRun,
     mut actors: Vec<Box<dyn Actor>>,
-    saved: Vec<ActorState>,
-    mut next_actor: usize,
+    saved: SavedActors,
     opts: &RunOptions,
 ) -> Result<Option<i32>> {
+    let SavedActors {
+        states: saved,
+        next: mut next_actor,
+    } = saved;
     if !saved.is_empty() {
         if saved.len() != actors.len() {
             return Err(Error::Corrupt(format!(
@@ -31,8 +34,8 @@ pub(super) fn serial_loop(
     let total = run.cfg.env.total_steps();
     let states =
         |actors: &[Box<dyn Actor>]| actors.iter().map(|a| a.state().clone()).collect::<Vec<_>>();
-    while run.learner.step < total {
-        if let Some(code) = interrupted(opts) {
+    while run.learner.step() < total {
+        if let Some(code) = opts.interrupted() {
             run.checkpoint(states(&actors), next_actor)?;
             return Ok(Some(code));
         }
@@ -43,11 +46,11 @@ pub(super) fn serial_loop(
         }
         let stats = run.learner.train_step()?;
         if let Some(progress) = opts.progress {
-            progress.store(run.learner.step, Ordering::Relaxed);
+            progress.store(run.learner.step(), Ordering::Relaxed);
         }
         if run
             .learner
-            .step
+            .step()
             .is_multiple_of(run.cfg.learner.sync_interval)
         {
             let snap = run.publish()?;
@@ -56,7 +59,7 @@ pub(super) fn serial_loop(
             }
         }
         run.after_step(&stats)?;
-        if run.rec.should_checkpoint(run.learner.step) {
+        if run.rec.should_checkpoint(run.learner.step()) {
             run.checkpoint(states(&actors), next_actor)?;
         }
     }

@@ -4,6 +4,7 @@ use serde::Serialize;
 use tch::Device;
 
 use crate::config::Config;
+use crate::device::device_name;
 use crate::env::bandit::Bandit;
 use crate::env::tool_use::reward::ScoreMeans;
 use crate::math::{entropy, support_size};
@@ -12,7 +13,7 @@ use crate::rl::exact;
 use crate::rl::warmstart::WarmstartReport;
 use crate::store::metrics::{tags, Row};
 
-use super::*;
+use super::recorder::Recorder;
 
 /// `summary.json`: final figures, plus what is needed to check a bandit run against the theory
 /// or to compare a tool-use run with its warm start.

@@ -388,6 +388,14 @@ impl TrajectorySink for RedisSink {
     }
 }
 
+/// What a run through Redis counts for its rows: the actor processes whose heartbeat is alive,
+/// and the messages skipped because they did not decode.
+#[derive(Clone, Default)]
+pub struct Gauges {
+    pub alive: Arc<std::sync::atomic::AtomicU64>,
+    pub undecodable: Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// The learner's end: reads the stream through the consumer group, up to 16 messages a round
 /// trip, and acknowledges and deletes what it took with the next read, once the learner has
 /// ingested it.

@@ -551,6 +551,18 @@ impl crate::env::TaskSource for DatasetSource {
             needed: Vec::new(),
         })
     }
+
+    fn name(&self) -> String {
+        "dataset".into()
+    }
+
+    fn split_len(&self, split: Split) -> Option<usize> {
+        Some(self.data.split(self.item(split, 0).split).len())
+    }
+
+    fn item_id(&self, item: &TaskRef) -> Option<String> {
+        Some(self.task(item).id.clone())
+    }
 }
 
 impl crate::env::ToolSet<TaskRef> for DatasetSource {

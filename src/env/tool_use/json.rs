@@ -12,7 +12,7 @@ use super::tasks::Task;
 use crate::env::{TaskSource, ToolSet};
 
 /// An episode in the common JSON function-call form.
-pub fn episode_json(task: &Task, ep: &Episode) -> Value {
+pub fn episode_json<T: TaskSource>(task: &T, ep: &Episode<T::Item>) -> Value {
     let calls: Vec<Value> = ep.attempt.calls.iter().map(call_json).collect();
     json!({
         "prompt": task.prompt(&ep.item),

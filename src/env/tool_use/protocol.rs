@@ -13,7 +13,9 @@ use std::collections::VecDeque;
 
 use super::tasks::Item;
 use crate::env::tool_use::reward::{Attempt, Call};
-use crate::env::{Protocol, ProtocolEpisode, TaskSource, ToolSet};
+use crate::env::{
+    Decodable, Demonstration, NoDemonstration, Protocol, ProtocolEpisode, TaskSource, ToolSet,
+};
 use crate::text::words::{self as vocab, ANS, BOS, CALL, END_CALL, END_RES, EOS, ERR, RES};
 
 /// Episode limits.
@@ -242,13 +244,15 @@ pub fn parse_call(tokens: &[u32]) -> Result<Call, String> {
 pub fn demonstration<T: TaskSource + ToolSet<T::Item>>(
     task: &T,
     item: &T::Item,
-) -> Option<(Vec<u32>, Vec<bool>)> {
-    let gold = task.gold(item)?;
+) -> Result<(Vec<u32>, Vec<bool>), NoDemonstration> {
+    let gold = task.gold(item).ok_or(NoDemonstration::NoGold)?;
     let mut tokens = Vec::new();
     let mut mask = Vec::new();
-    let push = |ts: Vec<u32>, by_policy: bool, tokens: &mut Vec<u32>, mask: &mut Vec<bool>| {
+    let mut push = |text: &str, by_policy: bool| -> Result<(), NoDemonstration> {
+        let ts = vocab::encode(text).map_err(NoDemonstration::Unwritable)?;
         mask.extend(std::iter::repeat_n(by_policy, ts.len()));
         tokens.extend(ts);
+        Ok(())
     };
     for call in &gold.calls {
         let mut text = format!("CALL {}", call.name);
@@ -256,23 +260,19 @@ pub fn demonstration<T: TaskSource + ToolSet<T::Item>>(
             text.push_str(&format!(" {k} {v}"));
         }
         text.push_str(" /CALL");
-        push(vocab::encode(&text).ok()?, true, &mut tokens, &mut mask);
-        let result = task.execute(item, call).ok()?;
-        push(
-            vocab::encode(&format!("RES {result} /RES")).ok()?,
-            false,
-            &mut tokens,
-            &mut mask,
-        );
+        push(&text, true)?;
+        let result = task
+            .execute(item, call)
+            .map_err(|error| NoDemonstration::CallFailed {
+                call: call.to_string(),
+                error,
+            })?;
+        push(&format!("RES {result} /RES"), false)?;
     }
-    push(
-        vocab::encode(&format!("ANS {}", gold.answer)).ok()?,
-        true,
-        &mut tokens,
-        &mut mask,
-    );
-    push(vec![EOS], true, &mut tokens, &mut mask);
-    Some((tokens, mask))
+    push(&format!("ANS {}", gold.answer), true)?;
+    tokens.push(EOS);
+    mask.push(true);
+    Ok((tokens, mask))
 }
 
 /// A call's arguments in schema order (a, b, c / ent, attr) rather than alphabetical.
@@ -303,19 +303,27 @@ impl<T: TaskSource + ToolSet<T::Item>> Protocol<T> for TokenProtocol {
     fn max_tokens(&self) -> usize {
         self.limits.max_tokens
     }
+
+    fn demonstration(&self, task: &T, item: &T::Item) -> Result<Demonstration, NoDemonstration> {
+        let (rest, rest_mask) = demonstration(task, item)?;
+        let mut tokens = prompt_tokens(task, item);
+        let mut policy_mask = vec![false; tokens.len()];
+        tokens.extend(rest);
+        policy_mask.extend(rest_mask);
+        Ok(Demonstration {
+            tokens,
+            policy_mask,
+        })
+    }
+
+    fn episode_json(&self, task: &T, ep: &Episode<T::Item>) -> serde_json::Value {
+        super::json::episode_json(task, ep)
+    }
 }
 
-impl<T: TaskSource + ToolSet<T::Item>> ProtocolEpisode<T> for Episode<T::Item> {
+impl<I: Clone + Send> Decodable for Episode<I> {
     fn tokens(&self) -> &[u32] {
         &self.tokens
-    }
-
-    fn policy_mask(&self) -> &[bool] {
-        &self.policy_mask
-    }
-
-    fn prompt_len(&self) -> usize {
-        self.prompt_len
     }
 
     fn done(&self) -> bool {
@@ -330,16 +338,26 @@ impl<T: TaskSource + ToolSet<T::Item>> ProtocolEpisode<T> for Episode<T::Item> {
         Episode::push_token(self, token)
     }
 
+    fn truncate(&mut self) {
+        Episode::truncate(self)
+    }
+}
+
+impl<T: TaskSource + ToolSet<T::Item>> ProtocolEpisode<T> for Episode<T::Item> {
+    fn policy_mask(&self) -> &[bool] {
+        &self.policy_mask
+    }
+
+    fn prompt_len(&self) -> usize {
+        self.prompt_len
+    }
+
     fn pending_calls(&self) -> &[Call] {
         &self.pending
     }
 
     fn deliver(&mut self, results: Vec<Result<String, String>>) {
         Episode::deliver(self, results)
-    }
-
-    fn truncate(&mut self) {
-        Episode::truncate(self)
     }
 
     fn attempt(&self) -> &Attempt {

@@ -25,6 +25,18 @@ pub struct Call {
     pub written: BTreeMap<String, String>,
 }
 
+/// `name(a=1, b=2)`: how errors name a call.
+impl std::fmt::Display for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let args: Vec<String> = self
+            .arguments
+            .keys()
+            .map(|k| format!("{k}={}", self.value(k).unwrap_or_default()))
+            .collect();
+        write!(f, "{}({})", self.name, args.join(", "))
+    }
+}
+
 impl Call {
     pub fn new(name: &str, args: &[(&str, &str)]) -> Self {
         Call {

@@ -780,6 +780,10 @@ impl TaskSource for Task {
     fn gold(&self, item: &Item) -> Option<Gold> {
         Task::gold(self, item)
     }
+
+    fn name(&self) -> String {
+        format!("{:?}", self.spec.kind).to_lowercase()
+    }
 }
 
 impl ToolSet<Item> for Task {

@@ -9,7 +9,6 @@
 //! path serves both formats.
 pub mod config;
 pub mod export;
-pub mod generate;
 pub mod source;
 pub mod weights;
 

@@ -26,7 +26,10 @@ use serde_json::{json, Value as Json};
 use crate::env::tool_use::calls::parse_call_json;
 use crate::env::tool_use::protocol::Limits;
 use crate::env::tool_use::reward::{Attempt, Call};
-use crate::env::{Protocol, ProtocolEpisode, TaskSource, ToolSet, ToolSpec};
+use crate::env::{
+    Decodable, Demonstration, NoDemonstration, Protocol, ProtocolEpisode, TaskSource, ToolSet,
+    ToolSpec,
+};
 use crate::error::{Error, Result};
 use crate::text::chat::{py_dumps, ChatTemplate};
 use crate::text::hf::HfTokenizer;
@@ -198,6 +201,26 @@ impl<T: TaskSource + ToolSet<T::Item>> Protocol<T> for ChatProtocol {
 
     fn max_tokens(&self) -> usize {
         self.limits.max_tokens
+    }
+
+    fn demonstration(
+        &self,
+        task: &T,
+        item: &T::Item,
+    ) -> std::result::Result<Demonstration, NoDemonstration> {
+        let (tokens, policy_mask) = demonstration(self, task, item)?;
+        Ok(Demonstration {
+            tokens,
+            policy_mask,
+        })
+    }
+
+    /// OpenAI's `messages` log, with the task's id when it has one.
+    fn episode_json(&self, task: &T, ep: &ChatEpisode<T::Item>) -> Json {
+        match task.item_id(&ep.item) {
+            Some(id) => json!({ "id": id, "messages": ep.messages }),
+            None => json!({ "messages": ep.messages }),
+        }
     }
 }
 
@@ -578,14 +601,17 @@ pub fn answer_of(text: &str) -> Option<String> {
 
 /// The scripted demonstration of `item` in the chat format: each gold call in its own turn, its
 /// result forced, then `The answer is …`. Returns the whole sequence (prompt included) and which
-/// tokens the policy writes; `None` when the item has no gold answer or does not fit.
+/// tokens the policy writes; or why the item gives none (no gold, a gold call that fails, a
+/// replay that does not read back as the gold calls and answer).
 pub fn demonstration<T: TaskSource + ToolSet<T::Item>>(
     protocol: &ChatProtocol,
     task: &T,
     item: &T::Item,
-) -> Option<(Vec<u32>, Vec<bool>)> {
-    let gold = task.gold(item)?;
-    let mut ep: ChatEpisode<T::Item> = protocol.start(task, item.clone()).ok()?;
+) -> std::result::Result<(Vec<u32>, Vec<bool>), NoDemonstration> {
+    let gold = task.gold(item).ok_or(NoDemonstration::NoGold)?;
+    let mut ep: ChatEpisode<T::Item> = protocol
+        .start(task, item.clone())
+        .map_err(|e| NoDemonstration::Unwritable(e.to_string()))?;
     let fmt = &protocol.format;
     let mut turns: Vec<String> = gold
         .calls
@@ -594,15 +620,45 @@ pub fn demonstration<T: TaskSource + ToolSet<T::Item>>(
         .collect();
     turns.push(format!("The answer is {}.", gold.answer));
     for turn in turns {
-        let mut ids = fmt.encode(&turn).ok()?;
+        let mut ids = fmt
+            .encode(&turn)
+            .map_err(|e| NoDemonstration::Unwritable(e.to_string()))?;
         ids.push(fmt.im_end);
         for id in ids {
             while ep.take_forced().is_some() {}
-            ep.push_policy(id, task);
+            ep.push_token(id);
+            let calls = ep.pending_calls().to_vec();
+            if calls.is_empty() {
+                continue;
+            }
+            let pairs: Vec<(&T::Item, &Call)> = calls.iter().map(|c| (&ep.item, c)).collect();
+            let results = task.execute_batch(&pairs);
+            for (call, r) in calls.iter().zip(&results) {
+                if let Err(error) = r {
+                    return Err(NoDemonstration::CallFailed {
+                        call: call.to_string(),
+                        error: error.clone(),
+                    });
+                }
+            }
+            ep.deliver(results);
         }
     }
-    let ok = ep.done && ep.attempt.format_errors == 0 && ep.attempt.calls == gold.calls;
-    ok.then_some((ep.tokens, ep.policy_mask))
+    if !ep.done {
+        return Err(NoDemonstration::Replay("did not end the episode".into()));
+    }
+    if ep.attempt.format_errors > 0 {
+        return Err(NoDemonstration::Replay(format!(
+            "made {} format error(s)",
+            ep.attempt.format_errors
+        )));
+    }
+    if ep.attempt.calls != gold.calls {
+        return Err(NoDemonstration::Replay(
+            "read calls other than the gold ones".into(),
+        ));
+    }
+    Ok((ep.tokens, ep.policy_mask))
 }
 
 /// A call as `{"name": …, "arguments": {…}}` with its arguments in schema order, integers as
@@ -626,17 +682,9 @@ fn call_text(call: &Call, tools: &[ToolSpec]) -> String {
     py_dumps(&json!({"name": call.name, "arguments": args}))
 }
 
-impl<T: TaskSource + ToolSet<T::Item>> ProtocolEpisode<T> for ChatEpisode<T::Item> {
+impl<I: Clone + Send> Decodable for ChatEpisode<I> {
     fn tokens(&self) -> &[u32] {
         &self.tokens
-    }
-
-    fn policy_mask(&self) -> &[bool] {
-        &self.policy_mask
-    }
-
-    fn prompt_len(&self) -> usize {
-        self.prompt_len
     }
 
     fn done(&self) -> bool {
@@ -651,16 +699,26 @@ impl<T: TaskSource + ToolSet<T::Item>> ProtocolEpisode<T> for ChatEpisode<T::Ite
         ChatEpisode::push_token(self, token)
     }
 
+    fn truncate(&mut self) {
+        ChatEpisode::truncate(self)
+    }
+}
+
+impl<T: TaskSource + ToolSet<T::Item>> ProtocolEpisode<T> for ChatEpisode<T::Item> {
+    fn policy_mask(&self) -> &[bool] {
+        &self.policy_mask
+    }
+
+    fn prompt_len(&self) -> usize {
+        self.prompt_len
+    }
+
     fn pending_calls(&self) -> &[Call] {
         ChatEpisode::pending_calls(self)
     }
 
     fn deliver(&mut self, results: Vec<Result<String, String>>) {
         ChatEpisode::deliver(self, results)
-    }
-
-    fn truncate(&mut self) {
-        ChatEpisode::truncate(self)
     }
 
     fn attempt(&self) -> &Attempt {

@@ -1,0 +1,87 @@
+//! The one place a run looks at which environment it plays and with which policy: each legal
+//! (environment, policy) pair becomes one [`Runner`], with its task source and protocol. A new
+//! kind of environment is a task source (and a protocol, if it needs one) plus one line here.
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::bandit_run::BanditRun;
+use super::runner::Runner;
+use super::tool_run::ToolRun;
+use crate::config::{Config, EnvKind, PolicyKind};
+use crate::env::tool_use::dataset::{Dataset, DatasetSource};
+use crate::env::tool_use::protocol::chat::{ChatFormat, ChatProtocol};
+use crate::env::tool_use::protocol::TokenProtocol;
+use crate::env::tool_use::tasks::Task;
+use crate::env::tool_use::toolbox::ToolBox;
+use crate::error::{Error, Result};
+use crate::policy::lm::source::{read_text, resolve};
+use crate::policy::lm::Lm;
+use crate::policy::Transformer;
+
+/// The runner of `cfg`'s environment and policy; a dataset's external tools write their stderr
+/// to `tools_log`.
+pub(super) fn runner(cfg: &Config, tools_log: Option<PathBuf>) -> Result<Box<dyn Runner>> {
+    Ok(match (cfg.env.kind, cfg.policy.kind) {
+        (EnvKind::Bandit, PolicyKind::Tabular) => Box::new(BanditRun::new(cfg)),
+        (EnvKind::ToolUse, PolicyKind::Transformer) => Box::new(ToolRun::<Transformer, _, _>::new(
+            task(cfg),
+            token_protocol(cfg),
+        )),
+        (EnvKind::ToolUse, PolicyKind::Lm) => {
+            Box::new(ToolRun::<Lm, _, _>::new(task(cfg), chat_protocol(cfg)?))
+        }
+        (EnvKind::Dataset, PolicyKind::Lm) => Box::new(ToolRun::<Lm, _, _>::new(
+            dataset_source(cfg, tools_log)?,
+            chat_protocol(cfg)?,
+        )),
+        (env, policy) => {
+            return Err(Error::input(format!(
+                "env.kind = {env:?} is not played by policy.kind = {policy:?}"
+            )))
+        }
+    })
+}
+
+/// The built-in task family of `[env]`.
+fn task(cfg: &Config) -> Task {
+    Task::new(cfg.env.task_spec(cfg.seed))
+}
+
+/// The 60-word token protocol with the limits of `[env]`.
+fn token_protocol(cfg: &Config) -> TokenProtocol {
+    TokenProtocol {
+        limits: cfg.env.limits(),
+    }
+}
+
+/// The pretrained LM's chat format (its tokenizer and template) with the limits of `[env]`.
+pub fn chat_protocol(cfg: &Config) -> Result<ChatProtocol> {
+    let model = cfg
+        .policy
+        .pretrained()
+        .ok_or_else(|| Error::input("policy.model: the chat protocol needs a pretrained LM"))?;
+    let (_, text) = read_text(&resolve(model)?)?;
+    Ok(ChatProtocol {
+        format: Arc::new(ChatFormat::new(text, model)?),
+        limits: cfg.env.limits(),
+    })
+}
+
+/// The dataset of `cfg` with its tools; external tools' stderr goes to `tools_log`.
+pub fn dataset_source(cfg: &Config, tools_log: Option<PathBuf>) -> Result<DatasetSource> {
+    let tools: Arc<[crate::config::ToolConfig]> = cfg.tools.clone().into();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+    let data = Dataset::load(std::path::Path::new(&cfg.env.path), &names)?;
+    Ok(DatasetSource {
+        data: Arc::new(data),
+        tools: ToolBox::new(tools.clone(), tools_log),
+        seed: cfg.seed,
+    })
+}
+
+/// Checks what a run reads besides its config before anything is written, by building its
+/// runner once: a dataset's every line (`FILE:LINE: reason` for each bad one), a pretrained
+/// model's tokenizer and chat template.
+pub fn check_inputs(cfg: &Config) -> Result<()> {
+    runner(cfg, None).map(drop)
+}
