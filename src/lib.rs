@@ -16,15 +16,14 @@
 //! - [`transport`]: how actors and learner meet (in process: a channel and a snapshot board);
 //! - [`store`]: checkpoints and metric sinks; [`run`]: serial and parallel runs, the only place
 //!   threads are spawned;
-//! - [`experiments`]: sweeps, reports, plots and the benchmark; [`cli`]: the command line.
-pub mod cli;
+//! - [`app`], above the library: the command line, the commands, and the experiments built on
+//!   runs (sweeps, reports, plots, benchmarks).
+pub mod app;
 pub mod clock;
-pub mod commands;
 pub mod config;
 pub mod device;
 pub mod env;
 pub mod error;
-pub mod experiments;
 pub mod formats;
 pub mod ids;
 pub mod math;

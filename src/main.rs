@@ -2,13 +2,13 @@
 //! (2 for bad input, 1 for failures, 130/143 for SIGINT/SIGTERM after a checkpoint).
 use std::process::ExitCode;
 
-use asymre::cli::Cli;
+use asymre::app::cli::Cli;
 use clap::Parser;
 
 fn main() -> ExitCode {
     keep_large_blocks_in_the_heap();
     let cli = Cli::parse();
-    match asymre::commands::run(cli) {
+    match asymre::app::commands::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e}");

@@ -136,20 +136,14 @@ fn assert_encodes_like(tokenizer: &asymre::text::hf::HfTokenizer, r: &Value, dec
 }
 
 /// Greedy decoding of one prompt through the KV cache.
-fn greedy_decode(
-    model: &lm::Lm,
-    prompt: &[u32],
-    max_new: usize,
-    stop: &[u32],
-) -> Vec<u32> {
+fn greedy_decode(model: &lm::Lm, prompt: &[u32], max_new: usize, stop: &[u32]) -> Vec<u32> {
     let how = asymre::rollout::generate::Sampling {
         max_new,
         temperature: 0.0,
         stop,
     };
     let mut out =
-        asymre::rollout::generate::decode(model, &[prompt.to_vec()], &how, 0, Device::Cpu)
-            .unwrap();
+        asymre::rollout::generate::decode(model, &[prompt.to_vec()], &how, 0, Device::Cpu).unwrap();
     out.pop().unwrap()
 }
 

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
@@ -99,14 +98,13 @@ pub struct Learner {
     senders: std::collections::BTreeSet<usize>,
 }
 
-/// What a checkpoint keeps of a learner besides its weights and its optimiser's moments (the
-/// field names are those of checkpoints written before this type existed).
-#[derive(Clone, Serialize, Deserialize)]
+/// What a checkpoint keeps of a learner besides its weights and its optimiser's moments.
+#[derive(Clone)]
 pub struct LearnerState {
-    pub learner_rng: ChaCha8Rng,
+    pub rng: ChaCha8Rng,
     pub replay: Replay,
+    /// The optimiser's step count.
     pub optimizer_t: u64,
-    #[serde(default)]
     pub nonfinite_skipped: u64,
 }
 
@@ -386,7 +384,7 @@ impl Learner {
     pub fn state(&self) -> Result<(LearnerState, Vec<NamedTensor>)> {
         let (optimizer_t, moments) = self.optimizer.state(&self.vars)?;
         let state = LearnerState {
-            learner_rng: self.rng.clone(),
+            rng: self.rng.clone(),
             replay: self.replay.clone(),
             optimizer_t,
             nonfinite_skipped: self.nonfinite_skipped,
@@ -410,7 +408,7 @@ impl Learner {
         .load_into(&self.vs)?;
         self.optimizer
             .load_state(&self.vars, state.optimizer_t, moments)?;
-        self.rng = state.learner_rng;
+        self.rng = state.rng;
         self.replay = state.replay;
         self.nonfinite_skipped = state.nonfinite_skipped;
         self.step = step;

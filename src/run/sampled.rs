@@ -25,8 +25,12 @@ use crate::transport::redis::Gauges;
 /// Checkpointed state of a sampled run beyond its tensors.
 #[derive(Serialize, Deserialize)]
 pub(super) struct SampledState {
-    #[serde(flatten)]
-    learner: LearnerState,
+    learner_rng: rand_chacha::ChaCha8Rng,
+    replay: crate::rl::replay::Replay,
+    optimizer_t: u64,
+    /// Batches skipped for a non-finite loss or gradient (`learner.skip_nonfinite`).
+    #[serde(default)]
+    nonfinite_skipped: u64,
     /// Serial runs only: the actors' RNG streams and counters, for an exact resume.
     actors: Vec<ActorState>,
     next_actor: usize,
@@ -87,12 +91,14 @@ impl<'a> SampledRun<'a> {
         if let Some(ckpt) = &resume {
             let s: SampledState = serde_json::from_value(ckpt.state.clone())
                 .map_err(|e| Error::Corrupt(format!("checkpoint state: {e}")))?;
-            learner.restore(
-                ckpt.step,
-                ckpt.tensors("weights")?,
-                s.learner.clone(),
-                ckpt.tensors("optimizer")?,
-            )?;
+            let state = LearnerState {
+                rng: s.learner_rng.clone(),
+                replay: s.replay.clone(),
+                optimizer_t: s.optimizer_t,
+                nonfinite_skipped: s.nonfinite_skipped,
+            };
+            let (weights, moments) = (ckpt.tensors("weights")?, ckpt.tensors("optimizer")?);
+            learner.restore(ckpt.step, weights, state, moments)?;
             let version = ckpt.step - ckpt.step % cfg.learner.sync_interval;
             behaviour = Some(WeightSnapshot {
                 version,
@@ -200,7 +206,10 @@ impl<'a> SampledRun<'a> {
     pub(super) fn checkpoint(&mut self, actors: Vec<ActorState>, next_actor: usize) -> Result<()> {
         let (learner, optimizer) = self.learner.state()?;
         let state = SampledState {
-            learner,
+            learner_rng: learner.rng,
+            replay: learner.replay,
+            optimizer_t: learner.optimizer_t,
+            nonfinite_skipped: learner.nonfinite_skipped,
             actors,
             next_actor,
             last_baseline: self.last_baseline,

@@ -34,8 +34,8 @@ use crate::store::checkpoint;
 use crate::text::words as vocab;
 use crate::trajectory::{ActorBatch, Trajectory};
 
-const BANDIT_TOML: &str = include_str!("../../configs/bandit.toml");
-const CALC_TOML: &str = include_str!("../../configs/tool_calc.toml");
+const BANDIT_TOML: &str = include_str!("../../../configs/bandit.toml");
+const CALC_TOML: &str = include_str!("../../../configs/tool_calc.toml");
 
 /// What `asymre bench` was asked for.
 #[derive(Debug, Clone)]
@@ -889,7 +889,7 @@ fn print_table(
     let header = ["measure", "asymre", "PyTorch eager", "ratio", "goal"];
     let mut table = vec![header.map(String::from).to_vec()];
     table.extend(rows.into_iter().map(Vec::from));
-    let (widths, padded) = crate::experiments::table::pad_columns(&table);
+    let (widths, padded) = crate::app::experiments::table::pad_columns(&table);
     for (i, cells) in padded.iter().enumerate() {
         println!("| {} |", cells.join(" | "));
         if i == 0 {

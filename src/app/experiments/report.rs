@@ -364,7 +364,7 @@ pub fn write_reports(out: &Path) -> Result<(usize, String)> {
         ));
         lines.push(line);
     }
-    let (widths, padded) = crate::experiments::table::pad_columns(&lines);
+    let (widths, padded) = crate::app::experiments::table::pad_columns(&lines);
     let mut table = String::new();
     for (i, cells) in padded.iter().enumerate() {
         let _ = writeln!(table, "{}", cells.join("  ").trim_end());

@@ -340,7 +340,7 @@ struct SweepLine {
 
 /// The swept numeric axis shared by the sweeps: the first axis with two or more values that all
 /// parse as numbers.
-fn numeric_axis(manifests: &[crate::experiments::report::Manifest]) -> Option<String> {
+fn numeric_axis(manifests: &[crate::app::experiments::report::Manifest]) -> Option<String> {
     manifests.iter().flat_map(|m| &m.grid).find_map(|a| {
         (a.values.len() >= 2 && a.values.iter().all(|v| v.parse::<f64>().is_ok()))
             .then(|| a.key.clone())
@@ -418,14 +418,14 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
     /// The runs of one grid point (seeds pooled), with their config read once.
     struct Group {
         values: Vec<(String, String)>,
-        rows: Vec<crate::experiments::report::RunRow>,
+        rows: Vec<crate::app::experiments::report::RunRow>,
         dirs: Vec<PathBuf>,
         cfg: Config,
     }
     let mut manifests = Vec::new();
     let mut groups = Vec::new();
     for dir in dirs {
-        let (m, rows) = crate::experiments::report::read_rows(dir)?;
+        let (m, rows) = crate::app::experiments::report::read_rows(dir)?;
         if rows.is_empty() {
             return Err(Error::input(format!(
                 "{}: no finished runs yet",
@@ -433,10 +433,10 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
             )));
         }
         manifests.push(m);
-        for (values, group) in crate::experiments::report::groups(&rows) {
+        for (values, group) in crate::app::experiments::report::groups(&rows) {
             let dirs: Vec<PathBuf> = group
                 .iter()
-                .map(|r| crate::experiments::report::run_dir(dir, &r.point))
+                .map(|r| crate::app::experiments::report::run_dir(dir, &r.point))
                 .collect();
             let cfg = crate::run::open_run_dir(&dirs[0])?.0;
             groups.push(Group {
@@ -452,7 +452,7 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
     let bandit = groups[0].rows.iter().any(|r| r.support.is_some());
 
     // final.png
-    type Pick = fn(&crate::experiments::report::RunRow) -> Option<f64>;
+    type Pick = fn(&crate::app::experiments::report::RunRow) -> Option<f64>;
     let mut metrics: Vec<(&str, Pick, Option<Pick>)> = vec![(
         if bandit {
             "final E_π[r]"
@@ -487,7 +487,7 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
             if ys.is_empty() {
                 continue;
             }
-            let (m, s) = crate::experiments::report::mean_std(&ys);
+            let (m, s) = crate::app::experiments::report::mean_std(&ys);
             let x = x_key
                 .as_ref()
                 .and_then(|k| g.values.iter().find(|(kk, _)| kk == k))
@@ -511,7 +511,7 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
                         let ts: Vec<f64> = g.rows.iter().filter_map(t).collect();
                         if ts.len() == g.rows.len() {
                             line.theory
-                                .push((x, crate::experiments::report::mean_std(&ts).0));
+                                .push((x, crate::app::experiments::report::mean_std(&ts).0));
                         }
                     }
                 }

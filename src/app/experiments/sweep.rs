@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::config::{self, Config};
-use crate::error::{Error, IoContext, Result};
-use crate::experiments::report::{
+use crate::app::experiments::report::{
     base_config_path, open, run_dir, write_reports, Axis, Manifest, Point,
 };
+use crate::config::{self, Config};
+use crate::error::{Error, IoContext, Result};
 
 /// `asymre sweep`'s arguments.
 pub struct SweepArgs {
@@ -243,7 +243,7 @@ pub fn run(args: &SweepArgs, interrupt: &AtomicUsize) -> Result<SweepOutcome> {
     }
     let failures = failures.into_inner().expect("failures");
     let (rows, table) = write_reports(out)?;
-    if let Err(e) = crate::experiments::plot::plot_sweeps(&[out.to_path_buf()], out) {
+    if let Err(e) = crate::app::experiments::plot::plot_sweeps(&[out.to_path_buf()], out) {
         eprintln!("warning: sweep plots not written: {e}");
     }
     if !failures.is_empty() {
