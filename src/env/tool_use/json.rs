@@ -3,24 +3,12 @@
 use std::io::BufRead;
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::calls::{call_json, parse_call_json};
-use super::protocol::Episode;
+use super::calls::parse_call_json;
 use super::reward::{self, Attempt, Call, RewardConfig, Score, ScoreMeans};
 use super::tasks::Task;
 use crate::env::{TaskSource, ToolSet};
-
-/// An episode in the common JSON function-call form.
-pub fn episode_json<T: TaskSource>(task: &T, ep: &Episode<T::Item>) -> Value {
-    let calls: Vec<Value> = ep.attempt.calls.iter().map(call_json).collect();
-    json!({
-        "prompt": task.prompt(&ep.item),
-        "calls": calls,
-        "results": ep.attempt.results,
-        "answer": ep.attempt.answer,
-    })
-}
 
 /// The top-level keys a scored line may have.
 const LINE_KEYS: [&str; 8] = [
@@ -294,8 +282,9 @@ pub fn score_lines(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::env::tool_use::protocol;
+    use crate::env::tool_use::protocol::{self, episode_json, Episode};
     use crate::env::tool_use::tasks::{Split, TaskKind, TaskSpec};
+    use serde_json::json;
 
     fn lookup() -> Task {
         Task::new(TaskSpec {

@@ -13,4 +13,5 @@ pub mod reward;
 pub mod tasks;
 pub mod toolbox;
 
-pub use json::{episode_json, score_jsonl, score_line, ScoreTotals};
+pub use json::{score_jsonl, score_line, ScoreTotals};
+pub use protocol::episode_json;

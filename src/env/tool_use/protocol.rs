@@ -11,6 +11,7 @@ pub mod chat;
 
 use std::collections::VecDeque;
 
+use super::calls::call_json;
 use super::tasks::Item;
 use crate::env::tool_use::reward::{Attempt, Call};
 use crate::env::{
@@ -275,6 +276,17 @@ pub fn demonstration<T: TaskSource + ToolSet<T::Item>>(
     Ok((tokens, mask))
 }
 
+/// An episode in the common JSON function-call form.
+pub fn episode_json<T: TaskSource>(task: &T, ep: &Episode<T::Item>) -> serde_json::Value {
+    let calls: Vec<serde_json::Value> = ep.attempt.calls.iter().map(call_json).collect();
+    serde_json::json!({
+        "prompt": task.prompt(&ep.item),
+        "calls": calls,
+        "results": ep.attempt.results,
+        "answer": ep.attempt.answer,
+    })
+}
+
 /// A call's arguments in schema order (a, b, c / ent, attr) rather than alphabetical.
 fn ordered_args(call: &Call) -> Vec<(&str, &str)> {
     const ORDER: [&str; 5] = ["ent", "attr", "a", "b", "c"];
@@ -317,7 +329,7 @@ impl<T: TaskSource + ToolSet<T::Item>> Protocol<T> for TokenProtocol {
     }
 
     fn episode_json(&self, task: &T, ep: &Episode<T::Item>) -> serde_json::Value {
-        super::json::episode_json(task, ep)
+        episode_json(task, ep)
     }
 }
 
