@@ -9,9 +9,7 @@ use crate::app::cli::{
     ResumeArgs, ScoreArgs, SweepArgs, TrainArgs,
 };
 use crate::app::experiments::{bench, plot, sweep};
-use crate::env::tool_use::dataset::TaskRef;
-use crate::env::tool_use::json::{score_line, score_line_with, score_lines};
-use crate::env::tool_use::tasks::Task;
+use crate::env::tool_use::json::score_lines;
 use crate::run::{self, default_dir, print_summary, Outcome, RunOptions};
 use crate::store::checkpoint;
 use crate::{config, Error, Result};
@@ -44,8 +42,7 @@ fn check_transport(url: Option<&str>, serial: bool) -> Result<()> {
 
 /// `actor.threads = 0` leaves the sampling to actor processes: it needs a transport.
 fn check_actors(cfg: &config::Config, transport: Option<&str>, serial: bool) -> Result<()> {
-    let sampled =
-        cfg.env.kind != config::EnvKind::Bandit || cfg.env.mode == config::BanditMode::Sampled;
+    let sampled = !cfg.env.exact_flow();
     if cfg.actor.threads == 0 && sampled && (serial || transport.is_none()) {
         return Err(Error::input(
             "actor.threads = 0 needs --transport (actor processes elsewhere do the sampling)",
@@ -174,41 +171,14 @@ fn score(args: ScoreArgs) -> Result<u8> {
         Some(p) => config::load(p, &[])?,
         None => config::Config::default(),
     };
+    if let Some(seed) = args.seed {
+        cfg.seed = seed;
+    }
+    let cfg = cfg.for_scoring(args.task.map(Into::into))?;
     let file = &args.file;
     let input = std::fs::File::open(file)
         .map_err(|e| Error::input(format!("cannot read {}: {e}", file.display())))?;
-    let dataset = if cfg.env.kind == config::EnvKind::Dataset {
-        if args.task.is_some() {
-            return Err(Error::input(
-                "--task: not with a dataset config (its lines are matched by \"id\")",
-            ));
-        }
-        Some(run::dataset_source(&cfg, None)?)
-    } else {
-        let Some(task) = args.task else {
-            return Err(Error::input(
-                "--task: needed unless the config is a dataset's",
-            ));
-        };
-        cfg.env.task = task.into();
-        None
-    };
-    let task = Task::new(cfg.env.task_spec(args.seed.unwrap_or(cfg.seed)));
-    let score = |line: &str| match &dataset {
-        Some(source) => score_line_with(source, &cfg.reward, line, |id, _| {
-            let id = match id {
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(serde_json::Value::Number(n)) => n.to_string(),
-                _ => return Err("a dataset's line needs its task's \"id\"".to_string()),
-            };
-            let (split, index) = source
-                .data
-                .position(&id)
-                .ok_or_else(|| format!("no task {id:?} in {}", cfg.env.path))?;
-            Ok(TaskRef { split, index })
-        }),
-        None => score_line(&task, &cfg.reward, line),
-    };
+    let score = run::line_scorer(&cfg)?;
     println!("line\treward\tcompletion\tprecision\trecall\tf1\tformat_errors\tcalls");
     let totals = score_lines(std::io::BufReader::new(input), score, |n, r| match r {
         Ok(s) => println!(

@@ -203,6 +203,32 @@ fn check(cond: bool, key: &str, allowed: &str, got: impl std::fmt::Display) -> R
 }
 
 impl Config {
+    /// The config `asymre score` scores with: a dataset's as it is (its lines name their tasks
+    /// by id); otherwise the built-in family `task`, played by this config's LM when it has one
+    /// (its chat answers are read the same way) and by the small transformer otherwise.
+    pub fn for_scoring(
+        mut self,
+        task: Option<crate::env::tool_use::tasks::TaskKind>,
+    ) -> Result<Self> {
+        match (self.env.kind, task) {
+            (EnvKind::Dataset, Some(_)) => Err(Error::input(
+                "--task: not with a dataset config (its lines are matched by \"id\")",
+            )),
+            (EnvKind::Dataset, None) => Ok(self),
+            (_, None) => Err(Error::input(
+                "--task: needed unless the config is a dataset's",
+            )),
+            (_, Some(task)) => {
+                self.env.kind = EnvKind::ToolUse;
+                self.env.task = task;
+                if self.policy.pretrained().is_none() {
+                    self.policy.kind = PolicyKind::Transformer;
+                }
+                Ok(self)
+            }
+        }
+    }
+
     /// Checks every section against its allowed ranges, then what sections require of each
     /// other; the first violation is returned.
     pub fn validate(&self) -> Result<()> {

@@ -60,6 +60,13 @@ pub trait TaskSource: Send + Sync {
     fn split_len(&self, _split: Split) -> Option<usize> {
         None
     }
+    /// The item a scored line is about, from the line's `id` and its prompt text (a dataset
+    /// looks the id up; the built-in families read the prompt); an error names what is wrong.
+    fn locate(
+        &self,
+        id: Option<&serde_json::Value>,
+        prompt: &str,
+    ) -> std::result::Result<Self::Item, String>;
     /// The id an item has in its source's files, if it has one (written beside an evaluated
     /// episode, so that `asymre score` finds the task again).
     fn item_id(&self, _item: &Self::Item) -> Option<String> {

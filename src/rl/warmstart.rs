@@ -129,3 +129,86 @@ pub fn warm_start<P: SequencePolicy>(
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::tool_use::protocol::TokenProtocol;
+    use crate::env::tool_use::reward::{Call, Gold};
+    use crate::env::tool_use::tasks::{Item, Task};
+    use crate::env::ToolSpec;
+    use crate::ids::PromptId;
+
+    /// The calc tasks with tools that always fail.
+    struct Broken(Task);
+
+    impl TaskSource for Broken {
+        type Item = Item;
+        fn prompt_item(&self, id: &PromptId) -> Item {
+            self.0.prompt_item(id)
+        }
+        fn item(&self, split: Split, index: u64) -> Item {
+            self.0.item(split, index)
+        }
+        fn prompt(&self, item: &Item) -> String {
+            self.0.prompt(item)
+        }
+        fn tools(&self, item: &Item) -> Vec<ToolSpec> {
+            TaskSource::tools(&self.0, item)
+        }
+        fn gold(&self, item: &Item) -> Option<Gold> {
+            self.0.gold(item)
+        }
+        fn name(&self) -> String {
+            "broken".into()
+        }
+        fn locate(&self, id: Option<&serde_json::Value>, prompt: &str) -> Result<Item, String> {
+            self.0.locate(id, prompt)
+        }
+    }
+
+    impl ToolSet<Item> for Broken {
+        fn execute(&self, _item: &Item, _call: &Call) -> Result<String, String> {
+            Err("the tool server is down".into())
+        }
+    }
+
+    fn calc_config(sets: &[&str]) -> Config {
+        let mut all = vec!["env.kind=\"tool_use\"", "policy.kind=\"transformer\""];
+        all.extend(sets);
+        let sets: Vec<String> = all.iter().map(|s| s.to_string()).collect();
+        crate::config::from_toml_str("", &sets).unwrap()
+    }
+
+    /// When every gold call fails, the error says so (with the tool's own words) instead of
+    /// blaming `env.max_tokens`, and counts the items dropped for it.
+    #[test]
+    fn failing_gold_calls_are_named_as_the_cause() {
+        let cfg = calc_config(&["env.no_call_share=0.0", "warmstart.demos=12"]);
+        let task = Broken(Task::new(cfg.env.task_spec(cfg.seed)));
+        let protocol = TokenProtocol {
+            limits: cfg.env.limits(),
+        };
+        let err = demos(&cfg, &task, &protocol).unwrap_err().to_string();
+        assert!(err.contains("none of the 12 demonstrations"), "{err}");
+        assert!(err.contains("12: a gold call failed"), "{err}");
+        assert!(err.contains("the tool server is down"), "{err}");
+        assert!(!err.contains("max_tokens"), "{err}");
+    }
+
+    /// Demonstrations that are too long are counted with the longest length; the others kept.
+    #[test]
+    fn long_demonstrations_are_counted_and_the_rest_kept() {
+        let cfg = calc_config(&["warmstart.demos=40", "env.max_tokens=14"]);
+        let task = Task::new(cfg.env.task_spec(cfg.seed));
+        let protocol = TokenProtocol {
+            limits: cfg.env.limits(),
+        };
+        let kept = demos(&cfg, &task, &protocol).unwrap();
+        assert!(!kept.is_empty() && kept.len() < 40, "{}", kept.len());
+        assert!(kept.iter().all(|d| d.tokens.len() <= 14));
+        let cfg = calc_config(&["warmstart.demos=40", "env.max_tokens=4"]);
+        let err = demos(&cfg, &task, &protocol).unwrap_err().to_string();
+        assert!(err.contains("40 longer than env.max_tokens = 4"), "{err}");
+    }
+}

@@ -192,6 +192,9 @@ mod tests {
         fn name(&self) -> String {
             self.task.name()
         }
+        fn locate(&self, id: Option<&serde_json::Value>, prompt: &str) -> Result<Item, String> {
+            self.task.locate(id, prompt)
+        }
     }
 
     /// The calls that episodes complete in one decoding step go to the tools in one batch, and

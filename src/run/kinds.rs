@@ -11,6 +11,7 @@ use crate::config::{Config, EnvKind, PolicyKind};
 use crate::env::tool_use::dataset::{Dataset, DatasetSource};
 use crate::env::tool_use::protocol::chat::{ChatFormat, ChatProtocol};
 use crate::env::tool_use::protocol::TokenProtocol;
+use crate::env::tool_use::reward::Score;
 use crate::env::tool_use::tasks::Task;
 use crate::env::tool_use::toolbox::ToolBox;
 use crate::error::{Error, Result};
@@ -84,4 +85,12 @@ pub fn dataset_source(cfg: &Config, tools_log: Option<PathBuf>) -> Result<Datase
 /// model's tokenizer and chat template.
 pub fn check_inputs(cfg: &Config) -> Result<()> {
     runner(cfg, None).map(drop)
+}
+
+/// Scores JSON lines of any model's episodes with the environment of `cfg` (its task source's
+/// tools and gold, and `cfg`'s rewards), one result per line.
+pub fn line_scorer(cfg: &Config) -> Result<impl Fn(&str) -> std::result::Result<Score, String>> {
+    let runner = runner(cfg, None)?;
+    let reward = cfg.reward.clone();
+    Ok(move |line: &str| runner.score_line(&reward, line))
 }

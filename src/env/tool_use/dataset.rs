@@ -560,6 +560,24 @@ impl crate::env::TaskSource for DatasetSource {
         Some(self.data.split(self.item(split, 0).split).len())
     }
 
+    /// The task of the line's `id` (a string or a number).
+    fn locate(
+        &self,
+        id: Option<&serde_json::Value>,
+        _prompt: &str,
+    ) -> std::result::Result<TaskRef, String> {
+        let id = match id {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            _ => return Err("a dataset's line needs its task's \"id\"".to_string()),
+        };
+        let (split, index) = self
+            .data
+            .position(&id)
+            .ok_or_else(|| format!("no task {id:?} in the dataset"))?;
+        Ok(TaskRef { split, index })
+    }
+
     fn item_id(&self, item: &TaskRef) -> Option<String> {
         Some(self.task(item).id.clone())
     }

@@ -191,21 +191,12 @@ fn parse_transcript(v: &Value) -> Result<Transcript, String> {
 /// `{"prompt", "completion"}` with one assistant turn's raw text in the Hermes form
 /// (`<tool_call>{…}</tool_call>` blocks, else an answer); `id` and
 /// `results` may be present (results are ignored). Any other key is an error. The prompt names
-/// the item, the calls are re-executed with the task's tools, the answer is compared exactly.
-pub fn score_line(task: &Task, cfg: &RewardConfig, line: &str) -> Result<Score, String> {
-    score_line_with(task, cfg, line, |_, prompt| {
-        task.parse_prompt(prompt)
-            .ok_or_else(|| format!("not a {:?} prompt: {prompt:?}", task.spec.kind))
-    })
-}
-
-/// [`score_line`] for any task source: `item_of` finds the item from the line's `id` and its
-/// prompt (a dataset looks the id up; the built-in tasks read the prompt).
-pub fn score_line_with<T: TaskSource + ToolSet<T::Item>>(
+/// the item (or, for a dataset, its `id` does: [`TaskSource::locate`]), the calls are re-executed
+/// with the task's tools, the answer is compared exactly.
+pub fn score_line<T: TaskSource + ToolSet<T::Item>>(
     task: &T,
     cfg: &RewardConfig,
     line: &str,
-    item_of: impl Fn(Option<&Value>, &str) -> Result<T::Item, String>,
 ) -> Result<Score, String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
     let Transcript {
@@ -214,7 +205,7 @@ pub fn score_line_with<T: TaskSource + ToolSet<T::Item>>(
         answer,
         bad_calls,
     } = parse_transcript(&v)?;
-    let item = item_of(v.get("id"), &prompt)?;
+    let item = task.locate(v.get("id"), &prompt)?;
     let gold = task.gold(&item).ok_or(
         "the task has no answer for this prompt (an unknown entity or invalid arithmetic)",
     )?;

@@ -155,7 +155,12 @@ impl Op {
         }
     }
 
+    /// The operation a prompt writes as `s`; subtraction also as the ASCII hyphen, which
+    /// people and models write for "−".
     fn from_symbol(s: &str) -> Option<Op> {
+        if s == "-" {
+            return Some(Op::Sub);
+        }
         [Op::Add, Op::Sub, Op::Mul, Op::Div]
             .into_iter()
             .find(|o| o.symbol() == s)
@@ -477,7 +482,7 @@ impl Task {
             None => (None, text),
         };
         let body = rest.strip_prefix("What is ")?.strip_suffix('?')?;
-        let body = body.replace(" plus ", " + ");
+        let body = body.replace(" plus ", " + ").replace(" minus ", " − ");
         Some(match menu {
             Some(m) => format!("tools {m} ; what is {body} ?"),
             None => format!("what is {body} ?"),
@@ -784,6 +789,12 @@ impl TaskSource for Task {
     fn name(&self) -> String {
         format!("{:?}", self.spec.kind).to_lowercase()
     }
+
+    /// The item whose prompt (or chat question) `prompt` is.
+    fn locate(&self, _id: Option<&serde_json::Value>, prompt: &str) -> Result<Item, String> {
+        self.parse_prompt(prompt)
+            .ok_or_else(|| format!("not a {:?} prompt: {prompt:?}", self.spec.kind))
+    }
 }
 
 impl ToolSet<Item> for Task {
@@ -842,6 +853,20 @@ pub(crate) mod tests {
                 }
             }
         }
+    }
+
+    /// Subtraction is read as people write it: "−", the ASCII hyphen, or "minus".
+    #[test]
+    fn subtraction_reads_with_a_hyphen_or_minus() {
+        let task = Task::new(spec(TaskKind::Calc));
+        let want = task
+            .parse_prompt("what is 30 − 4 ?")
+            .expect("the task's own form");
+        for text in ["what is 30 - 4 ?", "What is 30 - 4?", "What is 30 minus 4?"] {
+            assert_eq!(task.parse_prompt(text).as_ref(), Some(&want), "{text}");
+        }
+        assert_eq!(task.gold(&want).unwrap().answer, "26");
+        assert!(task.parse_prompt("what is 30 ~ 4 ?").is_none());
     }
 
     #[test]
