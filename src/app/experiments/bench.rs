@@ -699,6 +699,126 @@ fn fmt_rate(v: f64) -> String {
     }
 }
 
+/// The rows that set a measure of ours beside the baseline's: (what, our key, the baseline's
+/// key, goal). The model-GFLOP/s row's goal is computed from the figures.
+const COMPARED: [(&str, &str, &str, &str); 19] = [
+    (
+        "bandit sampled, end to end: arm samples/s",
+        "bandit_samples_per_s",
+        "bandit_samples_per_s",
+        "≥ 3×",
+    ),
+    (
+        "tool use (calc) end to end: episodes/s",
+        "tool_episodes_per_s",
+        "tool_episodes_per_s",
+        "",
+    ),
+    (
+        "tool use (calc) end to end: generated tokens/s",
+        "tool_tokens_per_s",
+        "tool_tokens_per_s",
+        "≥ 3×",
+    ),
+    (
+        "tool use (calc) end to end: model GFLOP/s",
+        "tool_model_gflops",
+        "tool_model_gflops",
+        "",
+    ),
+    (
+        "tool use end to end, bf16 products: episodes/s",
+        "tool_bf16_episodes_per_s",
+        "tool_episodes_per_s",
+        "",
+    ),
+    (
+        "tool use end to end, bf16 products: tokens/s",
+        "tool_bf16_tokens_per_s",
+        "tool_tokens_per_s",
+        "",
+    ),
+    (
+        "tool-use actor alone: tokens/s",
+        "tool_actor_tokens_per_s",
+        "tool_actor_tokens_per_s",
+        "",
+    ),
+    (
+        "tool-use actor alone: episodes/s",
+        "tool_actor_episodes_per_s",
+        "tool_actor_episodes_per_s",
+        "",
+    ),
+    (
+        "tool-use learner alone: trajectories/s",
+        "tool_learner_trajectories_per_s",
+        "tool_learner_trajectories_per_s",
+        "",
+    ),
+    (
+        "tool-use learner alone: tokens/s",
+        "tool_learner_tokens_per_s",
+        "tool_learner_tokens_per_s",
+        "",
+    ),
+    (
+        "tool-use learner alone, bf16 products: traj/s",
+        "tool_bf16_learner_trajectories_per_s",
+        "tool_learner_trajectories_per_s",
+        "",
+    ),
+    (
+        "tool-use tokens per episode (same work?)",
+        "tool_mean_episode_tokens",
+        "tool_mean_episode_tokens",
+        "",
+    ),
+    (
+        "from the warm start, end to end: episodes/s",
+        "tool_warm_episodes_per_s",
+        "tool_warm_episodes_per_s",
+        "≥ 3×",
+    ),
+    (
+        "from the warm start, bf16 products: episodes/s",
+        "tool_warm_bf16_episodes_per_s",
+        "tool_warm_episodes_per_s",
+        "",
+    ),
+    (
+        "from the warm start, actor alone: episodes/s",
+        "tool_warm_actor_episodes_per_s",
+        "tool_warm_actor_episodes_per_s",
+        "",
+    ),
+    (
+        "from the warm start, learner alone: traj/s",
+        "tool_warm_learner_trajectories_per_s",
+        "tool_warm_learner_trajectories_per_s",
+        "",
+    ),
+    (
+        "from the warm start, tokens per episode (same?)",
+        "tool_warm_mean_episode_tokens",
+        "tool_warm_mean_episode_tokens",
+        "",
+    ),
+    (
+        "from the warm start, mean reward (same?)",
+        "tool_warm_mean_reward",
+        "tool_warm_mean_reward",
+        "",
+    ),
+    (
+        "peak resident memory, MiB",
+        "peak_rss_mib",
+        "peak_rss_mib",
+        "",
+    ),
+];
+
+/// Prints the benchmark's table: our measures beside the baseline's, then ours alone.
 fn print_table(
     ours: &Value,
     base: Option<&Value>,
@@ -710,14 +830,13 @@ fn print_table(
     let get = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
     let o = |k: &str| get(ours, k);
     let b = |k: &str| base.map_or(f64::NAN, |v| get(v, k));
-    let mut rows: Vec<[String; 5]> = Vec::new();
-    // A row: our measure `key` against the baseline's `base_key`.
     let bf16_skipped = o("bf16_native") == 0.0;
-    let mut compare = |what: &str, key: &str, base_key: &str, goal: &str| {
+    let mut rows: Vec<[String; 5]> = Vec::new();
+    for (what, key, base_key, goal) in COMPARED {
         if bf16_skipped && key.contains("bf16") {
             let why = "skipped: no native bf16 on this CPU";
             rows.push([what.into(), "—".into(), "—".into(), "—".into(), why.into()]);
-            return;
+            continue;
         }
         let (x, y) = (o(key), b(base_key));
         let ratio = if y.is_finite() && y > 0.0 {
@@ -725,131 +844,14 @@ fn print_table(
         } else {
             "—".into()
         };
-        rows.push([what.into(), fmt_rate(x), fmt_rate(y), ratio, goal.into()]);
-    };
-    compare(
-        "bandit sampled, end to end: arm samples/s",
-        "bandit_samples_per_s",
-        "bandit_samples_per_s",
-        "≥ 3×",
-    );
-    compare(
-        "tool use (calc) end to end: episodes/s",
-        "tool_episodes_per_s",
-        "tool_episodes_per_s",
-        "",
-    );
-    compare(
-        "tool use (calc) end to end: generated tokens/s",
-        "tool_tokens_per_s",
-        "tool_tokens_per_s",
-        "≥ 3×",
-    );
-    let needed = 3.0 * b("tool_model_gflops");
-    compare(
-        "tool use (calc) end to end: model GFLOP/s",
-        "tool_model_gflops",
-        "tool_model_gflops",
-        &if needed.is_finite() {
-            format!("3× = {needed:.0} (matmul {:.0})", o("matmul_gflops"))
-        } else {
-            String::new()
-        },
-    );
-    compare(
-        "tool use end to end, bf16 products: episodes/s",
-        "tool_bf16_episodes_per_s",
-        "tool_episodes_per_s",
-        "",
-    );
-    compare(
-        "tool use end to end, bf16 products: tokens/s",
-        "tool_bf16_tokens_per_s",
-        "tool_tokens_per_s",
-        "",
-    );
-    compare(
-        "tool-use actor alone: tokens/s",
-        "tool_actor_tokens_per_s",
-        "tool_actor_tokens_per_s",
-        "",
-    );
-    compare(
-        "tool-use actor alone: episodes/s",
-        "tool_actor_episodes_per_s",
-        "tool_actor_episodes_per_s",
-        "",
-    );
-    compare(
-        "tool-use learner alone: trajectories/s",
-        "tool_learner_trajectories_per_s",
-        "tool_learner_trajectories_per_s",
-        "",
-    );
-    compare(
-        "tool-use learner alone: tokens/s",
-        "tool_learner_tokens_per_s",
-        "tool_learner_tokens_per_s",
-        "",
-    );
-    compare(
-        "tool-use learner alone, bf16 products: traj/s",
-        "tool_bf16_learner_trajectories_per_s",
-        "tool_learner_trajectories_per_s",
-        "",
-    );
-    compare(
-        "tool-use tokens per episode (same work?)",
-        "tool_mean_episode_tokens",
-        "tool_mean_episode_tokens",
-        "",
-    );
-    for (what, key, base_key, goal) in [
-        (
-            "from the warm start, end to end: episodes/s",
-            "tool_warm_episodes_per_s",
-            "tool_warm_episodes_per_s",
-            "≥ 3×",
-        ),
-        (
-            "from the warm start, bf16 products: episodes/s",
-            "tool_warm_bf16_episodes_per_s",
-            "tool_warm_episodes_per_s",
-            "",
-        ),
-        (
-            "from the warm start, actor alone: episodes/s",
-            "tool_warm_actor_episodes_per_s",
-            "tool_warm_actor_episodes_per_s",
-            "",
-        ),
-        (
-            "from the warm start, learner alone: traj/s",
-            "tool_warm_learner_trajectories_per_s",
-            "tool_warm_learner_trajectories_per_s",
-            "",
-        ),
-        (
-            "from the warm start, tokens per episode (same?)",
-            "tool_warm_mean_episode_tokens",
-            "tool_warm_mean_episode_tokens",
-            "",
-        ),
-        (
-            "from the warm start, mean reward (same?)",
-            "tool_warm_mean_reward",
-            "tool_warm_mean_reward",
-            "",
-        ),
-    ] {
-        compare(what, key, base_key, goal);
+        let goal = match key {
+            "tool_model_gflops" if y.is_finite() => {
+                format!("3× = {:.0} (matmul {:.0})", 3.0 * y, o("matmul_gflops"))
+            }
+            _ => goal.to_string(),
+        };
+        rows.push([what.into(), fmt_rate(x), fmt_rate(y), ratio, goal]);
     }
-    compare(
-        "peak resident memory, MiB",
-        "peak_rss_mib",
-        "peak_rss_mib",
-        "",
-    );
     let own = |what: &str, value: String, goal: &str| {
         [what.into(), value, "—".into(), "—".into(), goal.into()]
     };
@@ -889,14 +891,7 @@ fn print_table(
     let header = ["measure", "asymre", "PyTorch eager", "ratio", "goal"];
     let mut table = vec![header.map(String::from).to_vec()];
     table.extend(rows.into_iter().map(Vec::from));
-    let (widths, padded) = crate::app::experiments::table::pad_columns(&table);
-    for (i, cells) in padded.iter().enumerate() {
-        println!("| {} |", cells.join(" | "));
-        if i == 0 {
-            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(w + 2)).collect();
-            println!("|{}|", rule.join("|"));
-        }
-    }
+    crate::app::experiments::table::print_markdown(&table);
 }
 
 /// The Python that runs the baseline: the project's `.venv` (here or where the binary was

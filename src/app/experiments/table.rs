@@ -25,6 +25,25 @@ pub fn pad_columns(rows: &[Vec<String>]) -> (Vec<usize>, Vec<Vec<String>>) {
     (widths, padded)
 }
 
+/// `rows` (the first is the header) as a Markdown table, columns padded.
+pub fn markdown(rows: &[Vec<String>]) -> String {
+    let (widths, padded) = pad_columns(rows);
+    let mut out = String::new();
+    for (i, cells) in padded.iter().enumerate() {
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
+        if i == 0 {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(w + 2)).collect();
+            out.push_str(&format!("|{}|\n", rule.join("|")));
+        }
+    }
+    out
+}
+
+/// Prints `rows` as a Markdown table.
+pub fn print_markdown(rows: &[Vec<String>]) {
+    print!("{}", markdown(rows));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,5 +58,9 @@ mod tests {
         assert_eq!(widths, vec![4, 5]);
         assert_eq!(padded[0], vec!["δV  ", "x    "]);
         assert_eq!(padded[1], vec!["-0.1", "0.925"]);
+        assert_eq!(
+            markdown(&rows),
+            "| δV   | x     |\n|------|-------|\n| -0.1 | 0.925 |\n"
+        );
     }
 }
