@@ -155,53 +155,14 @@ pub(super) fn redis_loop(
         // Actor processes' heartbeats: who joined, who left, who was lost. And a Redis that
         // restarted empty gets the run again: config, ids, the learner's position, the weights.
         let monitor = scope.spawn(|| {
-            let mut known = std::collections::BTreeMap::<usize, String>::new();
-            let mut ids_seen = 0;
-            let mut grace = Instant::now();
-            while !done.load(Ordering::Relaxed) {
-                match published.check(&mut watch) {
-                    Ok(Some(ids)) => ids_seen = ids_seen.max(ids),
-                    Ok(None) if !control.stopped() => {
-                        let next = known.keys().next_back().map_or(0, |&id| id + 1);
-                        let restored = published
-                            .write(&mut watch, ids_seen.max(next).max(local))
-                            .and_then(|()| control.restore_learner())
-                            .and_then(|()| board.republish());
-                        match restored {
-                            Ok(()) => eprintln!(
-                                "run {name} was gone from {url} (Redis restarted?): published it again"
-                            ),
-                            Err(e) => eprintln!("publishing run {name} again: {e}"),
-                        }
-                        // Heartbeats come back within a second or two: nobody is lost meanwhile.
-                        grace = Instant::now() + Duration::from_secs(3);
-                    }
-                    _ => {}
-                }
-                if let Ok(mut now) = rds::alive(&mut watch, &keys) {
-                    if Instant::now() < grace {
-                        for (id, who) in &known {
-                            now.entry(*id).or_insert_with(|| who.clone());
-                        }
-                    }
-                    for (id, who) in &now {
-                        if !known.contains_key(id) {
-                            eprintln!("actor {id} ({who}) joined");
-                        }
-                    }
-                    for (id, who) in &known {
-                        if !now.contains_key(id) {
-                            eprintln!(
-                                "actor {id} ({who}) left or was lost (no heartbeat for {} s)",
-                                rds::HEARTBEAT_TTL.as_secs()
-                            );
-                        }
-                    }
-                    alive.store(now.len() as u64, Ordering::Relaxed);
-                    known = now;
-                }
-                rds::sleep_unless(&|| done.load(Ordering::Relaxed), Duration::from_secs(1));
-            }
+            let watched = Watched {
+                published: &published,
+                control: &control,
+                board: &board,
+                local,
+                alive: &alive,
+            };
+            watched.monitor(&mut watch, &done, url, name)
         });
         let result = threads(
             run,
@@ -217,6 +178,88 @@ pub(super) fn redis_loop(
         let _ = monitor.join();
         result
     })
+}
+
+/// What the learner's monitor thread watches in Redis.
+struct Watched<'a> {
+    published: &'a Published<'a>,
+    control: &'a RedisControl,
+    board: &'a RedisBoard,
+    /// Actor threads of the learner's own process (they take the first ids).
+    local: usize,
+    /// Actor processes whose heartbeat is alive, for the rows.
+    alive: &'a std::sync::atomic::AtomicU64,
+}
+
+impl Watched<'_> {
+    /// Every second until `done`: reports actor processes that join, leave or are lost (by
+    /// their heartbeats), and publishes the run again when Redis restarted empty (config, ids,
+    /// the learner's position, the weights).
+    fn monitor(
+        &self,
+        watch: &mut Link,
+        done: &std::sync::atomic::AtomicBool,
+        url: &str,
+        name: &str,
+    ) {
+        let keys = self.published.keys;
+        let mut known = std::collections::BTreeMap::<usize, String>::new();
+        let mut ids_seen = 0;
+        let mut grace = Instant::now();
+        while !done.load(Ordering::Relaxed) {
+            match self.published.check(watch) {
+                Ok(Some(ids)) => ids_seen = ids_seen.max(ids),
+                Ok(None) if !self.control.stopped() => {
+                    let next = known.keys().next_back().map_or(0, |&id| id + 1);
+                    let restored = self
+                        .published
+                        .write(watch, ids_seen.max(next).max(self.local))
+                        .and_then(|()| self.control.restore_learner())
+                        .and_then(|()| self.board.republish());
+                    match restored {
+                        Ok(()) => eprintln!(
+                            "run {name} was gone from {url} (Redis restarted?): published it again"
+                        ),
+                        Err(e) => eprintln!("publishing run {name} again: {e}"),
+                    }
+                    // Heartbeats come back within a second or two: nobody is lost meanwhile.
+                    grace = Instant::now() + Duration::from_secs(3);
+                }
+                _ => {}
+            }
+            if let Ok(mut now) = rds::alive(watch, keys) {
+                if Instant::now() < grace {
+                    for (id, who) in &known {
+                        now.entry(*id).or_insert_with(|| who.clone());
+                    }
+                }
+                report_changes(&known, &now);
+                self.alive.store(now.len() as u64, Ordering::Relaxed);
+                known = now;
+            }
+            rds::sleep_unless(&|| done.load(Ordering::Relaxed), Duration::from_secs(1));
+        }
+    }
+}
+
+/// Says which actor processes joined and which left or were lost between `before` and `now`.
+fn report_changes(
+    before: &std::collections::BTreeMap<usize, String>,
+    now: &std::collections::BTreeMap<usize, String>,
+) {
+    for (id, who) in now {
+        if !before.contains_key(id) {
+            eprintln!("actor {id} ({who}) joined");
+        }
+    }
+    for (id, who) in before {
+        if !now.contains_key(id) {
+            eprintln!(
+                "actor {id} ({who}) left or was lost (no heartbeat for {} s)",
+                rds::HEARTBEAT_TTL.as_secs()
+            );
+        }
+    }
 }
 
 /// `asymre actor`: joins run `name` at `url` with `threads` actor threads and sends until the
