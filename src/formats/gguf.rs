@@ -13,6 +13,12 @@ use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 
+/// Metadata arrays nest at most this deep (GGUF's own files nest none): a file of nested array
+/// headers would otherwise recurse once per 12 bytes.
+const MAX_ARRAY_DEPTH: usize = 4;
+/// The largest `general.alignment` accepted (GGUF's default is 32).
+const MAX_ALIGNMENT: u64 = 1 << 20;
+
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -161,7 +167,7 @@ impl Cursor<'_> {
         String::from_utf8(bytes.to_vec())
             .map_err(|_| format!("a string before byte {} is not UTF-8", self.pos))
     }
-    fn value(&mut self, ty: u32) -> std::result::Result<Value, String> {
+    fn value(&mut self, ty: u32, depth: usize) -> std::result::Result<Value, String> {
         Ok(match ty {
             0 => Value::U64(self.take(1)?[0] as u64),
             1 => Value::I64(self.take(1)?[0] as i8 as i64),
@@ -173,11 +179,17 @@ impl Cursor<'_> {
             7 => Value::Bool(self.take(1)?[0] != 0),
             8 => Value::Str(self.string()?),
             9 => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(format!(
+                        "arrays nested deeper than {MAX_ARRAY_DEPTH} at byte {}",
+                        self.pos
+                    ));
+                }
                 let item = self.u32()?;
                 let n = self.len()?;
                 let mut items = Vec::with_capacity(n.min(1 << 20));
                 for _ in 0..n {
-                    items.push(self.value(item)?);
+                    items.push(self.value(item, depth + 1)?);
                 }
                 Value::Array(items)
             }
@@ -220,7 +232,7 @@ impl Gguf {
         for _ in 0..n_kv {
             let key = c.string().map_err(&bad)?;
             let ty = c.u32().map_err(&bad)?;
-            let v = c.value(ty).map_err(&bad)?;
+            let v = c.value(ty, 0).map_err(&bad)?;
             metadata.insert(key, v);
         }
         let mut tensors = BTreeMap::new();
@@ -237,38 +249,34 @@ impl Gguf {
             shape.reverse();
             let kind = GgmlType::from_id(c.u32().map_err(&bad)?);
             let offset = c.len().map_err(&bad)?;
-            tensors.insert(
-                name,
-                TensorInfo {
-                    shape,
-                    kind,
-                    offset,
-                },
-            );
+            let info = TensorInfo {
+                shape,
+                kind,
+                offset,
+            };
+            if tensors.insert(name.clone(), info).is_some() {
+                return Err(bad(format!("tensor {name} is described twice")));
+            }
         }
-        let align = metadata
-            .get("general.alignment")
-            .and_then(Value::as_u64)
-            .unwrap_or(32)
-            .max(1) as usize;
+        let align = match metadata.get("general.alignment").map(Value::as_u64) {
+            None => 32,
+            Some(Some(a)) if a.is_power_of_two() && a <= MAX_ALIGNMENT => a as usize,
+            Some(other) => {
+                return Err(bad(format!(
+                    "general.alignment {other:?} (a power of two up to {MAX_ALIGNMENT})"
+                )))
+            }
+        };
         let data_start = c.pos.next_multiple_of(align);
-        let gguf = Gguf {
+        check_extents(&tensors, data_start, map.len()).map_err(&bad)?;
+        Ok(Gguf {
             map,
             version,
             metadata,
             tensors,
             data_start,
             what,
-        };
-        for (name, info) in &gguf.tensors {
-            if let Ok(kind) = info.kind {
-                let end = gguf.data_start + info.offset + byte_len(kind, &info.shape);
-                if end > gguf.map.len() {
-                    return Err(bad(format!("tensor {name} runs past the end of the file")));
-                }
-            }
-        }
-        Ok(gguf)
+        })
     }
 
     /// A metadata value.
@@ -288,17 +296,50 @@ impl Gguf {
                 self.what
             ))
         })?;
+        // Checked when the file was opened: in the file, no overflow.
+        let len = byte_len(kind, &info.shape).unwrap_or(0);
         let start = self.data_start + info.offset;
-        let bytes = &self.map[start..start + byte_len(kind, &info.shape)];
+        let bytes = &self.map[start..start + len];
         let n: usize = info.shape.iter().product();
         Ok((info.shape.clone(), dequantize(kind, bytes, n)))
     }
 }
 
-fn byte_len(kind: GgmlType, shape: &[usize]) -> usize {
-    let n: usize = shape.iter().product();
+/// The bytes a tensor of `shape` takes; `None` when that overflows.
+fn byte_len(kind: GgmlType, shape: &[usize]) -> Option<usize> {
+    let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
     let (per, bytes) = kind.block();
-    n.div_ceil(per) * bytes
+    n.div_ceil(per).checked_mul(bytes)
+}
+
+/// Every tensor of a known type lies inside the data section (`data_start`..`file_len`) and
+/// none overlaps another.
+fn check_extents(
+    tensors: &BTreeMap<String, TensorInfo>,
+    data_start: usize,
+    file_len: usize,
+) -> std::result::Result<(), String> {
+    let mut extents: Vec<(usize, usize, &str)> = Vec::new();
+    for (name, info) in tensors {
+        let Ok(kind) = info.kind else { continue };
+        let len = byte_len(kind, &info.shape)
+            .ok_or_else(|| format!("tensor {name}'s shape {:?} overflows", info.shape))?;
+        let start = data_start
+            .checked_add(info.offset)
+            .ok_or_else(|| format!("tensor {name}'s offset overflows"))?;
+        match start.checked_add(len) {
+            Some(end) if end <= file_len => extents.push((start, end, name)),
+            _ => return Err(format!("tensor {name} runs past the end of the file")),
+        }
+    }
+    extents.sort_unstable();
+    for pair in extents.windows(2) {
+        let ((_, end, a), (start, _, b)) = (pair[0], pair[1]);
+        if start < end {
+            return Err(format!("tensors {a} and {b} overlap"));
+        }
+    }
+    Ok(())
 }
 
 /// IEEE half precision to f32.
@@ -404,6 +445,168 @@ pub fn dequantize(kind: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A GGUF file written by hand: metadata and tensor descriptions as given, then `data`.
+    struct Builder {
+        kv: Vec<u8>,
+        n_kv: u64,
+        tensors: Vec<u8>,
+        n_tensors: u64,
+    }
+
+    impl Builder {
+        fn new() -> Self {
+            Builder {
+                kv: Vec::new(),
+                n_kv: 0,
+                tensors: Vec::new(),
+                n_tensors: 0,
+            }
+        }
+
+        fn string(out: &mut Vec<u8>, s: &str) {
+            out.extend((s.len() as u64).to_le_bytes());
+            out.extend(s.as_bytes());
+        }
+
+        fn kv_u32(mut self, key: &str, v: u32) -> Self {
+            Self::string(&mut self.kv, key);
+            self.kv.extend(4u32.to_le_bytes());
+            self.kv.extend(v.to_le_bytes());
+            self.n_kv += 1;
+            self
+        }
+
+        fn kv_raw(mut self, key: &str, ty: u32, value: &[u8]) -> Self {
+            Self::string(&mut self.kv, key);
+            self.kv.extend(ty.to_le_bytes());
+            self.kv.extend(value);
+            self.n_kv += 1;
+            self
+        }
+
+        /// An F32 tensor of `dims` (GGUF order) at `offset`.
+        fn tensor(mut self, name: &str, dims: &[u64], offset: u64) -> Self {
+            Self::string(&mut self.tensors, name);
+            self.tensors.extend((dims.len() as u32).to_le_bytes());
+            for d in dims {
+                self.tensors.extend(d.to_le_bytes());
+            }
+            self.tensors.extend(0u32.to_le_bytes());
+            self.tensors.extend(offset.to_le_bytes());
+            self.n_tensors += 1;
+            self
+        }
+
+        fn bytes(&self, data_len: usize) -> Vec<u8> {
+            let mut out = b"GGUF".to_vec();
+            out.extend(3u32.to_le_bytes());
+            out.extend(self.n_tensors.to_le_bytes());
+            out.extend(self.n_kv.to_le_bytes());
+            out.extend(&self.kv);
+            out.extend(&self.tensors);
+            out.resize(out.len().next_multiple_of(32) + data_len, 0);
+            out
+        }
+    }
+
+    fn open_bytes(bytes: &[u8]) -> Result<Gguf> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, bytes).unwrap();
+        Gguf::open(&path)
+    }
+
+    fn refused(bytes: &[u8], want: &str) {
+        match open_bytes(bytes) {
+            Ok(_) => panic!("accepted; wanted an error with {want:?}"),
+            Err(e) => {
+                let text = e.to_string();
+                assert!(text.contains("not a readable GGUF file") && text.contains(want), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_well_formed_file_reads_back() {
+        let b = Builder::new()
+            .kv_u32("general.alignment", 32)
+            .tensor("a", &[4, 2], 0)
+            .tensor("b", &[3], 32);
+        let g = open_bytes(&b.bytes(64)).unwrap();
+        assert_eq!(g.tensors["a"].shape, vec![2, 4]);
+        let (shape, values) = g.tensor_f32("b").unwrap();
+        assert_eq!((shape, values), (vec![3], vec![0.0; 3]));
+    }
+
+    /// Headers that lie about sizes are one error each, never a panic, a hang or an
+    /// allocation of what they claim.
+    #[test]
+    fn hostile_headers_are_refused() {
+        let mut counts = b"GGUF".to_vec();
+        counts.extend(3u32.to_le_bytes());
+        counts.extend((1u64 << 60).to_le_bytes());
+        counts.extend(0u64.to_le_bytes());
+        refused(&counts, "past the file's end");
+        let long_key = Builder::new().kv_raw("k", 8, &(u64::MAX - 3).to_le_bytes());
+        refused(&long_key.bytes(0), "past the file's end");
+        let mut nested = Vec::new();
+        for _ in 0..10_000 {
+            nested.extend(9u32.to_le_bytes());
+            nested.extend(1u64.to_le_bytes());
+        }
+        let deep = Builder::new().kv_raw("k", 9, &nested[..]);
+        refused(&deep.bytes(0), "nested deeper");
+        refused(&Builder::new().tensor("a", &[8], 64).bytes(32), "runs past the end");
+        // Each dimension fits in the file; their product (2^64) does not fit in memory.
+        let huge = Builder::new().tensor("a", &[256; 8], 0);
+        refused(&huge.bytes(256), "overflows");
+        let overlap = Builder::new().tensor("a", &[8], 0).tensor("b", &[8], 16);
+        refused(&overlap.bytes(64), "overlap");
+        let twice = Builder::new().tensor("a", &[8], 0).tensor("a", &[8], 32);
+        refused(&twice.bytes(64), "described twice");
+        let align = Builder::new().kv_raw("general.alignment", 10, &(1u64 << 62).to_le_bytes());
+        refused(&align.bytes(0), "general.alignment");
+        let dims = Builder::new().tensor("a", &[1; 9], 0);
+        refused(&dims.bytes(32), "9 dimensions");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        /// Random bytes after the magic, and random damage to a good file: errors, no panic.
+        #[test]
+        fn prop_random_bytes_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut bytes = b"GGUF\x03\x00\x00\x00".to_vec();
+            bytes.extend(&tail);
+            let _ = open_bytes(&bytes);
+        }
+
+        #[test]
+        fn prop_damaged_files_never_panic(at in 0usize..200, byte in any::<u8>()) {
+            let good = Builder::new()
+                .kv_u32("general.alignment", 32)
+                .kv_raw("tokenizer.ggml.tokens", 9, &{
+                    let mut v = 8u32.to_le_bytes().to_vec();
+                    v.extend(2u64.to_le_bytes());
+                    for t in ["a", "bc"] {
+                        v.extend((t.len() as u64).to_le_bytes());
+                        v.extend(t.as_bytes());
+                    }
+                    v
+                })
+                .tensor("a", &[4, 2], 0)
+                .bytes(32);
+            let mut bytes = good.clone();
+            let i = at % bytes.len();
+            bytes[i] = byte;
+            if let Ok(g) = open_bytes(&bytes) {
+                for name in g.tensors.keys() {
+                    let _ = g.tensor_f32(name);
+                }
+            }
+        }
+    }
 
     #[test]
     fn half_conversions_round_trip_and_match_known_values() {

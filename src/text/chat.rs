@@ -7,6 +7,10 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
 
+/// The most work one render may do, in minijinja's fuel: an instruction costs one, and 64 bytes
+/// of text created or written cost one. A real template renders a prompt with a few thousand.
+const TEMPLATE_FUEL: u64 = 4_000_000;
+
 /// A model's chat template with the special tokens it may refer to.
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
@@ -47,6 +51,9 @@ impl ChatTemplate {
             strftime_now(&fmt)
         });
         env.add_filter("tojson", tojson);
+        // A template comes with a model's files, which the user did not write: bound the work
+        // and the memory one render may take (instructions, and the bytes it creates or writes).
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_template("chat", &self.source)
             .map_err(|e| Error::input(format!("chat template: {e}")))?;
         let tmpl = env.get_template("chat").expect("just added");
@@ -58,6 +65,12 @@ impl ChatTemplate {
             eos_token => self.eos_token.clone(),
         };
         tmpl.render(ctx).map_err(|e| {
+            if e.kind() == ErrorKind::OutOfFuel {
+                return Error::input(format!(
+                    "chat template: stopped after {TEMPLATE_FUEL} units of work (about {} MB of text): it renders far more than any prompt",
+                    TEMPLATE_FUEL * 64 >> 20
+                ));
+            }
             let detail = e
                 .detail()
                 .map(str::to_string)
@@ -270,5 +283,42 @@ mod tests {
         assert!(err.contains("first must be user"), "{err}");
         let m = vec![serde_json::json!({"role": "user", "content": "x"})];
         assert_eq!(t.render(&m, None, false).unwrap(), "ok");
+    }
+
+    fn template(source: &str) -> ChatTemplate {
+        ChatTemplate {
+            source: source.into(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        }
+    }
+
+    /// Templates that would render gigabytes, loop without end (nested loops, endless
+    /// recursion) or build a huge string in a variable stop with one line, in bounded time and
+    /// memory.
+    #[test]
+    fn hostile_templates_stop_within_bounds() {
+        let m = vec![serde_json::json!({"role": "user", "content": "x"})];
+        let hostile = [
+            // 10 GB written.
+            r#"{% for i in range(100000) %}{{ "x" * 100000 }}{% endfor %}"#,
+            // 10^10 iterations writing nothing.
+            r#"{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"#,
+            // A string doubled until it is terabytes, never written.
+            r#"{% set ns = namespace(s="xxxxxxxx") %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}ok"#,
+            // Endless recursion.
+            r#"{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"#,
+        ];
+        for source in hostile {
+            let err = template(source).render(&m, None, false).unwrap_err();
+            let text = err.to_string();
+            assert!(text.starts_with("chat template: "), "{source}: {text}");
+            assert!(!text.contains('\n'), "one line: {text}");
+        }
+        // A real template's work is far inside the budget.
+        let tools = vec![serde_json::json!({"type": "function", "function": {
+            "name": "get", "description": "d".repeat(2000), "parameters": {"type": "object"}}}); 50];
+        let ok = template("{% for t in tools %}{{ t | tojson }}\n{% endfor %}{{ messages[0].content }}");
+        assert!(ok.render(&m, Some(&tools), true).unwrap().len() > 100_000);
     }
 }
