@@ -66,6 +66,17 @@ impl HfTokenizer {
             .copied()
             .or_else(|| stop.first().copied())
             .ok_or_else(|| Error::input(format!("{what}: no end-of-sequence token")))?;
+        // Special ids come from files beside the vocabulary (config.json, GGUF metadata): one
+        // past the vocabulary would index past the embedding table.
+        let size = inner.get_vocab_size(true);
+        for (name, id) in [("end-of-sequence", Some(eos)), ("beginning-of-sequence", bos)] {
+            if let Some(id) = id.filter(|&id| id as usize >= size) {
+                return Err(Error::input(format!(
+                    "{what}: the {name} token id {id} is outside the vocabulary of {size}"
+                )));
+            }
+        }
+        stop.retain(|&id| (id as usize) < size);
         let exact = json.get("normalizer").is_none_or(Json::is_null);
         // A template post-processor that puts BOS first (Llama's) adds it to plain prompts.
         let add_bos = add_bos.unwrap_or_else(|| {
@@ -183,7 +194,9 @@ impl HfTokenizer {
             what,
         )?;
         if let Some(p) = id("tokenizer.ggml.padding_token_id") {
-            t.pad = p;
+            if (p as usize) < t.vocab_size() {
+                t.pad = p;
+            }
         }
         Ok(t)
     }
@@ -270,8 +283,8 @@ mod tests {
     use super::*;
 
     /// A byte-level BPE whose vocabulary lacks some bytes.
-    fn partial() -> HfTokenizer {
-        let spec = json!({
+    fn partial_spec() -> Json {
+        json!({
             "version": "1.0", "truncation": null, "padding": null,
             "added_tokens": [{"id": 0, "content": "<eos>", "single_word": false, "lstrip": false,
                 "rstrip": false, "normalized": false, "special": true}],
@@ -282,8 +295,35 @@ mod tests {
             "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
                 "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                 "vocab": {"<eos>": 0, "a": 1, "b": 2, "Ġ": 3, "ab": 4}, "merges": ["a b"]},
-        });
-        HfTokenizer::from_json_str(&spec.to_string(), None, &[0], None, "test").unwrap()
+        })
+    }
+
+    fn partial() -> HfTokenizer {
+        HfTokenizer::from_json_str(&partial_spec().to_string(), None, &[0], None, "test").unwrap()
+    }
+
+    /// A `tokenizer.json` from elsewhere: an unknown model type, merges that name tokens the
+    /// vocabulary lacks, special ids past the vocabulary, or random bytes: one error, no panic.
+    #[test]
+    fn hostile_tokenizer_files_are_refused() {
+        let refused = |spec: &Json, eos: &[u32], bos: Option<u32>, want: &str| {
+            let err = HfTokenizer::from_json_str(&spec.to_string(), bos, eos, None, "t.json")
+                .err()
+                .unwrap_or_else(|| panic!("accepted; wanted {want:?}"))
+                .to_string();
+            assert!(err.starts_with("t.json: ") && err.contains(want), "{err}");
+        };
+        let mut unknown = partial_spec();
+        unknown["model"]["type"] = "Nope".into();
+        refused(&unknown, &[0], None, "not a tokenizer");
+        let mut merges = partial_spec();
+        merges["model"]["merges"] = json!(["a zz"]);
+        refused(&merges, &[0], None, "not a tokenizer");
+        refused(&partial_spec(), &[70_000], None, "end-of-sequence token id 70000");
+        refused(&partial_spec(), &[0], Some(9), "beginning-of-sequence token id 9");
+        for junk in ["", "[]", "{\"model\": 3}", "\u{0}\u{1}"] {
+            assert!(HfTokenizer::from_json_str(junk, None, &[0], None, "t").is_err(), "{junk}");
+        }
     }
 
     #[test]

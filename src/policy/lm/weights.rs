@@ -224,3 +224,55 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Res
     safetensors::serialize_to_file(views, &Some(meta), path)
         .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `model.safetensors` with this header and `data_len` zero bytes of data, in a directory.
+    fn dir_with(header: &serde_json::Value, data_len: usize) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let text = header.to_string();
+        let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(text.as_bytes());
+        bytes.resize(bytes.len() + data_len, 0);
+        std::fs::write(dir.path().join("model.safetensors"), bytes).unwrap();
+        dir
+    }
+
+    fn refused(header: serde_json::Value, data_len: usize) -> String {
+        let dir = dir_with(&header, data_len);
+        match SafetensorsWeights::open(dir.path()) {
+            Ok(_) => panic!("accepted {header}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Headers from elsewhere that lie: offsets past the end, a shape that overflows or does
+    /// not match its bytes, overlapping tensors, a header length past the file. One error each.
+    #[test]
+    fn hostile_safetensors_headers_are_refused() {
+        use serde_json::json;
+        let ok = json!({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}});
+        let dir = dir_with(&ok, 16);
+        let w = SafetensorsWeights::open(dir.path()).unwrap();
+        assert_eq!(w.get("w").unwrap().size(), vec![2, 2]);
+        let past = json!({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}});
+        let err = refused(past, 8);
+        assert!(err.contains("past the end") || err.contains("not a safetensors file"), "{err}");
+        let overflow = json!({"w": {"dtype": "F32", "shape": [1u64 << 40, 1u64 << 40], "data_offsets": [0, 16]}});
+        assert!(refused(overflow, 16).contains("not a safetensors file"));
+        let mismatch = json!({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 16]}});
+        assert!(refused(mismatch, 16).contains("not a safetensors file"));
+        let overlap = json!({
+            "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+            "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}});
+        assert!(refused(overlap, 24).contains("not a safetensors file"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = (1u64 << 40).to_le_bytes().to_vec();
+        bytes.extend(b"{}");
+        std::fs::write(dir.path().join("model.safetensors"), bytes).unwrap();
+        let err = SafetensorsWeights::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("not a safetensors file"), "{err}");
+    }
+}
