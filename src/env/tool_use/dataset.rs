@@ -22,11 +22,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use rayon::prelude::*;
 use serde_json::{Map, Value};
 
 use super::calls::parse_call_json;
 use super::reward::{read_number, AnswerRule, Call};
 use crate::env::Split;
+use crate::formats::lines::{capped_lines, Line};
 use crate::error::{Error, Result};
 
 /// The prompt of a dataset task.
@@ -80,6 +82,10 @@ pub struct Dataset {
 /// Most bad lines named in one error.
 const MAX_REPORTED: usize = 20;
 
+/// The longest line a dataset may have (a task with its messages and tool schemas is a few
+/// kilobytes; a longer line is refused without being held in memory).
+const MAX_LINE: usize = 16 << 20;
+
 const KEYS: [&str; 11] = [
     "id",
     "split",
@@ -97,24 +103,37 @@ const KEYS: [&str; 11] = [
 impl Dataset {
     /// Reads `path`; `tools` are the names of the tools the config defines.
     pub fn load(path: &Path, tools: &[&str]) -> Result<Dataset> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::input(format!("cannot read {}: {e}", path.display())))?;
-        Self::parse(&text, &path.display().to_string(), tools)
+        let cant = |e: std::io::Error| Error::input(format!("cannot read {}: {e}", path.display()));
+        let file = std::fs::File::open(path).map_err(cant)?;
+        let lines = capped_lines(std::io::BufReader::new(file), MAX_LINE)
+            .collect::<std::io::Result<Vec<Line>>>()
+            .map_err(cant)?;
+        Self::from_lines(lines, &path.display().to_string(), tools)
     }
 
     /// Parses the text of a dataset file named `file` (for its messages).
     pub fn parse(text: &str, file: &str, tools: &[&str]) -> Result<Dataset> {
+        let lines = capped_lines(text.as_bytes(), MAX_LINE)
+            .collect::<std::io::Result<Vec<Line>>>()
+            .map_err(|e| Error::input(format!("{file}: {e}")))?;
+        Self::from_lines(lines, file, tools)
+    }
+
+    /// The dataset of the numbered `lines` of `file`: every line parsed and checked (in
+    /// parallel, kept in order), then ids checked for uniqueness in line order.
+    fn from_lines(lines: Vec<Line>, file: &str, tools: &[&str]) -> Result<Dataset> {
+        let parsed: Vec<(usize, std::result::Result<DatasetTask, String>)> = lines
+            .into_par_iter()
+            .filter(|(_, text)| text.as_ref().map_or(true, |t| !t.trim().is_empty()))
+            .map(|(n, text)| (n, text.and_then(|t| parse_task(&t, n, tools))))
+            .collect();
         let mut train = Vec::new();
         let mut heldout = Vec::new();
         let mut by_id: HashMap<String, (Split, usize)> = HashMap::new();
         let mut first_line: HashMap<String, usize> = HashMap::new();
         let mut bad = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let n = i + 1;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let task = parse_task(line, n, tools).and_then(|t| match first_line.get(&t.id) {
+        for (n, task) in parsed {
+            let task = task.and_then(|t| match first_line.get(&t.id) {
                 Some(first) => Err(format!("id {:?} is already used on line {first}", t.id)),
                 None => Ok(t),
             });

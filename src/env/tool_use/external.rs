@@ -204,6 +204,11 @@ fn exited(child: &mut Child, what: &str) -> String {
     }
 }
 
+/// The longest answer line a worker may write: one longer (or output without a newline that
+/// grows past it) is the worker's failure, so a tool that floods its output cannot take the
+/// trainer's memory.
+pub const MAX_LINE: usize = 16 << 20;
+
 /// The next complete line from the worker's stdout, waiting at most `timeout`.
 fn read_line(r: &mut Running, timeout: Duration) -> Result<String, String> {
     let deadline = Instant::now() + timeout;
@@ -248,7 +253,16 @@ fn read_line(r: &mut Running, timeout: Duration) -> Result<String, String> {
                 let _ = r.child.wait();
                 return Err(exited(&mut r.child, "it closed its output"));
             }
-            Ok(n) => r.pending.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                r.pending.extend_from_slice(&buf[..n]);
+                let complete = r.pending.iter().position(|&b| b == b'\n');
+                if complete.unwrap_or(r.pending.len()) > MAX_LINE {
+                    return Err(format!(
+                        "the tool program wrote a line longer than {} MiB",
+                        MAX_LINE >> 20
+                    ));
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(exited(&mut r.child, &e.to_string())),
         }
@@ -260,7 +274,8 @@ mod tests {
     use super::*;
 
     /// A Python tool program: `add` and `echo` answer, `fail` errors, `slow` sleeps, `die`
-    /// exits, `garbage` prints a line that is not JSON, `hold` answers after the next call.
+    /// exits, `garbage` prints a line that is not JSON, `hold` answers after the next call,
+    /// `flood` writes without end and without a newline, `binary` writes bytes that are not text.
     const PROGRAM: &str = r#"
 import json, sys, time
 held = None
@@ -281,6 +296,12 @@ for line in sys.stdin:
         print("hello"); sys.stdout.flush(); continue
     elif name == "hold":
         held = {"id": req["id"], "result": "held"}; continue
+    elif name == "flood":
+        chunk = "x" * (1 << 20)
+        while True:
+            sys.stdout.write(chunk); sys.stdout.flush()
+    elif name == "binary":
+        sys.stdout.buffer.write(bytes(range(256)) * 4 + b"\n"); sys.stdout.flush(); continue
     else:
         ans = {"id": req["id"], "error": "unknown tool " + name}
     print(json.dumps(ans)); sys.stdout.flush()
@@ -352,6 +373,17 @@ for line in sys.stdin:
         assert!(got[0].as_ref().unwrap_err().contains("not JSON"), "{got:?}");
         assert_eq!(w.call_batch(&[("add", &a)]), vec![Ok("2".to_string())]);
         assert_eq!(w.starts, 4);
+        // Output without end (a gigabyte line in the making): cut at the cap, restarted.
+        let got = w.call_batch(&[("flood", &none), ("add", &a)]);
+        assert!(got[0].as_ref().unwrap_err().contains("longer than 16 MiB"), "{got:?}");
+        assert!(got[1].is_err());
+        assert_eq!(w.call_batch(&[("add", &a)]), vec![Ok("2".to_string())]);
+        assert_eq!(w.starts, 5);
+        // Binary garbage.
+        let got = w.call_batch(&[("binary", &none)]);
+        assert!(got[0].as_ref().unwrap_err().contains("not JSON"), "{got:?}");
+        assert_eq!(w.call_batch(&[("add", &a)]), vec![Ok("2".to_string())]);
+        assert_eq!(w.starts, 6);
     }
 
     #[test]
