@@ -90,6 +90,11 @@ fn run_sampled(
     resume: Option<Checkpoint>,
 ) -> Result<Outcome> {
     let (mut run, saved) = sampled::SampledRun::start(cfg, run_dir, device, opts.serial, resume)?;
+    if run.learner.step() >= cfg.env.total_steps() {
+        // Nothing to train (`env.rounds = 0`: the warm start and the evaluations only, or a
+        // resume of a run that had reached its end): no actor is started.
+        return Ok(Outcome::Finished(run.summary(device)?));
+    }
     // Owned, so that actor threads can rebuild an actor mid-run.
     let new_actor = run.runner.actors();
     let (session, behaviour) = (run.session, run.behaviour.clone());
