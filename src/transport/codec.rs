@@ -382,6 +382,23 @@ mod tests {
             prop_assert_eq!(back.actor, batch.actor);
             prop_assert_eq!(back.trajectories, batch.trajectories);
         }
+
+        /// Bytes from a Redis stream anyone can write to: random ones, and random ones after a
+        /// real header, decode to an error or a batch, never a panic or a huge allocation.
+        #[test]
+        fn prop_random_messages_never_panic(
+            tail in proptest::collection::vec(any::<u8>(), 0..300),
+            real_header in any::<bool>(),
+        ) {
+            let mut bytes = if real_header {
+                encode_batch(&ActorBatch { actor: 1, trajectories: vec![trajectory(3, 0, true)] })[..10].to_vec()
+            } else {
+                Vec::new()
+            };
+            bytes.extend(&tail);
+            let _ = decode_batch(&bytes);
+            let _ = decode_snapshot(&bytes);
+        }
     }
 
     #[test]

@@ -375,8 +375,29 @@ fn parse_messages(v: &Value) -> std::result::Result<Vec<Value>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const TOOLS: [&str; 2] = ["distance", "area"];
+
+    proptest! {
+        /// Random bytes, and random damage to a good line, give a dataset or an error naming
+        /// the line, never a panic.
+        #[test]
+        fn prop_random_lines_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+            at in 0usize..200,
+            byte in any::<u8>(),
+        ) {
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = parse(&text);
+            let mut good = br#"{"id": 1, "split": "train", "prompt": "p", "tools": ["area"], "answer": 2, "rule": "number", "tolerance": 1, "calls": [{"name": "area", "arguments": {"w": 1}}]}"#.to_vec();
+            let i = at % good.len();
+            good[i] = byte;
+            if let Err(e) = parse(&String::from_utf8_lossy(&good)) {
+                prop_assert!(e.to_string().starts_with("tasks.jsonl:1: "), "{}", e);
+            }
+        }
+    }
 
     fn parse(text: &str) -> Result<Dataset> {
         Dataset::parse(text, "tasks.jsonl", &TOOLS)

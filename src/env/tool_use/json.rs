@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::calls::parse_call_json;
+use crate::formats::lines::capped_lines;
 use super::reward::{self, Attempt, Call, RewardConfig, Score, ScoreMeans};
 use super::tasks::Task;
 use crate::env::{TaskSource, ToolSet};
@@ -242,25 +243,27 @@ pub fn score_jsonl(
     score_lines(input, |line| score_line(task, cfg, line), each)
 }
 
+/// The longest line `score` reads: an episode with its messages is kilobytes; a longer line
+/// is a bad line, skipped without being held in memory.
+pub const MAX_SCORED_LINE: usize = 16 << 20;
+
 /// Scores every line of `input` with `score`, calling `each` with (line number, result); bad
-/// lines are reported and skipped. Returns the means over the scored lines.
+/// lines (too long, not UTF-8, not scorable) are reported and skipped. Returns the means over
+/// the scored lines.
 pub fn score_lines(
     input: impl BufRead,
     score: impl Fn(&str) -> Result<Score, String>,
     mut each: impl FnMut(usize, &Result<Score, String>),
 ) -> std::io::Result<ScoreTotals> {
     let mut t = ScoreTotals::default();
-    for (i, line) in input.split(b'\n').enumerate() {
-        let bytes = line?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+    for line in capped_lines(input, MAX_SCORED_LINE) {
+        let (n, text) = line?;
+        if text.as_ref().is_ok_and(|l| l.trim().is_empty()) {
             continue;
         }
         t.lines += 1;
-        let result = match std::str::from_utf8(&bytes) {
-            Ok(text) => score(text),
-            Err(_) => Err("not valid UTF-8".to_string()),
-        };
-        each(i + 1, &result);
+        let result = text.and_then(|l| score(&l));
+        each(n, &result);
         match result {
             Ok(s) => t.means.add(&s, 0),
             Err(_) => t.bad_lines += 1,
@@ -275,7 +278,36 @@ mod tests {
     use super::*;
     use crate::env::tool_use::protocol::{self, episode_json, Episode};
     use crate::env::tool_use::tasks::{Split, TaskKind, TaskSpec};
+    use proptest::prelude::*;
     use serde_json::json;
+
+    proptest! {
+        /// Random bytes, and random damage to a good line of every form, are scored or refused
+        /// with a reason, never a panic.
+        #[test]
+        fn prop_random_score_lines_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+            form in 0usize..3,
+            at in 0usize..300,
+            byte in any::<u8>(),
+        ) {
+            let task = lookup();
+            let cfg = RewardConfig::default();
+            let _ = score_line(&task, &cfg, &String::from_utf8_lossy(&bytes));
+            let prompt = task.prompt(&task.item(Split::Train, 0));
+            let good = [
+                json!({"prompt": prompt, "calls": [{"name": "get", "arguments": {"ent": "e1", "attr": "age"}}], "answer": "3"}),
+                json!({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": null,
+                    "tool_calls": [{"id": "1", "type": "function", "function": {"name": "get", "arguments": "{\"ent\": 1}"}}]},
+                    {"role": "assistant", "content": "The answer is 3."}]}),
+                json!({"prompt": prompt, "completion": "<tool_call>{\"name\": \"get\"}</tool_call>"}),
+            ][form].to_string().into_bytes();
+            let mut damaged = good.clone();
+            let i = at % damaged.len();
+            damaged[i] = byte;
+            let _ = score_line(&task, &cfg, &String::from_utf8_lossy(&damaged));
+        }
+    }
 
     fn lookup() -> Task {
         Task::new(TaskSpec {
