@@ -637,6 +637,31 @@ fn generate_and_export_on_the_command_line() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be a finite number >= 0"));
+
+    // A chat template that would render 10 GB, in a model directory's tokenizer_config.json:
+    // one line and exit 2 (it was killed for memory before templates ran on a budget), and a
+    // template that raises: its message.
+    let hostile = tmp.path().join("hostile");
+    std::fs::create_dir_all(&hostile).unwrap();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(dir.join(f), hostile.join(f)).unwrap();
+    }
+    let h = hostile.to_str().unwrap();
+    for (template, want) in [
+        (
+            r#"{% for i in range(100000) %}{{ "x" * 100000 }}{% endfor %}"#,
+            "chat template: stopped after",
+        ),
+        (
+            r#"{{ raise_exception("this model only chats in French") }}"#,
+            "chat template: this model only chats in French",
+        ),
+    ] {
+        let tc = serde_json::json!({"chat_template": template, "eos_token": "<|im_end|>"});
+        std::fs::write(hostile.join("tokenizer_config.json"), tc.to_string()).unwrap();
+        let out = asymre(&["generate", "--model", h, "--prompt", "hi", "--chat"]);
+        assert_input_error(&out, want);
+    }
 }
 
 #[test]
