@@ -355,7 +355,7 @@ fn plot_dirs(args: PlotArgs) -> Result<u8> {
     });
     let title = args.title.unwrap_or_else(|| match runs.as_slice() {
         [one] => one.display().to_string(),
-        _ => "AsymRE on the bandit".into(),
+        many => format!("{} runs", many.len()),
     });
     plot::plot_curves(&series, plot::panels_for(&series), &title, &out)?;
     println!("{}", out.display());

@@ -523,7 +523,10 @@ mod tests {
             Ok(_) => panic!("accepted; wanted an error with {want:?}"),
             Err(e) => {
                 let text = e.to_string();
-                assert!(text.contains("not a readable GGUF file") && text.contains(want), "{text}");
+                assert!(
+                    text.contains("not a readable GGUF file") && text.contains(want),
+                    "{text}"
+                );
             }
         }
     }
@@ -558,7 +561,10 @@ mod tests {
         }
         let deep = Builder::new().kv_raw("k", 9, &nested[..]);
         refused(&deep.bytes(0), "nested deeper");
-        refused(&Builder::new().tensor("a", &[8], 64).bytes(32), "runs past the end");
+        refused(
+            &Builder::new().tensor("a", &[8], 64).bytes(32),
+            "runs past the end",
+        );
         // Each dimension fits in the file; their product (2^64) does not fit in memory.
         let huge = Builder::new().tensor("a", &[256; 8], 0);
         refused(&huge.bytes(256), "overflows");

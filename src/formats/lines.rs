@@ -121,6 +121,9 @@ mod tests {
         // 256 MiB of one line, read through a 64 KiB buffer.
         let input = std::io::BufReader::with_capacity(1 << 16, Endless(256 << 20));
         let got: Vec<Line> = capped_lines(input, 1 << 20).map(|l| l.unwrap()).collect();
-        assert_eq!(got, vec![(1, Err("a line longer than 1048576 bytes".into()))]);
+        assert_eq!(
+            got,
+            vec![(1, Err("a line longer than 1048576 bytes".into()))]
+        );
     }
 }

@@ -316,9 +316,13 @@ mod tests {
             assert!(!text.contains('\n'), "one line: {text}");
         }
         // A real template's work is far inside the budget.
-        let tools = vec![serde_json::json!({"type": "function", "function": {
-            "name": "get", "description": "d".repeat(2000), "parameters": {"type": "object"}}}); 50];
-        let ok = template("{% for t in tools %}{{ t | tojson }}\n{% endfor %}{{ messages[0].content }}");
+        let tools = vec![
+            serde_json::json!({"type": "function", "function": {
+            "name": "get", "description": "d".repeat(2000), "parameters": {"type": "object"}}});
+            50
+        ];
+        let ok =
+            template("{% for t in tools %}{{ t | tojson }}\n{% endfor %}{{ messages[0].content }}");
         assert!(ok.render(&m, Some(&tools), true).unwrap().len() > 100_000);
     }
 }

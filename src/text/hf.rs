@@ -69,7 +69,10 @@ impl HfTokenizer {
         // Special ids come from files beside the vocabulary (config.json, GGUF metadata): one
         // past the vocabulary would index past the embedding table.
         let size = inner.get_vocab_size(true);
-        for (name, id) in [("end-of-sequence", Some(eos)), ("beginning-of-sequence", bos)] {
+        for (name, id) in [
+            ("end-of-sequence", Some(eos)),
+            ("beginning-of-sequence", bos),
+        ] {
             if let Some(id) = id.filter(|&id| id as usize >= size) {
                 return Err(Error::input(format!(
                     "{what}: the {name} token id {id} is outside the vocabulary of {size}"
@@ -319,10 +322,23 @@ mod tests {
         let mut merges = partial_spec();
         merges["model"]["merges"] = json!(["a zz"]);
         refused(&merges, &[0], None, "not a tokenizer");
-        refused(&partial_spec(), &[70_000], None, "end-of-sequence token id 70000");
-        refused(&partial_spec(), &[0], Some(9), "beginning-of-sequence token id 9");
+        refused(
+            &partial_spec(),
+            &[70_000],
+            None,
+            "end-of-sequence token id 70000",
+        );
+        refused(
+            &partial_spec(),
+            &[0],
+            Some(9),
+            "beginning-of-sequence token id 9",
+        );
         for junk in ["", "[]", "{\"model\": 3}", "\u{0}\u{1}"] {
-            assert!(HfTokenizer::from_json_str(junk, None, &[0], None, "t").is_err(), "{junk}");
+            assert!(
+                HfTokenizer::from_json_str(junk, None, &[0], None, "t").is_err(),
+                "{junk}"
+            );
         }
     }
 

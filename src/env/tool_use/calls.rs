@@ -85,9 +85,15 @@ mod tests {
         let plain = serde_json::json!({"name": "mul", "arguments": {"a": 3, "b": "4"}});
         let openai = serde_json::json!({"id": "c1", "type": "function",
             "function": {"name": "mul", "arguments": "{\"a\": 3, \"b\": \"4\"}"}});
-        let (a, b) = (parse_call_json(&plain).unwrap(), parse_call_json(&openai).unwrap());
+        let (a, b) = (
+            parse_call_json(&plain).unwrap(),
+            parse_call_json(&openai).unwrap(),
+        );
         assert_eq!(a, b);
-        assert_eq!(call_json(&a), serde_json::json!({"name": "mul", "arguments": {"a": 3, "b": 4}}));
+        assert_eq!(
+            call_json(&a),
+            serde_json::json!({"name": "mul", "arguments": {"a": 3, "b": 4}})
+        );
         for bad in [
             serde_json::json!(3),
             serde_json::json!({"name": 3}),
@@ -106,16 +112,31 @@ mod tests {
             Just(Value::Null),
             any::<bool>().prop_map(Value::from),
             any::<i64>().prop_map(Value::from),
-            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
             ".{0,12}".prop_map(Value::from),
-            prop_oneof![Just("name"), Just("arguments"), Just("function"), Just("type")].prop_map(Value::from),
+            prop_oneof![
+                Just("name"),
+                Just("arguments"),
+                Just("function"),
+                Just("type")
+            ]
+            .prop_map(Value::from),
         ];
         leaf.prop_recursive(4, 32, 6, |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
                 proptest::collection::vec(
-                    (prop_oneof![Just("name".to_string()), Just("arguments".to_string()),
-                        Just("function".to_string()), Just("type".to_string()), ".{0,6}"], inner),
+                    (
+                        prop_oneof![
+                            Just("name".to_string()),
+                            Just("arguments".to_string()),
+                            Just("function".to_string()),
+                            Just("type".to_string()),
+                            ".{0,6}"
+                        ],
+                        inner
+                    ),
                     0..4,
                 )
                 .prop_map(|kv| Value::Object(kv.into_iter().collect())),

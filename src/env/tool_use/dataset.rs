@@ -28,8 +28,8 @@ use serde_json::{Map, Value};
 use super::calls::parse_call_json;
 use super::reward::{read_number, AnswerRule, Call};
 use crate::env::Split;
-use crate::formats::lines::{capped_lines, Line};
 use crate::error::{Error, Result};
+use crate::formats::lines::{capped_lines, Line};
 
 /// The prompt of a dataset task.
 #[derive(Debug, Clone, PartialEq)]

@@ -375,7 +375,10 @@ for line in sys.stdin:
         assert_eq!(w.starts, 4);
         // Output without end (a gigabyte line in the making): cut at the cap, restarted.
         let got = w.call_batch(&[("flood", &none), ("add", &a)]);
-        assert!(got[0].as_ref().unwrap_err().contains("longer than 16 MiB"), "{got:?}");
+        assert!(
+            got[0].as_ref().unwrap_err().contains("longer than 16 MiB"),
+            "{got:?}"
+        );
         assert!(got[1].is_err());
         assert_eq!(w.call_batch(&[("add", &a)]), vec![Ok("2".to_string())]);
         assert_eq!(w.starts, 5);

@@ -6,10 +6,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::calls::parse_call_json;
-use crate::formats::lines::capped_lines;
 use super::reward::{self, Attempt, Call, RewardConfig, Score, ScoreMeans};
 use super::tasks::Task;
 use crate::env::{TaskSource, ToolSet};
+use crate::formats::lines::capped_lines;
 
 /// The top-level keys a scored line may have.
 const LINE_KEYS: [&str; 8] = [

@@ -419,18 +419,35 @@ mod tests {
     #[test]
     fn absurd_sizes_and_bad_types_are_refused() {
         let cases: [(&str, Json, &str); 6] = [
-            ("vocab_size", json!(1u64 << 40), "vocabulary 1099511627776 is beyond"),
-            ("num_hidden_layers", json!(100_000), "layers 100000 is beyond"),
+            (
+                "vocab_size",
+                json!(1u64 << 40),
+                "vocabulary 1099511627776 is beyond",
+            ),
+            (
+                "num_hidden_layers",
+                json!(100_000),
+                "layers 100000 is beyond",
+            ),
             ("hidden_size", json!(65_536), "parameters is beyond"),
             ("hidden_size", json!("576"), "hidden_size: invalid type"),
-            ("num_attention_heads", json!(-3), "num_attention_heads: invalid value"),
+            (
+                "num_attention_heads",
+                json!(-3),
+                "num_attention_heads: invalid value",
+            ),
             ("eos_token_id", json!("</s>"), "eos_token_id"),
         ];
         for (key, value, want) in cases {
             let mut cfg = smollm2();
             cfg[key] = value;
-            let err = LmConfig::from_hf(&cfg, "bad/config.json").unwrap_err().to_string();
-            assert!(err.contains("bad/config.json") && err.contains(want), "{key}: {err}");
+            let err = LmConfig::from_hf(&cfg, "bad/config.json")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("bad/config.json") && err.contains(want),
+                "{key}: {err}"
+            );
         }
         let mut cfg = smollm2();
         cfg.as_object_mut().unwrap().remove("intermediate_size");

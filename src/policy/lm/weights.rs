@@ -259,7 +259,10 @@ mod tests {
         assert_eq!(w.get("w").unwrap().size(), vec![2, 2]);
         let past = json!({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}});
         let err = refused(past, 8);
-        assert!(err.contains("past the end") || err.contains("not a safetensors file"), "{err}");
+        assert!(
+            err.contains("past the end") || err.contains("not a safetensors file"),
+            "{err}"
+        );
         let overflow = json!({"w": {"dtype": "F32", "shape": [1u64 << 40, 1u64 << 40], "data_offsets": [0, 16]}});
         assert!(refused(overflow, 16).contains("not a safetensors file"));
         let mismatch = json!({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 16]}});
@@ -272,7 +275,10 @@ mod tests {
         let mut bytes = (1u64 << 40).to_le_bytes().to_vec();
         bytes.extend(b"{}");
         std::fs::write(dir.path().join("model.safetensors"), bytes).unwrap();
-        let err = SafetensorsWeights::open(dir.path()).err().unwrap().to_string();
+        let err = SafetensorsWeights::open(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("not a safetensors file"), "{err}");
     }
 }
