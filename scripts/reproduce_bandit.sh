@@ -8,8 +8,11 @@
 # to docs/. About 5 minutes on a 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-make -s build >/dev/null
-bin=./target/release/asymre
+bin=${ASYMRE:-}
+if [ -z "$bin" ]; then
+    make -s build >/dev/null
+    bin=./target/release/asymre
+fi
 root=sweeps/bandit
 rm -rf "$root"
 mkdir -p docs

@@ -9,8 +9,11 @@
 # final evaluations, which take longer for runs that broke down).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-make -s build >/dev/null
-bin=./target/release/asymre
+bin=${ASYMRE:-}
+if [ -z "$bin" ]; then
+    make -s build >/dev/null
+    bin=./target/release/asymre
+fi
 root=sweeps/lm_stability
 [ "${KEEP:-0}" = 1 ] || rm -rf "$root"
 mkdir -p docs

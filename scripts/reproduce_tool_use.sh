@@ -8,8 +8,11 @@
 # About 25 minutes on a 2-core machine (30 runs, two at a time, serial mode).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-make -s build >/dev/null
-bin=./target/release/asymre
+bin=${ASYMRE:-}
+if [ -z "$bin" ]; then
+    make -s build >/dev/null
+    bin=./target/release/asymre
+fi
 root=sweeps/tool_use
 [ "${KEEP:-0}" = 1 ] || rm -rf "$root"
 mkdir -p docs

@@ -341,8 +341,10 @@ impl Lm {
                 let s = mask.size()[3];
                 let q = q.reshape([b, kv, g * t, e]);
                 let mask = mask.expand([b, g, t, s], false).reshape([b, 1, g * t, s]);
+                // CUDA's attention kernels may return other strides than the CPU's: reshape,
+                // not view.
                 Tensor::scaled_dot_product_attention(&q, k, v, Some(&mask), 0.0, false, None, false)
-                    .view([b, h, t, e])
+                    .reshape([b, h, t, e])
             }
             None => {
                 let k = k.repeat_interleave_self_int(g, 1, None);

@@ -210,9 +210,9 @@ pub fn moving_average(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// The window that smooths curves of `n` points: a twentieth of them, at least 1, at most 50.
+/// The window that smooths curves of `n` points: a twelfth of them, at least 1, at most 50.
 pub fn window_for(n: usize) -> usize {
-    (n / 20).clamp(1, 50)
+    (n / 12).clamp(1, 50)
 }
 
 #[cfg(test)]

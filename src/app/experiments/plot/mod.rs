@@ -171,7 +171,7 @@ pub const TOOL_PANELS: &[Panel] = &[
         key: tags::POLICY_LAG_MEAN,
         label: "policy lag (steps)",
         decimals: 1,
-        smooth: false,
+        smooth: true,
     },
 ];
 
