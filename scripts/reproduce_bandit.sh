@@ -30,6 +30,9 @@ echo "== (c) the same through the sampled actor/learner pipeline"
 "$bin" sweep --config configs/bandit.toml --out "$root/rounds_sampled" --seeds 3 \
     --grid loss.baseline.delta_v=-0.3,-0.2,-0.1,-0.05,-0.02,-0.01,0
 
+"$bin" plot "$root/limit" --title "Bandit: the limit of a fixed μ against δV (exact flow)" >/dev/null
+"$bin" plot "$root/rounds_exact" --title "Bandit: 40 rounds × 500 steps, exact flow" >/dev/null
+"$bin" plot "$root/rounds_sampled" --title "Bandit: 40 rounds × 500 steps, sampled" >/dev/null
 cp "$root/limit/final.png" docs/bandit_limit.png
 cp "$root/rounds_exact/curves.png" docs/bandit_rounds_exact.png
 cp "$root/rounds_exact/final.png" docs/bandit_rounds_exact_final.png

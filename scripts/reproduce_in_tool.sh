@@ -22,7 +22,7 @@ mkdir -p docs
     --grid env.entities=${ENTITIES:-50,100,200,400,800} \
     --grid policy.d_model=${SIZES:-16,32,64} \
     --grid env.task=lookup,recall
-"$bin" plot "$root" --out "$root" >/dev/null
+"$bin" plot "$root" --out "$root" --title "Recall taught through the tool or into the weights" >/dev/null
 cp "$root/final.png" docs/in_tool_recall.png
 cat "$root/table.txt"
 echo "figure: docs/in_tool_recall.png"

@@ -20,7 +20,8 @@ mkdir -p docs
 
 "$bin" sweep --config configs/lm_stability.toml --out "$root" --seeds 2 --jobs 1 \
     --grid loss.baseline.delta_v=-0.1,0,0.1
-"$bin" plot "$root" --out "$root" >/dev/null
+"$bin" plot "$root" --out "$root" \
+    --title "SmolLM2-135M (LoRA), calc, ±1 rewards, lag ≤ 8: AsymRE across δV" >/dev/null
 cp "$root/final.png" docs/lm_stability_final.png
 cp "$root/curves.png" docs/lm_stability_curves.png
 cat "$root/table.txt"

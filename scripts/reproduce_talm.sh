@@ -20,7 +20,7 @@ mkdir -p docs
 
 "$bin" sweep --config configs/talm_selfplay.toml --out "$root" --serial --jobs 2 \
     --seeds "${SEEDS:-3}" --grid loss.kind=reinforce,asymre
-"$bin" plot "$root" --out "$root" >/dev/null
+"$bin" plot "$root" --out "$root" --title "lookup self-play: V = 0 (TALM) against AsymRE δV = −0.1" >/dev/null
 cp "$root/curves.png" docs/talm_curves.png
 cat "$root/table.txt"
 echo "figure: docs/talm_curves.png"

@@ -24,7 +24,8 @@ echo "== GRPO and REINFORCE"
 "$bin" sweep --config configs/tool_stability.toml --out "$root/baselines" --seeds 3 --serial \
     --grid loss.kind=grpo,reinforce
 
-"$bin" plot "$root/asymre" "$root/baselines" --out "$root" >/dev/null
+"$bin" plot "$root/asymre" "$root/baselines" --out "$root" \
+    --title "calc, ±1 rewards, lag ≤ 16: AsymRE across δV, GRPO, REINFORCE" >/dev/null
 cp "$root/final.png" docs/tool_stability_final.png
 cp "$root/curves.png" docs/tool_stability_curves.png
 echo "collapsed runs:"

@@ -337,7 +337,7 @@ fn plot_dirs(args: PlotArgs) -> Result<u8> {
     let runs = args.runs;
     if runs.iter().all(|d| d.join("sweep.json").exists()) {
         let out = args.out.unwrap_or_else(|| runs[0].clone());
-        for png in plot::plot_sweeps(&runs, &out)? {
+        for png in plot::plot_sweeps(&runs, &out, args.title.as_deref())? {
             println!("{}", png.display());
         }
         return Ok(0);

@@ -228,7 +228,7 @@ mod tests {
         assert_eq!(m[4], (4.0, (9.0 + 16.0) / 2.0));
         assert_eq!(moving_average(&p, 1), p);
         assert_eq!(
-            (window_for(10), window_for(400), window_for(5000)),
+            (window_for(10), window_for(240), window_for(5000)),
             (1, 20, 50)
         );
     }

@@ -359,7 +359,9 @@ fn group_labels(groups: &[Group], x: Option<&str>) -> Vec<String> {
 /// seeds, the theory dashed) and `curves.png` (every run's curves, coloured by the swept value,
 /// styled by seed). Several sweeps (e.g. AsymRE over δV and the comparison losses) share the
 /// figures.
-pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
+/// `title` heads both figures (the sweep's directory name by default).
+pub fn plot_sweeps(dirs: &[PathBuf], out: &Path, title: Option<&str>) -> Result<Vec<PathBuf>> {
+    let title = title.map_or_else(|| dir_name(&dirs[0]), str::to_string);
     let mut manifests = Vec::new();
     let mut groups = Vec::new();
     let mut runs: Vec<PathBuf> = Vec::new();
@@ -388,7 +390,12 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let final_png = out.join("final.png");
-    plot_final(&groups, &manifests, &final_png)?;
+    plot_final(
+        &groups,
+        &manifests,
+        &format!("{title}: final values"),
+        &final_png,
+    )?;
     let bandit = groups[0].rows.iter().any(|r| r.support.is_some());
     let curve_panels: Vec<Panel> = if bandit {
         BANDIT_PANELS.to_vec()
@@ -399,7 +406,7 @@ pub fn plot_sweeps(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
     plot_curves(
         &load_runs(&runs)?,
         &curve_panels,
-        "Every run: colour by the swept value, line style by seed",
+        &format!("{title}: every run (colour: the swept value, line style: the seed)"),
         &curves_png,
     )?;
     Ok(vec![final_png, curves_png])
@@ -490,7 +497,7 @@ fn sweep_lines(
 }
 
 /// `final.png`: the final values against the swept value.
-fn plot_final(groups: &[Group], manifests: &[Manifest], out: &Path) -> Result<()> {
+fn plot_final(groups: &[Group], manifests: &[Manifest], title: &str, out: &Path) -> Result<()> {
     let x_key = numeric_axis(manifests);
     let bandit = groups[0].rows.iter().any(|r| r.support.is_some());
     let labels = group_labels(groups, x_key.as_deref());
@@ -537,7 +544,6 @@ fn plot_final(groups: &[Group], manifests: &[Manifest], out: &Path) -> Result<()
         });
     }
     let caption = "Points: mean over seeds, bars: ± one standard deviation.";
-    let title = "Final values over seeds";
     draw_figure(out, panels.len(), title, &entries, caption, |area, k| {
         draw_sweep_panel(area, panels[k].0, &panels[k].1, &x_label, out)
     })
