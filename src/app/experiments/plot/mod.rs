@@ -593,7 +593,12 @@ fn draw_sweep_panel(
         .build_cartesian_2d((x0 - xpad)..(x1 + xpad), y0..y1)
         .map_err(|e| err(e.to_string()))?;
     let y_decimals = if y1 - y0 >= 10.0 { 0 } else { 2 };
-    mesh(&mut chart, x_label, label, 2, y_decimals).map_err(|e| err(e.to_string()))?;
+    let whole = lines
+        .iter()
+        .flat_map(|l| l.points.iter())
+        .all(|p| p.0.fract() == 0.0);
+    let x_decimals = if whole { 0 } else { 2 };
+    mesh(&mut chart, x_label, label, x_decimals, y_decimals).map_err(|e| err(e.to_string()))?;
     for (i, l) in lines.iter().enumerate() {
         let c = colour(i);
         let mut points = l.points.clone();
