@@ -85,15 +85,27 @@ fn train(args: TrainArgs) -> Result<u8> {
         .unwrap_or_else(|| default_dir("runs", &args.config));
     run::create_run_dir(&dir, &cfg, args.serial)?;
     eprintln!("run: {}", dir.display());
+    train_in(&cfg, &dir, args.serial, transport, None)
+}
+
+/// Trains `cfg` in `dir` (from `resume`), stopping with a checkpoint at SIGINT/SIGTERM; prints
+/// the summary or how to resume, and returns the exit code.
+fn train_in(
+    cfg: &config::Config,
+    dir: &Path,
+    serial: bool,
+    transport: Option<&str>,
+    resume: Option<checkpoint::Checkpoint>,
+) -> Result<u8> {
     let interrupt = install_signal_handlers()?;
     let opts = RunOptions {
-        serial: args.serial,
+        serial,
         interrupt: &interrupt,
         progress: None,
         transport,
     };
-    let outcome = run::train(&cfg, &dir, opts, None)?;
-    Ok(report(&dir, outcome))
+    let outcome = run::train(cfg, dir, opts, resume)?;
+    Ok(report(dir, outcome))
 }
 
 /// `asymre resume`: continues a run from its last checkpoint (or from the start).
@@ -116,15 +128,7 @@ fn resume(args: ResumeArgs) -> Result<u8> {
             run_dir.display()
         ),
     }
-    let interrupt = install_signal_handlers()?;
-    let opts = RunOptions {
-        serial,
-        interrupt: &interrupt,
-        progress: None,
-        transport,
-    };
-    let outcome = run::train(&cfg, &run_dir, opts, ckpt)?;
-    Ok(report(&run_dir, outcome))
+    train_in(&cfg, &run_dir, serial, transport, ckpt)
 }
 
 /// `asymre actor`: joins a run through Redis from any host.
