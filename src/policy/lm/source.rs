@@ -37,19 +37,6 @@ impl ModelFiles {
     }
 }
 
-/// Directories whose `.venv` may hold a known model's package: the working directory and the
-/// ancestors of the executable (`target/release/asymre` sits two levels under the checkout).
-fn roots() -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(cwd) = std::env::current_dir() {
-        out.push(cwd);
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        out.extend(exe.ancestors().skip(1).take(4).map(Path::to_path_buf));
-    }
-    out
-}
-
 /// Resolves `spec`: a known model name (see [`KNOWN`]), a `.gguf` file or a Hugging Face
 /// directory (with `config.json`).
 pub fn resolve(spec: &str) -> Result<ModelFiles> {
@@ -68,20 +55,12 @@ pub fn resolve(spec: &str) -> Result<ModelFiles> {
     let lower = spec.to_ascii_lowercase();
     let lower = lower.trim_end_matches("-instruct");
     if let Some((name, package, file)) = KNOWN.iter().find(|k| k.0 == lower) {
-        for root in roots() {
-            let Ok(libs) = std::fs::read_dir(root.join(".venv/lib")) else {
-                continue;
-            };
-            for lib in libs.flatten() {
-                let candidate = lib.path().join("site-packages").join(package).join(file);
-                if candidate.is_file() {
-                    return Ok(ModelFiles::Gguf(candidate));
-                }
-            }
-        }
-        return Err(Error::input(format!(
-            "model {name}: its file {file} is not installed (scripts/setup.sh puts it in .venv)"
-        )));
+        return match crate::formats::venv::package_file(package, file) {
+            Some(path) => Ok(ModelFiles::Gguf(path)),
+            None => Err(Error::input(format!(
+                "model {name}: its file {file} is not installed (scripts/setup.sh puts it in .venv)"
+            ))),
+        };
     }
     Err(Error::input(format!(
         "model {spec:?}: not a known name ({}), a .gguf file or a Hugging Face directory",

@@ -1,0 +1,471 @@
+//! BFCL's AST checker (`bfcl_eval/eval_checker/ast_eval/ast_checker.py`, Python categories) on
+//! JSON values, verdict for verdict: a call is right when its function is the expected one, its
+//! required parameters are there, it has no parameter the function or the answer lacks, every
+//! value has the documented type (an integer passes for a float) and is among the acceptable
+//! ones (strings compared after BFCL's standardisation), and every parameter it leaves out may
+//! be left out (`""` among its acceptable values). `parallel*` categories match calls to answers
+//! in any order; `multiple` checks the one call against the expected function among several;
+//! `irrelevance` is right only with no call.
+//!
+//! Values follow Python's JSON reading: a number written without a fraction or exponent is an
+//! `int`, any other a `float`, and Python's `==` (so `1 == 1.0` and `True == 1`) decides whether
+//! a value is among the acceptable ones.
+use serde_json::{Map, Value};
+
+/// One decoded call: the function's name and its arguments object.
+pub type DecodedCall = (String, Value);
+
+/// What a category checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checker {
+    /// Exactly one call, of the one function offered.
+    Simple,
+    /// One call, of the expected function among several offered.
+    Multiple,
+    /// Every expected call once, in any order (`parallel`, `parallel_multiple`).
+    Parallel,
+    /// No call at all.
+    Irrelevance,
+}
+
+impl Checker {
+    /// The checker of a BFCL category name (`simple_python`, `live_multiple`, …), as BFCL
+    /// picks it: `parallel` in the name first, then `multiple`, then `irrelevance`, else simple.
+    pub fn of_category(category: &str) -> Checker {
+        if category.contains("irrelevance") {
+            Checker::Irrelevance
+        } else if category.contains("parallel") {
+            Checker::Parallel
+        } else if category.contains("multiple") {
+            Checker::Multiple
+        } else {
+            Checker::Simple
+        }
+    }
+}
+
+/// Python's type of a JSON value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PyType {
+    Int,
+    Float,
+    Bool,
+    Str,
+    List,
+    Dict,
+    None,
+}
+
+impl PyType {
+    fn of(v: &Value) -> PyType {
+        match v {
+            Value::Null => PyType::None,
+            Value::Bool(_) => PyType::Bool,
+            Value::Number(n) if n.is_f64() => PyType::Float,
+            Value::Number(_) => PyType::Int,
+            Value::String(_) => PyType::Str,
+            Value::Array(_) => PyType::List,
+            Value::Object(_) => PyType::Dict,
+        }
+    }
+
+    /// BFCL's Python type for a documented type (`PYTHON_TYPE_MAPPING`: `any` reads as `str`).
+    fn documented(ty: &str) -> Option<PyType> {
+        Some(match ty {
+            "string" | "any" => PyType::Str,
+            "integer" => PyType::Int,
+            "float" => PyType::Float,
+            "boolean" => PyType::Bool,
+            "array" | "tuple" => PyType::List,
+            "dict" => PyType::Dict,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            PyType::Int => "int",
+            PyType::Float => "float",
+            PyType::Bool => "bool",
+            PyType::Str => "str",
+            PyType::List => "list",
+            PyType::Dict => "dict",
+            PyType::None => "NoneType",
+        }
+    }
+}
+
+/// A number as Python compares it (`True` is 1).
+fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Bool(b) => Some(f64::from(u8::from(*b))),
+        Value::Number(n) => n.as_f64(),
+        _ => None,
+    }
+}
+
+/// Python's `==` on JSON values.
+pub fn py_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::String(x), Value::String(y)) => x == y,
+        (Value::Null, Value::Null) => true,
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| py_eq(p, q))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| py_eq(v, w)))
+        }
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(i), Some(j)) => i == j,
+            _ => x.as_f64() == y.as_f64(),
+        },
+        _ => match (number(a), number(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        },
+    }
+}
+
+/// Python's `value in list`.
+fn py_in(value: &Value, list: &[Value]) -> bool {
+    list.iter().any(|v| py_eq(value, v))
+}
+
+/// BFCL's `standardize_string`: spaces and `,./-_*^` removed, lower-cased, `'` read as `"`.
+pub fn standardize(s: &str) -> String {
+    s.chars()
+        .filter(|c| !matches!(c, ' ' | ',' | '.' | '/' | '-' | '_' | '*' | '^'))
+        .collect::<String>()
+        .to_lowercase()
+        .replace('\'', "\"")
+}
+
+/// A value with its strings standardised (the string itself, or a list's string elements).
+fn standardized(v: &Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(standardize(s)),
+        other => other.clone(),
+    }
+}
+
+/// The type of the first acceptable value that is not the "may be left out" marker `""`.
+fn answer_type(possible: &[Value]) -> Option<PyType> {
+    possible
+        .iter()
+        .find(|a| *a != &Value::String(String::new()))
+        .map(PyType::of)
+}
+
+/// `type_checker`: whether `value` has the documented type (or the answers' type: a variable
+/// name where a value was expected); `Ok(is_variable)`, or why not.
+fn type_check(
+    param: &str,
+    value: &Value,
+    possible: &[Value],
+    expected: PyType,
+    nested: Option<PyType>,
+) -> Result<bool, String> {
+    let answers = answer_type(possible);
+    let is_variable = answers.is_some_and(|t| t != expected);
+    if PyType::of(value) == expected {
+        let Some(inner) = nested else {
+            return Ok(is_variable);
+        };
+        for item in possible {
+            let ok = match (item, value) {
+                (Value::Array(candidates), Value::Array(values)) => values
+                    .iter()
+                    .all(|v| type_check(param, v, candidates, inner, None).is_ok()),
+                _ => true,
+            };
+            if ok {
+                return Ok(is_variable);
+            }
+        }
+        if answers == Some(PyType::of(value)) {
+            // BFCL returns its failed nested result here, marked a variable: still invalid.
+            return Err(format!(
+                "nested type checking failed for parameter {param:?}"
+            ));
+        }
+        return Err(format!(
+            "nested type checking failed for parameter {param:?}; incorrect type, expected {}",
+            expected.name()
+        ));
+    }
+    if answers.is_some_and(|t| t == PyType::of(value)) {
+        return Ok(true);
+    }
+    Err(format!(
+        "incorrect type for parameter {param:?}: expected {}, got {}",
+        expected.name(),
+        PyType::of(value).name()
+    ))
+}
+
+/// `string_checker`.
+fn check_string(param: &str, value: &str, possible: &[Value]) -> Result<(), String> {
+    let want: Vec<String> = possible
+        .iter()
+        .filter_map(Value::as_str)
+        .map(standardize)
+        .collect();
+    if want.contains(&standardize(value)) {
+        Ok(())
+    } else {
+        Err(format!("invalid value for parameter {param:?}: {value:?}"))
+    }
+}
+
+/// A possible answer's elements standardised (a list, or `""`, which Python's `len` reads as
+/// an empty list).
+fn standardized_list(answer: &Value) -> Vec<Value> {
+    match answer {
+        Value::Array(items) => items.iter().map(standardized).collect(),
+        Value::String(s) => s
+            .chars()
+            .map(|c| standardized(&Value::String(c.to_string())))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `list_checker`.
+fn check_list(param: &str, value: &[Value], possible: &[Value]) -> Result<(), String> {
+    let got = Value::Array(value.iter().map(standardized).collect());
+    let ok = possible
+        .iter()
+        .any(|answer| py_eq(&got, &Value::Array(standardized_list(answer))));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid value for parameter {param:?}: {value:?}"))
+    }
+}
+
+/// `dict_checker`: `value` matches one of the possible dicts key by key.
+fn check_dict(param: &str, value: &Map<String, Value>, possible: &[Value]) -> Result<(), String> {
+    let mut last = Err(format!("no possible dict for parameter {param:?}"));
+    for answer in possible {
+        if answer == &Value::String(String::new()) {
+            continue;
+        }
+        let Value::Object(answer) = answer else {
+            last = Err(format!(
+                "parameter {param:?}: a possible answer is not a dict"
+            ));
+            continue;
+        };
+        last = dict_matches(value, answer);
+        if last.is_ok() {
+            return Ok(());
+        }
+    }
+    last
+}
+
+fn dict_matches(value: &Map<String, Value>, answer: &Map<String, Value>) -> Result<(), String> {
+    for (key, v) in value {
+        let Some(accepted) = answer.get(key) else {
+            return Err(format!("unexpected dict key {key:?}"));
+        };
+        let accepted: Vec<Value> = match accepted {
+            Value::Array(a) => a.iter().map(standardized).collect(),
+            other => vec![standardized(other)],
+        };
+        if !py_in(&standardized(v), &accepted) {
+            return Err(format!("invalid value for dict key {key:?}"));
+        }
+    }
+    for (key, accepted) in answer {
+        // Python's `"" in accepted`: any list holding "", any string at all.
+        let optional = match accepted {
+            Value::Array(a) => a.contains(&Value::String(String::new())),
+            Value::String(_) => true,
+            _ => false,
+        };
+        if !value.contains_key(key) && !optional {
+            return Err(format!("missing dict key {key:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// `list_dict_checker`: the list of dicts matches one possible list, dict by dict in order.
+fn check_list_of_dicts(param: &str, value: &[Value], possible: &[Value]) -> Result<(), String> {
+    let mut last = Err(format!("no possible list for parameter {param:?}"));
+    for answer in possible {
+        let dicts: Vec<Value> = match answer {
+            Value::Array(a) => a.clone(),
+            Value::String(s) if s.is_empty() => Vec::new(),
+            _ => continue,
+        };
+        if dicts.len() != value.len() {
+            last = Err(format!("wrong number of dicts for parameter {param:?}"));
+            continue;
+        }
+        let all = value.iter().zip(&dicts).try_for_each(|(v, d)| match v {
+            Value::Object(v) => check_dict(param, v, std::slice::from_ref(d)),
+            _ => Err(format!("parameter {param:?}: an element is not a dict")),
+        });
+        if all.is_ok() {
+            return Ok(());
+        }
+        last = all;
+    }
+    last
+}
+
+/// `simple_function_checker`: one call against one expected call.
+fn check_call(
+    function: &Value,
+    call: &DecodedCall,
+    expected: &Map<String, Value>,
+) -> Result<(), String> {
+    let Some(Value::Object(answer)) = expected.values().next() else {
+        return Err("the expected call has no parameters object".into());
+    };
+    let name = function["name"].as_str().unwrap_or_default();
+    if call.0 != name {
+        return Err(format!("function {name:?} not found in the output"));
+    }
+    let empty = Map::new();
+    let params = call.1.as_object().unwrap_or(&empty);
+    let details = function["parameters"]["properties"]
+        .as_object()
+        .unwrap_or(&empty);
+    let required: Vec<&str> = function["parameters"]["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for param in &required {
+        if !params.contains_key(*param) {
+            return Err(format!("missing required parameter {param:?}"));
+        }
+    }
+    for (param, value) in params {
+        let (Some(detail), Some(accepted)) = (details.get(param), answer.get(param)) else {
+            return Err(format!("unexpected parameter {param:?}"));
+        };
+        let accepted: &[Value] = accepted.as_array().map_or(&[], Vec::as_slice);
+        let documented = detail["type"].as_str().unwrap_or_default();
+        let expected = PyType::documented(documented)
+            .ok_or_else(|| format!("parameter {param:?} has the unknown type {documented:?}"))?;
+        let nested = match documented {
+            "array" | "tuple" => Some(
+                detail["items"]["type"]
+                    .as_str()
+                    .and_then(PyType::documented)
+                    .ok_or_else(|| format!("parameter {param:?}: an array without an item type"))?,
+            ),
+            _ => None,
+        };
+        // An integer passes for a float (Python converts it).
+        let value = match (documented, value) {
+            ("float", Value::Number(n)) if !n.is_f64() => {
+                Value::from(n.as_f64().unwrap_or_default())
+            }
+            _ => value.clone(),
+        };
+        let is_variable = type_check(param, &value, accepted, expected, nested)?;
+        if !is_variable {
+            match (&value, expected, nested) {
+                (Value::Object(d), PyType::Dict, _) => {
+                    check_dict(param, d, accepted)?;
+                    continue;
+                }
+                (Value::Array(l), PyType::List, Some(PyType::Dict)) => {
+                    check_list_of_dicts(param, l, accepted)?;
+                    continue;
+                }
+                (Value::String(s), PyType::Str, _) => {
+                    check_string(param, s, accepted)?;
+                    continue;
+                }
+                (Value::Array(l), PyType::List, _) => {
+                    check_list(param, l, accepted)?;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        if !py_in(&value, accepted) {
+            return Err(format!("invalid value for parameter {param:?}: {value}"));
+        }
+    }
+    for (param, accepted) in answer {
+        let optional = accepted
+            .as_array()
+            .is_some_and(|a| a.contains(&Value::String(String::new())));
+        if !params.contains_key(param) && !optional {
+            return Err(format!("parameter {param:?} left out, and it may not be"));
+        }
+    }
+    Ok(())
+}
+
+/// The function documentation named `name` among `functions`.
+fn find<'a>(functions: &'a [Value], name: &str) -> Option<&'a Value> {
+    functions.iter().find(|f| f["name"] == name)
+}
+
+/// The expected function's name of one ground-truth call (`{name: {param: [values]}}`).
+fn expected_name(expected: &Map<String, Value>) -> &str {
+    expected.keys().next().map_or("", String::as_str)
+}
+
+/// BFCL's verdict on `calls` for a task of checker `checker` offering `functions`, whose ground
+/// truth is `answers` (one `{name: {param: [acceptable values]}}` per expected call): `Ok` when
+/// right, else the first reason it is not.
+pub fn check(
+    checker: Checker,
+    functions: &[Value],
+    calls: &[DecodedCall],
+    answers: &[Map<String, Value>],
+) -> Result<(), String> {
+    match checker {
+        Checker::Irrelevance => {
+            if calls.is_empty() {
+                Ok(())
+            } else {
+                Err("a function was called where none applies".into())
+            }
+        }
+        Checker::Simple => {
+            if calls.len() != 1 {
+                return Err("wrong number of functions".into());
+            }
+            let (function, answer) = (functions.first(), answers.first());
+            match (function, answer) {
+                (Some(f), Some(a)) => check_call(f, &calls[0], a),
+                _ => Err("the task has no function or no answer".into()),
+            }
+        }
+        Checker::Multiple => {
+            if calls.len() != answers.len() || calls.is_empty() {
+                return Err("wrong number of functions".into());
+            }
+            let function = find(functions, expected_name(&answers[0]))
+                .ok_or("the expected function is not offered")?;
+            check_call(function, &calls[0], &answers[0])
+        }
+        Checker::Parallel => {
+            if calls.len() != answers.len() {
+                return Err("wrong number of functions".into());
+            }
+            let mut matched = vec![false; calls.len()];
+            for (i, answer) in answers.iter().enumerate() {
+                let function = find(functions, expected_name(answer))
+                    .ok_or("an expected function is not offered")?;
+                let hit = (0..calls.len())
+                    .filter(|&j| !matched[j])
+                    .find(|&j| check_call(function, &calls[j], answer).is_ok());
+                match hit {
+                    Some(j) => matched[j] = true,
+                    None => return Err(format!("no call matches expected call {i}")),
+                }
+            }
+            Ok(())
+        }
+    }
+}
