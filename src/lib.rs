@@ -6,16 +6,19 @@
 //! loss = −mean((r − V)·log π(y)) with a configurable baseline V.
 //!
 //! Modules, from the bottom up (imports point down; no circles):
-//! - [`error`], [`math`], [`rng`], [`ids`], [`device`]: errors, numerics, seeded streams, disjoint ids;
+//! - [`error`], [`math`], [`rng`], [`clock`], [`ids`], [`device`]: errors, numerics, seeded
+//!   streams, the UTC date, disjoint ids, devices;
+//! - [`formats`]: files read by several layers (GGUF, capped JSON lines, `.venv` packages);
+//!   [`text`]: tokenizers and chat templates;
 //! - [`config`]: the one root config, a file per section, validated once;
 //! - [`env`]: environments (the bandit; tool-use tasks, their tools, protocol and rewards);
-//! - [`policy`]: policies (tabular, the small transformer) behind the sequence-policy boundary,
-//!   and weight snapshots; [`rollout`]: batched decoding;
+//! - [`policy`]: policies (tabular, the small transformer, pretrained LMs) behind the
+//!   sequence-policy boundary, and weight snapshots; [`rollout`]: the one batched decoding loop;
 //! - [`trajectory`]: the plain data actors send;
 //! - [`rl`]: the replay buffer, losses, the optimiser, the learner and the actors;
 //! - [`transport`]: how actors and learner meet (in process: a channel and a snapshot board);
-//! - [`store`]: checkpoints and metric sinks; [`run`]: serial and parallel runs, the only place
-//!   threads are spawned;
+//! - [`store`]: checkpoints and metric sinks; [`run`]: serial, parallel and multi-host runs of
+//!   any environment through one runner, the only place threads are spawned;
 //! - [`app`], above the library: the command line, the commands, and the experiments built on
 //!   runs (sweeps, reports, plots, benchmarks).
 pub mod app;

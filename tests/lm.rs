@@ -9,7 +9,8 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use asymre::policy::lm::{self, LoraConfig};
+use asymre::config::LoraConfig;
+use asymre::policy::lm;
 use asymre::policy::{DecodeCache, PrefixBatch, SequencePolicy};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};

@@ -239,7 +239,7 @@ impl Gguf {
         for _ in 0..n_tensors {
             let name = c.string().map_err(&bad)?;
             let dims = c.u32().map_err(&bad)?;
-            if dims > 8 {
+            if !(1..=8).contains(&dims) {
                 return Err(bad(format!("tensor {name} has {dims} dimensions")));
             }
             let mut shape = (0..dims)

@@ -9,7 +9,7 @@ use super::runner::{ActorBuilder, EpisodeSink, Runner};
 use super::summary::{bandit_row, bandit_summary, Summary};
 use crate::config::Config;
 use crate::env::bandit::Bandit;
-use crate::env::tool_use::reward::{RewardConfig, Score, ScoreMeans};
+use crate::env::tool_use::reward::ScoreMeans;
 use crate::env::Split;
 use crate::error::{Error, Result};
 use crate::math::softmax;
@@ -77,14 +77,6 @@ impl Runner for BanditRun {
         Err(Error::input(
             "the bandit has no episodes to evaluate (eval is for tool-use runs)",
         ))
-    }
-
-    fn score_line(
-        &self,
-        _reward: &RewardConfig,
-        _line: &str,
-    ) -> std::result::Result<Score, String> {
-        Err("the bandit has no episodes to score".into())
     }
 
     fn summary(

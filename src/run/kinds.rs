@@ -1,6 +1,7 @@
 //! The one place a run looks at which environment it plays and with which policy: each legal
-//! (environment, policy) pair becomes one [`Runner`], with its task source and protocol. A new
-//! kind of environment is a task source (and a protocol, if it needs one) plus one line here.
+//! (environment, policy) pair becomes one [`Runner`], with its task source and protocol, and
+//! each environment's task source alone scores other models' lines ([`line_scorer`]). A new kind
+//! of environment is a task source (and a protocol, if it needs one) plus one line in each.
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use super::runner::Runner;
 use super::tool_run::ToolRun;
 use crate::config::{Config, EnvKind, PolicyKind};
 use crate::env::tool_use::dataset::{Dataset, DatasetSource};
+use crate::env::tool_use::json::score_line;
 use crate::env::tool_use::protocol::chat::{ChatFormat, ChatProtocol};
 use crate::env::tool_use::protocol::TokenProtocol;
 use crate::env::tool_use::reward::Score;
@@ -69,7 +71,7 @@ pub fn chat_protocol(cfg: &Config) -> Result<ChatProtocol> {
 }
 
 /// The dataset of `cfg` with its tools; external tools' stderr goes to `tools_log`.
-pub fn dataset_source(cfg: &Config, tools_log: Option<PathBuf>) -> Result<DatasetSource> {
+fn dataset_source(cfg: &Config, tools_log: Option<PathBuf>) -> Result<DatasetSource> {
     let tools: Arc<[crate::config::ToolConfig]> = cfg.tools.clone().into();
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
     let data = Dataset::load(std::path::Path::new(&cfg.env.path), &names)?;
@@ -87,10 +89,23 @@ pub fn check_inputs(cfg: &Config) -> Result<()> {
     runner(cfg, None).map(drop)
 }
 
-/// Scores JSON lines of any model's episodes with the environment of `cfg` (its task source's
-/// tools and gold, and `cfg`'s rewards), one result per line.
-pub fn line_scorer(cfg: &Config) -> Result<impl Fn(&str) -> std::result::Result<Score, String>> {
-    let runner = runner(cfg, None)?;
+/// A scorer of JSON lines of any model's episodes.
+pub type LineScorer = Box<dyn Fn(&str) -> std::result::Result<Score, String>>;
+
+/// Scores JSON lines of any model's episodes with the task source of `cfg` (its tools and gold)
+/// and `cfg`'s rewards, one result per line. Only the task source is built: scoring another
+/// model's output needs no policy.
+pub fn line_scorer(cfg: &Config) -> Result<LineScorer> {
     let reward = cfg.reward.clone();
-    Ok(move |line: &str| runner.score_line(&reward, line))
+    Ok(match cfg.env.kind {
+        EnvKind::ToolUse => {
+            let task = task(cfg);
+            Box::new(move |line: &str| score_line(&task, &reward, line))
+        }
+        EnvKind::Dataset => {
+            let source = dataset_source(cfg, None)?;
+            Box::new(move |line: &str| score_line(&source, &reward, line))
+        }
+        EnvKind::Bandit => return Err(Error::input("the bandit has no episodes to score")),
+    })
 }

@@ -36,7 +36,7 @@ pub use crate::device::{device_name, resolve_device};
 pub use dir::{create_run_dir, default_dir, new_learner, open_run_dir};
 pub use eval::evaluate_run;
 pub use export::export_run;
-pub use kinds::{chat_protocol, check_inputs, dataset_source, line_scorer};
+pub use kinds::{chat_protocol, check_inputs, line_scorer};
 pub use options::{threads_used, Outcome, RunOptions};
 pub use remote::remote_actors;
 pub use summary::{print_summary, BanditSummary, Summary, ToolUseSummary};

@@ -9,7 +9,7 @@ use tch::Device;
 use super::recorder::Recorder;
 use super::summary::Summary;
 use crate::config::Config;
-use crate::env::tool_use::reward::{RewardConfig, Score, ScoreMeans};
+use crate::env::tool_use::reward::ScoreMeans;
 use crate::env::Split;
 use crate::error::Result;
 use crate::ids::SourceId;
@@ -69,9 +69,6 @@ pub(super) trait Runner: Send {
         episodes: usize,
         dump: Option<EpisodeSink>,
     ) -> Result<ScoreMeans>;
-    /// Scores one JSON line of any model's episode with this environment's tools and rewards
-    /// (`asymre score`).
-    fn score_line(&self, reward: &RewardConfig, line: &str) -> std::result::Result<Score, String>;
     /// What a checkpoint keeps of it.
     fn warmstart(&self) -> Option<WarmstartRecord> {
         None

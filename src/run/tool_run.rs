@@ -12,8 +12,7 @@ use super::runner::{ActorBuilder, EpisodeSink, Runner, WarmstartRecord};
 use super::summary::{Summary, ToolUseSummary};
 use crate::config::Config;
 use crate::device::device_name;
-use crate::env::tool_use::json::score_line;
-use crate::env::tool_use::reward::{RewardConfig, Score, ScoreMeans};
+use crate::env::tool_use::reward::ScoreMeans;
 use crate::env::{Protocol, Split, TaskSource, ToolSet};
 use crate::error::Result;
 use crate::policy::{PolicyModel, ToolPolicy};
@@ -141,10 +140,6 @@ where
             }),
             None => player.evaluate(split, episodes, batch, reward, |_| {}),
         }
-    }
-
-    fn score_line(&self, reward: &RewardConfig, line: &str) -> std::result::Result<Score, String> {
-        score_line(&self.task, reward, line)
     }
 
     fn warmstart(&self) -> Option<WarmstartRecord> {

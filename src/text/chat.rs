@@ -11,6 +11,12 @@ use crate::error::{Error, Result};
 /// of text created or written cost one. A real template renders a prompt with a few thousand.
 const TEMPLATE_FUEL: u64 = 4_000_000;
 
+/// The largest `tojson` indent, separator and text a template may ask for (its own text is
+/// charged to the fuel only once it is returned; the value it serialises was charged already).
+const MAX_INDENT: usize = 64;
+const MAX_SEPARATOR: usize = 16;
+const MAX_TOJSON: usize = 64 << 20;
+
 /// A model's chat template with the special tokens it may refer to.
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
@@ -115,6 +121,19 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja:
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     let separators: Option<Vec<String>> = kwargs.get("separators")?;
     kwargs.assert_all_used()?;
+    // The filter's own output is charged only once it is returned: bound what it can build.
+    let too_big = |what: &str| minijinja::Error::new(ErrorKind::InvalidOperation, what.to_string());
+    if indent.is_some_and(|n| n > MAX_INDENT) {
+        return Err(too_big(&format!("tojson: indent above {MAX_INDENT}")));
+    }
+    if separators
+        .as_ref()
+        .is_some_and(|s| s.iter().any(|x| x.len() > MAX_SEPARATOR))
+    {
+        return Err(too_big(&format!(
+            "tojson: a separator longer than {MAX_SEPARATOR}"
+        )));
+    }
     let json: Json = serde_json::to_value(&value)
         .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     let (item, key) = match &separators {
@@ -136,6 +155,12 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja:
         },
         0,
     );
+    if out.len() > MAX_TOJSON {
+        return Err(too_big(&format!(
+            "tojson: its text passed {} MiB",
+            MAX_TOJSON >> 20
+        )));
+    }
     Ok(Value::from_safe_string(out))
 }
 

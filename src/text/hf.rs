@@ -66,8 +66,9 @@ impl HfTokenizer {
             .copied()
             .or_else(|| stop.first().copied())
             .ok_or_else(|| Error::input(format!("{what}: no end-of-sequence token")))?;
-        // Special ids come from files beside the vocabulary (config.json, GGUF metadata): one
-        // past the vocabulary would index past the embedding table.
+        // Special ids come from files beside the vocabulary (config.json, GGUF metadata): an id
+        // past the vocabulary names no token (the model's loader checks the vocabulary against
+        // its embedding table).
         let size = inner.get_vocab_size(true);
         for (name, id) in [
             ("end-of-sequence", Some(eos)),

@@ -254,9 +254,12 @@ fn read_line(r: &mut Running, timeout: Duration) -> Result<String, String> {
                 return Err(exited(&mut r.child, "it closed its output"));
             }
             Ok(n) => {
+                // `pending` held no newline (a line would have been returned above): the line's
+                // length is what it held plus what this read brings up to its first newline.
+                let before = r.pending.len();
+                let end = buf[..n].iter().position(|&b| b == b'\n').unwrap_or(n);
                 r.pending.extend_from_slice(&buf[..n]);
-                let complete = r.pending.iter().position(|&b| b == b'\n');
-                if complete.unwrap_or(r.pending.len()) > MAX_LINE {
+                if before + end > MAX_LINE {
                     return Err(format!(
                         "the tool program wrote a line longer than {} MiB",
                         MAX_LINE >> 20

@@ -1,5 +1,7 @@
-//! The common JSON function-call form: episodes render to it, and lines in it (plain calls,
-//! OpenAI tool calls, whole `messages` logs) are scored with the task's rewards.
+//! Scoring lines of any model's episodes in the common JSON function-call form (plain calls,
+//! OpenAI tool calls, whole `messages` logs, or a raw Hermes-style completion) with a task
+//! source's tools and rewards: what `asymre score` does. One call's JSON form is
+//! [`super::calls`]; episodes are written in it by their protocol.
 use std::io::BufRead;
 
 use serde::Serialize;
@@ -7,7 +9,6 @@ use serde_json::Value;
 
 use super::calls::parse_call_json;
 use super::reward::{self, Attempt, Call, RewardConfig, Score, ScoreMeans};
-use super::tasks::Task;
 use crate::env::{TaskSource, ToolSet};
 use crate::formats::lines::capped_lines;
 
@@ -232,17 +233,6 @@ pub struct ScoreTotals {
     pub means: ScoreMeans,
 }
 
-/// Scores every line of `input`, calling `each` with (line number, result); bad lines are
-/// reported and skipped. Returns the means over the scored lines.
-pub fn score_jsonl(
-    task: &Task,
-    cfg: &RewardConfig,
-    input: impl BufRead,
-    each: impl FnMut(usize, &Result<Score, String>),
-) -> std::io::Result<ScoreTotals> {
-    score_lines(input, |line| score_line(task, cfg, line), each)
-}
-
 /// The longest line `score` reads: an episode with its messages is kilobytes; a longer line
 /// is a bad line, skipped without being held in memory.
 pub const MAX_SCORED_LINE: usize = 16 << 20;
@@ -277,7 +267,7 @@ pub fn score_lines(
 mod tests {
     use super::*;
     use crate::env::tool_use::protocol::{self, episode_json, Episode};
-    use crate::env::tool_use::tasks::{Split, TaskKind, TaskSpec};
+    use crate::env::tool_use::tasks::{Split, Task, TaskKind, TaskSpec};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -360,9 +350,12 @@ mod tests {
         let mut input = (lines.join("\n") + "\n").into_bytes();
         input.extend_from_slice(b"\xff\xfe\n");
         let mut seen = Vec::new();
-        let totals = score_jsonl(&task, &RewardConfig::default(), input.as_slice(), |n, r| {
-            seen.push((n, r.is_ok()))
-        })
+        let cfg = RewardConfig::default();
+        let totals = score_lines(
+            input.as_slice(),
+            |l| score_line(&task, &cfg, l),
+            |n, r| seen.push((n, r.is_ok())),
+        )
         .unwrap();
         assert_eq!(
             seen,

