@@ -161,14 +161,23 @@ pub fn mesh<DB: DrawingBackend>(
         .y_desc(y_desc)
         .x_labels(6)
         .y_labels(6)
-        .x_label_formatter(&|x| format!("{x:.x_decimals$}"))
-        .y_label_formatter(&|y| format!("{y:.y_decimals$}"))
+        .x_label_formatter(&|x| tick(*x, x_decimals))
+        .y_label_formatter(&|y| tick(*y, y_decimals))
         .bold_line_style(BLACK.mix(0.10))
         .light_line_style(BLACK.mix(0.03))
         .axis_style(BLACK.mix(0.6))
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 15))
         .draw()
+}
+
+/// An axis label: `x` to `decimals` places, never "-0.00".
+fn tick(x: f64, decimals: usize) -> String {
+    let s = format!("{x:.decimals$}");
+    match s.strip_prefix('-') {
+        Some(rest) if rest.chars().all(|c| c == '0' || c == '.') => rest.to_string(),
+        _ => s,
+    }
 }
 
 /// Draws `points` as one line of colour `colour`, solid or in dash style `dash`, `width` px.
@@ -227,6 +236,10 @@ mod tests {
         assert_eq!(m[2], (2.0, (1.0 + 4.0 + 9.0) / 3.0));
         assert_eq!(m[4], (4.0, (9.0 + 16.0) / 2.0));
         assert_eq!(moving_average(&p, 1), p);
+        assert_eq!(
+            (tick(-0.0001, 2), tick(-0.1, 2), tick(3.0, 0)),
+            ("0.00".into(), "-0.10".into(), "3".into())
+        );
         assert_eq!(
             (window_for(10), window_for(240), window_for(5000)),
             (1, 20, 50)

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::store::metrics::{read_jsonl, tags};
 use figure::{colour, draw_figure, line, mesh, moving_average, plot_error, window_for, Entry};
-use style::{styles, Style};
+use style::{styles, styles_without, Style};
 
 /// A metrics row.
 type Row = serde_json::Map<String, serde_json::Value>;
@@ -323,31 +323,17 @@ struct Group {
 fn group_labels(groups: &[Group], x: Option<&str>) -> Vec<String> {
     let configs: Vec<Config> = groups
         .iter()
-        .map(|g| {
-            let mut c = g.cfg.clone();
-            if let (Some(x), Some(first)) = (x, groups.first()) {
-                // The swept value is the figure's x: take it out of what tells lines apart.
-                if g.values.iter().any(|(k, _)| k == x) {
-                    let sets: Vec<String> = first
-                        .values
-                        .iter()
-                        .filter(|(k, _)| k == x)
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect();
-                    if let Ok(same) = crate::config::from_toml_str(&c.to_toml(), &sets) {
-                        c = same;
-                    }
-                }
-            }
-            c.seed = 0;
-            c
+        .map(|g| Config {
+            seed: 0,
+            ..g.cfg.clone()
         })
         .collect();
     let names: Vec<String> = groups
         .iter()
         .map(|g| format!("{:?}", g.cfg.loss.kind).to_lowercase())
         .collect();
-    styles(&configs, &names)
+    let ignore: Vec<&str> = x.into_iter().collect();
+    styles_without(&configs, &names, &ignore)
         .into_iter()
         .zip(names)
         .map(|(s, fallback)| if s.name.is_empty() { fallback } else { s.name })

@@ -96,11 +96,17 @@ fn value_text(key: &str, value: &str) -> String {
 /// them (seed apart), colours by name, line styles by seed. `fallback` names a run when nothing
 /// differs (one run: its directory's name).
 pub fn styles(configs: &[Config], fallback: &[String]) -> Vec<Style> {
+    styles_without(configs, fallback, &[])
+}
+
+/// [`styles`] with the keys `ignore` left out of the names (a figure's x axis).
+pub fn styles_without(configs: &[Config], fallback: &[String], ignore: &[&str]) -> Vec<Style> {
     let flat: Vec<BTreeMap<String, String>> = configs.iter().map(flatten).collect();
     let mut keys: Vec<&String> = match flat.first() {
         Some(first) => first
             .keys()
-            .filter(|k| *k != "seed" && flat.iter().any(|f| f.get(*k) != first.get(*k)))
+            .filter(|k| *k != "seed" && !ignore.contains(&k.as_str()))
+            .filter(|k| flat.iter().any(|f| f.get(*k) != first.get(*k)))
             .collect(),
         None => Vec::new(),
     };
