@@ -74,7 +74,7 @@ impl ChatTemplate {
             if e.kind() == ErrorKind::OutOfFuel {
                 return Error::input(format!(
                     "chat template: stopped after {TEMPLATE_FUEL} units of work (about {} MB of text): it renders far more than any prompt",
-                    TEMPLATE_FUEL * 64 >> 20
+                    (TEMPLATE_FUEL * 64) >> 20
                 ));
             }
             let detail = e

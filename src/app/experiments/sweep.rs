@@ -99,7 +99,8 @@ pub fn run(args: &SweepArgs, interrupt: &AtomicUsize) -> Result<SweepOutcome> {
     }
     let failures = pool.failures.into_inner().expect("failures");
     let (rows, table) = write_reports(&args.out)?;
-    if let Err(e) = crate::app::experiments::plot::plot_sweeps(&[args.out.clone()], &args.out, None)
+    if let Err(e) =
+        crate::app::experiments::plot::plot_sweeps(std::slice::from_ref(&args.out), &args.out, None)
     {
         eprintln!("warning: sweep plots not written: {e}");
     }

@@ -87,7 +87,7 @@ fn value_text(key: &str, value: &str) -> String {
     match value.parse::<f64>() {
         Ok(x) if signed && x > 0.0 => format!("+{value}"),
         Ok(x) if x < 0.0 => format!("−{}", value.trim_start_matches('-')),
-        Ok(x) if x == 0.0 => "0".into(),
+        Ok(0.0) => "0".into(),
         _ => value.to_string(),
     }
 }
