@@ -287,16 +287,19 @@ impl Task {
     }
 
     /// Item `index` of `split`, for evaluation and demonstrations; the same (seed, split, index)
-    /// always gives the same item. `index` must be below 2^39.
+    /// always gives the same item. Items own the environment's stream ids `2^40 xor (2·index +
+    /// split)`, one per (split, index) below 2^62 (warm-start demonstrations use indices from
+    /// 2^50); only held-out item 2^39 would meet the database's id 1, and it is refused.
     pub fn item(&self, split: Split, index: u64) -> Item {
-        debug_assert!(index < 1 << 39, "item index {index} leaves its bit field");
+        debug_assert!(index < 1 << 62, "item index {index} leaves its bit field");
         let stream = match split {
             Split::Train => 2 * index,
             Split::Heldout => 2 * index + 1,
         };
+        debug_assert!(stream != ((1 << 40) | 1), "item stream would be the database's");
         self.draw(
             split,
-            &mut rng::stream(self.spec.seed, Role::Env, 1 << 40 | stream),
+            &mut rng::stream(self.spec.seed, Role::Env, (1 << 40) ^ stream),
         )
     }
 
