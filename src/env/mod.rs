@@ -67,6 +67,16 @@ pub trait TaskSource: Send + Sync {
         id: Option<&serde_json::Value>,
         prompt: &str,
     ) -> std::result::Result<Self::Item, String>;
+    /// Whether the item's tools are call-only: the calls it makes are graded, not run, and the
+    /// episode ends with the assistant's turn (BFCL's single-turn tasks).
+    fn call_only(&self, _item: &Self::Item) -> bool {
+        false
+    }
+    /// The conversation an item opens with, as OpenAI messages (a system message of its own
+    /// and the user's), when it brings one; `None`: the question alone ([`TaskSource::question`]).
+    fn messages(&self, _item: &Self::Item) -> Option<Vec<serde_json::Value>> {
+        None
+    }
     /// The id an item has in its source's files, if it has one (written beside an evaluated
     /// episode, so that `asymre score` finds the task again).
     fn item_id(&self, _item: &Self::Item) -> Option<String> {

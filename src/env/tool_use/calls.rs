@@ -21,10 +21,14 @@ pub fn call_json(call: &Call) -> Value {
     json!({ "name": call.name, "arguments": args })
 }
 
+/// A call as written: the function's name and its arguments object, values of any JSON type.
+pub type RawCall = (String, Value);
+
 /// Reads a call in either common form: `{"name": …, "arguments": {…}}` (arguments may also be a
 /// JSON string), or OpenAI Chat Completions' `{"id": …, "type": "function", "function":
-/// {"name": …, "arguments": "<JSON string>"}}`. Unknown keys are errors.
-pub fn parse_call_json(v: &Value) -> Result<Call, String> {
+/// {"name": …, "arguments": "<JSON string>"}}`, keeping its values as written (arrays and
+/// objects included). Unknown keys are errors.
+pub fn raw_call(v: &Value) -> Result<RawCall, String> {
     let obj = v.as_object().ok_or("a call must be a JSON object")?;
     if let Some(function) = obj.get("function") {
         for key in obj.keys() {
@@ -37,7 +41,7 @@ pub fn parse_call_json(v: &Value) -> Result<Call, String> {
             Some(Value::String(t)) if t == "function" => {}
             Some(other) => return Err(format!("a tool call of type {other} (only \"function\")")),
         }
-        return parse_call_json(function);
+        return raw_call(function);
     }
     for key in obj.keys() {
         if !["name", "arguments"].contains(&key.as_str()) {
@@ -58,21 +62,42 @@ pub fn parse_call_json(v: &Value) -> Result<Call, String> {
         },
         Some(_) => return Err("\"arguments\" must be an object".into()),
     };
-    let mut pairs = Vec::new();
-    for (k, v) in args {
-        let text = match v {
-            Value::String(s) => s,
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
-            other => return Err(format!("argument {k:?} has a non-scalar value {other}")),
-        };
-        pairs.push((k, text));
-    }
-    let pairs: Vec<(&str, &str)> = pairs
+    Ok((name.to_string(), Value::Object(args)))
+}
+
+/// A call of `name` with arguments `args` compared in canonical text: a string as it is, a
+/// number or boolean as written, an array or object as its compact JSON.
+pub fn call_of(name: &str, args: &Value) -> Call {
+    let empty = Map::new();
+    let texts: Vec<(&String, String)> = args
+        .as_object()
+        .unwrap_or(&empty)
         .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .map(|(k, v)| {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k, text)
+        })
         .collect();
-    Ok(Call::new(name, &pairs))
+    let pairs: Vec<(&str, &str)> = texts.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Call::new(name, &pairs)
+}
+
+/// Reads a call in either common form ([`raw_call`]) whose argument values are strings,
+/// numbers or booleans (the built-in tools' kinds); an array or object value is an error.
+pub fn parse_call_json(v: &Value) -> Result<Call, String> {
+    let (name, args) = raw_call(v)?;
+    if let Some((k, other)) = args
+        .as_object()
+        .into_iter()
+        .flatten()
+        .find(|(_, v)| v.is_array() || v.is_object() || v.is_null())
+    {
+        return Err(format!("argument {k:?} has a non-scalar value {other}"));
+    }
+    Ok(call_of(&name, &args))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::io::BufRead;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::calls::parse_call_json;
+use super::calls::{call_of, raw_call, RawCall};
 use super::reward::{self, Attempt, Call, RewardConfig, Score, ScoreMeans};
 use crate::env::{TaskSource, ToolSet};
 use crate::formats::lines::capped_lines;
@@ -27,16 +27,17 @@ const LINE_KEYS: [&str; 8] = [
 /// What a line says the model did: its prompt, calls and final answer.
 struct Transcript {
     prompt: String,
-    calls: Vec<Call>,
+    /// The calls as written (any JSON values).
+    calls: Vec<RawCall>,
     answer: Option<String>,
     /// Calls written that are not a call (a raw completion's bad `<tool_call>` JSON).
     bad_calls: u32,
 }
 
-fn parse_calls(v: Option<&Value>, key: &str) -> Result<Vec<Call>, String> {
+fn parse_calls(v: Option<&Value>, key: &str) -> Result<Vec<RawCall>, String> {
     match v {
         None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(a)) => a.iter().map(parse_call_json).collect(),
+        Some(Value::Array(a)) => a.iter().map(raw_call).collect(),
         Some(_) => Err(format!("\"{key}\" must be an array")),
     }
 }
@@ -211,15 +212,28 @@ pub fn score_line<T: TaskSource + ToolSet<T::Item>>(
     let gold = task.gold(&item).ok_or(
         "the task has no answer for this prompt (an unknown entity or invalid arithmetic)",
     )?;
-    let results: Vec<Option<String>> = calls.iter().map(|c| task.execute(&item, c).ok()).collect();
-    let format_errors = results.iter().filter(|r| r.is_none()).count() as u32
-        + u32::from(answer.is_none())
-        + bad_calls;
+    let raw_calls = calls;
+    let calls: Vec<Call> = raw_calls.iter().map(|(n, a)| call_of(n, a)).collect();
+    // A call-only task's calls are graded, not run (nothing to fail, no answer to give).
+    let call_only = task.call_only(&item);
+    let results: Vec<Option<String>> = match call_only {
+        true => vec![None; calls.len()],
+        false => calls.iter().map(|c| task.execute(&item, c).ok()).collect(),
+    };
+    let format_errors = match call_only {
+        true => bad_calls,
+        false => {
+            results.iter().filter(|r| r.is_none()).count() as u32
+                + u32::from(answer.is_none())
+                + bad_calls
+        }
+    };
     let attempt = Attempt {
         calls,
         results,
         answer,
         format_errors,
+        raw_calls,
     };
     Ok(reward::score(cfg, &attempt, &gold))
 }

@@ -164,6 +164,9 @@ pub struct Attempt {
     pub answer: Option<String>,
     /// Malformed calls, a missing answer, truncation, stray tokens.
     pub format_errors: u32,
+    /// Every call as written (name, arguments object with its JSON values), in order: what a
+    /// calls rule grades ([`AnswerRule::Calls`]).
+    pub raw_calls: Vec<crate::env::tool_use::calls::RawCall>,
 }
 
 /// What the task needed.
@@ -383,7 +386,7 @@ mod tests {
             calls,
             results,
             answer: answer.map(String::from),
-            format_errors: 0,
+            ..Attempt::default()
         }
     }
 
@@ -502,6 +505,7 @@ mod tests {
             ],
             answer: Some("70".into()),
             format_errors: 1,
+            ..Attempt::default()
         };
         let s = score(&cfg, &a, &g);
         assert_eq!((s.precision, s.recall), (0.5, 1.0));

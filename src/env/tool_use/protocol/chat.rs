@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value as Json};
 
-use crate::env::tool_use::calls::parse_call_json;
+use crate::env::tool_use::calls::{call_of, parse_call_json, raw_call, RawCall};
 use crate::env::tool_use::protocol::Limits;
 use crate::env::tool_use::reward::{Attempt, Call};
 use crate::env::{
@@ -125,11 +125,23 @@ impl ChatFormat {
     /// The opening messages of an episode: the tools (unless the template lists them) and the
     /// question.
     pub fn opening(&self, question: &str, tools: &[ToolSpec]) -> Vec<Json> {
-        let mut messages = Vec::new();
-        if !self.template_tools {
-            messages.push(json!({"role": "system", "content": Self::tool_system(tools)}));
+        self.opening_of(vec![json!({"role": "user", "content": question})], tools)
+    }
+
+    /// The opening of an episode that brings its own messages: the tools' system message
+    /// (unless the template lists them) before them, merged with a system message of theirs.
+    pub fn opening_of(&self, mut messages: Vec<Json>, tools: &[ToolSpec]) -> Vec<Json> {
+        if self.template_tools {
+            return messages;
         }
-        messages.push(json!({"role": "user", "content": question}));
+        let listed = Self::tool_system(tools);
+        match messages.first_mut() {
+            Some(first) if first["role"] == "system" => {
+                let theirs = first["content"].as_str().unwrap_or_default().to_string();
+                first["content"] = Json::from(format!("{listed}\n\n{theirs}"));
+            }
+            _ => messages.insert(0, json!({"role": "system", "content": listed})),
+        }
         messages
     }
 
@@ -177,7 +189,11 @@ impl<T: TaskSource + ToolSet<T::Item>> Protocol<T> for ChatProtocol {
 
     fn start(&self, task: &T, item: T::Item) -> Result<ChatEpisode<T::Item>> {
         let tools: Arc<[ToolSpec]> = task.tools(&item).into();
-        let messages = self.format.opening(&task.question(&item), &tools);
+        let messages = match task.messages(&item) {
+            Some(own) => self.format.opening_of(own, &tools),
+            None => self.format.opening(&task.question(&item), &tools),
+        };
+        let call_only = task.call_only(&item);
         let tokens = self.format.prompt_ids(&messages, &tools)?;
         let prompt_len = tokens.len();
         Ok(ChatEpisode {
@@ -196,6 +212,7 @@ impl<T: TaskSource + ToolSet<T::Item>> Protocol<T> for ChatProtocol {
             format: self.format.clone(),
             tools,
             limits: self.limits,
+            call_only,
         })
     }
 
@@ -248,6 +265,8 @@ pub struct ChatEpisode<I> {
     format: Arc<ChatFormat>,
     tools: Arc<[ToolSpec]>,
     limits: Limits,
+    /// The calls are graded, not run: the episode ends with the assistant's turn.
+    call_only: bool,
 }
 
 impl<I> ChatEpisode<I> {
@@ -325,6 +344,10 @@ impl<I> ChatEpisode<I> {
             self.done = true;
             return;
         }
+        if self.call_only {
+            self.end_with_calls(&turn);
+            return;
+        }
         if self.attempt.calls.len() + turn.calls.len() > self.limits.max_calls {
             self.attempt.format_errors += 1;
             self.done = true;
@@ -335,6 +358,8 @@ impl<I> ChatEpisode<I> {
         for body in turn.calls {
             match body.and_then(|b| parse_tool_call(&b, &self.tools)) {
                 Ok((call, arguments)) => {
+                    let args = serde_json::from_str(&arguments).unwrap_or(Json::Null);
+                    self.attempt.raw_calls.push((call.name.clone(), args));
                     tool_calls.push(json!({"type": "function", "function": {
                         "name": call.name, "arguments": arguments,
                     }}));
@@ -356,6 +381,37 @@ impl<I> ChatEpisode<I> {
         } else {
             self.awaiting = Some(waiting);
         }
+    }
+
+    /// A call-only episode's last turn: every `<tool_call>` that reads as a call's JSON is
+    /// recorded as written (its tool, arguments and types are the grader's business, not format
+    /// errors); a block that does not read is a format error. Nothing runs; the episode ends.
+    fn end_with_calls(&mut self, turn: &Turn) {
+        let mut tool_calls = Vec::new();
+        for body in &turn.calls {
+            let read = body.as_ref().map_err(String::clone).and_then(|b| {
+                let v: Json = serde_json::from_str(b)
+                    .map_err(|e| format!("the call is not valid JSON: {e}"))?;
+                raw_call(&v)
+            });
+            match read {
+                Ok((name, args)) => {
+                    tool_calls.push(json!({"type": "function", "function": {
+                        "name": name, "arguments": args.to_string(),
+                    }}));
+                    self.attempt.calls.push(call_of(&name, &args));
+                    self.attempt.results.push(None);
+                    self.attempt.raw_calls.push((name, args));
+                }
+                Err(_) => self.attempt.format_errors += 1,
+            }
+        }
+        let mut assistant = json!({"role": "assistant", "content": turn.prose.trim()});
+        if !tool_calls.is_empty() {
+            assistant["tool_calls"] = Json::Array(tool_calls);
+        }
+        self.messages.push(assistant);
+        self.done = true;
     }
 
     /// The results of the pending calls: recorded in the attempt and, unless the episode has
@@ -473,14 +529,14 @@ fn split_turn(text: &str) -> Turn {
 /// What one assistant turn's raw text says, read as an episode's last turn is: its
 /// `<tool_call>` blocks as calls (those that are not a call's JSON counted as format errors) and,
 /// when it makes no call, its answer by [`answer_of`].
-pub fn read_turn(text: &str) -> (Vec<Call>, Option<String>, u32) {
+pub fn read_turn(text: &str) -> (Vec<RawCall>, Option<String>, u32) {
     let turn = split_turn(text);
     let mut errors = 0;
     let mut calls = Vec::new();
     for body in &turn.calls {
         let call = body.as_ref().ok().and_then(|b| {
             let v: Json = serde_json::from_str(b).ok()?;
-            parse_call_json(&v).ok()
+            raw_call(&v).ok()
         });
         match call {
             Some(c) => calls.push(c),
