@@ -1,7 +1,7 @@
 //! `[env]`: the bandit's and the tool-use tasks' knobs.
 use serde::{Deserialize, Serialize};
 
-use super::{check, Result};
+use super::{check, range_err, Result};
 use crate::env::bandit::{BanditSpec, BehaviourInit, RewardNoise};
 use crate::env::tool_use::protocol::Limits;
 use crate::env::tool_use::tasks::{TaskKind, TaskSpec};
@@ -16,6 +16,10 @@ pub enum EnvKind {
     /// Users' own tasks from a JSON-lines file (`env.path`) with the tools of `[[tools]]`
     /// (SPEC §3.4); needs `policy.kind = "lm"`.
     Dataset,
+    /// BFCL's single-turn categories (`env.categories`) from its data directory (`env.path`;
+    /// empty: the installed `bfcl-eval`): tasks with their own call-only tools, graded by
+    /// BFCL's AST checker; needs `policy.kind = "lm"`.
+    Bfcl,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,8 +54,11 @@ pub struct EnvConfig {
     pub steps_per_round: u64,
     /// Bandit, exact mode: step size η of the expected-gradient flow.
     pub eta: f64,
-    /// Dataset: the JSON-lines file of tasks (relative to the working directory).
+    /// Dataset: the JSON-lines file of tasks (relative to the working directory). BFCL: its data
+    /// directory (empty: the one of the `bfcl-eval` package in `.venv`).
     pub path: String,
+    /// BFCL: the categories played (trained on: the non-live ones only).
+    pub categories: Vec<String>,
     /// Tool use: the task family (`calc`, `lookup`, `chain`, `fanout`, `menu`).
     pub task: TaskKind,
     /// Tool use (calc, menu): operands have up to this many digits.
@@ -93,6 +100,10 @@ impl Default for EnvConfig {
             steps_per_round: 500,
             eta: 1.0,
             path: String::new(),
+            categories: crate::env::tool_use::bfcl::CATEGORIES[..5]
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
             task: TaskKind::Calc,
             digits: 2,
             no_call_share: 0.2,
@@ -130,7 +141,7 @@ impl EnvConfig {
     pub fn initial_logits(&self, seed: u64) -> Vec<f64> {
         match self.kind {
             EnvKind::Bandit => crate::env::bandit::initial_logits(&self.bandit_spec(), seed),
-            EnvKind::ToolUse | EnvKind::Dataset => Vec::new(),
+            EnvKind::ToolUse | EnvKind::Dataset | EnvKind::Bfcl => Vec::new(),
         }
     }
 
@@ -205,7 +216,20 @@ impl EnvConfig {
             "finite and > 0",
             e.eta,
         )?;
-
+        let known = &crate::env::tool_use::bfcl::CATEGORIES;
+        if let Some(c) = e.categories.iter().find(|c| !known.contains(&c.as_str())) {
+            return Err(range_err(
+                "env.categories",
+                &format!("BFCL categories among {}", known.join(", ")),
+                format!("{c:?}"),
+            ));
+        }
+        check(
+            !e.categories.is_empty() || e.kind != EnvKind::Bfcl,
+            "env.categories",
+            "at least one category for env.kind = bfcl",
+            "[]",
+        )?;
         Ok(())
     }
 }

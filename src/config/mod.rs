@@ -215,6 +215,10 @@ impl Config {
                 "--task: not with a dataset config (its lines are matched by \"id\")",
             )),
             (EnvKind::Dataset, None) => Ok(self),
+            (EnvKind::Bfcl, Some(_)) => Err(Error::input(
+                "--task: not with a BFCL config (its lines are matched by \"id\")",
+            )),
+            (EnvKind::Bfcl, None) => Ok(self),
             (_, None) => Err(Error::input(
                 "--task: needed unless the config is a dataset's",
             )),
@@ -257,7 +261,7 @@ impl Config {
                 "transformer or lm",
             ),
             // A dataset's prompts are free text: they need a model's own tokenizer.
-            EnvKind::Dataset => (p.kind == PolicyKind::Lm, "lm"),
+            EnvKind::Dataset | EnvKind::Bfcl => (p.kind == PolicyKind::Lm, "lm"),
         };
         check(
             fits,

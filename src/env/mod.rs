@@ -103,6 +103,8 @@ pub enum NoDemonstration {
     Unwritable(String),
     /// Replaying the gold turns did not give the gold calls and answer (`why`).
     Replay(String),
+    /// The episode reached its length limits before the demonstration ended.
+    TooLong,
 }
 
 impl NoDemonstration {
@@ -113,6 +115,7 @@ impl NoDemonstration {
             NoDemonstration::CallFailed { .. } => "a gold call failed",
             NoDemonstration::Unwritable(_) => "not writable in the vocabulary",
             NoDemonstration::Replay(_) => "replay differs from the gold",
+            NoDemonstration::TooLong => "longer than the episode's limits",
         }
     }
 }
@@ -126,6 +129,10 @@ impl std::fmt::Display for NoDemonstration {
             }
             NoDemonstration::Unwritable(why) => write!(f, "cannot be written: {why}"),
             NoDemonstration::Replay(why) => write!(f, "replaying the gold {why}"),
+            NoDemonstration::TooLong => write!(
+                f,
+                "the episode reached env.max_tokens (or env.max_new_tokens) before its end"
+            ),
         }
     }
 }

@@ -81,7 +81,10 @@ pub fn call_of(name: &str, args: &Value) -> Call {
             (k, text)
         })
         .collect();
-    let pairs: Vec<(&str, &str)> = texts.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let pairs: Vec<(&str, &str)> = texts
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     Call::new(name, &pairs)
 }
 

@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::env::tool_use::bfcl::check::CallsRule;
+
 /// One tool call: a name and named arguments. Calls compare by name and the values' canonical
 /// text ([`canonical_value`]); a tool receives the values as they were written.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,6 +115,9 @@ pub enum AnswerRule {
     Regex(regex::Regex),
     /// Equal (as `Exact`) to the gold answer or to one of these.
     OneOf(Vec<String>),
+    /// No answer is compared: the calls are, under BFCL's AST semantics (the episode is
+    /// complete when the checker says right), and earn ToolRL's partial credit.
+    Calls(std::sync::Arc<CallsRule>),
 }
 
 impl PartialEq for AnswerRule {
@@ -122,6 +127,7 @@ impl PartialEq for AnswerRule {
             (AnswerRule::Number { tolerance: a }, AnswerRule::Number { tolerance: b }) => a == b,
             (AnswerRule::Regex(a), AnswerRule::Regex(b)) => a.as_str() == b.as_str(),
             (AnswerRule::OneOf(a), AnswerRule::OneOf(b)) => a == b,
+            (AnswerRule::Calls(a), AnswerRule::Calls(b)) => a == b,
             _ => false,
         }
     }
@@ -150,6 +156,7 @@ impl AnswerRule {
                 let a = canonical_value(answer);
                 a == canonical_value(gold) || accept.iter().any(|x| canonical_value(x) == a)
             }
+            AnswerRule::Calls(_) => false,
         }
     }
 }
@@ -205,6 +212,12 @@ pub struct RewardConfig {
     pub completion_pm1: bool,
     /// `exact` or `execution`.
     pub tool_match: ToolMatch,
+    /// Calls rule only (BFCL): weight of ToolRL's function-name credit.
+    pub w_names: f64,
+    /// Calls rule only: weight of the parameter-name credit.
+    pub w_params: f64,
+    /// Calls rule only: weight of the parameter-value credit.
+    pub w_values: f64,
 }
 
 impl Default for RewardConfig {
@@ -216,6 +229,9 @@ impl Default for RewardConfig {
             w_cost: 0.0,
             completion_pm1: false,
             tool_match: ToolMatch::Exact,
+            w_names: 0.0,
+            w_params: 0.0,
+            w_values: 0.0,
         }
     }
 }
@@ -337,8 +353,9 @@ pub fn execution_f1(results: &[Option<String>], needed: &[String]) -> (f64, f64,
 
 /// Scores an attempt against the gold.
 pub fn score(cfg: &RewardConfig, attempt: &Attempt, gold: &Gold) -> Score {
-    let completion = match &attempt.answer {
-        Some(a) if gold.rule.accepts(&gold.answer, a) => 1.0,
+    let completion = match (&gold.rule, &attempt.answer) {
+        (AnswerRule::Calls(rule), _) => calls_completion(rule, attempt),
+        (rule, Some(a)) if rule.accepts(&gold.answer, a) => 1.0,
         _ => 0.0,
     };
     let (precision, recall, f1) = match cfg.tool_match {
@@ -350,7 +367,14 @@ pub fn score(cfg: &RewardConfig, attempt: &Attempt, gold: &Gold) -> Score {
     } else {
         completion
     };
-    let reward = cfg.w_task * task + cfg.w_tool * f1
+    let partial = match &gold.rule {
+        AnswerRule::Calls(rule) => {
+            let p = rule.partial(&attempt.raw_calls);
+            cfg.w_names * p.names + cfg.w_params * p.params + cfg.w_values * p.values
+        }
+        _ => 0.0,
+    };
+    let reward = cfg.w_task * task + cfg.w_tool * f1 + partial
         - cfg.w_format * attempt.format_errors as f64
         - cfg.w_cost * attempt.calls.len() as f64;
     Score {
@@ -361,6 +385,23 @@ pub fn score(cfg: &RewardConfig, attempt: &Attempt, gold: &Gold) -> Score {
         f1,
         format_errors: attempt.format_errors,
         calls: attempt.calls.len(),
+    }
+}
+
+/// Completion under a calls rule, as BFCL grades an output: with no expected call, right when
+/// no call was read (text, or output that does not decode, is no call); otherwise right when
+/// every `<tool_call>` block read as a call (a block that does not is output BFCL cannot decode,
+/// and a truncated episode one it never finished) and the checker accepts the calls.
+fn calls_completion(rule: &CallsRule, attempt: &Attempt) -> f64 {
+    let right = if rule.answers.is_empty() {
+        attempt.raw_calls.is_empty()
+    } else {
+        attempt.format_errors == 0 && rule.verdict(&attempt.raw_calls).is_ok()
+    };
+    if right {
+        1.0
+    } else {
+        0.0
     }
 }
 

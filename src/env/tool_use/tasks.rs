@@ -296,7 +296,10 @@ impl Task {
             Split::Train => 2 * index,
             Split::Heldout => 2 * index + 1,
         };
-        debug_assert!(stream != ((1 << 40) | 1), "item stream would be the database's");
+        debug_assert!(
+            stream != ((1 << 40) | 1),
+            "item stream would be the database's"
+        );
         self.draw(
             split,
             &mut rng::stream(self.spec.seed, Role::Env, (1 << 40) ^ stream),

@@ -316,6 +316,46 @@ fn check_list_of_dicts(param: &str, value: &[Value], possible: &[Value]) -> Resu
     last
 }
 
+/// One parameter's value against its documentation `detail` and its acceptable values
+/// `accepted` (the per-parameter part of `simple_function_checker`).
+fn check_value(param: &str, detail: &Value, value: &Value, accepted: &Value) -> Result<(), String> {
+    let accepted: &[Value] = accepted.as_array().map_or(&[], Vec::as_slice);
+    let documented = detail["type"].as_str().unwrap_or_default();
+    let expected = PyType::documented(documented)
+        .ok_or_else(|| format!("parameter {param:?} has the unknown type {documented:?}"))?;
+    let nested = match documented {
+        "array" | "tuple" => Some(
+            detail["items"]["type"]
+                .as_str()
+                .and_then(PyType::documented)
+                .ok_or_else(|| format!("parameter {param:?}: an array without an item type"))?,
+        ),
+        _ => None,
+    };
+    // An integer passes for a float (Python converts it).
+    let value = match (documented, value) {
+        ("float", Value::Number(n)) if !n.is_f64() => Value::from(n.as_f64().unwrap_or_default()),
+        _ => value.clone(),
+    };
+    let is_variable = type_check(param, &value, accepted, expected, nested)?;
+    if !is_variable {
+        match (&value, expected, nested) {
+            (Value::Object(d), PyType::Dict, _) => return check_dict(param, d, accepted),
+            (Value::Array(l), PyType::List, Some(PyType::Dict)) => {
+                return check_list_of_dicts(param, l, accepted)
+            }
+            (Value::String(s), PyType::Str, _) => return check_string(param, s, accepted),
+            (Value::Array(l), PyType::List, _) => return check_list(param, l, accepted),
+            _ => {}
+        }
+    }
+    if py_in(&value, accepted) {
+        Ok(())
+    } else {
+        Err(format!("invalid value for parameter {param:?}: {value}"))
+    }
+}
+
 /// `simple_function_checker`: one call against one expected call.
 fn check_call(
     function: &Value,
@@ -347,51 +387,7 @@ fn check_call(
         let (Some(detail), Some(accepted)) = (details.get(param), answer.get(param)) else {
             return Err(format!("unexpected parameter {param:?}"));
         };
-        let accepted: &[Value] = accepted.as_array().map_or(&[], Vec::as_slice);
-        let documented = detail["type"].as_str().unwrap_or_default();
-        let expected = PyType::documented(documented)
-            .ok_or_else(|| format!("parameter {param:?} has the unknown type {documented:?}"))?;
-        let nested = match documented {
-            "array" | "tuple" => Some(
-                detail["items"]["type"]
-                    .as_str()
-                    .and_then(PyType::documented)
-                    .ok_or_else(|| format!("parameter {param:?}: an array without an item type"))?,
-            ),
-            _ => None,
-        };
-        // An integer passes for a float (Python converts it).
-        let value = match (documented, value) {
-            ("float", Value::Number(n)) if !n.is_f64() => {
-                Value::from(n.as_f64().unwrap_or_default())
-            }
-            _ => value.clone(),
-        };
-        let is_variable = type_check(param, &value, accepted, expected, nested)?;
-        if !is_variable {
-            match (&value, expected, nested) {
-                (Value::Object(d), PyType::Dict, _) => {
-                    check_dict(param, d, accepted)?;
-                    continue;
-                }
-                (Value::Array(l), PyType::List, Some(PyType::Dict)) => {
-                    check_list_of_dicts(param, l, accepted)?;
-                    continue;
-                }
-                (Value::String(s), PyType::Str, _) => {
-                    check_string(param, s, accepted)?;
-                    continue;
-                }
-                (Value::Array(l), PyType::List, _) => {
-                    check_list(param, l, accepted)?;
-                    continue;
-                }
-                _ => {}
-            }
-        }
-        if !py_in(&value, accepted) {
-            return Err(format!("invalid value for parameter {param:?}: {value}"));
-        }
+        check_value(param, detail, value, accepted)?;
     }
     for (param, accepted) in answer {
         let optional = accepted
@@ -467,5 +463,276 @@ pub fn check(
             }
             Ok(())
         }
+    }
+}
+
+/// A task graded by BFCL's AST semantics: its checker, the functions it offers (BFCL's
+/// documentation form) and its ground truth. The verdict is the episode's completion; the
+/// partial credit ([`CallsRule::partial`]) is ToolRL's decomposition of the same comparison.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallsRule {
+    pub checker: Checker,
+    pub functions: Vec<Value>,
+    /// One `{name: {param: [acceptable values]}}` per expected call.
+    pub answers: Vec<Map<String, Value>>,
+}
+
+/// ToolRL's decomposition of a comparison of calls with the expected ones, each part in [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Partial {
+    /// Jaccard similarity of the multisets of function names called and expected.
+    pub names: f64,
+    /// Over the expected calls: Jaccard similarity of the parameter names of the call matched
+    /// to it (a left-out parameter that may be left out counts as present); 0 when unmatched.
+    pub params: f64,
+    /// Over the expected calls' parameters: the share given an acceptable value (or left out
+    /// where that is allowed) by the call matched to their call.
+    pub values: f64,
+}
+
+/// Whether `accepted` (a parameter's acceptable values) allows leaving it out.
+fn may_leave_out(accepted: &Value) -> bool {
+    accepted
+        .as_array()
+        .is_some_and(|a| a.contains(&Value::String(String::new())))
+}
+
+/// The first acceptable value of a list of them that is not the "may be left out" marker.
+fn first_of(accepted: &Value) -> Option<&Value> {
+    match accepted {
+        Value::Array(a) => a.iter().find(|v| *v != &Value::String(String::new())),
+        other => Some(other),
+    }
+}
+
+/// A dict's keys, each with its first acceptable value (a key that may only be left out,
+/// left out): the checker reads a dict answer's values as lists of acceptable ones.
+fn first_in_dict(answer: &Value) -> Value {
+    match answer {
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .filter_map(|(k, accepted)| Some((k.clone(), first_of(accepted)?.clone())))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// A parameter's first acceptable value written as a value: a dict's (or a list of dicts')
+/// inner acceptable values reduced to their first.
+fn first_inside(v: &Value, documented: &str, list_of_dicts: bool) -> Value {
+    match (documented, v) {
+        ("dict", Value::Object(_)) => first_in_dict(v),
+        ("array" | "tuple", Value::Array(items)) if list_of_dicts => {
+            Value::Array(items.iter().map(first_in_dict).collect())
+        }
+        _ => v.clone(),
+    }
+}
+
+impl CallsRule {
+    /// BFCL's verdict on `calls`: `Ok` when right, else the first reason it is not.
+    pub fn verdict(&self, calls: &[DecodedCall]) -> Result<(), String> {
+        check(self.checker, &self.functions, calls, &self.answers)
+    }
+
+    /// The expected calls with the first acceptable value of each parameter (a parameter whose
+    /// only acceptable value is `""` left out): the gold calls a demonstration writes.
+    pub fn first_acceptable(&self) -> Vec<DecodedCall> {
+        self.answers
+            .iter()
+            .filter_map(|answer| {
+                let (name, params) = answer.iter().next()?;
+                let detail = find(&self.functions, name)
+                    .map(|f| f["parameters"]["properties"].clone())
+                    .unwrap_or(Value::Null);
+                let mut args = Map::new();
+                for (param, accepted) in params.as_object()? {
+                    if let Some(v) = first_of(accepted) {
+                        let documented = detail[param]["type"].as_str().unwrap_or_default();
+                        let nested = detail[param]["items"]["type"] == "dict";
+                        args.insert(param.clone(), first_inside(v, documented, nested));
+                    }
+                }
+                Some((name.clone(), Value::Object(args)))
+            })
+            .collect()
+    }
+
+    /// Parameter-name and value credit of `call` against `answer` (one expected call).
+    fn credit(&self, call: &DecodedCall, answer: &Map<String, Value>) -> (f64, f64) {
+        let (Some((name, Value::Object(expected))), true) =
+            (answer.iter().next(), answer.len() == 1)
+        else {
+            return (0.0, 0.0);
+        };
+        if &call.0 != name {
+            return (0.0, 0.0);
+        }
+        let empty = Map::new();
+        let given = call.1.as_object().unwrap_or(&empty);
+        let detail = find(&self.functions, name)
+            .map(|f| f["parameters"]["properties"].clone())
+            .unwrap_or(Value::Null);
+        let mut union = given.len();
+        let mut common = 0;
+        let mut right = 0;
+        for (param, accepted) in expected {
+            let value_ok = match given.get(param) {
+                Some(v) => {
+                    common += 1;
+                    check_value(param, &detail[param], v, accepted).is_ok()
+                }
+                None if may_leave_out(accepted) => {
+                    common += 1;
+                    union += 1;
+                    true
+                }
+                None => {
+                    union += 1;
+                    false
+                }
+            };
+            right += usize::from(value_ok);
+        }
+        let params = if union == 0 {
+            1.0
+        } else {
+            common as f64 / union as f64
+        };
+        let values = if expected.is_empty() {
+            1.0
+        } else {
+            right as f64 / expected.len() as f64
+        };
+        (params, values)
+    }
+
+    /// ToolRL's partial credit of `calls`: names, then each expected call matched greedily (in
+    /// order) to the unmatched call of its name that earns the most. With no expected call
+    /// (irrelevance) every part is 1 without calls and 0 with any.
+    pub fn partial(&self, calls: &[DecodedCall]) -> Partial {
+        if self.answers.is_empty() {
+            let none = if calls.is_empty() { 1.0 } else { 0.0 };
+            return Partial {
+                names: none,
+                params: none,
+                values: none,
+            };
+        }
+        let expected: Vec<&str> = self.answers.iter().map(expected_name).collect();
+        let mut used = vec![false; expected.len()];
+        let mut common = 0;
+        for (name, _) in calls {
+            if let Some(i) = (0..expected.len()).find(|&i| !used[i] && expected[i] == name) {
+                used[i] = true;
+                common += 1;
+            }
+        }
+        let names = common as f64 / (calls.len() + expected.len() - common) as f64;
+        let mut taken = vec![false; calls.len()];
+        let (mut params, mut values) = (0.0, 0.0);
+        for answer in &self.answers {
+            let best = (0..calls.len())
+                .filter(|&j| !taken[j])
+                .map(|j| (j, self.credit(&calls[j], answer)))
+                .filter(|(_, (p, v))| p + v > 0.0)
+                .max_by(|a, b| (a.1 .0 + a.1 .1).total_cmp(&(b.1 .0 + b.1 .1)));
+            if let Some((j, (p, v))) = best {
+                taken[j] = true;
+                params += p;
+                values += v;
+            }
+        }
+        let n = self.answers.len() as f64;
+        Partial {
+            names,
+            params: params / n,
+            values: values / n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rule(checker: Checker) -> CallsRule {
+        let function = |name: &str| {
+            json!({"name": name, "parameters": {"type": "dict", "properties": {
+                "city": {"type": "string"}, "days": {"type": "integer"},
+                "unit": {"type": "string"}}, "required": ["city", "days"]}})
+        };
+        CallsRule {
+            checker,
+            functions: vec![function("weather"), function("tides")],
+            answers: vec![
+                json!({"weather": {"city": ["Paris", "Paris, France"], "days": [3], "unit": ["", "celsius"]}})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+                json!({"tides": {"city": ["Brest"], "days": [1], "unit": [""]}})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_first_acceptable_values_are_right_and_earn_full_partial_credit() {
+        let r = rule(Checker::Parallel);
+        let gold = r.first_acceptable();
+        assert_eq!(
+            gold,
+            vec![
+                (
+                    "weather".into(),
+                    json!({"city": "Paris", "days": 3, "unit": "celsius"})
+                ),
+                ("tides".into(), json!({"city": "Brest", "days": 1})),
+            ]
+        );
+        assert_eq!(r.verdict(&gold), Ok(()));
+        let reversed: Vec<_> = gold.iter().rev().cloned().collect();
+        assert_eq!(r.verdict(&reversed), Ok(()));
+        let p = r.partial(&reversed);
+        assert_eq!((p.names, p.params, p.values), (1.0, 1.0, 1.0));
+    }
+
+    #[test]
+    fn partial_credit_separates_names_parameters_and_values() {
+        let r = rule(Checker::Parallel);
+        // The right functions; one value wrong; one required parameter missing.
+        let calls = vec![
+            ("weather".to_string(), json!({"city": "paris", "days": 4})),
+            ("tides".to_string(), json!({"city": "Brest"})),
+        ];
+        assert!(r.verdict(&calls).is_err());
+        let p = r.partial(&calls);
+        assert_eq!(p.names, 1.0);
+        // weather: {city, days, unit(optional, left out)} all present → 1; tides: city, unit
+        // present of {city, days, unit} → 2/3.
+        assert!((p.params - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-12, "{p:?}");
+        // weather: city (standardised), unit right, days wrong → 2/3; tides: 2/3.
+        assert!((p.values - 2.0 / 3.0).abs() < 1e-12, "{p:?}");
+        // A wrong function and an extra call: names 1 of 3 in the union.
+        let calls = vec![
+            ("weather".to_string(), json!({"city": "Paris", "days": 3})),
+            ("radar".to_string(), json!({})),
+        ];
+        let p = r.partial(&calls);
+        assert!((p.names - 1.0 / 3.0).abs() < 1e-12, "{p:?}");
+        assert_eq!(p.values, 0.5);
+        // No call at all earns nothing; with no expected call, no call earns everything.
+        assert_eq!(r.partial(&[]), Partial::default());
+        let irrelevance = CallsRule {
+            checker: Checker::Irrelevance,
+            answers: vec![],
+            ..r
+        };
+        assert_eq!(irrelevance.partial(&[]).values, 1.0);
+        assert_eq!(irrelevance.partial(&calls).names, 0.0);
     }
 }

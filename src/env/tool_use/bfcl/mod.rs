@@ -8,6 +8,7 @@
 //! per parameter, the acceptable values (`""` among them: the parameter may be left out). The
 //! irrelevance categories have no answer: no call is right.
 pub mod check;
+pub mod source;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -184,15 +185,20 @@ pub fn load(dir: &Path, category: &str) -> Result<Vec<Entry>> {
     Ok(out)
 }
 
-/// The split of a task, fixed by its id on every machine: FNV-1a (64 bits) of the id's bytes;
-/// ten buckets, 0–6 train and 7–9 held out (about 70/30).
-pub fn split_of(id: &str) -> Split {
+/// FNV-1a (64 bits) of an id's bytes: the same on every machine.
+pub fn id_hash(id: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in id.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    if h % 10 < 7 {
+    h
+}
+
+/// The split of a task, fixed by its id on every machine: [`id_hash`] in ten buckets (the
+/// hash modulo 10), 0–6 train and 7–9 held out (about 70/30).
+pub fn split_of(id: &str) -> Split {
+    if id_hash(id) % 10 < 7 {
         Split::Train
     } else {
         Split::Heldout

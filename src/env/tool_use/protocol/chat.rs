@@ -25,7 +25,7 @@ use serde_json::{json, Value as Json};
 
 use crate::env::tool_use::calls::{call_of, parse_call_json, raw_call, RawCall};
 use crate::env::tool_use::protocol::Limits;
-use crate::env::tool_use::reward::{Attempt, Call};
+use crate::env::tool_use::reward::{AnswerRule, Attempt, Call, Gold};
 use crate::env::{
     Decodable, Demonstration, NoDemonstration, Protocol, ProtocolEpisode, TaskSource, ToolSet,
     ToolSpec,
@@ -281,9 +281,18 @@ impl<I> ChatEpisode<I> {
         Some(t)
     }
 
-    /// Ends the episode where it is (a format error when it had not finished).
+    /// Ends the episode where it is (a format error when it had not finished); the log keeps
+    /// what the policy had written of its turn.
     pub fn truncate(&mut self) {
         if !self.done {
+            if self.turn_start < self.tokens.len() && self.forced.is_empty() {
+                let text = self
+                    .format
+                    .tokenizer
+                    .decode_with(&self.tokens[self.turn_start..], false);
+                self.messages
+                    .push(json!({"role": "assistant", "content": text.trim()}));
+            }
             self.attempt.format_errors += 1;
             self.done = true;
             self.forced.clear();
@@ -669,12 +678,18 @@ pub fn demonstration<T: TaskSource + ToolSet<T::Item>>(
         .start(task, item.clone())
         .map_err(|e| NoDemonstration::Unwritable(e.to_string()))?;
     let fmt = &protocol.format;
-    let mut turns: Vec<String> = gold
-        .calls
-        .iter()
-        .map(|c| format!("{OPEN}\n{}\n{CLOSE}", call_text(c, &ep.tools)))
-        .collect();
-    turns.push(format!("The answer is {}.", gold.answer));
+    let call_only = task.call_only(item);
+    let turns: Vec<String> = if call_only {
+        vec![call_only_turn(&gold, &ep.tools)]
+    } else {
+        let mut turns: Vec<String> = gold
+            .calls
+            .iter()
+            .map(|c| format!("{OPEN}\n{}\n{CLOSE}", call_text(c, &ep.tools)))
+            .collect();
+        turns.push(format!("The answer is {}.", gold.answer));
+        turns
+    };
     for turn in turns {
         let mut ids = fmt
             .encode(&turn)
@@ -700,6 +715,9 @@ pub fn demonstration<T: TaskSource + ToolSet<T::Item>>(
             ep.deliver(results);
         }
     }
+    if protocol.limits.reached(ep.tokens.len(), ep.written) {
+        return Err(NoDemonstration::TooLong);
+    }
     if !ep.done {
         return Err(NoDemonstration::Replay("did not end the episode".into()));
     }
@@ -709,13 +727,43 @@ pub fn demonstration<T: TaskSource + ToolSet<T::Item>>(
             ep.attempt.format_errors
         )));
     }
-    if ep.attempt.calls != gold.calls {
+    let right = match (&gold.rule, call_only) {
+        (AnswerRule::Calls(rule), _) => rule.verdict(&ep.attempt.raw_calls).is_ok(),
+        _ => ep.attempt.calls == gold.calls,
+    };
+    if !right {
         return Err(NoDemonstration::Replay(
             "read calls other than the gold ones".into(),
         ));
     }
     Ok((ep.tokens, ep.policy_mask))
 }
+
+/// What a call-only task's demonstration writes in its one turn: every gold call in a
+/// `<tool_call>` block (under a calls rule, each parameter's first acceptable value, in the
+/// ground truth's order), or, when no call is right, a reply saying that none applies.
+fn call_only_turn(gold: &Gold, tools: &[ToolSpec]) -> String {
+    let calls: Vec<String> = match &gold.rule {
+        AnswerRule::Calls(rule) => rule
+            .first_acceptable()
+            .iter()
+            .map(|(name, args)| py_dumps(&json!({"name": name, "arguments": args})))
+            .collect(),
+        _ => gold.calls.iter().map(|c| call_text(c, tools)).collect(),
+    };
+    if calls.is_empty() {
+        return NONE_APPLIES.to_string();
+    }
+    calls
+        .iter()
+        .map(|c| format!("{OPEN}\n{c}\n{CLOSE}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The demonstrated reply when none of the offered functions applies.
+pub const NONE_APPLIES: &str =
+    "None of the functions I can call applies to this request, so I cannot call one.";
 
 /// A call as `{"name": …, "arguments": {…}}` with its arguments in schema order, integers as
 /// JSON numbers.
