@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use asymre::env::tool_use::bfcl::check::{check, DecodedCall};
+use asymre::env::tool_use::bfcl::check::{check, CallsRule, DecodedCall};
 use asymre::env::tool_use::bfcl::{data_dir, load, Entry, CATEGORIES};
 use serde_json::{json, Map, Value};
 
@@ -78,6 +78,13 @@ fn cases(e: &Entry) -> Vec<(String, Vec<DecodedCall>)> {
     }
     let gold: Vec<DecodedCall> = e.answers.iter().map(gold_call).collect();
     let mut out = vec![("gold".to_string(), gold.clone())];
+    // What a demonstration writes: nested dicts' acceptable values reduced to their first.
+    let rule = CallsRule {
+        checker: e.checker(),
+        functions: e.functions.clone(),
+        answers: e.answers.clone(),
+    };
+    out.push(("first acceptable".to_string(), rule.first_acceptable()));
     let mut each = |what: &str, f: &dyn Fn(&mut Map<String, Value>, &Value) -> bool| {
         let mut calls = gold.clone();
         let mut touched = false;
@@ -265,4 +272,313 @@ fn the_calls_rule_agrees_with_bfcls_checker_on_every_category() {
         valid > 1_000 && invalid > 1_000,
         "{valid} right, {invalid} wrong"
     );
+}
+
+mod episodes {
+    //! BFCL tasks played in SmolLM2's chat format: call-only episodes that end with the
+    //! assistant's turn, graded by the calls rule.
+    use std::sync::Arc;
+
+    use asymre::config::RewardConfig;
+    use asymre::env::tool_use::bfcl::source::{BfclRef, BfclSource};
+    use asymre::env::tool_use::bfcl::{data_dir, load};
+    use asymre::env::tool_use::json::score_line;
+    use asymre::env::tool_use::protocol::chat::{
+        demonstration, ChatEpisode, ChatFormat, ChatProtocol, NONE_APPLIES,
+    };
+    use asymre::env::tool_use::protocol::Limits;
+    use asymre::env::tool_use::reward::score;
+    use asymre::env::{Protocol, Split, TaskSource};
+    use asymre::policy::lm::source::{read_text, resolve};
+
+    fn protocol() -> ChatProtocol {
+        let files = resolve("smollm2-135m").expect("set-up installs SmolLM2");
+        let (_, text) = read_text(&files).unwrap();
+        ChatProtocol {
+            format: Arc::new(ChatFormat::new(text, "smollm2-135m").unwrap()),
+            limits: Limits::new(2048, 4),
+        }
+    }
+
+    fn source(categories: &[&str]) -> BfclSource {
+        let dir = data_dir().unwrap();
+        let entries = categories
+            .iter()
+            .flat_map(|c| load(&dir, c).unwrap())
+            .collect();
+        BfclSource::new(entries, 0)
+    }
+
+    /// Writes `text` then `<|im_end|>` as the policy.
+    fn say(ep: &mut ChatEpisode<BfclRef>, s: &BfclSource, f: &ChatFormat, text: &str) {
+        let mut ids = f.tokenizer.encode_with(text, false).unwrap();
+        ids.push(f.tokenizer.token_to_id("<|im_end|>").unwrap());
+        for id in ids {
+            while ep.take_forced().is_some() {}
+            ep.push_policy(id, s);
+        }
+    }
+
+    fn rewards() -> RewardConfig {
+        RewardConfig {
+            w_tool: 0.0,
+            w_names: 0.2,
+            w_params: 0.2,
+            w_values: 0.4,
+            ..RewardConfig::default()
+        }
+    }
+
+    #[test]
+    fn demonstrations_are_call_only_turns_the_checker_accepts() {
+        let p = protocol();
+        let s = source(&[
+            "simple_python",
+            "multiple",
+            "parallel",
+            "parallel_multiple",
+            "irrelevance",
+        ]);
+        let r = rewards();
+        for i in 0..60 {
+            let item = s.item(Split::Train, i);
+            let (tokens, mask) = demonstration(&p, &s, &item).unwrap();
+            let mut ep = p.start(&s, item).unwrap();
+            let prompt = ep.prompt_len;
+            assert!(!mask[..prompt].iter().any(|&m| m));
+            let text = p.format.tokenizer.decode_with(&tokens[prompt..], false);
+            let text = text.trim_end_matches("<|im_end|>");
+            say(&mut ep, &s, &p.format, text);
+            // One assistant turn, nothing forced after it: the episode ended there.
+            assert!(ep.done);
+            assert_eq!(ep.tokens, tokens);
+            assert!(ep.take_forced().is_none());
+            let gold = s.gold(&ep.item).unwrap();
+            let sc = score(&r, &ep.attempt, &gold);
+            assert_eq!(
+                sc.completion,
+                1.0,
+                "{}: {text}",
+                s.item_id(&ep.item).unwrap()
+            );
+            assert!((sc.reward - 1.8).abs() < 1e-12, "{sc:?}");
+            let irrelevance = s.task(&ep.item).entry.category == "irrelevance";
+            assert_eq!(irrelevance, text == NONE_APPLIES, "{text}");
+            // The messages log scores back the same.
+            let line = p.episode_json(&s, &ep).to_string();
+            assert_eq!(score_line(&s, &r, &line).unwrap(), sc, "{line}");
+        }
+    }
+
+    #[test]
+    fn wrong_calls_are_graded_with_partial_credit_and_never_run() {
+        let p = protocol();
+        let s = source(&["simple_python", "irrelevance"]);
+        let r = rewards();
+        let item = (0..)
+            .map(|i| s.item(Split::Heldout, i))
+            .find(|it| s.task(it).entry.category == "simple_python")
+            .unwrap();
+        let rule = s.task(&item).rule.clone();
+        let gold = rule.first_acceptable();
+        let (name, args) = &gold[0];
+        let mut wrong = args.clone();
+        let (k, v) = wrong.as_object_mut().unwrap().iter_mut().next().unwrap();
+        let k = k.clone();
+        *v = serde_json::json!("zq-not-this");
+        let call = |args: &serde_json::Value| {
+            format!(
+                "<tool_call>\n{}\n</tool_call>",
+                serde_json::json!({"name": name, "arguments": args})
+            )
+        };
+        // A wrong value: not complete, the name and parameter names earned, most values too.
+        let mut ep = p.start(&s, item).unwrap();
+        say(&mut ep, &s, &p.format, &call(&wrong));
+        assert!(ep.done);
+        let sc = score(&r, &ep.attempt, &s.gold(&item).unwrap());
+        assert_eq!(sc.completion, 0.0, "{k}");
+        assert!(sc.reward > 0.4 && sc.reward < 0.8, "{sc:?}");
+        // The right call beside a block that does not read: BFCL cannot decode the output.
+        let mut ep = p.start(&s, item).unwrap();
+        say(
+            &mut ep,
+            &s,
+            &p.format,
+            &format!("{}\n<tool_call>\n{{oops\n</tool_call>", call(args)),
+        );
+        assert_eq!(ep.attempt.format_errors, 1);
+        assert_eq!(
+            score(&r, &ep.attempt, &s.gold(&item).unwrap()).completion,
+            0.0
+        );
+        // Prose is no call: wrong here, right for an irrelevance task; a call there is wrong.
+        let irrelevant = (0..)
+            .map(|i| s.item(Split::Heldout, i))
+            .find(|it| s.task(it).entry.category == "irrelevance")
+            .unwrap();
+        for (it, text, right) in [
+            (item, "I would call the function.", 0.0),
+            (irrelevant, "No function applies.", 1.0),
+        ] {
+            let mut ep = p.start(&s, it).unwrap();
+            say(&mut ep, &s, &p.format, text);
+            assert_eq!(
+                score(&r, &ep.attempt, &s.gold(&it).unwrap()).completion,
+                right
+            );
+        }
+        let f = &s.task(&irrelevant).entry.functions[0];
+        let mut ep = p.start(&s, irrelevant).unwrap();
+        say(
+            &mut ep,
+            &s,
+            &p.format,
+            &format!(
+                "<tool_call>\n{{\"name\": {}, \"arguments\": {{}}}}\n</tool_call>",
+                f["name"]
+            ),
+        );
+        assert!(ep.done);
+        assert_eq!(ep.attempt.raw_calls.len(), 1);
+        assert_eq!(ep.attempt.results, vec![None], "call-only: never run");
+        assert_eq!(
+            score(&r, &ep.attempt, &s.gold(&irrelevant).unwrap()).completion,
+            0.0
+        );
+    }
+}
+
+mod cli {
+    //! `asymre bfcl` from the command line.
+    use std::path::Path;
+    use std::process::Command;
+
+    fn asymre() -> Command {
+        Command::new(env!("CARGO_BIN_EXE_asymre"))
+    }
+
+    /// A BFCL data directory holding one `multiple` task, its line `task`.
+    fn data(dir: &Path, task: &str) {
+        std::fs::create_dir_all(dir.join("possible_answer")).unwrap();
+        std::fs::write(
+            dir.join("possible_answer/BFCL_v4_multiple.json"),
+            r#"{"id": "multiple_0", "ground_truth": [{"f": {"x": [1]}}]}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.join("BFCL_v4_multiple.json"), task).unwrap();
+    }
+
+    #[test]
+    fn a_bad_bfcl_file_is_one_line_exit_2_and_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let good = r#"{"id": "multiple_0", "question": [[{"role": "user", "content": "hi"}]], "function": [{"name": "f", "parameters": {"type": "dict", "properties": {"x": {"type": "integer"}}}}]}"#;
+        for (name, text, want) in [
+            ("malformed", format!("{good}\n{{oops\n"), "BFCL_v4_multiple.json:2: not JSON"),
+            (
+                "unknown type",
+                good.replace("\"integer\"", "\"quaternion\""),
+                "BFCL_v4_multiple.json:1: function \"f\": parameter \"x\" has the unknown type \"quaternion\"",
+            ),
+        ] {
+            let dir = tmp.path().join(name.replace(' ', "_"));
+            data(&dir, &text);
+            let out_dir = tmp.path().join(format!("{}-out", name.replace(' ', "_")));
+            let out = asymre()
+                .args(["bfcl", "--model", "smollm2-135m", "--categories", "multiple", "--data"])
+                .arg(&dir)
+                .arg("--out")
+                .arg(&out_dir)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{name}: {err}");
+            assert!(err.contains(want), "{name}: {err}");
+            assert!(!out_dir.exists(), "{name}: nothing written");
+        }
+        let out = asymre()
+            .args([
+                "bfcl",
+                "--model",
+                "smollm2-135m",
+                "--categories",
+                "simple_java",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not supported"));
+    }
+
+    /// The judge end to end, short answers: the table, BFCL result lines for every task, and
+    /// messages logs that `asymre score` grades as the judge did.
+    #[test]
+    fn the_judge_prints_its_table_and_writes_results_score_reads_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out_dir = tmp.path().join("judge");
+        let out = asymre()
+            .args([
+                "bfcl",
+                "--model",
+                "smollm2-135m",
+                "--categories",
+                "simple_python,irrelevance",
+                "--limit",
+                "3",
+                "--max-new-tokens",
+                "24",
+                "--out",
+            ])
+            .arg(&out_dir)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("simple_python") && stdout.contains("irrelevance"),
+            "{stdout}"
+        );
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap())
+                .unwrap();
+        let config = tmp.path().join("bfcl.toml");
+        std::fs::write(
+            &config,
+            "[env]\nkind = \"bfcl\"\ncategories = [\"simple_python\", \"irrelevance\"]\n[policy]\nkind = \"lm\"\nmodel = \"smollm2-135m\"\n",
+        )
+        .unwrap();
+        for c in summary["categories"].as_array().unwrap() {
+            let name = c["category"].as_str().unwrap();
+            let results =
+                std::fs::read_to_string(out_dir.join(format!("BFCL_v4_{name}_result.json")))
+                    .unwrap();
+            assert_eq!(results.lines().count(), 3, "{results}");
+            for l in results.lines() {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                assert!(v["id"].as_str().unwrap().starts_with(name) && v["result"].is_array());
+            }
+            let scored = asymre()
+                .args(["score", "--config"])
+                .arg(&config)
+                .arg(out_dir.join(format!("{name}.messages.jsonl")))
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&scored.stdout);
+            assert!(
+                scored.status.success(),
+                "{}",
+                String::from_utf8_lossy(&scored.stderr)
+            );
+            let correct = c["correct"].as_u64().unwrap();
+            let want = "scored 3 of 3 lines (0 bad)";
+            assert!(text.contains(want), "{text}");
+            let completion = format!("completion {:.3}", correct as f64 / 3.0);
+            assert!(text.contains(&completion), "{name}: {text} vs {c}");
+        }
+    }
 }

@@ -46,6 +46,63 @@ pub enum Command {
     /// Measure throughput (bandit and tool use, actors, learner, end to end), the matmul rate
     /// and peak memory, next to a plain eager PyTorch baseline; print one table.
     Bench(BenchArgs),
+    /// Judge a model on BFCL's single-turn categories: greedy decoding in its chat format,
+    /// graded by BFCL's AST rules; print the accuracy table and write BFCL result lines and
+    /// messages logs.
+    Bfcl(BfclArgs),
+}
+
+/// `asymre bfcl`.
+#[derive(Debug, Args)]
+pub struct BfclArgs {
+    /// A run directory of a pretrained LM: its last checkpoint is judged. Give this or --model.
+    #[arg(required_unless_present = "model", conflicts_with = "model")]
+    pub run_dir: Option<PathBuf>,
+    /// A model name (smollm2-135m), a .gguf file or a Hugging Face directory.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// BFCL categories, comma-separated (default: all ten single-turn ones).
+    #[arg(long, value_delimiter = ',', default_values_t = asymre_categories())]
+    pub categories: Vec<String>,
+    /// Which tasks of the non-live categories: heldout, train or all (the live categories,
+    /// never trained on, are played whole).
+    #[arg(long, value_enum, default_value = "heldout")]
+    pub split: BfclSplitArg,
+    /// At most this many tasks per category, chosen by a hash of their ids.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// BFCL's data directory (default: the installed bfcl-eval's).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Where to write results (default: bfcl/<model>-<UTC time>); must not exist or be empty.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The longest episode in tokens, prompt included.
+    #[arg(long, default_value_t = 4096)]
+    pub max_tokens: usize,
+    /// The most tokens the model writes.
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Episodes decoded together.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: u64,
+    /// Where to run (default: the run's device, or the CPU).
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceArg>,
+}
+
+fn asymre_categories() -> Vec<String> {
+    crate::env::tool_use::bfcl::CATEGORIES
+        .iter()
+        .map(|c| c.to_string())
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BfclSplitArg {
+    Heldout,
+    Train,
+    All,
 }
 
 /// `asymre train`.

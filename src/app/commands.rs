@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 use crate::app::cli::{
-    ActorArgs, BenchArgs, Cli, Command, ConfigArgs, EvalArgs, ExportArgs, GenerateArgs, PlotArgs,
-    ResumeArgs, ScoreArgs, SweepArgs, TrainArgs,
+    ActorArgs, BenchArgs, BfclArgs, BfclSplitArg, Cli, Command, ConfigArgs, EvalArgs, ExportArgs,
+    GenerateArgs, PlotArgs, ResumeArgs, ScoreArgs, SweepArgs, TrainArgs,
 };
 use crate::app::experiments::{bench, plot, sweep};
 use crate::env::tool_use::json::score_lines;
@@ -65,6 +65,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Sweep(args) => sweep(args),
         Command::Plot(args) => plot_dirs(args),
         Command::Bench(args) => bench(args),
+        Command::Bfcl(args) => bfcl_judge(args),
     }
 }
 
@@ -287,6 +288,45 @@ fn export(args: ExportArgs) -> Result<u8> {
         (None, None) => unreachable!("clap requires RUN_DIR or --model"),
     }
     println!("{}", args.out.display());
+    Ok(0)
+}
+
+/// `asymre bfcl`: a model or a run judged on BFCL's single-turn categories.
+fn bfcl_judge(args: BfclArgs) -> Result<u8> {
+    use crate::app::experiments::bfcl::{run, table, Request, Which};
+    let named = match (&args.run_dir, &args.model) {
+        (Some(dir), _) => dir.clone(),
+        (None, model) => PathBuf::from(model.as_deref().unwrap_or("model")),
+    };
+    let out = args
+        .out
+        .unwrap_or_else(|| default_dir("bfcl", &named.with_extension("")));
+    let req = Request {
+        model: args.model,
+        run_dir: args.run_dir,
+        categories: args.categories,
+        which: match args.split {
+            BfclSplitArg::Heldout => Which::Heldout,
+            BfclSplitArg::Train => Which::Train,
+            BfclSplitArg::All => Which::All,
+        },
+        limit: args.limit,
+        data: args.data,
+        out: out.clone(),
+        max_tokens: args.max_tokens,
+        max_new_tokens: args.max_new_tokens,
+        batch: args.batch as usize,
+        device: args.device.map(Into::into),
+    };
+    let started = std::time::Instant::now();
+    let scores = run(&req)?;
+    print!("{}", table(&scores));
+    println!(
+        "{} tasks in {:.0} s; results, messages logs, summary.json and table.txt in {}",
+        scores.iter().map(|c| c.tasks).sum::<usize>(),
+        started.elapsed().as_secs_f64(),
+        out.display()
+    );
     Ok(0)
 }
 

@@ -31,20 +31,7 @@ pub fn evaluate_run(
             run_dir.display()
         )));
     }
-    let ckpt = checkpoint::load_latest(run_dir)?.ok_or_else(|| {
-        Error::input(format!(
-            "{}: no checkpoint to evaluate yet",
-            run_dir.display()
-        ))
-    })?;
-    tch::set_num_threads(cfg.learner.intra_op_threads as i32);
-    let device = crate::device::resolve_device(cfg.device)?;
-    let (vs, policy) = PolicyModel::load(&cfg, device, &cfg.env.initial_logits(cfg.seed))?;
-    WeightSnapshot {
-        version: ckpt.step,
-        tensors: ckpt.tensors("weights")?.to_vec(),
-    }
-    .load_into(&vs)?;
+    let (step, _vs, policy, device) = load_run_policy(run_dir, &cfg)?;
     let mut lines = String::new();
     let mut line = |v: serde_json::Value| {
         lines.push_str(&v.to_string());
@@ -55,5 +42,28 @@ pub fn evaluate_run(
     if let Some(path) = dump {
         std::fs::write(path, lines).at(path)?;
     }
-    Ok((ckpt.step, stats))
+    Ok((step, stats))
+}
+
+/// The policy of `cfg` (a run's config) with the weights of the run's last checkpoint, on the
+/// config's device: the checkpoint's step, the variables, the policy and the device.
+pub fn load_run_policy(
+    run_dir: &Path,
+    cfg: &crate::config::Config,
+) -> Result<(u64, tch::nn::VarStore, PolicyModel, tch::Device)> {
+    let ckpt = checkpoint::load_latest(run_dir)?.ok_or_else(|| {
+        Error::input(format!(
+            "{}: no checkpoint to evaluate yet",
+            run_dir.display()
+        ))
+    })?;
+    tch::set_num_threads(cfg.learner.intra_op_threads as i32);
+    let device = crate::device::resolve_device(cfg.device)?;
+    let (vs, policy) = PolicyModel::load(cfg, device, &cfg.env.initial_logits(cfg.seed))?;
+    WeightSnapshot {
+        version: ckpt.step,
+        tensors: ckpt.tensors("weights")?.to_vec(),
+    }
+    .load_into(&vs)?;
+    Ok((ckpt.step, vs, policy, device))
 }

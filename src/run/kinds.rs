@@ -9,6 +9,7 @@ use super::bandit_run::BanditRun;
 use super::runner::Runner;
 use super::tool_run::ToolRun;
 use crate::config::{Config, EnvKind, PolicyKind};
+use crate::env::tool_use::bfcl::{self, source::BfclSource};
 use crate::env::tool_use::dataset::{Dataset, DatasetSource};
 use crate::env::tool_use::json::score_line;
 use crate::env::tool_use::protocol::chat::{ChatFormat, ChatProtocol};
@@ -16,6 +17,7 @@ use crate::env::tool_use::protocol::TokenProtocol;
 use crate::env::tool_use::reward::Score;
 use crate::env::tool_use::tasks::Task;
 use crate::env::tool_use::toolbox::ToolBox;
+use crate::env::Split;
 use crate::error::{Error, Result};
 use crate::policy::lm::source::{read_text, resolve};
 use crate::policy::lm::Lm;
@@ -37,6 +39,13 @@ pub(super) fn runner(cfg: &Config, tools_log: Option<PathBuf>) -> Result<Box<dyn
             dataset_source(cfg, tools_log)?,
             chat_protocol(cfg)?,
         )),
+        (EnvKind::Bfcl, PolicyKind::Lm) => {
+            let protocol = chat_protocol(cfg)?;
+            Box::new(ToolRun::<Lm, _, _>::new(
+                bfcl_training(cfg, &protocol)?,
+                protocol,
+            ))
+        }
         (env, policy) => {
             return Err(Error::input(format!(
                 "env.kind = {env:?} is not played by policy.kind = {policy:?}"
@@ -82,6 +91,47 @@ fn dataset_source(cfg: &Config, tools_log: Option<PathBuf>) -> Result<DatasetSou
     })
 }
 
+/// The BFCL categories of `[env]`, all their tasks in their fixed splits.
+fn bfcl_source(cfg: &Config) -> Result<BfclSource> {
+    let dir = match cfg.env.path.trim() {
+        "" => bfcl::data_dir()?,
+        path => PathBuf::from(path),
+    };
+    let mut entries = Vec::new();
+    for category in &cfg.env.categories {
+        entries.extend(bfcl::load(&dir, category)?);
+    }
+    Ok(BfclSource::new(entries, cfg.seed))
+}
+
+/// The BFCL tasks a run trains and evaluates on: the non-live categories of `[env]` (the live
+/// ones are the out-of-distribution test, never trained on), without those that cannot be
+/// played within `env.max_tokens` (counted on stderr).
+fn bfcl_training(cfg: &Config, protocol: &ChatProtocol) -> Result<BfclSource> {
+    if let Some(live) = cfg.env.categories.iter().find(|c| c.starts_with("live")) {
+        return Err(Error::input(format!(
+            "env.categories: {live:?} is a live category, never trained on (evaluate it with `asymre bfcl`)"
+        )));
+    }
+    let (source, dropped) = bfcl_source(cfg)?.fitting(protocol, cfg.env.max_tokens);
+    if !dropped.is_empty() {
+        let counts: Vec<String> = dropped.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        eprintln!(
+            "bfcl: skipped {} tasks whose prompt and gold calls do not fit env.max_tokens = {} ({})",
+            dropped.iter().map(|(_, n)| n).sum::<usize>(),
+            cfg.env.max_tokens,
+            counts.join(", ")
+        );
+    }
+    if source.len(Split::Train) == 0 {
+        return Err(Error::input(format!(
+            "bfcl: no training task fits env.max_tokens = {}",
+            cfg.env.max_tokens
+        )));
+    }
+    Ok(source)
+}
+
 /// Checks what a run reads besides its config before anything is written, by building its
 /// runner once: a dataset's every line (`FILE:LINE: reason` for each bad one), a pretrained
 /// model's tokenizer and chat template.
@@ -104,6 +154,10 @@ pub fn line_scorer(cfg: &Config) -> Result<LineScorer> {
         }
         EnvKind::Dataset => {
             let source = dataset_source(cfg, None)?;
+            Box::new(move |line: &str| score_line(&source, &reward, line))
+        }
+        EnvKind::Bfcl => {
+            let source = bfcl_source(cfg)?;
             Box::new(move |line: &str| score_line(&source, &reward, line))
         }
         EnvKind::Bandit => return Err(Error::input("the bandit has no episodes to score")),

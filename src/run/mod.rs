@@ -34,7 +34,7 @@ mod tool_run;
 
 pub use crate::device::{device_name, resolve_device};
 pub use dir::{create_run_dir, default_dir, new_learner, open_run_dir};
-pub use eval::evaluate_run;
+pub use eval::{evaluate_run, load_run_policy};
 pub use export::export_run;
 pub use kinds::{chat_protocol, check_inputs, line_scorer};
 pub use options::{threads_used, Outcome, RunOptions};

@@ -1,0 +1,435 @@
+//! `asymre bfcl`: a model (a name, a GGUF file, a Hugging Face directory, or a run's last
+//! checkpoint) played greedily on BFCL's single-turn categories in its chat format and graded by
+//! the calls rule (BFCL's AST checker), with the leaderboard's AST columns as a table. Each
+//! category's outputs are written as BFCL result lines and as OpenAI `messages` logs that
+//! `asymre score --config` reads back.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::{json, Map, Value};
+
+use crate::config::{Config, EnvKind, PolicyKind};
+use crate::env::tool_use::bfcl::source::BfclSource;
+use crate::env::tool_use::bfcl::{self, id_hash, split_of, Entry};
+use crate::env::tool_use::protocol::chat::ChatProtocol;
+use crate::env::tool_use::reward::{self, RewardConfig};
+use crate::env::{Protocol, Split, TaskSource};
+use crate::error::{Error, IoContext, Result};
+use crate::policy::lm::Lm;
+use crate::policy::{PolicyModel, ToolPolicy};
+use crate::rollout::Player;
+
+/// Which tasks of a non-live category are played (the live ones, never trained on, are always
+/// played whole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    Heldout,
+    Train,
+    All,
+}
+
+/// What to evaluate, and how.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// A model name, GGUF file or Hugging Face directory (when `run_dir` is `None`).
+    pub model: Option<String>,
+    /// A run whose last checkpoint is evaluated.
+    pub run_dir: Option<PathBuf>,
+    pub categories: Vec<String>,
+    pub which: Which,
+    /// At most this many tasks per category, those of smallest [`id_hash`].
+    pub limit: Option<usize>,
+    /// BFCL's data directory (`None`: the installed package's).
+    pub data: Option<PathBuf>,
+    pub out: PathBuf,
+    /// The longest episode, prompt included; a task whose prompt leaves less than
+    /// [`MIN_ANSWER`] tokens is not played (and counts as wrong).
+    pub max_tokens: usize,
+    pub max_new_tokens: usize,
+    /// Episodes decoded together.
+    pub batch: usize,
+    /// The device (`None`: the run's, or the CPU for a model).
+    pub device: Option<crate::config::DeviceChoice>,
+}
+
+/// The fewest tokens a prompt must leave for the answer within `max_tokens`.
+pub const MIN_ANSWER: usize = 64;
+
+/// One category's result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CategoryScore {
+    pub category: String,
+    /// Tasks evaluated (played or not).
+    pub tasks: usize,
+    /// Tasks not played: their prompt does not fit (counted wrong).
+    pub not_run: usize,
+    /// Tasks BFCL's checker calls right.
+    pub correct: usize,
+    pub seconds: f64,
+}
+
+impl CategoryScore {
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.tasks.max(1) as f64
+    }
+}
+
+/// The tasks of `category` that `which` and `limit` select, in BFCL's order.
+fn select(entries: Vec<Entry>, which: Which, limit: Option<usize>) -> Vec<Entry> {
+    let live = entries
+        .first()
+        .is_some_and(|e| e.category.starts_with("live"));
+    let mut chosen: Vec<(usize, Entry)> = entries
+        .into_iter()
+        .filter(|e| {
+            live || match which {
+                Which::All => true,
+                Which::Heldout => split_of(&e.id) == Split::Heldout,
+                Which::Train => split_of(&e.id) == Split::Train,
+            }
+        })
+        .enumerate()
+        .collect();
+    if let Some(n) = limit {
+        chosen.sort_by_key(|(_, e)| id_hash(&e.id));
+        chosen.truncate(n);
+        chosen.sort_by_key(|(i, _)| *i);
+    }
+    chosen.into_iter().map(|(_, e)| e).collect()
+}
+
+/// The config, policy and device of the request: a run's, or a plain pretrained model's.
+fn load(req: &Request) -> Result<(Config, tch::nn::VarStore, PolicyModel, tch::Device)> {
+    let mut cfg = match (&req.run_dir, &req.model) {
+        (Some(dir), _) => crate::run::open_run_dir(dir)?.0,
+        (None, Some(model)) => {
+            let mut cfg = Config::default();
+            cfg.env.kind = EnvKind::Bfcl;
+            cfg.policy.kind = PolicyKind::Lm;
+            cfg.policy.model = Some(model.clone());
+            cfg.learner.intra_op_threads =
+                std::thread::available_parallelism().map_or(1, |n| n.get());
+            cfg
+        }
+        (None, None) => return Err(Error::input("bfcl: give a RUN_DIR or --model")),
+    };
+    if cfg.policy.kind != PolicyKind::Lm {
+        return Err(Error::input(
+            "bfcl: the run's policy is not a pretrained LM (policy.kind = \"lm\")",
+        ));
+    }
+    if let Some(d) = req.device {
+        cfg.device = d;
+    }
+    cfg.env.max_tokens = req.max_tokens;
+    cfg.env.max_new_tokens = req.max_new_tokens;
+    cfg.env.max_turns = 1;
+    match &req.run_dir {
+        Some(dir) => {
+            let (_, vs, policy, device) = crate::run::load_run_policy(dir, &cfg)?;
+            Ok((cfg, vs, policy, device))
+        }
+        None => {
+            tch::set_num_threads(cfg.learner.intra_op_threads as i32);
+            let device = crate::device::resolve_device(cfg.device)?;
+            let (vs, policy) = PolicyModel::load(&cfg, device, &[])?;
+            Ok((cfg, vs, policy, device))
+        }
+    }
+}
+
+/// A calls list as BFCL's result line writes it: `[{name: {arguments}}]`.
+fn result_calls(calls: &[(String, Value)]) -> Value {
+    Value::Array(
+        calls
+            .iter()
+            .map(|(name, args)| {
+                let mut m = Map::new();
+                m.insert(name.clone(), args.clone());
+                Value::Object(m)
+            })
+            .collect(),
+    )
+}
+
+/// An output file in `out`, created (never overwriting).
+fn create(out: &Path, name: &str) -> Result<std::io::BufWriter<std::fs::File>> {
+    let path = out.join(name);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .at(&path)?;
+    Ok(std::io::BufWriter::new(file))
+}
+
+/// Plays and grades every selected task; writes `BFCL_v4_<category>_result.json`,
+/// `<category>.messages.jsonl`, `summary.json` and `table.txt` into `req.out` (which must not
+/// exist or be empty). Returns the scores, category by category.
+pub fn run(req: &Request) -> Result<Vec<CategoryScore>> {
+    if req.limit == Some(0) {
+        return Err(Error::input("--limit: must be >= 1, got 0"));
+    }
+    if req.max_tokens <= MIN_ANSWER {
+        return Err(Error::input(format!(
+            "--max-tokens: must be > {MIN_ANSWER}, got {}",
+            req.max_tokens
+        )));
+    }
+    let dir = match &req.data {
+        Some(d) => d.clone(),
+        None => bfcl::data_dir()?,
+    };
+    // Every category is read (and checked) before the model is loaded.
+    let mut chosen = Vec::new();
+    for category in &req.categories {
+        let entries = bfcl::load(&dir, category)?;
+        chosen.push((category.clone(), select(entries, req.which, req.limit)));
+    }
+    if req.out.exists() && std::fs::read_dir(&req.out).at(&req.out)?.next().is_some() {
+        return Err(Error::input(format!(
+            "--out: {} exists and is not empty",
+            req.out.display()
+        )));
+    }
+    let (cfg, _vs, policy, device) = load(req)?;
+    let protocol = crate::run::chat_protocol(&cfg)?;
+    let lm = <Lm as ToolPolicy>::of(&policy)?;
+    std::fs::create_dir_all(&req.out).at(&req.out)?;
+    let total: usize = chosen.iter().map(|(_, e)| e.len()).sum();
+    let bar = progress_bar(total as u64);
+    let mut scores = Vec::new();
+    for (category, entries) in chosen {
+        bar.set_message(category.clone());
+        let score = play_category(req, &protocol, lm, device, &category, entries, &bar)?;
+        scores.push(score);
+    }
+    bar.finish_and_clear();
+    let summary = json!({
+        "model": req.model,
+        "run_dir": req.run_dir,
+        "which": format!("{:?}", req.which).to_lowercase(),
+        "limit": req.limit,
+        "max_tokens": req.max_tokens,
+        "categories": scores,
+    });
+    let mut f = create(&req.out, "summary.json")?;
+    writeln!(
+        f,
+        "{}",
+        serde_json::to_string_pretty(&summary).expect("json")
+    )
+    .and_then(|()| f.flush())
+    .at(req.out.join("summary.json"))?;
+    let mut f = create(&req.out, "table.txt")?;
+    f.write_all(table(&scores).as_bytes())
+        .and_then(|()| f.flush())
+        .at(req.out.join("table.txt"))?;
+    Ok(scores)
+}
+
+/// One category: its playable tasks decoded greedily in batches, each graded and written.
+fn play_category(
+    req: &Request,
+    protocol: &ChatProtocol,
+    lm: &Lm,
+    device: tch::Device,
+    category: &str,
+    entries: Vec<Entry>,
+    bar: &indicatif::ProgressBar,
+) -> Result<CategoryScore> {
+    let started = Instant::now();
+    let tasks = entries.len();
+    let all = BfclSource::from_splits(Vec::new(), entries, 0);
+    let fits: Vec<bool> = (0..tasks)
+        .map(|i| {
+            let item = all.item(Split::Heldout, i as u64);
+            Protocol::<BfclSource>::start(protocol, &all, item)
+                .is_ok_and(|ep| ep.prompt_len + MIN_ANSWER <= req.max_tokens)
+        })
+        .collect();
+    let playable: Vec<Entry> = (0..tasks)
+        .filter(|&i| fits[i])
+        .map(|i| all.task(&all.item(Split::Heldout, i as u64)).entry.clone())
+        .collect();
+    let not_run = tasks - playable.len();
+    bar.inc(not_run as u64);
+    let (mut results, mut messages) = (String::new(), String::new());
+    let mut correct = 0;
+    if !playable.is_empty() {
+        let n = playable.len();
+        let source = BfclSource::from_splits(Vec::new(), playable, 0);
+        let player = Player {
+            model: lm,
+            task: &source,
+            protocol,
+            device,
+        };
+        let reward = RewardConfig::default();
+        player.evaluate(Split::Heldout, n, req.batch, &reward, |ep| {
+            let item = &ep.item;
+            if let Some(gold) = source.gold(item) {
+                let s = reward::score(&reward, &ep.attempt, &gold);
+                correct += usize::from(s.completion == 1.0);
+            }
+            let id = source.item_id(item).unwrap_or_default();
+            let line = json!({"id": id, "result": result_calls(&ep.attempt.raw_calls)});
+            results.push_str(&format!("{line}\n"));
+            messages.push_str(&format!("{}\n", protocol.episode_json(&source, ep)));
+            bar.inc(1);
+        })?;
+    }
+    for (name, text) in [
+        (format!("BFCL_v4_{category}_result.json"), results),
+        (format!("{category}.messages.jsonl"), messages),
+    ] {
+        let mut f = create(&req.out, &name)?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.flush())
+            .at(req.out.join(&name))?;
+    }
+    Ok(CategoryScore {
+        category: category.to_string(),
+        tasks,
+        not_run,
+        correct,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} tasks (eta {eta}) {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// The non-live AST categories averaged without weights, as the leaderboard's non-live column.
+const NON_LIVE: [&str; 4] = ["simple_python", "multiple", "parallel", "parallel_multiple"];
+/// The live AST categories, averaged weighted by their tasks, as the leaderboard's live column.
+const LIVE: [&str; 4] = [
+    "live_simple",
+    "live_multiple",
+    "live_parallel",
+    "live_parallel_multiple",
+];
+
+/// The table: accuracy per category, then the non-live average (unweighted over
+/// `simple_python`, `multiple`, `parallel`, `parallel_multiple`), the live average (weighted
+/// by tasks over the four live AST categories) and the irrelevance categories, each only when
+/// all its categories were evaluated.
+pub fn table(scores: &[CategoryScore]) -> String {
+    let mut s = format!(
+        "{:<24} {:>6} {:>8} {:>8} {:>9}\n",
+        "category", "tasks", "not run", "correct", "accuracy"
+    );
+    for c in scores {
+        s.push_str(&format!(
+            "{:<24} {:>6} {:>8} {:>8} {:>8.1}%\n",
+            c.category,
+            c.tasks,
+            c.not_run,
+            c.correct,
+            100.0 * c.accuracy()
+        ));
+    }
+    let find = |name: &str| scores.iter().find(|c| c.category == name);
+    let non_live: Option<Vec<&CategoryScore>> = NON_LIVE.iter().map(|n| find(n)).collect();
+    if let Some(cs) = non_live {
+        let mean = cs.iter().map(|c| c.accuracy()).sum::<f64>() / cs.len() as f64;
+        s.push_str(&format!(
+            "{:<24} {:>42.1}%\n",
+            "non-live AST (mean)",
+            100.0 * mean
+        ));
+    }
+    let live: Option<Vec<&CategoryScore>> = LIVE.iter().map(|n| find(n)).collect();
+    if let Some(cs) = live {
+        let (right, all) = cs
+            .iter()
+            .fold((0, 0), |(r, a), c| (r + c.correct, a + c.tasks));
+        s.push_str(&format!(
+            "{:<24} {:>42.1}%\n",
+            "live AST (weighted)",
+            100.0 * right as f64 / all.max(1) as f64
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, category: &str) -> Entry {
+        Entry {
+            id: id.into(),
+            category: category.into(),
+            question: vec![],
+            functions: vec![],
+            answers: vec![],
+        }
+    }
+
+    #[test]
+    fn selection_follows_the_split_and_the_limit_by_id_hash() {
+        let entries: Vec<Entry> = (0..100)
+            .map(|i| entry(&format!("multiple_{i}"), "multiple"))
+            .collect();
+        let held = select(entries.clone(), Which::Heldout, None);
+        assert!(held.iter().all(|e| split_of(&e.id) == Split::Heldout));
+        let train = select(entries.clone(), Which::Train, None);
+        assert_eq!(held.len() + train.len(), 100);
+        let some = select(entries.clone(), Which::All, Some(10));
+        assert_eq!(some.len(), 10);
+        // The smallest hashes, kept in BFCL's order.
+        let mut hashes: Vec<u64> = entries.iter().map(|e| id_hash(&e.id)).collect();
+        hashes.sort();
+        assert!(some.iter().all(|e| id_hash(&e.id) <= hashes[9]));
+        let ids: Vec<usize> = some
+            .iter()
+            .map(|e| e.id["multiple_".len()..].parse().unwrap())
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        // Live categories are played whole whatever the split.
+        let live: Vec<Entry> = (0..20)
+            .map(|i| entry(&format!("live_simple_{i}"), "live_simple"))
+            .collect();
+        assert_eq!(select(live, Which::Train, None).len(), 20);
+    }
+
+    #[test]
+    fn the_table_averages_as_the_leaderboard_does() {
+        let c = |name: &str, tasks, correct| CategoryScore {
+            category: name.into(),
+            tasks,
+            not_run: 0,
+            correct,
+            seconds: 0.0,
+        };
+        let mut scores = vec![
+            c("simple_python", 10, 5),
+            c("multiple", 10, 10),
+            c("parallel", 10, 0),
+        ];
+        assert!(!table(&scores).contains("non-live"));
+        scores.push(c("parallel_multiple", 20, 10));
+        scores.extend([
+            c("live_simple", 10, 10),
+            c("live_multiple", 30, 0),
+            c("live_parallel", 0, 0),
+            c("live_parallel_multiple", 0, 0),
+        ]);
+        let t = table(&scores);
+        // Non-live: (50 + 100 + 0 + 50) / 4; live: 10 of 40.
+        assert!(t.contains("50.0%\n"), "{t}");
+        let live = t.lines().find(|l| l.starts_with("live AST")).unwrap();
+        assert!(live.ends_with("25.0%"), "{live}");
+    }
+}
