@@ -449,6 +449,60 @@ mod episodes {
     }
 }
 
+mod inline {
+    //! A user's task that brings its own tools as OpenAI schemas, played in SmolLM2's chat
+    //! format: the schemas reach the prompt, the episode ends with the assistant's calls.
+    use std::sync::Arc;
+
+    use asymre::config::RewardConfig;
+    use asymre::env::tool_use::dataset::{Dataset, DatasetSource};
+    use asymre::env::tool_use::protocol::chat::{demonstration, ChatFormat, ChatProtocol};
+    use asymre::env::tool_use::protocol::Limits;
+    use asymre::env::tool_use::reward::score;
+    use asymre::env::tool_use::toolbox::ToolBox;
+    use asymre::env::{Protocol, Split, TaskSource};
+    use asymre::policy::lm::source::{read_text, resolve};
+
+    #[test]
+    fn an_inline_schema_task_is_a_call_only_episode() {
+        let files = resolve("smollm2-135m").unwrap();
+        let (_, text) = read_text(&files).unwrap();
+        let p = ChatProtocol {
+            format: Arc::new(ChatFormat::new(text, "smollm2-135m").unwrap()),
+            limits: Limits::new(1024, 4),
+        };
+        let line = r#"{"id": "w1", "split": "train", "prompt": "Forecast for Paris, 3 days, and Brest's tides?", "tools": [{"type": "function", "function": {"name": "forecast", "description": "The weather.", "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city", "days"]}}}, {"type": "function", "function": {"name": "tides", "description": "Tide times.", "parameters": {"type": "object", "properties": {"port": {"type": "string"}}}}}], "calls": [{"name": "forecast", "arguments": {"city": "Paris", "days": 3}}, {"name": "tides", "arguments": {"port": "Brest"}}]}"#;
+        let s = DatasetSource {
+            data: Arc::new(Dataset::parse(line, "own.jsonl", &[]).unwrap()),
+            tools: ToolBox::new(Vec::new().into(), None),
+            seed: 0,
+        };
+        let item = s.item(Split::Train, 0);
+        let ep = p.start(&s, item).unwrap();
+        let prompt = p.format.tokenizer.decode_with(&ep.tokens, false);
+        assert!(prompt.contains("\"name\": \"tides\"") && prompt.contains("Tide times."));
+        let (tokens, _) = demonstration(&p, &s, &item).unwrap();
+        let written = p
+            .format
+            .tokenizer
+            .decode_with(&tokens[ep.prompt_len..], false);
+        assert_eq!(written.matches("<tool_call>").count(), 2, "{written}");
+        // Replayed, it is a finished, perfect, call-only episode: nothing was run.
+        let mut ep = p.start(&s, item).unwrap();
+        for &t in &tokens[ep.prompt_len..] {
+            ep.push_policy(t, &s);
+        }
+        assert!(ep.done && ep.take_forced().is_none());
+        assert_eq!(ep.attempt.results, vec![None, None]);
+        let sc = score(
+            &RewardConfig::default(),
+            &ep.attempt,
+            &s.gold(&item).unwrap(),
+        );
+        assert_eq!((sc.completion, sc.format_errors), (1.0, 0));
+    }
+}
+
 mod cli {
     //! `asymre bfcl` from the command line.
     use std::path::Path;

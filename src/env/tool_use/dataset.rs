@@ -17,6 +17,21 @@
 //! - `calls` (optional): the gold calls, for tool precision and recall; each must use one of the
 //!   task's tools.
 //!
+//! A task may instead bring its own tools, call-only (graded, not run): `tools` is then a list
+//! of OpenAI tool schemas (`{"type": "function", "function": {"name", "description",
+//! "parameters"}}`), the episode ends with the assistant's turn, and the calls it writes are
+//! graded by BFCL's AST rules against either `calls` (the exact gold calls, in any order; no
+//! call: none is right) or `ground_truth` (BFCL's form: `[{name: {param: [acceptable values]}}]`,
+//! `""` among them where the parameter may be left out). Such a task has no `answer` or `rule`.
+//!
+//! ```text
+//! {"id": "w-1", "split": "train", "prompt": "Weather in Paris for 3 days?",
+//!  "tools": [{"type": "function", "function": {"name": "forecast", "description": "…",
+//!    "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+//!    "days": {"type": "integer"}}, "required": ["city", "days"]}}}],
+//!  "calls": [{"name": "forecast", "arguments": {"city": "Paris", "days": 3}}]}
+//! ```
+//!
 //! Loading checks every line and reports every bad one as `FILE:LINE: reason` (nothing starts
 //! with a bad file). The loaded set is shared, not copied, by the actors that use it.
 use std::collections::HashMap;
@@ -25,6 +40,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde_json::{Map, Value};
 
+use super::bfcl::check::CallsRule;
 use super::calls::parse_call_json;
 use super::reward::{read_number, AnswerRule, Call};
 use crate::env::Split;
@@ -69,6 +85,8 @@ pub struct DatasetTask {
     pub calls: Option<Vec<Call>>,
     /// The line it came from (1-based).
     pub line: usize,
+    /// The task's own tools (call-only; its `rule` grades the calls), when it brings them.
+    pub inline: Option<std::sync::Arc<[crate::env::ToolSpec]>>,
 }
 
 /// A loaded dataset: its tasks by split, and an index by id.
@@ -86,7 +104,7 @@ const MAX_REPORTED: usize = 20;
 /// kilobytes; a longer line is refused without being held in memory).
 const MAX_LINE: usize = 16 << 20;
 
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 12] = [
     "id",
     "split",
     "prompt",
@@ -98,6 +116,7 @@ const KEYS: [&str; 11] = [
     "pattern",
     "accept",
     "calls",
+    "ground_truth",
 ];
 
 impl Dataset {
@@ -248,6 +267,14 @@ fn parse_task(line: &str, n: usize, known: &[&str]) -> std::result::Result<Datas
         (Some(_), Some(_)) => return Err("give \"prompt\" or \"messages\", not both".into()),
         (None, None) => return Err("missing \"prompt\" (or \"messages\")".into()),
     };
+    if let Some(Value::Array(list)) = obj.get("tools") {
+        if list.iter().any(Value::is_object) {
+            return inline_task(obj, id, split, prompt, n);
+        }
+    }
+    if obj.contains_key("ground_truth") {
+        return Err("\"ground_truth\" is for tasks whose \"tools\" are their own schemas".into());
+    }
     let tools = match obj.get("tools") {
         None => Vec::new(),
         Some(v) => strings(v, "tools")?,
@@ -342,6 +369,146 @@ fn parse_task(line: &str, n: usize, known: &[&str]) -> std::result::Result<Datas
         rule,
         calls,
         line: n,
+        inline: None,
+    })
+}
+
+/// JSON-schema types a parameter of an inline tool may have.
+const SCHEMA_TYPES: [&str; 7] = [
+    "string", "integer", "number", "boolean", "array", "object", "null",
+];
+
+/// One OpenAI tool schema of a task's own tools.
+fn inline_tool(v: &Value) -> std::result::Result<crate::env::ToolSpec, String> {
+    let f = match (v.get("type").and_then(Value::as_str), v.get("function")) {
+        (Some("function"), Some(f @ Value::Object(_))) => f,
+        _ => return Err("is not {\"type\": \"function\", \"function\": {…}}".into()),
+    };
+    let name = f["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or("has no \"name\"")?;
+    let parameters = match f.get("parameters") {
+        None => serde_json::json!({"type": "object", "properties": {}}),
+        Some(p @ Value::Object(_)) => p.clone(),
+        Some(_) => return Err(format!("{name}: \"parameters\" must be an object")),
+    };
+    for (param, schema) in parameters["properties"].as_object().into_iter().flatten() {
+        if let Some(t) = schema.get("type") {
+            if !t.as_str().is_some_and(|t| SCHEMA_TYPES.contains(&t)) {
+                return Err(format!(
+                    "{name}: parameter {param:?} has the type {t}, not one of {}",
+                    SCHEMA_TYPES.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(crate::env::ToolSpec {
+        name: name.to_string(),
+        description: f["description"].as_str().unwrap_or_default().to_string(),
+        parameters,
+    })
+}
+
+/// A task that brings its own tools (OpenAI schemas), graded by its `calls` or `ground_truth`.
+fn inline_task(
+    obj: &Map<String, Value>,
+    id: String,
+    split: Split,
+    prompt: Prompt,
+    n: usize,
+) -> std::result::Result<DatasetTask, String> {
+    use super::bfcl::check::Checker;
+    for key in ["answer", "rule", "tolerance", "pattern", "accept"] {
+        if obj.contains_key(key) {
+            return Err(format!(
+                "\"{key}\": a task with its own tools is graded by its calls, not an answer"
+            ));
+        }
+    }
+    let list = obj["tools"].as_array().expect("checked by the caller");
+    let specs = list
+        .iter()
+        .enumerate()
+        .map(|(j, t)| inline_tool(t).map_err(|e| format!("tools[{j}] {e}")))
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    let offered = |name: &str, what: String| -> std::result::Result<(), String> {
+        match specs.iter().any(|t| t.name == name) {
+            true => Ok(()),
+            false => Err(format!(
+                "{what} uses {name:?}, which is not among the task's tools"
+            )),
+        }
+    };
+    let answers: Vec<Map<String, Value>> = match (obj.get("calls"), obj.get("ground_truth")) {
+        (Some(_), Some(_)) => return Err("give \"calls\" or \"ground_truth\", not both".into()),
+        (None, None) => {
+            return Err("a task with its own tools needs \"calls\" (or \"ground_truth\")".into())
+        }
+        (Some(calls), None) => {
+            let calls = calls.as_array().ok_or("\"calls\" must be a list")?;
+            let mut answers = Vec::new();
+            for (j, c) in calls.iter().enumerate() {
+                let (name, args) =
+                    super::calls::raw_call(c).map_err(|e| format!("calls[{j}]: {e}"))?;
+                offered(&name, format!("calls[{j}]"))?;
+                let params: Map<String, Value> = args
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), Value::Array(vec![v.clone()])))
+                    .collect();
+                let mut answer = Map::new();
+                answer.insert(name, Value::Object(params));
+                answers.push(answer);
+            }
+            answers
+        }
+        (None, Some(truth)) => {
+            let truth = truth.as_array().ok_or("\"ground_truth\" must be a list")?;
+            let mut answers = Vec::new();
+            for (j, c) in truth.iter().enumerate() {
+                let bad =
+                    || format!("ground_truth[{j}] is not {{name: {{param: [acceptable values]}}}}");
+                let call = c.as_object().filter(|m| m.len() == 1).ok_or_else(bad)?;
+                let (name, params) = call.iter().next().ok_or_else(bad)?;
+                let params = params.as_object().ok_or_else(bad)?;
+                if params.values().any(|v| !v.is_array()) {
+                    return Err(bad());
+                }
+                offered(name, format!("ground_truth[{j}]"))?;
+                answers.push(call.clone());
+            }
+            answers
+        }
+    };
+    let rule = CallsRule {
+        checker: if answers.is_empty() {
+            Checker::Irrelevance
+        } else {
+            Checker::Parallel
+        },
+        functions: specs
+            .iter()
+            .map(super::bfcl::source::bfcl_function)
+            .collect(),
+        answers,
+    };
+    let calls = rule
+        .first_acceptable()
+        .iter()
+        .map(|(name, args)| super::calls::call_of(name, args))
+        .collect();
+    Ok(DatasetTask {
+        id,
+        split,
+        prompt,
+        tools: specs.iter().map(|t| t.name.clone()).collect(),
+        answer: String::new(),
+        rule: AnswerRule::Calls(std::sync::Arc::new(rule)),
+        calls: Some(calls),
+        line: n,
+        inline: Some(specs.into()),
     })
 }
 
@@ -575,6 +742,9 @@ impl crate::env::TaskSource for DatasetSource {
     }
 
     fn tools(&self, item: &TaskRef) -> Vec<crate::env::ToolSpec> {
+        if let Some(inline) = &self.task(item).inline {
+            return inline.to_vec();
+        }
         self.task(item)
             .tools
             .iter()
@@ -620,6 +790,11 @@ impl crate::env::TaskSource for DatasetSource {
 
     fn item_id(&self, item: &TaskRef) -> Option<String> {
         Some(self.task(item).id.clone())
+    }
+
+    /// A task with its own tools is call-only.
+    fn call_only(&self, item: &TaskRef) -> bool {
+        self.task(item).inline.is_some()
     }
 }
 
@@ -755,5 +930,91 @@ mod source_tests {
         // One at a time, as before: the same answers.
         assert_eq!(s.execute(&a, &y), Ok("2".into()));
         assert_eq!(s.tools.exchanges(), 2);
+    }
+
+    #[test]
+    fn tasks_may_bring_their_own_tools_as_openai_schemas() {
+        use serde_json::json;
+        let tool = r#"{"type": "function", "function": {"name": "forecast", "description": "Weather.", "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}, "hourly": {"type": "boolean"}}, "required": ["city", "days"]}}}"#;
+        let other = r#"{"type": "function", "function": {"name": "tides", "parameters": {"type": "object", "properties": {"port": {"type": "string"}}}}}"#;
+        let text = format!(
+            r#"{{"id": "w1", "split": "train", "prompt": "Paris and Brest tides, 3 days?", "tools": [{tool}, {other}], "calls": [{{"name": "forecast", "arguments": {{"city": "Paris", "days": 3}}}}, {{"name": "tides", "arguments": {{"port": "Brest"}}}}]}}
+{{"id": "w2", "split": "heldout", "prompt": "Paris, 2 days.", "tools": [{tool}], "ground_truth": [{{"forecast": {{"city": ["Paris", "Paris, France"], "days": [2], "hourly": ["", false]}}}}]}}
+{{"id": "w3", "split": "heldout", "prompt": "Tell me a joke.", "tools": [{tool}], "calls": []}}
+"#
+        );
+        let s = DatasetSource {
+            data: std::sync::Arc::new(Dataset::parse(&text, "own.jsonl", &[]).unwrap()),
+            tools: super::super::toolbox::ToolBox::new(Vec::new().into(), None),
+            seed: 1,
+        };
+        let grade = |id: &str, calls: Vec<(&str, serde_json::Value)>| {
+            let item = s.locate(Some(&json!(id)), "").unwrap();
+            assert!(s.call_only(&item));
+            let AnswerRule::Calls(rule) = s.gold(&item).unwrap().rule else {
+                panic!("a calls rule")
+            };
+            let calls: Vec<_> = calls.into_iter().map(|(n, a)| (n.to_string(), a)).collect();
+            rule.verdict(&calls).is_ok()
+        };
+        let w1 = s.locate(Some(&json!("w1")), "").unwrap();
+        let names: Vec<String> = s.tools(&w1).into_iter().map(|t| t.name).collect();
+        assert_eq!(names, ["forecast", "tides"]);
+        // Any order; exact values (strings after BFCL's standardisation); nothing extra.
+        assert!(grade(
+            "w1",
+            vec![
+                ("tides", json!({"port": "brest"})),
+                ("forecast", json!({"city": "Paris", "days": 3}))
+            ]
+        ));
+        assert!(!grade(
+            "w1",
+            vec![("forecast", json!({"city": "Paris", "days": 3}))]
+        ));
+        assert!(!grade(
+            "w1",
+            vec![
+                ("tides", json!({"port": "Brest"})),
+                (
+                    "forecast",
+                    json!({"city": "Paris", "days": 3, "hourly": true})
+                )
+            ]
+        ));
+        // Ground truth: acceptable values, an optional parameter.
+        assert!(grade(
+            "w2",
+            vec![("forecast", json!({"city": "Paris, France", "days": 2}))]
+        ));
+        assert!(grade(
+            "w2",
+            vec![(
+                "forecast",
+                json!({"city": "Paris", "days": 2, "hourly": false})
+            )]
+        ));
+        assert!(!grade(
+            "w2",
+            vec![("forecast", json!({"city": "Paris", "days": 2.5}))]
+        ));
+        // No gold call: right only without a call.
+        assert!(grade("w3", vec![]));
+        assert!(!grade(
+            "w3",
+            vec![("forecast", json!({"city": "Paris", "days": 1}))]
+        ));
+        // Bad lines name the reason.
+        for (line, want) in [
+            (format!(r#"{{"id": 1, "split": "train", "prompt": "p", "tools": [{tool}], "calls": [], "answer": "x"}}"#), "graded by its calls"),
+            (format!(r#"{{"id": 1, "split": "train", "prompt": "p", "tools": [{tool}]}}"#), "needs \"calls\""),
+            (format!(r#"{{"id": 1, "split": "train", "prompt": "p", "tools": [{tool}], "calls": [{{"name": "radar"}}]}}"#), "calls[0] uses \"radar\""),
+            (format!(r#"{{"id": 1, "split": "train", "prompt": "p", "tools": [{}], "calls": []}}"#, tool.replace("\"integer\"", "\"int\"")), "parameter \"days\" has the type \"int\""),
+            (format!(r#"{{"id": 1, "split": "train", "prompt": "p", "tools": [{tool}], "ground_truth": [{{"forecast": {{"days": 2}}}}]}}"#), "ground_truth[0] is not"),
+            (r#"{"id": 1, "split": "train", "prompt": "p", "tools": [{"type": "code"}], "calls": []}"#.to_string(), "tools[0] is not"),
+        ] {
+            let err = Dataset::parse(&line, "own.jsonl", &[]).unwrap_err().to_string();
+            assert!(err.contains("own.jsonl:1: ") && err.contains(want), "{err}");
+        }
     }
 }

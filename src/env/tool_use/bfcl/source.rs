@@ -60,6 +60,46 @@ pub fn json_schema(bfcl: &Value) -> Value {
     Value::Object(out)
 }
 
+/// A JSON schema in BFCL's dialect, as its checker reads types: `object` a `dict`, `number` a
+/// `float`, no type `any`; down through `properties`, `items` and `additionalProperties`.
+pub fn bfcl_schema(schema: &Value) -> Value {
+    let Value::Object(o) = schema else {
+        return schema.clone();
+    };
+    let mut out = Map::new();
+    for (key, value) in o {
+        let v = match (key.as_str(), value) {
+            ("type", Value::String(t)) => Value::from(match t.as_str() {
+                "object" => "dict",
+                "number" => "float",
+                other => other,
+            }),
+            ("properties", Value::Object(props)) => Value::Object(
+                props
+                    .iter()
+                    .map(|(name, p)| (name.clone(), bfcl_schema(p)))
+                    .collect(),
+            ),
+            ("items" | "additionalProperties", Value::Object(_)) => bfcl_schema(value),
+            _ => value.clone(),
+        };
+        out.insert(key.clone(), v);
+    }
+    if !out.contains_key("type") {
+        out.insert("type".into(), Value::from("any"));
+    }
+    Value::Object(out)
+}
+
+/// A tool's JSON schema as BFCL documents a function (what its checker reads).
+pub fn bfcl_function(spec: &ToolSpec) -> Value {
+    serde_json::json!({
+        "name": spec.name,
+        "description": spec.description,
+        "parameters": bfcl_schema(&spec.parameters),
+    })
+}
+
 /// A BFCL function's documentation as a [`ToolSpec`].
 pub fn tool_spec(function: &Value) -> ToolSpec {
     ToolSpec {
