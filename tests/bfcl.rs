@@ -565,6 +565,42 @@ mod cli {
         assert!(String::from_utf8_lossy(&out.stderr).contains("not supported"));
     }
 
+    #[test]
+    fn training_refuses_live_and_unknown_categories_before_writing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = env!("CARGO_MANIFEST_DIR");
+        for (set, want) in [
+            (
+                r#"env.categories=["simple_python", "live_simple"]"#,
+                "\"live_simple\" is a live category, never trained on",
+            ),
+            (
+                r#"env.categories=["simple_java"]"#,
+                "env.categories: must be BFCL categories",
+            ),
+        ] {
+            let out_dir = tmp.path().join("run");
+            let out = asymre()
+                .current_dir(root)
+                .args([
+                    "train",
+                    "--config",
+                    "configs/lm_bfcl.toml",
+                    "--set",
+                    set,
+                    "--out",
+                ])
+                .arg(&out_dir)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{err}");
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+            assert!(err.contains(want), "{err}");
+            assert!(!out_dir.exists());
+        }
+    }
+
     /// The judge end to end, short answers: the table, BFCL result lines for every task, and
     /// messages logs that `asymre score` grades as the judge did.
     #[test]

@@ -1,6 +1,8 @@
 """transformers on the same model as `asymre bench --lm`: `generate` with sampling at batch B
 (every row writing N tokens) and a full fine-tuning step (forward, backward, Adam) over the B
-prompt + N sequences; prints one JSON line. f32, one thread per core."""
+prompt + N sequences; with --bfcl-prompts, also `generate` on those prompts (a JSON list of
+token-id lists of different lengths, left-padded as transformers needs, each row writing
+--bfcl-new tokens): episodes/s. Prints one JSON line. f32, one thread per core."""
 import argparse
 import json
 import os
@@ -18,6 +20,8 @@ ap.add_argument("prompt")
 ap.add_argument("--batch", type=int, default=16)
 ap.add_argument("--new", type=int, default=48)
 ap.add_argument("--seconds", type=float, default=15.0)
+ap.add_argument("--bfcl-prompts")
+ap.add_argument("--bfcl-new", type=int, default=64)
 a = ap.parse_args()
 torch.set_num_threads(os.cpu_count() or 1)
 torch.manual_seed(0)
@@ -47,6 +51,29 @@ while runs < 1 or spent < a.seconds:
     runs += 1
 gen_tps = tokens / spent
 
+bfcl_eps = None
+if a.bfcl_prompts:
+    with open(a.bfcl_prompts) as f:
+        prompts = json.load(f)
+    width = max(len(p) for p in prompts)
+    pad = 0
+    bids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    battn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+
+    def bgen():
+        with torch.no_grad():
+            return model.generate(bids, attention_mask=battn, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                  max_new_tokens=a.bfcl_new, min_new_tokens=a.bfcl_new, pad_token_id=pad)
+
+    bgen()
+    spent, runs = 0.0, 0
+    while runs < 1 or spent < a.seconds:
+        t0 = time.perf_counter()
+        bgen()
+        spent += time.perf_counter() - t0
+        runs += 1
+    bfcl_eps = len(prompts) * runs / spent
+
 model.train()
 opt = torch.optim.Adam(model.parameters(), lr=1e-6)
 seq = out
@@ -73,5 +100,6 @@ print(json.dumps({
     "generate_tokens_per_s": gen_tps,
     "train_step_s": spent / steps,
     "train_tokens_per_s": a.batch * a.new * steps / spent,
+    "bfcl_episodes_per_s": bfcl_eps,
     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
 }))

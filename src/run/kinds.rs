@@ -104,16 +104,21 @@ fn bfcl_source(cfg: &Config) -> Result<BfclSource> {
     Ok(BfclSource::new(entries, cfg.seed))
 }
 
-/// The BFCL tasks a run trains and evaluates on: the non-live categories of `[env]` (the live
-/// ones are the out-of-distribution test, never trained on), without those that cannot be
-/// played within `env.max_tokens` (counted on stderr).
-fn bfcl_training(cfg: &Config, protocol: &ChatProtocol) -> Result<BfclSource> {
+/// The BFCL categories of `[env]` when none is live (the live ones are never trained on).
+fn bfcl_trainable(cfg: &Config) -> Result<BfclSource> {
     if let Some(live) = cfg.env.categories.iter().find(|c| c.starts_with("live")) {
         return Err(Error::input(format!(
             "env.categories: {live:?} is a live category, never trained on (evaluate it with `asymre bfcl`)"
         )));
     }
-    let (source, dropped) = bfcl_source(cfg)?.fitting(protocol, cfg.env.max_tokens);
+    bfcl_source(cfg)
+}
+
+/// The BFCL tasks a run trains and evaluates on: the non-live categories of `[env]` (the live
+/// ones are the out-of-distribution test, never trained on), without those that cannot be
+/// played within `env.max_tokens` (counted on stderr).
+fn bfcl_training(cfg: &Config, protocol: &ChatProtocol) -> Result<BfclSource> {
+    let (source, dropped) = bfcl_trainable(cfg)?.fitting(protocol, cfg.env.max_tokens);
     if !dropped.is_empty() {
         let counts: Vec<String> = dropped.iter().map(|(c, n)| format!("{c} {n}")).collect();
         eprintln!(
@@ -136,7 +141,14 @@ fn bfcl_training(cfg: &Config, protocol: &ChatProtocol) -> Result<BfclSource> {
 /// runner once: a dataset's every line (`FILE:LINE: reason` for each bad one), a pretrained
 /// model's tokenizer and chat template.
 pub fn check_inputs(cfg: &Config) -> Result<()> {
-    runner(cfg, None).map(drop)
+    match (cfg.env.kind, cfg.policy.kind) {
+        // BFCL's files and the chat format; which tasks fit is counted when the run starts.
+        (EnvKind::Bfcl, PolicyKind::Lm) => {
+            chat_protocol(cfg)?;
+            bfcl_trainable(cfg).map(drop)
+        }
+        _ => runner(cfg, None).map(drop),
+    }
 }
 
 /// A scorer of JSON lines of any model's episodes.

@@ -1,8 +1,10 @@
 //! `asymre bench --lm`: the pretrained LM (SmolLM2-135M-Instruct unless `--model` says otherwise)
 //! against Hugging Face transformers on the same weights, in the same run: batched sampling
 //! (batch 16, every row writing `new` tokens), a full fine-tuning learner step over those
-//! sequences (the prompt shared by the rows, as the learner scores G samples of a prompt), the
-//! machine's matmul rate for scale, and each side's peak memory.
+//! sequences (the prompt shared by the rows, as the learner scores G samples of a prompt), a
+//! BFCL workload (16 held-out tasks' prompts, each with its own tools and so no shared prefix,
+//! every row writing `BFCL_NEW` tokens: episodes/s), the machine's matmul rate for scale, and
+//! each side's peak memory.
 use std::path::Path;
 use std::time::Instant;
 
@@ -21,6 +23,40 @@ pub const BATCH: usize = 16;
 /// Tokens each row writes.
 pub const NEW_TOKENS: usize = 48;
 const PROMPT: &str = "Write a short story about a robot who learns to paint.";
+/// Tokens each row of the BFCL workload writes (a call or two).
+pub const BFCL_NEW: usize = 64;
+/// The BFCL categories whose held-out tasks make the workload (four of each, in turn).
+const BFCL_CATEGORIES: [&str; 4] = ["simple_python", "multiple", "parallel", "parallel_multiple"];
+
+/// The prompts of the BFCL workload in `model`'s chat format: the first `BATCH` held-out tasks of
+/// [`BFCL_CATEGORIES`] taken in turn, each with its own tools. `None` (with the reason) when BFCL's
+/// data is not installed or the model has no ChatML format.
+fn bfcl_prompts(model: &str) -> std::result::Result<Vec<Vec<u32>>, String> {
+    use crate::env::tool_use::bfcl::{self, source::BfclSource};
+    use crate::env::tool_use::protocol::chat::{ChatFormat, ChatProtocol};
+    use crate::env::tool_use::protocol::Limits;
+    use crate::env::{Protocol, Split, TaskSource};
+    let dir = bfcl::data_dir().map_err(|e| e.to_string())?;
+    let mut entries = Vec::new();
+    for c in BFCL_CATEGORIES {
+        entries.extend(bfcl::load(&dir, c).map_err(|e| e.to_string())?);
+    }
+    let source = BfclSource::new(entries, 0);
+    let files = lm::source::resolve(model).map_err(|e| e.to_string())?;
+    let (_, text) = lm::source::read_text(&files).map_err(|e| e.to_string())?;
+    let protocol = ChatProtocol {
+        format: std::sync::Arc::new(ChatFormat::new(text, model).map_err(|e| e.to_string())?),
+        limits: Limits::new(usize::MAX, 1),
+    };
+    (0..BATCH as u64)
+        .map(|i| {
+            let item = source.item(Split::Heldout, i);
+            Protocol::<BfclSource>::start(&protocol, &source, item)
+                .map(|ep| ep.tokens)
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
 
 /// What the LM section measures.
 pub struct LmBench<'a> {
@@ -125,7 +161,32 @@ pub fn run(opts: &LmBench) -> Result<()> {
             batch.nodes() as f64,
             batch.head_nodes.len() as f64,
         );
+    let bfcl = bfcl_prompts(opts.model);
+    let bfcl_eps = match &bfcl {
+        Ok(prompts) => {
+            let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+            progress(&format!(
+                "BFCL workload: {BATCH} held-out tasks' prompts ({}–{} tokens), {BFCL_NEW} new tokens per row",
+                lens.iter().min().unwrap_or(&0),
+                lens.iter().max().unwrap_or(&0)
+            ));
+            decode(&model.lm, prompts, &how(4), 0, opts.device)?;
+            let (mut spent, mut runs) = (0.0, 0);
+            while runs < 2 || spent < opts.secs {
+                let t0 = Instant::now();
+                decode(&model.lm, prompts, &how(BFCL_NEW), runs + 1, opts.device)?;
+                spent += t0.elapsed().as_secs_f64();
+                runs += 1;
+            }
+            Some((BATCH as u64 * runs) as f64 / spent)
+        }
+        Err(why) => {
+            progress(&format!("BFCL workload skipped: {why}"));
+            None
+        }
+    };
     let ours = json!({
+        "bfcl_episodes_per_s": bfcl_eps,
         "matmul_gflops": matmul,
         "decode_tokens_per_s": decode_tps,
         "learner_step_s": step_s,
@@ -138,7 +199,17 @@ pub fn run(opts: &LmBench) -> Result<()> {
     let base = match opts.python {
         Some(python) => {
             progress("transformers on the same file (scripts/reference/lm_baseline.py)");
-            Some(baseline(python, model.files.path(), &prompt, opts.secs)?)
+            let bfcl = bfcl
+                .as_ref()
+                .ok()
+                .map(|p| serde_json::to_string(p).unwrap_or_default());
+            Some(baseline(
+                python,
+                model.files.path(),
+                &prompt,
+                bfcl.as_deref(),
+                opts.secs,
+            )?)
         }
         None => None,
     };
@@ -163,20 +234,42 @@ pub fn run(opts: &LmBench) -> Result<()> {
     Ok(())
 }
 
-fn baseline(python: &Path, model: &Path, prompt: &[u32], secs: f64) -> Result<Value> {
+/// transformers on the same workloads; `bfcl`: the BFCL workload's prompts as JSON, written to
+/// a file the script reads.
+fn baseline(
+    python: &Path,
+    model: &Path,
+    prompt: &[u32],
+    bfcl: Option<&str>,
+    secs: f64,
+) -> Result<Value> {
     let prompt = serde_json::to_string(prompt).unwrap_or_default();
     let (batch, new, secs) = (BATCH.to_string(), NEW_TOKENS.to_string(), format!("{secs}"));
-    let args = [
-        model.as_os_str(),
-        prompt.as_ref(),
-        "--batch".as_ref(),
-        batch.as_ref(),
-        "--new".as_ref(),
-        new.as_ref(),
-        "--seconds".as_ref(),
-        secs.as_ref(),
+    let mut args: Vec<std::ffi::OsString> = vec![
+        model.into(),
+        prompt.into(),
+        "--batch".into(),
+        batch.into(),
+        "--new".into(),
+        new.into(),
+        "--seconds".into(),
+        secs.into(),
     ];
-    run_reference(python, "lm_baseline.py", &args, "transformers baseline")
+    let file =
+        std::env::temp_dir().join(format!("asymre-bfcl-prompts-{}.json", std::process::id()));
+    if let Some(prompts) = bfcl {
+        std::fs::write(&file, prompts).at(&file)?;
+        args.extend([
+            "--bfcl-prompts".into(),
+            file.clone().into(),
+            "--bfcl-new".into(),
+            BFCL_NEW.to_string().into(),
+        ]);
+    }
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let out = run_reference(python, "lm_baseline.py", &args, "transformers baseline");
+    let _ = std::fs::remove_file(&file);
+    out
 }
 
 fn print_table(
@@ -223,6 +316,12 @@ fn print_table(
         let (x, y) = (o(k), b(bk));
         println!("{what:<52} {x:>12.1} {y:>13.1} {:>8}  {goal}", ratio(x, y));
     }
+    let (x, y) = (o("bfcl_episodes_per_s"), b("bfcl_episodes_per_s"));
+    println!(
+        "{:<52} {x:>12.2} {y:>13.2} {:>8}",
+        format!("BFCL workload, batch 16 × {BFCL_NEW} tokens: episodes/s"),
+        ratio(x, y)
+    );
     println!(
         "{:<52} {:>12.1} {:>13} {:>8}  ≥ 50% of matmul ({:.1} GFLOP/s, {:.0}%)",
         "learner step: GFLOP/s",

@@ -3,7 +3,12 @@
 //!
 //! ```text
 //! r = w_task · completion + w_tool · tool_precision − w_format · format_errors − w_cost · calls
+//!     + w_names · names + w_params · params + w_values · values      (calls rule only)
 //! ```
+//!
+//! Under the calls rule ([`AnswerRule::Calls`]: BFCL's tasks, datasets' tasks with their own
+//! tools) completion is BFCL's verdict on the calls as written, and `names`, `params`, `values`
+//! are ToolRL's partial credit ([`CallsRule::partial`]).
 //!
 //! `tool_precision` is an F1: a made call matches a gold call when the tool name, the argument
 //! names and the argument values are all equal; calls match in any order and each gold call is

@@ -665,7 +665,8 @@ pub fn answer_of(text: &str) -> Option<String> {
 }
 
 /// The scripted demonstration of `item` in the chat format: each gold call in its own turn, its
-/// result forced, then `The answer is …`. Returns the whole sequence (prompt included) and which
+/// result forced, then `The answer is …`; for a call-only item, one turn of every gold call (or,
+/// with none, a sentence saying that no function applies), graded by the item's calls rule. Returns the whole sequence (prompt included) and which
 /// tokens the policy writes; or why the item gives none (no gold, a gold call that fails, a
 /// replay that does not read back as the gold calls and answer).
 pub fn demonstration<T: TaskSource + ToolSet<T::Item>>(
