@@ -21,8 +21,7 @@ pub fn call_json(call: &Call) -> Value {
     json!({ "name": call.name, "arguments": args })
 }
 
-/// A call as written: the function's name and its arguments object, values of any JSON type.
-pub type RawCall = (String, Value);
+pub use super::reward::RawCall;
 
 /// Reads a call in either common form: `{"name": …, "arguments": {…}}` (arguments may also be a
 /// JSON string), or OpenAI Chat Completions' `{"id": …, "type": "function", "function":

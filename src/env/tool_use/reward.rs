@@ -166,6 +166,9 @@ impl AnswerRule {
     }
 }
 
+/// A call as written: the function's name and its arguments object, values of any JSON type.
+pub type RawCall = (String, serde_json::Value);
+
 /// What an episode did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Attempt {
@@ -178,7 +181,7 @@ pub struct Attempt {
     pub format_errors: u32,
     /// Every call as written (name, arguments object with its JSON values), in order: what a
     /// calls rule grades ([`AnswerRule::Calls`]).
-    pub raw_calls: Vec<crate::env::tool_use::calls::RawCall>,
+    pub raw_calls: Vec<RawCall>,
 }
 
 /// What the task needed.
