@@ -28,10 +28,14 @@ pub const BFCL_NEW: usize = 64;
 /// The BFCL categories whose held-out tasks make the workload (four of each, in turn).
 const BFCL_CATEGORIES: [&str; 4] = ["simple_python", "multiple", "parallel", "parallel_multiple"];
 
-/// The prompts of the BFCL workload in `model`'s chat format: the first `BATCH` held-out tasks of
-/// [`BFCL_CATEGORIES`] taken in turn, each with its own tools. `None` (with the reason) when BFCL's
-/// data is not installed or the model has no ChatML format.
-fn bfcl_prompts(model: &str) -> std::result::Result<Vec<Vec<u32>>, String> {
+/// The prompts of the BFCL workload in the chat format of model `model` (its tokenizer and
+/// template `text`): the first `BATCH` held-out tasks of [`BFCL_CATEGORIES`] taken in turn, each
+/// with its own tools. An error (the reason) when BFCL's data is not installed or the model has
+/// no ChatML format.
+fn bfcl_prompts(
+    model: &str,
+    text: crate::text::ModelText,
+) -> std::result::Result<Vec<Vec<u32>>, String> {
     use crate::env::tool_use::bfcl::{self, source::BfclSource};
     use crate::env::tool_use::protocol::chat::{ChatFormat, ChatProtocol};
     use crate::env::tool_use::protocol::Limits;
@@ -42,8 +46,6 @@ fn bfcl_prompts(model: &str) -> std::result::Result<Vec<Vec<u32>>, String> {
         entries.extend(bfcl::load(&dir, c).map_err(|e| e.to_string())?);
     }
     let source = BfclSource::new(entries, 0);
-    let files = lm::source::resolve(model).map_err(|e| e.to_string())?;
-    let (_, text) = lm::source::read_text(&files).map_err(|e| e.to_string())?;
     let protocol = ChatProtocol {
         format: std::sync::Arc::new(ChatFormat::new(text, model).map_err(|e| e.to_string())?),
         limits: Limits::new(usize::MAX, 1),
@@ -161,7 +163,7 @@ pub fn run(opts: &LmBench) -> Result<()> {
             batch.nodes() as f64,
             batch.head_nodes.len() as f64,
         );
-    let bfcl = bfcl_prompts(opts.model);
+    let bfcl = bfcl_prompts(opts.model, model.text);
     let bfcl_eps = match &bfcl {
         Ok(prompts) => {
             let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();

@@ -13,7 +13,7 @@ use crate::config::{Config, EnvKind, PolicyKind};
 use crate::env::tool_use::bfcl::source::BfclSource;
 use crate::env::tool_use::bfcl::{self, id_hash, split_of, Entry};
 use crate::env::tool_use::protocol::chat::ChatProtocol;
-use crate::env::tool_use::reward::{self, RewardConfig};
+use crate::env::tool_use::reward::RewardConfig;
 use crate::env::{Protocol, Split, TaskSource};
 use crate::error::{Error, IoContext, Result};
 use crate::policy::lm::Lm;
@@ -198,7 +198,7 @@ pub fn run(req: &Request) -> Result<Vec<CategoryScore>> {
     let lm = <Lm as ToolPolicy>::of(&policy)?;
     std::fs::create_dir_all(&req.out).at(&req.out)?;
     let total: usize = chosen.iter().map(|(_, e)| e.len()).sum();
-    let bar = progress_bar(total as u64);
+    let bar = super::progress_bar(total as u64, "tasks");
     let mut scores = Vec::new();
     for (category, entries) in chosen {
         bar.set_message(category.clone());
@@ -266,19 +266,21 @@ fn play_category(
             protocol,
             device,
         };
-        let reward = RewardConfig::default();
-        player.evaluate(Split::Heldout, n, req.batch, &reward, |ep| {
-            let item = &ep.item;
-            if let Some(gold) = source.gold(item) {
-                let s = reward::score(&reward, &ep.attempt, &gold);
-                correct += usize::from(s.completion == 1.0);
-            }
-            let id = source.item_id(item).unwrap_or_default();
-            let line = json!({"id": id, "result": result_calls(&ep.attempt.raw_calls)});
-            results.push_str(&format!("{line}\n"));
-            messages.push_str(&format!("{}\n", protocol.episode_json(&source, ep)));
-            bar.inc(1);
-        })?;
+        let means = player.evaluate(
+            Split::Heldout,
+            n,
+            req.batch,
+            &RewardConfig::default(),
+            |ep| {
+                let id = source.item_id(&ep.item).unwrap_or_default();
+                let line = json!({"id": id, "result": result_calls(&ep.attempt.raw_calls)});
+                results.push_str(&format!("{line}\n"));
+                messages.push_str(&format!("{}\n", protocol.episode_json(&source, ep)));
+                bar.inc(1);
+            },
+        )?;
+        // Completion is 0 or 1 per episode: its mean times the episodes counts the right ones.
+        correct = (means.completion * n as f64).round() as usize;
     }
     for (name, text) in [
         (format!("BFCL_v4_{category}_result.json"), results),
@@ -296,18 +298,6 @@ fn play_category(
         correct,
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-fn progress_bar(len: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} tasks (eta {eta}) {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar
 }
 
 /// The non-live AST categories averaged without weights, as the leaderboard's non-live column.

@@ -78,7 +78,7 @@ pub fn run(args: &SweepArgs, interrupt: &AtomicUsize) -> Result<SweepOutcome> {
         queue: Mutex::new(todo),
         children: Mutex::new(Vec::new()),
         failures: Mutex::new(Vec::new()),
-        bar: progress_bar(0),
+        bar: super::progress_bar(0, "runs"),
         interrupt,
     };
     pool.bar
@@ -178,19 +178,6 @@ impl Plan {
         }
         std::fs::create_dir_all(out.join("logs")).at(out)
     }
-}
-
-/// The sweep's progress bar over its runs.
-fn progress_bar(len: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} runs (eta {eta}) {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar
 }
 
 /// `jobs` workers taking points off one queue, each running a point's `asymre` child process.

@@ -215,18 +215,13 @@ pub fn score_line<T: TaskSource + ToolSet<T::Item>>(
     let raw_calls = calls;
     let calls: Vec<Call> = raw_calls.iter().map(|(n, a)| call_of(n, a)).collect();
     // A call-only task's calls are graded, not run (nothing to fail, no answer to give).
-    let call_only = task.call_only(&item);
-    let results: Vec<Option<String>> = match call_only {
-        true => vec![None; calls.len()],
-        false => calls.iter().map(|c| task.execute(&item, c).ok()).collect(),
-    };
-    let format_errors = match call_only {
-        true => bad_calls,
-        false => {
-            results.iter().filter(|r| r.is_none()).count() as u32
-                + u32::from(answer.is_none())
-                + bad_calls
-        }
+    let (results, format_errors) = if task.call_only(&item) {
+        (vec![None; calls.len()], bad_calls)
+    } else {
+        let results: Vec<Option<String>> =
+            calls.iter().map(|c| task.execute(&item, c).ok()).collect();
+        let failed = results.iter().filter(|r| r.is_none()).count() as u32;
+        (results, failed + u32::from(answer.is_none()) + bad_calls)
     };
     let attempt = Attempt {
         calls,

@@ -148,12 +148,23 @@ fn standardized(v: &Value) -> Value {
     }
 }
 
-/// The type of the first acceptable value that is not the "may be left out" marker `""`.
-fn answer_type(possible: &[Value]) -> Option<PyType> {
+/// The first acceptable value that is not the "may be left out" marker `""`.
+fn first_value(possible: &[Value]) -> Option<&Value> {
     possible
         .iter()
         .find(|a| *a != &Value::String(String::new()))
-        .map(PyType::of)
+}
+
+/// Whether `accepted` (a parameter's acceptable values) allows leaving it out.
+fn may_leave_out(accepted: &Value) -> bool {
+    accepted
+        .as_array()
+        .is_some_and(|a| a.contains(&Value::String(String::new())))
+}
+
+/// The type of [`first_value`].
+fn answer_type(possible: &[Value]) -> Option<PyType> {
+    first_value(possible).map(PyType::of)
 }
 
 /// `type_checker`: whether `value` has the documented type (or the answers' type: a variable
@@ -390,10 +401,7 @@ fn check_call(
         check_value(param, detail, value, accepted)?;
     }
     for (param, accepted) in answer {
-        let optional = accepted
-            .as_array()
-            .is_some_and(|a| a.contains(&Value::String(String::new())));
-        if !params.contains_key(param) && !optional {
+        if !params.contains_key(param) && !may_leave_out(accepted) {
             return Err(format!("parameter {param:?} left out, and it may not be"));
         }
     }
@@ -490,17 +498,10 @@ pub struct Partial {
     pub values: f64,
 }
 
-/// Whether `accepted` (a parameter's acceptable values) allows leaving it out.
-fn may_leave_out(accepted: &Value) -> bool {
-    accepted
-        .as_array()
-        .is_some_and(|a| a.contains(&Value::String(String::new())))
-}
-
 /// The first acceptable value of a list of them that is not the "may be left out" marker.
 fn first_of(accepted: &Value) -> Option<&Value> {
     match accepted {
-        Value::Array(a) => a.iter().find(|v| *v != &Value::String(String::new())),
+        Value::Array(a) => first_value(a),
         other => Some(other),
     }
 }

@@ -15,80 +15,72 @@ use crate::env::{
     NoDemonstration, Protocol, ProtocolEpisode, Split, TaskSource, ToolSet, ToolSpec,
 };
 
-/// BFCL's parameter types as JSON-schema types: `dict` an object, `float` a number, `tuple` an
-/// array; `any` constrains nothing (its `type` is dropped). The others are JSON schema's own.
-fn schema_type(ty: &str) -> Option<&str> {
-    match ty {
-        "dict" => Some("object"),
-        "float" => Some("number"),
-        "tuple" => Some("array"),
-        "any" => None,
-        other => Some(other),
-    }
-}
-
-/// A BFCL parameter documentation (or a whole `parameters` object) as a JSON schema: types
-/// renamed ([`schema_type`]) down through `properties`, `items` and `additionalProperties`;
-/// every other key (descriptions, `enum`, `default`, `required`) kept as it is.
-pub fn json_schema(bfcl: &Value) -> Value {
-    let Value::Object(o) = bfcl else {
-        return bfcl.clone();
-    };
-    let mut out = Map::new();
-    for (key, value) in o {
-        match (key.as_str(), value) {
-            ("type", Value::String(ty)) => {
-                if let Some(t) = schema_type(ty) {
-                    out.insert(key.clone(), Value::from(t));
-                }
-            }
-            ("properties", Value::Object(props)) => {
-                let props = props
-                    .iter()
-                    .map(|(name, p)| (name.clone(), json_schema(p)))
-                    .collect();
-                out.insert(key.clone(), Value::Object(props));
-            }
-            ("items" | "additionalProperties", Value::Object(_)) => {
-                out.insert(key.clone(), json_schema(value));
-            }
-            _ => {
-                out.insert(key.clone(), value.clone());
-            }
-        }
-    }
-    Value::Object(out)
-}
-
-/// A JSON schema in BFCL's dialect, as its checker reads types: `object` a `dict`, `number` a
-/// `float`, no type `any`; down through `properties`, `items` and `additionalProperties`.
-pub fn bfcl_schema(schema: &Value) -> Value {
+/// `schema` with its `type`s renamed by `rename` (given `None` where a schema has no type; a
+/// `None` back leaves the type out) down through `properties`, `items` and
+/// `additionalProperties`; every other key (descriptions, `enum`, `default`, `required`) kept
+/// as it is.
+fn retyped(schema: &Value, rename: &dyn Fn(Option<&str>) -> Option<String>) -> Value {
     let Value::Object(o) = schema else {
         return schema.clone();
     };
     let mut out = Map::new();
     for (key, value) in o {
         let v = match (key.as_str(), value) {
-            ("type", Value::String(t)) => Value::from(match t.as_str() {
-                "object" => "dict",
-                "number" => "float",
-                other => other,
-            }),
+            ("type", Value::String(ty)) => match rename(Some(ty)) {
+                Some(t) => Value::from(t),
+                None => continue,
+            },
             ("properties", Value::Object(props)) => Value::Object(
                 props
                     .iter()
-                    .map(|(name, p)| (name.clone(), bfcl_schema(p)))
+                    .map(|(name, p)| (name.clone(), retyped(p, rename)))
                     .collect(),
             ),
-            ("items" | "additionalProperties", Value::Object(_)) => bfcl_schema(value),
+            ("items" | "additionalProperties", Value::Object(_)) => retyped(value, rename),
             _ => value.clone(),
         };
         out.insert(key.clone(), v);
     }
-    if !out.contains_key("type") {
-        out.insert("type".into(), Value::from("any"));
+    if !o.contains_key("type") {
+        if let Some(t) = rename(None) {
+            out.insert("type".into(), Value::from(t));
+        }
     }
     Value::Object(out)
+}
+
+/// A BFCL parameter documentation (or a whole `parameters` object) as a JSON schema: `dict` an
+/// object, `float` a number, `tuple` an array; `any` constrains nothing (its `type` is dropped).
+/// The other types are JSON schema's own.
+pub fn json_schema(bfcl: &Value) -> Value {
+    retyped(bfcl, &|ty| {
+        Some(
+            match ty? {
+                "dict" => "object",
+                "float" => "number",
+                "tuple" => "array",
+                "any" => return None,
+                other => other,
+            }
+            .to_string(),
+        )
+    })
+}
+
+/// A JSON schema in BFCL's dialect, as its checker reads types: `object` a `dict`, `number` a
+/// `float`, no type `any`.
+pub fn bfcl_schema(schema: &Value) -> Value {
+    retyped(schema, &|ty| {
+        Some(
+            match ty {
+                Some("object") => "dict",
+                Some("number") => "float",
+                Some(other) => other,
+                None => "any",
+            }
+            .to_string(),
+        )
+    })
 }
 
 /// A tool's JSON schema as BFCL documents a function (what its checker reads).
@@ -151,6 +143,15 @@ struct Tasks {
     by_id: HashMap<String, (Split, usize)>,
 }
 
+impl Tasks {
+    fn split(&self, split: Split) -> &[BfclTask] {
+        match split {
+            Split::Train => &self.train,
+            Split::Heldout => &self.heldout,
+        }
+    }
+}
+
 /// BFCL tasks as a task source, in two splits; cheap to clone (the tasks are shared).
 #[derive(Debug, Clone)]
 pub struct BfclSource {
@@ -190,16 +191,15 @@ impl BfclSource {
             heldout: tasks(heldout),
             by_id: HashMap::new(),
         };
-        for split in [Split::Train, Split::Heldout] {
-            let list = match split {
-                Split::Train => &tasks.train,
-                Split::Heldout => &tasks.heldout,
-            };
-            let ids: Vec<String> = list.iter().map(|t| t.entry.id.clone()).collect();
-            for (i, id) in ids.into_iter().enumerate() {
-                tasks.by_id.insert(id, (split, i));
-            }
-        }
+        tasks.by_id = [Split::Train, Split::Heldout]
+            .into_iter()
+            .flat_map(|split| {
+                let list = tasks.split(split);
+                list.iter()
+                    .enumerate()
+                    .map(move |(i, t)| (t.entry.id.clone(), (split, i)))
+            })
+            .collect();
         BfclSource {
             tasks: Arc::new(tasks),
             seed,
@@ -225,10 +225,7 @@ impl BfclSource {
 
     /// Tasks in `split` (not falling back on the other split).
     pub fn len(&self, split: Split) -> usize {
-        match split {
-            Split::Train => self.tasks.train.len(),
-            Split::Heldout => self.tasks.heldout.len(),
-        }
+        self.tasks.split(split).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -261,11 +258,9 @@ impl BfclSource {
         };
         let mut dropped: Vec<(String, usize)> = Vec::new();
         let mut keep = |split: Split| -> Vec<Entry> {
-            let list = match split {
-                Split::Train => &self.tasks.train,
-                Split::Heldout => &self.tasks.heldout,
-            };
-            list.iter()
+            self.tasks
+                .split(split)
+                .iter()
                 .zip(fits(split))
                 .filter_map(|(t, ok)| {
                     if !ok {

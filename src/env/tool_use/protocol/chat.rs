@@ -398,12 +398,7 @@ impl<I> ChatEpisode<I> {
     fn end_with_calls(&mut self, turn: &Turn) {
         let mut tool_calls = Vec::new();
         for body in &turn.calls {
-            let read = body.as_ref().map_err(String::clone).and_then(|b| {
-                let v: Json = serde_json::from_str(b)
-                    .map_err(|e| format!("the call is not valid JSON: {e}"))?;
-                raw_call(&v)
-            });
-            match read {
+            match block_call(body) {
                 Ok((name, args)) => {
                     tool_calls.push(json!({"type": "function", "function": {
                         "name": name, "arguments": args.to_string(),
@@ -535,6 +530,15 @@ fn split_turn(text: &str) -> Turn {
     Turn { prose, calls }
 }
 
+/// The call a `<tool_call>` block (its text, or what is wrong with it) writes, as written; or why
+/// it is not one.
+fn block_call(body: &Result<String, String>) -> Result<RawCall, String> {
+    let b = body.as_ref().map_err(String::clone)?;
+    let v: Json =
+        serde_json::from_str(b).map_err(|e| format!("the call is not valid JSON: {e}"))?;
+    raw_call(&v)
+}
+
 /// What one assistant turn's raw text says, read as an episode's last turn is: its
 /// `<tool_call>` blocks as calls (those that are not a call's JSON counted as format errors) and,
 /// when it makes no call, its answer by [`answer_of`].
@@ -543,13 +547,9 @@ pub fn read_turn(text: &str) -> (Vec<RawCall>, Option<String>, u32) {
     let mut errors = 0;
     let mut calls = Vec::new();
     for body in &turn.calls {
-        let call = body.as_ref().ok().and_then(|b| {
-            let v: Json = serde_json::from_str(b).ok()?;
-            raw_call(&v).ok()
-        });
-        match call {
-            Some(c) => calls.push(c),
-            None => errors += 1,
+        match block_call(body) {
+            Ok(c) => calls.push(c),
+            Err(_) => errors += 1,
         }
     }
     let answer = if turn.calls.is_empty() {
@@ -666,9 +666,10 @@ pub fn answer_of(text: &str) -> Option<String> {
 
 /// The scripted demonstration of `item` in the chat format: each gold call in its own turn, its
 /// result forced, then `The answer is …`; for a call-only item, one turn of every gold call (or,
-/// with none, a sentence saying that no function applies), graded by the item's calls rule. Returns the whole sequence (prompt included) and which
-/// tokens the policy writes; or why the item gives none (no gold, a gold call that fails, a
-/// replay that does not read back as the gold calls and answer).
+/// with none, a sentence saying that no function applies), graded by the item's calls rule.
+/// Returns the whole sequence (prompt included) and which tokens the policy writes; or why the
+/// item gives none (no gold, a gold call that fails, a replay that does not read back as the
+/// gold calls and answer, a sequence past the episode's limits).
 pub fn demonstration<T: TaskSource + ToolSet<T::Item>>(
     protocol: &ChatProtocol,
     task: &T,
@@ -728,8 +729,8 @@ pub fn demonstration<T: TaskSource + ToolSet<T::Item>>(
             ep.attempt.format_errors
         )));
     }
-    let right = match (&gold.rule, call_only) {
-        (AnswerRule::Calls(rule), _) => rule.verdict(&ep.attempt.raw_calls).is_ok(),
+    let right = match &gold.rule {
+        AnswerRule::Calls(rule) => rule.verdict(&ep.attempt.raw_calls).is_ok(),
         _ => ep.attempt.calls == gold.calls,
     };
     if !right {
