@@ -494,6 +494,31 @@ fn a_tool_use_run_warm_starts_trains_and_evaluates() {
     let (sa, sc) = (summary(&a), summary(&c));
     assert_eq!(sc["warmstart_heldout"], sa["final_heldout"]);
     assert_ne!(sc["warmstart_heldout"], sa["warmstart_heldout"]);
+    // A warm start alone (`env.rounds = 0`) keeps its weights as the step-0 checkpoint: `eval`
+    // reads it, and a run started from it begins where the warm start ended.
+    let w = tmp.path().join("warm_only");
+    let o = train(&cfg, &w, &["--serial", "--set", "env.rounds=0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ckpt = w.join("checkpoints");
+    let last = std::fs::read_to_string(ckpt.join("latest")).unwrap();
+    let o = bin().arg("eval").arg(&w).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let init = format!(
+        "policy.init={}",
+        ckpt.join(last.trim()).join("weights.safetensors").display()
+    );
+    let d = tmp.path().join("from_warm");
+    let o = train(
+        &cfg,
+        &d,
+        &["--serial", "--set", &init, "--set", "warmstart.demos=0"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        summary(&d)["warmstart_heldout"],
+        summary(&w)["warmstart_heldout"]
+    );
+    assert_eq!(summary(&w)["warmstart_heldout"], sa["warmstart_heldout"]);
     let h2 = tmp.path().join("bf16_again");
     assert!(train(&cfg, &h2, &bf16).status.success());
     assert_eq!(metrics(&h), metrics(&h2));

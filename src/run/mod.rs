@@ -89,10 +89,16 @@ fn run_sampled(
     opts: &RunOptions,
     resume: Option<Checkpoint>,
 ) -> Result<Outcome> {
+    let resumed = resume.is_some();
     let (mut run, saved) = sampled::SampledRun::start(cfg, run_dir, device, opts.serial, resume)?;
     if run.learner.step() >= cfg.env.total_steps() {
         // Nothing to train (`env.rounds = 0`: the warm start and the evaluations only, or a
-        // resume of a run that had reached its end): no actor is started.
+        // resume of a run that had reached its end): no actor is started. A fresh one keeps
+        // its warm-started weights as the step-0 checkpoint, for `eval`, `bfcl`, `export` and
+        // other runs' `policy.init`.
+        if !resumed {
+            run.checkpoint(Vec::new(), 0)?;
+        }
         return Ok(Outcome::Finished(run.summary(device)?));
     }
     // Owned, so that actor threads can rebuild an actor mid-run.
