@@ -3,6 +3,7 @@
 //! the calls rule (BFCL's AST checker), with the leaderboard's AST columns as a table. Each
 //! category's outputs are written as BFCL result lines and as OpenAI `messages` logs that
 //! `asymre score --config` reads back.
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -242,20 +243,34 @@ fn play_category(
     let started = Instant::now();
     let tasks = entries.len();
     let all = BfclSource::from_splits(Vec::new(), entries, 0);
-    let fits: Vec<bool> = (0..tasks)
+    // The prompt length of each task that fits.
+    let lengths: Vec<Option<usize>> = (0..tasks)
         .map(|i| {
             let item = all.item(Split::Heldout, i as u64);
             Protocol::<BfclSource>::start(protocol, &all, item)
-                .is_ok_and(|ep| ep.prompt_len + MIN_ANSWER <= req.max_tokens)
+                .ok()
+                .map(|ep| ep.prompt_len)
+                .filter(|&n| n + MIN_ANSWER <= req.max_tokens)
         })
         .collect();
-    let playable: Vec<Entry> = (0..tasks)
-        .filter(|&i| fits[i])
-        .map(|i| all.task(&all.item(Split::Heldout, i as u64)).entry.clone())
+    // Played shortest first, so that a batch's prompts are of about one length (little
+    // padding); written back in the category's order.
+    let mut order: Vec<(usize, usize)> = (0..tasks)
+        .filter_map(|i| lengths[i].map(|n| (n, i)))
+        .collect();
+    order.sort_unstable();
+    let playable: Vec<Entry> = order
+        .iter()
+        .map(|&(_, i)| all.task(&all.item(Split::Heldout, i as u64)).entry.clone())
+        .collect();
+    let position: HashMap<String, usize> = playable
+        .iter()
+        .zip(&order)
+        .map(|(e, &(_, i))| (e.id.clone(), i))
         .collect();
     let not_run = tasks - playable.len();
     bar.inc(not_run as u64);
-    let (mut results, mut messages) = (String::new(), String::new());
+    let mut lines: Vec<(usize, String, String)> = Vec::with_capacity(playable.len());
     let mut correct = 0;
     if !playable.is_empty() {
         let n = playable.len();
@@ -273,15 +288,19 @@ fn play_category(
             &RewardConfig::default(),
             |ep| {
                 let id = source.item_id(&ep.item).unwrap_or_default();
+                let at = position.get(&id).copied().unwrap_or(usize::MAX);
                 let line = json!({"id": id, "result": result_calls(&ep.attempt.raw_calls)});
-                results.push_str(&format!("{line}\n"));
-                messages.push_str(&format!("{}\n", protocol.episode_json(&source, ep)));
+                let log = protocol.episode_json(&source, ep).to_string();
+                lines.push((at, format!("{line}\n"), format!("{log}\n")));
                 bar.inc(1);
             },
         )?;
         // Completion is 0 or 1 per episode: its mean times the episodes counts the right ones.
         correct = (means.completion * n as f64).round() as usize;
     }
+    lines.sort_by_key(|(at, _, _)| *at);
+    let results: String = lines.iter().map(|(_, r, _)| r.as_str()).collect();
+    let messages: String = lines.iter().map(|(_, _, m)| m.as_str()).collect();
     for (name, text) in [
         (format!("BFCL_v4_{category}_result.json"), results),
         (format!("{category}.messages.jsonl"), messages),
