@@ -6,12 +6,26 @@
 //! ← {"id": 7, "result": 12}            or   {"id": 7, "error": "h must be positive"}
 //! ```
 //!
+//! A worker may also keep state per episode in *sessions* (`scripts/pytools.py` serving classes):
+//!
+//! ```text
+//! → {"id": 8, "session": "e3", "open": {"GorillaFileSystem": {…config…}}}   ← {"id": 8, "result": [tool names]}
+//! → {"id": 9, "session": "e3", "name": "ls", "arguments": {}}               ← {"id": 9, "result": {…}}
+//! → {"id": 10, "session": "e3", "close": true}                              ← {"id": 10, "result": true}
+//! ```
+//!
+//! plus `same_state` (two sessions' public state compared), `parse` (a call in Python form read
+//! to name and arguments) and `sessions` (how many are open). A restart loses the sessions of the
+//! process that stopped: their later requests fail with a tool error without reaching the new
+//! process, and are counted ([`ToolWorker::sessions_lost`]).
+//!
 //! The calls of one decoding step go out together and their answers may come back in any order.
 //! Every answer is awaited at most `timeout` after the previous one (or after the requests went
 //! out). A worker that exits, hangs past the timeout or prints something that is not an answer is
 //! killed; the calls still pending get an error (a tool error for the episode, never a panic), and
 //! the next call starts a fresh worker. The worker's stderr goes to a log file, so a crashing tool
 //! leaves its traceback there.
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -19,6 +33,17 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+/// A conversation's verdict under BFCL's multi-turn rule.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct Graded {
+    /// Every turn right.
+    pub valid: bool,
+    /// Per user turn: its state and its results as the ground truth's.
+    pub turns: Vec<bool>,
+    /// BFCL's reason for the first wrong turn (`multi_turn:instance_state_mismatch`, …).
+    pub reason: Option<String>,
+}
 
 /// A running worker process.
 struct Running {
@@ -40,6 +65,12 @@ pub struct ToolWorker {
     pub starts: u64,
     /// Batches of calls sent so far (one exchange each).
     pub exchanges: u64,
+    /// Sessions open in the running process.
+    sessions: HashSet<String>,
+    /// Sessions a restart lost and that were not closed since.
+    lost: HashSet<String>,
+    /// Sessions lost in restarts so far.
+    pub sessions_lost: u64,
 }
 
 impl ToolWorker {
@@ -54,6 +85,9 @@ impl ToolWorker {
             next_id: 0,
             starts: 0,
             exchanges: 0,
+            sessions: HashSet::new(),
+            lost: HashSet::new(),
+            sessions_lost: 0,
         }
     }
 
@@ -92,102 +126,291 @@ impl ToolWorker {
         Ok(())
     }
 
-    /// Kills the worker (if any); the next call starts a new one.
+    /// Kills the worker (if any), losing its sessions; the next call starts a new one.
     fn stop(&mut self) {
         if let Some(mut r) = self.running.take() {
             let _ = r.child.kill();
             let _ = r.child.wait();
         }
+        self.sessions_lost += self.sessions.len() as u64;
+        self.lost.extend(self.sessions.drain());
     }
 
     /// Runs `calls` (tool name, arguments object) and returns each one's result text (a JSON
     /// string result as it is, anything else as JSON text) or its error text, in order.
     pub fn call_batch(&mut self, calls: &[(&str, &Value)]) -> Vec<Result<String, String>> {
-        if calls.is_empty() {
-            return Vec::new();
-        }
-        if self.running.is_none() {
-            if let Err(e) = self.start() {
-                return vec![Err(e); calls.len()];
-            }
-        }
-        let first = self.next_id;
-        self.next_id += calls.len() as u64;
-        self.exchanges += 1;
-        let mut out: Vec<Option<Result<String, String>>> = vec![None; calls.len()];
-        match self.exchange(first, calls, &mut out) {
-            Ok(()) => {}
-            Err(why) => {
-                self.stop();
-                for slot in out.iter_mut().filter(|s| s.is_none()) {
-                    *slot = Some(Err(why.clone()));
-                }
-            }
-        }
-        out.into_iter()
-            .map(|r| r.unwrap_or_else(|| Err("no answer".into())))
+        let requests: Vec<Value> = calls
+            .iter()
+            .map(|(name, arguments)| json!({"name": name, "arguments": arguments}))
+            .collect();
+        self.request_batch(requests)
+            .into_iter()
+            .map(|r| r.map(text))
             .collect()
     }
 
-    /// Sends the requests and fills `out` from the answers; an error says why the worker must be
-    /// stopped (the answers already in `out` stand).
+    /// Runs `calls` (session, tool name, arguments object), each in its session, as
+    /// [`Self::call_batch`] does.
+    pub fn session_calls(&mut self, calls: &[(&str, &str, &Value)]) -> Vec<Result<String, String>> {
+        let requests: Vec<Value> = calls
+            .iter()
+            .map(|(session, name, arguments)| {
+                json!({"session": session, "name": name, "arguments": arguments})
+            })
+            .collect();
+        self.request_batch(requests)
+            .into_iter()
+            .map(|r| r.map(text))
+            .collect()
+    }
+
+    /// Starts `session` with `config` (`{CLASS: CONFIG, …}` for `scripts/pytools.py`); the
+    /// names of the tools it offers.
+    pub fn open_session(&mut self, session: &str, config: &Value) -> Result<Vec<String>, String> {
+        self.lost.remove(session);
+        let names = self.request(json!({"session": session, "open": config}))?;
+        self.sessions.insert(session.to_string());
+        Ok(names
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Ends `session`. A session a restart lost is already gone: closing it is not an error.
+    pub fn close_session(&mut self, session: &str) -> Result<(), String> {
+        if self.lost.remove(session) {
+            return Ok(());
+        }
+        let closed = self.request(json!({"session": session, "close": true}));
+        self.sessions.remove(session);
+        closed.map(|_| ())
+    }
+
+    /// Ends every session this worker opened (those a restart lost are gone already).
+    pub fn close_all(&mut self) -> Result<(), String> {
+        self.lost.clear();
+        let open: Vec<String> = self.sessions.iter().cloned().collect();
+        open.iter().try_for_each(|s| self.close_session(s))
+    }
+
+    /// Whether `session`'s public state equals `other`'s (BFCL's state check: every public
+    /// attribute of each of `other`'s instances).
+    pub fn same_state(&mut self, session: &str, other: &str) -> Result<bool, String> {
+        let v = self.request(json!({"session": session, "same_state": other}))?;
+        v.as_bool()
+            .ok_or_else(|| format!("the tool program answered {v} to a state comparison"))
+    }
+
+    /// The public state of `session`'s instances, as JSON.
+    pub fn state(&mut self, session: &str) -> Result<Value, String> {
+        self.request(json!({"session": session, "state": true}))
+    }
+
+    /// A call written in Python form (`sort('a.txt')`, positional arguments named by the
+    /// method's signature) as its name and arguments object, read by `session`'s classes.
+    pub fn parse_call(&mut self, session: &str, text: &str) -> Result<(String, Value), String> {
+        let v = self.request(json!({"session": session, "parse": text}))?;
+        match (v.get("name").and_then(Value::as_str), v.get("arguments")) {
+            (Some(name), Some(args)) if args.is_object() => Ok((name.to_string(), args.clone())),
+            _ => Err(format!("the tool program read {text:?} as {v}")),
+        }
+    }
+
+    /// BFCL's multi-turn verdicts of conversations, each replayed on fresh instances by the
+    /// worker (`grade` in `scripts/pytools.py`; [`crate::env::tool_use::bfcl::multi`] writes
+    /// the requests), in one exchange.
+    pub fn grade_batch(&mut self, specs: &[Value]) -> Vec<Result<Graded, String>> {
+        let requests = specs.iter().map(|s| json!({ "grade": s })).collect();
+        self.request_batch(requests)
+            .into_iter()
+            .map(|r| {
+                r.and_then(|v| {
+                    serde_json::from_value(v.clone())
+                        .map_err(|_| format!("the tool program answered {v:.80} to a grade"))
+                })
+            })
+            .collect()
+    }
+
+    /// How many sessions the running process holds (0 when none is running).
+    pub fn open_sessions(&mut self) -> Result<u64, String> {
+        if self.running.is_none() {
+            return Ok(0);
+        }
+        let v = self.request(json!({"sessions": true}))?;
+        v.as_u64()
+            .ok_or_else(|| format!("the tool program answered {v} to a session count"))
+    }
+
+    /// One request, its result value or error text.
+    fn request(&mut self, request: Value) -> Result<Value, String> {
+        self.request_batch(vec![request])
+            .pop()
+            .unwrap_or_else(|| Err("no answer".into()))
+    }
+
+    /// Sends `requests` (JSON objects without their ids) in one exchange and returns each one's
+    /// result value or error text, in order. A request naming a session that a restart lost
+    /// fails without being sent.
+    pub fn request_batch(&mut self, requests: Vec<Value>) -> Vec<Result<Value, String>> {
+        let mut out: Vec<Option<Result<Value, String>>> = vec![None; requests.len()];
+        let mut sent = Vec::with_capacity(requests.len());
+        for (i, mut req) in requests.into_iter().enumerate() {
+            let lost = req
+                .get("session")
+                .and_then(Value::as_str)
+                .is_some_and(|s| self.lost.contains(s));
+            if lost {
+                out[i] = Some(Err(format!(
+                    "the tool program restarted: session {} was lost",
+                    req["session"]
+                )));
+                continue;
+            }
+            if let Some(obj) = req.as_object_mut() {
+                obj.insert("id".into(), Value::from(self.next_id + sent.len() as u64));
+            }
+            sent.push((i, req));
+        }
+        if sent.is_empty() {
+            return out.into_iter().map(answered).collect();
+        }
+        if self.running.is_none() {
+            if let Err(e) = self.start() {
+                for (i, _) in &sent {
+                    out[*i] = Some(Err(e.clone()));
+                }
+                return out.into_iter().map(answered).collect();
+            }
+        }
+        let first = self.next_id;
+        self.next_id += sent.len() as u64;
+        self.exchanges += 1;
+        let lines: Vec<&Value> = sent.iter().map(|(_, r)| r).collect();
+        let mut answers: Vec<Option<Result<Value, String>>> = vec![None; sent.len()];
+        if let Err(why) = self.exchange(first, &lines, &mut answers) {
+            self.stop();
+            for slot in answers.iter_mut().filter(|s| s.is_none()) {
+                *slot = Some(Err(why.clone()));
+            }
+        }
+        for ((i, _), a) in sent.iter().zip(answers) {
+            out[*i] = a;
+        }
+        out.into_iter().map(answered).collect()
+    }
+
+    /// Sends the requests (ids in place, from `first` on) and fills `out` from the answers; an
+    /// error says why the worker must be stopped (the answers already in `out` stand).
     fn exchange(
         &mut self,
         first: u64,
-        calls: &[(&str, &Value)],
-        out: &mut [Option<Result<String, String>>],
+        requests: &[&Value],
+        out: &mut [Option<Result<Value, String>>],
     ) -> Result<(), String> {
         let timeout = self.timeout;
         let r = self
             .running
             .as_mut()
             .ok_or("the tool program is not running")?;
-        let mut requests = String::new();
-        for (i, (name, arguments)) in calls.iter().enumerate() {
-            let line = json!({"id": first + i as u64, "name": name, "arguments": arguments});
-            requests.push_str(&line.to_string());
-            requests.push('\n');
+        let mut lines = String::new();
+        for req in requests {
+            lines.push_str(&req.to_string());
+            lines.push('\n');
         }
-        r.stdin
-            .write_all(requests.as_bytes())
-            .and_then(|()| r.stdin.flush())
-            .map_err(|e| exited(&mut r.child, &e.to_string()))?;
-        let mut left = calls.len();
-        while left > 0 {
-            let line = read_line(r, timeout)?;
-            let answer: Value = serde_json::from_str(&line).map_err(|_| {
-                format!(
-                    "the tool program wrote a line that is not JSON: {:.80}",
-                    line
-                )
-            })?;
-            let id = answer.get("id").and_then(Value::as_u64);
-            let Some(slot) = id
-                .and_then(|id| id.checked_sub(first))
-                .and_then(|i| out.get_mut(i as usize))
-            else {
-                return Err(format!(
-                    "the tool program answered an unknown id: {:.80}",
-                    line
-                ));
-            };
-            if slot.is_some() {
-                return Err(format!(
-                    "the tool program answered id {} twice",
-                    id.unwrap_or(0)
-                ));
-            }
-            *slot = Some(match (answer.get("result"), answer.get("error")) {
-                (Some(Value::String(s)), None) => Ok(s.clone()),
-                (Some(v), None) => Ok(v.to_string()),
-                (None, Some(Value::String(e))) => Err(e.clone()),
-                (None, Some(e)) => Err(e.to_string()),
-                _ => Err("the tool's answer has neither \"result\" nor \"error\"".into()),
+        let Running {
+            child,
+            stdin,
+            stdout,
+            pending,
+        } = r;
+        std::thread::scope(|s| {
+            // The requests go in from a thread of their own while the answers are read: a
+            // worker answers as it reads, and a batch whose answers fill the pipe before all
+            // its requests are written would otherwise wait on itself.
+            let writer = s.spawn(move || {
+                stdin
+                    .write_all(lines.as_bytes())
+                    .and_then(|()| stdin.flush())
             });
-            left -= 1;
-        }
-        Ok(())
+            let read = read_answers(child, stdout, pending, timeout, first, out);
+            if read.is_err() {
+                // A writer blocked on a worker that stopped reading ends with the worker.
+                let _ = child.kill();
+            }
+            let wrote = writer
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the writer panicked")));
+            match (read, wrote) {
+                (Err(e), _) => Err(e),
+                (Ok(()), Err(e)) => Err(exited(child, &e.to_string())),
+                (Ok(()), Ok(())) => Ok(()),
+            }
+        })
     }
+}
+
+/// Reads answers into `out` (ids `first`…) until every slot is filled; an error says why the
+/// worker must be stopped (the answers already in `out` stand).
+fn read_answers(
+    child: &mut Child,
+    stdout: &mut ChildStdout,
+    pending: &mut Vec<u8>,
+    timeout: Duration,
+    first: u64,
+    out: &mut [Option<Result<Value, String>>],
+) -> Result<(), String> {
+    let mut left = out.len();
+    while left > 0 {
+        let line = read_line(child, stdout, pending, timeout)?;
+        let answer: Value = serde_json::from_str(&line).map_err(|_| {
+            format!(
+                "the tool program wrote a line that is not JSON: {:.80}",
+                line
+            )
+        })?;
+        let id = answer.get("id").and_then(Value::as_u64);
+        let Some(slot) = id
+            .and_then(|id| id.checked_sub(first))
+            .and_then(|i| out.get_mut(i as usize))
+        else {
+            return Err(format!(
+                "the tool program answered an unknown id: {:.80}",
+                line
+            ));
+        };
+        if slot.is_some() {
+            return Err(format!(
+                "the tool program answered id {} twice",
+                id.unwrap_or(0)
+            ));
+        }
+        *slot = Some(match (answer.get("result"), answer.get("error")) {
+            (Some(v), None) => Ok(v.clone()),
+            (None, Some(e)) => Err(text(e.clone())),
+            _ => Err("the tool's answer has neither \"result\" nor \"error\"".into()),
+        });
+        left -= 1;
+    }
+    Ok(())
+}
+
+/// A result or error value as the policy reads it: a JSON string as it is, anything else as
+/// JSON text.
+fn text(v: Value) -> String {
+    match v {
+        Value::String(s) => s,
+        v => v.to_string(),
+    }
+}
+
+/// An answer slot: what it holds, or "no answer" when it stayed empty.
+fn answered(slot: Option<Result<Value, String>>) -> Result<Value, String> {
+    slot.unwrap_or_else(|| Err("no answer".into()))
 }
 
 impl Drop for ToolWorker {
@@ -210,11 +433,16 @@ fn exited(child: &mut Child, what: &str) -> String {
 pub const MAX_LINE: usize = 16 << 20;
 
 /// The next complete line from the worker's stdout, waiting at most `timeout`.
-fn read_line(r: &mut Running, timeout: Duration) -> Result<String, String> {
+fn read_line(
+    child: &mut Child,
+    stdout: &mut ChildStdout,
+    pending: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<String, String> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(end) = r.pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = r.pending.drain(..=end).collect();
+        if let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
             let text = String::from_utf8_lossy(&line[..end]).trim().to_string();
             if text.is_empty() {
                 continue;
@@ -230,7 +458,7 @@ fn read_line(r: &mut Running, timeout: Duration) -> Result<String, String> {
         }
         let wait = (deadline - now).as_millis().min(i32::MAX as u128) as i32;
         let mut fds = libc::pollfd {
-            fd: r.stdout.as_raw_fd(),
+            fd: stdout.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
@@ -248,17 +476,17 @@ fn read_line(r: &mut Running, timeout: Duration) -> Result<String, String> {
         }
         let mut buf = [0u8; 65536];
         // poll said readable: this read returns what is there (or 0 at the end) without blocking.
-        match r.stdout.read(&mut buf) {
+        match stdout.read(&mut buf) {
             Ok(0) => {
-                let _ = r.child.wait();
-                return Err(exited(&mut r.child, "it closed its output"));
+                let _ = child.wait();
+                return Err(exited(child, "it closed its output"));
             }
             Ok(n) => {
                 // `pending` held no newline (a line would have been returned above): the line's
                 // length is what it held plus what this read brings up to its first newline.
-                let before = r.pending.len();
+                let before = pending.len();
                 let end = buf[..n].iter().position(|&b| b == b'\n').unwrap_or(n);
-                r.pending.extend_from_slice(&buf[..n]);
+                pending.extend_from_slice(&buf[..n]);
                 if before + end > MAX_LINE {
                     return Err(format!(
                         "the tool program wrote a line longer than {} MiB",
@@ -267,7 +495,7 @@ fn read_line(r: &mut Running, timeout: Duration) -> Result<String, String> {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(exited(&mut r.child, &e.to_string())),
+            Err(e) => return Err(exited(child, &e.to_string())),
         }
     }
 }
@@ -343,6 +571,13 @@ for line in sys.stdin:
             w.call_batch(&[("hold", &f), ("add", &a)]),
             vec![Ok("held".to_string()), Ok("5".to_string())]
         );
+        // A batch far larger than a pipe's buffer both ways: the answers are read while the
+        // requests are still being written.
+        let big = json!({"text": "x".repeat(1000)});
+        let calls: Vec<(&str, &Value)> = (0..3000).map(|_| ("echo", &big)).collect();
+        let got = w.call_batch(&calls);
+        assert_eq!(got.len(), 3000);
+        assert!(got.iter().all(|g| g.as_ref().map(String::len) == Ok(1000)));
         assert_eq!(w.starts, 1, "one process for every call");
     }
 
@@ -390,6 +625,136 @@ for line in sys.stdin:
         assert!(got[0].as_ref().unwrap_err().contains("not JSON"), "{got:?}");
         assert_eq!(w.call_batch(&[("add", &a)]), vec![Ok("2".to_string())]);
         assert_eq!(w.starts, 6);
+    }
+
+    /// A stateful tool class served by `scripts/pytools.py`: a folder of files per session.
+    const FOLDER: &str = r#"
+import os
+
+class Folder:
+    def __init__(self, owner: str = "nobody"):
+        self.owner = owner
+        self.files = {}
+
+    def write(self, name: str, text: str = "") -> str:
+        """Write a file.
+
+        Args:
+            name (str): the file's name.
+            text (str): what it holds.
+        """
+        self.files[name] = text
+        return "wrote " + name
+
+    def ls(self) -> list:
+        return sorted(self.files)
+
+    def crash(self):
+        os._exit(3)
+"#;
+
+    fn folder_worker(dir: &std::path::Path) -> ToolWorker {
+        let module = dir.join("folder.py");
+        std::fs::write(&module, FOLDER).unwrap();
+        let server = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pytools.py");
+        let command = [server, &module.display().to_string(), "--class", "Folder"];
+        let mut command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+        command.insert(0, "python3".into());
+        ToolWorker::new(
+            command,
+            Duration::from_secs(20),
+            Some(dir.join("tools.log")),
+        )
+    }
+
+    #[test]
+    fn sessions_of_one_worker_keep_their_own_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = folder_worker(dir.path());
+        let names = w
+            .open_session("a", &json!({"Folder": {"owner": "ann"}}))
+            .unwrap();
+        assert_eq!(names, ["crash", "ls", "write"]);
+        w.open_session("b", &json!({"Folder": {}})).unwrap();
+        assert!(
+            w.open_session("b", &json!({"Folder": {}})).is_err(),
+            "opened twice"
+        );
+        let (note, none) = (json!({"name": "x.txt", "text": "hi"}), json!({}));
+        // One batch, two episodes: a write in one is not seen by the other.
+        let got = w.session_calls(&[
+            ("a", "write", &note),
+            ("b", "ls", &none),
+            ("a", "ls", &none),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                Ok("wrote x.txt".to_string()),
+                Ok("[]".to_string()),
+                Ok(r#"["x.txt"]"#.to_string())
+            ]
+        );
+        assert!(!w.same_state("a", "b").unwrap());
+        let (name, args) = w.parse_call("b", "write('x.txt', text='hi')").unwrap();
+        assert_eq!(
+            (name.as_str(), &args),
+            ("write", &json!({"name": "x.txt", "text": "hi"}))
+        );
+        // The owners differ: the same files are not the same state yet.
+        w.session_calls(&[("b", &name, &args)]);
+        assert!(!w.same_state("a", "b").unwrap());
+        w.open_session("c", &json!({"Folder": {"owner": "ann"}}))
+            .unwrap();
+        w.session_calls(&[("c", "write", &note)]);
+        assert!(w.same_state("a", "c").unwrap());
+        assert_eq!(
+            w.state("c").unwrap()["Folder"]["files"],
+            json!({"x.txt": "hi"})
+        );
+        // Unknown sessions and tools are tool errors.
+        let got = w.session_calls(&[("zz", "ls", &none), ("a", "nope", &none)]);
+        assert!(
+            got[0].as_ref().unwrap_err().contains("no session"),
+            "{got:?}"
+        );
+        assert!(
+            got[1].as_ref().unwrap_err().contains("unknown tool"),
+            "{got:?}"
+        );
+        assert_eq!(w.open_sessions().unwrap(), 3);
+        w.close_all().unwrap();
+        assert_eq!(w.open_sessions().unwrap(), 0);
+        assert_eq!(w.starts, 1);
+    }
+
+    #[test]
+    fn a_worker_killed_mid_episode_loses_its_sessions_as_tool_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = folder_worker(dir.path());
+        let none = json!({});
+        w.open_session("a", &json!({"Folder": {}})).unwrap();
+        w.open_session("b", &json!({"Folder": {}})).unwrap();
+        let got = w.session_calls(&[("a", "crash", &none)]);
+        assert!(got[0].as_ref().unwrap_err().contains("exited"), "{got:?}");
+        assert_eq!(w.sessions_lost, 2);
+        // Both episodes' later calls fail without reaching the new process; a new one works.
+        let got = w.session_calls(&[("a", "ls", &none), ("b", "ls", &none)]);
+        for g in &got {
+            assert!(g.as_ref().unwrap_err().contains("was lost"), "{got:?}");
+        }
+        w.open_session("c", &json!({"Folder": {}})).unwrap();
+        assert_eq!(
+            w.session_calls(&[("c", "ls", &none)]),
+            vec![Ok("[]".to_string())]
+        );
+        // Closing the lost ones is not an error, and nothing leaks.
+        w.close_session("a").unwrap();
+        w.close_session("b").unwrap();
+        assert_eq!(w.open_sessions().unwrap(), 1);
+        w.close_all().unwrap();
+        assert_eq!(w.open_sessions().unwrap(), 0);
+        assert_eq!(w.starts, 2);
     }
 
     #[test]
