@@ -709,3 +709,72 @@ mod cli {
         }
     }
 }
+
+/// BFCL's multi-turn rule as `scripts/pytools.py --bfcl` replays it (through the `ToolWorker`
+/// that episodes use) against `multi_turn_checker` itself: on the first 50 tasks of each
+/// multi-turn category, the ground truth, one call dropped, one string argument changed and one
+/// state-changing call added; every verdict and every reason equal.
+#[test]
+fn the_multi_turn_state_rule_agrees_with_bfcls_checker() {
+    use asymre::env::tool_use::bfcl::multi::{load_multi, MultiEntry, MULTI_CATEGORIES};
+    use asymre::env::tool_use::external::ToolWorker;
+    let python = root().join(".venv/bin/python");
+    let dir = data_dir().expect("bfcl-eval is installed by scripts/setup.sh (make test runs it)");
+    let out = Command::new(&python)
+        .arg(root().join("scripts/reference/bfcl_multi_check.py"))
+        .args(["--per-category", "50"])
+        .output()
+        .expect("the .venv Python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cases: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let entries: std::collections::HashMap<String, MultiEntry> = MULTI_CATEGORIES
+        .iter()
+        .flat_map(|c| load_multi(&dir, c).unwrap())
+        .map(|e| (e.id.clone(), e))
+        .collect();
+    let specs: Vec<Value> = cases
+        .iter()
+        .map(|c| entries[c["id"].as_str().unwrap()].grade_request(&c["model"]))
+        .collect();
+    let server = root().join("scripts/pytools.py").display().to_string();
+    let mut worker = ToolWorker::new(
+        vec![python.display().to_string(), server, "--bfcl".into()],
+        std::time::Duration::from_secs(60),
+        None,
+    );
+    let graded = worker.grade_batch(&specs);
+    let mut counts = std::collections::BTreeMap::new();
+    let mut disagree = Vec::new();
+    for (c, g) in cases.iter().zip(graded) {
+        let g = g.unwrap_or_else(|e| panic!("{}: {e}", c["id"]));
+        let reason = c["reason"].as_str().map(String::from);
+        *counts
+            .entry((c["case"].as_str().unwrap().to_string(), g.valid))
+            .or_insert(0) += 1;
+        if g.valid != c["valid"].as_bool().unwrap() || g.reason != reason {
+            disagree.push(format!(
+                "{} {}: ours {g:?}, BFCL's {reason:?}",
+                c["id"], c["case"]
+            ));
+        }
+        assert_eq!(g.valid, g.turns.iter().all(|&t| t), "{g:?}");
+    }
+    eprintln!("{} conversations: {counts:?}", cases.len());
+    assert!(cases.len() >= 600, "{}", cases.len());
+    assert!(disagree.is_empty(), "{}", disagree.join("\n"));
+    // Both verdicts occur for the perturbations; the ground truth is always right.
+    assert_eq!(counts.get(&("gold".to_string(), false)), None);
+    for case in ["dropped", "argument", "extra"] {
+        assert!(
+            counts.get(&(case.to_string(), false)).copied().unwrap_or(0) > 10,
+            "{case}"
+        );
+    }
+}

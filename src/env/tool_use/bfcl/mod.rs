@@ -8,6 +8,7 @@
 //! per parameter, the acceptable values (`""` among them: the parameter may be left out). The
 //! irrelevance categories have no answer: no call is right.
 pub mod check;
+pub mod multi;
 pub mod source;
 
 use std::collections::HashMap;

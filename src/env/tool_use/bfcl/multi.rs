@@ -1,0 +1,289 @@
+//! BFCL's multi-turn categories: conversations of several user turns with stateful API classes
+//! (a file system, a trading bot, …) behind the tools.
+//!
+//! A task (`bfcl_eval/data/BFCL_v4_multi_turn_<kind>.json`, one per line) holds `question` (per
+//! user turn, its messages; a turn held back by `miss_func` is empty), `initial_config` (per
+//! class, its scenario), `involved_classes`, and in `miss_func` `missed_function` (turn →
+//! the functions first offered at that turn). Its ground truth
+//! (`possible_answer/…`, same ids) is per turn the list of calls, in Python form
+//! (`mv(source='a', destination='b')`, `sort('a.txt')`), that a correct assistant executes. The
+//! functions' documentation is per class in `multi_turn_func_doc/<file>.json`.
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use super::read_objects;
+use crate::error::{Error, Result};
+
+/// The multi-turn categories (BFCL's own names).
+pub const MULTI_CATEGORIES: [&str; 4] = [
+    "multi_turn_base",
+    "multi_turn_miss_func",
+    "multi_turn_miss_param",
+    "multi_turn_long_context",
+];
+
+/// The API classes of these categories and their documentation files
+/// (`bfcl_eval/constants/executable_backend_config.py`).
+pub const CLASS_DOCS: [(&str, &str); 8] = [
+    ("GorillaFileSystem", "gorilla_file_system.json"),
+    ("MathAPI", "math_api.json"),
+    ("MessageAPI", "message_api.json"),
+    ("TwitterAPI", "posting_api.json"),
+    ("TicketAPI", "ticket_api.json"),
+    ("TradingBot", "trading_bot.json"),
+    ("TravelAPI", "travel_booking.json"),
+    ("VehicleControlAPI", "vehicle_control.json"),
+];
+
+/// One multi-turn task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MultiEntry {
+    pub id: String,
+    pub category: String,
+    /// Per user turn, its messages (empty: the turn where `missed` offers functions again).
+    pub turns: Vec<Vec<Value>>,
+    /// `{CLASS: scenario}` for every involved class (`{}` where the file gives none).
+    pub initial_config: Map<String, Value>,
+    /// The classes whose instances the episode holds.
+    pub classes: Vec<String>,
+    /// Functions held back until a turn: turn index → names (`miss_func`).
+    pub missed: BTreeMap<usize, Vec<String>>,
+    /// Per turn, the ground truth's calls in Python form (empty: nothing to do that turn).
+    pub ground_truth: Vec<Vec<String>>,
+}
+
+impl MultiEntry {
+    /// Whether the classes load their long-context scenarios (`multi_turn_long_context`).
+    pub fn long_context(&self) -> bool {
+        self.category.contains("long_context")
+    }
+
+    /// The session configuration that `scripts/pytools.py --bfcl` opens for this task.
+    pub fn session_config(&self) -> Value {
+        Value::Object(self.initial_config.clone())
+    }
+
+    /// The `grade` request of a conversation in which the assistant made `model` (per user
+    /// turn, its calls: `{"name", "arguments"}` objects or Python text).
+    pub fn grade_request(&self, model: &Value) -> Value {
+        serde_json::json!({
+            "classes": self.session_config(),
+            "long_context": self.long_context(),
+            "model": model,
+            "gold": self.ground_truth,
+        })
+    }
+}
+
+/// The multi-turn tasks of `category` in BFCL's data directory `dir`, with their ground truth.
+pub fn load_multi(dir: &Path, category: &str) -> Result<Vec<MultiEntry>> {
+    if !MULTI_CATEGORIES.contains(&category) {
+        return Err(Error::input(format!(
+            "BFCL multi-turn category {category:?} is not supported (supported: {})",
+            MULTI_CATEGORIES.join(", ")
+        )));
+    }
+    let answers_path = dir.join(format!("possible_answer/BFCL_v4_{category}.json"));
+    let mut answers: HashMap<String, Vec<Vec<String>>> = HashMap::new();
+    for (n, o) in read_objects(&answers_path)? {
+        let bad = |why: &str| Error::input(format!("{}:{n}: {why}", answers_path.display()));
+        let id = o
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no string \"id\""))?;
+        let turns: Vec<Vec<String>> =
+            serde_json::from_value(o.get("ground_truth").cloned().unwrap_or(Value::Null))
+                .map_err(|_| bad("\"ground_truth\" is not a list of turns of call strings"))?;
+        answers.insert(id.to_string(), turns);
+    }
+    let file = dir.join(format!("BFCL_v4_{category}.json"));
+    let known: Vec<&str> = CLASS_DOCS.iter().map(|(c, _)| *c).collect();
+    let mut out = Vec::new();
+    for (n, o) in read_objects(&file)? {
+        let bad = |why: String| Error::input(format!("{}:{n}: {why}", file.display()));
+        let id = o
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no string \"id\"".into()))?
+            .to_string();
+        let turns: Vec<Vec<Value>> =
+            serde_json::from_value(o.get("question").cloned().unwrap_or(Value::Null))
+                .map_err(|e| bad(format!("\"question\" is not a list of turns: {e}")))?;
+        let classes: Vec<String> =
+            serde_json::from_value(o.get("involved_classes").cloned().unwrap_or(Value::Null))
+                .map_err(|_| bad("\"involved_classes\" is not a list of names".into()))?;
+        if let Some(c) = classes.iter().find(|c| !known.contains(&c.as_str())) {
+            return Err(bad(format!(
+                "unknown class {c:?} (known: {})",
+                known.join(", ")
+            )));
+        }
+        let given = match o.get("initial_config") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(_) => return Err(bad("\"initial_config\" is not an object".into())),
+        };
+        let initial_config: Map<String, Value> = classes
+            .iter()
+            .map(|c| {
+                let config = given
+                    .get(c)
+                    .cloned()
+                    .unwrap_or_else(|| Value::Object(Map::new()));
+                (c.clone(), config)
+            })
+            .collect();
+        let mut missed = BTreeMap::new();
+        if let Some(m) = o.get("missed_function") {
+            let m: BTreeMap<String, Vec<String>> = serde_json::from_value(m.clone())
+                .map_err(|_| bad("\"missed_function\" is not {turn: [names]}".into()))?;
+            for (turn, names) in m {
+                let t: usize = turn
+                    .parse()
+                    .ok()
+                    .filter(|&t| t < turns.len())
+                    .ok_or_else(|| bad(format!("\"missed_function\": no turn {turn:?}")))?;
+                missed.insert(t, names);
+            }
+        }
+        let ground_truth = answers
+            .remove(&id)
+            .ok_or_else(|| bad(format!("task {id:?} has no ground truth")))?;
+        if ground_truth.len() != turns.len() {
+            return Err(bad(format!(
+                "task {id:?}: {} user turns but a ground truth of {} turns",
+                turns.len(),
+                ground_truth.len()
+            )));
+        }
+        out.push(MultiEntry {
+            id,
+            category: category.to_string(),
+            turns,
+            initial_config,
+            classes,
+            missed,
+            ground_truth,
+        });
+    }
+    Ok(out)
+}
+
+/// The documentation of `class`'s functions (`multi_turn_func_doc/<file>.json`), BFCL's
+/// dialect, each checked as the single-turn functions are.
+pub fn class_functions(dir: &Path, class: &str) -> Result<Vec<Value>> {
+    let file = CLASS_DOCS
+        .iter()
+        .find(|(c, _)| *c == class)
+        .map(|(_, f)| *f)
+        .ok_or_else(|| Error::input(format!("unknown BFCL class {class:?}")))?;
+    let path = dir.join("multi_turn_func_doc").join(file);
+    read_objects(&path)?
+        .into_iter()
+        .map(|(n, o)| {
+            let f = Value::Object(o);
+            super::check_function(&f)
+                .map(|()| f)
+                .map_err(|why| Error::input(format!("{}:{n}: {why}", path.display())))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn installed() -> Option<std::path::PathBuf> {
+        super::super::data_dir().ok()
+    }
+
+    #[test]
+    fn the_installed_multi_turn_categories_load_whole() {
+        let Some(dir) = installed() else { return };
+        for category in MULTI_CATEGORIES {
+            let tasks = load_multi(&dir, category).unwrap();
+            assert_eq!(tasks.len(), 200, "{category}");
+            for t in &tasks {
+                assert_eq!(t.turns.len(), t.ground_truth.len());
+                assert!(!t.classes.is_empty());
+                assert_eq!(t.initial_config.len(), t.classes.len());
+            }
+            let missed = tasks.iter().filter(|t| !t.missed.is_empty()).count();
+            match category {
+                "multi_turn_miss_func" => {
+                    assert_eq!(missed, 200);
+                    // The held-back turn is the empty one.
+                    for t in &tasks {
+                        for turn in t.missed.keys() {
+                            assert!(t.turns[*turn].is_empty(), "{}", t.id);
+                        }
+                    }
+                }
+                _ => assert_eq!(missed, 0, "{category}"),
+            }
+        }
+        let first = &load_multi(&dir, "multi_turn_base").unwrap()[0];
+        assert_eq!(first.id, "multi_turn_base_0");
+        assert_eq!(
+            first.ground_truth[0][0], "cd(folder='document')",
+            "{:?}",
+            first.ground_truth
+        );
+        for (class, _) in CLASS_DOCS {
+            let docs = class_functions(&dir, class).unwrap();
+            assert!(docs.len() >= 3, "{class}");
+        }
+        let names: Vec<String> = class_functions(&dir, "GorillaFileSystem")
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_string())
+            .collect();
+        assert!(names.contains(&"cd".to_string()) && names.contains(&"mv".to_string()));
+    }
+
+    #[test]
+    fn bad_files_name_file_line_and_reason() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::create_dir_all(dir.join("possible_answer")).unwrap();
+        let write = |task: &str, answer: &str| {
+            std::fs::write(dir.join("BFCL_v4_multi_turn_base.json"), task).unwrap();
+            std::fs::write(
+                dir.join("possible_answer/BFCL_v4_multi_turn_base.json"),
+                answer,
+            )
+            .unwrap();
+        };
+        let answer = r#"{"id": "a", "ground_truth": [["ls()"], []]}"#;
+        let good = r#"{"id": "a", "question": [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "and?"}]], "initial_config": {}, "involved_classes": ["GorillaFileSystem"]}"#;
+        write(good, answer);
+        let t = load_multi(dir, "multi_turn_base").unwrap();
+        assert_eq!(
+            t[0].initial_config["GorillaFileSystem"],
+            serde_json::json!({})
+        );
+        for (task, want) in [
+            (
+                good.replace("GorillaFileSystem", "Shell"),
+                "unknown class \"Shell\"",
+            ),
+            (good.replace("\"a\"", "\"b\""), "has no ground truth"),
+            (
+                good.replace(", [{\"role\": \"user\", \"content\": \"and?\"}]", ""),
+                "1 user turns but a ground truth of 2",
+            ),
+            ("{\"id\": ".to_string(), "not JSON"),
+        ] {
+            write(&task, answer);
+            let e = load_multi(dir, "multi_turn_base").unwrap_err().to_string();
+            assert!(e.contains("BFCL_v4_multi_turn_base.json:1: "), "{e}");
+            assert!(e.contains(want), "{e} lacks {want}");
+        }
+        assert!(load_multi(dir, "multi_turn_composite")
+            .unwrap_err()
+            .to_string()
+            .contains("not supported"));
+    }
+}
