@@ -116,24 +116,42 @@ fn check_function(f: &Value) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Checks that `category` is one of `supported` (`what`: the kind of category, for the message).
+fn check_category(category: &str, supported: &[&str], what: &str) -> Result<()> {
+    if supported.contains(&category) {
+        return Ok(());
+    }
+    Err(Error::input(format!(
+        "{what} {category:?} is not supported (supported: {})",
+        supported.join(", ")
+    )))
+}
+
+/// A task line's string `id`.
+fn id_of(o: &Map<String, Value>) -> std::result::Result<&str, &'static str> {
+    o.get("id")
+        .and_then(Value::as_str)
+        .ok_or("no string \"id\"")
+}
+
+/// A task line's field `key` read as `T` (an absent one read as null).
+fn field<T: serde::de::DeserializeOwned>(
+    o: &Map<String, Value>,
+    key: &str,
+) -> std::result::Result<T, serde_json::Error> {
+    serde_json::from_value(o.get(key).cloned().unwrap_or(Value::Null))
+}
+
 /// The tasks of `category` in BFCL's data directory `dir`, with their ground truth.
 pub fn load(dir: &Path, category: &str) -> Result<Vec<Entry>> {
-    if !CATEGORIES.contains(&category) {
-        return Err(Error::input(format!(
-            "BFCL category {category:?} is not supported (supported: {})",
-            CATEGORIES.join(", ")
-        )));
-    }
+    check_category(category, &CATEGORIES, "BFCL category")?;
     let file = dir.join(format!("BFCL_v4_{category}.json"));
     let mut answers: HashMap<String, Vec<Map<String, Value>>> = HashMap::new();
     if !category.contains("irrelevance") {
         let path = dir.join(format!("possible_answer/BFCL_v4_{category}.json"));
         for (n, o) in read_objects(&path)? {
             let bad = |why: &str| Error::input(format!("{}:{n}: {why}", path.display()));
-            let id = o
-                .get("id")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("no string \"id\""))?;
+            let id = id_of(&o).map_err(bad)?;
             let calls = o
                 .get("ground_truth")
                 .and_then(Value::as_array)
@@ -148,15 +166,8 @@ pub fn load(dir: &Path, category: &str) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     for (n, o) in read_objects(&file)? {
         let bad = |why: String| Error::input(format!("{}:{n}: {why}", file.display()));
-        let id = o
-            .get("id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("no string \"id\"".into()))?
-            .to_string();
-        let question: Vec<Vec<Value>> = serde_json::from_value(
-            o.get("question").cloned().unwrap_or(Value::Null),
-        )
-        .map_err(|e| {
+        let id = id_of(&o).map_err(|e| bad(e.into()))?.to_string();
+        let question: Vec<Vec<Value>> = field(&o, "question").map_err(|e| {
             bad(format!(
                 "\"question\" is not a list of turns of messages: {e}"
             ))

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::read_objects;
+use super::{check_category, field, id_of, read_objects};
 use crate::error::{Error, Result};
 
 /// The multi-turn categories (BFCL's own names).
@@ -79,23 +79,14 @@ impl MultiEntry {
 
 /// The multi-turn tasks of `category` in BFCL's data directory `dir`, with their ground truth.
 pub fn load_multi(dir: &Path, category: &str) -> Result<Vec<MultiEntry>> {
-    if !MULTI_CATEGORIES.contains(&category) {
-        return Err(Error::input(format!(
-            "BFCL multi-turn category {category:?} is not supported (supported: {})",
-            MULTI_CATEGORIES.join(", ")
-        )));
-    }
+    check_category(category, &MULTI_CATEGORIES, "BFCL multi-turn category")?;
     let answers_path = dir.join(format!("possible_answer/BFCL_v4_{category}.json"));
     let mut answers: HashMap<String, Vec<Vec<String>>> = HashMap::new();
     for (n, o) in read_objects(&answers_path)? {
         let bad = |why: &str| Error::input(format!("{}:{n}: {why}", answers_path.display()));
-        let id = o
-            .get("id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("no string \"id\""))?;
-        let turns: Vec<Vec<String>> =
-            serde_json::from_value(o.get("ground_truth").cloned().unwrap_or(Value::Null))
-                .map_err(|_| bad("\"ground_truth\" is not a list of turns of call strings"))?;
+        let id = id_of(&o).map_err(bad)?;
+        let turns: Vec<Vec<String>> = field(&o, "ground_truth")
+            .map_err(|_| bad("\"ground_truth\" is not a list of turns of call strings"))?;
         answers.insert(id.to_string(), turns);
     }
     let file = dir.join(format!("BFCL_v4_{category}.json"));
@@ -103,17 +94,11 @@ pub fn load_multi(dir: &Path, category: &str) -> Result<Vec<MultiEntry>> {
     let mut out = Vec::new();
     for (n, o) in read_objects(&file)? {
         let bad = |why: String| Error::input(format!("{}:{n}: {why}", file.display()));
-        let id = o
-            .get("id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("no string \"id\"".into()))?
-            .to_string();
-        let turns: Vec<Vec<Value>> =
-            serde_json::from_value(o.get("question").cloned().unwrap_or(Value::Null))
-                .map_err(|e| bad(format!("\"question\" is not a list of turns: {e}")))?;
-        let classes: Vec<String> =
-            serde_json::from_value(o.get("involved_classes").cloned().unwrap_or(Value::Null))
-                .map_err(|_| bad("\"involved_classes\" is not a list of names".into()))?;
+        let id = id_of(&o).map_err(|e| bad(e.into()))?.to_string();
+        let turns: Vec<Vec<Value>> = field(&o, "question")
+            .map_err(|e| bad(format!("\"question\" is not a list of turns: {e}")))?;
+        let classes: Vec<String> = field(&o, "involved_classes")
+            .map_err(|_| bad("\"involved_classes\" is not a list of names".into()))?;
         if let Some(c) = classes.iter().find(|c| !known.contains(&c.as_str())) {
             return Err(bad(format!(
                 "unknown class {c:?} (known: {})",
