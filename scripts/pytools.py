@@ -25,6 +25,8 @@ Requests, one JSON object per line; each answer carries the request's id:
     {"id", "session", "parse": "f('a', n=2)"}        a call in Python form → {"id", "result": {"name", "arguments"}}
     {"id", "sessions": true}                         sessions open         → {"id", "result": N}
     {"id", "tools": true}                            the tools' schemas    → {"id", "result": [{name, description, parameters}]}
+    {"id", "classes": true}                          the tools per class   → {"id", "result": {CLASS: [{name, description, parameters}]}}
+    {"id", "parse": "f('a', n=2)"}                   a call read by the served functions or classes (no session needed)
 
 A session holds one instance of each class its `open` names, built from that class's config:
 `_load_scenario(config)` when the class has it (BFCL's convention), else the constructor's
@@ -209,6 +211,8 @@ def parse_call(lookup, text):
     f = lookup(name)
     params = [p.name for p in inspect.signature(f).parameters.values()
               if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if not inspect.ismethod(f) and params[:1] == ["self"]:
+        params = params[1:]  # a class's function, looked up without an instance
     if len(tree.args) > len(params):
         raise ValueError("too many positional arguments in %r" % text)
     args = {params[i]: ast.literal_eval(a) for i, a in enumerate(tree.args)}
@@ -308,6 +312,17 @@ class Server:
     def method(self, sid, name):
         return bound_method(self.session(sid), name)
 
+    def by_class(self):
+        return {name: [self.docs.get(n, describe(n, f, skip_self=True))
+                       for n, f in methods_of(cls).items()]
+                for name, cls in self.classes.items()}
+
+    def unbound(self, name):
+        for cls in self.classes.values():
+            if not name.startswith("_") and name in methods_of(cls):
+                return getattr(cls, name)
+        return self.function(name)
+
     def same_state(self, sid, other):
         return same_state(self.session(sid), self.session(other))
 
@@ -340,7 +355,7 @@ class Server:
 
     def parse(self, sid, text):
         if sid is None:
-            lookup = self.function
+            lookup = self.unbound
         else:
             instances = self.session(sid)
             lookup = lambda n: bound_method(instances, n)
@@ -355,6 +370,8 @@ class Server:
             return len(self.sessions)
         if "tools" in req:
             return self.tools()
+        if "classes" in req:
+            return self.by_class()
         if "open" in req:
             return self.open(sid, req["open"], bool(req.get("long_context")))
         if "grade" in req:

@@ -16,10 +16,15 @@ pub enum EnvKind {
     /// Users' own tasks from a JSON-lines file (`env.path`) with the tools of `[[tools]]`
     /// (SPEC §3.4); needs `policy.kind = "lm"`.
     Dataset,
-    /// BFCL's single-turn categories (`env.categories`) from its data directory (`env.path`;
-    /// empty: the installed `bfcl-eval`): tasks with their own call-only tools, graded by
-    /// BFCL's AST checker; needs `policy.kind = "lm"`.
+    /// BFCL's categories (`env.categories`) from its data directory (`env.path`; empty: the
+    /// installed `bfcl-eval`): the single-turn ones with their own call-only tools, graded by
+    /// BFCL's AST checker, or the multi-turn ones with BFCL's stateful API classes, graded by
+    /// its state rule (one kind or the other in a run); needs `policy.kind = "lm"`.
     Bfcl,
+    /// Users' own multi-turn tasks (`env.path`, BFCL's multi-turn form) with tools that keep a
+    /// state per episode: Python classes served by `env.command` (`scripts/pytools.py --class
+    /// NAME`), one instance per episode; needs `policy.kind = "lm"`.
+    Stateful,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +64,9 @@ pub struct EnvConfig {
     pub path: String,
     /// BFCL: the categories played (trained on: the non-live ones only).
     pub categories: Vec<String>,
+    /// Stateful: the program serving the tools' classes and its arguments, e.g.
+    /// `["python3", "scripts/pytools.py", "shop.py", "--class", "Shop"]`.
+    pub command: Vec<String>,
     /// Tool use: the task family (`calc`, `lookup`, `chain`, `fanout`, `menu`).
     pub task: TaskKind,
     /// Tool use (calc, menu): operands have up to this many digits.
@@ -104,6 +112,7 @@ impl Default for EnvConfig {
                 .iter()
                 .map(|c| c.to_string())
                 .collect(),
+            command: Vec::new(),
             task: TaskKind::Calc,
             digits: 2,
             no_call_share: 0.2,
@@ -131,6 +140,13 @@ impl EnvConfig {
         }
     }
 
+    /// Whether `categories` are BFCL's multi-turn ones (judged by their first).
+    pub fn multi_turn_categories(&self) -> bool {
+        self.categories.first().is_some_and(|c| {
+            crate::env::tool_use::bfcl::multi::MULTI_CATEGORIES.contains(&c.as_str())
+        })
+    }
+
     /// Whether the run is the bandit's expected-gradient flow (no actors, no learner).
     pub fn exact_flow(&self) -> bool {
         self.kind == EnvKind::Bandit && self.mode == BanditMode::Exact
@@ -141,7 +157,9 @@ impl EnvConfig {
     pub fn initial_logits(&self, seed: u64) -> Vec<f64> {
         match self.kind {
             EnvKind::Bandit => crate::env::bandit::initial_logits(&self.bandit_spec(), seed),
-            EnvKind::ToolUse | EnvKind::Dataset | EnvKind::Bfcl => Vec::new(),
+            EnvKind::ToolUse | EnvKind::Dataset | EnvKind::Bfcl | EnvKind::Stateful => {
+                Vec::new()
+            }
         }
     }
 
@@ -216,14 +234,30 @@ impl EnvConfig {
             "finite and > 0",
             e.eta,
         )?;
-        let known = &crate::env::tool_use::bfcl::CATEGORIES;
-        if let Some(c) = e.categories.iter().find(|c| !known.contains(&c.as_str())) {
+        let single = &crate::env::tool_use::bfcl::CATEGORIES;
+        let multi = &crate::env::tool_use::bfcl::multi::MULTI_CATEGORIES;
+        let known = || single.iter().chain(multi).copied();
+        if let Some(c) = e
+            .categories
+            .iter()
+            .find(|c| !known().any(|k| k == c.as_str()))
+        {
             return Err(range_err(
                 "env.categories",
-                &format!("BFCL categories among {}", known.join(", ")),
+                &format!(
+                    "BFCL categories among {}",
+                    known().collect::<Vec<_>>().join(", ")
+                ),
                 format!("{c:?}"),
             ));
         }
+        let multi_turn = e.multi_turn_categories();
+        check(
+            e.categories.iter().all(|c| multi.contains(&c.as_str()) == multi_turn),
+            "env.categories",
+            "all single-turn or all multi-turn (one kind of episode per run)",
+            format!("{:?}", e.categories),
+        )?;
         check(
             !e.categories.is_empty() || e.kind != EnvKind::Bfcl,
             "env.categories",

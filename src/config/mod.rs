@@ -219,6 +219,10 @@ impl Config {
                 "--task: not with a BFCL config (its lines are matched by \"id\")",
             )),
             (EnvKind::Bfcl, None) => Ok(self),
+            (EnvKind::Stateful, Some(_)) => Err(Error::input(
+                "--task: not with a stateful config (its lines are matched by \"id\")",
+            )),
+            (EnvKind::Stateful, None) => Ok(self),
             (_, None) => Err(Error::input(
                 "--task: needed unless the config is a dataset's",
             )),
@@ -261,7 +265,9 @@ impl Config {
                 "transformer or lm",
             ),
             // A dataset's prompts are free text: they need a model's own tokenizer.
-            EnvKind::Dataset | EnvKind::Bfcl => (p.kind == PolicyKind::Lm, "lm"),
+            EnvKind::Dataset | EnvKind::Bfcl | EnvKind::Stateful => {
+                (p.kind == PolicyKind::Lm, "lm")
+            }
         };
         check(
             fits,
@@ -275,6 +281,20 @@ impl Config {
                 "env.path",
                 "the JSON-lines file of tasks for env.kind = dataset",
                 "\"\"",
+            )?;
+        }
+        if e.kind == EnvKind::Stateful {
+            check(
+                !e.path.trim().is_empty(),
+                "env.path",
+                "the JSON-lines file of multi-turn tasks for env.kind = stateful",
+                "\"\"",
+            )?;
+            check(
+                !e.command.is_empty(),
+                "env.command",
+                "the program serving the tools' classes for env.kind = stateful",
+                "[]",
             )?;
         }
         if e.max_turns != 0 {

@@ -35,6 +35,14 @@ pub struct ToolSpec {
     pub parameters: serde_json::Value,
 }
 
+/// A user turn after the first in a multi-turn task: the user's messages (OpenAI form) and
+/// the tools first offered at this turn (BFCL's `miss_func`: functions held back until now).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserTurn {
+    pub messages: Vec<serde_json::Value>,
+    pub added_tools: Vec<ToolSpec>,
+}
+
 /// Produces the items of a task: what the policy is asked and what would be right.
 pub trait TaskSource: Send + Sync {
     type Item: Clone + Send + Sync + std::fmt::Debug;
@@ -81,6 +89,11 @@ pub trait TaskSource: Send + Sync {
     /// episode, so that `asymre score` finds the task again).
     fn item_id(&self, _item: &Self::Item) -> Option<String> {
         None
+    }
+    /// The user turns that follow the first one, in order (none: a single-turn task). Each is
+    /// shown, masked out of the loss, when the assistant ends a turn without a call.
+    fn later_turns(&self, _item: &Self::Item) -> Vec<UserTurn> {
+        Vec::new()
     }
 }
 
@@ -150,6 +163,20 @@ pub trait ToolSet<I>: Send + Sync {
             .map(|(item, call)| self.execute(item, call))
             .collect()
     }
+
+    /// Starts the episodes of `items`: a tool set with state per episode opens it (a session
+    /// in its worker) and returns the items as the episodes carry them, each naming its state.
+    /// Stateless tools: the items as they are. An episode whose state cannot be opened still
+    /// plays; its calls answer with the error.
+    fn begin(&self, items: Vec<I>) -> Vec<I> {
+        items
+    }
+
+    /// Ends episodes begun by [`ToolSet::begin`]: their state is closed, and where the state
+    /// rule grades them ([`crate::env::tool_use::reward::AnswerRule::Turns`]) the verdict is
+    /// written into the attempt. An attempt of `None` is an episode that was abandoned (a
+    /// decoding error): its state is closed, nothing graded.
+    fn end(&self, _ended: Vec<(&I, Option<&mut Attempt>)>) {}
 }
 
 /// Turns an item into an episode the policy plays token by token.
@@ -215,5 +242,7 @@ pub trait ProtocolEpisode<T: TaskSource + ToolSet<T::Item>>: Decodable {
     }
     /// The calls, results, answer and format errors so far.
     fn attempt(&self) -> &Attempt;
+    /// The attempt, for the tools' verdict at the end ([`ToolSet::end`]).
+    fn attempt_mut(&mut self) -> &mut Attempt;
     fn item(&self) -> &T::Item;
 }

@@ -31,3 +31,20 @@ pub fn package_file(package: &str, rel: &str) -> Option<PathBuf> {
     }
     None
 }
+
+/// The project's Python: the `.venv` here or where the binary was built, else `python3` on the
+/// PATH.
+pub fn python() -> PathBuf {
+    [
+        PathBuf::from(".venv/bin/python"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+/// A script of this project's `scripts/` folder, where the binary was built.
+pub fn script(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(rel)
+}

@@ -48,12 +48,23 @@ where
         decoding: Decoding,
         streams: Vec<ChaCha8Rng>,
     ) -> Result<Vec<Rollout<R::Episode>>> {
-        let episodes = items
-            .into_iter()
-            .map(|it| self.protocol.start(self.task, it))
-            .collect::<Result<Vec<_>>>()?;
+        let items = self.task.begin(items);
+        let abandon = |items: &[T::Item]| {
+            self.task.end(items.iter().map(|i| (i, None)).collect());
+        };
+        let episodes = match items
+            .iter()
+            .map(|it| self.protocol.start(self.task, it.clone()))
+            .collect::<Result<Vec<_>>>()
+        {
+            Ok(e) => e,
+            Err(e) => {
+                abandon(&items);
+                return Err(e);
+            }
+        };
         let max_tokens = self.protocol.max_tokens().min(self.model.context_len());
-        decode::decode(
+        let mut rollouts = match decode::decode(
             self.model,
             episodes,
             max_tokens,
@@ -62,7 +73,21 @@ where
             self.device,
             decode::BATCHING,
             |episodes| run_pending_calls(episodes, self.task),
-        )
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                abandon(&items);
+                return Err(e);
+            }
+        };
+        let ended: Vec<T::Item> = rollouts.iter().map(|r| r.episode.item().clone()).collect();
+        self.task.end(
+            ended
+                .iter()
+                .zip(rollouts.iter_mut().map(|r| Some(r.episode.attempt_mut())))
+                .collect(),
+        );
+        Ok(rollouts)
     }
 
     /// Greedy episodes on items `0..episodes` of `split`, `batch` at a time, scored with

@@ -15,9 +15,10 @@ use crate::env::tool_use::json::score_line;
 use crate::env::tool_use::protocol::chat::{ChatFormat, ChatProtocol};
 use crate::env::tool_use::protocol::TokenProtocol;
 use crate::env::tool_use::reward::Score;
+use crate::env::tool_use::stateful::{StatefulSource, WorkerSpec};
 use crate::env::tool_use::tasks::Task;
 use crate::env::tool_use::toolbox::ToolBox;
-use crate::env::Split;
+use crate::env::{Split, TaskSource};
 use crate::error::{Error, Result};
 use crate::policy::lm::source::{read_text, resolve};
 use crate::policy::lm::Lm;
@@ -39,12 +40,22 @@ pub(super) fn runner(cfg: &Config, tools_log: Option<PathBuf>) -> Result<Box<dyn
             dataset_source(cfg, tools_log)?,
             chat_protocol(cfg)?,
         )),
+        (EnvKind::Bfcl, PolicyKind::Lm) if cfg.env.multi_turn_categories() => {
+            let protocol = chat_protocol(cfg)?;
+            let source = stateful_training(bfcl_multi_source(cfg, tools_log)?, cfg, &protocol)?;
+            Box::new(ToolRun::<Lm, _, _>::new(source, protocol))
+        }
         (EnvKind::Bfcl, PolicyKind::Lm) => {
             let protocol = chat_protocol(cfg)?;
             Box::new(ToolRun::<Lm, _, _>::new(
                 bfcl_training(cfg, &protocol)?,
                 protocol,
             ))
+        }
+        (EnvKind::Stateful, PolicyKind::Lm) => {
+            let protocol = chat_protocol(cfg)?;
+            let source = stateful_training(stateful_source(cfg, tools_log)?, cfg, &protocol)?;
+            Box::new(ToolRun::<Lm, _, _>::new(source, protocol))
         }
         (env, policy) => {
             return Err(Error::input(format!(
@@ -104,6 +115,53 @@ fn bfcl_source(cfg: &Config) -> Result<BfclSource> {
     Ok(BfclSource::new(entries, cfg.seed))
 }
 
+/// BFCL's multi-turn categories of `[env]`, served by `scripts/pytools.py --bfcl`.
+fn bfcl_multi_source(cfg: &Config, tools_log: Option<PathBuf>) -> Result<StatefulSource> {
+    let dir = match cfg.env.path.trim() {
+        "" => bfcl::data_dir()?,
+        path => PathBuf::from(path),
+    };
+    StatefulSource::bfcl(&dir, &cfg.env.categories, cfg.seed, tools_log)
+}
+
+/// A user's multi-turn tasks (`env.path`) with the classes `env.command` serves.
+fn stateful_source(cfg: &Config, tools_log: Option<PathBuf>) -> Result<StatefulSource> {
+    let worker = WorkerSpec {
+        command: cfg.env.command.clone(),
+        timeout: std::time::Duration::from_secs(60),
+        stderr_log: tools_log,
+    };
+    StatefulSource::from_lines(std::path::Path::new(&cfg.env.path), worker, cfg.seed)
+}
+
+/// The multi-turn tasks a run trains on: those that fit `env.max_tokens` (the others counted
+/// on stderr).
+fn stateful_training(
+    source: StatefulSource,
+    cfg: &Config,
+    protocol: &ChatProtocol,
+) -> Result<StatefulSource> {
+    let (source, dropped) = source.fitting(protocol, cfg.env.max_tokens)?;
+    if !dropped.is_empty() {
+        let counts: Vec<String> = dropped.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        eprintln!(
+            "{}: skipped {} tasks whose prompt and ground-truth conversation do not fit env.max_tokens = {} ({})",
+            source.name(),
+            dropped.iter().map(|(_, n)| n).sum::<usize>(),
+            cfg.env.max_tokens,
+            counts.join(", ")
+        );
+    }
+    if source.len(Split::Train) == 0 {
+        return Err(Error::input(format!(
+            "{}: no training task fits env.max_tokens = {}",
+            source.name(),
+            cfg.env.max_tokens
+        )));
+    }
+    Ok(source)
+}
+
 /// The BFCL categories of `[env]` when none is live (the live ones are never trained on).
 fn bfcl_trainable(cfg: &Config) -> Result<BfclSource> {
     if let Some(live) = cfg.env.categories.iter().find(|c| c.starts_with("live")) {
@@ -143,9 +201,17 @@ fn bfcl_training(cfg: &Config, protocol: &ChatProtocol) -> Result<BfclSource> {
 pub fn check_inputs(cfg: &Config) -> Result<()> {
     match (cfg.env.kind, cfg.policy.kind) {
         // BFCL's files and the chat format; which tasks fit is counted when the run starts.
+        (EnvKind::Bfcl, PolicyKind::Lm) if cfg.env.multi_turn_categories() => {
+            chat_protocol(cfg)?;
+            bfcl_multi_source(cfg, None).map(drop)
+        }
         (EnvKind::Bfcl, PolicyKind::Lm) => {
             chat_protocol(cfg)?;
             bfcl_trainable(cfg).map(drop)
+        }
+        (EnvKind::Stateful, PolicyKind::Lm) => {
+            chat_protocol(cfg)?;
+            stateful_source(cfg, None).map(drop)
         }
         _ => runner(cfg, None).map(drop),
     }
@@ -168,9 +234,19 @@ pub fn line_scorer(cfg: &Config) -> Result<LineScorer> {
             let source = dataset_source(cfg, None)?;
             Box::new(move |line: &str| score_line(&source, &reward, line))
         }
+        EnvKind::Bfcl if cfg.env.multi_turn_categories() => {
+            return Err(Error::input(
+                "multi-turn episodes are graded as they are played (asymre bfcl, asymre eval), not from lines",
+            ))
+        }
         EnvKind::Bfcl => {
             let source = bfcl_source(cfg)?;
             Box::new(move |line: &str| score_line(&source, &reward, line))
+        }
+        EnvKind::Stateful => {
+            return Err(Error::input(
+                "multi-turn episodes are graded as they are played (asymre eval), not from lines",
+            ))
         }
         EnvKind::Bandit => return Err(Error::input("the bandit has no episodes to score")),
     })

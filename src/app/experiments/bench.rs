@@ -894,17 +894,7 @@ fn print_table(
     crate::app::experiments::table::print_markdown(&table);
 }
 
-/// The Python that runs the baseline: the project's `.venv` (here or where the binary was
-/// built), else `python3` on the PATH.
-pub fn find_python() -> PathBuf {
-    [
-        PathBuf::from(".venv/bin/python"),
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .unwrap_or_else(|| PathBuf::from("python3"))
-}
+pub use crate::formats::venv::python as find_python;
 
 #[cfg(test)]
 mod tests {

@@ -34,16 +34,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// A conversation's verdict under BFCL's multi-turn rule.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-pub struct Graded {
-    /// Every turn right.
-    pub valid: bool,
-    /// Per user turn: its state and its results as the ground truth's.
-    pub turns: Vec<bool>,
-    /// BFCL's reason for the first wrong turn (`multi_turn:instance_state_mismatch`, …).
-    pub reason: Option<String>,
-}
+pub use super::reward::Graded;
 
 /// A running worker process.
 struct Running {
@@ -126,6 +117,12 @@ impl ToolWorker {
         Ok(())
     }
 
+    /// Kills the worker as a crash would (its sessions are lost; the next call starts a new
+    /// one).
+    pub fn kill(&mut self) {
+        self.stop();
+    }
+
     /// Kills the worker (if any), losing its sessions; the next call starts a new one.
     fn stop(&mut self) {
         if let Some(mut r) = self.running.take() {
@@ -178,6 +175,45 @@ impl ToolWorker {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    /// Starts several sessions in one exchange: each `(session, config, long_context)` (the
+    /// flag asks BFCL's classes for their long-context scenarios). Each one's outcome, in order.
+    pub fn open_batch(&mut self, opens: &[(String, Value, bool)]) -> Vec<Result<(), String>> {
+        let requests = opens
+            .iter()
+            .map(|(session, config, long_context)| {
+                self.lost.remove(session);
+                json!({"session": session, "open": config, "long_context": long_context})
+            })
+            .collect();
+        let answers = self.request_batch(requests);
+        opens
+            .iter()
+            .zip(answers)
+            .map(|((session, _, _), r)| {
+                r.map(|_| {
+                    self.sessions.insert(session.clone());
+                })
+            })
+            .collect()
+    }
+
+    /// Ends several sessions in one exchange (those a restart lost are gone already).
+    pub fn close_batch(&mut self, sessions: &[String]) -> Result<(), String> {
+        let open: Vec<&String> = sessions
+            .iter()
+            .filter(|s| !self.lost.remove(s.as_str()))
+            .collect();
+        let requests = open
+            .iter()
+            .map(|s| json!({"session": s, "close": true}))
+            .collect();
+        let answers = self.request_batch(requests);
+        for s in &open {
+            self.sessions.remove(s.as_str());
+        }
+        answers.into_iter().find_map(Result::err).map_or(Ok(()), Err)
     }
 
     /// Ends `session`. A session a restart lost is already gone: closing it is not an error.

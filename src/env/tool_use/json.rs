@@ -229,6 +229,7 @@ pub fn score_line<T: TaskSource + ToolSet<T::Item>>(
         answer,
         format_errors,
         raw_calls,
+        ..Attempt::default()
     };
     Ok(reward::score(cfg, &attempt, &gold))
 }

@@ -3,7 +3,8 @@
 //! families with their tools ([`tasks`]), the verifiable rewards ([`reward`]), one call's JSON
 //! form ([`calls`]), scoring any model's JSON lines with the same rewards ([`json`]), users' own
 //! tasks ([`dataset`]) with the tools of `[[tools]]` ([`toolbox`]) run as external programs
-//! ([`external`]), and BFCL's categories and checker ([`bfcl`]).
+//! ([`external`]), BFCL's categories and checker ([`bfcl`]), and stateful multi-turn tasks whose
+//! tools keep a state per episode ([`stateful`]).
 pub mod bfcl;
 pub mod calls;
 pub mod dataset;
@@ -11,6 +12,7 @@ pub mod external;
 pub mod json;
 pub mod protocol;
 pub mod reward;
+pub mod stateful;
 pub mod tasks;
 pub mod toolbox;
 

@@ -376,6 +376,10 @@ impl<T: TaskSource + ToolSet<T::Item>> ProtocolEpisode<T> for Episode<T::Item> {
         &self.attempt
     }
 
+    fn attempt_mut(&mut self) -> &mut Attempt {
+        &mut self.attempt
+    }
+
     fn item(&self) -> &T::Item {
         &self.item
     }

@@ -123,6 +123,11 @@ pub enum AnswerRule {
     /// No answer is compared: the calls are, under BFCL's AST semantics (the episode is
     /// complete when the checker says right), and earn ToolRL's partial credit.
     Calls(std::sync::Arc<CallsRule>),
+    /// A multi-turn conversation with stateful tools, under BFCL's state rule: the episode is
+    /// complete when every user turn is right ([`Attempt::graded`], filled in by the tools that
+    /// held its state). Holds, per user turn, the ground truth's calls as written (for call F1
+    /// per turn and the demonstrations).
+    Turns(std::sync::Arc<Vec<Vec<RawCall>>>),
 }
 
 impl PartialEq for AnswerRule {
@@ -133,6 +138,7 @@ impl PartialEq for AnswerRule {
             (AnswerRule::Regex(a), AnswerRule::Regex(b)) => a.as_str() == b.as_str(),
             (AnswerRule::OneOf(a), AnswerRule::OneOf(b)) => a == b,
             (AnswerRule::Calls(a), AnswerRule::Calls(b)) => a == b,
+            (AnswerRule::Turns(a), AnswerRule::Turns(b)) => a == b,
             _ => false,
         }
     }
@@ -161,7 +167,7 @@ impl AnswerRule {
                 let a = canonical_value(answer);
                 a == canonical_value(gold) || accept.iter().any(|x| canonical_value(x) == a)
             }
-            AnswerRule::Calls(_) => false,
+            AnswerRule::Calls(_) | AnswerRule::Turns(_) => false,
         }
     }
 }
@@ -182,6 +188,42 @@ pub struct Attempt {
     /// Every call as written (name, arguments object with its JSON values), in order: what a
     /// calls rule grades ([`AnswerRule::Calls`]).
     pub raw_calls: Vec<RawCall>,
+    /// Multi-turn episodes: how many of `raw_calls` had been made when each user turn ended
+    /// (one entry per finished user turn).
+    pub turn_ends: Vec<usize>,
+    /// Multi-turn episodes under the state rule: the verdict of the tools that held the
+    /// episode's state (`None`: not graded, which scores as wrong).
+    pub graded: Option<Graded>,
+}
+
+impl Attempt {
+    /// The calls as written, split by user turn: `turns` lists (the calls after the last
+    /// finished turn belong to the turn in progress; turns never reached are empty).
+    pub fn calls_by_turn(&self, turns: usize) -> Vec<Vec<RawCall>> {
+        let mut out = Vec::with_capacity(turns);
+        let mut start = 0;
+        for &end in &self.turn_ends {
+            let end = end.min(self.raw_calls.len());
+            out.push(self.raw_calls[start.min(end)..end].to_vec());
+            start = end;
+        }
+        if start < self.raw_calls.len() {
+            out.push(self.raw_calls[start..].to_vec());
+        }
+        out.resize(turns.max(out.len()), Vec::new());
+        out
+    }
+}
+
+/// A conversation's verdict under BFCL's multi-turn state rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Graded {
+    /// Every turn right.
+    pub valid: bool,
+    /// Per user turn: its state and its results as the ground truth's.
+    pub turns: Vec<bool>,
+    /// BFCL's reason for the first wrong turn (`multi_turn:instance_state_mismatch`, …).
+    pub reason: Option<String>,
 }
 
 /// What the task needed.
@@ -226,6 +268,8 @@ pub struct RewardConfig {
     pub w_params: f64,
     /// Calls rule only: weight of the parameter-value credit.
     pub w_values: f64,
+    /// Multi-turn state rule only: weight of the share of user turns right.
+    pub w_turns: f64,
 }
 
 impl Default for RewardConfig {
@@ -240,6 +284,7 @@ impl Default for RewardConfig {
             w_names: 0.0,
             w_params: 0.0,
             w_values: 0.0,
+            w_turns: 0.0,
         }
     }
 }
@@ -363,12 +408,20 @@ pub fn execution_f1(results: &[Option<String>], needed: &[String]) -> (f64, f64,
 pub fn score(cfg: &RewardConfig, attempt: &Attempt, gold: &Gold) -> Score {
     let completion = match (&gold.rule, &attempt.answer) {
         (AnswerRule::Calls(rule), _) => calls_completion(rule, attempt),
+        (AnswerRule::Turns(_), _) => attempt.graded.as_ref().map_or(0.0, |g| {
+            if g.valid {
+                1.0
+            } else {
+                0.0
+            }
+        }),
         (rule, Some(a)) if rule.accepts(&gold.answer, a) => 1.0,
         _ => 0.0,
     };
-    let (precision, recall, f1) = match cfg.tool_match {
-        ToolMatch::Exact => call_f1(&attempt.calls, &gold.calls),
-        ToolMatch::Execution => execution_f1(&attempt.results, &gold.needed),
+    let (precision, recall, f1) = match (&gold.rule, cfg.tool_match) {
+        (AnswerRule::Turns(turns), _) => turn_f1(attempt, turns),
+        (_, ToolMatch::Exact) => call_f1(&attempt.calls, &gold.calls),
+        (_, ToolMatch::Execution) => execution_f1(&attempt.results, &gold.needed),
     };
     let task = if cfg.completion_pm1 {
         2.0 * completion - 1.0
@@ -379,6 +432,13 @@ pub fn score(cfg: &RewardConfig, attempt: &Attempt, gold: &Gold) -> Score {
         AnswerRule::Calls(rule) => {
             let p = rule.partial(&attempt.raw_calls);
             cfg.w_names * p.names + cfg.w_params * p.params + cfg.w_values * p.values
+        }
+        AnswerRule::Turns(turns) => {
+            let right = attempt
+                .graded
+                .as_ref()
+                .map_or(0, |g| g.turns.iter().filter(|&&t| t).count());
+            cfg.w_turns * right as f64 / turns.len().max(1) as f64
         }
         _ => 0.0,
     };
@@ -394,6 +454,24 @@ pub fn score(cfg: &RewardConfig, attempt: &Attempt, gold: &Gold) -> Score {
         format_errors: attempt.format_errors,
         calls: attempt.calls.len(),
     }
+}
+
+/// Precision, recall and F1 of the calls per user turn against that turn's ground truth
+/// (compared as [`Call`]s), averaged over the turns.
+fn turn_f1(attempt: &Attempt, gold: &[Vec<RawCall>]) -> (f64, f64, f64) {
+    let made = attempt.calls_by_turn(gold.len());
+    let calls = |raw: &[RawCall]| -> Vec<Call> {
+        raw.iter()
+            .map(|(n, a)| crate::env::tool_use::calls::call_of(n, a))
+            .collect()
+    };
+    let mut sums = (0.0, 0.0, 0.0);
+    for (mine, want) in made.iter().zip(gold) {
+        let (p, r, f) = call_f1(&calls(mine), &calls(want));
+        sums = (sums.0 + p, sums.1 + r, sums.2 + f);
+    }
+    let n = gold.len().max(1) as f64;
+    (sums.0 / n, sums.1 / n, sums.2 / n)
 }
 
 /// Completion under a calls rule, as BFCL grades an output: with no expected call, right when

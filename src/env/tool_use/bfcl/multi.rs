@@ -50,6 +50,8 @@ pub struct MultiEntry {
     pub classes: Vec<String>,
     /// Functions held back until a turn: turn index → names (`miss_func`).
     pub missed: BTreeMap<usize, Vec<String>>,
+    /// Functions never offered (`excluded_function`).
+    pub excluded: Vec<String>,
     /// Per turn, the ground truth's calls in Python form (empty: nothing to do that turn).
     pub ground_truth: Vec<Vec<String>>,
 }
@@ -95,65 +97,120 @@ pub fn load_multi(dir: &Path, category: &str) -> Result<Vec<MultiEntry>> {
     for (n, o) in read_objects(&file)? {
         let bad = |why: String| Error::input(format!("{}:{n}: {why}", file.display()));
         let id = id_of(&o).map_err(|e| bad(e.into()))?.to_string();
-        let turns: Vec<Vec<Value>> = field(&o, "question")
-            .map_err(|e| bad(format!("\"question\" is not a list of turns: {e}")))?;
-        let classes: Vec<String> = field(&o, "involved_classes")
-            .map_err(|_| bad("\"involved_classes\" is not a list of names".into()))?;
-        if let Some(c) = classes.iter().find(|c| !known.contains(&c.as_str())) {
-            return Err(bad(format!(
-                "unknown class {c:?} (known: {})",
-                known.join(", ")
-            )));
-        }
-        let given = match o.get("initial_config") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => m.clone(),
-            Some(_) => return Err(bad("\"initial_config\" is not an object".into())),
-        };
-        let initial_config: Map<String, Value> = classes
-            .iter()
-            .map(|c| {
-                let config = given
-                    .get(c)
-                    .cloned()
-                    .unwrap_or_else(|| Value::Object(Map::new()));
-                (c.clone(), config)
-            })
-            .collect();
-        let mut missed = BTreeMap::new();
-        if let Some(m) = o.get("missed_function") {
-            let m: BTreeMap<String, Vec<String>> = serde_json::from_value(m.clone())
-                .map_err(|_| bad("\"missed_function\" is not {turn: [names]}".into()))?;
-            for (turn, names) in m {
-                let t: usize = turn
-                    .parse()
-                    .ok()
-                    .filter(|&t| t < turns.len())
-                    .ok_or_else(|| bad(format!("\"missed_function\": no turn {turn:?}")))?;
-                missed.insert(t, names);
-            }
-        }
         let ground_truth = answers
             .remove(&id)
             .ok_or_else(|| bad(format!("task {id:?} has no ground truth")))?;
-        if ground_truth.len() != turns.len() {
-            return Err(bad(format!(
-                "task {id:?}: {} user turns but a ground truth of {} turns",
-                turns.len(),
-                ground_truth.len()
-            )));
-        }
-        out.push(MultiEntry {
-            id,
-            category: category.to_string(),
-            turns,
-            initial_config,
-            classes,
-            missed,
-            ground_truth,
-        });
+        out.push(entry_of(&o, category, ground_truth, Some(&known)).map_err(bad)?);
     }
     Ok(out)
+}
+
+/// Multi-turn tasks of a user's own, one per line of `path` in BFCL's form with the ground truth
+/// inline: `{"id", "question": [[messages of turn 1], …], "initial_config": {CLASS: CONFIG},
+/// "involved_classes": [CLASS, …], "ground_truth": [[calls of turn 1 in Python form], …]}`,
+/// optionally `excluded_function` and `missed_function`; a turn may also be a plain string
+/// (the user's message). The classes are whichever the tools' worker serves.
+pub fn load_lines(path: &Path) -> Result<Vec<MultiEntry>> {
+    let mut out: Vec<MultiEntry> = Vec::new();
+    for (n, mut o) in read_objects(path)? {
+        let bad = |why: String| Error::input(format!("{}:{n}: {why}", path.display()));
+        if let Some(Value::Array(turns)) = o.get_mut("question") {
+            for t in turns.iter_mut() {
+                if let Value::String(text) = t {
+                    *t = serde_json::json!([{"role": "user", "content": text}]);
+                }
+            }
+        }
+        let ground_truth: Vec<Vec<String>> = field(&o, "ground_truth")
+            .map_err(|_| bad("\"ground_truth\" is not a list of turns of call strings".into()))?;
+        let category = o
+            .get("category")
+            .and_then(Value::as_str)
+            .unwrap_or("multi_turn")
+            .to_string();
+        let entry = entry_of(&o, &category, ground_truth, None).map_err(bad)?;
+        if out.iter().any(|e| e.id == entry.id) {
+            return Err(bad(format!("a second task with id {:?}", entry.id)));
+        }
+        out.push(entry);
+    }
+    if out.is_empty() {
+        return Err(Error::input(format!("{}: no tasks", path.display())));
+    }
+    Ok(out)
+}
+
+/// One task from its line `o` and its ground truth; `known`: the classes allowed (all when
+/// `None`). The error says what is wrong with the line.
+fn entry_of(
+    o: &Map<String, Value>,
+    category: &str,
+    ground_truth: Vec<Vec<String>>,
+    known: Option<&[&str]>,
+) -> std::result::Result<MultiEntry, String> {
+    let id = id_of(o)?.to_string();
+    let turns: Vec<Vec<Value>> = field(o, "question")
+        .map_err(|e| format!("\"question\" is not a list of turns: {e}"))?;
+    if turns.is_empty() {
+        return Err(format!("task {id:?} has no user turn"));
+    }
+    let classes: Vec<String> = field(o, "involved_classes")
+        .map_err(|_| "\"involved_classes\" is not a list of names".to_string())?;
+    if let Some(known) = known {
+        if let Some(c) = classes.iter().find(|c| !known.contains(&c.as_str())) {
+            return Err(format!("unknown class {c:?} (known: {})", known.join(", ")));
+        }
+    }
+    let given = match o.get("initial_config") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => return Err("\"initial_config\" is not an object".into()),
+    };
+    let initial_config: Map<String, Value> = classes
+        .iter()
+        .map(|c| {
+            let config = given
+                .get(c)
+                .cloned()
+                .unwrap_or_else(|| Value::Object(Map::new()));
+            (c.clone(), config)
+        })
+        .collect();
+    let mut missed = BTreeMap::new();
+    if let Some(m) = o.get("missed_function") {
+        let m: BTreeMap<String, Vec<String>> = serde_json::from_value(m.clone())
+            .map_err(|_| "\"missed_function\" is not {turn: [names]}".to_string())?;
+        for (turn, names) in m {
+            let t: usize = turn
+                .parse()
+                .ok()
+                .filter(|&t| t < turns.len())
+                .ok_or_else(|| format!("\"missed_function\": no turn {turn:?}"))?;
+            missed.insert(t, names);
+        }
+    }
+    let excluded: Vec<String> = match o.get("excluded_function") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(_) => field(o, "excluded_function")
+            .map_err(|_| "\"excluded_function\" is not a list of names".to_string())?,
+    };
+    if ground_truth.len() != turns.len() {
+        return Err(format!(
+            "task {id:?}: {} user turns but a ground truth of {} turns",
+            turns.len(),
+            ground_truth.len()
+        ));
+    }
+    Ok(MultiEntry {
+        id,
+        category: category.to_string(),
+        turns,
+        initial_config,
+        classes,
+        missed,
+        excluded,
+        ground_truth,
+    })
 }
 
 /// The documentation of `class`'s functions (`multi_turn_func_doc/<file>.json`), BFCL's

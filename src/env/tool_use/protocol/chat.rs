@@ -23,12 +23,12 @@ use std::sync::Arc;
 
 use serde_json::{json, Value as Json};
 
-use crate::env::tool_use::calls::{call_of, parse_call_json, raw_call, RawCall};
+use crate::env::tool_use::calls::{call_of, raw_call, RawCall};
 use crate::env::tool_use::protocol::Limits;
 use crate::env::tool_use::reward::{AnswerRule, Attempt, Call, Gold};
 use crate::env::{
     Decodable, Demonstration, NoDemonstration, Protocol, ProtocolEpisode, TaskSource, ToolSet,
-    ToolSpec,
+    ToolSpec, UserTurn,
 };
 use crate::error::{Error, Result};
 use crate::text::chat::{py_dumps, ChatTemplate};
@@ -171,11 +171,40 @@ impl ChatFormat {
         )
     }
 
+    /// What follows the policy's end-of-turn token when the user speaks again: the user's turn
+    /// (the tools first offered now listed before it, with BFCL's sentence), then the
+    /// assistant's turn re-opened.
+    pub fn user_turn(turn: &UserTurn) -> String {
+        let mut text: Vec<String> = turn
+            .messages
+            .iter()
+            .filter_map(|m| m["content"].as_str().map(str::to_string))
+            .collect();
+        if !turn.added_tools.is_empty() {
+            let mut listed = String::from("<tools>\n");
+            for t in Self::tool_json(&turn.added_tools) {
+                listed.push_str(&py_dumps(&t));
+                listed.push('\n');
+            }
+            listed.push_str("</tools>\n");
+            listed.push_str(MORE_FUNCTIONS);
+            text.insert(0, listed);
+        }
+        format!(
+            "\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+            text.join("\n")
+        )
+    }
+
     /// Whether `id` ends the assistant's turn.
     pub fn ends_turn(&self, id: u32) -> bool {
         self.end_of_turn.contains(&id)
     }
 }
+
+/// What the user says when functions held back so far are offered (BFCL's own sentence).
+pub const MORE_FUNCTIONS: &str =
+    "I have updated some more functions you can choose from. What about now?";
 
 /// The chat protocol as a [`Protocol`].
 #[derive(Debug, Clone)]
@@ -194,6 +223,7 @@ impl<T: TaskSource + ToolSet<T::Item>> Protocol<T> for ChatProtocol {
             None => self.format.opening(&task.question(&item), &tools),
         };
         let call_only = task.call_only(&item);
+        let later: VecDeque<UserTurn> = task.later_turns(&item).into();
         let tokens = self.format.prompt_ids(&messages, &tools)?;
         let prompt_len = tokens.len();
         Ok(ChatEpisode {
@@ -213,6 +243,8 @@ impl<T: TaskSource + ToolSet<T::Item>> Protocol<T> for ChatProtocol {
             tools,
             limits: self.limits,
             call_only,
+            multi_turn: !later.is_empty(),
+            later,
         })
     }
 
@@ -267,6 +299,10 @@ pub struct ChatEpisode<I> {
     limits: Limits,
     /// The calls are graded, not run: the episode ends with the assistant's turn.
     call_only: bool,
+    /// The user turns still to come.
+    later: VecDeque<UserTurn>,
+    /// The task has several user turns.
+    multi_turn: bool,
 }
 
 impl<I> ChatEpisode<I> {
@@ -345,12 +381,20 @@ impl<I> ChatEpisode<I> {
         self.turns += 1;
         if turn.calls.is_empty() {
             self.attempt.answer = answer_of(&turn.prose);
-            if self.attempt.answer.is_none() {
+            // In a conversation of several user turns a reply without a call ends the user's
+            // turn; what it says is not graded.
+            if self.attempt.answer.is_none() && !self.multi_turn {
                 self.attempt.format_errors += 1; // no answer
             }
             self.messages
                 .push(json!({"role": "assistant", "content": turn.prose.trim()}));
-            self.done = true;
+            if self.multi_turn {
+                self.attempt.turn_ends.push(self.attempt.raw_calls.len());
+            }
+            match self.later.pop_front() {
+                Some(next) => self.next_user_turn(next),
+                None => self.done = true,
+            }
             return;
         }
         if self.call_only {
@@ -389,6 +433,35 @@ impl<I> ChatEpisode<I> {
             self.deliver(Vec::new());
         } else {
             self.awaiting = Some(waiting);
+        }
+    }
+
+    /// The user's next turn, forced; the tools it first offers are offered from now on, and
+    /// the assistant's turns are counted afresh (`env.max_turns` is per user turn).
+    fn next_user_turn(&mut self, next: UserTurn) {
+        if !next.added_tools.is_empty() {
+            let mut tools = self.tools.to_vec();
+            tools.extend(next.added_tools.iter().cloned());
+            self.tools = tools.into();
+        }
+        let content = ChatFormat::user_turn(&next);
+        let shown = content
+            .trim_start_matches("\n<|im_start|>user\n")
+            .split("<|im_end|>")
+            .next()
+            .unwrap_or_default();
+        self.messages
+            .push(json!({"role": "user", "content": shown}));
+        self.turns = 0;
+        match self.format.encode(&content) {
+            Ok(ids) => {
+                self.turn_start = self.tokens.len() + ids.len();
+                self.forced.extend(ids);
+            }
+            Err(_) => {
+                self.attempt.format_errors += 1;
+                self.done = true;
+            }
         }
     }
 
@@ -565,7 +638,8 @@ pub fn read_turn(text: &str) -> (Vec<RawCall>, Option<String>, u32) {
 fn parse_tool_call(body: &str, tools: &[ToolSpec]) -> Result<(Call, String), String> {
     let v: Json =
         serde_json::from_str(body).map_err(|e| format!("the call is not valid JSON: {e}"))?;
-    let call = parse_call_json(&v)?;
+    let (name, written) = raw_call(&v)?;
+    let call = call_of(&name, &written);
     let spec = tools
         .iter()
         .find(|t| t.name == call.name)
@@ -578,16 +652,26 @@ fn parse_tool_call(body: &str, tools: &[ToolSpec]) -> Result<(Call, String), Str
     let empty = serde_json::Map::new();
     let given = args.as_object().unwrap_or(&empty);
     let props = spec.parameters["properties"].as_object().unwrap_or(&empty);
+    // The schema's `required` list when it has one; without it every property is required.
+    let required = |name: &str| match spec.parameters["required"].as_array() {
+        Some(r) => r.iter().any(|x| x.as_str() == Some(name)),
+        None => true,
+    };
     for (name, schema) in props {
-        let value = given
-            .get(name)
-            .ok_or_else(|| format!("{} needs argument {name:?}", spec.name))?;
+        let Some(value) = given.get(name) else {
+            if required(name) {
+                return Err(format!("{} needs argument {name:?}", spec.name));
+            }
+            continue;
+        };
         let fits = match schema["type"].as_str() {
             Some("integer") => value.is_i64() || value.is_u64(),
             Some("number") => value.is_number(),
             Some("string") => value.is_string(),
             Some("boolean") => value.is_boolean(),
-            _ => true,
+            Some("array") => value.is_array(),
+            Some("object") => value.is_object(),
+            _ => !value.is_null(),
         };
         if !fits {
             return Err(format!(
@@ -676,13 +760,42 @@ pub fn demonstration<T: TaskSource + ToolSet<T::Item>>(
     item: &T::Item,
 ) -> std::result::Result<(Vec<u32>, Vec<bool>), NoDemonstration> {
     let gold = task.gold(item).ok_or(NoDemonstration::NoGold)?;
+    // Stateful tools: the gold calls run in a session of the demonstration's own.
+    let begun = task
+        .begin(vec![item.clone()])
+        .pop()
+        .unwrap_or_else(|| item.clone());
+    let played = replay(protocol, task, &begun, &gold);
+    task.end(vec![(&begun, None)]);
+    played
+}
+
+/// The demonstration of `item` (begun) with `gold`, as [`demonstration`] describes.
+fn replay<T: TaskSource + ToolSet<T::Item>>(
+    protocol: &ChatProtocol,
+    task: &T,
+    item: &T::Item,
+    gold: &Gold,
+) -> std::result::Result<(Vec<u32>, Vec<bool>), NoDemonstration> {
     let mut ep: ChatEpisode<T::Item> = protocol
         .start(task, item.clone())
         .map_err(|e| NoDemonstration::Unwritable(e.to_string()))?;
     let fmt = &protocol.format;
     let call_only = task.call_only(item);
     let turns: Vec<String> = if call_only {
-        vec![call_only_turn(&gold, &ep.tools)]
+        vec![call_only_turn(gold, &ep.tools)]
+    } else if let AnswerRule::Turns(per_turn) = &gold.rule {
+        per_turn
+            .iter()
+            .flat_map(|calls| {
+                let written = calls.iter().map(|(name, args)| {
+                    let call = py_dumps(&json!({"name": name, "arguments": args}));
+                    format!("{OPEN}\n{call}\n{CLOSE}")
+                });
+                let close = if calls.is_empty() { CANNOT } else { DONE };
+                written.chain(std::iter::once(close.to_string()))
+            })
+            .collect()
     } else {
         let mut turns: Vec<String> = gold
             .calls
@@ -731,6 +844,7 @@ pub fn demonstration<T: TaskSource + ToolSet<T::Item>>(
     }
     let right = match &gold.rule {
         AnswerRule::Calls(rule) => rule.verdict(&ep.attempt.raw_calls).is_ok(),
+        AnswerRule::Turns(per_turn) => ep.attempt.calls_by_turn(per_turn.len()) == **per_turn,
         _ => ep.attempt.calls == gold.calls,
     };
     if !right {
@@ -762,6 +876,14 @@ fn call_only_turn(gold: &Gold, tools: &[ToolSpec]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// The demonstrated reply that ends a user turn whose calls are done.
+pub const DONE: &str = "Done.";
+
+/// The demonstrated reply to a user turn that no call can serve (a function or a parameter is
+/// missing).
+pub const CANNOT: &str =
+    "I cannot do that with the functions and information I have. Please tell me more.";
 
 /// The demonstrated reply when none of the offered functions applies.
 pub const NONE_APPLIES: &str =
@@ -829,6 +951,10 @@ impl<T: TaskSource + ToolSet<T::Item>> ProtocolEpisode<T> for ChatEpisode<T::Ite
 
     fn attempt(&self) -> &Attempt {
         &self.attempt
+    }
+
+    fn attempt_mut(&mut self) -> &mut Attempt {
+        &mut self.attempt
     }
 
     fn item(&self) -> &T::Item {
