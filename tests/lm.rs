@@ -1054,3 +1054,78 @@ fn a_dataset_with_an_external_tool_trains_and_bad_lines_are_refused() {
     assert!(err.contains("bad.jsonl:5: not JSON"), "{err}");
     assert!(!refused.exists());
 }
+
+/// A stateful environment of a user's own (`examples/todo`: a Python class served one instance
+/// per episode, multi-turn tasks graded by the state rule) trains serially on the tiny Llama:
+/// a second run repeats the first bit for bit, and a run SIGKILLed twice right after
+/// checkpoints and resumed ends with the same metrics.
+#[test]
+fn a_serial_stateful_multi_turn_run_repeats_and_a_killed_one_resumes() {
+    let (dir, _) = fixture("llama");
+    let tmp = tempfile::tempdir().unwrap();
+    let model = format!("policy.model={}", dir.display());
+    let sets: Vec<&str> = vec![
+        "--serial",
+        "--set",
+        &model,
+        "--set",
+        "env.max_tokens=3000",
+        "--set",
+        "env.max_new_tokens=160",
+        "--set",
+        "warmstart.demos=8",
+        "--set",
+        "warmstart.steps=2",
+        "--set",
+        "warmstart.batch_size=4",
+        "--set",
+        "env.rounds=2",
+        "--set",
+        "env.steps_per_round=3",
+        "--set",
+        "actor.batch_size=4",
+        "--set",
+        "actor.group_size=2",
+        "--set",
+        "learner.batch_size=4",
+        "--set",
+        "learner.lr=0.001",
+        "--set",
+        "replay.capacity=16",
+        "--set",
+        "logging.eval_episodes=4",
+        "--set",
+        "logging.eval_every=3",
+        "--set",
+        "checkpoint.every=2",
+    ];
+    let train = |out: &Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_asymre"));
+        cmd.current_dir(root())
+            .args(["train", "--config", "examples/todo/config.toml", "--out"])
+            .arg(out)
+            .args(&sets);
+        cmd
+    };
+    let first = tmp.path().join("first");
+    let o = train(&first).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("warm start: 2 steps"), "{err}");
+    let want = common::metrics(&first);
+    assert_eq!(want.last().unwrap()["step"].as_u64(), Some(6));
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(first.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["task"], "stateful", "{summary}");
+
+    let second = tmp.path().join("second");
+    let o = train(&second).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(common::metrics(&second), want, "a second run differs");
+
+    let run = tmp.path().join("killed");
+    let last_step = common::kill_twice_then_finish(train(&run), &run, Duration::from_secs(300));
+    assert!(last_step > 0 && last_step < 6, "{last_step}");
+    assert_eq!(common::metrics(&run), want, "resumed metrics differ");
+}

@@ -145,18 +145,20 @@ fn stateful_training(
     if !dropped.is_empty() {
         let counts: Vec<String> = dropped.iter().map(|(c, n)| format!("{c} {n}")).collect();
         eprintln!(
-            "{}: skipped {} tasks whose prompt and ground-truth conversation do not fit env.max_tokens = {} ({})",
+            "{}: skipped {} tasks whose ground-truth conversation does not fit env.max_tokens = {} (or env.max_new_tokens = {}) ({})",
             source.name(),
             dropped.iter().map(|(_, n)| n).sum::<usize>(),
             cfg.env.max_tokens,
+            cfg.env.max_new_tokens,
             counts.join(", ")
         );
     }
     if source.len(Split::Train) == 0 {
         return Err(Error::input(format!(
-            "{}: no training task fits env.max_tokens = {}",
+            "{}: no training task fits env.max_tokens = {} and env.max_new_tokens = {}",
             source.name(),
-            cfg.env.max_tokens
+            cfg.env.max_tokens,
+            cfg.env.max_new_tokens
         )));
     }
     Ok(source)
