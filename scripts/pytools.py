@@ -18,6 +18,7 @@ Requests, one JSON object per line; each answer carries the request's id:
 
     {"id", "name", "arguments"}                      call a function       → {"id", "result"} or {"id", "error"}
     {"id", "session", "open": {CLASS: CONFIG, ...}}  start a session       → {"id", "result": [tool names]}
+                                                     ("long_context": true: BFCL's long-context scenarios)
     {"id", "session", "name", "arguments"}           call in a session
     {"id", "session", "close": true}                 end it                → {"id", "result": true}
     {"id", "session", "state": true}                 public attributes     → {"id", "result": {CLASS: {...}}}

@@ -713,7 +713,9 @@ mod cli {
 /// BFCL's multi-turn rule as `scripts/pytools.py --bfcl` replays it (through the `ToolWorker`
 /// that episodes use) against `multi_turn_checker` itself: on the first 50 tasks of each
 /// multi-turn category, the ground truth, one call dropped, one string argument changed and one
-/// state-changing call added; every verdict and every reason equal.
+/// state-changing call added; and on real conversations of SmolLM2 judged by `asymre bfcl`
+/// (`tests/data/bfcl_multi_outputs.jsonl`: its result lines, as is, after a warm start and after
+/// AsymRE); every verdict and every reason equal.
 #[test]
 fn the_multi_turn_state_rule_agrees_with_bfcls_checker() {
     use asymre::env::tool_use::bfcl::multi::{load_multi, MultiEntry, MULTI_CATEGORIES};
@@ -722,7 +724,8 @@ fn the_multi_turn_state_rule_agrees_with_bfcls_checker() {
     let dir = data_dir().expect("bfcl-eval is installed by scripts/setup.sh (make test runs it)");
     let out = Command::new(&python)
         .arg(root().join("scripts/reference/bfcl_multi_check.py"))
-        .args(["--per-category", "50"])
+        .args(["--per-category", "50", "--outputs"])
+        .arg(root().join("tests/data/bfcl_multi_outputs.jsonl"))
         .output()
         .expect("the .venv Python runs");
     assert!(
@@ -768,6 +771,8 @@ fn the_multi_turn_state_rule_agrees_with_bfcls_checker() {
     }
     eprintln!("{} conversations: {counts:?}", cases.len());
     assert!(cases.len() >= 600, "{}", cases.len());
+    let real = cases.iter().filter(|c| c["case"] == "output").count();
+    assert!(real >= 50, "{real} real conversations");
     assert!(disagree.is_empty(), "{}", disagree.join("\n"));
     // Both verdicts occur for the perturbations; the ground truth is always right.
     assert_eq!(counts.get(&("gold".to_string(), false)), None);

@@ -8,7 +8,8 @@ For the first N tasks of each multi-turn category (by line), writes one JSON lin
 {"id", "category", "case", "model": per turn the calls (Python text), "valid", "reason"}, where
 valid/reason are multi_turn_checker's verdict. The cases: the ground truth itself; one call
 dropped; one call's first string argument changed; one state-changing call added; and, when
-given with --outputs FILE, real model conversations ({"id", "model"} lines)."""
+given with --outputs FILE, real model conversations ({"id", "model"} lines, or the result lines
+of `asymre bfcl`: {"id", "result"}; an id may have several), whatever the task's position."""
 import argparse
 import ast
 import json
@@ -99,17 +100,16 @@ def main():
     outputs = {}
     if a.outputs:
         for o in load(a.outputs):
-            outputs[o["id"]] = o["model"]
+            outputs.setdefault(o["id"], []).append(o["model"] if "model" in o else o["result"])
     n = 0
     for category in CATEGORIES:
         entries = load(os.path.join(DATA, "BFCL_v4_%s.json" % category))
         answers = {x["id"]: x["ground_truth"]
                    for x in load(os.path.join(DATA, "possible_answer", "BFCL_v4_%s.json" % category))}
-        for entry in entries[:a.per_category]:
+        for i, entry in enumerate(entries):
             gold = answers[entry["id"]]
-            todo = list(cases(entry, gold))
-            if entry["id"] in outputs:
-                todo.append(("output", outputs[entry["id"]]))
+            todo = list(cases(entry, gold)) if i < a.per_category else []
+            todo += [("output", m) for m in outputs.get(entry["id"], [])]
             for case, model in todo:
                 valid, reason = verdict(entry, gold, model, "ref%d" % n)
                 n += 1

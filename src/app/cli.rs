@@ -61,7 +61,9 @@ pub struct BfclArgs {
     /// A model name (smollm2-135m), a .gguf file or a Hugging Face directory.
     #[arg(long)]
     pub model: Option<String>,
-    /// BFCL categories, comma-separated (default: all ten single-turn ones).
+    /// BFCL categories, comma-separated (default: all ten single-turn ones; the multi-turn
+    /// ones are multi_turn_base, multi_turn_miss_func, multi_turn_miss_param,
+    /// multi_turn_long_context).
     #[arg(long, value_delimiter = ',', default_values_t = asymre_categories())]
     pub categories: Vec<String>,
     /// Which tasks of the non-live categories: heldout, train or all (the live categories,

@@ -87,11 +87,13 @@ pub struct EnvConfig {
     pub max_tokens: usize,
     /// Tool use: most calls per episode.
     pub max_calls: usize,
-    /// Tool use: most tokens the policy writes in an episode (0: no limit besides
-    /// `max_tokens`); reaching it truncates the episode, a format error.
+    /// Tool use: most tokens the policy writes in an episode, or in each user turn of a
+    /// multi-turn one (0: no limit besides `max_tokens`); reaching it truncates the episode, a
+    /// format error.
     pub max_new_tokens: usize,
-    /// Tool use on an LM: most assistant turns (0: no limit). A last turn that calls tools
-    /// has its calls run and scored and ends the episode without their results.
+    /// Tool use on an LM: most assistant turns, per user turn in a multi-turn episode (0: no
+    /// limit). A last turn that calls tools has its calls run and scored and ends the episode
+    /// without their results.
     pub max_turns: usize,
 }
 
@@ -157,9 +159,7 @@ impl EnvConfig {
     pub fn initial_logits(&self, seed: u64) -> Vec<f64> {
         match self.kind {
             EnvKind::Bandit => crate::env::bandit::initial_logits(&self.bandit_spec(), seed),
-            EnvKind::ToolUse | EnvKind::Dataset | EnvKind::Bfcl | EnvKind::Stateful => {
-                Vec::new()
-            }
+            EnvKind::ToolUse | EnvKind::Dataset | EnvKind::Bfcl | EnvKind::Stateful => Vec::new(),
         }
     }
 
@@ -253,7 +253,9 @@ impl EnvConfig {
         }
         let multi_turn = e.multi_turn_categories();
         check(
-            e.categories.iter().all(|c| multi.contains(&c.as_str()) == multi_turn),
+            e.categories
+                .iter()
+                .all(|c| multi.contains(&c.as_str()) == multi_turn),
             "env.categories",
             "all single-turn or all multi-turn (one kind of episode per run)",
             format!("{:?}", e.categories),

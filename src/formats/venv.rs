@@ -46,5 +46,7 @@ pub fn python() -> PathBuf {
 
 /// A script of this project's `scripts/` folder, where the binary was built.
 pub fn script(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(rel)
 }

@@ -1,8 +1,9 @@
 //! `asymre bfcl`: a model (a name, a GGUF file, a Hugging Face directory, or a run's last
-//! checkpoint) played greedily on BFCL's single-turn categories in its chat format and graded by
-//! the calls rule (BFCL's AST checker), with the leaderboard's AST columns as a table. Each
-//! category's outputs are written as BFCL result lines and as OpenAI `messages` logs that
-//! `asymre score --config` reads back.
+//! checkpoint) played greedily on BFCL's categories in its chat format: the single-turn ones
+//! graded by the calls rule (BFCL's AST checker), with the leaderboard's AST columns as a table;
+//! the multi-turn ones played against BFCL's API classes (a session per conversation) and graded
+//! by the state rule. Each category's outputs are written as BFCL result lines and as OpenAI
+//! `messages` logs (the single-turn ones read back by `asymre score --config`).
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,10 +12,12 @@ use std::time::Instant;
 use serde_json::{json, Map, Value};
 
 use crate::config::{Config, EnvKind, PolicyKind};
+use crate::env::tool_use::bfcl::multi::{load_multi, py_call, MultiEntry, MULTI_CATEGORIES};
 use crate::env::tool_use::bfcl::source::BfclSource;
 use crate::env::tool_use::bfcl::{self, id_hash, split_of, Entry};
 use crate::env::tool_use::protocol::chat::ChatProtocol;
 use crate::env::tool_use::reward::RewardConfig;
+use crate::env::tool_use::stateful::StatefulSource;
 use crate::env::{Protocol, Split, TaskSource};
 use crate::error::{Error, IoContext, Result};
 use crate::policy::lm::Lm;
@@ -76,24 +79,48 @@ impl CategoryScore {
     }
 }
 
+/// A task with an id and a category.
+trait Task {
+    fn id(&self) -> &str;
+    fn category(&self) -> &str;
+}
+
+impl Task for Entry {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn category(&self) -> &str {
+        &self.category
+    }
+}
+
+impl Task for MultiEntry {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn category(&self) -> &str {
+        &self.category
+    }
+}
+
 /// The tasks of `category` that `which` and `limit` select, in BFCL's order.
-fn select(entries: Vec<Entry>, which: Which, limit: Option<usize>) -> Vec<Entry> {
+fn select<E: Task>(entries: Vec<E>, which: Which, limit: Option<usize>) -> Vec<E> {
     let live = entries
         .first()
-        .is_some_and(|e| e.category.starts_with("live"));
-    let mut chosen: Vec<(usize, Entry)> = entries
+        .is_some_and(|e| e.category().starts_with("live"));
+    let mut chosen: Vec<(usize, E)> = entries
         .into_iter()
         .filter(|e| {
             live || match which {
                 Which::All => true,
-                Which::Heldout => split_of(&e.id) == Split::Heldout,
-                Which::Train => split_of(&e.id) == Split::Train,
+                Which::Heldout => split_of(e.id()) == Split::Heldout,
+                Which::Train => split_of(e.id()) == Split::Train,
             }
         })
         .enumerate()
         .collect();
     if let Some(n) = limit {
-        chosen.sort_by_key(|(_, e)| id_hash(&e.id));
+        chosen.sort_by_key(|(_, e)| id_hash(e.id()));
         chosen.truncate(n);
         chosen.sort_by_key(|(i, _)| *i);
     }
@@ -185,8 +212,12 @@ pub fn run(req: &Request) -> Result<Vec<CategoryScore>> {
     // Every category is read (and checked) before the model is loaded.
     let mut chosen = Vec::new();
     for category in &req.categories {
-        let entries = bfcl::load(&dir, category)?;
-        chosen.push((category.clone(), select(entries, req.which, req.limit)));
+        let tasks = if MULTI_CATEGORIES.contains(&category.as_str()) {
+            Tasks::Multi(select(load_multi(&dir, category)?, req.which, req.limit))
+        } else {
+            Tasks::Single(select(bfcl::load(&dir, category)?, req.which, req.limit))
+        };
+        chosen.push((category.clone(), tasks));
     }
     if req.out.exists() && std::fs::read_dir(&req.out).at(&req.out)?.next().is_some() {
         return Err(Error::input(format!(
@@ -201,9 +232,16 @@ pub fn run(req: &Request) -> Result<Vec<CategoryScore>> {
     let total: usize = chosen.iter().map(|(_, e)| e.len()).sum();
     let bar = super::progress_bar(total as u64, "tasks");
     let mut scores = Vec::new();
-    for (category, entries) in chosen {
+    for (category, tasks) in chosen {
         bar.set_message(category.clone());
-        let score = play_category(req, &protocol, lm, device, &category, entries, &bar)?;
+        let score = match tasks {
+            Tasks::Single(entries) => {
+                play_category(req, &protocol, lm, device, &category, entries, &bar)?
+            }
+            Tasks::Multi(entries) => {
+                play_multi(req, &dir, &protocol, lm, device, &category, entries, &bar)?
+            }
+        };
         scores.push(score);
     }
     bar.finish_and_clear();
@@ -228,6 +266,135 @@ pub fn run(req: &Request) -> Result<Vec<CategoryScore>> {
         .and_then(|()| f.flush())
         .at(req.out.join("table.txt"))?;
     Ok(scores)
+}
+
+/// A category's selected tasks.
+enum Tasks {
+    Single(Vec<Entry>),
+    Multi(Vec<MultiEntry>),
+}
+
+impl Tasks {
+    fn len(&self) -> usize {
+        match self {
+            Tasks::Single(e) => e.len(),
+            Tasks::Multi(e) => e.len(),
+        }
+    }
+}
+
+/// Writes a category's result lines and messages logs, each given in the category's order.
+fn write_outputs(req: &Request, category: &str, lines: &[(usize, String, String)]) -> Result<()> {
+    let results: String = lines.iter().map(|(_, r, _)| r.as_str()).collect();
+    let messages: String = lines.iter().map(|(_, _, m)| m.as_str()).collect();
+    for (name, text) in [
+        (format!("BFCL_v4_{category}_result.json"), results),
+        (format!("{category}.messages.jsonl"), messages),
+    ] {
+        let mut f = create(&req.out, &name)?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.flush())
+            .at(req.out.join(&name))?;
+    }
+    Ok(())
+}
+
+/// BFCL's most model steps in one user turn (`MAXIMUM_STEP_LIMIT`).
+const STEP_LIMIT: usize = 20;
+
+/// One multi-turn category: each conversation played greedily against a session of BFCL's API
+/// classes (`scripts/pytools.py --bfcl`), its later user turns forced as the turns before end,
+/// graded by the state rule. Result lines hold, per user turn, the calls made (Python form).
+#[allow(clippy::too_many_arguments)]
+fn play_multi(
+    req: &Request,
+    dir: &Path,
+    protocol: &ChatProtocol,
+    lm: &Lm,
+    device: tch::Device,
+    category: &str,
+    entries: Vec<MultiEntry>,
+    bar: &indicatif::ProgressBar,
+) -> Result<CategoryScore> {
+    let started = Instant::now();
+    let tasks = entries.len();
+    let mut limits = protocol.limits;
+    limits.max_turns = STEP_LIMIT;
+    limits.max_calls = usize::MAX;
+    let protocol = ChatProtocol {
+        format: protocol.format.clone(),
+        limits,
+    };
+    let log = Some(req.out.join("tools.log"));
+    let all = StatefulSource::bfcl_tasks(dir, Vec::new(), entries, 0, log.clone())?;
+    let lengths: Vec<Option<usize>> = (0..tasks)
+        .map(|i| {
+            let item = all.item(Split::Heldout, i as u64);
+            Protocol::<StatefulSource>::start(&protocol, &all, item)
+                .ok()
+                .map(|ep| ep.prompt_len)
+                .filter(|&n| n + MIN_ANSWER <= req.max_tokens)
+        })
+        .collect();
+    let mut order: Vec<(usize, usize)> = (0..tasks)
+        .filter_map(|i| lengths[i].map(|n| (n, i)))
+        .collect();
+    order.sort_unstable();
+    let playable: Vec<MultiEntry> = order
+        .iter()
+        .map(|&(_, i)| all.entry(&all.item(Split::Heldout, i as u64)).clone())
+        .collect();
+    let position: HashMap<String, usize> = playable
+        .iter()
+        .zip(&order)
+        .map(|(e, &(_, i))| (e.id.clone(), i))
+        .collect();
+    let not_run = tasks - playable.len();
+    bar.inc(not_run as u64);
+    let mut lines: Vec<(usize, String, String)> = Vec::with_capacity(playable.len());
+    let mut correct = 0;
+    if !playable.is_empty() {
+        let n = playable.len();
+        let source = StatefulSource::bfcl_tasks(dir, Vec::new(), playable, 0, log)?;
+        let player = Player {
+            model: lm,
+            task: &source,
+            protocol: &protocol,
+            device,
+        };
+        let means = player.evaluate(
+            Split::Heldout,
+            n,
+            req.batch,
+            &RewardConfig::default(),
+            |ep| {
+                let id = source.item_id(&ep.item).unwrap_or_default();
+                let at = position.get(&id).copied().unwrap_or(usize::MAX);
+                let turns = source.entry(&ep.item).turns.len();
+                let calls: Vec<Vec<String>> = ep
+                    .attempt
+                    .calls_by_turn(turns)
+                    .iter()
+                    .map(|t| t.iter().map(|(name, args)| py_call(name, args)).collect())
+                    .collect();
+                let graded = ep.attempt.graded.clone();
+                let line = json!({"id": id, "result": calls, "graded": graded});
+                let log = protocol.episode_json(&source, ep).to_string();
+                lines.push((at, format!("{line}\n"), format!("{log}\n")));
+                bar.inc(1);
+            },
+        )?;
+        correct = (means.completion * n as f64).round() as usize;
+    }
+    lines.sort_by_key(|(at, _, _)| *at);
+    write_outputs(req, category, &lines)?;
+    Ok(CategoryScore {
+        category: category.to_string(),
+        tasks,
+        not_run,
+        correct,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// One category: its playable tasks decoded greedily in batches, each graded and written.
@@ -299,17 +466,7 @@ fn play_category(
         correct = (means.completion * n as f64).round() as usize;
     }
     lines.sort_by_key(|(at, _, _)| *at);
-    let results: String = lines.iter().map(|(_, r, _)| r.as_str()).collect();
-    let messages: String = lines.iter().map(|(_, _, m)| m.as_str()).collect();
-    for (name, text) in [
-        (format!("BFCL_v4_{category}_result.json"), results),
-        (format!("{category}.messages.jsonl"), messages),
-    ] {
-        let mut f = create(&req.out, &name)?;
-        f.write_all(text.as_bytes())
-            .and_then(|()| f.flush())
-            .at(req.out.join(&name))?;
-    }
+    write_outputs(req, category, &lines)?;
     Ok(CategoryScore {
         category: category.to_string(),
         tasks,
@@ -367,6 +524,15 @@ pub fn table(scores: &[CategoryScore]) -> String {
             "{:<24} {:>42.1}%\n",
             "live AST (weighted)",
             100.0 * right as f64 / all.max(1) as f64
+        ));
+    }
+    let multi: Option<Vec<&CategoryScore>> = MULTI_CATEGORIES.iter().map(|n| find(n)).collect();
+    if let Some(cs) = multi {
+        let mean = cs.iter().map(|c| c.accuracy()).sum::<f64>() / cs.len() as f64;
+        s.push_str(&format!(
+            "{:<24} {:>42.1}%\n",
+            "multi-turn (mean)",
+            100.0 * mean
         ));
     }
     s

@@ -213,7 +213,10 @@ impl ToolWorker {
         for s in &open {
             self.sessions.remove(s.as_str());
         }
-        answers.into_iter().find_map(Result::err).map_or(Ok(()), Err)
+        answers
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
     }
 
     /// Ends `session`. A session a restart lost is already gone: closing it is not an error.

@@ -4,7 +4,12 @@
 //! ```text
 //! r = w_task · completion + w_tool · tool_precision − w_format · format_errors − w_cost · calls
 //!     + w_names · names + w_params · params + w_values · values      (calls rule only)
+//!     + w_turns · share of user turns right                          (state rule only)
 //! ```
+//!
+//! Under the state rule ([`AnswerRule::Turns`]: multi-turn tasks with stateful tools) completion
+//! is the verdict of the tools that held the episode's state ([`Attempt::graded`]), and the
+//! tool F1 is taken per user turn against that turn's ground truth, then averaged.
 //!
 //! Under the calls rule ([`AnswerRule::Calls`]: BFCL's tasks, datasets' tasks with their own
 //! tools) completion is BFCL's verdict on the calls as written, and `names`, `params`, `values`
@@ -408,13 +413,12 @@ pub fn execution_f1(results: &[Option<String>], needed: &[String]) -> (f64, f64,
 pub fn score(cfg: &RewardConfig, attempt: &Attempt, gold: &Gold) -> Score {
     let completion = match (&gold.rule, &attempt.answer) {
         (AnswerRule::Calls(rule), _) => calls_completion(rule, attempt),
-        (AnswerRule::Turns(_), _) => attempt.graded.as_ref().map_or(0.0, |g| {
-            if g.valid {
-                1.0
-            } else {
-                0.0
-            }
-        }),
+        (AnswerRule::Turns(_), _) => {
+            attempt
+                .graded
+                .as_ref()
+                .map_or(0.0, |g| if g.valid { 1.0 } else { 0.0 })
+        }
         (rule, Some(a)) if rule.accepts(&gold.answer, a) => 1.0,
         _ => 0.0,
     };

@@ -72,11 +72,7 @@ pub struct WorkerSpec {
 
 impl WorkerSpec {
     fn start(&self) -> ToolWorker {
-        ToolWorker::new(
-            self.command.clone(),
-            self.timeout,
-            self.stderr_log.clone(),
-        )
+        ToolWorker::new(self.command.clone(), self.timeout, self.stderr_log.clone())
     }
 
     /// `scripts/pytools.py --bfcl` with the project's Python.
@@ -154,14 +150,26 @@ impl StatefulSource {
         for c in categories {
             entries.extend(load_multi(dir, c)?);
         }
+        let (train, heldout) = entries
+            .into_iter()
+            .partition(|e: &MultiEntry| split_of(&e.id) == Split::Train);
+        Self::bfcl_tasks(dir, train, heldout, seed, stderr_log)
+    }
+
+    /// BFCL's multi-turn tasks given in their splits (in the order given), with the classes'
+    /// documentation from `dir`.
+    pub fn bfcl_tasks(
+        dir: &Path,
+        train: Vec<MultiEntry>,
+        heldout: Vec<MultiEntry>,
+        seed: u64,
+        stderr_log: Option<PathBuf>,
+    ) -> Result<Self> {
         let mut class_tools = BTreeMap::new();
         for (class, _) in CLASS_DOCS {
             let docs = class_functions(dir, class)?;
             class_tools.insert(class.to_string(), docs.iter().map(tool_spec).collect());
         }
-        let (train, heldout) = entries
-            .into_iter()
-            .partition(|e: &MultiEntry| split_of(&e.id) == Split::Train);
         Self::new(
             train,
             heldout,
@@ -187,8 +195,8 @@ impl StatefulSource {
                     worker.command.join(" ")
                 ))
             })?;
-        let served: BTreeMap<String, Vec<Value>> = serde_json::from_value(served.clone())
-            .map_err(|_| {
+        let served: BTreeMap<String, Vec<Value>> =
+            serde_json::from_value(served.clone()).map_err(|_| {
                 Error::input(format!(
                     "the tools' program answered {served:.80} when asked for its classes"
                 ))
@@ -351,9 +359,9 @@ impl StatefulSource {
                     let ok = match protocol.demonstration(self, &item) {
                         Ok(d) => d.tokens.len() <= max_tokens,
                         Err(NoDemonstration::TooLong) => false,
-                        Err(_) => protocol
-                            .start(self, item)
-                            .is_ok_and(|ep| crate::env::ProtocolEpisode::prompt_len(&ep) < max_tokens),
+                        Err(_) => protocol.start(self, item).is_ok_and(|ep| {
+                            crate::env::ProtocolEpisode::prompt_len(&ep) < max_tokens
+                        }),
                     };
                     let entry = &self.task(&item).entry;
                     if !ok {
@@ -377,7 +385,6 @@ impl StatefulSource {
         )?;
         Ok((source, dropped))
     }
-
 }
 
 /// A task with its tools and later turns laid out.
@@ -515,7 +522,11 @@ impl TaskSource for StatefulSource {
         Some(self.list(split).1.len())
     }
 
-    fn locate(&self, id: Option<&Value>, _prompt: &str) -> std::result::Result<StatefulRef, String> {
+    fn locate(
+        &self,
+        id: Option<&Value>,
+        _prompt: &str,
+    ) -> std::result::Result<StatefulRef, String> {
         let id = id
             .and_then(Value::as_str)
             .ok_or("a multi-turn line needs its task's string \"id\"")?;
@@ -552,13 +563,18 @@ impl ToolSet<StatefulRef> for StatefulSource {
     }
 
     /// Every call in its episode's session, in one exchange with the worker.
-    fn execute_batch(&self, calls: &[(&StatefulRef, &Call)]) -> Vec<std::result::Result<String, String>> {
+    fn execute_batch(
+        &self,
+        calls: &[(&StatefulRef, &Call)],
+    ) -> Vec<std::result::Result<String, String>> {
         let mut out: Vec<Option<std::result::Result<String, String>>> = vec![None; calls.len()];
         let mut sent = Vec::new();
         let mut requests = Vec::new();
         for (i, (item, call)) in calls.iter().enumerate() {
             let Some(session) = item.session else {
-                out[i] = Some(Err("the episode has no session (its tools keep state)".into()));
+                out[i] = Some(Err(
+                    "the episode has no session (its tools keep state)".into()
+                ));
                 continue;
             };
             let args = typed_arguments(call, &self.task(item).all_tools);

@@ -149,8 +149,8 @@ fn entry_of(
     known: Option<&[&str]>,
 ) -> std::result::Result<MultiEntry, String> {
     let id = id_of(o)?.to_string();
-    let turns: Vec<Vec<Value>> = field(o, "question")
-        .map_err(|e| format!("\"question\" is not a list of turns: {e}"))?;
+    let turns: Vec<Vec<Value>> =
+        field(o, "question").map_err(|e| format!("\"question\" is not a list of turns: {e}"))?;
     if turns.is_empty() {
         return Err(format!("task {id:?} has no user turn"));
     }
@@ -211,6 +211,39 @@ fn entry_of(
         excluded,
         ground_truth,
     })
+}
+
+/// A JSON value as a Python literal (`None`, `True`, strings in double quotes).
+pub fn py_literal(v: &Value) -> String {
+    match v {
+        Value::Null => "None".into(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::Number(n) => n.to_string(),
+        Value::String(_) => v.to_string(),
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(py_literal).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(o) => format!(
+            "{{{}}}",
+            o.iter()
+                .map(|(k, x)| format!("{}: {}", Value::from(k.as_str()), py_literal(x)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// A call in BFCL's Python form, `name(a='x', n=2)` (keyword arguments, Python literals).
+pub fn py_call(name: &str, args: &Value) -> String {
+    let args: Vec<String> = args
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", py_literal(v)))
+        .collect();
+    format!("{name}({})", args.join(", "))
 }
 
 /// The documentation of `class`'s functions (`multi_turn_func_doc/<file>.json`), BFCL's
@@ -283,6 +316,17 @@ mod tests {
             .map(|f| f["name"].as_str().unwrap().to_string())
             .collect();
         assert!(names.contains(&"cd".to_string()) && names.contains(&"mv".to_string()));
+    }
+
+    #[test]
+    fn calls_are_written_in_python_form() {
+        let args =
+            serde_json::json!({"a": "it's", "n": 2, "x": 1.5, "f": [true, null], "d": {"k": "v"}});
+        assert_eq!(
+            py_call("f", &args),
+            r#"f(a="it's", n=2, x=1.5, f=[True, None], d={"k": "v"})"#
+        );
+        assert_eq!(py_call("ls", &serde_json::json!({})), "ls()");
     }
 
     #[test]

@@ -437,7 +437,8 @@ impl<I> ChatEpisode<I> {
     }
 
     /// The user's next turn, forced; the tools it first offers are offered from now on, and
-    /// the assistant's turns are counted afresh (`env.max_turns` is per user turn).
+    /// the assistant's turns and written tokens are counted afresh (`env.max_turns` and
+    /// `env.max_new_tokens` are per user turn).
     fn next_user_turn(&mut self, next: UserTurn) {
         if !next.added_tools.is_empty() {
             let mut tools = self.tools.to_vec();
@@ -453,6 +454,7 @@ impl<I> ChatEpisode<I> {
         self.messages
             .push(json!({"role": "user", "content": shown}));
         self.turns = 0;
+        self.written = 0;
         match self.format.encode(&content) {
             Ok(ids) => {
                 self.turn_start = self.tokens.len() + ids.len();
