@@ -67,24 +67,7 @@ pub fn raw_call(v: &Value) -> Result<RawCall, String> {
 /// A call of `name` with arguments `args` compared in canonical text: a string as it is, a
 /// number or boolean as written, an array or object as its compact JSON.
 pub fn call_of(name: &str, args: &Value) -> Call {
-    let empty = Map::new();
-    let texts: Vec<(&String, String)> = args
-        .as_object()
-        .unwrap_or(&empty)
-        .iter()
-        .map(|(k, v)| {
-            let text = match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (k, text)
-        })
-        .collect();
-    let pairs: Vec<(&str, &str)> = texts
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    Call::new(name, &pairs)
+    Call::from_json(name, args)
 }
 
 /// Reads a call in either common form ([`raw_call`]) whose argument values are strings,

@@ -64,6 +64,29 @@ impl Call {
         }
     }
 
+    /// A call of `name` with arguments `args` compared in canonical text: a string as it is, a
+    /// number or boolean as written, an array or object as its compact JSON.
+    pub fn from_json(name: &str, args: &serde_json::Value) -> Call {
+        let empty = serde_json::Map::new();
+        let texts: Vec<(&String, String)> = args
+            .as_object()
+            .unwrap_or(&empty)
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k, text)
+            })
+            .collect();
+        let pairs: Vec<(&str, &str)> = texts
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Call::new(name, &pairs)
+    }
+
     /// The value of argument `name` as written (its canonical text when that is all there is).
     pub fn value(&self, name: &str) -> Option<&str> {
         self.written
@@ -464,11 +487,8 @@ pub fn score(cfg: &RewardConfig, attempt: &Attempt, gold: &Gold) -> Score {
 /// (compared as [`Call`]s), averaged over the turns.
 fn turn_f1(attempt: &Attempt, gold: &[Vec<RawCall>]) -> (f64, f64, f64) {
     let made = attempt.calls_by_turn(gold.len());
-    let calls = |raw: &[RawCall]| -> Vec<Call> {
-        raw.iter()
-            .map(|(n, a)| crate::env::tool_use::calls::call_of(n, a))
-            .collect()
-    };
+    let calls =
+        |raw: &[RawCall]| -> Vec<Call> { raw.iter().map(|(n, a)| Call::from_json(n, a)).collect() };
     let mut sums = (0.0, 0.0, 0.0);
     for (mine, want) in made.iter().zip(gold) {
         let (p, r, f) = call_f1(&calls(mine), &calls(want));

@@ -247,7 +247,7 @@ pub fn plot_curves(series: &[Series], panels: &[Panel], title: &str, out: &Path)
         else {
             return Ok(());
         };
-        let pad = ((y1 - y0) * 0.05).max(1e-3);
+        let pad = y_pad(y0, y1, 0.05);
         let mut chart = ChartBuilder::on(area)
             .margin(12)
             .x_label_area_size(36)
@@ -274,6 +274,16 @@ pub fn plot_curves(series: &[Series], panels: &[Panel], title: &str, out: &Path)
         }
         Ok(())
     })
+}
+
+/// The margin above and below a y range: `share` of its height, or, for a flat line, half a unit
+/// (a tenth of the value when that is larger) so that the axis labels stay distinct.
+fn y_pad(y0: f64, y1: f64, share: f64) -> f64 {
+    if y1 - y0 > 1e-9 * y0.abs().max(1.0) {
+        (y1 - y0) * share
+    } else {
+        (y0.abs() * 0.1).max(0.5)
+    }
 }
 
 /// The x and y range of `points` (x widened to one unit when it has none); `None` when empty.
@@ -569,7 +579,7 @@ fn draw_sweep_panel(
     if y0 > y1 {
         return Ok(());
     }
-    let pad = ((y1 - y0) * 0.08).max(1e-3);
+    let pad = y_pad(y0, y1, 0.08);
     (y0, y1) = (y0 - pad, y1 + pad);
     let xpad = (x1 - x0) * 0.04;
     let mut chart = ChartBuilder::on(area)
@@ -621,4 +631,16 @@ fn draw_sweep_panel(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::y_pad;
+
+    #[test]
+    fn a_flat_line_gets_a_visible_range_and_a_sloped_one_a_share_of_its_own() {
+        assert_eq!(y_pad(0.0, 0.0, 0.05), 0.5);
+        assert_eq!(y_pad(20.0, 20.0, 0.05), 2.0);
+        assert!((y_pad(0.2, 0.4, 0.05) - 0.01).abs() < 1e-12);
+    }
 }
