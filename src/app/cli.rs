@@ -333,6 +333,15 @@ pub struct BenchArgs {
     /// Face TRL's GRPOTrainer (needs trl in the baseline's Python).
     #[arg(long, requires = "lm", conflicts_with = "no_baseline")]
     pub trl: bool,
+    /// With --trl: the workloads, comma-separated: tool (a long tool prompt shared by every
+    /// prompt), short (the question alone), bfcl (each prompt with its own functions).
+    #[arg(long, default_value = "tool,short,bfcl", requires = "trl",
+          value_parser = crate::app::experiments::bench_grpo::Workloads::parse)]
+    pub workloads: crate::app::experiments::bench_grpo::Workloads,
+    /// With --trl: also asymre serial beside a busy loop (nice 19 and nice 0), before and
+    /// after its waiting policy, and with learner.adapt_threads (tool workload).
+    #[arg(long, requires = "trl")]
+    pub contention: bool,
     /// Benchmark the Redis transport instead (against redis-benchmark's XADD rate on a
     /// redis-server of its own, and weight publishing).
     #[arg(long, conflicts_with = "lm")]

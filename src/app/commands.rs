@@ -353,6 +353,8 @@ fn bench(args: BenchArgs) -> Result<u8> {
             model: &args.model,
             python: python.as_deref().unwrap_or(Path::new("python3")),
             quick: args.quick,
+            workloads: &args.workloads.0,
+            contention: args.contention,
             json: args.json.as_deref(),
         })?;
     } else if args.lm {

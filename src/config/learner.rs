@@ -31,6 +31,12 @@ pub struct LearnerConfig {
     pub max_grad_norm: f64,
     /// libtorch intra-op threads (set once for the process, so threads do not oversubscribe).
     pub intra_op_threads: usize,
+    /// Serial mode: before each step, run on the cores other processes leave free (at most
+    /// `intra_op_threads`), measured from `/proc` over the last step. A step then slows down
+    /// in proportion to the cores lost, not more; but sums reduce in another order on another
+    /// number of threads, so a run is no longer bit-identical to another. Off: a warning names
+    /// the busy process instead.
+    pub adapt_threads: bool,
     /// Skip (and count, as `nonfinite_skipped`) a batch whose loss or gradient is not finite,
     /// instead of stopping the run.
     pub skip_nonfinite: bool,
@@ -48,6 +54,7 @@ impl Default for LearnerConfig {
             sync_interval: 100,
             max_grad_norm: 0.0,
             intra_op_threads: 1,
+            adapt_threads: false,
             skip_nonfinite: false,
         }
     }

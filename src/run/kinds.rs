@@ -18,7 +18,7 @@ use crate::env::tool_use::reward::Score;
 use crate::env::tool_use::stateful::{StatefulSource, WorkerSpec};
 use crate::env::tool_use::tasks::Task;
 use crate::env::tool_use::toolbox::ToolBox;
-use crate::env::{Split, TaskSource};
+use crate::env::{Protocol, Split, TaskSource, ToolSet};
 use crate::error::{Error, Result};
 use crate::policy::lm::source::{read_text, resolve};
 use crate::policy::lm::Lm;
@@ -221,6 +221,46 @@ pub fn check_inputs(cfg: &Config) -> Result<()> {
 
 /// A scorer of JSON lines of any model's episodes.
 pub type LineScorer = Box<dyn Fn(&str) -> std::result::Result<Score, String>>;
+
+/// One train prompt as a run of `cfg` renders it for its LM: the ids, the question, and the
+/// task's id where its source names tasks (what [`line_scorer`] needs to find it again).
+pub struct PromptRow {
+    pub ids: Vec<u32>,
+    pub question: String,
+    pub id: Option<String>,
+}
+
+/// The first `n` train prompts of `cfg`'s single-turn environment played by a pretrained LM,
+/// so that another trainer can be given the same prompts.
+pub fn train_prompts(cfg: &Config, n: u64) -> Result<Vec<PromptRow>> {
+    let protocol = chat_protocol(cfg)?;
+    match cfg.env.kind {
+        EnvKind::ToolUse => prompts_of(&task(cfg), &protocol, n),
+        EnvKind::Dataset => prompts_of(&dataset_source(cfg, None)?, &protocol, n),
+        EnvKind::Bfcl if !cfg.env.multi_turn_categories() => {
+            prompts_of(&bfcl_training(cfg, &protocol)?, &protocol, n)
+        }
+        kind => Err(Error::input(format!(
+            "env.kind = {kind:?}: prompts are listed for single-turn environments only"
+        ))),
+    }
+}
+
+fn prompts_of<T: TaskSource + ToolSet<T::Item>>(
+    source: &T,
+    protocol: &ChatProtocol,
+    n: u64,
+) -> Result<Vec<PromptRow>> {
+    (0..n)
+        .map(|i| {
+            let item = source.item(Split::Train, i);
+            let question = source.question(&item);
+            let id = source.item_id(&item);
+            let ids = Protocol::<T>::start(protocol, source, item)?.tokens;
+            Ok(PromptRow { ids, question, id })
+        })
+        .collect()
+}
 
 /// Scores JSON lines of any model's episodes with the task source of `cfg` (its tools and gold)
 /// and `cfg`'s rewards, one result per line. Only the task source is built: scoring another

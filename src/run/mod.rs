@@ -17,6 +17,7 @@ use crate::rl::actor::Actor;
 use crate::store::checkpoint::{self, Checkpoint};
 
 mod bandit_run;
+pub mod contention;
 mod dir;
 mod eval;
 mod export;
@@ -36,7 +37,7 @@ pub use crate::device::{device_name, resolve_device};
 pub use dir::{create_run_dir, default_dir, new_learner, open_run_dir};
 pub use eval::{evaluate_run, load_run_policy};
 pub use export::export_run;
-pub use kinds::{chat_protocol, check_inputs, line_scorer};
+pub use kinds::{chat_protocol, check_inputs, line_scorer, train_prompts, PromptRow};
 pub use options::{threads_used, Outcome, RunOptions};
 pub use remote::remote_actors;
 pub use summary::{print_summary, BanditSummary, Summary, ToolUseSummary};

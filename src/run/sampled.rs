@@ -67,6 +67,16 @@ pub(super) struct SampledRun<'a> {
     /// Through Redis: the actor processes whose heartbeat is alive and the messages that did
     /// not decode, for the rows.
     pub(super) remote: Option<Gauges>,
+    /// Serial mode: seconds spent sampling and learning since the last row.
+    pub(super) phases: Phases,
+}
+
+/// Seconds a serial run spent in its two phases since its last row, and the steps they cover.
+#[derive(Default)]
+pub(super) struct Phases {
+    pub act: f64,
+    pub learn: f64,
+    pub steps: u64,
 }
 
 impl<'a> SampledRun<'a> {
@@ -129,6 +139,7 @@ impl<'a> SampledRun<'a> {
             session,
             parallel: !serial,
             remote: None,
+            phases: Phases::default(),
         };
         run.set_behaviour(behaviour);
         if run.learner.step() == 0 {
@@ -185,6 +196,11 @@ impl<'a> SampledRun<'a> {
             );
         if self.parallel {
             row.push(tags::ACTORS, self.learner.take_senders().len() as f64);
+        }
+        let phases = std::mem::take(&mut self.phases);
+        if phases.steps > 0 {
+            row.push(tags::ACT_SECS, phases.act / phases.steps as f64)
+                .push(tags::LEARN_SECS, phases.learn / phases.steps as f64);
         }
         if let Some(g) = &self.remote {
             let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed) as f64;

@@ -59,15 +59,20 @@ pub mod tags {
     /// Seconds since the run started, resumed runs included (not reproducible).
     pub const WALL_TIME: &str = "wall_time";
 
+    /// Serial mode: seconds per step spent sampling episodes (the actors' turn) and in the
+    /// learner's step with the weights' publication (not reproducible).
+    pub const ACT_SECS: &str = "act_secs";
+    pub const LEARN_SECS: &str = "learn_secs";
+
     /// Keys whose values depend on the machine's speed, excluded from reproducibility checks.
-    pub const TIMING: &[&str] = &[SAMPLES_PER_SEC, WALL_TIME];
+    pub const TIMING: &[&str] = &[SAMPLES_PER_SEC, WALL_TIME, ACT_SECS, LEARN_SECS];
 
     /// The TensorBoard group of a key, CleanRL-style (`charts/…`, `losses/…`).
     pub fn group(key: &str) -> &'static str {
         match key {
             LOSS | GRAD_NORM | V | V_MU => "losses",
             POLICY_LAG_MEAN | POLICY_LAG_MAX | REPLAY_SIZE | STALE_DROPPED | SAMPLES_PER_SEC
-            | WALL_TIME => "perf",
+            | WALL_TIME | ACT_SECS | LEARN_SECS => "perf",
             _ => "charts",
         }
     }

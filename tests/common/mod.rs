@@ -107,8 +107,9 @@ pub fn metrics(run: &Path) -> Vec<Map<String, Value>> {
         .map(|l| {
             let mut row: Map<String, Value> =
                 serde_json::from_str(l).expect("every line is complete JSON");
-            row.remove("samples_per_sec");
-            row.remove("wall_time");
+            for timing in ["samples_per_sec", "wall_time", "act_secs", "learn_secs"] {
+                row.remove(timing);
+            }
             row
         })
         .collect()

@@ -1,48 +1,142 @@
 //! `asymre bench --lm --trl`: asymre's training loop and Hugging Face TRL's `GRPOTrainer` on the
-//! same workload, end to end. Both start from asymre's export of the model; both see the same
-//! chat prompts (`calc` questions with the tools listed), G completions per prompt, a batch of
-//! episodes per learner step, at most [`NEW_TOKENS`] tokens per completion, one assistant turn
-//! (calls are scored, not answered), full fine-tuning with Adam, and the same reward (TRL's reward
-//! function calls `asymre score` on the raw completions). Each side runs in its own process, so its
-//! peak resident memory is its own; rates are steady-state (the first step left out).
+//! same workloads, end to end. Both start from asymre's export of the model; both see the same
+//! chat prompts, G completions per prompt, a batch of episodes per learner step, at most a
+//! workload's new tokens per completion, one assistant turn (calls are scored, not answered),
+//! full fine-tuning with Adam, the same learning rate, as many threads as this process may use
+//! (`sched_getaffinity`), and the same reward (TRL's reward function calls `asymre score` on
+//! the raw completions). Each side runs in its own process, so its peak resident memory is its
+//! own. Rates are steady-state (each run's first step, which warms up, left out), per step, so
+//! that a median and a spread can be given; asymre and TRL are alternated so that a slow spell
+//! of a shared machine falls on both.
+//!
+//! Three workloads: `tool` (calc questions with four tools listed: a ~430-token system prompt
+//! shared by every prompt), `short` (the question alone, ~30 tokens, no tools) and `bfcl`
+//! (BFCL's train tasks, each with its own functions: no prefix shared across prompts). The
+//! headline is serial asymre (each step samples with the weights it trains) against TRL with
+//! its defaults (gradient checkpointing on); asymre's parallel mode trains on episodes up to
+//! `replay.max_policy_lag` versions old and is labelled asynchronous, with its measured lag.
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
-use super::bench::{read_rates, run_reference, ScratchDir};
+use super::bench::{run_reference, ScratchDir};
 use crate::config;
-use crate::env::tool_use::tasks::{Split, Task};
-use crate::env::TaskSource;
 use crate::error::{Error, IoContext, Result};
 
 /// Episodes per learner step, and completions per prompt.
 pub const BATCH: usize = 16;
 pub const GROUP: usize = 8;
-/// Most tokens one completion writes.
-pub const NEW_TOKENS: usize = 48;
 /// TRL's default learning rate, used on both sides.
 const LR: f64 = 1e-6;
 /// Distinct train prompts offered to TRL (asymre draws its own from the same split).
 const PROMPTS: u64 = 256;
 
-/// The asymre side's config; `{model}` and `{steps}` are filled in.
-const CONFIG: &str = r#"# asymre bench --lm --trl: the GRPO workload, end to end.
+/// A workload of the comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// calc questions with four tools listed (one long system prompt shared by all).
+    Tool,
+    /// The question alone: no tools, no system prompt of ours.
+    Short,
+    /// BFCL's train tasks, each with its own functions.
+    Bfcl,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 3] = [Workload::Tool, Workload::Short, Workload::Bfcl];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Tool => "tool",
+            Workload::Short => "short",
+            Workload::Bfcl => "bfcl",
+        }
+    }
+
+    /// A comma-separated list of workload names.
+    pub fn parse_list(s: &str) -> std::result::Result<Vec<Workload>, String> {
+        let mut out = Vec::new();
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let w = Self::ALL
+                .into_iter()
+                .find(|w| w.name() == name)
+                .ok_or_else(|| format!("unknown workload {name:?} (tool, short, bfcl)"))?;
+            if !out.contains(&w) {
+                out.push(w);
+            }
+        }
+        if out.is_empty() {
+            return Err("no workload named (tool, short, bfcl)".into());
+        }
+        Ok(out)
+    }
+
+    /// Most tokens one completion writes (a BFCL call is longer than a calc one).
+    pub fn new_tokens(self) -> usize {
+        match self {
+            Workload::Bfcl => 64,
+            _ => 48,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Workload::Tool => "calc questions with 4 tools listed (a ~430-token system prompt shared by every prompt)",
+            Workload::Short => "the question alone (~30 tokens: no tools, no system prompt of ours)",
+            Workload::Bfcl => "BFCL train tasks, each with its own functions (no prefix shared across prompts)",
+        }
+    }
+
+    /// The `[env]` and `[reward]` sections of the workload's config.
+    fn env(self, steps: u64, data: &Path) -> String {
+        let new = self.new_tokens();
+        match self {
+            Workload::Tool => format!(
+                "[env]\nkind = \"tool_use\"\ntask = \"calc\"\ndigits = 2\nno_call_share = 0.2\n\
+                 max_tokens = 2048\nmax_new_tokens = {new}\nmax_turns = 1\nmax_calls = 4\n\
+                 rounds = 1\nsteps_per_round = {steps}\n\n\
+                 [reward]\nw_task = 1.0\nw_tool = 0.5\nw_format = 0.0\nw_cost = 0.0\n"
+            ),
+            Workload::Short => format!(
+                "[env]\nkind = \"dataset\"\npath = {}\nmax_tokens = 512\n\
+                 max_new_tokens = {new}\nmax_turns = 1\nmax_calls = 4\n\
+                 rounds = 1\nsteps_per_round = {steps}\n\n\
+                 [reward]\nw_task = 1.0\nw_tool = 0.0\nw_format = 0.0\nw_cost = 0.0\n",
+                toml_string(&data.display().to_string())
+            ),
+            Workload::Bfcl => format!(
+                "[env]\nkind = \"bfcl\"\ncategories = [\"simple_python\", \"multiple\", \"parallel\", \
+                 \"parallel_multiple\"]\nmax_tokens = 1280\nmax_new_tokens = {new}\n\
+                 max_turns = 1\nrounds = 1\nsteps_per_round = {steps}\n\n\
+                 [reward]\nw_task = 1.0\nw_tool = 0.0\nw_names = 0.2\nw_params = 0.2\n\
+                 w_values = 0.4\nw_format = 0.1\nw_cost = 0.0\ntool_match = \"exact\"\n"
+            ),
+        }
+    }
+}
+
+/// The workloads a command line names (`--workloads tool,short`).
+#[derive(Clone, Debug)]
+pub struct Workloads(pub Vec<Workload>);
+
+impl Workloads {
+    pub fn parse(s: &str) -> std::result::Result<Workloads, String> {
+        Workload::parse_list(s).map(Workloads)
+    }
+}
+
+/// `s` as a TOML basic string.
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// The asymre side's config beyond `[env]` and `[reward]`.
+const CONFIG: &str = r#"# asymre bench --lm --trl: a GRPO-style workload, end to end.
 seed = 0
 device = "cpu"
 
-[env]
-kind = "tool_use"
-task = "calc"
-digits = 2
-no_call_share = 0.2
-max_tokens = 2048
-max_new_tokens = {new}
-max_turns = 1
-max_calls = 4
-rounds = 1
-steps_per_round = {steps}
-
+{env}
 [policy]
 kind = "lm"
 model = "{model}"
@@ -79,16 +173,10 @@ kind = "relative"
 delta_v = -0.1
 estimate = "group"
 
-[reward]
-w_task = 1.0
-w_tool = 0.5
-w_format = 0.0
-w_cost = 0.0
-
 [logging]
 every = 1
 eval_every = 0
-eval_episodes = 16
+eval_episodes = 1
 tensorboard = false
 progress = false
 
@@ -97,11 +185,209 @@ every = 0
 keep = 1
 "#;
 
+/// The threads this process may run on (`sched_getaffinity`, through the standard library).
+pub fn usable_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The asymre config of `workload`, for `steps` learner steps from the weights in `model`; a
+/// `short` workload reads its tasks from `data`.
+pub fn config_text(workload: Workload, model: &Path, steps: u64, data: &Path) -> String {
+    CONFIG
+        .replace("{env}", &workload.env(steps, data))
+        .replace(
+            "{model}",
+            &model.display().to_string().replace('\\', "\\\\"),
+        )
+        .replace("{batch}", &BATCH.to_string())
+        .replace("{group}", &GROUP.to_string())
+        .replace("{capacity}", &(4 * BATCH).to_string())
+        .replace("{lr}", &format!("{LR:e}"))
+        .replace("{threads}", &usable_cores().to_string())
+}
+
+/// The short workload's tasks: two-operand arithmetic questions answered in words, no tools.
+pub fn short_tasks(n: usize) -> String {
+    let mut out = String::new();
+    for i in 0..n {
+        let (a, b) = (10 + (i * 37) % 90, 10 + (i * 53 + 11) % 90);
+        let (op, answer) = match i % 3 {
+            0 => ("plus", a + b),
+            1 => ("times", a * b),
+            _ => ("minus", a.max(b) - a.min(b)),
+        };
+        let (x, y) = if i % 3 == 2 {
+            (a.max(b), a.min(b))
+        } else {
+            (a, b)
+        };
+        let split = if i % 5 == 4 { "heldout" } else { "train" };
+        out.push_str(
+            &json!({"id": format!("s-{i}"), "split": split,
+                "prompt": format!("What is {x} {op} {y}? Answer with the number."),
+                "tools": [], "answer": answer, "rule": "number"})
+            .to_string(),
+        );
+        out.push('\n');
+    }
+    out
+}
+
+/// One side of the comparison.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Side {
+    /// asymre: serial or parallel, its loss.
+    Asymre { serial: bool, grpo: bool },
+    /// TRL's GRPOTrainer, gradient checkpointing on (its default) or off.
+    Trl { checkpointing: bool },
+    /// asymre serial beside a busy loop at `nice` (none: alone), with libgomp's own waiting
+    /// (`omp_defaults`, as before asymre set it) and/or `learner.adapt_threads`.
+    Busy {
+        nice: Option<i32>,
+        omp_defaults: bool,
+        adapt: bool,
+    },
+}
+
+impl Side {
+    fn label(self) -> String {
+        match self {
+            Side::Asymre { serial: true, grpo } => {
+                format!(
+                    "asymre serial, loss {}",
+                    if grpo { "grpo" } else { "asymre" }
+                )
+            }
+            Side::Asymre { serial: false, .. } => "asymre parallel (asynchronous)".into(),
+            Side::Trl {
+                checkpointing: true,
+            } => "TRL GRPOTrainer, checkpointing on".into(),
+            Side::Trl {
+                checkpointing: false,
+            } => "TRL GRPOTrainer, checkpointing off".into(),
+            Side::Busy {
+                nice,
+                omp_defaults,
+                adapt,
+            } => {
+                let beside = nice.map_or("alone".to_string(), |n| format!("busy loop nice {n}"));
+                let how = match (omp_defaults, adapt) {
+                    (true, _) => "libgomp defaults",
+                    (false, true) => "adapt_threads",
+                    (false, false) => "spinning",
+                };
+                format!("asymre serial, {beside}, {how}")
+            }
+        }
+    }
+}
+
+/// A busy loop (one core's worth of work) at a nice value, killed when dropped.
+struct BusyLoop(std::process::Child);
+
+impl BusyLoop {
+    fn start(nice: i32) -> Result<Self> {
+        Command::new("nice")
+            .args(["-n", &nice.to_string(), "sh", "-c", "while :; do :; done"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(BusyLoop)
+            .map_err(|e| Error::input(format!("cannot start a busy loop (nice, sh): {e}")))
+    }
+}
+
+impl Drop for BusyLoop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One measured run: its steady steps' seconds, with the generation and training parts where
+/// the side reports them.
+#[derive(Clone, Debug, Default)]
+pub struct Measured {
+    pub step_secs: Vec<f64>,
+    pub gen_secs: Vec<f64>,
+    pub train_secs: Vec<f64>,
+    pub tokens_per_episode: f64,
+    pub reward: f64,
+    pub peak_mib: f64,
+    pub lag: f64,
+}
+
+impl Measured {
+    /// Episodes per second over the run's steady steps.
+    pub fn rate(&self) -> f64 {
+        let secs: f64 = self.step_secs.iter().sum();
+        if secs > 0.0 {
+            (BATCH * self.step_secs.len()) as f64 / secs
+        } else {
+            f64::NAN
+        }
+    }
+}
+
+/// The median of `xs` (NaN when empty).
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The runs of one side, pooled: the median step's episodes/s and the range of the runs' rates.
+#[derive(Debug)]
+pub struct Pooled {
+    pub runs: usize,
+    pub steps: usize,
+    pub median_rate: f64,
+    pub low: f64,
+    pub high: f64,
+    pub gen: f64,
+    pub train: f64,
+    pub tokens: f64,
+    pub reward: f64,
+    pub peak_mib: f64,
+    pub lag: f64,
+}
+
+pub fn pool(runs: &[Measured]) -> Pooled {
+    let all = |f: fn(&Measured) -> &Vec<f64>| runs.iter().flat_map(f).copied().collect::<Vec<_>>();
+    let steps = all(|m| &m.step_secs);
+    let rates: Vec<f64> = runs.iter().map(Measured::rate).collect();
+    let mean = |f: fn(&Measured) -> f64| runs.iter().map(f).sum::<f64>() / runs.len().max(1) as f64;
+    Pooled {
+        runs: runs.len(),
+        steps: steps.len(),
+        median_rate: BATCH as f64 / median(&steps),
+        low: rates.iter().copied().fold(f64::INFINITY, f64::min),
+        high: rates.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        gen: median(&all(|m| &m.gen_secs)),
+        train: median(&all(|m| &m.train_secs)),
+        tokens: mean(|m| m.tokens_per_episode),
+        reward: mean(|m| m.reward),
+        peak_mib: runs.iter().map(|m| m.peak_mib).fold(0.0, f64::max),
+        lag: mean(|m| m.lag),
+    }
+}
+
 /// What the section measures.
 pub struct GrpoBench<'a> {
     pub model: &'a str,
     pub python: &'a Path,
     pub quick: bool,
+    pub workloads: &'a [Workload],
+    /// Also the contention rows (tool workload): asymre beside a busy loop.
+    pub contention: bool,
     pub json: Option<&'a Path>,
 }
 
@@ -109,27 +395,65 @@ fn progress(what: &str) {
     eprintln!("bench: {what} …");
 }
 
-/// The asymre config of the workload, for `steps` learner steps from the weights in `model`.
-pub fn config_text(model: &Path, steps: u64) -> String {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    CONFIG
-        .replace(
-            "{model}",
-            &model.display().to_string().replace('\\', "\\\\"),
-        )
-        .replace("{steps}", &steps.to_string())
-        .replace("{new}", &NEW_TOKENS.to_string())
-        .replace("{batch}", &BATCH.to_string())
-        .replace("{group}", &GROUP.to_string())
-        .replace("{capacity}", &(4 * BATCH).to_string())
-        .replace("{lr}", &format!("{LR:e}"))
-        .replace("{threads}", &cores.to_string())
+/// The runs of one workload, in the order they run: asymre serial and TRL (its defaults)
+/// alternated (twice, once with `--quick`), then the other rows once.
+fn plan(quick: bool) -> Vec<Side> {
+    let (ours, trl) = (
+        Side::Asymre {
+            serial: true,
+            grpo: false,
+        },
+        Side::Trl {
+            checkpointing: true,
+        },
+    );
+    if quick {
+        return vec![ours, trl];
+    }
+    vec![
+        ours,
+        trl,
+        ours,
+        trl,
+        Side::Asymre {
+            serial: true,
+            grpo: true,
+        },
+        Side::Asymre {
+            serial: false,
+            grpo: false,
+        },
+        Side::Trl {
+            checkpointing: false,
+        },
+    ]
+}
+
+/// The contention rows (the tool workload's, with `--contention`): asymre serial alone and
+/// beside a busy loop at nice 19 and nice 0, with libgomp's defaults (before) and as asymre
+/// runs now, and with `learner.adapt_threads`.
+fn contention_plan() -> Vec<Side> {
+    let busy = |nice, omp_defaults, adapt| Side::Busy {
+        nice,
+        omp_defaults,
+        adapt,
+    };
+    vec![
+        busy(None, true, false),
+        busy(Some(19), true, false),
+        busy(Some(19), false, false),
+        busy(Some(0), true, false),
+        busy(Some(0), false, false),
+        busy(Some(0), false, true),
+    ]
 }
 
 pub fn run(opts: &GrpoBench) -> Result<()> {
     let scratch = ScratchDir::new()?;
     let dir = &scratch.0;
-    let (asymre_steps, trl_steps) = if opts.quick { (6, 3) } else { (16, 6) };
+    // Steps per run: the first warms up and is left out.
+    let (asymre_steps, trl_steps) = if opts.quick { (4, 3) } else { (8, 7) };
+    let threads = usable_cores();
 
     progress(&format!(
         "exporting {} as the starting weights of both sides",
@@ -137,63 +461,140 @@ pub fn run(opts: &GrpoBench) -> Result<()> {
     ));
     let start = dir.join("start");
     crate::policy::lm::export::export_model(opts.model, &start)?;
-    let cfg_path = dir.join("grpo.toml");
-    std::fs::write(&cfg_path, config_text(&start, asymre_steps)).at(&cfg_path)?;
-    let cfg = config::load(&cfg_path, &[])?;
-
-    let prompts = dir.join("prompts.jsonl");
-    write_prompts(&cfg, &prompts)?;
-
     let exe =
         std::env::current_exe().map_err(|e| Error::input(format!("no asymre binary: {e}")))?;
-    let mut ours = Vec::new();
-    for serial in [false, true] {
-        let mode = if serial { "serial" } else { "parallel" };
-        progress(&format!(
-            "asymre train ({mode}): {asymre_steps} steps of {BATCH} episodes"
-        ));
-        ours.push(asymre_side(&exe, &cfg_path, &dir.join(mode), serial)?);
+    let mut report = serde_json::Map::new();
+    let mut tables = Vec::new();
+    for &workload in opts.workloads {
+        let wdir = dir.join(workload.name());
+        std::fs::create_dir_all(&wdir).at(&wdir)?;
+        let data = wdir.join("tasks.jsonl");
+        std::fs::write(&data, short_tasks(400)).at(&data)?;
+        let cfg_path = wdir.join("bench.toml");
+        std::fs::write(
+            &cfg_path,
+            config_text(workload, &start, asymre_steps, &data),
+        )
+        .at(&cfg_path)?;
+        let cfg = config::load(&cfg_path, &[])?;
+        let prompts = wdir.join("prompts.jsonl");
+        let prompt_tokens = write_prompts(&cfg, &prompts)?;
+
+        let mut sides = plan(opts.quick);
+        if opts.contention && workload == Workload::Tool {
+            sides.extend(contention_plan());
+        }
+        let mut results: Vec<(Side, Measured)> = Vec::new();
+        for (k, side) in sides.iter().enumerate() {
+            progress(&format!(
+                "{} workload, run {}/{}: {} ({} steps of {BATCH} episodes)",
+                workload.name(),
+                k + 1,
+                sides.len(),
+                side.label(),
+                if matches!(side, Side::Trl { .. }) {
+                    trl_steps
+                } else {
+                    asymre_steps
+                }
+            ));
+            let m = match *side {
+                Side::Asymre { serial, grpo } => asymre_side(
+                    &exe,
+                    &cfg_path,
+                    &wdir.join(format!("run{k}")),
+                    &AsymreRun {
+                        serial,
+                        grpo,
+                        ..AsymreRun::default()
+                    },
+                )?,
+                Side::Busy {
+                    nice,
+                    omp_defaults,
+                    adapt,
+                } => {
+                    let _busy = nice.map(BusyLoop::start).transpose()?;
+                    asymre_side(
+                        &exe,
+                        &cfg_path,
+                        &wdir.join(format!("run{k}")),
+                        &AsymreRun {
+                            serial: true,
+                            omp_defaults,
+                            adapt,
+                            ..AsymreRun::default()
+                        },
+                    )?
+                }
+                Side::Trl { checkpointing } => trl_side(&TrlRun {
+                    python: opts.python,
+                    exe: &exe,
+                    model: &start,
+                    prompts: &prompts,
+                    cfg: &cfg_path,
+                    steps: trl_steps,
+                    new_tokens: workload.new_tokens(),
+                    threads,
+                    checkpointing,
+                    task: (workload == Workload::Tool).then_some("calc"),
+                })?,
+            };
+            results.push((*side, m));
+        }
+        let table = table(workload, &results, prompt_tokens, opts.model, threads);
+        println!("{table}");
+        tables.push(table);
+        report.insert(workload.name().into(), to_json(&results, prompt_tokens));
     }
-
-    progress(&format!(
-        "TRL GRPOTrainer (scripts/reference/trl_grpo.py): {trl_steps} steps of {BATCH} episodes, \
-         each some tens of seconds on a 2-core CPU"
-    ));
-    let trl = trl_side(opts.python, &exe, &start, &prompts, &cfg_path, trl_steps)?;
-
-    print_table(&ours, &trl, opts.model);
     if let Some(path) = opts.json {
-        let all = json!({"asymre_parallel": ours[0], "asymre_serial": ours[1], "trl": trl,
-            "model": opts.model, "batch": BATCH, "group": GROUP, "new_tokens": NEW_TOKENS});
+        let all = json!({"model": opts.model, "batch": BATCH, "group": GROUP,
+            "threads": threads, "workloads": report});
         std::fs::write(path, serde_json::to_string_pretty(&all).unwrap_or_default()).at(path)?;
     }
     Ok(())
 }
 
-/// The chat prompts of the first train items, rendered as the run renders them: the text (with
-/// special tokens), its ids, and the question `asymre score` reads.
-fn write_prompts(cfg: &config::Config, path: &Path) -> Result<()> {
+/// The prompts TRL is given, rendered as the run renders them: the text (with special tokens),
+/// its ids, the question and the task's id that `asymre score` reads. Returns their mean length.
+fn write_prompts(cfg: &config::Config, path: &Path) -> Result<f64> {
     let protocol = crate::run::chat_protocol(cfg)?;
-    let f = &protocol.format;
-    let task = Task::new(cfg.env.task_spec(cfg.seed));
+    let rows = crate::run::train_prompts(cfg, PROMPTS)?;
     let mut lines = String::new();
-    for i in 0..PROMPTS {
-        let item = task.item(Split::Train, i);
-        let question = task.question(&item);
-        let tools = task.tools(&item);
-        let ids = f.prompt_ids(&f.opening(&question, &tools), &tools)?;
-        let text = f.tokenizer.decode_with(&ids, false);
-        lines.push_str(
-            &json!({"prompt": text, "prompt_ids": ids, "question": question}).to_string(),
-        );
+    let mut tokens = 0usize;
+    for r in &rows {
+        tokens += r.ids.len();
+        let text = protocol.format.tokenizer.decode_with(&r.ids, false);
+        let mut line = json!({"prompt": text, "prompt_ids": r.ids, "question": r.question});
+        if let Some(id) = &r.id {
+            line["id"] = json!(id);
+        }
+        lines.push_str(&line.to_string());
         lines.push('\n');
     }
-    std::fs::write(path, lines).at(path)
+    std::fs::write(path, lines).at(path)?;
+    Ok(tokens as f64 / rows.len().max(1) as f64)
 }
 
-/// `asymre train` on the workload in a child process: its steady-state rates from the run's
-/// metrics (rows after the first) and its own peak resident memory.
-fn asymre_side(exe: &Path, cfg: &Path, out: &Path, serial: bool) -> Result<Value> {
+/// How one asymre run is started.
+#[derive(Default)]
+struct AsymreRun {
+    serial: bool,
+    grpo: bool,
+    /// libgomp's own waiting policy (`ASYMRE_OMP_DEFAULTS`).
+    omp_defaults: bool,
+    adapt: bool,
+}
+
+/// `asymre train` on the workload in a child process: its steady steps from the run's metrics
+/// (the rows after the first) and its own peak resident memory.
+fn asymre_side(exe: &Path, cfg: &Path, out: &Path, how: &AsymreRun) -> Result<Measured> {
+    let AsymreRun {
+        serial,
+        grpo,
+        omp_defaults,
+        adapt,
+    } = *how;
     let mut cmd = Command::new(exe);
     cmd.arg("train")
         .arg("--config")
@@ -205,22 +606,64 @@ fn asymre_side(exe: &Path, cfg: &Path, out: &Path, serial: bool) -> Result<Value
     if serial {
         cmd.arg("--serial");
     }
+    if grpo {
+        cmd.args(["--set", "loss.kind=grpo"]);
+    }
+    if adapt {
+        cmd.args(["--set", "learner.adapt_threads=true"]);
+    }
+    // The child decides its waiting policy from these (see main.rs).
+    cmd.env_remove("OMP_WAIT_POLICY")
+        .env_remove("GOMP_SPINCOUNT")
+        .env_remove("ASYMRE_OMP_DEFAULTS");
+    if omp_defaults {
+        cmd.env("ASYMRE_OMP_DEFAULTS", "1");
+    }
     let (status, peak_mib) = run_measured(&mut cmd)?;
     if status != 0 {
         return Err(Error::input(format!(
             "the asymre side exited with status {status}"
         )));
     }
-    let rates = read_rates(&out.join("metrics.jsonl"), BATCH)?;
-    Ok(json!({
-        "mode": if serial { "serial" } else { "parallel" },
-        "episodes_per_s": rates.samples_per_s,
-        "generated_tokens_per_s": rates.samples_per_s * rates.length,
-        "tokens_per_episode": rates.length,
-        "mean_reward": rates.reward,
-        "policy_lag": rates.lag,
-        "peak_rss_mib": peak_mib,
-    }))
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).at(out)?;
+    let mut m = steps_of(&text)?;
+    m.peak_mib = peak_mib;
+    Ok(m)
+}
+
+/// A run's steady steps from its metrics rows (one per step): the seconds between rows after
+/// the first, with the serial loop's sampling and learning seconds.
+pub fn steps_of(metrics: &str) -> Result<Measured> {
+    let rows: Vec<Value> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|r: &Value| r.get("policy_lag_mean").is_some())
+        .collect();
+    if rows.len() < 2 {
+        return Err(Error::Corrupt(
+            "bench run logged fewer than two steps".into(),
+        ));
+    }
+    let field = |r: &Value, k: &str| r.get(k).and_then(Value::as_f64);
+    let mut m = Measured::default();
+    for pair in rows.windows(2) {
+        let (Some(t0), Some(t1)) = (field(&pair[0], "wall_time"), field(&pair[1], "wall_time"))
+        else {
+            continue;
+        };
+        m.step_secs.push(t1 - t0);
+        if let (Some(a), Some(l)) = (field(&pair[1], "act_secs"), field(&pair[1], "learn_secs")) {
+            m.gen_secs.push(a);
+            m.train_secs.push(l);
+        }
+    }
+    let steady = &rows[1..];
+    let mean =
+        |k: &str| steady.iter().filter_map(|r| field(r, k)).sum::<f64>() / steady.len() as f64;
+    m.tokens_per_episode = mean("length");
+    m.reward = mean("batch_reward");
+    m.lag = mean("policy_lag_mean");
+    Ok(m)
 }
 
 /// Runs `cmd` to its end; its exit status and its peak resident memory in MiB (from `wait4`, so
@@ -245,80 +688,275 @@ fn run_measured(cmd: &mut Command) -> Result<(i32, f64)> {
     Ok((code, usage.ru_maxrss as f64 / 1024.0))
 }
 
-fn trl_side(
-    python: &Path,
-    exe: &Path,
-    model: &Path,
-    prompts: &Path,
-    cfg: &Path,
+/// What one TRL run is given.
+struct TrlRun<'a> {
+    python: &'a Path,
+    exe: &'a Path,
+    model: &'a Path,
+    prompts: &'a Path,
+    cfg: &'a Path,
     steps: u64,
-) -> Result<Value> {
-    let s = |v: &dyn ToString| v.to_string();
-    let args: Vec<std::ffi::OsString> = vec![
-        model.into(),
-        prompts.into(),
+    new_tokens: usize,
+    threads: usize,
+    checkpointing: bool,
+    /// `asymre score --task`, for a built-in task.
+    task: Option<&'a str>,
+}
+
+fn trl_side(r: &TrlRun) -> Result<Measured> {
+    let s = |v: &dyn ToString| std::ffi::OsString::from(v.to_string());
+    let mut args: Vec<std::ffi::OsString> = vec![
+        r.model.into(),
+        r.prompts.into(),
         "--asymre".into(),
-        exe.into(),
+        r.exe.into(),
         "--config".into(),
-        cfg.into(),
+        r.cfg.into(),
         "--steps".into(),
-        s(&steps).into(),
+        s(&r.steps),
         "--batch".into(),
-        s(&BATCH).into(),
+        s(&BATCH),
         "--group".into(),
-        s(&GROUP).into(),
+        s(&GROUP),
         "--new".into(),
-        s(&NEW_TOKENS).into(),
+        s(&r.new_tokens),
         "--lr".into(),
-        s(&LR).into(),
+        s(&LR),
+        "--threads".into(),
+        s(&r.threads),
+        "--checkpointing".into(),
+        (if r.checkpointing { "on" } else { "off" }).into(),
     ];
+    if let Some(task) = r.task {
+        args.extend(["--task".into(), task.into()]);
+    }
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    run_reference(python, "trl_grpo.py", &args, "TRL GRPOTrainer").map_err(|e| {
+    let v = run_reference(r.python, "trl_grpo.py", &args, "TRL GRPOTrainer").map_err(|e| {
         Error::input(format!(
             "{e} (is trl installed? scripts/bench.sh --trl installs trl==1.16.0 into .venv)"
         ))
+    })?;
+    let list = |k: &str| -> Vec<f64> {
+        v.get(k)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default()
+    };
+    let num = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let step_secs = list("step_secs");
+    let gen_secs = list("gen_secs");
+    let train_secs = step_secs
+        .iter()
+        .zip(&gen_secs)
+        .map(|(s, g)| s - g)
+        .collect();
+    Ok(Measured {
+        step_secs,
+        gen_secs,
+        train_secs,
+        tokens_per_episode: num("tokens_per_episode"),
+        reward: num("mean_reward"),
+        peak_mib: num("peak_rss_mib"),
+        lag: 0.0,
     })
 }
 
-fn print_table(ours: &[Value], trl: &Value, model: &str) {
-    let get = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
-        "GRPO workload, end to end: {model} (asymre's f32 export), {cores} CPU threads, {BATCH} \
-         episodes per step ({} prompts × G = {GROUP}), ≤ {NEW_TOKENS} new tokens, one turn, \
-         full fine-tuning, Adam",
-        BATCH / GROUP
-    );
-    println!(
-        "{:<28} {:>12} {:>16} {:>14} {:>12} {:>10}",
-        "", "episodes/s", "generated tok/s", "tokens/episode", "peak MiB", "vs TRL"
-    );
-    let t = get(trl, "episodes_per_s");
-    let row = |name: &str, v: &Value| {
-        let e = get(v, "episodes_per_s");
-        let ratio = if t > 0.0 && e.is_finite() {
-            format!("{:.2}×", e / t)
-        } else {
-            "—".into()
-        };
-        println!(
-            "{name:<28} {e:>12.3} {:>16.1} {:>14.1} {:>12.0} {ratio:>10}",
-            get(v, "generated_tokens_per_s"),
-            get(v, "tokens_per_episode"),
-            get(v, "peak_rss_mib"),
-        );
-    };
-    for v in ours {
-        let mode = v.get("mode").and_then(Value::as_str).unwrap_or("");
-        row(&format!("asymre ({mode})"), v);
+/// The workload's table: one row per side, runs pooled.
+fn table(
+    workload: Workload,
+    results: &[(Side, Measured)],
+    prompt_tokens: f64,
+    model: &str,
+    threads: usize,
+) -> String {
+    use std::fmt::Write;
+    let mut sides: Vec<Side> = Vec::new();
+    for (side, _) in results {
+        if !sides.contains(side) {
+            sides.push(*side);
+        }
     }
-    let version = trl.get("trl").and_then(Value::as_str).unwrap_or("?");
-    row(&format!("TRL {version} GRPOTrainer"), trl);
-    println!(
-        "goal: asymre ≥ 4× TRL episodes/s. Mean reward: asymre {:.3} (parallel), TRL {:.3}; TRL \
-         prompts re-tokenised differently from asymre's ids: {}",
-        get(&ours[0], "mean_reward"),
-        get(trl, "mean_reward"),
-        get(trl, "prompt_token_mismatches"),
+    let pooled: Vec<(Side, String, Pooled)> = sides
+        .iter()
+        .map(|side| {
+            let runs: Vec<Measured> = results
+                .iter()
+                .filter(|(s, _)| s == side)
+                .map(|(_, m)| m.clone())
+                .collect();
+            (*side, side.label(), pool(&runs))
+        })
+        .collect();
+    let rate_of = |side: Side| {
+        pooled
+            .iter()
+            .find(|(s, _, _)| *s == side)
+            .map_or(f64::NAN, |(_, _, p)| p.median_rate)
+    };
+    let trl = rate_of(Side::Trl {
+        checkpointing: true,
+    });
+    let alone = rate_of(Side::Asymre {
+        serial: true,
+        grpo: false,
+    });
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{} workload: {} — {model} (f32), {threads} threads, {BATCH} episodes a step ({} prompts × \
+         G = {GROUP}), ≤ {} new tokens, prompts {prompt_tokens:.0} tokens on average, full \
+         fine-tuning, Adam",
+        workload.name(),
+        workload.describe(),
+        BATCH / GROUP,
+        workload.new_tokens(),
     );
+    let _ = writeln!(
+        t,
+        "{:<36} {:>4} {:>5} {:>22} {:>9} {:>9} {:>8} {:>9} {:>8}",
+        "",
+        "runs",
+        "steps",
+        "episodes/s: median (range)",
+        "gen s",
+        "train s",
+        "tok/ep",
+        "peak MiB",
+        "vs TRL"
+    );
+    for (side, label, p) in &pooled {
+        let name = if label.starts_with("asymre parallel") {
+            format!("{label}, lag {:.1}", p.lag)
+        } else {
+            label.clone()
+        };
+        let range = if p.runs > 1 {
+            format!("{:.3} ({:.3}–{:.3})", p.median_rate, p.low, p.high)
+        } else {
+            format!("{:.3}", p.median_rate)
+        };
+        let ratio = match side {
+            // Beside a busy loop: how much longer a step takes than alone.
+            Side::Busy { .. } if alone > 0.0 => format!("{:.2}× step", alone / p.median_rate),
+            Side::Busy { .. } => "—".into(),
+            _ if trl.is_finite() && trl > 0.0 => format!("{:.2}×", p.median_rate / trl),
+            _ => "—".into(),
+        };
+        let cell = |x: f64| {
+            if x.is_finite() {
+                format!("{x:.1}")
+            } else {
+                "—".into()
+            }
+        };
+        let _ = writeln!(
+            t,
+            "{name:<36} {:>4} {:>5} {range:>22} {:>9} {:>9} {:>8.1} {:>9.0} {ratio:>8}",
+            p.runs,
+            p.steps,
+            cell(p.gen),
+            cell(p.train),
+            p.tokens,
+            p.peak_mib,
+        );
+    }
+    let _ = writeln!(
+        t,
+        "serial asymre is the headline (it samples with the weights it trains, as TRL does); \
+         gen s and train s are the median step's seconds sampling (with scoring) and learning; \
+         the range is the runs' own rates"
+    );
+    if pooled
+        .iter()
+        .any(|(s, _, _)| matches!(s, Side::Busy { .. }))
+    {
+        let _ = writeln!(
+            t,
+            "busy-loop rows: \"× step\" is a step's time against asymre serial alone (the \
+             row above); a busy loop at nice 0 takes 1 of {threads} cores, so a step in \
+             proportion to the cores lost takes {:.2}× as long",
+            threads as f64 / (threads as f64 - 1.0).max(1.0)
+        );
+    }
+    t
+}
+
+fn to_json(results: &[(Side, Measured)], prompt_tokens: f64) -> Value {
+    let runs: Vec<Value> = results
+        .iter()
+        .map(|(side, m)| {
+            json!({"side": side.label(), "episodes_per_s": m.rate(), "step_secs": m.step_secs,
+                "gen_secs": m.gen_secs, "train_secs": m.train_secs,
+                "tokens_per_episode": m.tokens_per_episode, "mean_reward": m.reward,
+                "peak_rss_mib": m.peak_mib, "policy_lag": m.lag})
+        })
+        .collect();
+    json!({"prompt_tokens": prompt_tokens, "runs": runs})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_come_from_the_rows_after_the_first_with_their_phases() {
+        let text = "{\"step\":0,\"wall_time\":0.1}\n\
+            {\"step\":1,\"wall_time\":50.0,\"policy_lag_mean\":0.0,\"length\":40,\"batch_reward\":1.0,\"act_secs\":40.0,\"learn_secs\":10.0}\n\
+            {\"step\":2,\"wall_time\":70.0,\"policy_lag_mean\":0.0,\"length\":30,\"batch_reward\":0.5,\"act_secs\":12.0,\"learn_secs\":8.0}\n\
+            {\"step\":3,\"wall_time\":86.0,\"policy_lag_mean\":0.0,\"length\":50,\"batch_reward\":0.0,\"act_secs\":10.0,\"learn_secs\":6.0}\n";
+        let m = steps_of(text).unwrap();
+        assert_eq!(m.step_secs, vec![20.0, 16.0]);
+        assert_eq!(m.gen_secs, vec![12.0, 10.0]);
+        assert_eq!(m.train_secs, vec![8.0, 6.0]);
+        assert_eq!(m.tokens_per_episode, 40.0);
+        assert_eq!(m.reward, 0.25);
+        assert!((m.rate() - 32.0 / 36.0).abs() < 1e-12);
+        assert!(steps_of("{\"step\":1,\"wall_time\":1.0,\"policy_lag_mean\":0}\n").is_err());
+    }
+
+    #[test]
+    fn pooled_runs_give_the_median_step_and_the_runs_range() {
+        let run = |secs: &[f64]| Measured {
+            step_secs: secs.to_vec(),
+            ..Measured::default()
+        };
+        let p = pool(&[run(&[16.0, 16.0, 32.0]), run(&[8.0, 16.0])]);
+        assert_eq!(p.runs, 2);
+        assert_eq!(p.steps, 5);
+        assert_eq!(p.median_rate, 1.0);
+        assert!((p.low - 48.0 / 64.0).abs() < 1e-12);
+        assert!((p.high - 32.0 / 24.0).abs() < 1e-12);
+        assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn workloads_parse_from_a_list_and_unknown_names_are_refused() {
+        assert_eq!(
+            Workload::parse_list("short, tool,short").unwrap(),
+            vec![Workload::Short, Workload::Tool]
+        );
+        assert!(Workload::parse_list("tool,long")
+            .unwrap_err()
+            .contains("long"));
+        assert!(Workload::parse_list("").is_err());
+    }
+
+    #[test]
+    fn every_workload_config_loads_and_the_short_tasks_have_no_tools() {
+        let dir = std::env::temp_dir().join(format!("asymre-bench-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data = dir.join("tasks.jsonl");
+        std::fs::write(&data, short_tasks(50)).unwrap();
+        for w in Workload::ALL {
+            let path = dir.join(format!("{}.toml", w.name()));
+            std::fs::write(&path, config_text(w, Path::new("smollm2-135m"), 8, &data)).unwrap();
+            let cfg = config::load(&path, &[]).unwrap();
+            assert_eq!(cfg.env.max_new_tokens, w.new_tokens());
+            assert_eq!(cfg.env.total_steps(), 8);
+        }
+        let data = crate::env::tool_use::dataset::Dataset::load(&data, &[]).unwrap();
+        assert_eq!(data.len(), 50);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

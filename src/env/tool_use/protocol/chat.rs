@@ -130,8 +130,9 @@ impl ChatFormat {
 
     /// The opening of an episode that brings its own messages: the tools' system message
     /// (unless the template lists them) before them, merged with a system message of theirs.
+    /// A task that offers no tools gets no tools' system message: its prompt is the question.
     pub fn opening_of(&self, mut messages: Vec<Json>, tools: &[ToolSpec]) -> Vec<Json> {
-        if self.template_tools {
+        if self.template_tools || tools.is_empty() {
             return messages;
         }
         let listed = Self::tool_system(tools);
@@ -147,7 +148,7 @@ impl ChatFormat {
 
     /// The prompt's ids: the opening messages rendered with the generation prompt.
     pub fn prompt_ids(&self, messages: &[Json], tools: &[ToolSpec]) -> Result<Vec<u32>> {
-        let listed = self.template_tools.then(|| Self::tool_json(tools));
+        let listed = (self.template_tools && !tools.is_empty()).then(|| Self::tool_json(tools));
         let text = self.template.render(messages, listed.as_deref(), true)?;
         self.encode(&text)
     }
