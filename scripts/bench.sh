@@ -2,11 +2,17 @@
 # The benchmarks: `asymre bench` (throughput against the PyTorch baseline, one table), then the
 # memory soak (ASYMRE_SOAK_SECS seconds, 600 by default). Pass --quick for a short bench and a
 # 60-second soak.
-# `scripts/bench.sh --trl [--quick]` instead runs the GRPO workload against Hugging Face TRL
-# (`asymre bench --lm --trl`), installing trl==1.16.0 into .venv first when it is missing.
+# `scripts/bench.sh --trl [--quick] [--workloads …] [--contention]` instead runs the GRPO
+# workloads against Hugging Face TRL (`asymre bench --lm --trl`), installing trl==1.16.0 into
+# .venv first when it is missing. `scripts/bench.sh --llamacpp` sets asymre's decoding beside
+# llama.cpp's on the same GGUF files (scripts/llamacpp_bench.sh; builds llama.cpp once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make -s build >/dev/null
+if [[ "${1:-}" == "--llamacpp" ]]; then
+    shift
+    exec scripts/llamacpp_bench.sh "$@"
+fi
 if [[ "${1:-}" == "--trl" ]]; then
     shift
     if ! .venv/bin/python -c 'import trl' 2>/dev/null; then

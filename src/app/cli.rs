@@ -329,19 +329,29 @@ pub struct BenchArgs {
     /// The LM's weights and arithmetic (with --lm): f32, or bf16 (for CUDA).
     #[arg(long, value_enum, default_value = "f32", requires = "lm")]
     pub precision: PrecisionArg,
+    /// With --lm: decoding alone, as llama-batched-bench measures it (128-token prompts, 48
+    /// new tokens, batch 1 and 16), one JSON line per batch size; `scripts/bench.sh --llamacpp`
+    /// sets it beside llama.cpp.
+    #[arg(long, requires = "lm", conflicts_with = "trl")]
+    pub decoding: bool,
     /// With --lm: the GRPO workload end to end, asymre's training loop against Hugging
     /// Face TRL's GRPOTrainer (needs trl in the baseline's Python).
     #[arg(long, requires = "lm", conflicts_with = "no_baseline")]
     pub trl: bool,
     /// With --trl: the workloads, comma-separated: tool (a long tool prompt shared by every
-    /// prompt), short (the question alone), bfcl (each prompt with its own functions).
+    /// prompt), short (the question alone), bfcl (each prompt with its own functions); none
+    /// with --contention for that section alone.
     #[arg(long, default_value = "tool,short,bfcl", requires = "trl",
           value_parser = crate::app::experiments::bench_grpo::Workloads::parse)]
     pub workloads: crate::app::experiments::bench_grpo::Workloads,
-    /// With --trl: also asymre serial beside a busy loop (nice 19 and nice 0), before and
-    /// after its waiting policy, and with learner.adapt_threads (tool workload).
+    /// With --trl: also a contention section (tool workload): asymre serial alone and beside a
+    /// busy loop (nice 19 and nice 0), before and after its waiting policy, and with
+    /// learner.adapt_threads.
     #[arg(long, requires = "trl")]
     pub contention: bool,
+    /// With --trl: print the tables of a report that --json wrote, instead of running.
+    #[arg(long, requires = "trl", value_name = "FILE")]
+    pub replay: Option<PathBuf>,
     /// Benchmark the Redis transport instead (against redis-benchmark's XADD rate on a
     /// redis-server of its own, and weight publishing).
     #[arg(long, conflicts_with = "lm")]

@@ -348,7 +348,11 @@ fn bench(args: BenchArgs) -> Result<u8> {
         (true, _) => None,
         (false, given) => Some(given.unwrap_or_else(bench::find_python)),
     };
-    if args.trl {
+    if let Some(report) = &args.replay {
+        bench_grpo::replay(report)?;
+    } else if args.decoding {
+        bench_lm::decoding(&args.model, 128, 48, &[1, 16], secs(3.0, 10.0))?;
+    } else if args.trl {
         bench_grpo::run(&bench_grpo::GrpoBench {
             model: &args.model,
             python: python.as_deref().unwrap_or(Path::new("python3")),

@@ -182,9 +182,11 @@ fn bfcl_training(cfg: &Config, protocol: &ChatProtocol) -> Result<BfclSource> {
     if !dropped.is_empty() {
         let counts: Vec<String> = dropped.iter().map(|(c, n)| format!("{c} {n}")).collect();
         eprintln!(
-            "bfcl: skipped {} tasks whose prompt and gold calls do not fit env.max_tokens = {} ({})",
+            "bfcl: skipped {} tasks whose prompt and gold calls do not fit env.max_tokens = {} \
+             and env.max_new_tokens = {} ({})",
             dropped.iter().map(|(_, n)| n).sum::<usize>(),
             cfg.env.max_tokens,
+            cfg.env.max_new_tokens,
             counts.join(", ")
         );
     }

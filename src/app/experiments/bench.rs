@@ -674,11 +674,26 @@ pub fn run_reference(
         .output()
         .map_err(|e| Error::io(python, e))?;
     if !out.status.success() {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = out.status.signal() {
+            return Err(Error::input(format!(
+                "{what} was killed by signal {signal}{}",
+                if signal == 9 {
+                    " (out of memory, most likely: see `dmesg`)"
+                } else {
+                    ""
+                }
+            )));
+        }
         let err = String::from_utf8_lossy(&out.stderr);
-        return Err(Error::input(format!(
-            "{what} failed: {}",
-            err.lines().last().unwrap_or("no output")
-        )));
+        // The last line that is not a warning's echo of its source.
+        let last = err
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with("warnings.warn("))
+            .unwrap_or("no output");
+        return Err(Error::input(format!("{what} failed: {last}")));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.trim().lines().last().unwrap_or(""))

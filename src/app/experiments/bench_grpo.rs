@@ -121,7 +121,11 @@ impl Workload {
 pub struct Workloads(pub Vec<Workload>);
 
 impl Workloads {
+    /// A list of workload names, or `none` (only the contention section).
     pub fn parse(s: &str) -> std::result::Result<Workloads, String> {
+        if s.trim() == "none" {
+            return Ok(Workloads(Vec::new()));
+        }
         Workload::parse_list(s).map(Workloads)
     }
 }
@@ -282,6 +286,45 @@ impl Side {
     }
 }
 
+impl Side {
+    /// Every side a report can hold.
+    fn all() -> Vec<Side> {
+        // Parallel runs with asymre's loss only (its label names no loss).
+        let mut out = vec![
+            Side::Asymre {
+                serial: true,
+                grpo: false,
+            },
+            Side::Asymre {
+                serial: true,
+                grpo: true,
+            },
+            Side::Asymre {
+                serial: false,
+                grpo: false,
+            },
+        ];
+        for checkpointing in [true, false] {
+            out.push(Side::Trl { checkpointing });
+        }
+        for nice in [None, Some(19), Some(0)] {
+            for (omp_defaults, adapt) in [(false, false), (true, false), (false, true)] {
+                out.push(Side::Busy {
+                    nice,
+                    omp_defaults,
+                    adapt,
+                });
+            }
+        }
+        out
+    }
+
+    /// The side a saved report's row names.
+    fn from_label(label: &str) -> Option<Side> {
+        Side::all().into_iter().find(|s| s.label() == label)
+    }
+}
+
 /// A busy loop (one core's worth of work) at a nice value, killed when dropped.
 struct BusyLoop(std::process::Child);
 
@@ -344,7 +387,8 @@ pub fn median(xs: &[f64]) -> f64 {
     }
 }
 
-/// The runs of one side, pooled: the median step's episodes/s and the range of the runs' rates.
+/// The runs of one side, pooled: the median step's episodes/s over all their steady steps, and
+/// the range of the runs' own median-step rates (the pooled median lies within it).
 #[derive(Debug)]
 pub struct Pooled {
     pub runs: usize,
@@ -363,7 +407,10 @@ pub struct Pooled {
 pub fn pool(runs: &[Measured]) -> Pooled {
     let all = |f: fn(&Measured) -> &Vec<f64>| runs.iter().flat_map(f).copied().collect::<Vec<_>>();
     let steps = all(|m| &m.step_secs);
-    let rates: Vec<f64> = runs.iter().map(Measured::rate).collect();
+    let rates: Vec<f64> = runs
+        .iter()
+        .map(|m| BATCH as f64 / median(&m.step_secs))
+        .collect();
     let mean = |f: fn(&Measured) -> f64| runs.iter().map(f).sum::<f64>() / runs.len().max(1) as f64;
     Pooled {
         runs: runs.len(),
@@ -429,9 +476,49 @@ fn plan(quick: bool) -> Vec<Side> {
     ]
 }
 
-/// The contention rows (the tool workload's, with `--contention`): asymre serial alone and
-/// beside a busy loop at nice 19 and nice 0, with libgomp's defaults (before) and as asymre
-/// runs now, and with `learner.adapt_threads`.
+/// The contention section (`--contention`, on the tool workload): asymre serial alone (its
+/// reference, first) and beside a busy loop at nice 19 and nice 0, with libgomp's defaults
+/// (before) and as asymre runs now, and with `learner.adapt_threads`.
+const ALONE: Side = Side::Busy {
+    nice: None,
+    omp_defaults: false,
+    adapt: false,
+};
+
+/// A section of the report: one workload's comparison, or the contention rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Section {
+    Compare(Workload),
+    /// asymre serial alone and beside a busy loop, on the tool workload.
+    Contention,
+}
+
+impl Section {
+    fn name(self) -> &'static str {
+        match self {
+            Section::Compare(w) => w.name(),
+            Section::Contention => "contention",
+        }
+    }
+
+    fn workload(self) -> Workload {
+        match self {
+            Section::Compare(w) => w,
+            Section::Contention => Workload::Tool,
+        }
+    }
+
+    fn parse(name: &str) -> Option<Section> {
+        if name == "contention" {
+            return Some(Section::Contention);
+        }
+        Workload::ALL
+            .into_iter()
+            .find(|w| w.name() == name)
+            .map(Section::Compare)
+    }
+}
+
 fn contention_plan() -> Vec<Side> {
     let busy = |nice, omp_defaults, adapt| Side::Busy {
         nice,
@@ -439,6 +526,7 @@ fn contention_plan() -> Vec<Side> {
         adapt,
     };
     vec![
+        ALONE,
         busy(None, true, false),
         busy(Some(19), true, false),
         busy(Some(19), false, false),
@@ -449,6 +537,25 @@ fn contention_plan() -> Vec<Side> {
 }
 
 pub fn run(opts: &GrpoBench) -> Result<()> {
+    if opts.workloads.is_empty() && !opts.contention {
+        return Err(Error::input(
+            "--workloads none measures nothing without --contention".to_string(),
+        ));
+    }
+    if !opts.workloads.is_empty() {
+        let ok = Command::new(opts.python)
+            .args(["-c", "import trl"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err(Error::input(format!(
+                "{} cannot import trl (scripts/bench.sh --trl installs trl==1.16.0 into .venv)",
+                opts.python.display()
+            )));
+        }
+    }
     let scratch = ScratchDir::new()?;
     let dir = &scratch.0;
     // Steps per run: the first warms up and is left out.
@@ -464,9 +571,17 @@ pub fn run(opts: &GrpoBench) -> Result<()> {
     let exe =
         std::env::current_exe().map_err(|e| Error::input(format!("no asymre binary: {e}")))?;
     let mut report = serde_json::Map::new();
-    let mut tables = Vec::new();
-    for &workload in opts.workloads {
-        let wdir = dir.join(workload.name());
+    let mut sections: Vec<Section> = opts
+        .workloads
+        .iter()
+        .map(|&w| Section::Compare(w))
+        .collect();
+    if opts.contention {
+        sections.push(Section::Contention);
+    }
+    for &section in &sections {
+        let workload = section.workload();
+        let wdir = dir.join(section.name());
         std::fs::create_dir_all(&wdir).at(&wdir)?;
         let data = wdir.join("tasks.jsonl");
         std::fs::write(&data, short_tasks(400)).at(&data)?;
@@ -480,15 +595,19 @@ pub fn run(opts: &GrpoBench) -> Result<()> {
         let prompts = wdir.join("prompts.jsonl");
         let prompt_tokens = write_prompts(&cfg, &prompts)?;
 
-        let mut sides = plan(opts.quick);
-        if opts.contention && workload == Workload::Tool {
-            sides.extend(contention_plan());
-        }
+        let sides = match section {
+            Section::Compare(_) => plan(opts.quick),
+            Section::Contention => contention_plan(),
+        };
         let mut results: Vec<(Side, Measured)> = Vec::new();
+        let mut failed: Vec<(Side, String)> = Vec::new();
         for (k, side) in sides.iter().enumerate() {
             progress(&format!(
-                "{} workload, run {}/{}: {} ({} steps of {BATCH} episodes)",
-                workload.name(),
+                "{}, run {}/{}: {} ({} steps of {BATCH} episodes)",
+                match section {
+                    Section::Compare(w) => format!("{} workload", w.name()),
+                    Section::Contention => "contention".into(),
+                },
                 k + 1,
                 sides.len(),
                 side.label(),
@@ -498,7 +617,7 @@ pub fn run(opts: &GrpoBench) -> Result<()> {
                     asymre_steps
                 }
             ));
-            let m = match *side {
+            let m: Result<Measured> = match *side {
                 Side::Asymre { serial, grpo } => asymre_side(
                     &exe,
                     &cfg_path,
@@ -508,7 +627,7 @@ pub fn run(opts: &GrpoBench) -> Result<()> {
                         grpo,
                         ..AsymreRun::default()
                     },
-                )?,
+                ),
                 Side::Busy {
                     nice,
                     omp_defaults,
@@ -525,7 +644,7 @@ pub fn run(opts: &GrpoBench) -> Result<()> {
                             adapt,
                             ..AsymreRun::default()
                         },
-                    )?
+                    )
                 }
                 Side::Trl { checkpointing } => trl_side(&TrlRun {
                     python: opts.python,
@@ -538,21 +657,41 @@ pub fn run(opts: &GrpoBench) -> Result<()> {
                     threads,
                     checkpointing,
                     task: (workload == Workload::Tool).then_some("calc"),
-                })?,
+                }),
             };
-            results.push((*side, m));
+            match m {
+                Ok(m) => results.push((*side, m)),
+                // One side failing (a process killed for memory, say) costs its row, not the
+                // runs already measured: the row says why, and the bench goes on.
+                Err(e) => {
+                    eprintln!("bench: {} failed: {e}", side.label());
+                    failed.push((*side, e.to_string()));
+                }
+            }
         }
-        let table = table(workload, &results, prompt_tokens, opts.model, threads);
-        println!("{table}");
-        tables.push(table);
-        report.insert(workload.name().into(), to_json(&results, prompt_tokens));
-    }
-    if let Some(path) = opts.json {
-        let all = json!({"model": opts.model, "batch": BATCH, "group": GROUP,
-            "threads": threads, "workloads": report});
-        std::fs::write(path, serde_json::to_string_pretty(&all).unwrap_or_default()).at(path)?;
+        let table = table(section, &results, prompt_tokens, opts.model, threads);
+        println!("{table}{}", failed_rows(&failed));
+        report.insert(
+            section.name().into(),
+            to_json(&results, &failed, prompt_tokens),
+        );
+        // Written after every section, so that a later failure loses nothing measured.
+        if let Some(path) = opts.json {
+            let all = json!({"model": opts.model, "batch": BATCH, "group": GROUP,
+                "threads": threads, "workloads": report});
+            std::fs::write(path, serde_json::to_string_pretty(&all).unwrap_or_default())
+                .at(path)?;
+        }
     }
     Ok(())
+}
+
+/// The sides of a section that failed, one line each.
+fn failed_rows(failed: &[(Side, String)]) -> String {
+    failed
+        .iter()
+        .map(|(side, why)| format!("{}: failed: {why}\n", side.label()))
+        .collect()
 }
 
 /// The prompts TRL is given, rendered as the run renders them: the text (with special tokens),
@@ -731,11 +870,7 @@ fn trl_side(r: &TrlRun) -> Result<Measured> {
         args.extend(["--task".into(), task.into()]);
     }
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let v = run_reference(r.python, "trl_grpo.py", &args, "TRL GRPOTrainer").map_err(|e| {
-        Error::input(format!(
-            "{e} (is trl installed? scripts/bench.sh --trl installs trl==1.16.0 into .venv)"
-        ))
-    })?;
+    let v = run_reference(r.python, "trl_grpo.py", &args, "TRL GRPOTrainer")?;
     let list = |k: &str| -> Vec<f64> {
         v.get(k)
             .and_then(Value::as_array)
@@ -761,9 +896,9 @@ fn trl_side(r: &TrlRun) -> Result<Measured> {
     })
 }
 
-/// The workload's table: one row per side, runs pooled.
+/// A section's table: one row per side, runs pooled.
 fn table(
-    workload: Workload,
+    section: Section,
     results: &[(Side, Measured)],
     prompt_tokens: f64,
     model: &str,
@@ -796,24 +931,50 @@ fn table(
     let trl = rate_of(Side::Trl {
         checkpointing: true,
     });
-    let alone = rate_of(Side::Asymre {
-        serial: true,
-        grpo: false,
-    });
+    // Beside a busy loop, a step is set against asymre serial alone as it runs now: the
+    // section's own row, or (in reports without one) the comparison's headline.
+    let (alone, alone_label) = if sides.contains(&ALONE) {
+        (rate_of(ALONE), ALONE.label())
+    } else {
+        (
+            rate_of(Side::Asymre {
+                serial: true,
+                grpo: false,
+            }),
+            "asymre serial, loss asymre".to_string(),
+        )
+    };
+    let name_of = |label: &String, p: &Pooled| {
+        if label.starts_with("asymre parallel") {
+            format!("{label}, lag {:.1}", p.lag)
+        } else {
+            label.clone()
+        }
+    };
+    let width = pooled
+        .iter()
+        .map(|(_, label, p)| name_of(label, p).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(36);
+    let workload = section.workload();
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "{} workload: {} — {model} (f32), {threads} threads, {BATCH} episodes a step ({} prompts × \
+        "{}: {} — {model} (f32), {threads} threads, {BATCH} episodes a step ({} prompts × \
          G = {GROUP}), ≤ {} new tokens, prompts {prompt_tokens:.0} tokens on average, full \
          fine-tuning, Adam",
-        workload.name(),
+        match section {
+            Section::Compare(w) => format!("{} workload", w.name()),
+            Section::Contention => "contention, on the tool workload".into(),
+        },
         workload.describe(),
         BATCH / GROUP,
         workload.new_tokens(),
     );
     let _ = writeln!(
         t,
-        "{:<36} {:>4} {:>5} {:>22} {:>9} {:>9} {:>8} {:>9} {:>8}",
+        "{:<width$} {:>4} {:>5} {:>22} {:>9} {:>9} {:>8} {:>9} {:>10}",
         "",
         "runs",
         "steps",
@@ -822,14 +983,13 @@ fn table(
         "train s",
         "tok/ep",
         "peak MiB",
-        "vs TRL"
+        match section {
+            Section::Compare(_) => "vs TRL",
+            Section::Contention => "vs alone",
+        }
     );
     for (side, label, p) in &pooled {
-        let name = if label.starts_with("asymre parallel") {
-            format!("{label}, lag {:.1}", p.lag)
-        } else {
-            label.clone()
-        };
+        let name = name_of(label, p);
         let range = if p.runs > 1 {
             format!("{:.3} ({:.3}–{:.3})", p.median_rate, p.low, p.high)
         } else {
@@ -837,6 +997,7 @@ fn table(
         };
         let ratio = match side {
             // Beside a busy loop: how much longer a step takes than alone.
+            Side::Busy { .. } if *side == ALONE => "1.00× step".into(),
             Side::Busy { .. } if alone > 0.0 => format!("{:.2}× step", alone / p.median_rate),
             Side::Busy { .. } => "—".into(),
             _ if trl.is_finite() && trl > 0.0 => format!("{:.2}×", p.median_rate / trl),
@@ -851,7 +1012,7 @@ fn table(
         };
         let _ = writeln!(
             t,
-            "{name:<36} {:>4} {:>5} {range:>22} {:>9} {:>9} {:>8.1} {:>9.0} {ratio:>8}",
+            "{name:<width$} {:>4} {:>5} {range:>22} {:>9} {:>9} {:>8.1} {:>9.0} {ratio:>10}",
             p.runs,
             p.steps,
             cell(p.gen),
@@ -862,26 +1023,120 @@ fn table(
     }
     let _ = writeln!(
         t,
-        "serial asymre is the headline (it samples with the weights it trains, as TRL does); \
-         gen s and train s are the median step's seconds sampling (with scoring) and learning; \
-         the range is the runs' own rates"
+        "episodes/s: the median step over all runs' steady steps; the range: each run's own \
+         median step; gen s and train s: the median step's seconds sampling (with scoring) and \
+         learning"
     );
+    if let Section::Compare(_) = section {
+        let _ = writeln!(
+            t,
+            "serial asymre is the headline (it samples with the weights it trains, as TRL does); \
+             parallel trains on episodes sampled up to its lag in versions before"
+        );
+    }
     if pooled
         .iter()
         .any(|(s, _, _)| matches!(s, Side::Busy { .. }))
     {
         let _ = writeln!(
             t,
-            "busy-loop rows: \"× step\" is a step's time against asymre serial alone (the \
-             row above); a busy loop at nice 0 takes 1 of {threads} cores, so a step in \
-             proportion to the cores lost takes {:.2}× as long",
+            "\"× step\": a step's time against \"{alone_label}\"; a busy loop at nice 0 \
+             takes 1 of {threads} cores, so a step slowed in proportion to the cores lost takes \
+             {:.2}× as long; \"spinning\" is how asymre runs now (OMP_WAIT_POLICY=ACTIVE, \
+             bounded), \"libgomp defaults\" how it ran before",
             threads as f64 / (threads as f64 - 1.0).max(1.0)
         );
     }
     t
 }
 
-fn to_json(results: &[(Side, Measured)], prompt_tokens: f64) -> Value {
+/// `--replay FILE`: the tables of a report that `--json` wrote, printed again (by this
+/// version's rules: a report is the measurements, the table is derived).
+pub fn replay(path: &Path) -> Result<()> {
+    let bad = |why: String| {
+        Error::input(format!(
+            "{}: not a bench --trl report: {why}",
+            path.display()
+        ))
+    };
+    let text = std::fs::read_to_string(path).at(path)?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let model = v["model"]
+        .as_str()
+        .ok_or_else(|| bad("no \"model\"".into()))?;
+    let threads = v["threads"]
+        .as_u64()
+        .ok_or_else(|| bad("no \"threads\"".into()))? as usize;
+    let sections = v["workloads"]
+        .as_object()
+        .ok_or_else(|| bad("no \"workloads\"".into()))?;
+    let mut order: Vec<Section> = Vec::new();
+    for name in sections.keys() {
+        order.push(Section::parse(name).ok_or_else(|| bad(format!("unknown section {name:?}")))?);
+    }
+    // The order they run in: the workloads, then contention.
+    order.sort_by_key(|s| match s {
+        Section::Compare(w) => Workload::ALL.iter().position(|x| x == w).unwrap_or(0),
+        Section::Contention => Workload::ALL.len(),
+    });
+    for section in order {
+        let sec = &sections[section.name()];
+        let prompt_tokens = sec["prompt_tokens"].as_f64().unwrap_or(f64::NAN);
+        let runs = sec["runs"]
+            .as_array()
+            .ok_or_else(|| bad(format!("{}: no \"runs\"", section.name())))?;
+        let mut results = Vec::new();
+        for r in runs {
+            let label = r["side"].as_str().unwrap_or("");
+            let side =
+                Side::from_label(label).ok_or_else(|| bad(format!("unknown side {label:?}")))?;
+            let secs = |k: &str| -> Vec<f64> {
+                r[k].as_array()
+                    .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect())
+                    .unwrap_or_default()
+            };
+            let num = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+            let m = Measured {
+                step_secs: secs("step_secs"),
+                gen_secs: secs("gen_secs"),
+                train_secs: secs("train_secs"),
+                tokens_per_episode: num("tokens_per_episode"),
+                reward: num("mean_reward"),
+                peak_mib: num("peak_rss_mib"),
+                lag: num("policy_lag"),
+            };
+            if m.step_secs.is_empty() {
+                return Err(bad(format!("{label:?} has no steps")));
+            }
+            results.push((side, m));
+        }
+        let failed: Vec<(Side, String)> = sec["failed"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| {
+                        Some((
+                            Side::from_label(f["side"].as_str()?)?,
+                            f["error"].as_str()?.to_string(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "{}{}",
+            table(section, &results, prompt_tokens, model, threads),
+            failed_rows(&failed)
+        );
+    }
+    Ok(())
+}
+
+fn to_json(results: &[(Side, Measured)], failed: &[(Side, String)], prompt_tokens: f64) -> Value {
+    let failed: Vec<Value> = failed
+        .iter()
+        .map(|(side, why)| json!({"side": side.label(), "error": why}))
+        .collect();
     let runs: Vec<Value> = results
         .iter()
         .map(|(side, m)| {
@@ -891,7 +1146,7 @@ fn to_json(results: &[(Side, Measured)], prompt_tokens: f64) -> Value {
                 "peak_rss_mib": m.peak_mib, "policy_lag": m.lag})
         })
         .collect();
-    json!({"prompt_tokens": prompt_tokens, "runs": runs})
+    json!({"prompt_tokens": prompt_tokens, "runs": runs, "failed": failed})
 }
 
 #[cfg(test)]
@@ -924,10 +1179,57 @@ mod tests {
         assert_eq!(p.runs, 2);
         assert_eq!(p.steps, 5);
         assert_eq!(p.median_rate, 1.0);
-        assert!((p.low - 48.0 / 64.0).abs() < 1e-12);
-        assert!((p.high - 32.0 / 24.0).abs() < 1e-12);
+        // Each run's median step: 16 s, and 12 s.
+        assert!((p.low - 1.0).abs() < 1e-12);
+        assert!((p.high - 16.0 / 12.0).abs() < 1e-12);
+        // The pooled median lies within the runs' range even where their overall rates do not
+        // bracket it (one fast outlier step lifts a run's overall rate).
+        let p = pool(&[run(&[10.0, 10.0, 10.0, 2.0]), run(&[10.0, 10.0, 10.0, 2.0])]);
+        assert!(p.low <= p.median_rate && p.median_rate <= p.high);
         assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), 2.5);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn a_report_replays_to_the_same_tables() {
+        for side in Side::all() {
+            assert_eq!(Side::from_label(&side.label()), Some(side));
+        }
+        assert_eq!(Side::from_label("asymre turbo"), None);
+        let m = |secs: f64| Measured {
+            step_secs: vec![secs, secs + 2.0, secs - 1.0],
+            gen_secs: vec![secs / 2.0; 3],
+            train_secs: vec![secs / 2.0; 3],
+            tokens_per_episode: 30.0,
+            reward: 0.25,
+            peak_mib: 8000.0,
+            lag: 0.0,
+        };
+        let busy0 = Side::Busy {
+            nice: Some(0),
+            omp_defaults: false,
+            adapt: false,
+        };
+        let results = vec![(ALONE, m(10.0)), (busy0, m(20.0))];
+        let t = table(Section::Contention, &results, 430.0, "smollm2-135m", 2);
+        // The section's own alone row is the reference: 16/10 ep/s against 16/20.
+        assert!(t.contains("1.00× step") && t.contains("2.00× step"), "{t}");
+        assert!(t.starts_with("contention, on the tool workload"), "{t}");
+        assert!(t.contains("vs alone") && !t.contains("vs TRL"), "{t}");
+
+        let dir = std::env::temp_dir().join(format!("asymre-replay-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("report.json");
+        let report = json!({"model": "smollm2-135m", "batch": BATCH, "group": GROUP,
+            "threads": 2, "workloads": {"contention": to_json(&results, &[], 430.0)}});
+        std::fs::write(&path, report.to_string()).unwrap();
+        replay(&path).unwrap();
+        std::fs::write(&path, "{\"model\": \"x\"}").unwrap();
+        assert!(replay(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("not a bench --trl report"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
