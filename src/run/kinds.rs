@@ -142,26 +142,43 @@ fn stateful_training(
     protocol: &ChatProtocol,
 ) -> Result<StatefulSource> {
     let (source, dropped) = source.fitting(protocol, cfg.env.max_tokens)?;
+    report_fitting(
+        &source.name(),
+        "ground-truth conversation",
+        &dropped,
+        source.len(Split::Train),
+        cfg,
+    )?;
+    Ok(source)
+}
+
+/// What `fitting` left out, per category, on stderr (a task's `what` does not fit the
+/// episode's limits); a run with no training task left is refused.
+fn report_fitting(
+    name: &str,
+    what: &str,
+    dropped: &[(String, usize)],
+    train: usize,
+    cfg: &Config,
+) -> Result<()> {
+    let limits = format!(
+        "env.max_tokens = {} and env.max_new_tokens = {}",
+        cfg.env.max_tokens, cfg.env.max_new_tokens
+    );
     if !dropped.is_empty() {
         let counts: Vec<String> = dropped.iter().map(|(c, n)| format!("{c} {n}")).collect();
         eprintln!(
-            "{}: skipped {} tasks whose ground-truth conversation does not fit env.max_tokens = {} (or env.max_new_tokens = {}) ({})",
-            source.name(),
+            "{name}: skipped {} tasks whose {what} does not fit {limits} ({})",
             dropped.iter().map(|(_, n)| n).sum::<usize>(),
-            cfg.env.max_tokens,
-            cfg.env.max_new_tokens,
             counts.join(", ")
         );
     }
-    if source.len(Split::Train) == 0 {
+    if train == 0 {
         return Err(Error::input(format!(
-            "{}: no training task fits env.max_tokens = {} and env.max_new_tokens = {}",
-            source.name(),
-            cfg.env.max_tokens,
-            cfg.env.max_new_tokens
+            "{name}: no training task fits {limits}"
         )));
     }
-    Ok(source)
+    Ok(())
 }
 
 /// The BFCL categories of `[env]` when none is live (the live ones are never trained on).
@@ -179,23 +196,13 @@ fn bfcl_trainable(cfg: &Config) -> Result<BfclSource> {
 /// played within `env.max_tokens` (counted on stderr).
 fn bfcl_training(cfg: &Config, protocol: &ChatProtocol) -> Result<BfclSource> {
     let (source, dropped) = bfcl_trainable(cfg)?.fitting(protocol, cfg.env.max_tokens);
-    if !dropped.is_empty() {
-        let counts: Vec<String> = dropped.iter().map(|(c, n)| format!("{c} {n}")).collect();
-        eprintln!(
-            "bfcl: skipped {} tasks whose prompt and gold calls do not fit env.max_tokens = {} \
-             and env.max_new_tokens = {} ({})",
-            dropped.iter().map(|(_, n)| n).sum::<usize>(),
-            cfg.env.max_tokens,
-            cfg.env.max_new_tokens,
-            counts.join(", ")
-        );
-    }
-    if source.len(Split::Train) == 0 {
-        return Err(Error::input(format!(
-            "bfcl: no training task fits env.max_tokens = {}",
-            cfg.env.max_tokens
-        )));
-    }
+    report_fitting(
+        "bfcl",
+        "prompt with its gold calls",
+        &dropped,
+        source.len(Split::Train),
+        cfg,
+    )?;
     Ok(source)
 }
 

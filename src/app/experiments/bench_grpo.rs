@@ -287,42 +287,26 @@ impl Side {
 }
 
 impl Side {
-    /// Every side a report can hold.
+    /// Every side a report can hold: those the plans run.
     fn all() -> Vec<Side> {
-        // Parallel runs with asymre's loss only (its label names no loss).
-        let mut out = vec![
-            Side::Asymre {
-                serial: true,
-                grpo: false,
-            },
-            Side::Asymre {
-                serial: true,
-                grpo: true,
-            },
-            Side::Asymre {
-                serial: false,
-                grpo: false,
-            },
-        ];
-        for checkpointing in [true, false] {
-            out.push(Side::Trl { checkpointing });
-        }
-        for nice in [None, Some(19), Some(0)] {
-            for (omp_defaults, adapt) in [(false, false), (true, false), (false, true)] {
-                out.push(Side::Busy {
-                    nice,
-                    omp_defaults,
-                    adapt,
-                });
-            }
-        }
-        out
+        distinct(plan(false).into_iter().chain(contention_plan()))
     }
 
     /// The side a saved report's row names.
     fn from_label(label: &str) -> Option<Side> {
         Side::all().into_iter().find(|s| s.label() == label)
     }
+}
+
+/// `sides` in their first order, each once.
+fn distinct(sides: impl IntoIterator<Item = Side>) -> Vec<Side> {
+    let mut out: Vec<Side> = Vec::new();
+    for side in sides {
+        if !out.contains(&side) {
+            out.push(side);
+        }
+    }
+    out
 }
 
 /// A busy loop (one core's worth of work) at a nice value, killed when dropped.
@@ -442,14 +426,17 @@ fn progress(what: &str) {
     eprintln!("bench: {what} …");
 }
 
+/// The comparison's headline: asymre serial with its own loss.
+const HEADLINE: Side = Side::Asymre {
+    serial: true,
+    grpo: false,
+};
+
 /// The runs of one workload, in the order they run: asymre serial and TRL (its defaults)
 /// alternated (twice, once with `--quick`), then the other rows once.
 fn plan(quick: bool) -> Vec<Side> {
     let (ours, trl) = (
-        Side::Asymre {
-            serial: true,
-            grpo: false,
-        },
+        HEADLINE,
         Side::Trl {
             checkpointing: true,
         },
@@ -476,9 +463,7 @@ fn plan(quick: bool) -> Vec<Side> {
     ]
 }
 
-/// The contention section (`--contention`, on the tool workload): asymre serial alone (its
-/// reference, first) and beside a busy loop at nice 19 and nice 0, with libgomp's defaults
-/// (before) and as asymre runs now, and with `learner.adapt_threads`.
+/// asymre serial alone, as it runs now: the contention section's reference.
 const ALONE: Side = Side::Busy {
     nice: None,
     omp_defaults: false,
@@ -508,6 +493,14 @@ impl Section {
         }
     }
 
+    /// How progress lines and the table's title name it.
+    fn title(self) -> String {
+        match self {
+            Section::Compare(w) => format!("{} workload", w.name()),
+            Section::Contention => "contention, on the tool workload".into(),
+        }
+    }
+
     fn parse(name: &str) -> Option<Section> {
         if name == "contention" {
             return Some(Section::Contention);
@@ -519,6 +512,9 @@ impl Section {
     }
 }
 
+/// The contention section (`--contention`, on the tool workload): asymre serial alone (its
+/// reference, first) and beside a busy loop at nice 19 and nice 0, with libgomp's defaults
+/// (before) and as asymre runs now, and with `learner.adapt_threads`.
 fn contention_plan() -> Vec<Side> {
     let busy = |nice, omp_defaults, adapt| Side::Busy {
         nice,
@@ -604,10 +600,7 @@ pub fn run(opts: &GrpoBench) -> Result<()> {
         for (k, side) in sides.iter().enumerate() {
             progress(&format!(
                 "{}, run {}/{}: {} ({} steps of {BATCH} episodes)",
-                match section {
-                    Section::Compare(w) => format!("{} workload", w.name()),
-                    Section::Contention => "contention".into(),
-                },
+                section.title(),
                 k + 1,
                 sides.len(),
                 side.label(),
@@ -905,12 +898,7 @@ fn table(
     threads: usize,
 ) -> String {
     use std::fmt::Write;
-    let mut sides: Vec<Side> = Vec::new();
-    for (side, _) in results {
-        if !sides.contains(side) {
-            sides.push(*side);
-        }
-    }
+    let sides = distinct(results.iter().map(|(side, _)| *side));
     let pooled: Vec<(Side, String, Pooled)> = sides
         .iter()
         .map(|side| {
@@ -933,17 +921,12 @@ fn table(
     });
     // Beside a busy loop, a step is set against asymre serial alone as it runs now: the
     // section's own row, or (in reports without one) the comparison's headline.
-    let (alone, alone_label) = if sides.contains(&ALONE) {
-        (rate_of(ALONE), ALONE.label())
+    let reference = if sides.contains(&ALONE) {
+        ALONE
     } else {
-        (
-            rate_of(Side::Asymre {
-                serial: true,
-                grpo: false,
-            }),
-            "asymre serial, loss asymre".to_string(),
-        )
+        HEADLINE
     };
+    let (alone, alone_label) = (rate_of(reference), reference.label());
     let name_of = |label: &String, p: &Pooled| {
         if label.starts_with("asymre parallel") {
             format!("{label}, lag {:.1}", p.lag)
@@ -964,10 +947,7 @@ fn table(
         "{}: {} — {model} (f32), {threads} threads, {BATCH} episodes a step ({} prompts × \
          G = {GROUP}), ≤ {} new tokens, prompts {prompt_tokens:.0} tokens on average, full \
          fine-tuning, Adam",
-        match section {
-            Section::Compare(w) => format!("{} workload", w.name()),
-            Section::Contention => "contention, on the tool workload".into(),
-        },
+        section.title(),
         workload.describe(),
         BATCH / GROUP,
         workload.new_tokens(),
