@@ -2,8 +2,9 @@
 # llama.cpp, the reference CPU decoder, beside asymre's decoding on the same GGUF files:
 # llama-batched-bench and `asymre bench --lm --decoding` at 1 and 16 parallel sequences,
 # 128-token prompts (one per sequence, nothing shared) and 48 generated tokens, on
-# SmolLM2-135M-Instruct as F32, Q8_0 and Q4_1. asymre dequantises every file to f32 on load, so
-# its rows differ only by noise; llama.cpp computes in each file's own precision.
+# SmolLM2-135M-Instruct as F32, Q8_0 and Q4_1. llama.cpp computes in each file's own precision;
+# asymre twice: from f32 (every file dequantised on load) and from the file's own blocks
+# (`--decode-weights file`, what `policy.decode_weights = "file"` decodes from).
 #
 # llama.cpp's source comes from PyPI's llama-cpp-python sdist (vendor/llama.cpp); it is built
 # once, CPU only, into ${ASYMRE_CACHE:-~/.cache/asymre}/llama.cpp-VERSION (CMake from .venv
@@ -68,7 +69,9 @@ for t in F32 Q8_0 Q4_1; do
         -t "$threads" --output-format jsonl 2>/dev/null |
         grep '^{' | sed "s/^{/{\"engine\": \"llama.cpp\", \"file\": \"$t\", /" >>"$results"
     echo "llamacpp: $t: asymre bench --lm --decoding" >&2
-    ./target/release/asymre bench --lm --decoding --model "$f" |
+    weights=f32,file
+    [ "$t" = F32 ] && weights=f32
+    ./target/release/asymre bench --lm --decoding --decode-weights "$weights" --model "$f" |
         grep '^{' | sed "s/^{/{\"file\": \"$t\", /" >>"$results"
 done
 
@@ -77,12 +80,17 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 print(f"Decoding, SmolLM2-135M-Instruct, {sys.argv[2]} threads: 128-token prompts (one per "
       "sequence), 48 generated tokens; tokens/s")
-print(f"{'file':<6} {'engine':<10} {'prompt, B=1':>12} {'gen, B=1':>10} {'prompt, B=16':>13} {'gen, B=16':>10}")
+print(f"{'file':<6} {'engine':<18} {'prompt, B=1':>12} {'gen, B=1':>10} {'prompt, B=16':>13} {'gen, B=16':>10}")
 for f in ("F32", "Q8_0", "Q4_1"):
-    for e in ("llama.cpp", "asymre"):
-        by = {r["pl"]: r for r in rows if r["file"] == f and r["engine"] == e}
+    for e, w in (("llama.cpp", None), ("asymre", "f32"), ("asymre", "file")):
+        by = {r["pl"]: r for r in rows if r["file"] == f and r["engine"] == e
+              and r.get("weights") == w}
+        if not by:
+            continue
+        name = e if w is None else f"{e}, {w}"
         cell = lambda pl, k: f"{by[pl][k]:.1f}" if pl in by else "—"
-        print(f"{f:<6} {e:<10} {cell(1, 'speed_pp'):>12} {cell(1, 'speed_tg'):>10} "
+        print(f"{f:<6} {name:<18} {cell(1, 'speed_pp'):>12} {cell(1, 'speed_tg'):>10} "
               f"{cell(16, 'speed_pp'):>13} {cell(16, 'speed_tg'):>10}")
-print("asymre computes in f32 from every file (dequantised on load); llama.cpp in the file's own precision")
+print("llama.cpp computes in the file's own precision; asymre, f32: every file dequantised on load; "
+      "asymre, file: decoding from the file's own blocks (prefill stays f32)")
 PY

@@ -30,6 +30,7 @@ pub mod error;
 pub mod formats;
 pub mod ids;
 pub mod math;
+pub mod parallel;
 pub mod policy;
 pub mod rl;
 pub mod rng;

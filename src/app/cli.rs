@@ -334,6 +334,10 @@ pub struct BenchArgs {
     /// sets it beside llama.cpp.
     #[arg(long, requires = "lm", conflicts_with = "trl")]
     pub decoding: bool,
+    /// With --decoding: the weights decoding reads, comma-separated (f32, bf16, q8_0, file:
+    /// policy.decode_weights), one set of rows each.
+    #[arg(long, default_value = "f32", requires = "decoding", value_parser = decode_weights_list)]
+    pub decode_weights: DecodeWeightsList,
     /// With --lm: the GRPO workload end to end, asymre's training loop against Hugging
     /// Face TRL's GRPOTrainer (needs trl in the baseline's Python).
     #[arg(long, requires = "lm", conflicts_with = "no_baseline")]
@@ -356,6 +360,20 @@ pub struct BenchArgs {
     /// redis-server of its own, and weight publishing).
     #[arg(long, conflicts_with = "lm")]
     pub transport: bool,
+}
+
+/// A comma-separated list of `policy.decode_weights` values.
+#[derive(Debug, Clone)]
+pub struct DecodeWeightsList(pub Vec<crate::config::DecodeWeights>);
+
+fn decode_weights_list(s: &str) -> Result<DecodeWeightsList, String> {
+    s.split(',')
+        .map(|w| {
+            crate::config::DecodeWeights::parse(w.trim())
+                .ok_or_else(|| format!("{w:?}: one of f32, bf16, q8_0, file"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(DecodeWeightsList)
 }
 
 fn non_negative(s: &str) -> Result<f64, String> {

@@ -351,7 +351,13 @@ fn bench(args: BenchArgs) -> Result<u8> {
     if let Some(report) = &args.replay {
         bench_grpo::replay(report)?;
     } else if args.decoding {
-        bench_lm::decoding(&args.model, 128, 48, &[1, 16], secs(3.0, 10.0))?;
+        bench_lm::decoding(
+            &args.model,
+            &args.decode_weights.0,
+            (128, 48),
+            &[1, 16],
+            secs(3.0, 10.0),
+        )?;
     } else if args.trl {
         bench_grpo::run(&bench_grpo::GrpoBench {
             model: &args.model,

@@ -275,6 +275,12 @@ impl Config {
             &format!("{wanted} for env.kind = {:?}", e.kind).to_lowercase(),
             format!("{:?}", p.kind).to_lowercase(),
         )?;
+        check(
+            p.decode_weights == DecodeWeights::F32 || self.actor.device != DeviceChoice::Cuda,
+            "policy.decode_weights",
+            "f32 with actor.device = \"cuda\" (the packed products run on the CPU)",
+            p.decode_weights.name(),
+        )?;
         if e.kind == EnvKind::Dataset {
             check(
                 !e.path.trim().is_empty(),
@@ -440,6 +446,37 @@ mod tests {
             msg.starts_with("policy.precision: must be f32 for the tabular policy"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn decode_weights_are_parsed_and_checked_against_the_policy_and_device() {
+        let lm = "[env]\nkind = \"tool_use\"\n[policy]\nkind = \"lm\"\nmodel = \"m.gguf\"\n";
+        for (text, want) in [
+            ("q8_0", DecodeWeights::Q8_0),
+            ("bf16", DecodeWeights::Bf16),
+            ("file", DecodeWeights::File),
+            ("f32", DecodeWeights::F32),
+        ] {
+            let c = from_toml_str(lm, &[format!("policy.decode_weights={text}")]).unwrap();
+            assert_eq!(c.policy.decode_weights, want);
+            assert_eq!(DecodeWeights::parse(want.name()), Some(want));
+        }
+        assert_eq!(
+            from_toml_str(lm, &[]).unwrap().policy.decode_weights,
+            DecodeWeights::F32
+        );
+        let msg = err(lm, &["policy.decode_weights=q4"]);
+        assert!(msg.starts_with("policy.decode_weights:"), "{msg}");
+        let tool = "[env]\nkind = \"tool_use\"\n[policy]\nkind = \"transformer\"\n";
+        let msg = err(tool, &["policy.decode_weights=q8_0"]);
+        assert!(
+            msg.starts_with("policy.decode_weights: must be f32 unless"),
+            "{msg}"
+        );
+        let msg = err(lm, &["policy.decode_weights=q8_0", "actor.device=cuda"]);
+        assert!(msg.contains("the packed products run on the CPU"), "{msg}");
+        let msg = err(lm, &["policy.decode_weights=q8_0", "policy.precision=bf16"]);
+        assert!(msg.starts_with("policy.decode_weights:"), "{msg}");
     }
 
     #[test]

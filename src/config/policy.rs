@@ -45,6 +45,46 @@ pub struct PolicyConfig {
     /// path is taken from the working directory). The warm start, if any, continues from them; a
     /// resumed run takes its checkpoint's weights instead.
     pub init: Option<PathBuf>,
+    /// LM, CPU actors: the weights the actors decode from (`f32`, `bf16`, `q8_0`, or `file`:
+    /// each matrix in its type in the model's file). The learner keeps f32, and the behaviour
+    /// log-probabilities are those of what the actor sampled with.
+    pub decode_weights: DecodeWeights,
+}
+
+/// The weights an actor's decoding products read (`policy.decode_weights`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DecodeWeights {
+    /// The f32 weights, through libtorch.
+    #[default]
+    #[serde(rename = "f32")]
+    F32,
+    /// bfloat16 copies (half the bytes).
+    #[serde(rename = "bf16")]
+    Bf16,
+    /// ggml's Q8_0 blocks (8-bit codes, a scale per 32).
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// Each matrix in its type in the model's file (Q8_0, Q4_0, Q4_1, f16, bf16; f32 stays f32).
+    #[serde(rename = "file")]
+    File,
+}
+
+impl DecodeWeights {
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodeWeights::F32 => "f32",
+            DecodeWeights::Bf16 => "bf16",
+            DecodeWeights::Q8_0 => "q8_0",
+            DecodeWeights::File => "file",
+        }
+    }
+
+    /// Parses a name as [`DecodeWeights::name`] gives it.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::F32, Self::Bf16, Self::Q8_0, Self::File]
+            .into_iter()
+            .find(|d| d.name() == s)
+    }
 }
 
 /// The number format of the transformer's matrix products.
@@ -71,6 +111,7 @@ impl Default for PolicyConfig {
             init: None,
             model: None,
             lora: None,
+            decode_weights: DecodeWeights::F32,
         }
     }
 }
@@ -104,6 +145,13 @@ impl PolicyConfig {
             "policy.model",
             "set exactly when policy.kind = \"lm\" (a model name, .gguf file or HF directory)",
             p.model.as_deref().unwrap_or("(unset)"),
+        )?;
+        check(
+            p.decode_weights == DecodeWeights::F32
+                || (p.kind == PolicyKind::Lm && p.precision == Precision::F32),
+            "policy.decode_weights",
+            "f32 unless policy.kind = \"lm\" with policy.precision = \"f32\"",
+            p.decode_weights.name(),
         )?;
         if let Some(lora) = &p.lora {
             check(

@@ -17,7 +17,7 @@ pub use prefix::PrefixBatch;
 pub use tabular::TabularPolicy;
 pub use transformer::{TokenScores, Transformer};
 
-use crate::config::{Config, PolicyKind};
+use crate::config::{Config, DecodeWeights, PolicyKind};
 use crate::text::words::Words;
 use crate::text::Tokenizer;
 use crate::trajectory::Trajectory;
@@ -99,6 +99,9 @@ pub struct KvCache {
     pub(crate) v: Vec<Tensor>,
     /// Positions filled.
     pub len: i64,
+    /// The first positions, equal in every row ([`KvCache::prefill_shared`]): a decoding step
+    /// may read them from row 0.
+    pub shared: i64,
     /// [B, capacity] bool: which cached positions are real tokens (not left padding).
     pub(crate) valid: Tensor,
 }
@@ -122,6 +125,7 @@ impl KvCache {
             k: (0..layers).map(|_| zeros()).collect(),
             v: (0..layers).map(|_| zeros()).collect(),
             len: 0,
+            shared: 0,
             valid: Tensor::zeros([b, capacity], (Kind::Bool, device)),
         };
         cache.valid.narrow(1, 0, p).copy_(valid);
@@ -164,6 +168,7 @@ impl KvCache {
             k: self.k.iter().map(|t| t.narrow(0, 0, 1)).collect(),
             v: self.v.iter().map(|t| t.narrow(0, 0, 1)).collect(),
             len: 0,
+            shared: 0,
             valid: self.valid.narrow(0, 0, 1),
         };
         let first = |t: &Tensor| t.narrow(0, 0, 1).narrow(1, 0, l);
@@ -178,7 +183,7 @@ impl KvCache {
                 .narrow(2, 0, l)
                 .copy_(&t.narrow(0, 0, 1).narrow(2, 0, l));
         }
-        self.len = l;
+        (self.len, self.shared) = (l, l);
         let s = p - l;
         let logits = run(
             &prompts.narrow(1, l, s),
@@ -371,6 +376,20 @@ pub trait ToolPolicy: SequencePolicy + Sized + Send {
     fn of(model: &PolicyModel) -> Result<&Self>;
     /// Like [`ToolPolicy::of`], taking ownership.
     fn from_model(model: PolicyModel) -> Result<Self>;
+    /// Decodes from weights packed as `how` (`policy.decode_weights`); only an LM packs.
+    fn decode_from(&mut self, how: DecodeWeights) -> Result<()> {
+        match how {
+            DecodeWeights::F32 => Ok(()),
+            other => Err(Error::input(format!(
+                "policy.decode_weights = \"{}\" is for a pretrained LM",
+                other.name()
+            ))),
+        }
+    }
+    /// Called after new weights were copied into the model's variables.
+    fn weights_changed(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The error of a policy of another kind than a run's environment plays (the config's
@@ -412,6 +431,14 @@ impl ToolPolicy for lm::Lm {
             PolicyModel::Lm(m) => Ok(*m),
             _ => Err(other_kind("a pretrained LM")),
         }
+    }
+
+    fn decode_from(&mut self, how: DecodeWeights) -> Result<()> {
+        self.pack_for_decoding(how)
+    }
+
+    fn weights_changed(&mut self) -> Result<()> {
+        lm::Lm::weights_changed(self)
     }
 }
 

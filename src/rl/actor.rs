@@ -274,6 +274,7 @@ impl<M: ToolPolicy, R, T> ToolActor<M, R, T> {
             reward: cfg.reward.clone(),
         };
         actor.core.load(snapshot)?;
+        actor.model.decode_from(cfg.policy.decode_weights)?;
         Ok(actor)
     }
 }
@@ -293,7 +294,8 @@ where
     }
 
     fn load(&mut self, snapshot: &WeightSnapshot) -> Result<()> {
-        self.core.load(snapshot)
+        self.core.load(snapshot)?;
+        self.model.weights_changed()
     }
 
     fn act(&mut self) -> Result<ActorBatch> {

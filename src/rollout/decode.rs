@@ -40,6 +40,9 @@ pub(super) const BATCHING: Batching = Batching {
 };
 
 /// What one step feeds the model: a token, its position and whether it is real, per row.
+/// A sequence to sample this step: its index, its stream, and the choice once made.
+type SampleJob<'a> = std::sync::Mutex<(usize, &'a mut ChaCha8Rng, Option<(u32, f64)>)>;
+
 struct Feed {
     next: Vec<i64>,
     positions: Vec<i64>,
@@ -213,13 +216,13 @@ impl<E: Decodable> Batch<E> {
             real: vec![false; n],
             forks: Vec::new(),
         };
+        let sampled = self.sample_all(host, vocab);
         for r in 0..n {
             // The row's sequences by the token each writes next, in order of first appearance;
             // finished sequences leave.
             let mut children: Vec<(u32, Vec<usize>)> = Vec::new();
             for i in std::mem::take(&mut self.rows[r]) {
-                let logits = &host[r * vocab..(r + 1) * vocab];
-                let Some(tok) = self.next_token(i, logits) else {
+                let Some(tok) = self.next_token(i, sampled[i]) else {
                     continue;
                 };
                 match children.iter_mut().find(|(t, _)| *t == tok) {
@@ -239,25 +242,58 @@ impl<E: Decodable> Batch<E> {
         feed
     }
 
-    /// Sequence `i`'s next token: forced, or chosen from `logits`; `None` when it has ended
-    /// (before or with this token: a token that ends its sequence needs no logits after it).
-    fn next_token(&mut self, i: usize, logits: &[f32]) -> Option<u32> {
-        let seq = &mut self.seqs[i];
-        if seq.done() {
-            return None;
-        }
-        let tok = match seq.take_forced() {
-            Some(t) => t,
-            None => {
-                let (tok, logp) = choose(logits, self.decoding, &mut self.streams[i]);
-                self.logps[i] += logp;
-                let at = seq.tokens().len();
-                self.token_logps[i].resize(at, 0.0);
-                self.token_logps[i].push(logp as f32);
-                seq.push_token(tok);
-                tok
+    /// Every live sequence's forced token, or its choice from its row of `host` [rows × vocab]
+    /// with its log-probability: the choices made in parallel (each sequence draws from its own
+    /// stream, so the order does not matter), indexed by sequence.
+    fn sample_all(&mut self, host: &[f32], vocab: usize) -> Vec<Option<(u32, Option<f64>)>> {
+        let mut out: Vec<Option<(u32, Option<f64>)>> = vec![None; self.seqs.len()];
+        let mut row_of = vec![usize::MAX; self.seqs.len()];
+        for (r, seqs) in self.rows.iter().enumerate() {
+            for &i in seqs {
+                row_of[i] = r;
             }
-        };
+        }
+        for (i, seq) in self.seqs.iter_mut().enumerate() {
+            if row_of[i] != usize::MAX && !seq.done() {
+                if let Some(t) = seq.take_forced() {
+                    out[i] = Some((t, None));
+                }
+            }
+        }
+        let decoding = self.decoding;
+        let jobs: Vec<SampleJob> = self
+            .streams
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| row_of[*i] != usize::MAX && !self.seqs[*i].done() && out[*i].is_none())
+            .map(|(i, rng)| std::sync::Mutex::new((i, rng, None)))
+            .collect();
+        crate::parallel::for_each(jobs.len(), &|j| {
+            let mut job = jobs[j].lock().unwrap_or_else(|e| e.into_inner());
+            let (i, rng, choice) = &mut *job;
+            let r = row_of[*i];
+            *choice = Some(choose(&host[r * vocab..(r + 1) * vocab], decoding, *rng));
+        });
+        for job in jobs {
+            let (i, _, choice) = job.into_inner().unwrap_or_else(|e| e.into_inner());
+            out[i] = choice.map(|(t, logp)| (t, Some(logp)));
+        }
+        out
+    }
+
+    /// Sequence `i`'s next token from [`Batch::sample_all`]'s `choice` (a forced token has no
+    /// log-probability); `None` when it has ended (before or with this token: a token that ends
+    /// its sequence needs no logits after it).
+    fn next_token(&mut self, i: usize, choice: Option<(u32, Option<f64>)>) -> Option<u32> {
+        let seq = &mut self.seqs[i];
+        let (tok, logp) = choice?;
+        if let Some(logp) = logp {
+            self.logps[i] += logp;
+            let at = seq.tokens().len();
+            self.token_logps[i].resize(at, 0.0);
+            self.token_logps[i].push(logp as f32);
+            seq.push_token(tok);
+        }
         (!seq.done()).then_some(tok)
     }
 

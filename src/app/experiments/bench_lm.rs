@@ -13,6 +13,7 @@ use tch::nn::OptimizerConfig;
 use tch::{Device, Kind};
 
 use super::bench::{matmul_gflops, peak_rss_mib, run_reference};
+use crate::config::DecodeWeights;
 use crate::error::{Error, IoContext, Result};
 use crate::policy::lm::{self, LmConfig};
 use crate::policy::PrefixBatch;
@@ -237,55 +238,72 @@ pub fn run(opts: &LmBench) -> Result<()> {
 }
 
 /// `asymre bench --lm --decoding`: decoding alone in llama-batched-bench's terms, to set beside
-/// llama.cpp on the same file: for each batch size, `pp`-token prompts (a different one per row,
-/// so nothing is shared) and `tg` sampled tokens per row; prompt tokens/s from a pass that
-/// writes one token, generation tokens/s from the rest of a full pass. One JSON line per batch
-/// size (llama-batched-bench's keys: pp, tg, pl, t_pp, speed_pp, t_tg, speed_tg) on stdout.
-pub fn decoding(model: &str, pp: usize, tg: usize, batches: &[usize], secs: f64) -> Result<()> {
+/// llama.cpp on the same file: for each set of decoding weights (`policy.decode_weights`) and
+/// batch size, `pp`-token prompts (a different one per row, so nothing is shared) and `tg`
+/// sampled tokens per row; prompt tokens/s from a pass that writes one token, generation
+/// tokens/s from the rest of a full pass. One JSON line per row (llama-batched-bench's keys: pp,
+/// tg, pl, t_pp, speed_pp, t_tg, speed_tg; with `weights`, the packed kernels' `isa`, the
+/// `weight_mib` a step reads and the seconds packing took, `pack_s`) on stdout.
+pub fn decoding(
+    model: &str,
+    weights: &[DecodeWeights],
+    (pp, tg): (usize, usize),
+    batches: &[usize],
+    secs: f64,
+) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     tch::set_num_threads(cores as i32);
     progress(&format!("loading {model}"));
-    let m = lm::load(model, Device::Cpu, Kind::Float, None)?;
+    let mut m = lm::load(model, Device::Cpu, Kind::Float, None)?;
     let vocab = m.cfg.vocab as u64;
-    for &pl in batches {
-        // Row r's token j: spread over the vocabulary, different in every row from the first.
-        let prompts: Vec<Vec<u32>> = (0..pl as u64)
-            .map(|r| {
-                (0..pp as u64)
-                    .map(|j| ((r * 7919 + j * 104_729 + 17) % vocab) as u32)
-                    .collect()
-            })
-            .collect();
-        let how = |max_new| Sampling {
-            max_new,
-            temperature: 1.0,
-            stop: &[],
-        };
-        progress(&format!(
-            "asymre decoding: batch {pl}, {pp}-token prompts, {tg} new tokens"
-        ));
-        decode(&m.lm, &prompts, &how(2), 0, Device::Cpu)?; // warm-up
-        let (mut t_pp, mut t_all, mut runs) = (0.0, 0.0, 0u64);
-        while runs < 2 || t_all < secs {
-            let t0 = Instant::now();
-            decode(&m.lm, &prompts, &how(1), runs + 1, Device::Cpu)?;
-            let t1 = Instant::now();
-            let out = decode(&m.lm, &prompts, &how(tg), runs + 1, Device::Cpu)?;
-            t_all += t1.elapsed().as_secs_f64();
-            t_pp += t1.duration_since(t0).as_secs_f64();
-            if out.iter().any(|o| o.len() != tg) {
-                return Err(Error::Corrupt("a row stopped before its tokens".into()));
+    let isa = crate::policy::lm::packed::Isa::best().name();
+    for &how in weights {
+        let t0 = Instant::now();
+        m.lm.pack_for_decoding(how)?;
+        let pack_s = t0.elapsed().as_secs_f64();
+        let mib = m.lm.decode_weights().1 as f64 / (1 << 20) as f64;
+        for &pl in batches {
+            // Row r's token j: spread over the vocabulary, different in every row from the first.
+            let prompts: Vec<Vec<u32>> = (0..pl as u64)
+                .map(|r| {
+                    (0..pp as u64)
+                        .map(|j| ((r * 7919 + j * 104_729 + 17) % vocab) as u32)
+                        .collect()
+                })
+                .collect();
+            let how_many = |max_new| Sampling {
+                max_new,
+                temperature: 1.0,
+                stop: &[],
+            };
+            progress(&format!(
+                "asymre decoding from {} weights: batch {pl}, {pp}-token prompts, {tg} new tokens",
+                how.name()
+            ));
+            decode(&m.lm, &prompts, &how_many(2), 0, Device::Cpu)?; // warm-up
+            let (mut t_pp, mut t_all, mut runs) = (0.0, 0.0, 0u64);
+            while runs < 2 || t_all < secs {
+                let t0 = Instant::now();
+                decode(&m.lm, &prompts, &how_many(1), runs + 1, Device::Cpu)?;
+                let t1 = Instant::now();
+                let out = decode(&m.lm, &prompts, &how_many(tg), runs + 1, Device::Cpu)?;
+                t_all += t1.elapsed().as_secs_f64();
+                t_pp += t1.duration_since(t0).as_secs_f64();
+                if out.iter().any(|o| o.len() != tg) {
+                    return Err(Error::Corrupt("a row stopped before its tokens".into()));
+                }
+                runs += 1;
             }
-            runs += 1;
+            let (t_pp, t_all) = (t_pp / runs as f64, t_all / runs as f64);
+            let t_tg = (t_all - t_pp).max(1e-9);
+            println!(
+                "{}",
+                json!({"engine": "asymre", "weights": how.name(), "isa": isa,
+                    "weight_mib": mib, "pack_s": pack_s, "pp": pp, "tg": tg, "pl": pl, "n_threads": cores,
+                    "t_pp": t_pp, "speed_pp": (pl * pp) as f64 / t_pp,
+                    "t_tg": t_tg, "speed_tg": (pl * (tg - 1)) as f64 / t_tg})
+            );
         }
-        let (t_pp, t_all) = (t_pp / runs as f64, t_all / runs as f64);
-        let t_tg = (t_all - t_pp).max(1e-9);
-        println!(
-            "{}",
-            json!({"engine": "asymre", "pp": pp, "tg": tg, "pl": pl, "n_threads": cores,
-                "t_pp": t_pp, "speed_pp": (pl * pp) as f64 / t_pp,
-                "t_tg": t_tg, "speed_tg": (pl * (tg - 1)) as f64 / t_tg})
-        );
     }
     Ok(())
 }

@@ -9,16 +9,19 @@
 //! path serves both formats.
 pub mod config;
 pub mod export;
+pub mod packed;
 pub mod source;
+pub mod step_attention;
 pub mod weights;
 
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 pub use config::{Arch, LmConfig};
+use packed::{Format, PackedMatrix};
 pub use source::{load, resolve, ModelFiles};
 
-use crate::config::LoraConfig;
+use crate::config::{DecodeWeights, LoraConfig};
 use crate::error::{Error, Result};
 use crate::policy::prefix::PrefixBatch;
 use crate::policy::transformer::TokenScores;
@@ -39,30 +42,86 @@ struct Linear {
     b: Option<Tensor>,
     /// (Aᵀ [in, r], Bᵀ [r, out], s = alpha / r)
     lora: Option<(Tensor, Tensor, f64)>,
+    /// The format the weight is stored in in the model's file, if a packed one.
+    stored: Option<Format>,
+    /// A packed copy of the weight that decoding products of up to [`packed::MAX_ROWS`] rows
+    /// read instead of `wt` ([`Lm::pack_for_decoding`]).
+    packed: Option<PackedMatrix>,
+}
+
+/// `x` [rows, k] (f32 on the CPU) times each packed `w` [k, n]: [rows, n] each, in one call.
+fn packed_products(ws: &[&PackedMatrix], x: &Tensor) -> Vec<Tensor> {
+    let rows = x.size()[0] as usize;
+    let x = x.to_kind(Kind::Float).contiguous();
+    let ys: Vec<Tensor> = ws
+        .iter()
+        .map(|w| Tensor::empty([rows as i64, w.n as i64], (Kind::Float, Device::Cpu)))
+        .collect();
+    if rows == 0 {
+        return ys;
+    }
+    let k = ws[0].k;
+    // SAFETY: x is a contiguous f32 CPU tensor of rows·k values and each y a fresh one of
+    // rows·n, all alive for the call; nothing else reads the ys meanwhile.
+    let xs = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, rows * k) };
+    let mut outs: Vec<&mut [f32]> = ys
+        .iter()
+        .zip(ws)
+        .map(|(y, w)| unsafe {
+            std::slice::from_raw_parts_mut(y.data_ptr() as *mut f32, rows * w.n)
+        })
+        .collect();
+    packed::matmul_all(packed::Isa::best(), ws, xs, rows, &mut outs);
+    ys
+}
+
+/// `x` [.., in] through each of `layers`, which share that input (a layer's query, key and
+/// value; gate and up): [.., out] each. The leading dimensions are folded into one explicitly:
+/// left to itself, `matmul` of a 3-D input by a frozen weight may broadcast the weight into a
+/// batched product instead (three times slower decoding with LoRA's frozen base). When every
+/// layer has a packed copy and there are at most [`packed::MAX_ROWS`] rows, one packed call
+/// computes them all.
+fn forward_all<const N: usize>(layers: [&Linear; N], x: &Tensor) -> [Tensor; N] {
+    let kind = layers[0].wt.kind();
+    let x = if x.kind() == kind {
+        x.shallow_clone()
+    } else {
+        x.to_kind(kind)
+    };
+    let shape = x.size();
+    let inp = *shape.last().expect("an input with features");
+    let x = x.reshape([-1, inp]);
+    let rows = x.size()[0] as usize;
+    let packed: Option<Vec<&PackedMatrix>> = (rows <= packed::MAX_ROWS && !x.requires_grad())
+        .then(|| layers.iter().map(|l| l.packed.as_ref()).collect())
+        .flatten();
+    let mut ys = match packed {
+        Some(ws) => packed_products(&ws, &x).into_iter(),
+        None => layers
+            .iter()
+            .map(|l| x.mm(&l.wt))
+            .collect::<Vec<_>>()
+            .into_iter(),
+    };
+    layers.map(|l| {
+        let mut y = ys.next().expect("one output per layer");
+        if let Some(b) = &l.b {
+            y += b;
+        }
+        if let Some((a, b, s)) = &l.lora {
+            y += x.mm(a).mm(b) * *s;
+        }
+        let mut shape = shape.clone();
+        *shape.last_mut().expect("an input with features") = l.wt.size()[1];
+        y.view(shape.as_slice())
+    })
 }
 
 impl Linear {
-    /// `x` [.., in] → [.., out]. The leading dimensions are folded into one explicitly: left to
-    /// itself, `matmul` of a 3-D input by a frozen weight may broadcast the weight into a
-    /// batched product instead (three times slower decoding with LoRA's frozen base).
+    /// `x` [.., in] → [.., out] ([`forward_all`] of one layer).
     fn forward(&self, x: &Tensor) -> Tensor {
-        let x = if x.kind() == self.wt.kind() {
-            x.shallow_clone()
-        } else {
-            x.to_kind(self.wt.kind())
-        };
-        let mut shape = x.size();
-        let inp = *shape.last().expect("an input with features");
-        let x = x.reshape([-1, inp]);
-        let mut y = x.mm(&self.wt);
-        if let Some(b) = &self.b {
-            y += b;
-        }
-        if let Some((a, b, s)) = &self.lora {
-            y += x.mm(a).mm(b) * *s;
-        }
-        *shape.last_mut().expect("an input with features") = self.wt.size()[1];
-        y.view(shape.as_slice())
+        let [y] = forward_all([self], x);
+        y
     }
 
     /// W + s · B A in Hugging Face's [out, in] layout: the weight with the adapter merged.
@@ -109,6 +168,11 @@ pub struct Lm {
     /// Whether the base weights are trained (false with LoRA: only the adapters are).
     pub full: bool,
     device: Device,
+    /// What decoding reads ([`Lm::pack_for_decoding`]).
+    decode: DecodeWeights,
+    /// The head's (or tied embedding's) stored format and packed copy.
+    head_stored: Option<Format>,
+    head_packed: Option<PackedMatrix>,
 }
 
 /// Registers `tensor` under the dotted Hugging Face `name` in `root`.
@@ -179,7 +243,14 @@ impl Lm {
                     }
                     _ => None,
                 };
-                Ok(Linear { wt: w, b, lora })
+                let stored = src.stored(&format!("{prefix}.weight"));
+                Ok(Linear {
+                    wt: w,
+                    b,
+                    lora,
+                    stored,
+                    packed: None,
+                })
             };
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
@@ -231,6 +302,11 @@ impl Lm {
         } else {
             Some(load("lm_head.weight", &[v, d])?)
         };
+        let head_stored = src.stored(if head_t.is_some() {
+            "lm_head.weight"
+        } else {
+            "model.embed_tokens.weight"
+        });
         let norm = load("model.norm.weight", &[d])?;
         let inv_freq = rope_frequencies(cfg, src)?.to_device(device);
         Ok(Lm {
@@ -242,7 +318,104 @@ impl Lm {
             inv_freq,
             full,
             device,
+            decode: DecodeWeights::F32,
+            head_stored,
+            head_packed: None,
         })
+    }
+
+    /// Decodes from packed copies of the matrices (`how`; f32 drops them): every product of up
+    /// to [`packed::MAX_ROWS`] rows (a decoding step, a prompt's last position) reads them
+    /// instead of the f32 weights, which stay for longer products and for training. With
+    /// `file`, each matrix takes its type in the model's file (f32 ones stay f32). Only on the
+    /// CPU, with f32 weights.
+    pub fn pack_for_decoding(&mut self, how: DecodeWeights) -> Result<()> {
+        if how != DecodeWeights::F32 && (self.device != Device::Cpu || self.kind() != Kind::Float) {
+            return Err(Error::input(format!(
+                "policy.decode_weights = \"{}\" decodes on the CPU from f32 weights; this model \
+                 is on {:?} in {:?}",
+                how.name(),
+                self.device,
+                self.kind()
+            )));
+        }
+        self.decode = how;
+        self.repack()
+    }
+
+    /// Packs the decoding copies again from the f32 weights (after a snapshot changed them).
+    pub fn repack(&mut self) -> Result<()> {
+        let how = self.decode;
+        let format = |stored: Option<Format>| match how {
+            DecodeWeights::F32 => None,
+            DecodeWeights::Bf16 => Some(Format::Bf16),
+            DecodeWeights::Q8_0 => Some(Format::Q8_0),
+            DecodeWeights::File => stored,
+        };
+        let pack = |w: &Tensor, format: Option<Format>| -> Result<Option<PackedMatrix>> {
+            let Some(format) = format else {
+                return Ok(None);
+            };
+            let (k, n) = w.size2()?;
+            let mut data = vec![0f32; (k * n) as usize];
+            w.f_contiguous()?.f_copy_data(&mut data, (k * n) as usize)?;
+            Ok(Some(PackedMatrix::pack(
+                format, &data, k as usize, n as usize,
+            )))
+        };
+        for layer in &mut self.layers {
+            for l in [
+                &mut layer.q,
+                &mut layer.k,
+                &mut layer.v,
+                &mut layer.o,
+                &mut layer.gate,
+                &mut layer.up,
+                &mut layer.down,
+            ] {
+                l.packed = pack(&l.wt, format(l.stored))?;
+            }
+        }
+        let head = self.head_t.as_ref().unwrap_or(&self.embed_t);
+        self.head_packed = pack(head, format(self.head_stored))?;
+        Ok(())
+    }
+
+    /// What decoding reads, and the bytes of the matrices it reads per step (packed or f32).
+    pub fn decode_weights(&self) -> (DecodeWeights, usize) {
+        let f32_bytes = |t: &Tensor| t.numel() * 4;
+        let mut bytes = 0;
+        for layer in &self.layers {
+            for l in [
+                &layer.q,
+                &layer.k,
+                &layer.v,
+                &layer.o,
+                &layer.gate,
+                &layer.up,
+                &layer.down,
+            ] {
+                bytes += l
+                    .packed
+                    .as_ref()
+                    .map_or_else(|| f32_bytes(&l.wt), PackedMatrix::bytes);
+            }
+        }
+        let head = self.head_t.as_ref().unwrap_or(&self.embed_t);
+        bytes += self
+            .head_packed
+            .as_ref()
+            .map_or_else(|| f32_bytes(head), PackedMatrix::bytes);
+        (self.decode, bytes)
+    }
+
+    /// After new weights were copied in: the packed copies follow when the base trains (with
+    /// LoRA it is frozen and the adapters are applied beside the packed product).
+    pub fn weights_changed(&mut self) -> Result<()> {
+        if self.full && self.decode != DecodeWeights::F32 {
+            self.repack()?;
+        }
+        Ok(())
     }
 
     pub fn device(&self) -> Device {
@@ -294,9 +467,8 @@ impl Lm {
             shape.extend([last / e, e]);
             t.view(shape.as_slice())
         };
-        let mut q = heads(layer.q.forward(h));
-        let mut k = heads(layer.k.forward(h));
-        let v = heads(layer.v.forward(h));
+        let [q, k, v] = forward_all([&layer.q, &layer.k, &layer.v], h);
+        let (mut q, mut k, v) = (heads(q), heads(k), heads(v));
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
             q = self.rms(&q, qn);
             k = self.rms(&k, kn);
@@ -314,7 +486,8 @@ impl Lm {
     /// The MLP half of a block, with its residual.
     fn mlp(&self, layer: &Layer, x: &Tensor) -> Tensor {
         let h = self.rms(x, &layer.mlp_norm);
-        let a = layer.gate.forward(&h).silu() * layer.up.forward(&h);
+        let [gate, up] = forward_all([&layer.gate, &layer.up], &h);
+        let a = gate.silu() * up;
         x + layer.down.forward(&a).to_kind(x.kind())
     }
 
@@ -363,6 +536,49 @@ impl Lm {
         }
     }
 
+    /// A decoding step's attention ([`step_attention`]) of `q` [B, 1, H, E] over the first `s`
+    /// cached positions of `kc`, `vc` [B, K, cap, E] (the first `shared` the same in every row)
+    /// under `mask` [B, 1, 1, s]: [B, H, 1, E]; None where it does not apply (several positions,
+    /// a GPU, bf16, gradients, a strided cache).
+    fn step_attention(
+        q: &Tensor,
+        kc: &Tensor,
+        vc: &Tensor,
+        mask: &Tensor,
+        s: i64,
+        shared: i64,
+    ) -> Option<Tensor> {
+        let (b, t, h, e) = q.size4().ok()?;
+        let (_, kv, cap, _) = kc.size4().ok()?;
+        let cpu_f32 = |x: &Tensor| x.device() == Device::Cpu && x.kind() == Kind::Float;
+        if t != 1
+            || !(cpu_f32(q) && cpu_f32(kc) && cpu_f32(vc))
+            || q.requires_grad()
+            || !(kc.is_contiguous() && vc.is_contiguous())
+            || mask.size() != [b, 1, 1, s]
+        {
+            return None;
+        }
+        let q = q.contiguous();
+        let mask: Vec<bool> = Vec::try_from(mask.contiguous().view([-1])).ok()?;
+        let n = |x: i64| x as usize;
+        let sh = step_attention::Shape {
+            b: n(b),
+            h: n(h),
+            kv: n(kv),
+            e: n(e),
+            cap: n(cap),
+            s: n(s),
+            shared: n(shared.clamp(0, s)),
+        };
+        // SAFETY: contiguous f32 CPU tensors of the sizes their shapes give, alive for the call.
+        let view = |x: &Tensor| unsafe {
+            std::slice::from_raw_parts(x.data_ptr() as *const f32, x.numel())
+        };
+        let out = step_attention::attend(view(&q), view(kc), view(vc), &mask, sh);
+        Some(Tensor::from_slice(&out).view([b, h, 1, e]))
+    }
+
     /// The output head: logits [.., V] in f32 of final hidden states `x` [.., D] (normed here).
     fn logits(&self, x: &Tensor) -> Tensor {
         let h = self.rms(x, &self.norm);
@@ -371,10 +587,14 @@ impl Lm {
         let mut shape = h.size();
         let d = *shape.last().expect("hidden states");
         *shape.last_mut().expect("hidden states") = w.size()[1];
-        h.reshape([-1, d])
-            .mm(w)
-            .view(shape.as_slice())
-            .to_kind(Kind::Float)
+        let h = h.reshape([-1, d]);
+        let y = match &self.head_packed {
+            Some(p) if h.size()[0] as usize <= packed::MAX_ROWS && !h.requires_grad() => {
+                packed_products(&[p], &h).remove(0)
+            }
+            _ => h.mm(w),
+        };
+        y.view(shape.as_slice()).to_kind(Kind::Float)
     }
 
     /// Logits [B, T, V] of every position of `tokens` [B, T] (no padding): the plain reference
@@ -413,7 +633,7 @@ impl Lm {
         mask: &Tensor,
     ) -> Tensor {
         let (b, t) = tokens.size2().expect("[B, T]");
-        let start = cache.len;
+        let (start, shared) = (cache.len, cache.shared);
         let mut x = self.embed(&tokens.reshape([-1])).view([b, t, -1]);
         let rope = self.rope_of(positions);
         for (i, layer) in self.layers.iter().enumerate() {
@@ -421,13 +641,16 @@ impl Lm {
             let (kc, vc) = (&mut cache.k[i], &mut cache.v[i]);
             kc.narrow(2, start, t).copy_(&k.transpose(1, 2));
             vc.narrow(2, start, t).copy_(&v.transpose(1, 2));
-            let att = self.attend(
-                &q.transpose(1, 2),
-                &kc.narrow(2, 0, start + t),
-                &vc.narrow(2, 0, start + t),
-                Some(mask),
-                false,
-            );
+            let att = match Self::step_attention(&q, kc, vc, mask, start + t, shared) {
+                Some(att) => att,
+                None => self.attend(
+                    &q.transpose(1, 2),
+                    &kc.narrow(2, 0, start + t),
+                    &vc.narrow(2, 0, start + t),
+                    Some(mask),
+                    false,
+                ),
+            };
             let att = att.transpose(1, 2).contiguous().view([b, t, -1]);
             x = &x + layer.o.forward(&att).to_kind(x.kind());
             x = self.mlp(layer, &x);

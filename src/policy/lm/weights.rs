@@ -10,13 +10,19 @@ use safetensors::{Dtype, SafeTensors};
 use tch::{Kind, Tensor};
 
 use super::config::{Arch, LmConfig};
+use super::packed::Format;
 use crate::error::{Error, IoContext, Result};
-use crate::formats::gguf::Gguf;
+use crate::formats::gguf::{GgmlType, Gguf};
 
 /// Tensors by their Hugging Face names, as f32 on the CPU.
 pub trait WeightSource {
     fn has(&self, name: &str) -> bool;
     fn get(&self, name: &str) -> Result<Tensor>;
+    /// The packed format a tensor is stored in, if one ([`Format`]); None for f32 (and for
+    /// what the packed products do not read).
+    fn stored(&self, _name: &str) -> Option<Format> {
+        None
+    }
 }
 
 /// GGUF's name of a Hugging Face tensor name.
@@ -60,6 +66,18 @@ pub struct GgufWeights<'a> {
 impl WeightSource for GgufWeights<'_> {
     fn has(&self, name: &str) -> bool {
         gguf_name(name).is_some_and(|g| self.file.tensors.contains_key(&g))
+    }
+
+    fn stored(&self, name: &str) -> Option<Format> {
+        let info = self.file.tensors.get(&gguf_name(name)?)?;
+        match info.kind.as_ref().ok()? {
+            GgmlType::F32 => None,
+            GgmlType::F16 => Some(Format::F16),
+            GgmlType::Bf16 => Some(Format::Bf16),
+            GgmlType::Q8_0 => Some(Format::Q8_0),
+            GgmlType::Q4_0 => Some(Format::Q4_0),
+            GgmlType::Q4_1 => Some(Format::Q4_1),
+        }
     }
 
     fn get(&self, name: &str) -> Result<Tensor> {
@@ -171,6 +189,14 @@ impl SafetensorsWeights {
 impl WeightSource for SafetensorsWeights {
     fn has(&self, name: &str) -> bool {
         self.index.contains_key(name)
+    }
+
+    fn stored(&self, name: &str) -> Option<Format> {
+        match self.index.get(name)?.2.dtype {
+            Dtype::F16 => Some(Format::F16),
+            Dtype::BF16 => Some(Format::Bf16),
+            _ => None,
+        }
     }
 
     fn get(&self, name: &str) -> Result<Tensor> {
