@@ -276,9 +276,9 @@ impl Config {
             format!("{:?}", p.kind).to_lowercase(),
         )?;
         check(
-            p.decode_weights == DecodeWeights::F32 || self.actor.device != DeviceChoice::Cuda,
+            p.decode_weights == DecodeWeights::F32 || self.actor.device == DeviceChoice::Cpu,
             "policy.decode_weights",
-            "f32 with actor.device = \"cuda\" (the packed products run on the CPU)",
+            "f32 unless actor.device = \"cpu\" (the packed products run on the CPU)",
             p.decode_weights.name(),
         )?;
         if e.kind == EnvKind::Dataset {
@@ -473,8 +473,16 @@ mod tests {
             msg.starts_with("policy.decode_weights: must be f32 unless"),
             "{msg}"
         );
-        let msg = err(lm, &["policy.decode_weights=q8_0", "actor.device=cuda"]);
-        assert!(msg.contains("the packed products run on the CPU"), "{msg}");
+        for device in ["cuda", "auto"] {
+            let msg = err(
+                lm,
+                &[
+                    "policy.decode_weights=q8_0",
+                    &format!("actor.device={device}"),
+                ],
+            );
+            assert!(msg.contains("the packed products run on the CPU"), "{msg}");
+        }
         let msg = err(lm, &["policy.decode_weights=q8_0", "policy.precision=bf16"]);
         assert!(msg.starts_with("policy.decode_weights:"), "{msg}");
     }

@@ -49,6 +49,18 @@ struct Linear {
     packed: Option<PackedMatrix>,
 }
 
+/// Whether a product of `x` may read packed weights: no gradient can flow through it (autograd
+/// is off, as in every decoding pass, and `x` needs none).
+fn decoding(x: &Tensor) -> bool {
+    // SAFETY: libtorch's thread-local grad mode, set and restored at once on this thread.
+    let enabled = unsafe {
+        let was = torch_sys::at_grad_set_enabled(0);
+        torch_sys::at_grad_set_enabled(was);
+        was != 0
+    };
+    !enabled && !x.requires_grad()
+}
+
 /// `x` [rows, k] (f32 on the CPU) times each packed `w` [k, n]: [rows, n] each, in one call.
 fn packed_products(ws: &[&PackedMatrix], x: &Tensor) -> Vec<Tensor> {
     let rows = x.size()[0] as usize;
@@ -61,6 +73,11 @@ fn packed_products(ws: &[&PackedMatrix], x: &Tensor) -> Vec<Tensor> {
         return ys;
     }
     let k = ws[0].k;
+    assert_eq!(
+        x.size()[1] as usize,
+        k,
+        "inputs of the packed matrices' size"
+    );
     // SAFETY: x is a contiguous f32 CPU tensor of rows·k values and each y a fresh one of
     // rows·n, all alive for the call; nothing else reads the ys meanwhile.
     let xs = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, rows * k) };
@@ -92,7 +109,7 @@ fn forward_all<const N: usize>(layers: [&Linear; N], x: &Tensor) -> [Tensor; N] 
     let inp = *shape.last().expect("an input with features");
     let x = x.reshape([-1, inp]);
     let rows = x.size()[0] as usize;
-    let packed: Option<Vec<&PackedMatrix>> = (rows <= packed::MAX_ROWS && !x.requires_grad())
+    let packed: Option<Vec<&PackedMatrix>> = (rows <= packed::MAX_ROWS && decoding(&x))
         .then(|| layers.iter().map(|l| l.packed.as_ref()).collect())
         .flatten();
     let mut ys = match packed {
@@ -589,7 +606,7 @@ impl Lm {
         *shape.last_mut().expect("hidden states") = w.size()[1];
         let h = h.reshape([-1, d]);
         let y = match &self.head_packed {
-            Some(p) if h.size()[0] as usize <= packed::MAX_ROWS && !h.requires_grad() => {
+            Some(p) if h.size()[0] as usize <= packed::MAX_ROWS && decoding(&h) => {
                 packed_products(&[p], &h).remove(0)
             }
             _ => h.mm(w),

@@ -257,7 +257,15 @@ impl QuantisedRows {
         for r in 0..m {
             for b in 0..kb {
                 let v = &x[r * k + b * BLOCK..r * k + (k - b * BLOCK).min(BLOCK) + b * BLOCK];
-                let amax = v.iter().fold(0f32, |a, x| a.max(x.abs()));
+                // NaN's and infinities: a scale that is not finite carries them to every output
+                // of the block, as an f32 product would (`max` alone would skip a NaN).
+                let amax = v.iter().fold(0f32, |a, x| {
+                    if a.is_nan() || !x.is_finite() {
+                        f32::NAN
+                    } else {
+                        a.max(x.abs())
+                    }
+                });
                 let d = amax / 32767.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 let mut sum = 0i32;
@@ -1056,6 +1064,31 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_nan_input_reaches_the_outputs_as_in_an_f32_product() {
+        let (k, n) = (64, 16);
+        let w = values(k * n, 3);
+        let mut x = values(2 * k, 4);
+        x[k + 40] = f32::NAN;
+        for format in FORMATS {
+            let p = PackedMatrix::pack(format, &w, k, n);
+            for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+                if !isa.available() {
+                    continue;
+                }
+                let mut y = vec![0f32; 2 * n];
+                p.matmul_with(isa, &x, 2, &mut y);
+                assert!(y[..n].iter().all(|v| v.is_finite()), "{}", format.name());
+                assert!(
+                    y[n..].iter().all(|v| v.is_nan()),
+                    "{} {}",
+                    format.name(),
+                    isa.name()
+                );
             }
         }
     }
