@@ -335,8 +335,9 @@ pub struct BenchArgs {
     #[arg(long, requires = "lm", conflicts_with = "trl")]
     pub decoding: bool,
     /// With --decoding: the weights decoding reads, comma-separated (f32, bf16, q8_0, file:
-    /// policy.decode_weights), one set of rows each.
-    #[arg(long, default_value = "f32", requires = "decoding", value_parser = decode_weights_list)]
+    /// policy.decode_weights), one set of rows each; with --trl: one of them, what asymre's
+    /// actors decode from.
+    #[arg(long, default_value = "f32", requires = "lm", value_parser = decode_weights_list)]
     pub decode_weights: DecodeWeightsList,
     /// With --lm: the GRPO workload end to end, asymre's training loop against Hugging
     /// Face TRL's GRPOTrainer (needs trl in the baseline's Python).

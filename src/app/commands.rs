@@ -359,7 +359,14 @@ fn bench(args: BenchArgs) -> Result<u8> {
             secs(3.0, 10.0),
         )?;
     } else if args.trl {
+        let decode_weights = match args.decode_weights.0[..] {
+            [one] => one,
+            _ => return Err(Error::input(
+                "--decode-weights with --trl takes one value (what asymre's actors decode from)",
+            )),
+        };
         bench_grpo::run(&bench_grpo::GrpoBench {
+            decode_weights,
             model: &args.model,
             python: python.as_deref().unwrap_or(Path::new("python3")),
             quick: args.quick,

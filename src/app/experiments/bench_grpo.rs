@@ -420,6 +420,8 @@ pub struct GrpoBench<'a> {
     /// Also the contention rows (tool workload): asymre beside a busy loop.
     pub contention: bool,
     pub json: Option<&'a Path>,
+    /// What asymre's actors decode from (`policy.decode_weights`).
+    pub decode_weights: crate::config::DecodeWeights,
 }
 
 fn progress(what: &str) {
@@ -618,6 +620,7 @@ pub fn run(opts: &GrpoBench) -> Result<()> {
                     &AsymreRun {
                         serial,
                         grpo,
+                        decode: opts.decode_weights,
                         ..AsymreRun::default()
                     },
                 ),
@@ -635,6 +638,7 @@ pub fn run(opts: &GrpoBench) -> Result<()> {
                             serial: true,
                             omp_defaults,
                             adapt,
+                            decode: opts.decode_weights,
                             ..AsymreRun::default()
                         },
                     )
@@ -663,14 +667,22 @@ pub fn run(opts: &GrpoBench) -> Result<()> {
             }
         }
         let table = table(section, &results, prompt_tokens, opts.model, threads);
-        println!("{table}{}", failed_rows(&failed));
+        let decoding = match opts.decode_weights {
+            crate::config::DecodeWeights::F32 => String::new(),
+            w => format!(
+                "asymre's actors decode from {} weights (policy.decode_weights)\n",
+                w.name()
+            ),
+        };
+        println!("{table}{decoding}{}", failed_rows(&failed));
         report.insert(
             section.name().into(),
             to_json(&results, &failed, prompt_tokens),
         );
         // Written after every section, so that a later failure loses nothing measured.
         if let Some(path) = opts.json {
-            let all = json!({"model": opts.model, "batch": BATCH, "group": GROUP,
+            let all = json!({"model": opts.model, "decode_weights": opts.decode_weights.name(),
+                "batch": BATCH, "group": GROUP,
                 "threads": threads, "workloads": report});
             std::fs::write(path, serde_json::to_string_pretty(&all).unwrap_or_default())
                 .at(path)?;
@@ -713,6 +725,8 @@ fn write_prompts(cfg: &config::Config, path: &Path) -> Result<f64> {
 struct AsymreRun {
     serial: bool,
     grpo: bool,
+    /// `policy.decode_weights` of the actors.
+    decode: crate::config::DecodeWeights,
     /// libgomp's own waiting policy (`ASYMRE_OMP_DEFAULTS`).
     omp_defaults: bool,
     adapt: bool,
@@ -724,6 +738,7 @@ fn asymre_side(exe: &Path, cfg: &Path, out: &Path, how: &AsymreRun) -> Result<Me
     let AsymreRun {
         serial,
         grpo,
+        decode,
         omp_defaults,
         adapt,
     } = *how;
@@ -741,6 +756,7 @@ fn asymre_side(exe: &Path, cfg: &Path, out: &Path, how: &AsymreRun) -> Result<Me
     if grpo {
         cmd.args(["--set", "loss.kind=grpo"]);
     }
+    cmd.args(["--set", &format!("policy.decode_weights={}", decode.name())]);
     if adapt {
         cmd.args(["--set", "learner.adapt_threads=true"]);
     }
