@@ -104,6 +104,37 @@ pub fn for_each(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     }
 }
 
+/// An output buffer that the tasks of one [`for_each`] write in disjoint parts.
+#[derive(Clone, Copy)]
+pub struct DisjointOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: only a pointer and a length; `part`'s contract keeps the tasks' writes apart.
+unsafe impl Send for DisjointOut {}
+unsafe impl Sync for DisjointOut {}
+
+impl DisjointOut {
+    /// `buf`, which must outlive every use of the parts.
+    pub fn new(buf: &mut [f32]) -> Self {
+        DisjointOut {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        }
+    }
+
+    /// `buf[start..start + len]`.
+    ///
+    /// # Safety
+    /// The buffer is still alive, and no other part that overlaps this one is used meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn part<'a>(self, start: usize, len: usize) -> &'a mut [f32] {
+        assert!(start + len <= self.len, "a part inside the buffer");
+        std::slice::from_raw_parts_mut(self.ptr.add(start), len)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,10 +39,10 @@ pub(super) const BATCHING: Batching = Batching {
     share_prefixes: true,
 };
 
-/// What one step feeds the model: a token, its position and whether it is real, per row.
 /// A sequence to sample this step: its index, its stream, and the choice once made.
 type SampleJob<'a> = std::sync::Mutex<(usize, &'a mut ChaCha8Rng, Option<(u32, f64)>)>;
 
+/// What one step feeds the model: a token, its position and whether it is real, per row.
 struct Feed {
     next: Vec<i64>,
     positions: Vec<i64>,
@@ -253,10 +253,13 @@ impl<E: Decodable> Batch<E> {
                 row_of[i] = r;
             }
         }
+        // Live sequences take their forced token, or sample.
+        let mut samples = vec![false; self.seqs.len()];
         for (i, seq) in self.seqs.iter_mut().enumerate() {
             if row_of[i] != usize::MAX && !seq.done() {
-                if let Some(t) = seq.take_forced() {
-                    out[i] = Some((t, None));
+                match seq.take_forced() {
+                    Some(t) => out[i] = Some((t, None)),
+                    None => samples[i] = true,
                 }
             }
         }
@@ -265,7 +268,7 @@ impl<E: Decodable> Batch<E> {
             .streams
             .iter_mut()
             .enumerate()
-            .filter(|(i, _)| row_of[*i] != usize::MAX && !self.seqs[*i].done() && out[*i].is_none())
+            .filter(|(i, _)| samples[*i])
             .map(|(i, rng)| std::sync::Mutex::new((i, rng, None)))
             .collect();
         crate::parallel::for_each(jobs.len(), &|j| {

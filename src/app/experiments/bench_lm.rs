@@ -261,7 +261,7 @@ pub fn decoding(
         let t0 = Instant::now();
         m.lm.pack_for_decoding(how)?;
         let pack_s = t0.elapsed().as_secs_f64();
-        let mib = m.lm.decode_weights().1 as f64 / (1 << 20) as f64;
+        let mib = m.lm.decode_bytes() as f64 / (1 << 20) as f64;
         for &pl in batches {
             // Row r's token j: spread over the vocabulary, different in every row from the first.
             let prompts: Vec<Vec<u32>> = (0..pl as u64)

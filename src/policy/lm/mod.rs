@@ -166,6 +166,34 @@ struct Layer {
     down: Linear,
 }
 
+impl Layer {
+    /// The linear maps with their Hugging Face module names (under `model.layers.N.`).
+    fn linears(&self) -> [(&'static str, &Linear); 7] {
+        [
+            ("self_attn.q_proj", &self.q),
+            ("self_attn.k_proj", &self.k),
+            ("self_attn.v_proj", &self.v),
+            ("self_attn.o_proj", &self.o),
+            ("mlp.gate_proj", &self.gate),
+            ("mlp.up_proj", &self.up),
+            ("mlp.down_proj", &self.down),
+        ]
+    }
+
+    /// The linear maps, in [`Layer::linears`]' order.
+    fn linears_mut(&mut self) -> [&mut Linear; 7] {
+        [
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.o,
+            &mut self.gate,
+            &mut self.up,
+            &mut self.down,
+        ]
+    }
+}
+
 /// A loaded model. Its tensors are variables of the `VarStore` it was built in, under their
 /// Hugging Face names (`model.layers.0.self_attn.q_proj.weight`, …; adapters add `.lora_A` and
 /// `.lora_B` beside the weight they adapt). Matrices are stored transposed ([in, out]; the
@@ -381,15 +409,7 @@ impl Lm {
             )))
         };
         for layer in &mut self.layers {
-            for l in [
-                &mut layer.q,
-                &mut layer.k,
-                &mut layer.v,
-                &mut layer.o,
-                &mut layer.gate,
-                &mut layer.up,
-                &mut layer.down,
-            ] {
+            for l in layer.linears_mut() {
                 l.packed = pack(&l.wt, format(l.stored))?;
             }
         }
@@ -398,32 +418,20 @@ impl Lm {
         Ok(())
     }
 
-    /// What decoding reads, and the bytes of the matrices it reads per step (packed or f32).
-    pub fn decode_weights(&self) -> (DecodeWeights, usize) {
-        let f32_bytes = |t: &Tensor| t.numel() * 4;
-        let mut bytes = 0;
-        for layer in &self.layers {
-            for l in [
-                &layer.q,
-                &layer.k,
-                &layer.v,
-                &layer.o,
-                &layer.gate,
-                &layer.up,
-                &layer.down,
-            ] {
-                bytes += l
-                    .packed
-                    .as_ref()
-                    .map_or_else(|| f32_bytes(&l.wt), PackedMatrix::bytes);
-            }
-        }
+    /// The bytes of the matrices a decoding step reads (packed or f32).
+    pub fn decode_bytes(&self) -> usize {
+        let bytes = |packed: &Option<PackedMatrix>, w: &Tensor| {
+            packed
+                .as_ref()
+                .map_or_else(|| w.numel() * 4, PackedMatrix::bytes)
+        };
         let head = self.head_t.as_ref().unwrap_or(&self.embed_t);
-        bytes += self
-            .head_packed
-            .as_ref()
-            .map_or_else(|| f32_bytes(head), PackedMatrix::bytes);
-        (self.decode, bytes)
+        self.layers
+            .iter()
+            .flat_map(|layer| layer.linears())
+            .map(|(_, l)| bytes(&l.packed, &l.wt))
+            .sum::<usize>()
+            + bytes(&self.head_packed, head)
     }
 
     /// After new weights were copied in: the packed copies follow when the base trains (with
@@ -805,15 +813,7 @@ impl Lm {
                 format!("{p}.post_attention_layernorm.weight"),
                 l.mlp_norm.shallow_clone(),
             );
-            for (name, lin) in [
-                ("self_attn.q_proj", &l.q),
-                ("self_attn.k_proj", &l.k),
-                ("self_attn.v_proj", &l.v),
-                ("self_attn.o_proj", &l.o),
-                ("mlp.gate_proj", &l.gate),
-                ("mlp.up_proj", &l.up),
-                ("mlp.down_proj", &l.down),
-            ] {
+            for (name, lin) in l.linears() {
                 out.insert(format!("{p}.{name}.weight"), lin.merged());
                 if let Some(b) = &lin.b {
                     out.insert(format!("{p}.{name}.bias"), b.shallow_clone());

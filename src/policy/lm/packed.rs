@@ -24,6 +24,8 @@
 //! path, and each sum runs in a fixed order, so results do not depend on the number of threads.
 use rayon::prelude::*;
 
+use crate::parallel::DisjointOut;
+
 use crate::formats::gguf::{f16_to_f32, f32_to_f16};
 
 /// Output columns per panel.
@@ -94,6 +96,23 @@ impl Format {
         match self {
             Format::Q8_0 => (g * PANEL * GROUP + lane, 0),
             _ => (g / 2 * PANEL * GROUP + lane, 4 * (g % 2) as u32),
+        }
+    }
+
+    /// The unsigned code of block-local input `i` of column `c` in a block's `codes`.
+    fn code(self, codes: &[u8], i: usize, c: usize) -> u8 {
+        let (at, bits) = self.code_at(i, c);
+        let mask = if self == Format::Q8_0 { 0xff } else { 0x0f };
+        (codes[at] >> bits) & mask
+    }
+
+    /// A 16-bit format's weight of input `j`, column `c`, from a panel's `codes`.
+    fn half(self, codes: &[u8], j: usize, c: usize) -> f32 {
+        let at = (j * PANEL + c) * 2;
+        let h = u16::from_le_bytes([codes[at], codes[at + 1]]);
+        match self {
+            Format::F16 => f16_to_f32(h),
+            _ => f32::from_bits((h as u32) << 16),
         }
     }
 }
@@ -363,26 +382,16 @@ impl PackedMatrix {
             let (codes, scales) = (&self.codes[p * pb..], &self.scales[p * ps..]);
             for c in 0..(n - p * PANEL).min(PANEL) {
                 for j in 0..k {
-                    let half = || {
-                        u16::from_le_bytes([
-                            codes[(j * PANEL + c) * 2],
-                            codes[(j * PANEL + c) * 2 + 1],
-                        ])
-                    };
-                    w[j * n + p * PANEL + c] = match f {
-                        Format::Bf16 => f32::from_bits((half() as u32) << 16),
-                        Format::F16 => f16_to_f32(half()),
-                        _ => {
-                            let b = j / BLOCK;
-                            let (at, bits) = f.code_at(j % BLOCK, c);
-                            let u = (codes[b * f.panel_bytes(BLOCK) + at] >> bits) as i32;
-                            let (d, m) =
-                                (scales[b * 2 * PANEL + c], scales[b * 2 * PANEL + PANEL + c]);
-                            match f {
-                                Format::Q8_0 => (u - 128) as f32 * d,
-                                _ => (u & 0xf) as f32 * d + m,
-                            }
+                    w[j * n + p * PANEL + c] = if f.blocks() {
+                        let b = j / BLOCK;
+                        let u = f.code(&codes[b * f.panel_bytes(BLOCK)..], j % BLOCK, c) as i32;
+                        let (d, m) = (scales[b * 2 * PANEL + c], scales[b * 2 * PANEL + PANEL + c]);
+                        match f {
+                            Format::Q8_0 => (u - 128) as f32 * d,
+                            _ => u as f32 * d + m,
                         }
+                    } else {
+                        f.half(codes, j, c)
                     };
                 }
             }
@@ -452,7 +461,7 @@ pub fn matmul_all(isa: Isa, mats: &[&PackedMatrix], x: &[f32], m: usize, ys: &mu
     let mut tasks = 0;
     for (w, y) in mats.iter().zip(ys.iter_mut()) {
         let per_task = (65_536 / w.format.panel_bytes(k).max(1)).clamp(1, 64);
-        plan.push((tasks, per_task, SharedOut(y.as_mut_ptr())));
+        plan.push((tasks, per_task, DisjointOut::new(y)));
         tasks += w.n.div_ceil(PANEL).div_ceil(per_task);
     }
     crate::parallel::for_each(tasks, &|t| {
@@ -478,11 +487,9 @@ pub fn matmul_all(isa: Isa, mats: &[&PackedMatrix], x: &[f32], m: usize, ys: &mu
                     _ => unreachable!("the inputs of every matrix's kind were prepared"),
                 }
                 for (r, acc) in dst.chunks(PANEL).enumerate() {
-                    // SAFETY: panel p's columns of row r0 + r of output j: written by this
-                    // task alone, inside it (r0 + r < m, p·16 + cols ≤ n).
-                    let out = unsafe {
-                        std::slice::from_raw_parts_mut(out.at((r0 + r) * n + p * PANEL), cols)
-                    };
+                    // SAFETY: panel p's columns of row r0 + r of output j, written by this
+                    // task alone while `ys` lives.
+                    let out = unsafe { out.part((r0 + r) * n + p * PANEL, cols) };
                     out.copy_from_slice(&acc[..cols]);
                 }
                 r0 += rows;
@@ -491,24 +498,9 @@ pub fn matmul_all(isa: Isa, mats: &[&PackedMatrix], x: &[f32], m: usize, ys: &mu
     });
 }
 
-/// The output buffer of a product, written by its tasks in disjoint parts.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-
-// SAFETY: the tasks write disjoint ranges (see `matmul_with`).
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    fn at(self, i: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the buffer.
-        unsafe { self.0.add(i) }
-    }
-}
-
 mod kernels {
     //! The products of one panel: the portable reference and its AVX2 and AVX-512 versions.
-    use super::{f16_to_f32, Format, Isa, QuantisedRows, BLOCK, GROUP, PANEL};
+    use super::{Format, Isa, QuantisedRows, BLOCK, PANEL};
 
     /// 16-bit formats: `out` [rows, 16] = rows r of `xt` [k, m] (column r, from its start) · panel.
     #[allow(clippy::too_many_arguments)]
@@ -548,14 +540,7 @@ mod kernels {
         let mut w = [0f32; PANEL];
         for j in 0..k {
             for (c, w) in w.iter_mut().enumerate() {
-                let h = u16::from_le_bytes([
-                    codes[(j * PANEL + c) * 2],
-                    codes[(j * PANEL + c) * 2 + 1],
-                ]);
-                *w = match format {
-                    Format::F16 => f16_to_f32(h),
-                    _ => f32::from_bits((h as u32) << 16),
-                };
+                *w = format.half(codes, j, c);
             }
             for (acc, &x) in acc.iter_mut().zip(&xt[j * m..][..rows]) {
                 for (a, w) in acc.iter_mut().zip(&w) {
@@ -617,9 +602,7 @@ mod kernels {
         for b in 0..kb {
             for (c, u) in u.iter_mut().enumerate() {
                 for (i, u) in u.iter_mut().enumerate() {
-                    let (at, bits) = format.code_at(i, c);
-                    let mask = if format == Format::Q8_0 { 0xff } else { 0x0f };
-                    *u = (codes[b * per_block + at] >> bits) & mask;
+                    *u = format.code(&codes[b * per_block..], i, c);
                 }
             }
             let (d, m) = (
@@ -631,13 +614,7 @@ mod kernels {
                 let (dx, sx) = (dx[r * kb + b], sx[r * kb + b]);
                 for c in 0..PANEL {
                     // (Integer sums: exact in any order; |I| < 32·255·32767 < 2³¹.)
-                    let mut i: i32 = (0..BLOCK / GROUP)
-                        .map(|g| {
-                            (0..GROUP)
-                                .map(|t| u[c][g * GROUP + t] as i32 * x[g * GROUP + t] as i32)
-                                .sum::<i32>()
-                        })
-                        .sum();
+                    let mut i: i32 = u[c].iter().zip(x).map(|(&u, &x)| u as i32 * x as i32).sum();
                     if format == Format::Q8_0 {
                         // u = q + 128: Σ q·qx = I − 128·Σqx, exactly.
                         i -= 128 * sx as i32;
@@ -678,15 +655,11 @@ mod x86 {
         out: &mut [f32],
     ) {
         let (c, x, o) = (codes.as_ptr(), xt.as_ptr(), out.as_mut_ptr());
-        let mut r = 0;
-        while r < rows {
-            let w = (rows - r).min(4);
-            match w {
-                4 => floats_avx2_rows::<4>(format, c, k, x.add(r), m, o.add(r * PANEL)),
-                2 | 3 => floats_avx2_rows::<2>(format, c, k, x.add(r), m, o.add(r * PANEL)),
-                _ => floats_avx2_rows::<1>(format, c, k, x.add(r), m, o.add(r * PANEL)),
-            }
-            r += if w == 3 { 2 } else { w };
+        match rows {
+            4 => floats_avx2_rows::<4>(format, c, k, x, m, o),
+            2 => floats_avx2_rows::<2>(format, c, k, x, m, o),
+            1 => floats_avx2_rows::<1>(format, c, k, x, m, o),
+            other => unreachable!("no AVX2 kernel for {other} rows"),
         }
     }
 
@@ -792,28 +765,18 @@ mod x86 {
     ) {
         let (c, s) = (codes.as_ptr(), scales.as_ptr());
         let (x, d, t, o) = (qx.as_ptr(), dx.as_ptr(), sx.as_ptr(), out.as_mut_ptr());
-        let mut r = 0;
-        while r < rows {
-            let w = (rows - r).min(4);
-            let (x, d, t, o) = (
-                x.add(r * kb * BLOCK),
-                d.add(r * kb),
-                t.add(r * kb),
-                o.add(r * PANEL),
-            );
-            match w {
-                4 => blocks_avx2_rows::<4>(format, c, s, kb, x, d, t, o),
-                2 | 3 => blocks_avx2_rows::<2>(format, c, s, kb, x, d, t, o),
-                _ => blocks_avx2_rows::<1>(format, c, s, kb, x, d, t, o),
-            }
-            r += if w == 3 { 2 } else { w };
+        match rows {
+            4 => blocks_avx2_rows::<4>(format, c, s, kb, x, d, t, o),
+            2 => blocks_avx2_rows::<2>(format, c, s, kb, x, d, t, o),
+            1 => blocks_avx2_rows::<1>(format, c, s, kb, x, d, t, o),
+            other => unreachable!("no AVX2 kernel for {other} rows"),
         }
     }
 
-    /// The 16 columns' codes of group `g` of a block as i16 pairs: columns 0–7, then 8–15.
+    /// The 16 columns' two codes of group `g` of a block (32 unsigned bytes, column-major).
     #[inline(always)]
-    unsafe fn group_avx2(format: Format, blk: *const u8, g: usize) -> (__m256i, __m256i) {
-        let bytes = match format {
+    unsafe fn group_codes(format: Format, blk: *const u8, g: usize) -> __m256i {
+        match format {
             Format::Q8_0 => _mm256_loadu_si256(blk.add(g * PANEL * GROUP).cast()),
             _ => {
                 let v = _mm256_loadu_si256(blk.add(g / 2 * PANEL * GROUP).cast());
@@ -824,7 +787,13 @@ mod x86 {
                 };
                 _mm256_and_si256(v, _mm256_set1_epi8(0x0f))
             }
-        };
+        }
+    }
+
+    /// [`group_codes`] as i16 pairs: columns 0–7, then 8–15.
+    #[inline(always)]
+    unsafe fn group_avx2(format: Format, blk: *const u8, g: usize) -> (__m256i, __m256i) {
+        let bytes = group_codes(format, blk, g);
         (
             _mm256_cvtepu8_epi16(_mm256_castsi256_si128(bytes)),
             _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(bytes)),
@@ -931,7 +900,6 @@ mod x86 {
         out: *mut f32,
     ) {
         let per_block = format.panel_bytes(BLOCK);
-        let low = _mm256_set1_epi8(0x0f);
         let mut acc = [_mm512_setzero_ps(); R];
         for b in 0..kb {
             let blk = codes.add(b * per_block);
@@ -944,19 +912,7 @@ mod x86 {
             }
             for g in 0..BLOCK / GROUP {
                 // The 16 columns' two codes of this group, widened to i16 pairs.
-                let bytes = match format {
-                    Format::Q8_0 => _mm256_loadu_si256(blk.add(g * PANEL * GROUP).cast()),
-                    _ => {
-                        let v = _mm256_loadu_si256(blk.add(g / 2 * PANEL * GROUP).cast());
-                        let v = if g.is_multiple_of(2) {
-                            v
-                        } else {
-                            _mm256_srli_epi16::<4>(v)
-                        };
-                        _mm256_and_si256(v, low)
-                    }
-                };
-                let w = _mm512_cvtepu8_epi16(bytes);
+                let w = _mm512_cvtepu8_epi16(group_codes(format, blk, g));
                 for (r, sum) in sums.iter_mut().enumerate() {
                     let xv = _mm512_set1_epi32(pair(qx.add((r * kb + b) * BLOCK + g * GROUP)));
                     *sum = _mm512_dpwssd_epi32(*sum, w, xv);

@@ -39,7 +39,7 @@ pub fn attend(q: &[f32], k: &[f32], v: &[f32], mask: &[bool], sh: Shape) -> Vec<
     let g = h / kv;
     let scale = 1.0 / (e as f32).sqrt();
     let mut out = vec![0f32; b * h * e];
-    let shared_out = Out(out.as_mut_ptr());
+    let parts = crate::parallel::DisjointOut::new(&mut out);
     crate::parallel::for_each(b * kv, &|task| {
         let (row, head) = (task / kv, task % kv);
         // Position j's key (or value) of this row and head: row 0's for the shared positions.
@@ -66,8 +66,8 @@ pub fn attend(q: &[f32], k: &[f32], v: &[f32], mask: &[bool], sh: Shape) -> Vec<
                 *p = (*p - max).exp();
                 total += *p;
             }
-            // SAFETY: row `row`, query head `qh`: written by this task alone, inside `out`.
-            let o = unsafe { std::slice::from_raw_parts_mut(shared_out.at((row * h + qh) * e), e) };
+            // SAFETY: row `row`, query head `qh`: written by this task alone while `out` lives.
+            let o = unsafe { parts.part((row * h + qh) * e, e) };
             o.fill(0.0);
             for (j, &p) in p.iter().enumerate() {
                 if p != 0.0 {
@@ -98,21 +98,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
-}
-
-/// The output, written by the tasks in disjoint parts.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-
-// SAFETY: each task writes its own rows' heads only.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    fn at(self, i: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the buffer.
-        unsafe { self.0.add(i) }
-    }
 }
 
 #[cfg(test)]
