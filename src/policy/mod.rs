@@ -107,6 +107,11 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// The kind its keys and values are stored in.
+    pub fn kind(&self) -> Kind {
+        self.k.first().map_or(Kind::Float, Tensor::kind)
+    }
+
     /// An empty cache of `layers` layers for the left-padded prompts whose real tokens `valid`
     /// [B, P] marks, with room for `capacity` positions of `heads` × `head_size` of `kind`.
     pub fn for_prompts(

@@ -8,10 +8,13 @@
 //! file's permuted Q and K rows are put back in that layout on load ([`weights`]), so one RoPE
 //! path serves both formats.
 pub mod config;
+mod decode_step;
 pub mod export;
+mod f16;
 pub mod packed;
 pub mod source;
 pub mod step_attention;
+pub mod vector;
 pub mod weights;
 
 use tch::nn;
@@ -20,6 +23,7 @@ use tch::{Device, Kind, Tensor};
 pub use config::{Arch, LmConfig};
 use packed::{Format, PackedMatrix};
 pub use source::{load, resolve, ModelFiles};
+use step_attention::Cached;
 
 use crate::config::{DecodeWeights, LoraConfig};
 use crate::error::{Error, Result};
@@ -600,7 +604,8 @@ impl Lm {
         let view = |x: &Tensor| unsafe {
             std::slice::from_raw_parts(x.data_ptr() as *const f32, x.numel())
         };
-        let out = step_attention::attend(view(&q), view(kc), view(vc), &mask, sh);
+        let (kc, vc) = (Cached::F32(view(kc)), Cached::F32(view(vc)));
+        let out = step_attention::attend(packed::Isa::best(), view(&q), kc, vc, &mask, sh);
         Some(Tensor::from_slice(&out).view([b, h, 1, e]))
     }
 
@@ -657,6 +662,9 @@ impl Lm {
         cache: &mut KvCache,
         mask: &Tensor,
     ) -> Tensor {
+        if let Some(logits) = self.decode_step(tokens, positions, cache, mask) {
+            return logits;
+        }
         let (b, t) = tokens.size2().expect("[B, T]");
         let (start, shared) = (cache.len, cache.shared);
         let mut x = self.embed(&tokens.reshape([-1])).view([b, t, -1]);
@@ -668,10 +676,11 @@ impl Lm {
             vc.narrow(2, start, t).copy_(&v.transpose(1, 2));
             let att = match Self::step_attention(&q, kc, vc, mask, start + t, shared) {
                 Some(att) => att,
+                // An f16 cache ([`Lm::decode_step`]'s) is read in the queries' kind.
                 None => self.attend(
                     &q.transpose(1, 2),
-                    &kc.narrow(2, 0, start + t),
-                    &vc.narrow(2, 0, start + t),
+                    &kc.narrow(2, 0, start + t).to_kind(q.kind()),
+                    &vc.narrow(2, 0, start + t).to_kind(q.kind()),
                     Some(mask),
                     false,
                 ),
@@ -887,7 +896,13 @@ impl SequencePolicy for Lm {
         capacity: usize,
     ) -> (KvCache, Tensor) {
         let (kv, e) = (self.cfg.kv_heads as i64, self.cfg.head_dim as i64);
-        KvCache::for_prompts(self.layers.len(), valid, capacity, kv, e, self.kind()).prefill_shared(
+        // Decoding steps from packed weights keep the keys and values in f16.
+        let kind = if self.fused_steps() {
+            Kind::Half
+        } else {
+            self.kind()
+        };
+        KvCache::for_prompts(self.layers.len(), valid, capacity, kv, e, kind).prefill_shared(
             prompts,
             valid,
             shared,

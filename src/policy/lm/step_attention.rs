@@ -21,10 +21,51 @@ pub struct Shape {
     pub shared: usize,
 }
 
+use super::packed::Isa;
+use super::vector::{self, Kernels, Portable};
+
+/// A cache's keys or values, [B, K, cap, E], as stored: f32, or f16 bits
+/// ([`super::f16`]; a decoding step from packed weights keeps its cache in f16).
+#[derive(Debug, Clone, Copy)]
+pub enum Cached<'a> {
+    F32(&'a [f32]),
+    F16(&'a [u16]),
+}
+
+impl<'a> Cached<'a> {
+    fn len(self) -> usize {
+        match self {
+            Cached::F32(x) => x.len(),
+            Cached::F16(x) => x.len(),
+        }
+    }
+
+    /// The `buf.len()` values from `start`, in f32 (widened into `buf` when stored in f16).
+    ///
+    /// # Safety
+    /// The CPU runs `K`'s instruction set.
+    #[inline(always)]
+    unsafe fn read<'b, K: Kernels>(self, start: usize, buf: &'b mut [f32]) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        match self {
+            Cached::F32(x) => &x[start..start + buf.len()],
+            Cached::F16(x) => {
+                K::widen(&x[start..start + buf.len()], buf);
+                buf
+            }
+        }
+    }
+}
+
 /// softmax(q·kᵀ/√E, masked) · v for every row and query head: `q` [B, H, E], `k` and `v`
 /// [B, K, cap, E] (positions 0..s used; 0..shared equal in every row), `mask` [B, s] (true: may
-/// attend; each row attends to at least its own position). Returns [B, H, E].
-pub fn attend(q: &[f32], k: &[f32], v: &[f32], mask: &[bool], sh: Shape) -> Vec<f32> {
+/// attend; each row attends to at least its own position). Returns [B, H, E]. Each cached key
+/// and value is read once for the H/K query heads that share it. The arithmetic runs in
+/// [`vector`]'s kernels for `isa` (one this CPU runs).
+pub fn attend(isa: Isa, q: &[f32], k: Cached, v: Cached, mask: &[bool], sh: Shape) -> Vec<f32> {
+    assert!(isa.available(), "this CPU does not run {}", isa.name());
     let Shape {
         b,
         h,
@@ -37,67 +78,110 @@ pub fn attend(q: &[f32], k: &[f32], v: &[f32], mask: &[bool], sh: Shape) -> Vec<
     assert!(q.len() == b * h * e && mask.len() == b * s && shared <= s && s <= cap);
     assert!(k.len() == b * kv * cap * e && v.len() == k.len() && h % kv == 0);
     let g = h / kv;
-    let scale = 1.0 / (e as f32).sqrt();
     let mut out = vec![0f32; b * h * e];
     let parts = crate::parallel::DisjointOut::new(&mut out);
     crate::parallel::for_each(b * kv, &|task| {
         let (row, head) = (task / kv, task % kv);
-        // Position j's key (or value) of this row and head: row 0's for the shared positions.
-        let at = |j: usize| {
-            let r = if j < shared { 0 } else { row };
-            let start = ((r * kv + head) * cap + j) * e;
-            start..start + e
+        let t = Task {
+            queries: &q[(row * h + head * g) * e..][..g * e],
+            k,
+            v,
+            mask: &mask[row * s..][..s],
+            sh,
+            row,
+            head,
         };
-        let mask = &mask[row * s..][..s];
-        let mut p = vec![0f32; s];
-        for qh in head * g..(head + 1) * g {
-            let query = &q[(row * h + qh) * e..][..e];
-            let mut max = f32::NEG_INFINITY;
-            for (j, p) in p.iter_mut().enumerate() {
-                *p = if mask[j] {
-                    dot(query, &k[at(j)]) * scale
-                } else {
-                    f32::NEG_INFINITY
-                };
-                max = max.max(*p);
-            }
-            let mut total = 0f32;
-            for p in p.iter_mut() {
-                *p = (*p - max).exp();
-                total += *p;
-            }
-            // SAFETY: row `row`, query head `qh`: written by this task alone while `out` lives.
-            let o = unsafe { parts.part((row * h + qh) * e, e) };
-            o.fill(0.0);
-            for (j, &p) in p.iter().enumerate() {
-                if p != 0.0 {
-                    let w = p / total;
-                    for (o, &x) in o.iter_mut().zip(&v[at(j)]) {
-                        *o += w * x;
-                    }
-                }
-            }
+        // SAFETY: row `row`, query heads head·g.., written by this task alone while `out`
+        // lives.
+        let o = unsafe { parts.part((row * h + head * g) * e, g * e) };
+        match isa {
+            // SAFETY: `isa` was checked above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { task_avx512(&t, o) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { task_avx2(&t, o) },
+            // SAFETY: plain Rust.
+            _ => unsafe { t.run::<Portable>(o) },
         }
     });
     out
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums: the compiler keeps them in vector registers.
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+/// One row's attention for the query heads of one key/value head.
+struct Task<'a> {
+    /// [H/K, E].
+    queries: &'a [f32],
+    k: Cached<'a>,
+    v: Cached<'a>,
+    /// [s].
+    mask: &'a [bool],
+    sh: Shape,
+    row: usize,
+    head: usize,
+}
+
+impl Task<'_> {
+    /// Writes the heads' outputs, [H/K, E], into `o`.
+    ///
+    /// # Safety
+    /// The CPU runs `K`'s instruction set.
+    #[inline(always)]
+    unsafe fn run<K: Kernels>(&self, o: &mut [f32]) {
+        let Shape {
+            kv,
+            e,
+            cap,
+            s,
+            shared,
+            ..
+        } = self.sh;
+        let scale = 1.0 / (e as f32).sqrt();
+        // Where position j's key (or value) starts: row 0's for the shared positions.
+        let at = |j: usize| {
+            let r = if j < shared { 0 } else { self.row };
+            ((r * kv + self.head) * cap + j) * e
+        };
+        let g = self.queries.len() / e;
+        let mut buf = vec![0f32; e];
+        // p[i][j]: query head i's score, then weight, of position j.
+        let mut p = vec![f32::NEG_INFINITY; g * s];
+        for j in (0..s).filter(|&j| self.mask[j]) {
+            let key = self.k.read::<K>(at(j), &mut buf);
+            for (i, query) in self.queries.chunks_exact(e).enumerate() {
+                p[i * s + j] = K::dot(query, key) * scale;
+            }
+        }
+        for p in p.chunks_exact_mut(s) {
+            let max = p.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            for p in p.iter_mut() {
+                *p -= max;
+            }
+            K::exp(p);
+            let total: f32 = p.iter().sum();
+            for p in p.iter_mut() {
+                *p /= total;
+            }
+        }
+        o.fill(0.0);
+        for j in (0..s).filter(|&j| self.mask[j]) {
+            let value = self.v.read::<K>(at(j), &mut buf);
+            for (i, o) in o.chunks_exact_mut(e).enumerate() {
+                K::axpy(o, p[i * s + j], value);
+            }
         }
     }
-    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn task_avx512(t: &Task, o: &mut [f32]) {
+    t.run::<vector::Avx512>(o)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn task_avx2(t: &Task, o: &mut [f32]) {
+    t.run::<vector::Avx2>(o)
 }
 
 #[cfg(test)]
@@ -126,42 +210,66 @@ mod tests {
         m[(2 * s + shared + 1) as usize] = false;
         let mask = Tensor::from_slice(&m).view([b, 1, 1, s]);
         let g = h / kv;
-        let want = Tensor::scaled_dot_product_attention(
-            &q,
-            &k.narrow(2, 0, s).repeat_interleave_self_int(g, 1, None),
-            &v.narrow(2, 0, s).repeat_interleave_self_int(g, 1, None),
-            Some(&mask),
-            0.0,
-            false,
-            None,
-            false,
-        );
         let flat = |t: &Tensor| Vec::<f32>::try_from(t.contiguous().view(-1)).unwrap();
-        let (kf, vf) = (k.copy(), v.copy());
-        for t in [&kf, &vf] {
-            let _ = t.narrow(0, 1, b - 1).narrow(2, 0, shared).fill_(f64::NAN);
-        }
         let n = |x: i64| x as usize;
-        let got = attend(
-            &flat(&q),
-            &flat(&kf),
-            &flat(&vf),
-            &m,
-            Shape {
-                b: n(b),
-                h: n(h),
-                kv: n(kv),
-                e: n(e),
-                cap: n(cap),
-                s: n(s),
-                shared: n(shared),
-            },
-        );
-        let want = flat(&want);
-        let d = got
-            .iter()
-            .zip(&want)
-            .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
-        assert!(d < 1e-5, "max |Δ| {d}");
+        let shape = Shape {
+            b: n(b),
+            h: n(h),
+            kv: n(kv),
+            e: n(e),
+            cap: n(cap),
+            s: n(s),
+            shared: n(shared),
+        };
+        // In f32, and in f16 against libtorch over the same f16 values.
+        for half in [false, true] {
+            let (k, v) = if half {
+                let round = |t: &Tensor| t.to_kind(Kind::Half).to_kind(Kind::Float);
+                (round(&k), round(&v))
+            } else {
+                (k.shallow_clone(), v.shallow_clone())
+            };
+            let want = Tensor::scaled_dot_product_attention(
+                &q,
+                &k.narrow(2, 0, s).repeat_interleave_self_int(g, 1, None),
+                &v.narrow(2, 0, s).repeat_interleave_self_int(g, 1, None),
+                Some(&mask),
+                0.0,
+                false,
+                None,
+                false,
+            );
+            let (kf, vf) = (k.copy(), v.copy());
+            for t in [&kf, &vf] {
+                let _ = t.narrow(0, 1, b - 1).narrow(2, 0, shared).fill_(f64::NAN);
+            }
+            let bits = |t: &Tensor| -> Vec<u16> {
+                let h: Vec<i16> = t
+                    .to_kind(Kind::Half)
+                    .view_dtype(Kind::Int16)
+                    .view(-1)
+                    .try_into()
+                    .unwrap();
+                h.into_iter().map(|x| x as u16).collect()
+            };
+            let (kf32, vf32, kf16, vf16) = (flat(&kf), flat(&vf), bits(&kf), bits(&vf));
+            let (kc, vc) = if half {
+                (Cached::F16(&kf16), Cached::F16(&vf16))
+            } else {
+                (Cached::F32(&kf32), Cached::F32(&vf32))
+            };
+            let want = flat(&want);
+            for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+                if !isa.available() {
+                    continue;
+                }
+                let got = attend(isa, &flat(&q), kc, vc, &m, shape);
+                let d = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+                assert!(d < 1e-5, "{} f16 {half}: max |Δ| {d}", isa.name());
+            }
+        }
     }
 }
