@@ -1280,6 +1280,7 @@ fn fused_decoding_steps_from_packed_weights_equal_the_full_pass() {
             }
         });
         assert!(!m.lm.fused_steps(), "f32 decoding keeps libtorch's step");
+        let want65 = tensor_floats(&logits_of(&m.lm, &[5, 6, 7, 8]).get(0).get(3));
         for how in [DecodeWeights::Q8_0, DecodeWeights::Bf16] {
             m.lm.pack_for_decoding(how).unwrap();
             assert!(m.lm.fused_steps());
@@ -1287,8 +1288,37 @@ fn fused_decoding_steps_from_packed_weights_equal_the_full_pass() {
                 .iter()
                 .fold(0f64, |a, x| a.max(x.abs()));
             let what = format!("{arch} {}", how.name());
+            let before = lm::fused_steps_taken();
             check_cached_steps(&m.lm, 2e-3 * spread, Kind::Half, &what);
+            // Its 6 steps, the forked rows' and the one after the shared prefill (on this
+            // thread).
+            assert!(
+                lm::fused_steps_taken() == before + 8,
+                "{what}: the fused step ran"
+            );
         }
+        // More rows than the packed products take: the libtorch step, f32 weights, over the
+        // f16 cache.
+        let rows = 65i64;
+        let prompt = Tensor::from_slice(&[5i64, 6, 7]).repeat([rows, 1]);
+        let valid = Tensor::ones([rows, 3], (Kind::Bool, Device::Cpu));
+        let spread = want65.iter().fold(0f64, |a, x| a.max(x.abs()));
+        tch::no_grad(|| {
+            let before = lm::fused_steps_taken();
+            let (mut cache, _) = m.lm.prefill(&prompt, &valid, 8);
+            assert_eq!(cache.kind(), Kind::Half);
+            let logits = m.lm.step(
+                &Tensor::from_slice(&[8i64]).repeat([rows]),
+                &Tensor::from_slice(&[3i64]).repeat([rows]),
+                &Tensor::ones([rows], (Kind::Bool, Device::Cpu)),
+                &mut cache,
+            );
+            assert_eq!(lm::fused_steps_taken(), before, "{arch}: 65 rows");
+            for r in [0, 64] {
+                let d = max_diff(&tensor_floats(&logits.get(r)), &want65);
+                assert!(d <= 2e-3 * spread, "{arch}: 65 rows, row {r}: {d}");
+            }
+        });
     }
 }
 

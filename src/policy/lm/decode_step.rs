@@ -13,6 +13,8 @@
 //! [`f16::narrow`]; both round to nearest even. Otherwise the numerics are the libtorch path's:
 //! f32 arithmetic, Hugging Face's RMSNorm and RoPE.
 
+use std::cell::Cell;
+
 use tch::{Device, Kind, Tensor};
 
 use super::step_attention::Cached;
@@ -21,33 +23,22 @@ use crate::config::DecodeWeights;
 use crate::policy::KvCache;
 
 /// `x` [rows, k] through each of `layers` (which share that input): [rows, out] each, with
-/// their biases and adapters.
+/// their biases and adapters. As in the libtorch path, the packed copies are read only when
+/// every layer of the group has one (a file may store a layer's matrices in different types).
 fn products(layers: &[&Linear], x: &[f32], rows: usize) -> Vec<Vec<f32>> {
     let mut ys: Vec<Vec<f32>> = layers
         .iter()
         .map(|l| vec![0f32; rows * l.wt.size()[1] as usize])
         .collect();
-    let packed: Vec<usize> = (0..layers.len())
-        .filter(|&i| layers[i].packed.is_some())
-        .collect();
-    if !packed.is_empty() {
-        let mats: Vec<&packed::PackedMatrix> = packed
-            .iter()
-            .map(|&i| layers[i].packed.as_ref().expect("packed"))
-            .collect();
-        let mut outs: Vec<&mut [f32]> = ys
-            .iter_mut()
-            .enumerate()
-            .filter(|(i, _)| packed.contains(i))
-            .map(|(_, y)| y.as_mut_slice())
-            .collect();
-        packed::matmul_all(packed::Isa::best(), &mats, x, rows, &mut outs);
+    let packed: Option<Vec<&packed::PackedMatrix>> =
+        layers.iter().map(|l| l.packed.as_ref()).collect();
+    if let Some(mats) = &packed {
+        let mut outs: Vec<&mut [f32]> = ys.iter_mut().map(Vec::as_mut_slice).collect();
+        packed::matmul_all(packed::Isa::best(), mats, x, rows, &mut outs);
     }
     // What libtorch computes: an f32 matrix, the adapters' x A B s.
     let k = x.len() / rows.max(1);
-    let needs_libtorch = layers
-        .iter()
-        .any(|l| l.packed.is_none() || l.lora.is_some());
+    let needs_libtorch = packed.is_none() || layers.iter().any(|l| l.lora.is_some());
     let xt = needs_libtorch.then(|| Tensor::from_slice(x).view([rows as i64, k as i64]));
     for (l, y) in layers.iter().zip(&mut ys) {
         let Some(xt) = &xt else {
@@ -55,7 +46,7 @@ fn products(layers: &[&Linear], x: &[f32], rows: usize) -> Vec<Vec<f32>> {
             continue;
         };
         let mut extra: Option<Tensor> = None;
-        if l.packed.is_none() {
+        if packed.is_none() {
             extra = Some(xt.mm(&l.wt));
         }
         if let Some((a, b, s)) = &l.lora {
@@ -161,6 +152,16 @@ unsafe fn halves_mut(t: &mut Tensor) -> &mut [u16] {
     std::slice::from_raw_parts_mut(t.data_ptr() as *mut u16, t.numel())
 }
 
+thread_local! {
+    /// Decoding steps [`Lm::decode_step`] took on this thread.
+    static STEPS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How many decoding steps took the fused path on this thread (tests check that it ran).
+pub fn fused_steps_taken() -> usize {
+    STEPS.with(Cell::get)
+}
+
 impl Lm {
     /// Whether decoding steps take [`Lm::decode_step`] (and caches keep f16 keys and values):
     /// weights packed for decoding, on the CPU in f32.
@@ -185,13 +186,15 @@ impl Lm {
         let (b, t) = tokens.size2().ok()?;
         let f16_cache =
             |c: &Tensor| c.device() == Device::Cpu && c.kind() == Kind::Half && c.is_contiguous();
-        let x = self.embed(&tokens.reshape([-1]));
         if t != 1
             || !self.fused_steps()
             || b as usize > packed::MAX_ROWS
-            || !super::decoding(&x)
             || !cache.k.iter().chain(&cache.v).all(f16_cache)
         {
+            return None;
+        }
+        let x = self.embed(&tokens.reshape([-1]));
+        if !super::decoding(&x) {
             return None;
         }
         let cfg = &self.cfg;
@@ -267,6 +270,7 @@ impl Lm {
                 Tensor::from_slice(&hn).view([b, d as i64]).mm(w)
             }
         };
+        STEPS.with(|n| n.set(n.get() + 1));
         Some(logits)
     }
 

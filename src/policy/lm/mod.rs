@@ -9,6 +9,7 @@
 //! path serves both formats.
 pub mod config;
 mod decode_step;
+pub use decode_step::fused_steps_taken;
 pub mod export;
 mod f16;
 pub mod packed;
@@ -579,9 +580,12 @@ impl Lm {
     ) -> Option<Tensor> {
         let (b, t, h, e) = q.size4().ok()?;
         let (_, kv, cap, _) = kc.size4().ok()?;
-        let cpu_f32 = |x: &Tensor| x.device() == Device::Cpu && x.kind() == Kind::Float;
+        let cpu = |x: &Tensor, kind: Kind| x.device() == Device::Cpu && x.kind() == kind;
+        // The cache in f32, or in f16 ([`Lm::decode_step`]'s, here when that step declined).
+        let cache_kind = kc.kind();
         if t != 1
-            || !(cpu_f32(q) && cpu_f32(kc) && cpu_f32(vc))
+            || !(cpu(q, Kind::Float) && cpu(kc, cache_kind) && cpu(vc, cache_kind))
+            || !matches!(cache_kind, Kind::Float | Kind::Half)
             || q.requires_grad()
             || !(kc.is_contiguous() && vc.is_contiguous())
             || mask.size() != [b, 1, 1, s]
@@ -604,7 +608,15 @@ impl Lm {
         let view = |x: &Tensor| unsafe {
             std::slice::from_raw_parts(x.data_ptr() as *const f32, x.numel())
         };
-        let (kc, vc) = (Cached::F32(view(kc)), Cached::F32(view(vc)));
+        // SAFETY: as above, f16 values as their bits.
+        let halves = |x: &Tensor| unsafe {
+            std::slice::from_raw_parts(x.data_ptr() as *const u16, x.numel())
+        };
+        let (kc, vc) = if cache_kind == Kind::Half {
+            (Cached::F16(halves(kc)), Cached::F16(halves(vc)))
+        } else {
+            (Cached::F32(view(kc)), Cached::F32(view(vc)))
+        };
         let out = step_attention::attend(packed::Isa::best(), view(&q), kc, vc, &mask, sh);
         Some(Tensor::from_slice(&out).view([b, h, 1, e]))
     }

@@ -279,6 +279,7 @@ mod x86 {
 
 /// x ← exp(x), with `isa`'s kernels (one this CPU runs).
 pub fn exp(isa: Isa, x: &mut [f32]) {
+    assert!(isa.available(), "this CPU does not run {}", isa.name());
     match isa {
         // SAFETY: `isa` is one this CPU runs.
         #[cfg(target_arch = "x86_64")]
@@ -304,6 +305,7 @@ unsafe fn exp_avx2(x: &mut [f32]) {
 
 /// `src` (f16 bits) widened with `isa`'s kernels (one this CPU runs).
 pub fn widen(isa: Isa, src: &[u16]) -> Vec<f32> {
+    assert!(isa.available(), "this CPU does not run {}", isa.name());
     let mut dst = vec![0f32; src.len()];
     match isa {
         // SAFETY: `isa` is one this CPU runs.
