@@ -5,12 +5,13 @@
 //! buffers ([`vector`]'s `exp` for SiLU); the matrices go through the packed kernels
 //! ([`packed::matmul_all`], several matrices that share an input in one call), the attention
 //! through [`step_attention`]. LoRA's adapters, matrices left in f32 (a file's f32 tensors
-//! under `file`) and the embedding lookup stay libtorch products.
+//! under `file`), the embedding lookup and the output head ([`Lm::logits`], once a step) stay
+//! libtorch calls.
 //!
-//! The cache holds keys and values in f16 ([`super::f16`]): after the weights, the cache is
-//! what a step reads (at batch 16 and 176 positions, SmolLM2's f32 cache is 130 MB a step), and
-//! f16 halves it. A prefill writes the cache through libtorch's f16 rounding and a step through
-//! [`f16::narrow`]; both round to nearest even. Otherwise the numerics are the libtorch path's:
+//! The cache holds keys and values in f16: after the weights, the cache is what a step reads
+//! (at batch 16 and 176 positions, SmolLM2's f32 cache is 130 MB a step), and f16 halves it. A
+//! prefill writes the cache through libtorch's f16 rounding and a step through
+//! [`vector::narrow`]; both round to nearest even. Otherwise the numerics are the libtorch path's:
 //! f32 arithmetic, Hugging Face's RMSNorm and RoPE.
 
 use std::cell::Cell;
@@ -18,7 +19,7 @@ use std::cell::Cell;
 use tch::{Device, Kind, Tensor};
 
 use super::step_attention::Cached;
-use super::{f16, packed, step_attention, vector, Layer, Linear, Lm};
+use super::{packed, step_attention, values_mut, vector, Layer, Linear, Lm};
 use crate::config::DecodeWeights;
 use crate::policy::KvCache;
 
@@ -57,8 +58,7 @@ fn products(layers: &[&Linear], x: &[f32], rows: usize) -> Vec<Vec<f32>> {
             });
         }
         if let Some(e) = extra {
-            let e: Vec<f32> = Vec::try_from(e.contiguous().view([-1])).expect("f32 values");
-            for (y, e) in y.iter_mut().zip(e) {
+            for (y, e) in y.iter_mut().zip(floats(&e)) {
                 *y += e;
             }
         }
@@ -79,21 +79,18 @@ fn add_bias(l: &Linear, y: &mut [f32]) {
     }
 }
 
-/// Hugging Face's RMSNorm of each row of `x` ([rows, w.len()]) times `w`.
+/// Hugging Face's RMSNorm of each row of `x` ([rows, w.len()]; a row may be one head) times
+/// `w`.
 fn rms(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     for (y, x) in y.chunks_exact_mut(w.len()).zip(x.chunks_exact(w.len())) {
-        rms_into(x, w, eps, y);
+        let var = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((y, x), w) in y.iter_mut().zip(x).zip(w) {
+            *y = (x * inv) * w;
+        }
     }
     y
-}
-
-fn rms_into(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
-    let var = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let inv = 1.0 / (var + eps).sqrt();
-    for ((y, x), w) in y.iter_mut().zip(x).zip(w) {
-        *y = (x * inv) * w;
-    }
 }
 
 /// Rotates every head of `x` ([heads, E], one row's) by `cs` = (cos, sin) of its position,
@@ -134,22 +131,6 @@ impl Step {
 /// The values of a CPU f32 tensor (copied).
 fn floats(t: &Tensor) -> Vec<f32> {
     Vec::try_from(t.contiguous().view([-1])).expect("f32 values")
-}
-
-/// Writable values of a contiguous CPU f32 tensor.
-///
-/// # Safety
-/// The tensor must stay alive, and nothing else may read or write it, while the slice is used.
-unsafe fn values_mut(t: &mut Tensor) -> &mut [f32] {
-    std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel())
-}
-
-/// The f16 values (as bits) of a contiguous CPU f16 tensor.
-///
-/// # Safety
-/// As [`values_mut`].
-unsafe fn halves_mut(t: &mut Tensor) -> &mut [u16] {
-    std::slice::from_raw_parts_mut(t.data_ptr() as *mut u16, t.numel())
 }
 
 thread_local! {
@@ -256,20 +237,7 @@ impl Lm {
                 *x += y;
             }
         }
-        let hn = rms(&x, &floats(&self.norm), eps);
-        let logits = match &self.head_packed {
-            Some(p) => {
-                let mut out = Tensor::empty([b, p.n as i64], (Kind::Float, Device::Cpu));
-                // SAFETY: a fresh tensor of rows·V values, written here alone.
-                let ys = unsafe { values_mut(&mut out) };
-                packed::matmul_all(packed::Isa::best(), &[p], &hn, rows, &mut [ys]);
-                out
-            }
-            None => {
-                let w = self.head_t.as_ref().unwrap_or(&self.embed_t);
-                Tensor::from_slice(&hn).view([b, d as i64]).mm(w)
-            }
-        };
+        let logits = self.logits(&Tensor::from_slice(&x).view([b, d as i64]));
         STEPS.with(|n| n.set(n.get() + 1));
         Some(logits)
     }
@@ -292,12 +260,8 @@ impl Lm {
             .try_into()
             .expect("three outputs");
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-            for (x, w) in [(&mut q, floats(qn)), (&mut k, floats(kn))] {
-                for head in x.chunks_exact_mut(e) {
-                    let normed = rms(head, &w, eps);
-                    head.copy_from_slice(&normed);
-                }
-            }
+            q = rms(&q, &floats(qn), eps);
+            k = rms(&k, &floats(kn), eps);
         }
         for r in 0..rows {
             rotate(&mut q[r * h * e..][..h * e], e, step.rope(r));
@@ -305,14 +269,15 @@ impl Lm {
         }
         // SAFETY: the cache's contiguous f16 tensors (checked by the caller), alive and used
         // by this step alone; written here, then only read.
-        let (kc, vc) = unsafe { (halves_mut(&mut cache.k[i]), halves_mut(&mut cache.v[i])) };
+        let (kc, vc): (&mut [u16], &mut [u16]) =
+            unsafe { (values_mut(&mut cache.k[i]), values_mut(&mut cache.v[i])) };
         let start = shape.s - 1;
         for r in 0..rows {
             for head in 0..kv {
                 let at = ((r * kv + head) * cap + start) * e;
                 let from = (r * kv + head) * e;
-                f16::narrow(&k[from..from + e], &mut kc[at..at + e]);
-                f16::narrow(&v[from..from + e], &mut vc[at..at + e]);
+                vector::narrow(step.isa, &k[from..from + e], &mut kc[at..at + e]);
+                vector::narrow(step.isa, &v[from..from + e], &mut vc[at..at + e]);
             }
         }
         let (kc, vc) = (Cached::F16(kc), Cached::F16(vc));

@@ -11,7 +11,6 @@ pub mod config;
 mod decode_step;
 pub use decode_step::fused_steps_taken;
 pub mod export;
-mod f16;
 pub mod packed;
 pub mod source;
 pub mod step_attention;
@@ -66,33 +65,43 @@ fn decoding(x: &Tensor) -> bool {
     !enabled && !x.requires_grad()
 }
 
+/// The values of a contiguous CPU tensor whose elements are `T`s (f16 read as `u16` bits).
+///
+/// # Safety
+/// `T` is the tensor's element type, the tensor is contiguous and outlives the slice, and
+/// nothing writes it while the slice is used.
+unsafe fn values<T>(t: &Tensor) -> &[T] {
+    std::slice::from_raw_parts(t.data_ptr() as *const T, t.numel())
+}
+
+/// [`values`], writable.
+///
+/// # Safety
+/// As [`values`], and nothing else reads the tensor while the slice is used.
+unsafe fn values_mut<T>(t: &mut Tensor) -> &mut [T] {
+    std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, t.numel())
+}
+
 /// `x` [rows, k] (f32 on the CPU) times each packed `w` [k, n]: [rows, n] each, in one call.
 fn packed_products(ws: &[&PackedMatrix], x: &Tensor) -> Vec<Tensor> {
     let rows = x.size()[0] as usize;
     let x = x.to_kind(Kind::Float).contiguous();
-    let ys: Vec<Tensor> = ws
+    let mut ys: Vec<Tensor> = ws
         .iter()
         .map(|w| Tensor::empty([rows as i64, w.n as i64], (Kind::Float, Device::Cpu)))
         .collect();
     if rows == 0 {
         return ys;
     }
-    let k = ws[0].k;
     assert_eq!(
-        x.size()[1] as usize,
-        k,
+        x.size(),
+        [rows as i64, ws[0].k as i64],
         "inputs of the packed matrices' size"
     );
     // SAFETY: x is a contiguous f32 CPU tensor of rows·k values and each y a fresh one of
     // rows·n, all alive for the call; nothing else reads the ys meanwhile.
-    let xs = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, rows * k) };
-    let mut outs: Vec<&mut [f32]> = ys
-        .iter()
-        .zip(ws)
-        .map(|(y, w)| unsafe {
-            std::slice::from_raw_parts_mut(y.data_ptr() as *mut f32, rows * w.n)
-        })
-        .collect();
+    let xs = unsafe { values::<f32>(&x) };
+    let mut outs: Vec<&mut [f32]> = ys.iter_mut().map(|y| unsafe { values_mut(y) }).collect();
     packed::matmul_all(packed::Isa::best(), ws, xs, rows, &mut outs);
     ys
 }
@@ -604,20 +613,18 @@ impl Lm {
             s: n(s),
             shared: n(shared.clamp(0, s)),
         };
-        // SAFETY: contiguous f32 CPU tensors of the sizes their shapes give, alive for the call.
-        let view = |x: &Tensor| unsafe {
-            std::slice::from_raw_parts(x.data_ptr() as *const f32, x.numel())
+        // SAFETY: contiguous CPU tensors of the kinds checked above, alive for the call and
+        // only read.
+        let (kc, vc) = unsafe {
+            if cache_kind == Kind::Half {
+                (Cached::F16(values(kc)), Cached::F16(values(vc)))
+            } else {
+                (Cached::F32(values(kc)), Cached::F32(values(vc)))
+            }
         };
-        // SAFETY: as above, f16 values as their bits.
-        let halves = |x: &Tensor| unsafe {
-            std::slice::from_raw_parts(x.data_ptr() as *const u16, x.numel())
-        };
-        let (kc, vc) = if cache_kind == Kind::Half {
-            (Cached::F16(halves(kc)), Cached::F16(halves(vc)))
-        } else {
-            (Cached::F32(view(kc)), Cached::F32(view(vc)))
-        };
-        let out = step_attention::attend(packed::Isa::best(), view(&q), kc, vc, &mask, sh);
+        // SAFETY: as above.
+        let q = unsafe { values::<f32>(&q) };
+        let out = step_attention::attend(packed::Isa::best(), q, kc, vc, &mask, sh);
         Some(Tensor::from_slice(&out).view([b, h, 1, e]))
     }
 

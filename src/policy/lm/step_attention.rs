@@ -22,10 +22,10 @@ pub struct Shape {
 }
 
 use super::packed::Isa;
-use super::vector::{self, Kernels, Portable};
+use super::vector::{self, Kernels, Op};
 
 /// A cache's keys or values, [B, K, cap, E], as stored: f32, or f16 bits
-/// ([`super::f16`]; a decoding step from packed weights keeps its cache in f16).
+/// ([`vector::Kernels::narrow`]; a decoding step from packed weights keeps its cache in f16).
 #[derive(Debug, Clone, Copy)]
 pub enum Cached<'a> {
     F32(&'a [f32]),
@@ -65,7 +65,6 @@ impl<'a> Cached<'a> {
 /// and value is read once for the H/K query heads that share it. The arithmetic runs in
 /// [`vector`]'s kernels for `isa` (one this CPU runs).
 pub fn attend(isa: Isa, q: &[f32], k: Cached, v: Cached, mask: &[bool], sh: Shape) -> Vec<f32> {
-    assert!(isa.available(), "this CPU does not run {}", isa.name());
     let Shape {
         b,
         h,
@@ -94,15 +93,7 @@ pub fn attend(isa: Isa, q: &[f32], k: Cached, v: Cached, mask: &[bool], sh: Shap
         // SAFETY: row `row`, query heads head·g.., written by this task alone while `out`
         // lives.
         let o = unsafe { parts.part((row * h + head * g) * e, g * e) };
-        match isa {
-            // SAFETY: `isa` was checked above.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { task_avx512(&t, o) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { task_avx2(&t, o) },
-            // SAFETY: plain Rust.
-            _ => unsafe { t.run::<Portable>(o) },
-        }
+        vector::run(isa, (&t, o));
     });
     out
 }
@@ -172,16 +163,12 @@ impl Task<'_> {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn task_avx512(t: &Task, o: &mut [f32]) {
-    t.run::<vector::Avx512>(o)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn task_avx2(t: &Task, o: &mut [f32]) {
-    t.run::<vector::Avx2>(o)
+impl Op for (&Task<'_>, &mut [f32]) {
+    type Out = ();
+    #[inline(always)]
+    unsafe fn run<K: Kernels>(self) {
+        self.0.run::<K>(self.1)
+    }
 }
 
 #[cfg(test)]

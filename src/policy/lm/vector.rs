@@ -1,6 +1,7 @@
 //! The f32 arithmetic of a decoding step outside the matrix products, in vector registers: dot
-//! products and `y += w·x` over a head's E values (keys and values read from f32 or f16), and
-//! `exp` over a slice (softmax's and SiLU's). Compiled three times, for AVX-512, for AVX2 with
+//! products and `y += w·x` over a head's E values (keys and values read from f32 or f16), the
+//! f16 conversions of the key/value cache (F16C, or ggml's scalar ones, rounding as libtorch's),
+//! and `exp` over a slice (softmax's and SiLU's). Compiled three times, for AVX-512, for AVX2 with
 //! FMA and F16C, and portably; [`Kernels::best`] picks one at run time (`ASYMRE_KERNELS` lowers
 //! it, as for the products).
 //!
@@ -29,6 +30,12 @@ pub trait Kernels {
     /// # Safety
     /// As [`Kernels::dot`].
     unsafe fn widen(src: &[u16], dst: &mut [f32]);
+    /// f32 to f16 bits, rounded to nearest even (beyond f16's range, ±∞), as libtorch rounds
+    /// (equal lengths).
+    ///
+    /// # Safety
+    /// As [`Kernels::dot`].
+    unsafe fn narrow(src: &[f32], dst: &mut [u16]);
     /// x ← exp(x).
     ///
     /// # Safety
@@ -69,6 +76,13 @@ impl Kernels for Portable {
     unsafe fn widen(src: &[u16], dst: &mut [f32]) {
         for (d, &s) in dst.iter_mut().zip(src) {
             *d = crate::formats::gguf::f16_to_f32(s);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn narrow(src: &[f32], dst: &mut [u16]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = crate::formats::gguf::f32_to_f16(s);
         }
     }
 
@@ -151,6 +165,16 @@ mod x86 {
         }
 
         #[inline(always)]
+        unsafe fn narrow(src: &[f32], dst: &mut [u16]) {
+            let n = src.len().min(dst.len()) / 8 * 8;
+            for i in (0..n).step_by(8) {
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(ld8(src, i));
+                _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
+            }
+            Portable::narrow(&src[n..], &mut dst[n..]);
+        }
+
+        #[inline(always)]
         unsafe fn exp(x: &mut [f32]) {
             let n = x.len() / 8 * 8;
             let c = |v: f32| _mm256_set1_ps(v);
@@ -229,6 +253,16 @@ mod x86 {
         }
 
         #[inline(always)]
+        unsafe fn narrow(src: &[f32], dst: &mut [u16]) {
+            let n = src.len().min(dst.len()) / 16 * 16;
+            for i in (0..n).step_by(16) {
+                let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(ld16(src, i));
+                _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, h);
+            }
+            Portable::narrow(&src[n..], &mut dst[n..]);
+        }
+
+        #[inline(always)]
         unsafe fn exp(x: &mut [f32]) {
             let n = x.len() / 16 * 16;
             let c = |v: f32| _mm512_set1_ps(v);
@@ -277,58 +311,70 @@ mod x86 {
     }
 }
 
-/// x ← exp(x), with `isa`'s kernels (one this CPU runs).
+/// Work written once over [`Kernels`] and compiled for each instruction set ([`run`]).
+pub trait Op {
+    type Out;
+    /// # Safety
+    /// The CPU runs `K`'s instruction set.
+    unsafe fn run<K: Kernels>(self) -> Self::Out;
+}
+
+/// `op` with `isa`'s kernels (asserted to be one this CPU runs). The generic body is inlined
+/// into a function compiled with that set's features, so the kernels' intrinsics inline too.
+pub fn run<O: Op>(isa: Isa, op: O) -> O::Out {
+    assert!(isa.available(), "this CPU does not run {}", isa.name());
+    match isa {
+        // SAFETY: `isa` is one this CPU runs.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { run_avx512(op) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { run_avx2(op) },
+        // SAFETY: plain Rust.
+        _ => unsafe { op.run::<Portable>() },
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn run_avx512<O: Op>(op: O) -> O::Out {
+    op.run::<Avx512>()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run_avx2<O: Op>(op: O) -> O::Out {
+    op.run::<Avx2>()
+}
+
+struct Exp<'a>(&'a mut [f32]);
+
+impl Op for Exp<'_> {
+    type Out = ();
+    #[inline(always)]
+    unsafe fn run<K: Kernels>(self) {
+        K::exp(self.0)
+    }
+}
+
+struct Narrow<'a>(&'a [f32], &'a mut [u16]);
+
+impl Op for Narrow<'_> {
+    type Out = ();
+    #[inline(always)]
+    unsafe fn run<K: Kernels>(self) {
+        K::narrow(self.0, self.1)
+    }
+}
+
+/// x ← exp(x), with `isa`'s kernels.
 pub fn exp(isa: Isa, x: &mut [f32]) {
-    assert!(isa.available(), "this CPU does not run {}", isa.name());
-    match isa {
-        // SAFETY: `isa` is one this CPU runs.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { exp_avx512(x) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { exp_avx2(x) },
-        // SAFETY: plain Rust.
-        _ => unsafe { Portable::exp(x) },
-    }
+    run(isa, Exp(x))
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn exp_avx512(x: &mut [f32]) {
-    Avx512::exp(x)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn exp_avx2(x: &mut [f32]) {
-    Avx2::exp(x)
-}
-
-/// `src` (f16 bits) widened with `isa`'s kernels (one this CPU runs).
-pub fn widen(isa: Isa, src: &[u16]) -> Vec<f32> {
-    assert!(isa.available(), "this CPU does not run {}", isa.name());
-    let mut dst = vec![0f32; src.len()];
-    match isa {
-        // SAFETY: `isa` is one this CPU runs.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { widen_avx512(src, &mut dst) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { widen_avx2(src, &mut dst) },
-        // SAFETY: plain Rust.
-        _ => unsafe { Portable::widen(src, &mut dst) },
-    }
-    dst
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn widen_avx512(src: &[u16], dst: &mut [f32]) {
-    Avx512::widen(src, dst)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn widen_avx2(src: &[u16], dst: &mut [f32]) {
-    Avx2::widen(src, dst)
+/// `dst` ← `src` rounded to f16 ([`Kernels::narrow`]), with `isa`'s kernels.
+pub fn narrow(isa: Isa, src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len(), "one f16 per f32");
+    run(isa, Narrow(src, dst))
 }
 
 #[cfg(test)]
@@ -339,6 +385,79 @@ mod tests {
         [Isa::Portable, Isa::Avx2, Isa::Avx512]
             .into_iter()
             .filter(|i| i.available())
+    }
+
+    struct Widen<'a>(&'a [u16]);
+
+    impl Op for Widen<'_> {
+        type Out = Vec<f32>;
+        unsafe fn run<K: Kernels>(self) -> Vec<f32> {
+            let mut dst = vec![0f32; self.0.len()];
+            K::widen(self.0, &mut dst);
+            dst
+        }
+    }
+
+    /// Every instruction set rounds to f16 as libtorch does (what a prefill writes into the
+    /// cache), over normal values, f16's subnormals, its overflow and exact ties, and widens
+    /// exactly; NaN stays NaN. Lengths leave a scalar tail.
+    #[test]
+    fn f16_conversions_agree_with_libtorch() {
+        use tch::{Kind, Tensor};
+        let mut xs: Vec<f32> = (0..20_000)
+            .map(|i| {
+                let u = ((i as u64 * 2_654_435_761) % 1_000_003) as f32 / 1_000_003.0;
+                let scale = [1e-7, 3e-5, 1e-3, 0.5, 7.0, 300.0, 6e4, 7e4][i % 8];
+                (u - 0.5) * 2.0 * scale
+            })
+            .collect();
+        // Ties between two f16s, the largest f16 and the first value that rounds past it.
+        xs.extend([
+            1.0 + 1.0 / 2048.0,
+            1.0 + 3.0 / 2048.0,
+            65504.0,
+            65520.0,
+            -0.0,
+            0.0,
+        ]);
+        xs.extend([
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE,
+            5.96e-8,
+            2.98e-8,
+        ]);
+        let half: Vec<i16> = Tensor::from_slice(&xs)
+            .to_kind(Kind::Half)
+            .view_dtype(Kind::Int16)
+            .try_into()
+            .unwrap();
+        let wide: Vec<f32> = Tensor::from_slice(&xs)
+            .to_kind(Kind::Half)
+            .to_kind(Kind::Float)
+            .try_into()
+            .unwrap();
+        for isa in isas() {
+            let mut got = vec![0u16; xs.len()];
+            narrow(isa, &xs, &mut got);
+            let back = run(isa, Widen(&got));
+            for (i, x) in xs.iter().enumerate() {
+                assert_eq!(got[i], half[i] as u16, "{}: narrow({x})", isa.name());
+                assert_eq!(
+                    back[i].to_bits(),
+                    wide[i].to_bits(),
+                    "{}: widen",
+                    isa.name()
+                );
+            }
+            let mut nan = [0u16; 19];
+            narrow(isa, &[f32::NAN; 19], &mut nan);
+            assert!(
+                run(isa, Widen(&nan)).iter().all(|x| x.is_nan()),
+                "{}: NaN",
+                isa.name()
+            );
+        }
     }
 
     /// exp within 2 ulp of the exact value (in f64) across f32's range, 0 far below it, +∞
