@@ -97,6 +97,15 @@ fn a_full_stream_holds_the_actor_until_the_learner_takes() {
             n.fetch_add(1, Ordering::SeqCst);
         }
     });
+    // Two go in (however slow the machine), then the third waits.
+    let t0 = std::time::Instant::now();
+    while sent.load(Ordering::SeqCst) < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the first two never went in"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         sent.load(Ordering::SeqCst),
