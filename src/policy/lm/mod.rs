@@ -416,10 +416,12 @@ impl Lm {
                 return Ok(None);
             };
             let (k, n) = w.size2()?;
-            let mut data = vec![0f32; (k * n) as usize];
-            w.f_contiguous()?.f_copy_data(&mut data, (k * n) as usize)?;
+            let w = w.f_contiguous()?;
+            // SAFETY: an f32 tensor on the CPU (pack_for_decoding checks both), contiguous,
+            // only read while it lives here.
+            let data = unsafe { values::<f32>(&w) };
             Ok(Some(PackedMatrix::pack(
-                format, &data, k as usize, n as usize,
+                format, data, k as usize, n as usize,
             )))
         };
         for layer in &mut self.layers {
