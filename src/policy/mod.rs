@@ -8,6 +8,7 @@ pub mod prefix;
 pub mod tabular;
 pub mod transformer;
 
+use std::sync::Arc;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -565,10 +566,11 @@ pub fn sorted_vars(vs: &VarStore) -> Vec<(String, Tensor)> {
 }
 
 /// A versioned copy of the learner's weights. `version` is the learner step it was taken at.
+/// Clones share the values (the run keeps the behaviour snapshot that its actors load).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightSnapshot {
     pub version: u64,
-    pub tensors: Vec<NamedTensor>,
+    pub tensors: Arc<Vec<NamedTensor>>,
 }
 
 impl WeightSnapshot {
@@ -578,7 +580,10 @@ impl WeightSnapshot {
             .iter()
             .map(|(name, t)| NamedTensor::from_tensor(name, t))
             .collect::<Result<Vec<_>>>()?;
-        Ok(WeightSnapshot { version, tensors })
+        Ok(WeightSnapshot {
+            version,
+            tensors: Arc::new(tensors),
+        })
     }
 
     /// Overwrites the variables of `vs` with this snapshot; names and shapes must match exactly.
@@ -592,7 +597,7 @@ impl WeightSnapshot {
             )));
         }
         tch::no_grad(|| {
-            for ((name, var), saved) in vars.iter().zip(&self.tensors) {
+            for ((name, var), saved) in vars.iter().zip(self.tensors.iter()) {
                 let shape: Vec<usize> = var.size().iter().map(|&d| d as usize).collect();
                 if *name != saved.name || shape != saved.shape {
                     return Err(Error::Corrupt(format!(
@@ -600,10 +605,77 @@ impl WeightSnapshot {
                         saved.name, saved.shape
                     )));
                 }
+                if saved.data.len() != shape.iter().product::<usize>() {
+                    return Err(Error::Corrupt(format!(
+                        "weight snapshot tensor {} holds {} values for shape {shape:?}",
+                        saved.name,
+                        saved.data.len()
+                    )));
+                }
+                // The snapshot's values as they lie (no copy), copied once into the variable.
+                let shape: Vec<i64> = saved.shape.iter().map(|&d| d as i64).collect();
+                let mut strides = vec![1i64; shape.len()];
+                for i in (1..shape.len()).rev() {
+                    strides[i - 1] = strides[i] * shape[i];
+                }
+                // SAFETY: `saved.data` holds the shape's f32 values (checked just above),
+                // row-major, and outlives `view`, which only the copy below reads.
+                let view = unsafe {
+                    Tensor::f_from_blob(
+                        saved.data.as_ptr() as *const u8,
+                        &shape,
+                        &strides,
+                        Kind::Float,
+                        Device::Cpu,
+                    )?
+                };
                 let mut var = var.shallow_clone();
-                var.f_copy_(&saved.to_tensor(var.device())?)?;
+                var.f_copy_(&view)?;
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> VarStore {
+        let vs = VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let _ = root.zeros("a", &[2, 3]);
+        let _ = root.zeros("b", &[4]);
+        vs
+    }
+
+    #[test]
+    fn a_snapshot_loads_into_another_store_and_its_clones_share_the_values() {
+        let (from, to) = (store(), store());
+        tch::no_grad(|| {
+            for (i, (_, t)) in sorted_vars(&from).into_iter().enumerate() {
+                let n = t.numel() as i64;
+                let values = Tensor::arange(n, (Kind::Float, Device::Cpu)) + 10.0 * i as f64;
+                t.shallow_clone().copy_(&values.view(t.size().as_slice()));
+            }
+        });
+        let snap = WeightSnapshot::take(&from, 3).unwrap();
+        let clone = snap.clone();
+        assert!(Arc::ptr_eq(&snap.tensors, &clone.tensors));
+        clone.load_into(&to).unwrap();
+        for ((_, a), (_, b)) in sorted_vars(&from).iter().zip(sorted_vars(&to).iter()) {
+            assert!(a.equal(b));
+        }
+        // The values come from the snapshot, not from the store it was taken of.
+        assert_eq!(snap.tensors[0].data, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    }
+
+    #[test]
+    fn a_snapshot_whose_values_do_not_fill_its_shape_is_refused() {
+        let (from, to) = (store(), store());
+        let mut snap = WeightSnapshot::take(&from, 1).unwrap();
+        Arc::make_mut(&mut snap.tensors)[0].data.pop();
+        let err = snap.load_into(&to).unwrap_err().to_string();
+        assert!(err.contains("holds 5 values for shape [2, 3]"), "{err}");
     }
 }

@@ -403,7 +403,7 @@ impl Learner {
     ) -> Result<()> {
         WeightSnapshot {
             version: step,
-            tensors: weights.to_vec(),
+            tensors: weights.to_vec().into(),
         }
         .load_into(&self.vs)?;
         self.optimizer

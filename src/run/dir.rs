@@ -77,7 +77,7 @@ pub(super) fn load_init(vs: &tch::nn::VarStore, path: &Path) -> Result<()> {
         .map_err(|e| Error::input(format!("policy.init: {e}")))?;
     WeightSnapshot {
         version: 0,
-        tensors,
+        tensors: tensors.into(),
     }
     .load_into(vs)
     .map_err(|e| init_error(path, e))

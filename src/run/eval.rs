@@ -62,7 +62,7 @@ pub fn load_run_policy(
     let (vs, policy) = PolicyModel::load(cfg, device, &cfg.env.initial_logits(cfg.seed))?;
     WeightSnapshot {
         version: ckpt.step,
-        tensors: ckpt.tensors("weights")?.to_vec(),
+        tensors: ckpt.tensors("weights")?.to_vec().into(),
     }
     .load_into(&vs)?;
     Ok((ckpt.step, vs, policy, device))

@@ -34,7 +34,7 @@ pub fn export_run(run_dir: &Path, out: &Path) -> Result<u64> {
     )?;
     WeightSnapshot {
         version: ckpt.step,
-        tensors: ckpt.tensors("weights")?.to_vec(),
+        tensors: ckpt.tensors("weights")?.to_vec().into(),
     }
     .load_into(&loaded.vs)?;
     write_hf_dir(&loaded.lm, &loaded.text, out)?;

@@ -3,6 +3,7 @@
 //! that drive it (serial, parallel, through Redis) are beside it.
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tch::Device;
@@ -112,7 +113,7 @@ impl<'a> SampledRun<'a> {
             let version = ckpt.step - ckpt.step % cfg.learner.sync_interval;
             behaviour = Some(WeightSnapshot {
                 version,
-                tensors: ckpt.tensors("behaviour")?.to_vec(),
+                tensors: ckpt.tensors("behaviour")?.to_vec().into(),
             });
             saved = Some(s);
         }
@@ -237,8 +238,12 @@ impl<'a> SampledRun<'a> {
             step: self.learner.step(),
             state: serde_json::to_value(state).expect("sampled state serialises"),
             tensors: vec![
-                ("weights".into(), self.learner.snapshot()?.tensors),
-                ("behaviour".into(), self.behaviour.tensors.clone()),
+                // (A fresh snapshot's values are its own: unwrapping them copies nothing.)
+                (
+                    "weights".into(),
+                    Arc::unwrap_or_clone(self.learner.snapshot()?.tensors),
+                ),
+                ("behaviour".into(), self.behaviour.tensors.to_vec()),
                 ("optimizer".into(), optimizer),
             ],
         };

@@ -284,7 +284,7 @@ pub fn encode_snapshot(snap: &WeightSnapshot) -> Vec<u8> {
     out.extend_from_slice(&FORMAT.to_le_bytes());
     put_u64(&mut out, snap.version);
     put_len(&mut out, snap.tensors.len());
-    for t in &snap.tensors {
+    for t in snap.tensors.iter() {
         let name = t.name.as_bytes();
         out.extend_from_slice(
             &u16::try_from(name.len())
@@ -330,7 +330,10 @@ pub fn decode_snapshot(bytes: &[u8]) -> Decoded<WeightSnapshot> {
         tensors.push(NamedTensor { name, shape, data });
     }
     r.end()?;
-    Ok(WeightSnapshot { version, tensors })
+    Ok(WeightSnapshot {
+        version,
+        tensors: tensors.into(),
+    })
 }
 
 #[cfg(test)]
@@ -460,13 +463,14 @@ mod tests {
                     shape: vec![],
                     data: vec![7.0],
                 },
-            ],
+            ]
+            .into(),
         };
         let bytes = encode_snapshot(&snap);
         let back = decode_snapshot(&bytes).unwrap();
         assert_eq!(back.version, 12);
         assert_eq!(back.tensors.len(), 2);
-        for (a, b) in back.tensors.iter().zip(&snap.tensors) {
+        for (a, b) in back.tensors.iter().zip(snap.tensors.iter()) {
             assert_eq!((&a.name, &a.shape), (&b.name, &b.shape));
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&a.data), bits(&b.data));

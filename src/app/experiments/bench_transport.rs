@@ -106,7 +106,8 @@ fn weights(url: &str, params: usize) -> Result<(f64, f64)> {
             name: "w".into(),
             shape: vec![params],
             data: (0..params).map(|i| i as f32 * 1e-6).collect(),
-        }],
+        }]
+        .into(),
     };
     let t = Instant::now();
     board.try_publish(&snap)?;

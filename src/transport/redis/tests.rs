@@ -170,7 +170,8 @@ fn weights_go_in_chunks_and_old_versions_are_deleted() {
             name: "w".into(),
             shape: vec![10, 20],
             data: (0..200).map(|i| i as f32 * 0.5 + v as f32).collect(),
-        }],
+        }]
+        .into(),
     };
     for v in [1, 2, 3, 4] {
         learner.publish(snap(v));
@@ -202,7 +203,8 @@ fn weights_can_go_through_a_shared_directory() {
                 name: "w".into(),
                 shape: vec![300],
                 data: vec![v as f32; 300],
-            }],
+            }]
+            .into(),
         });
         let got = actor.latest();
         assert_eq!((got.version, got.tensors[0].data[299]), (v, v as f32));
