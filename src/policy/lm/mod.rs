@@ -71,6 +71,9 @@ fn decoding(x: &Tensor) -> bool {
 /// `T` is the tensor's element type, the tensor is contiguous and outlives the slice, and
 /// nothing writes it while the slice is used.
 unsafe fn values<T>(t: &Tensor) -> &[T] {
+    if t.numel() == 0 {
+        return &[]; // (an empty tensor's data pointer may be null)
+    }
     std::slice::from_raw_parts(t.data_ptr() as *const T, t.numel())
 }
 
@@ -79,6 +82,9 @@ unsafe fn values<T>(t: &Tensor) -> &[T] {
 /// # Safety
 /// As [`values`], and nothing else reads the tensor while the slice is used.
 unsafe fn values_mut<T>(t: &mut Tensor) -> &mut [T] {
+    if t.numel() == 0 {
+        return &mut [];
+    }
     std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, t.numel())
 }
 

@@ -506,25 +506,27 @@ impl PackedMatrix {
         let mut codes = vec![0u8; panels * pb];
         // (16-bit formats have no scales: one unused slot per panel keeps the chunks paired.)
         let mut scales = vec![0f32; panels * ps.max(1)];
-        // Panels go to threads 16 at a time, and a group is packed a block of rows at a time
-        // for all its panels: each row is then read 1 KiB at once (a panel alone reads 64 bytes
-        // a row, one page per row of a wide matrix).
-        const PANELS_AT_ONCE: usize = 16;
+        // Panels go to threads up to 16 at a time (fewer where that would leave a thread
+        // idle), and a group is packed a block of rows at a time for all its panels: each row
+        // is then read up to 1 KiB at once (a panel alone reads 64 bytes a row, one page per
+        // row of a wide matrix).
+        let at_once = panels.div_ceil(rayon::current_num_threads()).clamp(1, 16);
         let ps1 = ps.max(1);
+        // (Asked of the CPU itself: an AVX-512 choice need not mean AVX2 in a virtual machine.)
         #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-        let isa = Isa::best();
+        let avx2 = Isa::best() != Isa::Portable && Isa::Avx2.available();
         codes
-            .par_chunks_mut(pb * PANELS_AT_ONCE)
-            .zip(scales.par_chunks_mut(ps1 * PANELS_AT_ONCE))
+            .par_chunks_mut(pb * at_once)
+            .zip(scales.par_chunks_mut(ps1 * at_once))
             .enumerate()
             .for_each(|(g, (codes, scales))| {
                 for b in 0..k.div_ceil(BLOCK) {
                     let panels = codes.chunks_mut(pb).zip(scales.chunks_mut(ps1));
                     for (i, (codes, scales)) in panels.enumerate() {
-                        let (p, blocks) = (g * PANELS_AT_ONCE + i, b..b + 1);
+                        let (p, blocks) = (g * at_once + i, b..b + 1);
                         #[cfg(target_arch = "x86_64")]
-                        if isa != Isa::Portable {
-                            // SAFETY: the CPU runs AVX2 (`Isa::best` checked).
+                        if avx2 {
+                            // SAFETY: the CPU runs AVX2, FMA and F16C (checked just above).
                             unsafe { pack_panel_avx2(format, w, (k, n), p, blocks, codes, scales) };
                             continue;
                         }
