@@ -256,7 +256,7 @@ pub fn decoding(
     progress(&format!("loading {model}"));
     let mut m = lm::load(model, Device::Cpu, Kind::Float, None)?;
     let vocab = m.cfg.vocab as u64;
-    let isa = crate::policy::lm::packed::Isa::best().name();
+    let isa = crate::policy::lm::vector::Isa::best().name();
     for &how in weights {
         let t0 = Instant::now();
         m.lm.pack_for_decoding(how)?;

@@ -35,7 +35,7 @@ fn products(layers: &[&Linear], x: &[f32], rows: usize) -> Vec<Vec<f32>> {
         layers.iter().map(|l| l.packed.as_ref()).collect();
     if let Some(mats) = &packed {
         let mut outs: Vec<&mut [f32]> = ys.iter_mut().map(Vec::as_mut_slice).collect();
-        packed::matmul_all(packed::Isa::best(), mats, x, rows, &mut outs);
+        packed::matmul_all(vector::Isa::best(), mats, x, rows, &mut outs);
     }
     // What libtorch computes: an f32 matrix, the adapters' x A B s.
     let k = x.len() / rows.max(1);
@@ -110,7 +110,7 @@ fn rotate(x: &mut [f32], e: usize, (cos, sin): (&[f32], &[f32])) {
 /// What every layer of one decoding step shares.
 struct Step {
     /// The kernels' instruction set.
-    isa: packed::Isa,
+    isa: vector::Isa,
     rows: usize,
     shape: step_attention::Shape,
     /// [rows, s]: which cached positions each row attends to.
@@ -205,7 +205,7 @@ impl Lm {
             .flat_map(|&p| inv_freq.iter().map(move |f| p as f32 * f))
             .collect();
         let step = Step {
-            isa: packed::Isa::best(),
+            isa: vector::Isa::best(),
             rows,
             shape,
             mask,

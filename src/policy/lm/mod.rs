@@ -108,7 +108,7 @@ fn packed_products(ws: &[&PackedMatrix], x: &Tensor) -> Vec<Tensor> {
     // rows·n, all alive for the call; nothing else reads the ys meanwhile.
     let xs = unsafe { values::<f32>(&x) };
     let mut outs: Vec<&mut [f32]> = ys.iter_mut().map(|y| unsafe { values_mut(y) }).collect();
-    packed::matmul_all(packed::Isa::best(), ws, xs, rows, &mut outs);
+    packed::matmul_all(vector::Isa::best(), ws, xs, rows, &mut outs);
     ys
 }
 
@@ -632,7 +632,7 @@ impl Lm {
         };
         // SAFETY: as above.
         let q = unsafe { values::<f32>(&q) };
-        let out = step_attention::attend(packed::Isa::best(), q, kc, vc, &mask, sh);
+        let out = step_attention::attend(vector::Isa::best(), q, kc, vc, &mask, sh);
         Some(Tensor::from_slice(&out).view([b, h, 1, e]))
     }
 

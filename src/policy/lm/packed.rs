@@ -28,6 +28,8 @@ use crate::parallel::DisjointOut;
 
 use crate::formats::gguf::{f16_to_f32, f32_to_f16};
 
+use super::vector::{self, Isa, Kernels, Op};
+
 /// Output columns per panel.
 pub const PANEL: usize = 16;
 /// Inputs per quantisation block (ggml's QK).
@@ -117,68 +119,16 @@ impl Format {
     }
 }
 
-/// The instruction sets the products are written for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Isa {
-    Portable,
-    Avx2,
-    Avx512,
-}
-
-impl Isa {
-    /// Whether this CPU runs `self`.
-    pub fn available(self) -> bool {
-        match self {
-            Isa::Portable => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c")
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
-                is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512bw")
-                    && is_x86_feature_detected!("avx512vnni")
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 | Isa::Avx512 => false,
-        }
-    }
-
-    /// The best this CPU runs, lowered by `ASYMRE_KERNELS` (`portable`, `avx2`, `avx512`).
-    pub fn best() -> Isa {
-        let cap = match std::env::var("ASYMRE_KERNELS").as_deref() {
-            Ok("portable") => Isa::Portable,
-            Ok("avx2") => Isa::Avx2,
-            _ => Isa::Avx512,
-        };
-        [Isa::Avx512, Isa::Avx2, Isa::Portable]
-            .into_iter()
-            .find(|i| *i <= cap && i.available())
-            .unwrap_or(Isa::Portable)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Portable => "portable",
-            Isa::Avx2 => "avx2",
-            Isa::Avx512 => "avx512",
-        }
-    }
-
-    /// Rows one kernel call takes when `left` remain, for a block format or a 16-bit one: as
-    /// many as the registers hold (the block kernels keep two accumulators per row).
-    fn rows(self, blocks: bool, left: usize) -> usize {
-        let widths: &[usize] = match (self, blocks) {
-            (Isa::Portable, _) => &[8, 4, 2, 1],
-            (Isa::Avx2, _) => &[4, 2, 1],
-            (Isa::Avx512, true) => &[8, 4, 2, 1],
-            (Isa::Avx512, false) => &[16, 8, 4, 2, 1],
-        };
-        widths.iter().copied().find(|&w| w <= left).unwrap_or(1)
-    }
+/// Rows one kernel call of `isa` takes when `left` remain, for a block format or a 16-bit one:
+/// as many as the registers hold (the block kernels keep two accumulators per row).
+fn kernel_rows(isa: Isa, blocks: bool, left: usize) -> usize {
+    let widths: &[usize] = match (isa, blocks) {
+        (Isa::Portable, _) => &[8, 4, 2, 1],
+        (Isa::Avx2, _) => &[4, 2, 1],
+        (Isa::Avx512, true) => &[8, 4, 2, 1],
+        (Isa::Avx512, false) => &[16, 8, 4, 2, 1],
+    };
+    widths.iter().copied().find(|&w| w <= left).unwrap_or(1)
 }
 
 /// A [k, n] matrix (k inputs, n outputs) in one of the packed [`Format`]s.
@@ -470,30 +420,33 @@ fn lay_codes(
     }
 }
 
-fn pack_panel_portable(
+/// [`pack_panel`] as work for [`vector::run`], which compiles it once per instruction set (the
+/// wider sets vectorise it wider; every set gives the same bits).
+struct PackPanel<'a> {
     format: Format,
-    w: &[f32],
-    (k, n): (usize, usize),
+    w: &'a [f32],
+    shape: (usize, usize),
     p: usize,
     blocks: std::ops::Range<usize>,
-    codes: &mut [u8],
-    scales: &mut [f32],
-) {
-    pack_panel(format, w, (k, n), p, blocks, codes, scales)
+    codes: &'a mut [u8],
+    scales: &'a mut [f32],
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pack_panel_avx2(
-    format: Format,
-    w: &[f32],
-    (k, n): (usize, usize),
-    p: usize,
-    blocks: std::ops::Range<usize>,
-    codes: &mut [u8],
-    scales: &mut [f32],
-) {
-    pack_panel(format, w, (k, n), p, blocks, codes, scales)
+impl Op for PackPanel<'_> {
+    type Out = ();
+    #[inline(always)]
+    unsafe fn run<K: Kernels>(self) {
+        let PackPanel {
+            format,
+            w,
+            shape,
+            p,
+            blocks,
+            codes,
+            scales,
+        } = self;
+        pack_panel(format, w, shape, p, blocks, codes, scales)
+    }
 }
 
 impl PackedMatrix {
@@ -512,9 +465,7 @@ impl PackedMatrix {
         // row of a wide matrix).
         let at_once = panels.div_ceil(rayon::current_num_threads()).clamp(1, 16);
         let ps1 = ps.max(1);
-        // (Asked of the CPU itself: an AVX-512 choice need not mean AVX2 in a virtual machine.)
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-        let avx2 = Isa::best() != Isa::Portable && Isa::Avx2.available();
+        let isa = Isa::best();
         codes
             .par_chunks_mut(pb * at_once)
             .zip(scales.par_chunks_mut(ps1 * at_once))
@@ -523,14 +474,16 @@ impl PackedMatrix {
                 for b in 0..k.div_ceil(BLOCK) {
                     let panels = codes.chunks_mut(pb).zip(scales.chunks_mut(ps1));
                     for (i, (codes, scales)) in panels.enumerate() {
-                        let (p, blocks) = (g * at_once + i, b..b + 1);
-                        #[cfg(target_arch = "x86_64")]
-                        if avx2 {
-                            // SAFETY: the CPU runs AVX2, FMA and F16C (checked just above).
-                            unsafe { pack_panel_avx2(format, w, (k, n), p, blocks, codes, scales) };
-                            continue;
-                        }
-                        pack_panel_portable(format, w, (k, n), p, blocks, codes, scales)
+                        let panel = PackPanel {
+                            format,
+                            w,
+                            shape: (k, n),
+                            p: g * at_once + i,
+                            blocks: b..b + 1,
+                            codes,
+                            scales,
+                        };
+                        vector::run(isa, panel)
                     }
                 }
             });
@@ -652,7 +605,7 @@ pub fn matmul_all(isa: Isa, mats: &[&PackedMatrix], x: &[f32], m: usize, ys: &mu
             let cols = (n - p * PANEL).min(PANEL);
             let mut r0 = 0;
             while r0 < m {
-                let rows = isa.rows(f.blocks(), m - r0);
+                let rows = kernel_rows(isa, f.blocks(), m - r0);
                 let dst = &mut acc[..rows * PANEL];
                 match (&floats, &blocks) {
                     (Some(xt), _) if !f.blocks() => {
@@ -1250,22 +1203,23 @@ mod tests {
                 assert_eq!(got.scales, want.scales, "{format:?} {k}×{n}");
                 // Each instruction set's copy of the panel packing, called directly.
                 let (pb, ps) = (format.panel_bytes(k), format.panel_scales(k).max(1));
-                for isa in [Isa::Portable, Isa::Avx2] {
+                for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
                     if !isa.available() {
                         continue;
                     }
                     let mut codes = vec![0u8; want.codes.len()];
                     let mut scales = vec![0f32; want.scales.len()];
                     for p in 0..n.div_ceil(PANEL) {
-                        let (c, s) = (&mut codes[p * pb..][..pb], &mut scales[p * ps..][..ps]);
-                        let blocks = 0..k.div_ceil(BLOCK);
-                        match isa {
-                            #[cfg(target_arch = "x86_64")]
-                            Isa::Avx2 => unsafe {
-                                pack_panel_avx2(format, &w, (k, n), p, blocks, c, s)
-                            },
-                            _ => pack_panel_portable(format, &w, (k, n), p, blocks, c, s),
-                        }
+                        let panel = PackPanel {
+                            format,
+                            w: &w,
+                            shape: (k, n),
+                            p,
+                            blocks: 0..k.div_ceil(BLOCK),
+                            codes: &mut codes[p * pb..][..pb],
+                            scales: &mut scales[p * ps..][..ps],
+                        };
+                        vector::run(isa, panel);
                     }
                     assert_eq!(codes, want.codes, "{isa:?} {format:?} {k}×{n}");
                     assert_eq!(scales, want.scales, "{isa:?} {format:?} {k}×{n}");

@@ -21,7 +21,7 @@ pub struct Shape {
     pub shared: usize,
 }
 
-use super::packed::Isa;
+use super::vector::Isa;
 use super::vector::{self, Kernels, Op};
 
 /// A cache's keys or values, [B, K, cap, E], as stored: f32, or f16 bits

@@ -2,7 +2,7 @@
 //! products and `y += w·x` over a head's E values (keys and values read from f32 or f16), the
 //! f16 conversions of the key/value cache (F16C, or ggml's scalar ones, rounding as libtorch's),
 //! and `exp` over a slice (softmax's and SiLU's). Compiled three times, for AVX-512, for AVX2 with
-//! FMA and F16C, and portably; [`Kernels::best`] picks one at run time (`ASYMRE_KERNELS` lowers
+//! FMA and F16C, and portably; [`Isa::best`] picks one at run time (`ASYMRE_KERNELS` lowers
 //! it, as for the products).
 //!
 //! The vector `exp` is Cephes' single-precision one: the argument reduced by n·ln 2, a degree-6
@@ -11,7 +11,57 @@
 //! value is subnormal), +∞ above 88.72, NaN kept. The portable path calls the standard
 //! library's `exp`.
 
-use super::packed::Isa;
+/// The instruction sets the kernels (these and the packed products) are written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+impl Isa {
+    /// Whether this CPU runs `self`.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx2 | Isa::Avx512 => false,
+        }
+    }
+
+    /// The best this CPU runs, lowered by `ASYMRE_KERNELS` (`portable`, `avx2`, `avx512`).
+    pub fn best() -> Isa {
+        let cap = match std::env::var("ASYMRE_KERNELS").as_deref() {
+            Ok("portable") => Isa::Portable,
+            Ok("avx2") => Isa::Avx2,
+            _ => Isa::Avx512,
+        };
+        [Isa::Avx512, Isa::Avx2, Isa::Portable]
+            .into_iter()
+            .find(|i| *i <= cap && i.available())
+            .unwrap_or(Isa::Portable)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+}
 
 /// One instruction set's kernels; every function requires that set.
 pub trait Kernels {
