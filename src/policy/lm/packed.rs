@@ -160,7 +160,7 @@ fn through_f16(x: f32) -> f32 {
 }
 
 /// `x` rounded to an integer, halves away from zero, as C's `roundf` (which ggml's quantiser
-/// calls), for |x| < 2²³. `f32::round` is a call into libm on baseline x86-64, once per weight;
+/// calls), for |x| < 2²³; ±0 for NaN, ±2³¹ for larger magnitudes. `f32::round` is a call into libm on baseline x86-64, once per weight;
 /// this is plain arithmetic the compiler vectorises. (`a − t` is exact: t ≤ a < t + 1.)
 #[inline(always)]
 fn round_away(x: f32) -> f32 {
@@ -360,14 +360,11 @@ fn pack_panel(
         let rows = |j: usize| (j < len).then(|| row(j0 + j));
         match format {
             Format::Q8_0 => lay_codes(format, len, cols, codes, rows, |x, c| {
-                // Within [−127, 127] for finite weights; NaN gives 0, as `as i8` does.
-                let r = round_away(x * id[c]);
-                let q = if r.is_nan() {
-                    0.0
-                } else {
-                    r.clamp(-128.0, 127.0)
-                };
-                // SAFETY: finite and within i32 (just above).
+                // Within [−127, 127] for finite weights. `round_away` never gives NaN (a NaN
+                // weight rounds to 0, as `as i8` takes it) and saturates ±∞, so after the clamp
+                // the value is finite and within i32.
+                let q = round_away(x * id[c]).clamp(-128.0, 127.0);
+                // SAFETY: finite and within i32 (above).
                 (unsafe { q.to_int_unchecked::<i32>() } as u8).wrapping_add(128)
             }),
             Format::Q4_0 => lay_codes(format, len, cols, codes, rows, |x, c| {
@@ -1239,6 +1236,16 @@ mod tests {
             let (want, got) = (x.round(), round_away(x));
             assert_eq!(got.to_bits(), want.to_bits(), "{x}: {got} against {want}");
         }
+        // What the Q8_0 packing's unchecked conversion relies on: never NaN, ±∞ saturated.
+        assert_eq!(round_away(f32::NAN), 0.0);
+        assert_eq!(round_away(f32::INFINITY), 2f32.powi(31));
+        assert_eq!(round_away(f32::NEG_INFINITY), -(2f32.powi(31)));
+        // A NaN weight beside finite ones packs to code 0 (128 stored), as `as i8` made it.
+        let mut w = values(32 * 16, 3);
+        w[5 * 16 + 2] = f32::NAN;
+        let p = PackedMatrix::pack(Format::Q8_0, &w, 32, 16);
+        let (at, _) = Format::Q8_0.code_at(5, 2);
+        assert_eq!(p.codes[at], 128);
     }
 
     fn next_up(x: f32) -> f32 {
