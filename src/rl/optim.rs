@@ -88,6 +88,11 @@ impl Optimizer {
         }
     }
 
+    /// Sets the learning rate of the steps that follow (a schedule's).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
     /// Global gradient norm of `vars` (0 for variables without a gradient).
     pub fn grad_norm(vars: &[(String, Tensor)]) -> Result<f64> {
         let mut total = 0.0;

@@ -7,7 +7,7 @@ use rand::Rng;
 use tch::nn::VarStore;
 use tch::{Device, Kind};
 
-use crate::config::{Config, LearnerConfig, OptimizerKind};
+use crate::config::{Config, DemoSampling, LearnerConfig, OptimizerKind};
 use crate::env::{Demonstration, Protocol, Split, TaskSource, ToolSet};
 use crate::error::{Error, Result};
 use crate::policy::{sorted_vars, PrefixBatch, SequencePolicy};
@@ -100,9 +100,12 @@ pub fn warm_start<P: SequencePolicy>(
     let mut rng = rng::stream(cfg.seed, Role::Init, 1);
     let mut report = WarmstartReport::default();
     let mut shown = std::time::Instant::now();
+    let mut order = Order::new(w.sampling, demos.len());
     for step in 0..w.steps {
+        let lr = w.schedule.lr(w.lr, step, w.steps);
+        optimizer.set_lr(lr);
         let batch: Vec<&Demonstration> = (0..w.batch_size)
-            .map(|_| &demos[rng.gen_range(0..demos.len())])
+            .map(|_| &demos[order.next(&mut rng)])
             .collect();
         let rows = PrefixBatch::new(batch.iter().map(|d| (&d.tokens[..], &d.policy_mask[..])));
         let scores = model.score_prefixes(&rows, device)?;
@@ -123,11 +126,47 @@ pub fn warm_start<P: SequencePolicy>(
         };
         // Long warm starts (a pretrained LM) show progress.
         if shown.elapsed().as_secs() >= 10 {
-            eprintln!("warm start: step {}/{}, nll {value:.3}", step + 1, w.steps);
+            eprintln!(
+                "warm start: step {}/{}, nll {value:.3}, lr {lr:.2e}",
+                step + 1,
+                w.steps
+            );
             shown = std::time::Instant::now();
         }
     }
     Ok(report)
+}
+
+/// Which demonstration comes next under `warmstart.sampling`.
+struct Order {
+    sampling: DemoSampling,
+    /// `Epochs`: the current pass's order, taken from the back.
+    pass: Vec<usize>,
+    len: usize,
+}
+
+impl Order {
+    fn new(sampling: DemoSampling, len: usize) -> Self {
+        Order {
+            sampling,
+            pass: Vec::new(),
+            len,
+        }
+    }
+
+    fn next(&mut self, rng: &mut impl Rng) -> usize {
+        match self.sampling {
+            DemoSampling::Uniform => rng.gen_range(0..self.len),
+            DemoSampling::Epochs => {
+                if self.pass.is_empty() {
+                    use rand::seq::SliceRandom;
+                    self.pass = (0..self.len).collect();
+                    self.pass.shuffle(rng);
+                }
+                self.pass.pop().expect("demonstrations are not empty")
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -210,5 +249,30 @@ mod tests {
         let cfg = calc_config(&["warmstart.demos=40", "env.max_tokens=4"]);
         let err = demos(&cfg, &task, &protocol).unwrap_err().to_string();
         assert!(err.contains("40 longer than env.max_tokens = 4"), "{err}");
+    }
+
+    /// In passes, every demonstration comes once before any comes twice, in orders that differ
+    /// from pass to pass; uniform draws repeat within a pass.
+    #[test]
+    fn epochs_take_every_demonstration_once_a_pass() {
+        let mut rng = rng::stream(3, Role::Init, 1);
+        let mut order = Order::new(DemoSampling::Epochs, 7);
+        let passes: Vec<Vec<usize>> = (0..4)
+            .map(|_| (0..7).map(|_| order.next(&mut rng)).collect())
+            .collect();
+        for pass in &passes {
+            let mut sorted = pass.clone();
+            sorted.sort();
+            assert_eq!(sorted, (0..7).collect::<Vec<_>>(), "{passes:?}");
+        }
+        assert!(passes.windows(2).any(|w| w[0] != w[1]), "{passes:?}");
+        let mut order = Order::new(DemoSampling::Uniform, 7);
+        let draws: Vec<usize> = (0..70).map(|_| order.next(&mut rng)).collect();
+        assert!(draws.chunks(7).any(|c| {
+            let mut c = c.to_vec();
+            c.sort();
+            c.dedup();
+            c.len() < 7
+        }));
     }
 }
