@@ -5,7 +5,8 @@
 # with δV = +0.1, and GRPO, serial, one seed. Each run and model is judged by `asymre bfcl` on the
 # held-out non-live tasks (370) and, for AsymRE −0.1, on up to 200 tasks of each live category.
 # Runs go under runs/bfcl_*, judgements under bfcl/*; docs/bfcl_curves.png is redrawn.
-# About 3 hours on a 2-core CPU (warm start 30 min, each RL run 25–32 min, each judge 10–25 min).
+# About 2 hours on a 2-core CPU (warm start 36 min, each RL run 13–15 min, each non-live judge
+# 8–10 min, the AsymRE one with the live categories longer).
 # SEED=1 (etc.) repeats it with another seed into runs/bfcl_s1_* and bfcl/s1_*.
 set -euo pipefail
 cd "$(dirname "$0")/.."
