@@ -598,7 +598,8 @@ impl WeightSnapshot {
         }
         tch::no_grad(|| {
             for ((name, var), saved) in vars.iter().zip(self.tensors.iter()) {
-                let shape: Vec<usize> = var.size().iter().map(|&d| d as usize).collect();
+                let size = var.size();
+                let shape: Vec<usize> = size.iter().map(|&d| d as usize).collect();
                 if *name != saved.name || shape != saved.shape {
                     return Err(Error::Corrupt(format!(
                         "weight snapshot tensor {} {:?} does not match policy variable {name} {shape:?}",
@@ -613,22 +614,18 @@ impl WeightSnapshot {
                     )));
                 }
                 // The snapshot's values as they lie (no copy), copied once into the variable.
-                let shape: Vec<i64> = saved.shape.iter().map(|&d| d as i64).collect();
-                let mut strides = vec![1i64; shape.len()];
-                for i in (1..shape.len()).rev() {
-                    strides[i - 1] = strides[i] * shape[i];
-                }
                 // SAFETY: `saved.data` holds the shape's f32 values (checked just above),
                 // row-major, and outlives `view`, which only the copy below reads.
                 let view = unsafe {
                     Tensor::f_from_blob(
                         saved.data.as_ptr() as *const u8,
-                        &shape,
-                        &strides,
+                        &[saved.data.len() as i64],
+                        &[1],
                         Kind::Float,
                         Device::Cpu,
                     )?
-                };
+                }
+                .f_view(size.as_slice())?;
                 let mut var = var.shallow_clone();
                 var.f_copy_(&view)?;
             }
