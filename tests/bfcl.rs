@@ -783,3 +783,107 @@ fn the_multi_turn_state_rule_agrees_with_bfcls_checker() {
         );
     }
 }
+
+/// `bfcl_compare.py` counts, task by task, the answers BFCL's checker finds right in one
+/// directory and wrong in another and the other way round, with McNemar's exact p-value.
+#[test]
+fn the_task_by_task_comparison_counts_what_bfcls_checker_says_changed() {
+    let python = root().join(".venv/bin/python");
+    let dir = data_dir().expect("bfcl-eval is installed by scripts/setup.sh (make test runs it)");
+    let entries = load(&dir, "simple_python").unwrap();
+    let entries = &entries[..12];
+    // Base: the gold call on tasks 0–7, a changed value on 8–11. Other: gold on 0–3 and 8,
+    // changed on 4–7 and 9–11 (4 lost, 1 gained: p = 0.375, below 1, so the formula is tested).
+    // Which are right is asked of our rule (it agrees with BFCL's).
+    let call = |e: &Entry, gold: bool| -> Vec<DecodedCall> {
+        let mut c = gold_call(&e.answers[0]);
+        if !gold {
+            let args = c.1.as_object_mut().unwrap();
+            let key = args.keys().next().cloned().unwrap();
+            let v = changed(&args[&key]);
+            args.insert(key, v);
+        }
+        vec![c]
+    };
+    let base_gold = |i: usize| i < 8;
+    let other_gold = |i: usize| i < 4 || i == 8;
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut lost, mut gained, mut base_right, mut other_right) = (0, 0, 0, 0);
+    for (name, gold) in [
+        ("base", &base_gold as &dyn Fn(usize) -> bool),
+        ("other", &other_gold),
+    ] {
+        let out = tmp.path().join(name);
+        std::fs::create_dir(&out).unwrap();
+        let mut lines = String::new();
+        for (i, e) in entries.iter().enumerate() {
+            let calls = call(e, gold(i));
+            let result: Vec<Value> = calls.iter().map(|(n, a)| json!({ n.clone(): a })).collect();
+            lines.push_str(&json!({"id": e.id, "result": result}).to_string());
+            lines.push('\n');
+        }
+        std::fs::write(out.join("BFCL_v4_simple_python_result.json"), lines).unwrap();
+    }
+    for (i, e) in entries.iter().enumerate() {
+        let right =
+            |gold: bool| check(e.checker(), &e.functions, &call(e, gold), &e.answers).is_ok();
+        let (b, o) = (right(base_gold(i)), right(other_gold(i)));
+        base_right += b as usize;
+        other_right += o as usize;
+        lost += (b && !o) as usize;
+        gained += (!b && o) as usize;
+    }
+    assert!(
+        lost >= 3 && gained >= 1,
+        "the cases flip both ways ({lost}, {gained})"
+    );
+    let out = Command::new(&python)
+        .arg(root().join("scripts/reference/bfcl_compare.py"))
+        .arg(tmp.path().join("base"))
+        .arg(tmp.path().join("other"))
+        .args(["--categories", "simple_python"])
+        .output()
+        .expect("the .venv Python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{base_right} of 12 right")),
+        "base: {base_right} of 12 expected in\n{text}"
+    );
+    let n = lost + gained;
+    let tail: f64 = (0..=lost.min(gained))
+        .map(|k| (0..k).fold(1.0, |c, j| c * (n - j) as f64 / (j + 1) as f64))
+        .sum::<f64>()
+        / 2f64.powi(n as i32);
+    let p = (2.0 * tail).min(1.0);
+    assert!(
+        p < 0.9,
+        "a split uneven enough to test the p-value ({lost}, {gained}: {p})"
+    );
+    let expected = format!(
+        "{other_right} right; right → wrong {lost}, wrong → right {gained}, McNemar exact p = "
+    );
+    let line = text.lines().find(|l| l.contains(&expected));
+    let line = line.unwrap_or_else(|| panic!("expected `{expected}…` in\n{text}"));
+    let printed: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        (printed - p).abs() < 1e-3 * p.max(1e-3),
+        "p {printed} against {p}"
+    );
+    // A directory without the category's results is a one-line error, not a traceback.
+    let out = Command::new(&python)
+        .arg(root().join("scripts/reference/bfcl_compare.py"))
+        .arg(tmp.path().join("base"))
+        .arg(tmp.path().join("missing"))
+        .args(["--categories", "simple_python"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no result file for simple_python"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
