@@ -837,13 +837,16 @@ fn the_task_by_task_comparison_counts_what_bfcls_checker_says_changed() {
         lost >= 3 && gained >= 1,
         "the cases flip both ways ({lost}, {gained})"
     );
-    let out = Command::new(&python)
-        .arg(root().join("scripts/reference/bfcl_compare.py"))
-        .arg(tmp.path().join("base"))
-        .arg(tmp.path().join("other"))
-        .args(["--categories", "simple_python"])
-        .output()
-        .expect("the .venv Python runs");
+    let compare = |other: &str| {
+        Command::new(&python)
+            .arg(root().join("scripts/reference/bfcl_compare.py"))
+            .arg(tmp.path().join("base"))
+            .arg(tmp.path().join(other))
+            .args(["--categories", "simple_python"])
+            .output()
+            .expect("the .venv Python runs")
+    };
+    let out = compare("other");
     assert!(
         out.status.success(),
         "{}",
@@ -875,13 +878,7 @@ fn the_task_by_task_comparison_counts_what_bfcls_checker_says_changed() {
         "p {printed} against {p}"
     );
     // A directory without the category's results is a one-line error, not a traceback.
-    let out = Command::new(&python)
-        .arg(root().join("scripts/reference/bfcl_compare.py"))
-        .arg(tmp.path().join("base"))
-        .arg(tmp.path().join("missing"))
-        .args(["--categories", "simple_python"])
-        .output()
-        .unwrap();
+    let out = compare("missing");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no result file for simple_python"), "{err}");

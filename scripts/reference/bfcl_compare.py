@@ -10,43 +10,11 @@ AST ones; tasks are matched by id, and a task missing from a directory counts as
 The p-value speaks only of the test tasks' sampling: it says nothing of how another training
 seed would have landed."""
 import argparse
-import json
 import math
-import os
-import subprocess
-import sys
 
-import bfcl_eval
+from bfcl_grade_results import verdicts
 
-DATA = os.path.join(os.path.dirname(bfcl_eval.__file__), "data")
-HERE = os.path.dirname(os.path.abspath(__file__))
 NON_LIVE = ["simple_python", "multiple", "parallel", "parallel_multiple"]
-
-
-def load(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def verdicts(out_dir, category):
-    """id → BFCL's verdict for each result line of one category in one directory."""
-    path = os.path.join(out_dir, "BFCL_v4_%s_result.json" % category)
-    if not os.path.exists(path):
-        sys.exit("%s: no result file for %s" % (out_dir, category))
-    tasks = {e["id"]: e for e in load(os.path.join(DATA, "BFCL_v4_%s.json" % category))}
-    answers = {}
-    if "irrelevance" not in category:
-        answers = {a["id"]: a["ground_truth"] for a in
-                   load(os.path.join(DATA, "possible_answer", "BFCL_v4_%s.json" % category))}
-    results = load(path)
-    lines = [json.dumps({"category": category, "function": tasks[r["id"]]["function"],
-                         "output": r["result"], "answer": answers.get(r["id"], [])})
-             for r in results]
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "bfcl_check.py")],
-                          input="\n".join(lines) + "\n", capture_output=True, text=True,
-                          check=True)
-    valid = [json.loads(v)["valid"] for v in proc.stdout.splitlines() if v.strip()]
-    return {r["id"]: v for r, v in zip(results, valid)}
 
 
 def mcnemar(b, c):

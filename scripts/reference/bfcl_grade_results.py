@@ -25,6 +25,27 @@ def load(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def verdicts(out_dir, category):
+    """id → BFCL's verdict for each result line of one category's result file in `out_dir`."""
+    path = os.path.join(out_dir, "BFCL_v4_%s_result.json" % category)
+    if not os.path.exists(path):
+        sys.exit("%s: no result file for %s" % (out_dir, category))
+    tasks = {e["id"]: e for e in load(os.path.join(DATA, "BFCL_v4_%s.json" % category))}
+    answers = {}
+    if "irrelevance" not in category:
+        answers = {a["id"]: a["ground_truth"] for a in
+                   load(os.path.join(DATA, "possible_answer", "BFCL_v4_%s.json" % category))}
+    results = load(path)
+    lines = [json.dumps({"category": category, "function": tasks[r["id"]]["function"],
+                         "output": r["result"], "answer": answers.get(r["id"], [])})
+             for r in results]
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "bfcl_check.py")],
+                          input="\n".join(lines) + "\n", capture_output=True, text=True,
+                          check=True)
+    valid = [json.loads(v)["valid"] for v in proc.stdout.splitlines() if v.strip()]
+    return {r["id"]: v for r, v in zip(results, valid)}
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
@@ -37,22 +58,11 @@ def main():
             totals[k] = int(v)
     for path in sorted(glob.glob(os.path.join(out_dir, "BFCL_v4_*_result.json"))):
         category = os.path.basename(path)[len("BFCL_v4_"):-len("_result.json")]
-        tasks = {e["id"]: e for e in load(os.path.join(DATA, "BFCL_v4_%s.json" % category))}
-        answers = {}
-        if "irrelevance" not in category:
-            answers = {a["id"]: a["ground_truth"] for a in
-                       load(os.path.join(DATA, "possible_answer", "BFCL_v4_%s.json" % category))}
-        lines = []
-        for r in load(path):
-            lines.append(json.dumps({"category": category, "function": tasks[r["id"]]["function"],
-                                     "output": r["result"], "answer": answers.get(r["id"], [])}))
-        proc = subprocess.run([sys.executable, os.path.join(HERE, "bfcl_check.py")],
-                              input="\n".join(lines) + "\n", capture_output=True, text=True,
-                              check=True)
-        right = sum(json.loads(v)["valid"] for v in proc.stdout.splitlines() if v.strip())
-        total = totals.get(category, len(lines))
+        graded = verdicts(out_dir, category)
+        right = sum(graded.values())
+        total = totals.get(category, len(graded))
         print("%-24s %5d graded %5d right  %5.1f%% of %d" % (
-            category, len(lines), right, 100.0 * right / max(total, 1), total))
+            category, len(graded), right, 100.0 * right / max(total, 1), total))
 
 
 if __name__ == "__main__":
