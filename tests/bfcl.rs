@@ -884,3 +884,104 @@ fn the_task_by_task_comparison_counts_what_bfcls_checker_says_changed() {
     assert!(err.contains("no result file for simple_python"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// `bfcl_seeds_table.py` grades each seed's directory with BFCL's checker and prints every
+/// category's accuracy as mean ± sample std over the seeds, a task its judge did not play
+/// counting as wrong.
+#[test]
+fn the_seeds_table_averages_bfcls_verdicts_over_seeds() {
+    let python = root().join(".venv/bin/python");
+    let dir = data_dir().expect("bfcl-eval is installed by scripts/setup.sh (make test runs it)");
+    let simple = load(&dir, "simple_python").unwrap();
+    let simple = &simple[..12];
+    let irrelevance = load(&dir, "irrelevance").unwrap();
+    let irrelevance = &irrelevance[..4];
+    let tmp = tempfile::tempdir().unwrap();
+    // Seed i: the gold call on the first 4 + 2i simple tasks (a changed value on the others;
+    // which are right is asked of our rule, which agrees with BFCL's); no call on the first
+    // i + 1 irrelevance tasks. Seed 2's judge also counted a 13th simple task it did not play.
+    let (mut simple_acc, mut irrelevance_acc, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..3usize {
+        let out = tmp.path().join(format!("seed{i}"));
+        std::fs::create_dir(&out).unwrap();
+        let (mut lines, mut right) = (String::new(), 0);
+        for (k, e) in simple.iter().enumerate() {
+            let mut call = gold_call(&e.answers[0]);
+            if k >= 4 + 2 * i {
+                let args = call.1.as_object_mut().unwrap();
+                let key = args.keys().next().cloned().unwrap();
+                let v = changed(&args[&key]);
+                args.insert(key, v);
+            }
+            let calls = vec![call];
+            right += check(e.checker(), &e.functions, &calls, &e.answers).is_ok() as usize;
+            let result: Vec<Value> = calls.iter().map(|(n, a)| json!({ n.clone(): a })).collect();
+            lines.push_str(&json!({"id": e.id, "result": result}).to_string());
+            lines.push('\n');
+        }
+        std::fs::write(out.join("BFCL_v4_simple_python_result.json"), lines).unwrap();
+        let tasks = if i == 2 { 13 } else { 12 };
+        simple_acc.push(100.0 * right as f64 / tasks as f64);
+        let mut lines = String::new();
+        for (k, e) in irrelevance.iter().enumerate() {
+            let name = e.functions[0]["name"].clone();
+            let result = if k <= i {
+                json!([])
+            } else {
+                json!([{ name.as_str().unwrap(): {} }])
+            };
+            lines.push_str(&json!({"id": e.id, "result": result}).to_string());
+            lines.push('\n');
+        }
+        std::fs::write(out.join("BFCL_v4_irrelevance_result.json"), lines).unwrap();
+        irrelevance_acc.push(100.0 * (i + 1) as f64 / 4.0);
+        let summary = json!({"categories": [
+            {"category": "simple_python", "tasks": tasks, "not_run": tasks - 12, "correct": right},
+            {"category": "irrelevance", "tasks": 4, "not_run": 0, "correct": i + 1},
+        ]});
+        std::fs::write(out.join("summary.json"), summary.to_string()).unwrap();
+        dirs.push(out.display().to_string());
+    }
+    let cell = |v: &[f64]| {
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64;
+        format!("{mean:.1} ± {:.1}", var.sqrt())
+    };
+    assert!(
+        simple_acc[0] != simple_acc[2],
+        "the seeds differ: {simple_acc:?}"
+    );
+    let table = |row: String| {
+        Command::new(&python)
+            .arg(root().join("scripts/reference/bfcl_seeds_table.py"))
+            .arg(row)
+            .output()
+            .expect("the .venv Python runs")
+    };
+    let out = table(format!("row={}", dirs.join(",")));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The header, then the row.
+    let line = text.lines().nth(1).unwrap_or_else(|| panic!("{text}"));
+    for want in [cell(&simple_acc), cell(&irrelevance_acc)] {
+        assert!(line.contains(&want), "expected {want} in\n{text}");
+    }
+    assert!(
+        line.ends_with("25.0 50.0 75.0"),
+        "irrelevance per seed:\n{text}"
+    );
+    // A directory that is not a judged one is a one-line error.
+    let out = table(format!(
+        "row={},{}",
+        dirs[0],
+        tmp.path().join("missing").display()
+    ));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no summary.json"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
