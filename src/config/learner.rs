@@ -25,6 +25,11 @@ pub struct LearnerConfig {
     pub eps: f64,
     /// Trajectories per learner step.
     pub batch_size: usize,
+    /// Trajectories scored per forward and backward pass within a step (0: the whole batch in
+    /// one). Every loss is a mean over samples, so the passes' gradients, each weighted by its
+    /// share of the batch, add up to the whole batch's: the step is the same (up to the order of
+    /// float sums) while the activations held at once are a micro-batch's, not the batch's.
+    pub micro_batch: usize,
     /// Learner steps between weight snapshots sent to the actors: the off-policy knob.
     pub sync_interval: u64,
     /// Clip the global gradient norm to this value (0 = no clipping).
@@ -51,6 +56,7 @@ impl Default for LearnerConfig {
             beta2: 0.999,
             eps: 1e-8,
             batch_size: 1024,
+            micro_batch: 0,
             sync_interval: 100,
             max_grad_norm: 0.0,
             intra_op_threads: 1,

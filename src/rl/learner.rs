@@ -88,6 +88,8 @@ pub struct Learner {
     /// Learner steps taken so far.
     step: u64,
     skip_nonfinite: bool,
+    /// Trajectories per forward and backward pass (0: the whole batch).
+    micro_batch: usize,
     nonfinite_loss_every: u64,
     /// Batches skipped because their loss or gradient was not finite.
     nonfinite_skipped: u64,
@@ -134,6 +136,7 @@ impl Learner {
             device,
             step: 0,
             skip_nonfinite: cfg.learner.skip_nonfinite,
+            micro_batch: cfg.learner.micro_batch,
             nonfinite_loss_every: cfg.faults.nonfinite_loss_every,
             nonfinite_skipped: 0,
             host_tabular: true,
@@ -177,10 +180,52 @@ impl Learner {
         }
         let stats_base = tally.finish();
 
+        // One forward and backward pass per micro-batch; each loss (a mean over its samples) is
+        // weighted by its share of the batch, so the gradients add up to the whole batch's.
+        let part = match self.micro_batch {
+            0 => batch.len(),
+            m => m.min(batch.len()),
+        };
+        let injected = self.injects_nan();
+        let (mut loss_value, mut entropy) = (0.0, Vec::new());
+        for (samples, values) in batch.chunks(part).zip(baseline.chunks(part)) {
+            let (loss, part_entropy, tokens) = self.part_loss(samples, values)?;
+            let loss = if injected {
+                loss.f_mul_scalar(f64::NAN)?
+            } else if samples.len() < batch.len() {
+                loss.f_mul_scalar(samples.len() as f64 / batch.len() as f64)?
+            } else {
+                loss
+            };
+            let value = loss.f_double_value(&[])?;
+            if !value.is_finite() {
+                // Earlier micro-batches' gradients are dropped with the batch.
+                Optimizer::zero_grad(&self.vars)?;
+                return self.skip_or_fail("loss", stats_base);
+            }
+            loss.f_backward()?;
+            loss_value += value;
+            entropy.push((part_entropy, tokens));
+        }
+        // The batch's mean entropy over its policy positions.
+        let entropy = match entropy[..] {
+            [(e, _)] => e,
+            _ => {
+                let tokens: f64 = entropy.iter().map(|(_, n)| n).sum();
+                entropy.iter().map(|(e, n)| e * n).sum::<f64>() / tokens.max(1.0)
+            }
+        };
+        let update = self.optimizer.step(&self.vars, self.step);
+        self.finish_step(update, loss_value, entropy, stats_base)
+    }
+
+    /// The configured loss of `batch` (a step's batch or a micro-batch of it) with baselines
+    /// `baseline`, with gradient; π's mean entropy over its policy positions, and their number.
+    fn part_loss(&self, batch: &[&Trajectory], baseline: &[f32]) -> Result<(Tensor, f64, f64)> {
         let reward: Vec<f32> = batch.iter().map(|t| t.reward).collect();
         let reward = Tensor::f_from_slice(&reward)?.f_to_device(self.device)?;
-        let baseline = Tensor::f_from_slice(&baseline)?.f_to_device(self.device)?;
-        let scores = self.policy.score(&batch, self.device)?;
+        let baseline = Tensor::f_from_slice(baseline)?.f_to_device(self.device)?;
+        let scores = self.policy.score(batch, self.device)?;
         let stored = |what: loss::Stored| -> Result<Tensor> {
             let column = |f: fn(&Trajectory) -> f32| -> Result<Tensor> {
                 let v: Vec<f32> = batch.iter().map(|t| f(t)).collect();
@@ -189,7 +234,7 @@ impl Learner {
             match what {
                 loss::Stored::BehaviourLogp => column(|t| t.behaviour_logp),
                 loss::Stored::BehaviourTokenLogp => {
-                    self.policy.behaviour_token_logp(&batch, self.device)
+                    self.policy.behaviour_token_logp(batch, self.device)
                 }
                 loss::Stored::GroupMean => column(|t| t.group_mean),
                 loss::Stored::GroupStd => column(|t| t.group_std),
@@ -205,19 +250,8 @@ impl Learner {
                 stored: &stored,
             },
         )?;
-        let injected = self.injects_nan();
-        let loss = if injected {
-            loss.f_mul_scalar(f64::NAN)?
-        } else {
-            loss
-        };
-        let loss_value = loss.f_double_value(&[])?;
-        if !loss_value.is_finite() {
-            return self.skip_or_fail("loss", stats_base);
-        }
-        loss.f_backward()?;
-        let update = self.optimizer.step(&self.vars, self.step);
-        self.finish_step(update, loss_value, scores.entropy, stats_base)
+        let tokens = scores.mask.f_sum(tch::Kind::Float)?.f_double_value(&[])?;
+        Ok((loss, scores.entropy, tokens))
     }
 
     /// Ends a step once the optimiser ran: a non-finite gradient skips the batch (or fails), an
@@ -649,5 +683,92 @@ mod tests {
             .map(|t| t.policy_mask.iter().filter(|&&m| m).count())
             .sum();
         assert_eq!(tokens, written, "every policy token is compared");
+    }
+
+    /// A step taken in micro-batches (uneven ones: 32 samples in passes of 5) is the step the
+    /// whole batch takes in one pass: the same loss, gradient norm, entropy and weights after it,
+    /// for AsymRE and for token-level GRPO (whose stored log μ is laid out per micro-batch).
+    #[test]
+    fn a_step_in_micro_batches_is_the_whole_batchs_step() {
+        use crate::env::tool_use::tasks::Task;
+        use crate::ids::SourceId;
+        use crate::rl::actor::{Actor, ToolActor};
+        for loss in ["asymre", "grpo"] {
+            let overrides = |micro: usize| -> Vec<String> {
+                vec![
+                    "policy.layers=1".into(),
+                    "policy.d_model=32".into(),
+                    "policy.heads=2".into(),
+                    "actor.batch_size=32".into(),
+                    "learner.batch_size=32".into(),
+                    "learner.optimizer=\"sgd\"".into(),
+                    "learner.lr=0.5".into(),
+                    format!("loss.kind=\"{loss}\""),
+                    format!("learner.micro_batch={micro}"),
+                ]
+            };
+            let toml = include_str!("../../configs/tool_calc.toml");
+            let cfg = crate::config::from_toml_str(toml, &overrides(0)).unwrap();
+            let micro_cfg = crate::config::from_toml_str(toml, &overrides(5)).unwrap();
+            let mut whole = Learner::new(&cfg, Device::Cpu, &[]).unwrap();
+            let mut micro = Learner::new(&micro_cfg, Device::Cpu, &[]).unwrap();
+            micro.vs.copy(&whole.vs).unwrap();
+            let snapshot = whole.snapshot().unwrap();
+            let protocol = crate::env::tool_use::protocol::TokenProtocol {
+                limits: cfg.env.limits(),
+            };
+            let task = Task::new(cfg.env.task_spec(cfg.seed));
+            let mut actor: ToolActor<crate::policy::Transformer, _, _> =
+                ToolActor::new(&cfg, SourceId::new(0, 0, 0), task, protocol, &snapshot).unwrap();
+            let batch = actor.act().unwrap();
+            let rewards: Vec<f32> = batch.trajectories.iter().map(|t| t.reward).collect();
+            assert!(
+                rewards.iter().any(|&r| r != rewards[0]),
+                "the batch's rewards differ, so the loss has a gradient: {rewards:?}"
+            );
+            whole.ingest(batch.clone());
+            micro.ingest(batch);
+            assert!(whole.ready() && micro.ready());
+            let (w, m) = (whole.train_step().unwrap(), micro.train_step().unwrap());
+            let close = |x: f64, y: f64| (x - y).abs() <= 1e-4 * (1.0 + y.abs());
+            assert!(
+                close(w.loss, m.loss),
+                "{loss}: loss {} vs {}",
+                w.loss,
+                m.loss
+            );
+            assert!(w.grad_norm > 1e-3, "{loss}: a gradient to compare");
+            assert!(
+                close(w.grad_norm, m.grad_norm),
+                "{loss}: norm {} vs {}",
+                w.grad_norm,
+                m.grad_norm
+            );
+            assert!(
+                close(w.entropy, m.entropy),
+                "{loss}: entropy {} vs {}",
+                w.entropy,
+                m.entropy
+            );
+            let before = snapshot
+                .tensors
+                .iter()
+                .map(|t| t.to_tensor(Device::Cpu).unwrap());
+            let mut moved = 0.0f64;
+            for (((name, a), (_, b)), start) in sorted_vars(&whole.vs)
+                .iter()
+                .zip(sorted_vars(&micro.vs))
+                .zip(before)
+            {
+                let diff = a.f_sub(&b).unwrap().abs().max().double_value(&[]);
+                let scale = a.abs().max().double_value(&[]);
+                assert!(
+                    diff <= 1e-5 * (1.0 + scale),
+                    "{loss}: {name} differs by {diff}"
+                );
+                moved = moved.max(a.f_sub(&start).unwrap().abs().max().double_value(&[]));
+            }
+            assert!(moved > 1e-4, "{loss}: the step moved the weights ({moved})");
+        }
     }
 }
