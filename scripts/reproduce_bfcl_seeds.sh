@@ -15,7 +15,7 @@ if [ -z "$bin" ]; then
     make -s build >/dev/null
     bin=./target/release/asymre
 fi
-weights=$(ls -d runs/bfcl_warm/checkpoints/*/ 2>/dev/null | tail -1)weights.safetensors
+weights=$(ls -d runs/bfcl_warm/checkpoints/*/ 2>/dev/null | tail -1 || true)weights.safetensors
 if [ ! -f "$weights" ]; then
     echo "error: no seed-0 warm start in runs/bfcl_warm: run scripts/reproduce_bfcl.sh first" >&2
     exit 2
