@@ -9,11 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "multihost.sh: needs root for network namespaces" >&2; exit 1; }
 command -v redis-server >/dev/null || { echo "multihost.sh: redis-server is missing (scripts/setup.sh)" >&2; exit 1; }
-bin=${ASYMRE:-}
-if [ -z "$bin" ]; then
-    make -s build >/dev/null
-    bin=./target/release/asymre
-fi
+. scripts/asymre_bin.sh
 bin=$(realpath "$bin")
 hosts=(redis learner actor-a actor-b)
 out=$(mktemp -d /tmp/multihost.XXXXXX)

@@ -8,11 +8,7 @@
 # to docs/. About 5 minutes on a 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${ASYMRE:-}
-if [ -z "$bin" ]; then
-    make -s build >/dev/null
-    bin=./target/release/asymre
-fi
+. scripts/asymre_bin.sh
 root=sweeps/bandit
 rm -rf "$root"
 mkdir -p docs

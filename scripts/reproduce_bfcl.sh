@@ -13,11 +13,7 @@
 # with its judge; docs/bfcl_curves60.png. A finished warm start of the same seed is reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${ASYMRE:-}
-if [ -z "$bin" ]; then
-    make -s build >/dev/null
-    bin=./target/release/asymre
-fi
+. scripts/asymre_bin.sh
 seed=${SEED:-0}
 tag=$([ "$seed" = 0 ] && echo "" || echo "s${seed}_")
 nonlive=simple_python,multiple,parallel,parallel_multiple,irrelevance

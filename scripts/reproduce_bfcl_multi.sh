@@ -7,11 +7,7 @@
 # About 1.5 hours on a 2-core CPU. SEED=1 (etc.) repeats it with another seed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${ASYMRE:-}
-if [ -z "$bin" ]; then
-    make -s build >/dev/null
-    bin=./target/release/asymre
-fi
+. scripts/asymre_bin.sh
 seed=${SEED:-0}
 limit=${LIMIT:-16}
 tag=$([ "$seed" = 0 ] && echo "" || echo "s${seed}_")

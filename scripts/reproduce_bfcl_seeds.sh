@@ -10,11 +10,7 @@
 # Started again, the sweeps run only what is missing and finished judges are kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${ASYMRE:-}
-if [ -z "$bin" ]; then
-    make -s build >/dev/null
-    bin=./target/release/asymre
-fi
+. scripts/asymre_bin.sh
 weights=$(ls -d runs/bfcl_warm/checkpoints/*/ 2>/dev/null | tail -1 || true)weights.safetensors
 if [ ! -f "$weights" ]; then
     echo "error: no seed-0 warm start in runs/bfcl_warm: run scripts/reproduce_bfcl.sh first" >&2

@@ -9,11 +9,7 @@
 # final evaluations, which take longer for runs that broke down).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${ASYMRE:-}
-if [ -z "$bin" ]; then
-    make -s build >/dev/null
-    bin=./target/release/asymre
-fi
+. scripts/asymre_bin.sh
 root=sweeps/lm_stability
 [ "${KEEP:-0}" = 1 ] || rm -rf "$root"
 mkdir -p docs

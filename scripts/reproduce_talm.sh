@@ -9,11 +9,7 @@
 # ASYMRE=path runs that binary instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${ASYMRE:-}
-if [ -z "$bin" ]; then
-    make -s build >/dev/null
-    bin=./target/release/asymre
-fi
+. scripts/asymre_bin.sh
 root=sweeps/talm
 [ "${KEEP:-0}" = 1 ] || rm -rf "$root"
 mkdir -p docs

@@ -8,11 +8,7 @@
 # About 25 minutes on a 2-core machine (30 runs, two at a time, serial mode).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${ASYMRE:-}
-if [ -z "$bin" ]; then
-    make -s build >/dev/null
-    bin=./target/release/asymre
-fi
+. scripts/asymre_bin.sh
 root=sweeps/tool_use
 [ "${KEEP:-0}" = 1 ] || rm -rf "$root"
 mkdir -p docs
