@@ -16,6 +16,16 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The `.venv` Python that runs BFCL's checker.
+fn python() -> PathBuf {
+    root().join(".venv/bin/python")
+}
+
+/// The installed bfcl-eval's data directory.
+fn bfcl_data() -> PathBuf {
+    data_dir().expect("bfcl-eval is installed by scripts/setup.sh (make test runs it)")
+}
+
 /// The first acceptable value of each parameter (a parameter whose only one is `""` left out).
 fn gold_call(answer: &Map<String, Value>) -> DecodedCall {
     let (name, params) = answer.iter().next().expect("one call");
@@ -48,6 +58,25 @@ fn changed(v: &Value) -> Value {
         }
         Value::Null => json!("zq"),
     }
+}
+
+/// A simple task's answer: its gold call, or (`gold` false) that call with its first argument
+/// changed.
+fn gold_or_changed(e: &Entry, gold: bool) -> Vec<DecodedCall> {
+    let mut c = gold_call(&e.answers[0]);
+    if !gold {
+        let args = c.1.as_object_mut().unwrap();
+        let key = args.keys().next().cloned().unwrap();
+        let v = changed(&args[&key]);
+        args.insert(key, v);
+    }
+    vec![c]
+}
+
+/// One line of a BFCL result file: `{"id", "result": [{name: arguments}]}`.
+fn result_line(id: &str, calls: &[DecodedCall]) -> String {
+    let result: Vec<Value> = calls.iter().map(|(n, a)| json!({ n.clone(): a })).collect();
+    format!("{}\n", json!({"id": id, "result": result}))
 }
 
 /// Strings in upper case with spaces and BFCL's ignored punctuation added.
@@ -213,8 +242,7 @@ fn real_outputs() -> std::collections::HashMap<String, Vec<DecodedCall>> {
 
 #[test]
 fn the_calls_rule_agrees_with_bfcls_checker_on_every_category() {
-    let python = root().join(".venv/bin/python");
-    let dir = data_dir().expect("bfcl-eval is installed by scripts/setup.sh (make test runs it)");
+    let (python, dir) = (python(), bfcl_data());
     let real = real_outputs();
     let mut real_used = 0;
     let mut input = String::new();
@@ -720,8 +748,7 @@ mod cli {
 fn the_multi_turn_state_rule_agrees_with_bfcls_checker() {
     use asymre::env::tool_use::bfcl::multi::{load_multi, MultiEntry, MULTI_CATEGORIES};
     use asymre::env::tool_use::external::ToolWorker;
-    let python = root().join(".venv/bin/python");
-    let dir = data_dir().expect("bfcl-eval is installed by scripts/setup.sh (make test runs it)");
+    let (python, dir) = (python(), bfcl_data());
     let out = Command::new(&python)
         .arg(root().join("scripts/reference/bfcl_multi_check.py"))
         .args(["--per-category", "50", "--outputs"])
@@ -788,23 +815,12 @@ fn the_multi_turn_state_rule_agrees_with_bfcls_checker() {
 /// directory and wrong in another and the other way round, with McNemar's exact p-value.
 #[test]
 fn the_task_by_task_comparison_counts_what_bfcls_checker_says_changed() {
-    let python = root().join(".venv/bin/python");
-    let dir = data_dir().expect("bfcl-eval is installed by scripts/setup.sh (make test runs it)");
+    let (python, dir) = (python(), bfcl_data());
     let entries = load(&dir, "simple_python").unwrap();
     let entries = &entries[..12];
     // Base: the gold call on tasks 0–7, a changed value on 8–11. Other: gold on 0–3 and 8,
     // changed on 4–7 and 9–11 (4 lost, 1 gained: p = 0.375, below 1, so the formula is tested).
     // Which are right is asked of our rule (it agrees with BFCL's).
-    let call = |e: &Entry, gold: bool| -> Vec<DecodedCall> {
-        let mut c = gold_call(&e.answers[0]);
-        if !gold {
-            let args = c.1.as_object_mut().unwrap();
-            let key = args.keys().next().cloned().unwrap();
-            let v = changed(&args[&key]);
-            args.insert(key, v);
-        }
-        vec![c]
-    };
     let base_gold = |i: usize| i < 8;
     let other_gold = |i: usize| i < 4 || i == 8;
     let tmp = tempfile::tempdir().unwrap();
@@ -817,16 +833,20 @@ fn the_task_by_task_comparison_counts_what_bfcls_checker_says_changed() {
         std::fs::create_dir(&out).unwrap();
         let mut lines = String::new();
         for (i, e) in entries.iter().enumerate() {
-            let calls = call(e, gold(i));
-            let result: Vec<Value> = calls.iter().map(|(n, a)| json!({ n.clone(): a })).collect();
-            lines.push_str(&json!({"id": e.id, "result": result}).to_string());
-            lines.push('\n');
+            lines.push_str(&result_line(&e.id, &gold_or_changed(e, gold(i))));
         }
         std::fs::write(out.join("BFCL_v4_simple_python_result.json"), lines).unwrap();
     }
     for (i, e) in entries.iter().enumerate() {
-        let right =
-            |gold: bool| check(e.checker(), &e.functions, &call(e, gold), &e.answers).is_ok();
+        let right = |gold| {
+            check(
+                e.checker(),
+                &e.functions,
+                &gold_or_changed(e, gold),
+                &e.answers,
+            )
+            .is_ok()
+        };
         let (b, o) = (right(base_gold(i)), right(other_gold(i)));
         base_right += b as usize;
         other_right += o as usize;
@@ -890,8 +910,7 @@ fn the_task_by_task_comparison_counts_what_bfcls_checker_says_changed() {
 /// counting as wrong.
 #[test]
 fn the_seeds_table_averages_bfcls_verdicts_over_seeds() {
-    let python = root().join(".venv/bin/python");
-    let dir = data_dir().expect("bfcl-eval is installed by scripts/setup.sh (make test runs it)");
+    let (python, dir) = (python(), bfcl_data());
     let simple = load(&dir, "simple_python").unwrap();
     let simple = &simple[..12];
     let irrelevance = load(&dir, "irrelevance").unwrap();
@@ -906,32 +925,22 @@ fn the_seeds_table_averages_bfcls_verdicts_over_seeds() {
         std::fs::create_dir(&out).unwrap();
         let (mut lines, mut right) = (String::new(), 0);
         for (k, e) in simple.iter().enumerate() {
-            let mut call = gold_call(&e.answers[0]);
-            if k >= 4 + 2 * i {
-                let args = call.1.as_object_mut().unwrap();
-                let key = args.keys().next().cloned().unwrap();
-                let v = changed(&args[&key]);
-                args.insert(key, v);
-            }
-            let calls = vec![call];
+            let calls = gold_or_changed(e, k < 4 + 2 * i);
             right += check(e.checker(), &e.functions, &calls, &e.answers).is_ok() as usize;
-            let result: Vec<Value> = calls.iter().map(|(n, a)| json!({ n.clone(): a })).collect();
-            lines.push_str(&json!({"id": e.id, "result": result}).to_string());
-            lines.push('\n');
+            lines.push_str(&result_line(&e.id, &calls));
         }
         std::fs::write(out.join("BFCL_v4_simple_python_result.json"), lines).unwrap();
         let tasks = if i == 2 { 13 } else { 12 };
         simple_acc.push(100.0 * right as f64 / tasks as f64);
         let mut lines = String::new();
         for (k, e) in irrelevance.iter().enumerate() {
-            let name = e.functions[0]["name"].clone();
-            let result = if k <= i {
-                json!([])
+            let name = e.functions[0]["name"].as_str().unwrap().to_string();
+            let calls = if k <= i {
+                vec![]
             } else {
-                json!([{ name.as_str().unwrap(): {} }])
+                vec![(name, json!({}))]
             };
-            lines.push_str(&json!({"id": e.id, "result": result}).to_string());
-            lines.push('\n');
+            lines.push_str(&result_line(&e.id, &calls));
         }
         std::fs::write(out.join("BFCL_v4_irrelevance_result.json"), lines).unwrap();
         irrelevance_acc.push(100.0 * (i + 1) as f64 / 4.0);

@@ -624,34 +624,45 @@ mod tests {
         assert_eq!(learner.logits().unwrap(), vec![0.0; 4]);
     }
 
+    /// configs/tool_calc.toml with a one-layer transformer and batches of 32, then `extra`.
+    fn tiny_tool_config(extra: &[String]) -> Config {
+        let mut overrides: Vec<String> = [
+            "policy.layers=1",
+            "policy.d_model=32",
+            "policy.heads=2",
+            "actor.batch_size=32",
+            "learner.batch_size=32",
+        ]
+        .map(String::from)
+        .to_vec();
+        overrides.extend_from_slice(extra);
+        crate::config::from_toml_str(include_str!("../../configs/tool_calc.toml"), &overrides)
+            .unwrap()
+    }
+
+    /// One message of tool-use episodes sampled by an actor with the weights `snapshot`.
+    fn tool_batch(cfg: &Config, snapshot: &WeightSnapshot) -> ActorBatch {
+        use crate::env::tool_use::tasks::Task;
+        use crate::ids::SourceId;
+        use crate::rl::actor::{Actor, ToolActor};
+        let task = Task::new(cfg.env.task_spec(cfg.seed));
+        let protocol = crate::env::tool_use::protocol::TokenProtocol {
+            limits: cfg.env.limits(),
+        };
+        let mut actor: ToolActor<crate::policy::Transformer, _, _> =
+            ToolActor::new(cfg, SourceId::new(0, 0, 0), task, protocol, snapshot).unwrap();
+        actor.act().unwrap()
+    }
+
     /// On policy (the actor samples with the learner's own weights), the ratio π/μ the learner
     /// hands the ratio losses is 1 at every token the policy wrote: the learner's scoring of a
     /// replayed batch and the actor's stored log μ line up position by position.
     #[test]
     fn on_policy_the_ratio_is_one_at_every_policy_token() {
-        use crate::env::tool_use::tasks::Task;
-        use crate::ids::SourceId;
-        use crate::rl::actor::{Actor, ToolActor};
-        let cfg = crate::config::from_toml_str(
-            include_str!("../../configs/tool_calc.toml"),
-            &[
-                "policy.layers=1".into(),
-                "policy.d_model=32".into(),
-                "policy.heads=2".into(),
-                "actor.batch_size=32".into(),
-                "learner.batch_size=32".into(),
-            ],
-        )
-        .unwrap();
+        let cfg = tiny_tool_config(&[]);
         let mut learner = Learner::new(&cfg, Device::Cpu, &[]).unwrap();
-        let task = Task::new(cfg.env.task_spec(cfg.seed));
         let snapshot = learner.snapshot().unwrap();
-        let protocol = crate::env::tool_use::protocol::TokenProtocol {
-            limits: cfg.env.limits(),
-        };
-        let mut actor: ToolActor<crate::policy::Transformer, _, _> =
-            ToolActor::new(&cfg, SourceId::new(0, 0, 0), task, protocol, &snapshot).unwrap();
-        learner.ingest(actor.act().unwrap());
+        learner.ingest(tool_batch(&cfg, &snapshot));
         assert!(learner.ready());
         let positions = learner.replay.sample(0, &mut learner.rng);
         let batch: Vec<&Trajectory> = positions.iter().map(|&p| learner.replay.get(p)).collect();
@@ -690,37 +701,21 @@ mod tests {
     /// for AsymRE and for token-level GRPO (whose stored log μ is laid out per micro-batch).
     #[test]
     fn a_step_in_micro_batches_is_the_whole_batchs_step() {
-        use crate::env::tool_use::tasks::Task;
-        use crate::ids::SourceId;
-        use crate::rl::actor::{Actor, ToolActor};
         for loss in ["asymre", "grpo"] {
-            let overrides = |micro: usize| -> Vec<String> {
-                vec![
-                    "policy.layers=1".into(),
-                    "policy.d_model=32".into(),
-                    "policy.heads=2".into(),
-                    "actor.batch_size=32".into(),
-                    "learner.batch_size=32".into(),
+            let config = |micro: usize| {
+                tiny_tool_config(&[
                     "learner.optimizer=\"sgd\"".into(),
                     "learner.lr=0.5".into(),
                     format!("loss.kind=\"{loss}\""),
                     format!("learner.micro_batch={micro}"),
-                ]
+                ])
             };
-            let toml = include_str!("../../configs/tool_calc.toml");
-            let cfg = crate::config::from_toml_str(toml, &overrides(0)).unwrap();
-            let micro_cfg = crate::config::from_toml_str(toml, &overrides(5)).unwrap();
+            let (cfg, micro_cfg) = (config(0), config(5));
             let mut whole = Learner::new(&cfg, Device::Cpu, &[]).unwrap();
             let mut micro = Learner::new(&micro_cfg, Device::Cpu, &[]).unwrap();
             micro.vs.copy(&whole.vs).unwrap();
             let snapshot = whole.snapshot().unwrap();
-            let protocol = crate::env::tool_use::protocol::TokenProtocol {
-                limits: cfg.env.limits(),
-            };
-            let task = Task::new(cfg.env.task_spec(cfg.seed));
-            let mut actor: ToolActor<crate::policy::Transformer, _, _> =
-                ToolActor::new(&cfg, SourceId::new(0, 0, 0), task, protocol, &snapshot).unwrap();
-            let batch = actor.act().unwrap();
+            let batch = tool_batch(&cfg, &snapshot);
             let rewards: Vec<f32> = batch.trajectories.iter().map(|t| t.reward).collect();
             assert!(
                 rewards.iter().any(|&r| r != rewards[0]),
